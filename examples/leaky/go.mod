@@ -1,0 +1,3 @@
+module memwarden.dev/examples/leaky
+
+go 1.26.0

@@ -1,0 +1,403 @@
+"""The memwarden API: pydantic models of the custom resources, and the CRDs made from them.
+
+Pure: no Kubernetes client, no network. The models are the single source of truth; the
+YAML under ``crds/`` is generated from them (``memwarden crds``) and a test fails when
+the two drift apart. Rules that a structural schema cannot express are CEL
+``x-kubernetes-validations`` attached to the models, so ``kubectl apply`` refuses an
+invalid policy with the field named, before memwarden ever sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from memwarden.quantity import QUANTITY_PATTERN
+
+GROUP = "memwarden.dev"
+VERSION = "v1alpha1"
+API_VERSION: Final = "memwarden.dev/v1alpha1"
+ANNOTATION_PREFIX = f"{GROUP}/"
+APPLIED_ANNOTATION = f"{GROUP}/applied"
+
+#: A non-negative Kubernetes memory quantity (``512Mi``, ``1Gi``, ``1e9``): the API
+#: server checks the grammar (pattern) and CEL's ``isQuantity`` the value.
+MEMORY_QUANTITY_PATTERN = QUANTITY_PATTERN.replace("[+-]?", "")
+#: ``90%`` (of memory.high when the kubelet throttles, else of the limit) or a quantity.
+GO_MEMORY_LIMIT_PATTERN = r"^([0-9]+(\.[0-9]+)?%|" + MEMORY_QUANTITY_PATTERN.strip("^$") + ")$"
+
+
+def _cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str, Any]:
+    """One ``x-kubernetes-validations`` entry; ``field_path`` names the offending field."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+def _quantity_le(a: str, b: str) -> str:
+    """CEL: quantity field ``a`` <= ``b`` when both are set and valid (else other rules speak)."""
+    return (
+        f"!has(self.{a}) || !has(self.{b}) || !isQuantity(self.{a}) || !isQuantity(self.{b}) "
+        f"|| quantity(self.{a}).compareTo(quantity(self.{b})) <= 0"
+    )
+
+
+def _quantity_lt(a: str, b: str) -> str:
+    return (
+        f"!has(self.{a}) || !has(self.{b}) || !isQuantity(self.{a}) || !isQuantity(self.{b}) "
+        f"|| quantity(self.{a}).compareTo(quantity(self.{b})) < 0"
+    )
+
+
+def _quantity_field(description: str) -> Any:
+    return Field(
+        default=None,
+        description=description,
+        pattern=MEMORY_QUANTITY_PATTERN,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("isQuantity(self)", "must be a Kubernetes quantity such as 512Mi or 1Gi")
+            ]
+        },
+    )
+
+
+class _Model(BaseModel):
+    """Base: camelCase fields as in Kubernetes, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --- MemoryPolicy -------------------------------------------------------------------
+
+
+class LabelSelectorRequirement(_Model):
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] | None = Field(default=None, max_length=64)
+
+
+class LabelSelector(_Model):
+    """A standard Kubernetes label selector; ``{}`` selects every pod of the namespace."""
+
+    matchLabels: dict[str, str] | None = None
+    matchExpressions: list[LabelSelectorRequirement] | None = Field(default=None, max_length=32)
+
+
+class MemorySpec(_Model):
+    """Either plain resources (request/limit) or cgroup intent (protect/high/max).
+
+    Intent: give two of the three and memwarden solves the third under the cluster's
+    kubelet MemoryQoS profile; ``protect`` alone sets only a request (Burstable, no
+    limit); ``max`` alone sets the limit and, as the API server does, request = limit;
+    ``high`` needs ``protect`` or ``max``. All three are accepted only when consistent.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!((has(self.request) || has(self.limit)) && "
+                    "(has(self.protect) || has(self.high) || has(self.max)))",
+                    "use either plain resources (request/limit) or cgroup intent "
+                    "(protect/high/max), not both",
+                ),
+                _cel(
+                    "has(self.request) || has(self.limit) || has(self.protect) || "
+                    "has(self.high) || has(self.max)",
+                    "set request/limit or at least one of protect/high/max",
+                ),
+                _cel(
+                    "!has(self.high) || has(self.protect) || has(self.max)",
+                    "high needs protect or max: the throttling point is derived from them",
+                    field_path=".high",
+                ),
+                _cel(
+                    _quantity_le("request", "limit"),
+                    "request must not exceed limit",
+                    field_path=".request",
+                ),
+                _cel(
+                    _quantity_lt("protect", "high"),
+                    "protect must be below high (memory.high is written only above the request)",
+                    field_path=".protect",
+                ),
+                _cel(_quantity_le("high", "max"), "high must not exceed max", field_path=".high"),
+                _cel(
+                    _quantity_le("protect", "max"),
+                    "protect must not exceed max",
+                    field_path=".protect",
+                ),
+            ]
+        }
+    )
+
+    request: str | None = _quantity_field("Memory request of each governed container.")
+    limit: str | None = _quantity_field("Memory limit of each governed container.")
+    protect: str | None = _quantity_field(
+        "Memory to protect from reclaim: memory.min (Guaranteed) or memory.low (Burstable)."
+    )
+    high: str | None = _quantity_field("memory.high: the point where the kernel throttles.")
+    max: str | None = _quantity_field("memory.max: the hard limit (the container's limit).")
+
+
+class GoRuntimeSpec(_Model):
+    """Go runtime settings injected as environment variables."""
+
+    memoryLimit: str | None = Field(
+        default=None,
+        description=(
+            "GOMEMLIMIT: a percentage of memory.high when the kubelet writes it, else of the "
+            "memory limit (e.g. 90%), or an absolute quantity (e.g. 900Mi)."
+        ),
+        pattern=GO_MEMORY_LIMIT_PATTERN,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
+                    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
+                    "a percentage must be above 0% and at most 100%",
+                ),
+            ]
+        },
+    )
+    gogc: str | None = Field(
+        default=None,
+        description='GOGC: an integer percentage or "off".',
+        pattern=r"^(off|[0-9]{1,6})$",
+        max_length=6,
+    )
+    overrideExisting: bool = Field(
+        default=False,
+        description="Replace GOMEMLIMIT/GOGC the container already sets (value or valueFrom).",
+    )
+
+
+class RuntimeSpec(_Model):
+    go: GoRuntimeSpec | None = None
+
+
+class MemoryPolicySpec(_Model):
+    """What a MemoryPolicy asks for. See docs/api.md for every field."""
+
+    selector: LabelSelector = Field(
+        description="Pods of this namespace to govern; {} selects all of them."
+    )
+    containers: list[str] | None = Field(
+        default=None,
+        description="Container names to govern; default: every regular container.",
+        max_length=64,
+        json_schema_extra={"items": {"type": "string", "maxLength": 63, "minLength": 1}},
+    )
+    priority: int = Field(
+        default=0,
+        ge=-1000,
+        le=1000,
+        description=(
+            "When several policies select a pod the highest priority wins; ties go to the "
+            "oldest policy, then the lexically smallest name (reported in status)."
+        ),
+    )
+    mode: Literal["Enforce", "Audit"] = Field(
+        default="Enforce",
+        description="Enforce mutates pods at admission; Audit computes and reports only.",
+    )
+    update: Literal["Initial"] = Field(
+        default="Initial",
+        description="Initial: applied when a pod is created (admission). Running pods are "
+        "reported as drifted, never changed.",
+    )
+    memory: MemorySpec | None = None
+    runtime: RuntimeSpec | None = None
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    lastTransitionTime: str | None = None
+    observedGeneration: int | None = None
+
+
+class PodConflict(_Model):
+    """A pod selected by several policies, and which one governs it."""
+
+    pod: str
+    winner: str
+    others: list[str]
+    reason: str
+
+
+class MemoryPolicyStatus(_Model):
+    observedGeneration: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    matchedPods: int = 0
+    compliantPods: int = 0
+    driftedPods: int = 0
+    driftedPodNames: list[str] = Field(default_factory=list, max_length=20)
+    conflicts: list[PodConflict] = Field(default_factory=list, max_length=20)
+    lastIncident: str | None = None
+
+
+class MemoryPolicy(_Model):
+    apiVersion: Literal["memwarden.dev/v1alpha1"] = API_VERSION
+    kind: Literal["MemoryPolicy"] = "MemoryPolicy"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: MemoryPolicySpec
+    status: MemoryPolicyStatus | None = None
+
+
+# --- CRD generation -----------------------------------------------------------------
+
+_DROP_KEYS = {"title", "default"}
+
+
+def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Turn pydantic's JSON schema into a Kubernetes structural schema (no refs/anyOf)."""
+    if "$ref" in schema:
+        target = defs[schema["$ref"].split("/")[-1]]
+        merged = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+        return _resolve(merged, defs)
+    if "anyOf" in schema:
+        options = [s for s in schema["anyOf"] if s.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express anyOf {schema['anyOf']} structurally")
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return _resolve({**options[0], **rest}, defs)
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _DROP_KEYS:
+            continue
+        if key == "properties":
+            out["properties"] = {name: _resolve(sub, defs) for name, sub in value.items()}
+        elif key == "items":
+            out["items"] = _resolve(value, defs)
+        elif key == "additionalProperties":
+            # ``false`` (extra="forbid") is not structural: the API server prunes or,
+            # with kubectl's strict field validation, refuses unknown fields itself.
+            if isinstance(value, dict):
+                out[key] = _resolve(value, defs)
+        elif key == "description":
+            out[key] = _clean_description(value)
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = value
+    if out.get("enum") and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def _clean_description(text: str) -> str:
+    """A docstring as one line of plain text: no reST markup, folded white space."""
+    return " ".join(text.replace("``", "").split())
+
+
+def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The structural OpenAPI v3 schema of ``model`` for a CRD version."""
+    raw = model.model_json_schema(ref_template="#/$defs/{model}")
+    defs = raw.pop("$defs", {})
+    return _resolve(raw, defs)
+
+
+def _strip_description(schema: dict[str, Any]) -> None:
+    schema.pop("description", None)
+
+
+def _object_schema(
+    *, spec: type[BaseModel], status: type[BaseModel], description: str
+) -> dict[str, Any]:
+    spec_schema = openapi_schema(spec)
+    status_schema = openapi_schema(status)
+    _strip_description(status_schema)
+    return {
+        "type": "object",
+        "description": description,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema,
+            "status": status_schema,
+        },
+    }
+
+
+def memorypolicy_crd() -> dict[str, Any]:
+    """The MemoryPolicy CustomResourceDefinition, generated from the models."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"memorypolicies.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": "memorypolicies",
+                "singular": "memorypolicy",
+                "kind": "MemoryPolicy",
+                "listKind": "MemoryPolicyList",
+                "shortNames": ["mpol"],
+                "categories": ["memwarden"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
+                        {"name": "Matched", "type": "integer", "jsonPath": ".status.matchedPods"},
+                        {
+                            "name": "Compliant",
+                            "type": "integer",
+                            "jsonPath": ".status.compliantPods",
+                        },
+                        {"name": "Drifted", "type": "integer", "jsonPath": ".status.driftedPods"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": _object_schema(
+                            spec=MemoryPolicySpec,
+                            status=MemoryPolicyStatus,
+                            description="MemoryPolicy sets memory requests/limits and Go runtime "
+                            "settings for the pods it selects, and watches them for OOM risk.",
+                        )
+                    },
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> dict[str, dict[str, Any]]:
+    """File name under ``crds/`` -> CRD document."""
+    return {f"memorypolicies.{GROUP}.yaml": memorypolicy_crd()}
+
+
+__all__ = [
+    "API_VERSION",
+    "APPLIED_ANNOTATION",
+    "GROUP",
+    "VERSION",
+    "Condition",
+    "GoRuntimeSpec",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "MemoryPolicy",
+    "MemoryPolicySpec",
+    "MemoryPolicyStatus",
+    "MemorySpec",
+    "PodConflict",
+    "RuntimeSpec",
+    "all_crds",
+    "memorypolicy_crd",
+    "openapi_schema",
+]

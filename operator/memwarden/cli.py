@@ -1,0 +1,51 @@
+"""The ``memwarden`` command line: one sub-command per job, each in its own module.
+
+Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file
+only dispatches, and imports a command's module only when that command runs (so
+``memwarden analyze`` does not pay for kopf, and the toolbox image needs no kopf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("memwarden.commands.run", "run the operator (kopf, by module)"),
+    "crds": ("memwarden.commands.crds", "print or write the CRDs generated from the API models"),
+    "explain": ("memwarden.commands.explain", "offline: what a policy does to a pod, and why"),
+    "capture": ("memwarden.capture.toolbox", "collect evidence from a Go process (the toolbox)"),
+    "analyze": ("memwarden.capture.analysis_cli", "summarise a heap profile or an evidence bundle"),
+    "incidents": ("memwarden.evidence.client", "list, inspect and download incident evidence"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the parser; with ``only``, import just that command's module (fast start)."""
+    parser = argparse.ArgumentParser(prog="memwarden", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen command; the return value is the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in args_list if not a.startswith("-")), None)
+    parser = build_parser(only=chosen if chosen in COMMANDS else None)
+    args = parser.parse_args(args_list)
+    result: int = args._run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""``memwarden run``: start the operator (kopf, run by module so handlers register once)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from memwarden.settings import Settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        default=None,
+        help="watch only this namespace (repeatable); default: the cluster",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="compute and log; never mutate pods or write status"
+    )
+    parser.add_argument(
+        "--liveness", default=None, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import memwarden.handlers  # noqa: F401  (registers every handler, once)
+    from memwarden.handlers import state
+
+    settings = Settings.from_env()
+    if args.dry_run:
+        settings = settings.model_copy(update={"dry_run": True})
+    state.configure(settings)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    namespaces = args.namespaces or []
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            liveness_endpoint=args.liveness,
+            standalone=True,
+        )
+    )
+    return 0

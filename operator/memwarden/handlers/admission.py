@@ -1,0 +1,86 @@
+"""Pod admission: apply the governing policy to a pod being created.
+
+Never refuses a pod and never raises: any failure here admits the pod unchanged and is
+logged (the webhook configuration's ``failurePolicy: Ignore`` covers a down operator;
+this covers a broken one).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import jsonpatch
+import kopf
+
+from memwarden.handlers import state
+from memwarden.manifests import POD_HANDLER_ID
+from memwarden.mutation import PodShapeError, plan_pod
+from memwarden.selection import Candidate, select_policy
+
+logger = logging.getLogger(__name__)
+
+
+@kopf.on.mutate("pods", id=POD_HANDLER_ID, operations=["CREATE"], ignore_failures=True)
+def admit_pod(
+    *,
+    body: kopf.Body,
+    namespace: str | None,
+    patch: kopf.Patch,
+    warnings: list[str],
+    **kwargs: Any,
+) -> None:
+    """Set resources, GOMEMLIMIT/GOGC and the applied annotation from the governing policy."""
+    policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
+    settings = state.settings()
+    if namespace is None or namespace in settings.never_governed:
+        return
+    candidates = list(policy_index.get(namespace, []))
+    if not candidates:
+        return
+    pod = dict(body)
+    containers = [c.get("name", "") for c in pod.get("spec", {}).get("containers", [])]
+    pod_name = body.meta.get("name") or f"{body.meta.get('generateName', '')}*"
+    try:
+        selection = select_policy(
+            labels=dict(body.meta.get("labels") or {}),
+            container_names=containers,
+            candidates=candidates,
+        )
+        plan = plan_pod(pod=pod, selection=selection, profile=settings.kubelet.profile())
+    except PodShapeError as exc:
+        logger.warning("pod %s/%s admitted unchanged: %s", namespace, pod_name, exc)
+        return
+    except Exception:  # Fail open by design: a memwarden bug must not block pod creation.
+        logger.exception("pod %s/%s admitted unchanged: memwarden failed", namespace, pod_name)
+        return
+    winner = selection.winner
+    if winner is None:
+        return
+    if plan.infeasible:
+        warnings.append(f"memwarden: policy {winner.name} not applied: {plan.infeasible}")
+        logger.warning(
+            "pod %s/%s: policy %s not applied: %s",
+            namespace,
+            pod_name,
+            winner.name,
+            plan.infeasible,
+        )
+        return
+    if selection.others:
+        warnings.append(f"memwarden: policy {winner.name} governs this pod: {selection.reason}")
+    if winner.spec.mode == "Audit" or settings.dry_run:
+        for line in plan.drift:
+            warnings.append(f"memwarden (audit, policy {winner.name}): {line}")
+        return
+    ops = [dict(op) for op in plan.ops]
+    if not ops:
+        return
+    patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
+    logger.info(
+        "pod %s/%s admitted with policy %s: %s",
+        namespace,
+        pod_name,
+        winner.name,
+        "; ".join(plan.drift) or "annotation only",
+    )

@@ -1,0 +1,42 @@
+"""In-memory indexes kept current by kopf's watches: policies and pods by namespace.
+
+Admission and status read these, never the API: a pod creation costs no API call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from memwarden.api import GROUP, VERSION, MemoryPolicySpec
+from memwarden.handlers import state
+from memwarden.selection import Candidate
+from memwarden.status import pod_view
+
+
+def _governed_namespace(namespace: str | None, **_: Any) -> bool:
+    return namespace is not None and namespace not in state.settings().never_governed
+
+
+@kopf.index(GROUP, VERSION, "memorypolicies")
+def policy_index(
+    *, namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
+) -> dict[str, Candidate] | None:
+    """namespace -> its policies (a policy the schema would refuse is left out)."""
+    if namespace is None:
+        return None
+    try:
+        parsed = MemoryPolicySpec.model_validate(dict(spec))
+    except ValidationError:
+        return None
+    created = str(meta.get("creationTimestamp") or "")
+    return {namespace: Candidate(namespace=namespace, name=name, created=created, spec=parsed)}
+
+
+@kopf.index("pods", when=_governed_namespace)
+def pod_index(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """namespace -> its running pods, trimmed to what policies look at."""
+    view = pod_view(body)
+    return None if view is None or namespace is None else {namespace: view}

@@ -1,0 +1,79 @@
+"""Manifests memwarden ships besides its CRDs: the MutatingWebhookConfiguration.
+
+Pure. kopf could manage a webhook configuration itself, but it fixes ``timeoutSeconds``
+at 30, and a pod creation that waits 30 s on a slow operator is exactly what users
+complain about. memwarden ships its own: ``failurePolicy: Ignore``, a short timeout, and
+never for ``kube-system`` or memwarden's own namespace, so pod creation never depends on
+memwarden being up.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+
+WEBHOOK_NAME = "pods.memwarden.dev"
+#: The kopf handler id of the pod mutation handler; also the URL path kopf serves it on.
+POD_HANDLER_ID = "memwarden-pods"
+#: Seconds the API server waits for us before it admits the pod without memwarden.
+DEFAULT_TIMEOUT_SECONDS = 3
+#: Pods in namespaces carrying this label are never sent to memwarden.
+OPT_OUT_LABEL = "memwarden.dev/ignore"
+
+
+def mutating_webhook_configuration(
+    *,
+    ca_bundle: bytes,
+    url: str | None = None,
+    service: dict[str, Any] | None = None,
+    excluded_namespaces: Iterable[str],
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+    name: str = "memwarden",
+) -> dict[str, Any]:
+    """The configuration for pod CREATE, addressed by ``url`` (local) or ``service`` (chart)."""
+    if (url is None) == (service is None):
+        raise ValueError("give exactly one of url or service")
+    if not 1 <= timeout_seconds <= 5:
+        raise ValueError("timeout_seconds must be 1..5: pod creation must not wait on memwarden")
+    client_config: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode("ascii")}
+    if url is not None:
+        client_config["url"] = f"{url.rstrip('/')}/{POD_HANDLER_ID}"
+    else:
+        client_config["service"] = {**(service or {}), "path": f"/{POD_HANDLER_ID}"}
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Ignore",
+                "timeoutSeconds": timeout_seconds,
+                "reinvocationPolicy": "Never",
+                "matchPolicy": "Equivalent",
+                "clientConfig": client_config,
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": sorted(set(excluded_namespaces)),
+                        },
+                        {"key": OPT_OUT_LABEL, "operator": "DoesNotExist"},
+                    ]
+                },
+            }
+        ],
+    }

@@ -1,0 +1,353 @@
+"""Pod + governing policy -> what to change: a JSONPatch, and the pod's drift from the policy.
+
+Pure: takes the pod as a dict (as the API server sends it), returns values. The same
+plan serves admission (apply ``ops``) and status (a running pod whose plan still has
+changes has drifted). Computing the plan on a pod that already had it applied gives no
+operations: the patch is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
+from memwarden.quantity import (
+    QuantityError,
+    format_bytes,
+    parse_bytes,
+    parse_millicores,
+)
+from memwarden.selection import Selection
+from memwarden.sizing import (
+    ContainerResources,
+    ContainerSizing,
+    GoRuntimeRule,
+    KubeletProfile,
+    MemoryRule,
+    PodShape,
+    PodSizing,
+    size_pod,
+)
+
+JsonPatch = list[dict[str, Any]]
+
+
+class PodShapeError(ValueError):
+    """The pod's spec cannot be read (a malformed quantity...); the message names the field."""
+
+
+def _escape(segment: str) -> str:
+    """JSON Pointer escaping (RFC 6901)."""
+    return segment.replace("~", "~0").replace("/", "~1")
+
+
+def _quantity(value: object, *, where: str, cpu: bool = False) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_millicores(str(value)) if cpu else parse_bytes(str(value))
+    except QuantityError as exc:
+        raise PodShapeError(f"{where}: {exc}") from exc
+
+
+def _container_resources(
+    container: Mapping[str, Any], *, where: str, sidecar: bool = False
+) -> ContainerResources:
+    resources = container.get("resources") or {}
+    requests = resources.get("requests") or {}
+    limits = resources.get("limits") or {}
+    name = container.get("name")
+    if not isinstance(name, str) or not name:
+        raise PodShapeError(f"{where}.name: missing")
+    try:
+        return ContainerResources(
+            name=name,
+            cpu_request_m=_quantity(
+                requests.get("cpu"), where=f"{where}.resources.requests.cpu", cpu=True
+            ),
+            cpu_limit_m=_quantity(
+                limits.get("cpu"), where=f"{where}.resources.limits.cpu", cpu=True
+            ),
+            memory_request=_quantity(
+                requests.get("memory"), where=f"{where}.resources.requests.memory"
+            ),
+            memory_limit=_quantity(limits.get("memory"), where=f"{where}.resources.limits.memory"),
+            sidecar=sidecar,
+        )
+    except ValueError as exc:
+        if isinstance(exc, PodShapeError):
+            raise
+        raise PodShapeError(f"{where}: {exc}") from exc
+
+
+def pod_shape(pod: Mapping[str, Any]) -> PodShape:
+    """The pod's resources as sizing reads them."""
+    spec = pod.get("spec")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("containers"), list):
+        raise PodShapeError("spec.containers: missing")
+    containers = tuple(
+        _container_resources(c, where=f"spec.containers[{i}]")
+        for i, c in enumerate(spec["containers"])
+    )
+    init = tuple(
+        _container_resources(
+            c, where=f"spec.initContainers[{i}]", sidecar=c.get("restartPolicy") == "Always"
+        )
+        for i, c in enumerate(spec.get("initContainers") or [])
+    )
+    overhead = _quantity((spec.get("overhead") or {}).get("memory"), where="spec.overhead.memory")
+    try:
+        return PodShape(containers=containers, init_containers=init, overhead_memory=overhead)
+    except ValueError as exc:
+        raise PodShapeError(str(exc)) from exc
+
+
+def memory_rule(spec: MemoryPolicySpec) -> MemoryRule:
+    """The policy's memory section in bytes."""
+    m = spec.memory
+    if m is None:
+        return MemoryRule()
+
+    def b(value: str | None) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+    return MemoryRule(
+        request=b(m.request), limit=b(m.limit), protect=b(m.protect), high=b(m.high), max=b(m.max)
+    )
+
+
+def go_rule(spec: MemoryPolicySpec) -> GoRuntimeRule | None:
+    """The policy's Go runtime section (None: touch no Go variables)."""
+    go = spec.runtime.go if spec.runtime else None
+    if go is None or (go.memoryLimit is None and go.gogc is None):
+        return None
+    limit = go.memoryLimit
+    if limit is not None and limit.endswith("%"):
+        return GoRuntimeRule(memory_limit_percent=float(limit[:-1]), gogc=go.gogc)
+    return GoRuntimeRule(
+        memory_limit_bytes=None if limit is None else parse_bytes(limit), gogc=go.gogc
+    )
+
+
+@dataclass(frozen=True)
+class PodPlan:
+    """What memwarden does to one pod, and how the pod differs from its policy now."""
+
+    selection: Selection
+    sizing: PodSizing | None = None
+    ops: tuple[dict[str, Any], ...] = ()
+    """Changes to resources and env, then the annotation (JSONPatch, in order)."""
+    drift: tuple[str, ...] = ()
+    """Each difference between the pod and the policy, one line each (empty: compliant)."""
+    notes: tuple[str, ...] = ()
+    applied: Mapping[str, Any] = field(default_factory=dict)
+    """What the annotation records: policy and per-container values."""
+
+    @property
+    def policy(self) -> str | None:
+        return self.selection.winner.key if self.selection.winner else None
+
+    @property
+    def infeasible(self) -> str | None:
+        return self.sizing.infeasible if self.sizing else None
+
+    @property
+    def compliant(self) -> bool:
+        return not self.drift and self.infeasible is None
+
+
+def _container_index(pod: Mapping[str, Any]) -> dict[str, tuple[str, int, Mapping[str, Any]]]:
+    """Container name -> (spec list, index, container)."""
+    spec = pod["spec"]
+    index: dict[str, tuple[str, int, Mapping[str, Any]]] = {}
+    for list_name in ("containers", "initContainers"):
+        for i, container in enumerate(spec.get(list_name) or []):
+            index[container["name"]] = (list_name, i, container)
+    return index
+
+
+def _resource_ops(
+    *, path: str, container: Mapping[str, Any], sized: ContainerSizing
+) -> tuple[JsonPatch, list[str]]:
+    """Ops that set the container's memory request and limit to the sized values."""
+    resources = container.get("resources")
+    changes: dict[str, int | None] = {}
+    drift: list[str] = []
+    for kind, wanted in (("requests", sized.memory_request), ("limits", sized.memory_limit)):
+        current_text = ((resources or {}).get(kind) or {}).get("memory")
+        current = None if current_text is None else parse_bytes(str(current_text))
+        if current == wanted:
+            continue
+        changes[kind] = wanted
+        noun = "request" if kind == "requests" else "limit"
+        shown = format_bytes(wanted) if wanted is not None else "unset"
+        drift.append(f"{sized.name}: memory {noun} {current_text or 'unset'}, policy wants {shown}")
+
+    if not resources:
+        value = {k: {"memory": format_bytes(v)} for k, v in changes.items() if v is not None}
+        return (
+            [{"op": "add", "path": f"{path}/resources", "value": value}] if value else []
+        ), drift
+    ops: JsonPatch = []
+    for kind, wanted in changes.items():
+        if wanted is None:
+            ops.append({"op": "remove", "path": f"{path}/resources/{kind}/memory"})
+        elif not resources.get(kind):
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"{path}/resources/{kind}",
+                    "value": {"memory": format_bytes(wanted)},
+                }
+            )
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"{path}/resources/{kind}/memory",
+                    "value": format_bytes(wanted),
+                }
+            )
+    return ops, drift
+
+
+def _env_ops(
+    *, path: str, container: Mapping[str, Any], wanted: Mapping[str, str], override: bool
+) -> tuple[JsonPatch, list[str], list[str]]:
+    """Ops that make the container's env carry ``wanted``, respecting existing entries."""
+    ops: JsonPatch = []
+    drift: list[str] = []
+    notes: list[str] = []
+    env: Sequence[Mapping[str, Any]] = container.get("env") or []
+    name = container["name"]
+    if not wanted:
+        return ops, drift, notes
+    if container.get("env") is None:
+        ops.append({"op": "add", "path": f"{path}/env", "value": []})
+    for var, value in wanted.items():
+        position = next((i for i, e in enumerate(env) if e.get("name") == var), None)
+        if position is None:
+            ops.append(
+                {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": value}}
+            )
+            drift.append(f"{name}: {var} unset, policy wants {value}")
+            continue
+        existing = env[position]
+        if existing.get("value") == value and "valueFrom" not in existing:
+            continue
+        shown = "valueFrom" if "valueFrom" in existing else repr(existing.get("value"))
+        if not override:
+            notes.append(
+                f"{name}: keeps its own {var} ({shown}); "
+                "set runtime.go.overrideExisting to replace it"
+            )
+            continue
+        ops.append(
+            {
+                "op": "replace",
+                "path": f"{path}/env/{position}",
+                "value": {"name": var, "value": value},
+            }
+        )
+        drift.append(f"{name}: {var} is {shown}, policy wants {value}")
+    return ops, drift, notes
+
+
+def applied_record(*, policy: str, generation: int | None, sizing: PodSizing) -> dict[str, Any]:
+    """The ``memwarden.dev/applied`` annotation's content."""
+    containers: dict[str, dict[str, str]] = {}
+    for c in sizing.containers:
+        entry: dict[str, str] = {}
+        if c.memory_request is not None:
+            entry["request"] = format_bytes(c.memory_request)
+        if c.memory_limit is not None:
+            entry["limit"] = format_bytes(c.memory_limit)
+        if c.gomemlimit_env is not None:
+            entry["GOMEMLIMIT"] = c.gomemlimit_env
+        if c.gogc is not None:
+            entry["GOGC"] = c.gogc
+        containers[c.name] = entry
+    record: dict[str, Any] = {"policy": policy, "containers": containers}
+    if generation is not None:
+        record["generation"] = generation
+    return record
+
+
+def plan_pod(
+    *,
+    pod: Mapping[str, Any],
+    selection: Selection,
+    profile: KubeletProfile,
+    generation: int | None = None,
+) -> PodPlan:
+    """Decide what the governing policy changes in ``pod`` (nothing when none governs it)."""
+    winner = selection.winner
+    if winner is None:
+        return PodPlan(selection=selection)
+    spec = winner.spec
+    shape = pod_shape(pod)
+    rule, runtime = memory_rule(spec), go_rule(spec)
+    sizing = size_pod(
+        pod=shape, governed=selection.governed, rule=rule, runtime=runtime, profile=profile
+    )
+    if sizing.infeasible is not None:
+        return PodPlan(selection=selection, sizing=sizing, notes=sizing.notes)
+
+    ops: JsonPatch = []
+    drift: list[str] = []
+    notes: list[str] = list(sizing.notes)
+    index = _container_index(pod)
+    override = bool(spec.runtime and spec.runtime.go and spec.runtime.go.overrideExisting)
+    for sized in sizing.containers:
+        list_name, i, container = index[sized.name]
+        path = f"/spec/{list_name}/{i}"
+        if not rule.is_empty:
+            resource_ops, resource_drift = _resource_ops(
+                path=path, container=container, sized=sized
+            )
+            ops += resource_ops
+            drift += resource_drift
+        wanted: dict[str, str] = {}
+        if sized.gomemlimit_env is not None:
+            wanted["GOMEMLIMIT"] = sized.gomemlimit_env
+        if sized.gogc is not None:
+            wanted["GOGC"] = sized.gogc
+        env_ops, env_drift, env_notes = _env_ops(
+            path=path, container=container, wanted=wanted, override=override
+        )
+        ops += env_ops
+        drift += env_drift
+        notes += env_notes
+        notes += [f"{sized.name}: {note}" for note in sized.notes]
+
+    record = applied_record(policy=winner.key, generation=generation, sizing=sizing)
+    annotations = (pod.get("metadata") or {}).get("annotations")
+    encoded = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    if (annotations or {}).get(APPLIED_ANNOTATION) != encoded:
+        if not annotations:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": "/metadata/annotations",
+                    "value": {APPLIED_ANNOTATION: encoded},
+                }
+            )
+        else:
+            ops.append(
+                {
+                    "op": "add",
+                    "path": f"/metadata/annotations/{_escape(APPLIED_ANNOTATION)}",
+                    "value": encoded,
+                }
+            )
+    return PodPlan(
+        selection=selection,
+        sizing=sizing,
+        ops=tuple(ops),
+        drift=tuple(drift),
+        notes=tuple(notes),
+        applied=record,
+    )

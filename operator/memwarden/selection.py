@@ -1,0 +1,138 @@
+"""Which MemoryPolicy governs which pod: label selectors and precedence.
+
+Pure: no Kubernetes client, no clock. One policy governs a pod (never a merge of
+several): the highest ``priority``; on a tie the oldest policy (``creationTimestamp``),
+then the lexically smallest name. The decision says why, so status and ``explain`` can
+report it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from memwarden.api import LabelSelector, MemoryPolicySpec
+
+
+def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics; an empty selector matches every pod."""
+    for key, value in (selector.matchLabels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.matchExpressions or []:
+        present = requirement.key in labels
+        values = set(requirement.values or [])
+        if requirement.operator == "In" and not (present and labels[requirement.key] in values):
+            return False
+        if requirement.operator == "NotIn" and present and labels[requirement.key] in values:
+            return False
+        if requirement.operator == "Exists" and not present:
+            return False
+        if requirement.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def governed_containers(spec: MemoryPolicySpec, container_names: Sequence[str]) -> tuple[str, ...]:
+    """The pod's containers this policy governs, in pod order (``containers`` or all)."""
+    if spec.containers is None:
+        return tuple(container_names)
+    wanted = set(spec.containers)
+    return tuple(name for name in container_names if name in wanted)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A policy as selection sees it. ``created`` is an RFC 3339 timestamp (sorts as text)."""
+
+    namespace: str
+    name: str
+    created: str
+    spec: MemoryPolicySpec
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def precedence(self) -> tuple[int, str, str]:
+        """Sort key: smaller wins."""
+        return (-self.spec.priority, self.created, self.name)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome for one pod: the governing policy (or none), the others that matched."""
+
+    winner: Candidate | None
+    others: tuple[Candidate, ...] = ()
+    governed: tuple[str, ...] = ()
+    reason: str = ""
+
+    @property
+    def conflicted(self) -> bool:
+        return bool(self.others)
+
+
+def _why(winner: Candidate, runner_up: Candidate) -> str:
+    if winner.spec.priority != runner_up.spec.priority:
+        return (
+            f"{winner.name} has the highest priority "
+            f"({winner.spec.priority} > {runner_up.spec.priority})"
+        )
+    if winner.created != runner_up.created:
+        return f"equal priority {winner.spec.priority}: {winner.name} is the oldest policy"
+    return f"equal priority and age: {winner.name} sorts first by name"
+
+
+def select_policy(
+    *, labels: Mapping[str, str], container_names: Sequence[str], candidates: Iterable[Candidate]
+) -> Selection:
+    """The policy that governs a pod with these labels and containers, and why."""
+    matching: list[tuple[Candidate, tuple[str, ...]]] = []
+    for candidate in candidates:
+        if not selector_matches(candidate.spec.selector, labels):
+            continue
+        governed = governed_containers(candidate.spec, container_names)
+        if governed:
+            matching.append((candidate, governed))
+    if not matching:
+        return Selection(winner=None, reason="no policy selects this pod")
+    matching.sort(key=lambda pair: pair[0].precedence())
+    (winner, governed), rest = matching[0], [c for c, _ in matching[1:]]
+    reason = _why(winner, rest[0]) if rest else f"{winner.name} is the only matching policy"
+    return Selection(winner=winner, others=tuple(rest), governed=governed, reason=reason)
+
+
+@dataclass
+class PolicyIndex:
+    """Policies by namespace, kept in precedence order so the first match wins early."""
+
+    _by_namespace: dict[str, list[Candidate]] = field(default_factory=dict)
+
+    def upsert(self, candidate: Candidate) -> None:
+        policies = [
+            c for c in self._by_namespace.get(candidate.namespace, []) if c.name != candidate.name
+        ]
+        policies.append(candidate)
+        policies.sort(key=Candidate.precedence)
+        self._by_namespace[candidate.namespace] = policies
+
+    def remove(self, *, namespace: str, name: str) -> None:
+        policies = [c for c in self._by_namespace.get(namespace, []) if c.name != name]
+        if policies:
+            self._by_namespace[namespace] = policies
+        else:
+            self._by_namespace.pop(namespace, None)
+
+    def in_namespace(self, namespace: str) -> Sequence[Candidate]:
+        return self._by_namespace.get(namespace, ())
+
+    def select(
+        self, *, namespace: str, labels: Mapping[str, str], container_names: Sequence[str]
+    ) -> Selection:
+        return select_policy(
+            labels=labels, container_names=container_names, candidates=self.in_namespace(namespace)
+        )
+
+    def __len__(self) -> int:
+        return sum(len(policies) for policies in self._by_namespace.values())

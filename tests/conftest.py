@@ -1,0 +1,72 @@
+"""Shared fixtures: the session's real control plane and a fresh namespace per test."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from memwarden_testing.cluster import REPO, api_client, unique_name, wait_for
+
+
+@pytest.fixture(scope="session")
+def devcluster() -> Iterator[Path]:
+    """The local control plane's admin kubeconfig; started if not already up.
+
+    A cluster this fixture started is stopped at the end of the session, unless
+    ``MEMWARDEN_KEEP_CLUSTER=1`` (handy while iterating on integration tests).
+    """
+    import devcluster as dc  # hack/devcluster.py
+
+    layout = dc.default_layout()
+    already_up = (layout.pki / "done").exists() and dc._readyz(layout)
+    if not already_up:
+        dc.up(layout)
+    yield layout.kubeconfig
+    if not already_up and os.environ.get("MEMWARDEN_KEEP_CLUSTER") != "1":
+        dc.down(layout)
+
+
+@pytest.fixture(scope="session")
+def kube(devcluster: Path) -> client.ApiClient:
+    """An admin ApiClient on the local control plane."""
+    return api_client(devcluster)
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace (with its default ServiceAccount ready), deleted after the test."""
+    core = client.CoreV1Api(kube)
+    base = request.node.name.lower().replace("_", "-")
+    name = unique_name("t-" + "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-"))
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+
+    def default_sa_ready() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(default_sa_ready, timeout=30, what=f"default ServiceAccount in {name}")
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/unit are unit tests, tests/integration integration, tests/e2e e2e."""
+    for item in items:
+        path = Path(str(item.fspath)).relative_to(REPO / "tests")
+        tier = path.parts[0]
+        if tier in {"unit", "integration", "e2e"} and not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))

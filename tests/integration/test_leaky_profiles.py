@@ -1,0 +1,236 @@
+"""Our profile reader and analysis against real profiles of the leaky workload, checked
+number for number against ``go tool pprof`` on the same files.
+
+Needs the Go toolchain (it builds ``examples/leaky`` with ``hack/build-leaky.sh``); no
+cluster. The leak is capped, so the process stays small and the profiles stable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from memwarden.capture.analysis import (
+    diff_profiles,
+    function_stats,
+    goroutine_count,
+    top_functions,
+)
+from memwarden.capture.profile import parse_profile
+from memwarden_testing.cluster import REPO, wait_for
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+LEAK_FUNCTION = "main.retainSessionBuffers"
+PARKED_GOROUTINES = 40
+ENV = {
+    "GOMEMLIMIT": "300MiB",
+    "GOGC": "100",
+    "LEAKY_RATE": "64Mi",
+    "LEAKY_PATTERN": "steady",
+    "LEAKY_MAX": "96Mi",
+    "LEAKY_GOROUTINES": str(PARKED_GOROUTINES),
+}
+
+
+@dataclass(frozen=True)
+class Leaky:
+    url: str
+    process: subprocess.Popen[bytes]
+    stderr: Path
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            body: bytes = response.read()
+            return body
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples (no labels in leaky's exposition): name -> value."""
+        out = {}
+        for line in self.get("/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.split()
+                out[name] = float(value)
+        return out
+
+
+@pytest.fixture(scope="module")
+def go() -> str:
+    found = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    if found is None:
+        pytest.fail("the Go toolchain is required: put `go` on PATH")
+    return found
+
+
+@pytest.fixture(scope="module")
+def leaky_binary(go: str) -> Path:
+    built = subprocess.run(
+        [str(REPO / "hack" / "build-leaky.sh")],
+        env={**os.environ, "GO": go},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+def start_leaky(binary: Path, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start leaky on a kernel-chosen loopback port; its address is logged on stderr."""
+    stderr = (workdir / "leaky.stderr").open("wb")
+    try:
+        return subprocess.Popen(
+            [str(binary), "-listen", "127.0.0.1:0"],
+            env={"PATH": os.environ.get("PATH", ""), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    finally:
+        stderr.close()
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; the exit code of the first."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return process.returncode
+
+
+def listening_url(stderr: Path, process: subprocess.Popen[bytes]) -> str:
+    def address() -> str | None:
+        if process.poll() is not None:
+            raise AssertionError(f"leaky exited early: {stderr.read_text()}")
+        match = re.search(r"listening on (http://\S+)", stderr.read_text())
+        return match.group(1) if match else None
+
+    return wait_for(address, timeout=15, interval=0.05, what="leaky to listen")
+
+
+@pytest.fixture(scope="module")
+def leaky(leaky_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaky]:
+    workdir = tmp_path_factory.mktemp("leaky")
+    process = start_leaky(leaky_binary, workdir, ENV)
+    try:
+        url = listening_url(workdir / "leaky.stderr", process)
+        yield Leaky(url=url, process=process, stderr=workdir / "leaky.stderr")
+    finally:
+        stop(process)
+
+
+def wait_leaked(leaky: Leaky, at_least: int) -> dict[str, float]:
+    def reached() -> dict[str, float] | None:
+        metrics = leaky.metrics()
+        return metrics if metrics["leaky_leaked_bytes"] >= at_least else None
+
+    return wait_for(reached, timeout=30, interval=0.05, what=f"{at_least} leaked bytes")
+
+
+_ROW = re.compile(
+    r"^\s*(?P<flat>-?\d+)B?\s+-?[\d.]+%\s+-?[\d.]+%\s+(?P<cum>-?\d+)B?\s+-?[\d.]+%\s+(?P<name>.+?)"
+    r"(?: \((?:partial-)?inline\))?$"
+)
+
+
+def pprof_top(go: str, profile: Path, *extra: str) -> tuple[int, list[tuple[str, int, int]]]:
+    """``go tool pprof -top`` in exact units: (total, [(function, flat, cum)])."""
+    result = subprocess.run(
+        [go, "tool", "pprof", "-top", "-unit=B", "-nodecount=10", "-nodefraction=0",
+         "-symbolize=none", *extra, str(profile)],
+        env={**os.environ, "PPROF_TMPDIR": str(profile.parent)},
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    total = re.search(r" of (-?\d+)B? total", result.stdout)
+    assert total, result.stdout
+    rows = [
+        (m["name"], int(m["flat"]), int(m["cum"]))
+        for m in map(_ROW.match, result.stdout.splitlines())
+        if m
+    ]
+    assert rows, result.stdout
+    return int(total.group(1)), rows
+
+
+def test_metrics_report_runtime_settings_and_resident_leak(leaky: Leaky) -> None:
+    metrics = wait_leaked(leaky, 32 * MiB)
+
+    assert metrics["go_gc_gomemlimit_bytes"] == 300 * MiB
+    assert metrics["go_gc_gogc_percent"] == 100
+    for name in (
+        "go_gc_heap_live_bytes",
+        "go_cpu_classes_gc_total_cpu_seconds_total",
+        "go_gc_limiter_last_enabled_gc_cycle",
+        "go_memory_classes_heap_objects_bytes",
+    ):
+        assert name in metrics
+    assert metrics["go_sched_goroutines_goroutines"] >= PARKED_GOROUTINES
+    # Touched, so resident: RSS covers the leak.
+    assert metrics["process_resident_memory_bytes"] >= metrics["leaky_leaked_bytes"]
+    assert "GOMEMLIMIT=314572800 GOGC=100" in leaky.stderr.read_text()
+    assert leaky.get("/healthz") == b"ok\n"
+
+
+def test_heap_analysis_matches_go_tool_pprof(leaky: Leaky, go: str, tmp_path: Path) -> None:
+    wait_leaked(leaky, 32 * MiB)
+    base = tmp_path / "base.pb.gz"
+    base.write_bytes(leaky.get("/debug/pprof/heap?gc=1"))
+    wait_leaked(leaky, 96 * MiB)  # the cap: the leak has stopped growing
+    heap = tmp_path / "heap.pb.gz"
+    heap.write_bytes(leaky.get("/debug/pprof/heap?gc=1"))
+
+    report = top_functions(parse_profile(heap.read_bytes()), sample_index="inuse_space")
+    pprof_total, pprof_rows = pprof_top(go, heap, "-sample_index=inuse_space")
+
+    assert report.functions[0].function == LEAK_FUNCTION
+    assert report.functions[0].flat > 64 * MiB  # an estimate from sampling, not exact
+    assert report.total == pprof_total
+    assert [(f.function, f.flat, f.cum) for f in report.functions] == pprof_rows
+
+    diff = diff_profiles(
+        parse_profile(base.read_bytes()), parse_profile(heap.read_bytes()), limit=10_000
+    )
+    _, pprof_diff_rows = pprof_top(go, heap, f"-diff_base={base}")
+    ours = {d.function: (d.flat_delta, d.cum_delta) for d in diff.functions}
+    assert diff.functions[0].function == LEAK_FUNCTION
+    for name, flat, cum in pprof_diff_rows:
+        assert ours.get(name, (0, 0)) == (flat, cum), name
+
+
+def test_goroutine_count_matches_go_tool_pprof(leaky: Leaky, go: str, tmp_path: Path) -> None:
+    goroutine = tmp_path / "goroutine.pb.gz"
+    goroutine.write_bytes(leaky.get("/debug/pprof/goroutine"))
+
+    count = goroutine_count(parse_profile(goroutine.read_bytes()))
+    pprof_total, _ = pprof_top(go, goroutine)
+
+    assert count == pprof_total
+    assert count > PARKED_GOROUTINES
+    stats = function_stats(parse_profile(goroutine.read_bytes()))
+    parked = next(f for f in stats if f.function == "main.parkIdleWorker")
+    assert parked.cum == PARKED_GOROUTINES
+
+
+def test_sigterm_exits_cleanly(leaky_binary: Path, tmp_path: Path) -> None:
+    process = start_leaky(leaky_binary, tmp_path, {"LEAKY_PATTERN": "none"})
+    try:
+        listening_url(tmp_path / "leaky.stderr", process)
+    finally:
+        code = stop(process)
+    assert code == 0
+    assert "shutting down" in (tmp_path / "leaky.stderr").read_text()
