@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from memwarden.quantity import QUANTITY_PATTERN
+from memwarden.quantity import QUANTITY_PATTERN, QuantityError, parse_bytes
 
 GROUP = "memwarden.dev"
 VERSION = "v1alpha1"
@@ -142,6 +142,44 @@ class MemorySpec(_Model):
     )
     high: str | None = _quantity_field("memory.high: the point where the kernel throttles.")
     max: str | None = _quantity_field("memory.max: the hard limit (the container's limit).")
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> MemorySpec:
+        """The CRD's CEL rules, again, for offline use (``memwarden explain`` in CI).
+
+        A test applies every invalid case to the real API server too, so the two agree.
+        """
+        values: dict[str, int] = {}
+        for name in ("request", "limit", "protect", "high", "max"):
+            text = getattr(self, name)
+            if text is not None:
+                try:
+                    values[name] = parse_bytes(text)
+                except QuantityError as exc:
+                    raise ValueError(f"memory.{name}: {exc}") from exc
+        plain = {"request", "limit"} & values.keys()
+        intent = {"protect", "high", "max"} & values.keys()
+        if plain and intent:
+            raise ValueError(
+                "memory: use either plain resources (request/limit) or cgroup "
+                "intent (protect/high/max), not both"
+            )
+        if not values:
+            raise ValueError("memory: set request/limit or at least one of protect/high/max")
+        if "high" in values and not ({"protect", "max"} & values.keys()):
+            raise ValueError("memory.high: high needs protect or max")
+        ordered = (
+            ("request", "limit", "request must not exceed limit", False),
+            ("protect", "high", "protect must be below high", True),
+            ("high", "max", "high must not exceed max", False),
+            ("protect", "max", "protect must not exceed max", False),
+        )
+        for low, high, message, strict in ordered:
+            if low in values and high in values and (
+                values[low] >= values[high] if strict else values[low] > values[high]
+            ):
+                raise ValueError(f"memory.{low}: {message}")
+        return self
 
 
 class GoRuntimeSpec(_Model):

@@ -351,3 +351,11 @@ def plan_pod(
         notes=tuple(notes),
         applied=record,
     )
+
+
+def admission_ops(plan: PodPlan, *, dry_run: bool = False) -> list[dict[str, Any]]:
+    """The JSONPatch admission applies: none in Audit mode, dry-run, or when infeasible."""
+    winner = plan.selection.winner
+    if winner is None or winner.spec.mode == "Audit" or dry_run or plan.infeasible:
+        return []
+    return [dict(op) for op in plan.ops]

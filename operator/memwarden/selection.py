@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from memwarden.api import LabelSelector, MemoryPolicySpec
 
@@ -33,12 +34,30 @@ def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool
     return True
 
 
-def governed_containers(spec: MemoryPolicySpec, container_names: Sequence[str]) -> tuple[str, ...]:
-    """The pod's containers this policy governs, in pod order (``containers`` or all)."""
+def governed_containers(
+    spec: MemoryPolicySpec, container_names: Sequence[str], sidecar_names: Sequence[str] = ()
+) -> tuple[str, ...]:
+    """The pod's containers this policy governs, in pod order.
+
+    Default: every regular container. A ``containers`` list may also name sidecars
+    (init containers with ``restartPolicy: Always``), which run for the pod's life.
+    """
     if spec.containers is None:
         return tuple(container_names)
     wanted = set(spec.containers)
-    return tuple(name for name in container_names if name in wanted)
+    return tuple(name for name in (*container_names, *sidecar_names) if name in wanted)
+
+
+def container_names(pod: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """A pod dict's regular container names and its sidecar names."""
+    spec = pod.get("spec") or {}
+    regular = [str(c.get("name", "")) for c in spec.get("containers") or []]
+    sidecars = [
+        str(c.get("name", ""))
+        for c in spec.get("initContainers") or []
+        if c.get("restartPolicy") == "Always"
+    ]
+    return regular, sidecars
 
 
 @dataclass(frozen=True)
@@ -85,14 +104,18 @@ def _why(winner: Candidate, runner_up: Candidate) -> str:
 
 
 def select_policy(
-    *, labels: Mapping[str, str], container_names: Sequence[str], candidates: Iterable[Candidate]
+    *,
+    labels: Mapping[str, str],
+    container_names: Sequence[str],
+    candidates: Iterable[Candidate],
+    sidecar_names: Sequence[str] = (),
 ) -> Selection:
     """The policy that governs a pod with these labels and containers, and why."""
     matching: list[tuple[Candidate, tuple[str, ...]]] = []
     for candidate in candidates:
         if not selector_matches(candidate.spec.selector, labels):
             continue
-        governed = governed_containers(candidate.spec, container_names)
+        governed = governed_containers(candidate.spec, container_names, sidecar_names)
         if governed:
             matching.append((candidate, governed))
     if not matching:

@@ -74,9 +74,9 @@ def _amount(value: int | None) -> int:
 
 
 def _show(n: int) -> str:
-    """Bytes for people: an exact binary quantity, else bytes with an approximate MiB."""
+    """Bytes for people: an exact Mi/Gi/... quantity, else bytes with an approximate MiB."""
     text = format_bytes(n)
-    if text.isdigit() and n >= MIB:
+    if n >= MIB and not text.endswith(("Mi", "Gi", "Ti", "Pi", "Ei")):
         return f"{n} (~{n / MIB:.1f}Mi)"
     return text
 
@@ -815,6 +815,8 @@ def size_pod(
     result must keep (in-place resize can never change it). Containers come back in pod
     order (regular containers, then sidecars).
     """
+    if isinstance(governed, str):
+        raise TypeError("governed: a collection of container names, not one string")
     notes: list[str] = []
     by_name = {c.name: c for c in pod.long_running}
     plain_init = {c.name for c in pod.init_containers if not c.sidecar}

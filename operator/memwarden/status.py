@@ -11,7 +11,7 @@ from typing import Any
 
 from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
 from memwarden.mutation import PodShapeError, plan_pod
-from memwarden.selection import Candidate, select_policy
+from memwarden.selection import Candidate, container_names, select_policy
 from memwarden.sizing import KubeletProfile
 
 #: Lists in status are cut to this many entries: status is for people, not an inventory.
@@ -94,9 +94,12 @@ def policy_status(
     for pod in pods:
         metadata = pod.get("metadata") or {}
         name = str(metadata.get("name"))
-        containers = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        regular, sidecars = container_names(pod)
         selection = select_policy(
-            labels=metadata.get("labels") or {}, container_names=containers, candidates=candidates
+            labels=metadata.get("labels") or {},
+            container_names=regular,
+            sidecar_names=sidecars,
+            candidates=candidates,
         )
         if selection.winner is None:
             continue

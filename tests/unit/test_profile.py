@@ -84,6 +84,48 @@ def test_unknown_fields_of_every_wire_type_are_skipped() -> None:
     assert profile.samples[0].values == (5,)
 
 
+def _string_table(*strings: str) -> bytes:
+    return b"".join(field_bytes(6, s.encode()) for s in ("", *strings))
+
+
+_UNKNOWN = field_bytes(15, b"new") + field_varint(14, 1) + field_fixed32(13, 0)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        pytest.param("sample", id="in-sample"),
+        pytest.param("location", id="in-location"),
+        pytest.param("line", id="in-line"),
+        pytest.param("function", id="in-function"),
+        pytest.param("value_type", id="in-value-type"),
+    ],
+)
+def test_unknown_fields_in_nested_messages_are_skipped(where: str) -> None:
+    def extra(name: str) -> bytes:
+        return _UNKNOWN if name == where else b""
+
+    raw = (
+        field_bytes(1, field_varint(1, 1) + field_varint(2, 2) + extra("value_type"))
+        + field_bytes(2, field_varint(1, 1) + field_varint(2, 5) + extra("sample"))
+        + field_bytes(
+            4,
+            field_varint(1, 1)
+            + field_bytes(4, field_varint(1, 1) + field_varint(2, 7) + extra("line"))
+            + extra("location"),
+        )
+        + field_bytes(5, field_varint(1, 1) + field_varint(2, 3) + extra("function"))
+        + _string_table("inuse_space", "bytes", "main.leak")
+    )
+    profile = decode_profile(raw)
+    assert profile.sample_types == (ValueType("inuse_space", "bytes"),)
+    sample = profile.samples[0]
+    assert sample.values == (5,)
+    line = sample.locations[0].lines[0]
+    assert line.function is not None
+    assert (line.function.name, line.line) == ("main.leak", 7)
+
+
 def test_concatenated_gzip_members_are_one_profile() -> None:
     raw = ProfileBuilder().sample(["main.leak"], 5).encode()
     half = len(raw) // 2

@@ -221,8 +221,8 @@ def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise ProfileError("varint longer than 10 bytes")
 
 
-def _fields(buf: memoryview) -> Iterator[tuple[int, int, _Value]]:
-    """Yield ``(field number, wire type, value)``; length-delimited values as views."""
+def _fields(buf: memoryview) -> Iterator[tuple[int, _Value]]:
+    """Yield ``(field number, value)``: integers, or views for length-delimited values."""
     pos = 0
     end = len(buf)
     while pos < end:
@@ -251,32 +251,32 @@ def _fields(buf: memoryview) -> Iterator[tuple[int, int, _Value]]:
             pos += 4
         else:  # 3/4 are proto2 groups, which profile.proto never uses; 6/7 do not exist
             raise ProfileError(f"field {number}: unsupported wire type {wire}")
-        yield number, wire, value
+        yield number, value
 
 
-def _int(number: int, wire: int, value: _Value) -> int:
-    """A scalar integer field (varint or fixed), as a signed 64-bit value."""
-    if wire == _LEN or isinstance(value, memoryview):
-        raise ProfileError(f"field {number}: expected an integer, got wire type {wire}")
-    return value - _U64 if value >= _I64_MIN_UNSIGNED else value
-
-
-def _uint(number: int, wire: int, value: _Value) -> int:
-    if wire == _LEN or isinstance(value, memoryview):
-        raise ProfileError(f"field {number}: expected an integer, got wire type {wire}")
+def _uint(number: int, value: _Value) -> int:
+    """A scalar integer field (varint or fixed); a view means the wrong wire type."""
+    if isinstance(value, memoryview):
+        raise ProfileError(f"field {number}: expected an integer, got a length-delimited value")
     return value
 
 
-def _repeated_ints(number: int, wire: int, value: _Value, *, signed: bool) -> list[int]:
+def _int(number: int, value: _Value) -> int:
+    """A scalar ``int64`` field: two's complement, so diff profiles keep their sign."""
+    raw = _uint(number, value)
+    return raw - _U64 if raw >= _I64_MIN_UNSIGNED else raw
+
+
+def _repeated_ints(number: int, value: _Value, *, signed: bool) -> list[int]:
     """A repeated integer field: packed (one length-delimited run) or one element."""
-    if isinstance(value, memoryview):
-        out: list[int] = []
-        pos = 0
-        while pos < len(value):
-            item, pos = _varint(value, pos)
-            out.append(item - _U64 if signed and item >= _I64_MIN_UNSIGNED else item)
-        return out
-    return [_int(number, wire, value) if signed else value]
+    if not isinstance(value, memoryview):
+        return [_int(number, value) if signed else value]
+    out: list[int] = []
+    pos = 0
+    while pos < len(value):
+        item, pos = _varint(value, pos)
+        out.append(item - _U64 if signed and item >= _I64_MIN_UNSIGNED else item)
+    return out
 
 
 def _message(number: int, value: _Value) -> memoryview:
@@ -313,65 +313,70 @@ class _RawSample:
 
 def _decode_value_type(buf: memoryview) -> tuple[int, int]:
     type_ = unit = 0
-    for number, wire, value in _fields(buf):
+    for number, value in _fields(buf):
         if number == 1:
-            type_ = _int(number, wire, value)
+            type_ = _int(number, value)
         elif number == 2:
-            unit = _int(number, wire, value)
+            unit = _int(number, value)
     return type_, unit
 
 
 def _decode_sample(buf: memoryview) -> _RawSample:
     sample = _RawSample([], [], [])
-    for number, wire, value in _fields(buf):
+    for number, value in _fields(buf):
         if number == 1:
-            sample.location_ids += _repeated_ints(number, wire, value, signed=False)
+            sample.location_ids += _repeated_ints(number, value, signed=False)
         elif number == 2:
-            sample.values += _repeated_ints(number, wire, value, signed=True)
+            sample.values += _repeated_ints(number, value, signed=True)
         elif number == 3:
             key = str_ = num = num_unit = 0
-            for lnum, lwire, lvalue in _fields(_message(number, value)):
+            for lnum, lvalue in _fields(_message(number, value)):
                 if lnum == 1:
-                    key = _int(lnum, lwire, lvalue)
+                    key = _int(lnum, lvalue)
                 elif lnum == 2:
-                    str_ = _int(lnum, lwire, lvalue)
+                    str_ = _int(lnum, lvalue)
                 elif lnum == 3:
-                    num = _int(lnum, lwire, lvalue)
+                    num = _int(lnum, lvalue)
                 elif lnum == 4:
-                    num_unit = _int(lnum, lwire, lvalue)
+                    num_unit = _int(lnum, lvalue)
             sample.labels.append((key, str_, num, num_unit))
     return sample
 
 
 def _decode_location(buf: memoryview) -> _RawLocation:
     loc = _RawLocation()
-    for number, wire, value in _fields(buf):
+    for number, value in _fields(buf):
         if number == 1:
-            loc.id = _uint(number, wire, value)
+            loc.id = _uint(number, value)
         elif number == 2:
-            loc.mapping_id = _uint(number, wire, value)
+            loc.mapping_id = _uint(number, value)
         elif number == 3:
-            loc.address = _uint(number, wire, value)
+            loc.address = _uint(number, value)
         elif number == 4:
             line = _RawLine()
-            for lnum, lwire, lvalue in _fields(_message(number, value)):
+            for lnum, lvalue in _fields(_message(number, value)):
                 if lnum == 1:
-                    line.function_id = _uint(lnum, lwire, lvalue)
+                    line.function_id = _uint(lnum, lvalue)
                 elif lnum == 2:
-                    line.line = _int(lnum, lwire, lvalue)
+                    line.line = _int(lnum, lvalue)
                 elif lnum == 3:
-                    line.column = _int(lnum, lwire, lvalue)
+                    line.column = _int(lnum, lvalue)
             loc.lines.append(line)
         elif number == 5:
-            loc.is_folded = bool(_uint(number, wire, value))
+            loc.is_folded = bool(_uint(number, value))
     return loc
 
 
-def _decode_ints(buf: memoryview, *, signed: tuple[int, ...] = ()) -> dict[int, int]:
-    """A flat message of integer fields (Function, Mapping): field number -> value."""
+def _decode_ints(buf: memoryview, *, known: range, signed: tuple[int, ...] = ()) -> dict[int, int]:
+    """A flat message of integer fields (Function, Mapping): field number -> value.
+
+    Fields outside ``known`` are skipped, whatever their type: newer pprof versions add
+    fields, and an old reader must still read the rest.
+    """
     out: dict[int, int] = {}
-    for number, wire, value in _fields(buf):
-        out[number] = _int(number, wire, value) if number in signed else _uint(number, wire, value)
+    for number, value in _fields(buf):
+        if number in known:
+            out[number] = _int(number, value) if number in signed else _uint(number, value)
     return out
 
 
@@ -386,28 +391,30 @@ def _decode_profile(buf: memoryview) -> Profile:
     comments: list[int] = []
     period_type: tuple[int, int] | None = None
 
-    for number, wire, value in _fields(buf):
+    for number, value in _fields(buf):
         if number == 1:
             sample_types.append(_decode_value_type(_message(number, value)))
         elif number == 2:
             raw_samples.append(_decode_sample(_message(number, value)))
         elif number == 3:
-            raw_mappings.append(_decode_ints(_message(number, value)))
+            raw_mappings.append(_decode_ints(_message(number, value), known=range(1, 11)))
         elif number == 4:
             raw_locations.append(_decode_location(_message(number, value)))
         elif number == 5:
-            raw_functions.append(_decode_ints(_message(number, value), signed=(5,)))
+            raw_functions.append(
+                _decode_ints(_message(number, value), known=range(1, 6), signed=(5,))
+            )
         elif number == 6:
             try:
                 strings.append(str(_message(number, value), "utf-8"))
             except UnicodeDecodeError as exc:
                 raise ProfileError(f"string table entry {len(strings)} is not UTF-8") from exc
         elif number in (7, 8, 9, 10, 12, 14, 15):
-            scalars[number] = _int(number, wire, value)
+            scalars[number] = _int(number, value)
         elif number == 11:
             period_type = _decode_value_type(_message(number, value))
         elif number == 13:
-            comments += _repeated_ints(number, wire, value, signed=True)
+            comments += _repeated_ints(number, value, signed=True)
 
     if strings and strings[0] != "":
         raise ProfileError("string table must start with the empty string")

@@ -15,8 +15,8 @@ import kopf
 
 from memwarden.handlers import state
 from memwarden.manifests import POD_HANDLER_ID
-from memwarden.mutation import PodShapeError, plan_pod
-from memwarden.selection import Candidate, select_policy
+from memwarden.mutation import PodShapeError, admission_ops, plan_pod
+from memwarden.selection import Candidate, container_names, select_policy
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +39,13 @@ def admit_pod(
     if not candidates:
         return
     pod = dict(body)
-    containers = [c.get("name", "") for c in pod.get("spec", {}).get("containers", [])]
     pod_name = body.meta.get("name") or f"{body.meta.get('generateName', '')}*"
     try:
+        regular, sidecars = container_names(pod)
         selection = select_policy(
             labels=dict(body.meta.get("labels") or {}),
-            container_names=containers,
+            container_names=regular,
+            sidecar_names=sidecars,
             candidates=candidates,
         )
         plan = plan_pod(pod=pod, selection=selection, profile=settings.kubelet.profile())
@@ -69,12 +70,10 @@ def admit_pod(
         return
     if selection.others:
         warnings.append(f"memwarden: policy {winner.name} governs this pod: {selection.reason}")
-    if winner.spec.mode == "Audit" or settings.dry_run:
-        for line in plan.drift:
-            warnings.append(f"memwarden (audit, policy {winner.name}): {line}")
-        return
-    ops = [dict(op) for op in plan.ops]
+    ops = admission_ops(plan, dry_run=settings.dry_run)
     if not ops:
+        if winner.spec.mode == "Audit":
+            warnings.extend(f"memwarden (audit, policy {winner.name}): {d}" for d in plan.drift)
         return
     patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
     logger.info(
