@@ -42,6 +42,9 @@ type config struct {
 
 func main() {
 	cfg, err := parseConfig(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		return
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "leaky: %v\n", err)
 		os.Exit(2)
@@ -131,7 +134,7 @@ func run(cfg config) error {
 	fmt.Fprintf(os.Stderr, "leaky: listening on http://%s\n", ln.Addr())
 
 	leak := &leaker{rate: cfg.rate, max: cfg.max}
-	buildLookupTable(4 << 20)
+	buildLookupTable(8 << 20)
 	done := make(chan struct{})
 	parkIdleWorkers(cfg.goroutines, done)
 	go churnRequestGarbage(done)

@@ -9,11 +9,18 @@ invalid policy with the field named, before memwarden ever sees it.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
-from memwarden.quantity import QUANTITY_PATTERN, QuantityError, parse_bytes
+from memwarden.quantity import DURATION_PATTERN, QUANTITY_PATTERN, QuantityError, parse_bytes
 
 GROUP = "memwarden.dev"
 VERSION = "v1alpha1"
@@ -63,6 +70,9 @@ def _quantity_field(description: str) -> Any:
             ]
         },
     )
+
+
+ContainerName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 
 
 class _Model(BaseModel):
@@ -175,8 +185,10 @@ class MemorySpec(_Model):
             ("protect", "max", "protect must not exceed max", False),
         )
         for low, high, message, strict in ordered:
-            if low in values and high in values and (
-                values[low] >= values[high] if strict else values[low] > values[high]
+            if (
+                low in values
+                and high in values
+                and (values[low] >= values[high] if strict else values[low] > values[high])
             ):
                 raise ValueError(f"memory.{low}: {message}")
         return self
@@ -209,6 +221,15 @@ class GoRuntimeSpec(_Model):
         pattern=r"^(off|[0-9]{1,6})$",
         max_length=6,
     )
+
+    @field_validator("memoryLimit")
+    @classmethod
+    def _percent_in_range(cls, value: str | None) -> str | None:
+        """Mirror of the CEL rule: a percentage is in (0, 100]."""
+        if value is not None and value.endswith("%") and not 0 < float(value[:-1]) <= 100:
+            raise ValueError("a percentage must be above 0% and at most 100%")
+        return value
+
     overrideExisting: bool = Field(
         default=False,
         description="Replace GOMEMLIMIT/GOGC the container already sets (value or valueFrom).",
@@ -219,17 +240,92 @@ class RuntimeSpec(_Model):
     go: GoRuntimeSpec | None = None
 
 
+def _duration_field(default: str, description: str) -> Any:
+    return Field(default=default, description=description, pattern=DURATION_PATTERN, max_length=32)
+
+
+class OomRiskSpec(_Model):
+    """When a governed container counts as heading for the OOM killer.
+
+    Each signal is evaluated by Prometheus over ``for`` (so an operator restart loses no
+    state); any one holding opens an incident. Omit a threshold to disable that signal.
+    """
+
+    usageRatio: float | None = Field(
+        default=0.9, gt=0, le=1, description="Working set / memory limit at or above this."
+    )
+    timeToLimit: str | None = Field(
+        default="10m",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="The working set, extrapolated linearly, reaches the limit within this.",
+    )
+    majorFaultsPerSecond: float | None = Field(
+        default=None, ge=0, description="Major page faults per second at or above this."
+    )
+    pressureRatio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="PSI memory 'some' stall ratio (waiting seconds per second) at or above this.",
+    )
+    for_: str = Field(
+        default="2m",
+        alias="for",
+        pattern=DURATION_PATTERN,
+        max_length=32,
+        description="How long a signal must hold before an incident opens.",
+    )
+
+
+Artifact = Literal["heap", "allocs", "goroutine", "trace", "gcore", "smaps", "cgroup"]
+ALL_ARTIFACTS: tuple[Artifact, ...] = (
+    "heap",
+    "allocs",
+    "goroutine",
+    "trace",
+    "gcore",
+    "smaps",
+    "cgroup",
+)
+
+
+class CaptureSpec(_Model):
+    """Evidence collection when an incident opens."""
+
+    enabled: bool = Field(default=True, description="Open incidents and capture evidence.")
+    artifacts: list[Artifact] = Field(
+        default_factory=lambda: list(ALL_ARTIFACTS),
+        max_length=7,
+        description="What to collect; gcore is skipped when Pod Security forbids SYS_PTRACE.",
+    )
+    pprofPort: int = Field(
+        default=6060, ge=1, le=65535, description="The target's net/http/pprof port."
+    )
+    traceSeconds: int = Field(default=5, ge=1, le=60, description="Length of the execution trace.")
+    cooldown: str = _duration_field("30m", "No new incident for the same pod within this.")
+    maxIncidentsPerHour: int = Field(
+        default=10, ge=1, le=1000, description="Budget of incidents this policy may open per hour."
+    )
+    maxCoreBytes: str = Field(
+        default="2Gi",
+        pattern=MEMORY_QUANTITY_PATTERN,
+        max_length=64,
+        description="Skip gcore when the process RSS is above this (a core is about RSS-sized).",
+    )
+
+
 class MemoryPolicySpec(_Model):
     """What a MemoryPolicy asks for. See docs/api.md for every field."""
 
     selector: LabelSelector = Field(
         description="Pods of this namespace to govern; {} selects all of them."
     )
-    containers: list[str] | None = Field(
+    containers: list[ContainerName] | None = Field(
         default=None,
-        description="Container names to govern; default: every regular container.",
+        description="Container names to govern; default: every regular container. "
+        "Sidecars (init containers with restartPolicy Always) are governed only when named.",
         max_length=64,
-        json_schema_extra={"items": {"type": "string", "maxLength": 63, "minLength": 1}},
     )
     priority: int = Field(
         default=0,
@@ -251,6 +347,8 @@ class MemoryPolicySpec(_Model):
     )
     memory: MemorySpec | None = None
     runtime: RuntimeSpec | None = None
+    oomRisk: OomRiskSpec | None = None
+    capture: CaptureSpec | None = None
 
 
 class Condition(_Model):
@@ -290,6 +388,82 @@ class MemoryPolicy(_Model):
     status: MemoryPolicyStatus | None = None
 
 
+# --- MemoryIncident -----------------------------------------------------------------
+
+TriggerSource = Literal["prometheus", "alertmanager", "oomkilled", "manual"]
+IncidentPhase = Literal["Pending", "Capturing", "Collected", "Failed", "Skipped"]
+
+
+class Trigger(_Model):
+    """What opened the incident."""
+
+    source: TriggerSource = "manual"
+    signal: str | None = Field(
+        default=None,
+        max_length=128,
+        description="usageRatio, timeToLimit, majorFaultsPerSecond, pressureRatio, oomKilled, "
+        "or the alert name.",
+    )
+    value: float | None = Field(default=None, description="The observed value.")
+    threshold: float | None = Field(default=None, description="The threshold it crossed.")
+    alertName: str | None = Field(default=None, max_length=256)
+    labels: dict[str, str] | None = Field(default=None, description="The alert's labels.")
+    observedAt: str | None = Field(default=None, description="RFC 3339 time of the observation.")
+
+
+class MemoryIncidentSpec(_Model):
+    """One evidence capture from one container. Create one by hand for an on-demand capture."""
+
+    pod: str = Field(min_length=1, max_length=253, description="The pod, in this namespace.")
+    container: str | None = Field(
+        default=None, max_length=63, description="Target container; default: the pod's first."
+    )
+    policy: str | None = Field(default=None, max_length=253, description="The governing policy.")
+    trigger: Trigger = Field(default_factory=Trigger)
+    artifacts: list[Artifact] | None = Field(
+        default=None, max_length=7, description="Override the policy's capture.artifacts."
+    )
+
+
+class ArtifactRecord(_Model):
+    name: str
+    bytes: int = 0
+    sha256: str | None = None
+    durationSeconds: float | None = None
+    error: str | None = None
+
+
+class FunctionUsage(_Model):
+    function: str
+    flatBytes: int
+    cumBytes: int
+
+
+class Analysis(_Model):
+    """What the heap profile says is eating memory."""
+
+    sampleType: str = "inuse_space"
+    totalBytes: int = 0
+    top: list[FunctionUsage] = Field(default_factory=list, max_length=20)
+    goroutines: int | None = None
+
+
+class MemoryIncidentStatus(_Model):
+    phase: IncidentPhase = "Pending"
+    reason: str | None = None
+    message: str | None = None
+    openedAt: str | None = None
+    captureStartedAt: str | None = None
+    completedAt: str | None = None
+    ephemeralContainer: str | None = None
+    artifacts: list[ArtifactRecord] = Field(default_factory=list, max_length=32)
+    bundle: str | None = Field(default=None, description="Where the evidence bundle is stored.")
+    bundleBytes: int | None = None
+    bundleSha256: str | None = None
+    analysis: Analysis | None = None
+    observedGeneration: int | None = None
+
+
 # --- CRD generation -----------------------------------------------------------------
 
 _DROP_KEYS = {"title", "default"}
@@ -322,6 +496,10 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 out[key] = _resolve(value, defs)
         elif key == "description":
             out[key] = _clean_description(value)
+        elif key in {"exclusiveMinimum", "exclusiveMaximum"} and not isinstance(value, bool):
+            # JSON Schema 2020 (pydantic) -> OpenAPI 3.0 (Kubernetes): a bound plus a flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "const":
             out["enum"] = [value]
         else:
@@ -415,9 +593,55 @@ def memorypolicy_crd() -> dict[str, Any]:
     }
 
 
+def memoryincident_crd() -> dict[str, Any]:
+    """The MemoryIncident CustomResourceDefinition, generated from the models."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"memoryincidents.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "plural": "memoryincidents",
+                "singular": "memoryincident",
+                "kind": "MemoryIncident",
+                "listKind": "MemoryIncidentList",
+                "shortNames": ["minc"],
+                "categories": ["memwarden"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Pod", "type": "string", "jsonPath": ".spec.pod"},
+                        {"name": "Signal", "type": "string", "jsonPath": ".spec.trigger.signal"},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": _object_schema(
+                            spec=MemoryIncidentSpec,
+                            status=MemoryIncidentStatus,
+                            description="MemoryIncident records one evidence capture from a "
+                            "container heading for OOM; create one by hand for an on-demand capture.",
+                        )
+                    },
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name under ``crds/`` -> CRD document."""
-    return {f"memorypolicies.{GROUP}.yaml": memorypolicy_crd()}
+    return {
+        f"memorypolicies.{GROUP}.yaml": memorypolicy_crd(),
+        f"memoryincidents.{GROUP}.yaml": memoryincident_crd(),
+    }
 
 
 __all__ = [

@@ -50,10 +50,11 @@ class KubeletSettings(BaseModel):
     page_size: int = Field(
         default=4096, description="The nodes' page size (x86-64 and most arm64)."
     )
-    node_allocatable: int = Field(
-        default=16 * 2**30,
+    node_allocatable: int | None = Field(
+        default=None,
         description="Node allocatable memory in bytes: replaces the limit in memory.high for "
-        "containers without one. 16Gi is a common node size; set it to your nodes'.",
+        "containers without one. None = unknown (nodes differ): such memory.high values, and "
+        "a GOMEMLIMIT derived from them, are not predicted.",
     )
 
     def profile(self) -> KubeletProfile:

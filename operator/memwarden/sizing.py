@@ -482,9 +482,9 @@ def resolve_rule(rule: MemoryRule, profile: KubeletProfile) -> ResolvedMemory:
 
     Guarantee when ``high`` is given and the result is feasible: the kubelet's memory.high
     (:func:`expected_cgroup`) is ``floor(high / page) × page`` — never above the asked
-    high, below it by less than one page. protect+high solves the largest limit with that
-    memory.high, high+max the largest request; protect+high+max is accepted only when the
-    three already agree that way. An empty rule resolves to (None, None): keep the pod's.
+    high, below it by less than one page. Of the limits (protect+high) or requests
+    (high+max) that give it, the roundest is chosen; protect+high+max is accepted only when
+    the three already agree that way. An empty rule resolves to (None, None): keep the pod's.
     """
     if rule.is_empty:
         return ResolvedMemory(request=None, limit=None)

@@ -153,11 +153,24 @@ def pprof_top(
 ) -> tuple[int, list[tuple[str, int, int]]]:
     """``go tool pprof -top`` in exact units: (total, [(function, flat, cum)])."""
     result = subprocess.run(
-        [go, "tool", "pprof", "-top", "-unit=B", "-nodecount=10", "-nodefraction=0",
-         "-symbolize=none", *extra, str(profile)],
+        [
+            go,
+            "tool",
+            "pprof",
+            "-top",
+            "-unit=B",
+            "-nodecount=10",
+            "-nodefraction=0",
+            "-symbolize=none",
+            *extra,
+            str(profile),
+        ],
         env={**os.environ, "PPROF_TMPDIR": str(profile.parent)},
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     total = re.search(r" of (-?\d+)B? total", result.stdout)
     assert total, result.stdout
     rows = [

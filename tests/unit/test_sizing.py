@@ -6,8 +6,10 @@ Numbers are hand-computed from KEP-2570's formula; each case says how.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -441,7 +443,7 @@ def test_expected_pod_cgroup(
         ),
         pytest.param(MemoryRule(protect=GI, max=GI), V137_TIERED, GI, GI, id="protect-equals-max"),
         pytest.param(
-            # limits giving 2040107008: [2147478062, 2147482612]; 2Gi is the roundest
+            # limits giving 2040107008: [2147480918, 2147485468]; 2Gi is the roundest
             MemoryRule(protect=GI, high=HIGH_1G_2G),
             V137_TIERED,
             GI,
@@ -791,6 +793,13 @@ def test_size_pod_governs_sidecars_and_skips_others() -> None:
     assert "containers: migrate is an init container; not governed" in sizing.notes
 
 
+def test_size_pod_rejects_a_single_string_as_governed() -> None:
+    with pytest.raises(TypeError, match="governed"):
+        size_pod(
+            pod=pod(container()), governed="app", rule=MemoryRule(), runtime=None, profile=V137
+        )
+
+
 def test_size_pod_empty_rule_keeps_memory_and_sets_go_env() -> None:
     sizing = size_pod(
         pod=pod(container(request=GI, limit=2 * GI)),
@@ -1108,3 +1117,23 @@ def test_gomemlimit_never_exceeds_its_base(percent: float, limit: int) -> None:
         assert exact - app.gomemlimit < MI
     else:
         assert app.gomemlimit == math.floor(exact)
+
+
+# --------------------------------------------------------------------------- docs drift
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "sizing.md"
+_ROW = re.compile(r"^\| 1\.(\d+)(?:–1\.(\d+))? \| (on|off) \S* ?\| (\S+) \| (\S+) \|$")
+
+
+def test_docs_defaults_table_matches_defaults_for() -> None:
+    rows = [m for line in DOCS.read_text().splitlines() if (m := _ROW.match(line))]
+    assert len(rows) == 3, "the defaults table in docs/sizing.md changed shape"
+    for row in rows:
+        first, last, gate, factor, policy = row.groups()
+        for minor in {int(first), int(last or first)}:
+            profile = KubeletProfile.defaults_for(minor)
+            assert profile.memory_qos == (gate == "on"), minor
+            assert profile.throttling_factor == (None if factor == "unset" else float(factor))
+            assert profile.has_reservation_policy == (policy != "absent"), minor
+            if policy != "absent":
+                assert profile.reservation_policy == policy, minor

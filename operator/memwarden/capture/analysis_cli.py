@@ -56,7 +56,7 @@ def _is_tar_gz(path: Path) -> bool:
     return len(head) == 512 and head[257:262] == b"ustar"
 
 
-def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, *, limit: int) -> bytes:
     if member.size > limit:
         raise EvidenceError(f"bundle member {member.name} is {member.size} bytes (limit {limit})")
     stream = archive.extractfile(member)
@@ -77,7 +77,7 @@ def _load_bundle(path: Path) -> Evidence:
         for member in archive:
             name = PurePosixPath(member.name).name
             if member.isfile() and name in wanted and name not in members:
-                members[name] = _read_member(archive, member, wanted[name])
+                members[name] = _read_member(archive, member, limit=wanted[name])
     if HEAP_MEMBER not in members:
         raise EvidenceError(f"bundle has no {HEAP_MEMBER}")
     manifest: dict[str, Any] | None = None

@@ -1,0 +1,154 @@
+"""MemoryPolicy end to end on the real control plane: admission, status, conflicts, outage."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from memwarden.api import APPLIED_ANNOTATION
+from memwarden_testing.builders import make_container, make_policy, make_policy_spec
+from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.operator import OperatorProcess
+
+PLAIN = {"request": "512Mi", "limit": "1Gi"}
+GO = {"memoryLimit": "90%", "gogc": "100"}
+
+
+def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
+
+
+def policy_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memorypolicies", name)
+    return dict(obj.get("status") or {})
+
+
+def create_pod(kube: client.ApiClient, namespace: str, name: str, *, labels: dict[str, str],
+               containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": containers or [make_container()]}}
+    created = client.CoreV1Api(kube).create_namespaced_pod(namespace, body)
+    return dict(client.ApiClient().sanitize_for_serialization(created))
+
+
+def wait_policy_indexed(kube: client.ApiClient, namespace: str, name: str) -> None:
+    """The operator has seen the policy once its status carries the Ready condition."""
+    wait_for(lambda: any(c.get("type") == "Ready" for c in
+                         policy_status(kube, namespace, name).get("conditions", [])),
+             timeout=30, what=f"policy {name} reconciled")
+
+
+def env_of(pod: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env") or []}
+
+
+def test_bare_pod_and_deployment_pods_are_admitted_with_the_policy(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    kubeconfig = memwarden.kubeconfig
+    apply(kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, go=GO)))
+    wait_policy_indexed(kube, namespace, "checkout")
+
+    pod = create_pod(kube, namespace, "bare", labels={"app": "checkout"})
+    resources = pod["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["memory"] == "512Mi"
+    assert resources["limits"]["memory"] == "1Gi"
+    assert env_of(pod) == {"GOMEMLIMIT": "921MiB", "GOGC": "100"}
+    applied = json.loads(pod["metadata"]["annotations"][APPLIED_ANNOTATION])
+    assert applied["policy"] == f"{namespace}/checkout"
+
+    unrelated = create_pod(kube, namespace, "other", labels={"app": "other"})
+    assert "resources" not in unrelated["spec"]["containers"][0] or not unrelated["spec"]["containers"][0]["resources"]
+
+    apps = client.AppsV1Api(kube)
+    labels = {"app": "checkout"}
+    apps.create_namespaced_deployment(namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
+            "metadata": {"labels": labels},
+            "spec": {"containers": [make_container(env={"LOG": "info"})]}}}})
+    core = client.CoreV1Api(kube)
+    pods = wait_for(
+        lambda: (lambda items: items if len(items) == 2 else None)(
+            core.list_namespaced_pod(namespace, label_selector="app=checkout,pod-template-hash").items),
+        timeout=60, what="deployment pods",
+    )
+    for p in pods:
+        container = p.spec.containers[0]
+        assert container.resources.limits["memory"] == "1Gi"
+        assert {e.name: e.value for e in container.env} == {"LOG": "info", "GOMEMLIMIT": "921MiB", "GOGC": "100"}
+
+    status = wait_for(
+        lambda: (s := policy_status(kube, namespace, "checkout")).get("matchedPods") == 3 and s,
+        timeout=30, what="status counts 3 matched pods",
+    )
+    assert status["compliantPods"] == 3
+    assert status["driftedPods"] == 0
+    assert status["observedGeneration"] == 1
+
+
+def test_operator_down_pods_are_created_unmutated_then_reported_drifted(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    apply(memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN)))
+    wait_policy_indexed(kube, namespace, "checkout")
+    memwarden.stop()
+    try:
+        started = time.monotonic()
+        pod = create_pod(kube, namespace, "while-down", labels={"app": "checkout"})
+        elapsed = time.monotonic() - started
+        assert elapsed < 2.0, f"pod creation waited {elapsed:.1f}s on a stopped operator"
+        assert not pod["spec"]["containers"][0].get("resources")
+        assert APPLIED_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+    finally:
+        memwarden.start()
+    status = wait_for(
+        lambda: (s := policy_status(kube, namespace, "checkout")).get("driftedPods") == 1 and s,
+        timeout=30, what="the pod created while down reported drifted",
+    )
+    assert status["driftedPodNames"] == ["while-down"]
+    assert status["compliantPods"] == 0
+
+
+def test_two_policies_the_documented_winner_applies_and_status_says_so(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    apply(memwarden.kubeconfig, make_policy("general", namespace=namespace, spec=make_policy_spec(
+        match_labels={"tier": "web"}, memory={"request": "128Mi", "limit": "256Mi"})))
+    apply(memwarden.kubeconfig, make_policy("checkout", namespace=namespace, spec=make_policy_spec(
+        memory=PLAIN, priority=10)))
+    wait_policy_indexed(kube, namespace, "general")
+    wait_policy_indexed(kube, namespace, "checkout")
+
+    pod = create_pod(kube, namespace, "both", labels={"app": "checkout", "tier": "web"})
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi"
+
+    for policy in ("general", "checkout"):
+        conflicts = wait_for(
+            lambda p=policy: policy_status(kube, namespace, p).get("conflicts"),
+            timeout=30, what=f"conflict reported on {policy}",
+        )
+        assert conflicts == [{"pod": "both", "winner": "checkout", "others": ["general"],
+                              "reason": "checkout has the highest priority (10 > 0)"}]
+    assert policy_status(kube, namespace, "general").get("matchedPods") == 0
+
+
+def test_audit_mode_leaves_pods_alone_and_reports_drift(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    apply(memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(
+        memory=PLAIN, mode="Audit")))
+    wait_policy_indexed(kube, namespace, "checkout")
+    pod = create_pod(kube, namespace, "audited", labels={"app": "checkout"})
+    assert not pod["spec"]["containers"][0].get("resources")
+    status = wait_for(
+        lambda: (s := policy_status(kube, namespace, "checkout")).get("driftedPods") == 1 and s,
+        timeout=30, what="audit drift",
+    )
+    assert status["matchedPods"] == 1

@@ -1,0 +1,121 @@
+"""Run the real operator (``memwarden run``) as a process against the local control plane.
+
+The fixture makes the webhook's certificates, starts the operator on a free loopback
+port and registers the MutatingWebhookConfiguration that memwarden ships, pointing at it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from memwarden import certs
+from memwarden.manifests import mutating_webhook_configuration
+from memwarden_testing.cluster import REPO, kubectl, wait_for
+
+OPERATOR_NAMESPACE = "memwarden-system"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class OperatorProcess:
+    """One ``memwarden run`` process; restartable, its log kept in ``workdir``."""
+
+    kubeconfig: Path
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    webhook_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "operator.log"
+
+    def make_certificates(self) -> bytes:
+        now = dt.datetime.now(dt.UTC)
+        ca = certs.make_ca(common_name="test-webhook-ca", now=now, valid_for=dt.timedelta(days=1))
+        leaf = certs.issue(ca=ca, common_name="127.0.0.1", now=now, valid_for=dt.timedelta(days=1),
+                           server_names=("127.0.0.1", "localhost"))
+        certs.write_pem(leaf, cert_path=self.workdir / "tls.crt", key_path=self.workdir / "tls.key")
+        return ca.cert_pem
+
+    def register_webhook(self, ca_pem: bytes) -> None:
+        config = mutating_webhook_configuration(
+            ca_bundle=ca_pem,
+            url=f"https://127.0.0.1:{self.webhook_port}",
+            excluded_namespaces=["kube-system", OPERATOR_NAMESPACE],
+            name="memwarden-test",
+        )
+        kubectl(self.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(config))
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "MEMWARDEN_NAMESPACE": OPERATOR_NAMESPACE,
+            "MEMWARDEN_WEBHOOK_HOST": "127.0.0.1",
+            "MEMWARDEN_WEBHOOK_PORT": str(self.webhook_port),
+            "MEMWARDEN_WEBHOOK_CERT_FILE": str(self.workdir / "tls.crt"),
+            "MEMWARDEN_WEBHOOK_KEY_FILE": str(self.workdir / "tls.key"),
+            "MEMWARDEN_STATUS_INTERVAL_SECONDS": "1",
+            **self.extra_env,
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(REPO / ".venv" / "bin" / "memwarden"), "run",
+             f"--liveness=http://127.0.0.1:{self.health_port}/healthz"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.starts += 1
+        wait_for(self._healthy, timeout=60, what="operator liveness")
+
+    def _healthy(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"operator exited: {self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):
+                return True
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _listening(self.webhook_port):
+            time.sleep(0.1)
+
+    def log_tail(self, size: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return ""
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
