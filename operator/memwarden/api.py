@@ -627,7 +627,7 @@ def memoryincident_crd() -> dict[str, Any]:
                             spec=MemoryIncidentSpec,
                             status=MemoryIncidentStatus,
                             description="MemoryIncident records one evidence capture from a "
-                            "container heading for OOM; create one by hand for an on-demand capture.",
+                            "container heading for OOM; create one by hand to capture on demand.",
                         )
                     },
                 }

@@ -25,23 +25,39 @@ def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
 
 def policy_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
     obj = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        "memwarden.dev", "v1alpha1", namespace, "memorypolicies", name)
+        "memwarden.dev", "v1alpha1", namespace, "memorypolicies", name
+    )
     return dict(obj.get("status") or {})
 
 
-def create_pod(kube: client.ApiClient, namespace: str, name: str, *, labels: dict[str, str],
-               containers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
-            "spec": {"containers": containers or [make_container()]}}
+def create_pod(
+    kube: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    labels: dict[str, str],
+    containers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": containers or [make_container()]},
+    }
     created = client.CoreV1Api(kube).create_namespaced_pod(namespace, body)
     return dict(client.ApiClient().sanitize_for_serialization(created))
 
 
 def wait_policy_indexed(kube: client.ApiClient, namespace: str, name: str) -> None:
     """The operator has seen the policy once its status carries the Ready condition."""
-    wait_for(lambda: any(c.get("type") == "Ready" for c in
-                         policy_status(kube, namespace, name).get("conditions", [])),
-             timeout=30, what=f"policy {name} reconciled")
+    wait_for(
+        lambda: any(
+            c.get("type") == "Ready"
+            for c in policy_status(kube, namespace, name).get("conditions", [])
+        ),
+        timeout=30,
+        what=f"policy {name} reconciled",
+    )
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:
@@ -64,29 +80,52 @@ def test_bare_pod_and_deployment_pods_are_admitted_with_the_policy(
     assert applied["policy"] == f"{namespace}/checkout"
 
     unrelated = create_pod(kube, namespace, "other", labels={"app": "other"})
-    assert "resources" not in unrelated["spec"]["containers"][0] or not unrelated["spec"]["containers"][0]["resources"]
+    assert (
+        "resources" not in unrelated["spec"]["containers"][0]
+        or not unrelated["spec"]["containers"][0]["resources"]
+    )
 
     apps = client.AppsV1Api(kube)
     labels = {"app": "checkout"}
-    apps.create_namespaced_deployment(namespace, {
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "checkout"},
-        "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {
-            "metadata": {"labels": labels},
-            "spec": {"containers": [make_container(env={"LOG": "info"})]}}}})
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "checkout"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [make_container(env={"LOG": "info"})]},
+                },
+            },
+        },
+    )
     core = client.CoreV1Api(kube)
     pods = wait_for(
         lambda: (lambda items: items if len(items) == 2 else None)(
-            core.list_namespaced_pod(namespace, label_selector="app=checkout,pod-template-hash").items),
-        timeout=60, what="deployment pods",
+            core.list_namespaced_pod(
+                namespace, label_selector="app=checkout,pod-template-hash"
+            ).items
+        ),
+        timeout=60,
+        what="deployment pods",
     )
     for p in pods:
         container = p.spec.containers[0]
         assert container.resources.limits["memory"] == "1Gi"
-        assert {e.name: e.value for e in container.env} == {"LOG": "info", "GOMEMLIMIT": "921MiB", "GOGC": "100"}
+        assert {e.name: e.value for e in container.env} == {
+            "LOG": "info",
+            "GOMEMLIMIT": "921MiB",
+            "GOGC": "100",
+        }
 
     status = wait_for(
         lambda: (s := policy_status(kube, namespace, "checkout")).get("matchedPods") == 3 and s,
-        timeout=30, what="status counts 3 matched pods",
+        timeout=30,
+        what="status counts 3 matched pods",
     )
     assert status["compliantPods"] == 3
     assert status["driftedPods"] == 0
@@ -96,7 +135,9 @@ def test_bare_pod_and_deployment_pods_are_admitted_with_the_policy(
 def test_operator_down_pods_are_created_unmutated_then_reported_drifted(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    apply(memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN)))
+    apply(
+        memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))
+    )
     wait_policy_indexed(kube, namespace, "checkout")
     memwarden.stop()
     try:
@@ -110,7 +151,8 @@ def test_operator_down_pods_are_created_unmutated_then_reported_drifted(
         memwarden.start()
     status = wait_for(
         lambda: (s := policy_status(kube, namespace, "checkout")).get("driftedPods") == 1 and s,
-        timeout=30, what="the pod created while down reported drifted",
+        timeout=30,
+        what="the pod created while down reported drifted",
     )
     assert status["driftedPodNames"] == ["while-down"]
     assert status["compliantPods"] == 0
@@ -119,10 +161,22 @@ def test_operator_down_pods_are_created_unmutated_then_reported_drifted(
 def test_two_policies_the_documented_winner_applies_and_status_says_so(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    apply(memwarden.kubeconfig, make_policy("general", namespace=namespace, spec=make_policy_spec(
-        match_labels={"tier": "web"}, memory={"request": "128Mi", "limit": "256Mi"})))
-    apply(memwarden.kubeconfig, make_policy("checkout", namespace=namespace, spec=make_policy_spec(
-        memory=PLAIN, priority=10)))
+    apply(
+        memwarden.kubeconfig,
+        make_policy(
+            "general",
+            namespace=namespace,
+            spec=make_policy_spec(
+                match_labels={"tier": "web"}, memory={"request": "128Mi", "limit": "256Mi"}
+            ),
+        ),
+    )
+    apply(
+        memwarden.kubeconfig,
+        make_policy(
+            "checkout", namespace=namespace, spec=make_policy_spec(memory=PLAIN, priority=10)
+        ),
+    )
     wait_policy_indexed(kube, namespace, "general")
     wait_policy_indexed(kube, namespace, "checkout")
 
@@ -132,23 +186,33 @@ def test_two_policies_the_documented_winner_applies_and_status_says_so(
     for policy in ("general", "checkout"):
         conflicts = wait_for(
             lambda p=policy: policy_status(kube, namespace, p).get("conflicts"),
-            timeout=30, what=f"conflict reported on {policy}",
+            timeout=30,
+            what=f"conflict reported on {policy}",
         )
-        assert conflicts == [{"pod": "both", "winner": "checkout", "others": ["general"],
-                              "reason": "checkout has the highest priority (10 > 0)"}]
+        assert conflicts == [
+            {
+                "pod": "both",
+                "winner": "checkout",
+                "others": ["general"],
+                "reason": "checkout has the highest priority (10 > 0)",
+            }
+        ]
     assert policy_status(kube, namespace, "general").get("matchedPods") == 0
 
 
 def test_audit_mode_leaves_pods_alone_and_reports_drift(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    apply(memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(
-        memory=PLAIN, mode="Audit")))
+    apply(
+        memwarden.kubeconfig,
+        make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, mode="Audit")),
+    )
     wait_policy_indexed(kube, namespace, "checkout")
     pod = create_pod(kube, namespace, "audited", labels={"app": "checkout"})
     assert not pod["spec"]["containers"][0].get("resources")
     status = wait_for(
         lambda: (s := policy_status(kube, namespace, "checkout")).get("driftedPods") == 1 and s,
-        timeout=30, what="audit drift",
+        timeout=30,
+        what="audit drift",
     )
     assert status["matchedPods"] == 1

@@ -9,37 +9,68 @@ from memwarden_testing.builders import make_policy_spec
 PLAIN = {"request": "512Mi", "limit": "1Gi"}
 
 INVALID = [
-    pytest.param(make_policy_spec(memory={"request": "12Zi", "limit": "1Gi"}),
-                 "spec.memory.request", id="wrong-quantity"),
-    pytest.param(make_policy_spec(memory={"request": "-1Gi"}), "spec.memory.request",
-                 id="negative-quantity"),
-    pytest.param(make_policy_spec(memory={"request": "2Gi", "limit": "1Gi"}),
-                 "spec.memory.request", id="request-above-limit"),
-    pytest.param(make_policy_spec(memory={"protect": "2Gi", "high": "1Gi", "max": "3Gi"}),
-                 "spec.memory.protect", id="three-intent-fields-out-of-order"),
-    pytest.param(make_policy_spec(memory={"high": "3Gi", "max": "2Gi"}), "spec.memory.high",
-                 id="high-above-max"),
-    pytest.param(make_policy_spec(memory={"request": "1Gi", "max": "2Gi"}), "spec.memory",
-                 id="plain-and-intent"),
+    pytest.param(
+        make_policy_spec(memory={"request": "12Zi", "limit": "1Gi"}),
+        "spec.memory.request",
+        id="wrong-quantity",
+    ),
+    pytest.param(
+        make_policy_spec(memory={"request": "-1Gi"}), "spec.memory.request", id="negative-quantity"
+    ),
+    pytest.param(
+        make_policy_spec(memory={"request": "2Gi", "limit": "1Gi"}),
+        "spec.memory.request",
+        id="request-above-limit",
+    ),
+    pytest.param(
+        make_policy_spec(memory={"protect": "2Gi", "high": "1Gi", "max": "3Gi"}),
+        "spec.memory.protect",
+        id="three-intent-fields-out-of-order",
+    ),
+    pytest.param(
+        make_policy_spec(memory={"high": "3Gi", "max": "2Gi"}),
+        "spec.memory.high",
+        id="high-above-max",
+    ),
+    pytest.param(
+        make_policy_spec(memory={"request": "1Gi", "max": "2Gi"}),
+        "spec.memory",
+        id="plain-and-intent",
+    ),
     pytest.param(make_policy_spec(memory={"high": "1Gi"}), "spec.memory.high", id="high-alone"),
     pytest.param(make_policy_spec(memory={}), "spec.memory", id="empty-memory"),
-    pytest.param(make_policy_spec(memory=PLAIN, go={"memoryLimit": "-10%"}),
-                 "spec.runtime.go.memoryLimit", id="negative-ratio"),
-    pytest.param(make_policy_spec(memory=PLAIN, go={"memoryLimit": "150%"}),
-                 "spec.runtime.go.memoryLimit", id="ratio-above-100"),
-    pytest.param(make_policy_spec(memory=PLAIN, go={"gogc": "fast"}), "spec.runtime.go.gogc",
-                 id="bad-gogc"),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, go={"memoryLimit": "-10%"}),
+        "spec.runtime.go.memoryLimit",
+        id="negative-ratio",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, go={"memoryLimit": "150%"}),
+        "spec.runtime.go.memoryLimit",
+        id="ratio-above-100",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, go={"gogc": "fast"}), "spec.runtime.go.gogc", id="bad-gogc"
+    ),
     pytest.param(make_policy_spec(memory=PLAIN, mode="Force"), "spec.mode", id="unknown-mode"),
-    pytest.param(make_policy_spec(memory=PLAIN, update="InPlace"), "spec.update",
-                 id="update-mode-not-supported-yet"),
-    pytest.param(make_policy_spec(memory=PLAIN, priority=5000), "spec.priority",
-                 id="priority-out-of-range"),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, update="InPlace"),
+        "spec.update",
+        id="update-mode-not-supported-yet",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, priority=5000), "spec.priority", id="priority-out-of-range"
+    ),
     pytest.param({"memory": PLAIN}, "spec.selector", id="missing-selector"),
-    pytest.param({**make_policy_spec(memory=PLAIN), "memroy": PLAIN}, "memroy",
-                 id="unknown-field"),
-    pytest.param(make_policy_spec(memory=PLAIN, containers=[""]), "spec.containers[0]",
-                 id="empty-container-name"),
-    pytest.param({"selector": {"matchExpressions": [{"key": "a", "operator": "Like"}]},
-                  "memory": PLAIN}, "spec.selector.matchExpressions[0].operator",
-                 id="bad-selector-operator"),
+    pytest.param({**make_policy_spec(memory=PLAIN), "memroy": PLAIN}, "memroy", id="unknown-field"),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, containers=[""]),
+        "spec.containers[0]",
+        id="empty-container-name",
+    ),
+    pytest.param(
+        {"selector": {"matchExpressions": [{"key": "a", "operator": "Like"}]}, "memory": PLAIN},
+        "spec.selector.matchExpressions[0].operator",
+        id="bad-selector-operator",
+    ),
 ]

@@ -51,8 +51,13 @@ class OperatorProcess:
     def make_certificates(self) -> bytes:
         now = dt.datetime.now(dt.UTC)
         ca = certs.make_ca(common_name="test-webhook-ca", now=now, valid_for=dt.timedelta(days=1))
-        leaf = certs.issue(ca=ca, common_name="127.0.0.1", now=now, valid_for=dt.timedelta(days=1),
-                           server_names=("127.0.0.1", "localhost"))
+        leaf = certs.issue(
+            ca=ca,
+            common_name="127.0.0.1",
+            now=now,
+            valid_for=dt.timedelta(days=1),
+            server_names=("127.0.0.1", "localhost"),
+        )
         certs.write_pem(leaf, cert_path=self.workdir / "tls.crt", key_path=self.workdir / "tls.key")
         return ca.cert_pem
 
@@ -79,9 +84,15 @@ class OperatorProcess:
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "memwarden"), "run",
-             f"--liveness=http://127.0.0.1:{self.health_port}/healthz"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(REPO / ".venv" / "bin" / "memwarden"),
+                "run",
+                f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.starts += 1
         wait_for(self._healthy, timeout=60, what="operator liveness")

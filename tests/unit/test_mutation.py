@@ -18,16 +18,21 @@ from memwarden_testing.builders import make_candidate, make_container, make_pod
 pytestmark = pytest.mark.unit
 
 STOCK_137 = KubeletProfile.defaults_for(37)
-THROTTLING = KubeletProfile.defaults_for(37, throttling_factor=0.9,
-                                         reservation_policy="TieredReservation")
+THROTTLING = KubeletProfile.defaults_for(
+    37, throttling_factor=0.9, reservation_policy="TieredReservation"
+)
 PLAIN = {"request": "512Mi", "limit": "1Gi"}
 
 
 def plan_for(pod: dict[str, Any], *, profile: KubeletProfile = STOCK_137, **policy: Any):
     candidate = make_candidate(**policy)
     regular, sidecars = container_names(pod)
-    selection = select_policy(labels=pod["metadata"]["labels"], container_names=regular,
-                              sidecar_names=sidecars, candidates=[candidate])
+    selection = select_policy(
+        labels=pod["metadata"]["labels"],
+        container_names=regular,
+        sidecar_names=sidecars,
+        candidates=[candidate],
+    )
     return plan_pod(pod=pod, selection=selection, profile=profile)
 
 
@@ -37,18 +42,26 @@ def admitted(pod: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 
 
 def env_of(pod: dict[str, Any], container: int = 0) -> dict[str, Any]:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][container].get("env", [])}
+    return {
+        e["name"]: e.get("value", e.get("valueFrom"))
+        for e in pod["spec"]["containers"][container].get("env", [])
+    }
 
 
 LABELS = {"app": "checkout"}
 PODS = {
     "bare": make_pod(labels=LABELS),
-    "with-other-resources": make_pod(labels=LABELS, containers=[
-        make_container(cpu_request="100m", memory_request="64Mi")]),
+    "with-other-resources": make_pod(
+        labels=LABELS, containers=[make_container(cpu_request="100m", memory_request="64Mi")]
+    ),
     "with-env": make_pod(labels=LABELS, containers=[make_container(env={"LOG": "debug"})]),
-    "two-containers": make_pod(labels=LABELS, containers=[
-        make_container("app"), make_container("proxy", memory_limit="128Mi")]),
-    "own-gomemlimit": make_pod(labels=LABELS, containers=[make_container(env={"GOMEMLIMIT": "100MiB"})]),
+    "two-containers": make_pod(
+        labels=LABELS,
+        containers=[make_container("app"), make_container("proxy", memory_limit="128Mi")],
+    ),
+    "own-gomemlimit": make_pod(
+        labels=LABELS, containers=[make_container(env={"GOMEMLIMIT": "100MiB"})]
+    ),
     "annotated": make_pod(labels=LABELS, annotations={"team": "shop"}),
 }
 POLICIES = {
@@ -77,13 +90,21 @@ def test_plain_resources_env_and_annotation_on_a_bare_pod() -> None:
     # Stock 1.37 kubelet writes no memory.high: 90% of the 1Gi limit, floored to a MiB.
     assert env_of(pod) == {"GOMEMLIMIT": "921MiB", "GOGC": "50"}
     record = json.loads(pod["metadata"]["annotations"][APPLIED_ANNOTATION])
-    assert record == {"policy": "shop/checkout", "containers": {
-        "app": {"request": "512Mi", "limit": "1Gi", "GOMEMLIMIT": "921MiB", "GOGC": "50"}}}
+    assert record == {
+        "policy": "shop/checkout",
+        "containers": {
+            "app": {"request": "512Mi", "limit": "1Gi", "GOMEMLIMIT": "921MiB", "GOGC": "50"}
+        },
+    }
 
 
 def test_gomemlimit_follows_memory_high_when_the_kubelet_throttles() -> None:
-    pod = admitted(PODS["bare"], profile=THROTTLING, memory={"request": "1Gi", "limit": "2Gi"},
-                   go={"memoryLimit": "90%"})
+    pod = admitted(
+        PODS["bare"],
+        profile=THROTTLING,
+        memory={"request": "1Gi", "limit": "2Gi"},
+        go={"memoryLimit": "90%"},
+    )
     # memory.high = floor((1Gi + 0.9 * 1Gi) / 4096) * 4096 = 2040107008; 90% -> 1751 MiB
     assert env_of(pod)["GOMEMLIMIT"] == "1751MiB"
 
@@ -91,7 +112,9 @@ def test_gomemlimit_follows_memory_high_when_the_kubelet_throttles() -> None:
 def test_other_resources_and_env_are_kept() -> None:
     pod = admitted(PODS["with-other-resources"], memory=PLAIN)
     assert pod["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+        "requests": {"cpu": "100m", "memory": "512Mi"},
+        "limits": {"memory": "1Gi"},
+    }
     pod = admitted(PODS["with-env"], go={"gogc": "off"})
     assert env_of(pod) == {"LOG": "debug", "GOGC": "off"}
 
@@ -99,12 +122,21 @@ def test_other_resources_and_env_are_kept() -> None:
 @pytest.mark.parametrize(
     ("container", "override", "expected"),
     [
-        pytest.param(make_container(env={"GOMEMLIMIT": "100MiB"}), False, "100MiB", id="value-kept"),
-        pytest.param(make_container(env={"GOMEMLIMIT": "100MiB"}), True, "921MiB", id="value-replaced"),
-        pytest.param(make_container(env_from_field=("GOMEMLIMIT",)), False,
-                     {"fieldRef": {"fieldPath": "metadata.name"}}, id="valuefrom-kept"),
-        pytest.param(make_container(env_from_field=("GOMEMLIMIT",)), True, "921MiB",
-                     id="valuefrom-replaced"),
+        pytest.param(
+            make_container(env={"GOMEMLIMIT": "100MiB"}), False, "100MiB", id="value-kept"
+        ),
+        pytest.param(
+            make_container(env={"GOMEMLIMIT": "100MiB"}), True, "921MiB", id="value-replaced"
+        ),
+        pytest.param(
+            make_container(env_from_field=("GOMEMLIMIT",)),
+            False,
+            {"fieldRef": {"fieldPath": "metadata.name"}},
+            id="valuefrom-kept",
+        ),
+        pytest.param(
+            make_container(env_from_field=("GOMEMLIMIT",)), True, "921MiB", id="valuefrom-replaced"
+        ),
     ],
 )
 def test_existing_go_variables_are_respected_unless_overridden(
@@ -126,7 +158,9 @@ def test_audit_mode_computes_but_never_mutates() -> None:
 
 
 def test_drift_says_what_differs() -> None:
-    pod = make_pod(labels=LABELS, containers=[make_container(memory_request="256Mi", memory_limit="1Gi")])
+    pod = make_pod(
+        labels=LABELS, containers=[make_container(memory_request="256Mi", memory_limit="1Gi")]
+    )
     plan = plan_for(pod, memory=PLAIN, go={"gogc": "100"})
     assert plan.drift == (
         "app: memory request 256Mi, policy wants 512Mi",
@@ -136,8 +170,10 @@ def test_drift_says_what_differs() -> None:
 
 
 def test_equal_quantities_in_other_units_are_not_drift() -> None:
-    pod = make_pod(labels=LABELS, containers=[
-        make_container(memory_request="536870912", memory_limit="1024Mi")])
+    pod = make_pod(
+        labels=LABELS,
+        containers=[make_container(memory_request="536870912", memory_limit="1024Mi")],
+    )
     assert plan_for(pod, memory=PLAIN).drift == ()
 
 

@@ -15,36 +15,55 @@ pytestmark = pytest.mark.unit
     ("selector", "labels", "expected"),
     [
         pytest.param({}, {"app": "x"}, True, id="empty-selects-all"),
-        pytest.param({"matchLabels": {"app": "x"}}, {"app": "x", "t": "1"}, True, id="labels-subset"),
+        pytest.param(
+            {"matchLabels": {"app": "x"}}, {"app": "x", "t": "1"}, True, id="labels-subset"
+        ),
         pytest.param({"matchLabels": {"app": "x"}}, {"app": "y"}, False, id="labels-differ"),
         pytest.param({"matchLabels": {"app": "x"}}, {}, False, id="labels-missing"),
         pytest.param(
             {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]}]},
-            {"tier": "b"}, True, id="in",
+            {"tier": "b"},
+            True,
+            id="in",
         ),
         pytest.param(
             {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["a"]}]},
-            {}, False, id="in-absent",
+            {},
+            False,
+            id="in-absent",
         ),
         pytest.param(
             {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]},
-            {}, True, id="notin-absent",
+            {},
+            True,
+            id="notin-absent",
         ),
         pytest.param(
             {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["a"]}]},
-            {"tier": "a"}, False, id="notin-present",
+            {"tier": "a"},
+            False,
+            id="notin-present",
         ),
         pytest.param(
-            {"matchExpressions": [{"key": "go", "operator": "Exists"}]}, {"go": ""}, True, id="exists",
+            {"matchExpressions": [{"key": "go", "operator": "Exists"}]},
+            {"go": ""},
+            True,
+            id="exists",
         ),
         pytest.param(
             {"matchExpressions": [{"key": "go", "operator": "DoesNotExist"}]},
-            {"go": "1"}, False, id="does-not-exist",
+            {"go": "1"},
+            False,
+            id="does-not-exist",
         ),
         pytest.param(
-            {"matchLabels": {"app": "x"},
-             "matchExpressions": [{"key": "go", "operator": "Exists"}]},
-            {"app": "x"}, False, id="labels-and-expressions-all-must-hold",
+            {
+                "matchLabels": {"app": "x"},
+                "matchExpressions": [{"key": "go", "operator": "Exists"}],
+            },
+            {"app": "x"},
+            False,
+            id="labels-and-expressions-all-must-hold",
         ),
     ],
 )
@@ -57,25 +76,40 @@ def test_selector_matches(selector: dict, labels: dict, expected: bool) -> None:
     [
         pytest.param(
             [make_candidate("low", priority=1), make_candidate("high", priority=5)],
-            "high", "highest priority (5 > 1)", id="priority-wins",
+            "high",
+            "highest priority (5 > 1)",
+            id="priority-wins",
         ),
         pytest.param(
-            [make_candidate("young", created="2026-11-25T12:00:00Z"),
-             make_candidate("old", created="2026-11-01T00:00:00Z")],
-            "old", "oldest policy", id="tie-oldest-wins",
+            [
+                make_candidate("young", created="2026-11-25T12:00:00Z"),
+                make_candidate("old", created="2026-11-01T00:00:00Z"),
+            ],
+            "old",
+            "oldest policy",
+            id="tie-oldest-wins",
         ),
         pytest.param(
             [make_candidate("zeta"), make_candidate("alpha")],
-            "alpha", "sorts first by name", id="tie-name-wins",
+            "alpha",
+            "sorts first by name",
+            id="tie-name-wins",
         ),
         pytest.param(
-            [make_candidate("only")], "only", "only matching policy", id="single",
+            [make_candidate("only")],
+            "only",
+            "only matching policy",
+            id="single",
         ),
     ],
 )
-def test_precedence_is_deterministic_and_explained(policies: list, winner: str, reason: str) -> None:
+def test_precedence_is_deterministic_and_explained(
+    policies: list, winner: str, reason: str
+) -> None:
     for order in (policies, list(reversed(policies))):
-        selection = select_policy(labels={"app": "checkout"}, container_names=["app"], candidates=order)
+        selection = select_policy(
+            labels={"app": "checkout"}, container_names=["app"], candidates=order
+        )
         assert selection.winner is not None
         assert selection.winner.name == winner
         assert reason in selection.reason
@@ -86,7 +120,9 @@ def test_policy_naming_absent_containers_does_not_govern() -> None:
     sidecar_only = make_candidate("sidecar", containers=["envoy"], priority=10)
     general = make_candidate("general")
     selection = select_policy(
-        labels={"app": "checkout"}, container_names=["app", "log"], candidates=[sidecar_only, general]
+        labels={"app": "checkout"},
+        container_names=["app", "log"],
+        candidates=[sidecar_only, general],
     )
     assert selection.winner is not None and selection.winner.name == "general"
     assert selection.governed == ("app", "log")
@@ -124,5 +160,8 @@ def test_index_keeps_namespaces_apart_and_replaces_on_update() -> None:
 
     index.remove(namespace="shop", name="a")
     index.remove(namespace="shop", name="b")
-    assert index.select(namespace="shop", labels={"app": "checkout"}, container_names=["app"]).winner is None
+    assert (
+        index.select(namespace="shop", labels={"app": "checkout"}, container_names=["app"]).winner
+        is None
+    )
     assert len(index) == 1

@@ -1,0 +1,146 @@
+"""`memwarden explain`: offline answers from files, with exit codes a CI pipeline can use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from memwarden.cli import main
+from memwarden_testing.builders import make_policy, make_policy_spec
+from memwarden_testing.cluster import REPO
+
+pytestmark = pytest.mark.unit
+
+EXAMPLES = REPO / "examples" / "policies"
+DEPLOYMENT = EXAMPLES / "checkout-deployment.yaml"
+
+
+def explain_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict]:
+    code = main(["explain", *args, "-o", "json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_plain_policy_on_a_deployment(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = explain_json(
+        capsys, "--policy", str(EXAMPLES / "checkout.yaml"), "--pod", str(DEPLOYMENT)
+    )
+    assert code == 0
+    assert doc["policy"] == "shop/checkout"
+    (app,) = doc["containers"]
+    assert (app["request"], app["limit"]) == ("512Mi", "1Gi")
+    assert app["env"] == {"GOMEMLIMIT": "921MiB", "GOGC": "100"}
+    # Stock 1.37 kubelet: no memory.high, no protection; only memory.max.
+    assert app["cgroup"] == {
+        "memory.min": None,
+        "memory.low": None,
+        "memory.high": None,
+        "memory.max": "1Gi",
+    }
+
+
+def test_intent_with_a_throttling_kubelet_predicts_the_cgroup_files(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        str(EXAMPLES / "checkout-intent.yaml"),
+        "--pod",
+        str(DEPLOYMENT),
+        "--throttling-factor",
+        "0.9",
+        "--reservation-policy",
+        "TieredReservation",
+    )
+    assert code == 0
+    (app,) = doc["containers"]
+    assert (app["request"], app["limit"]) == ("1Gi", "2Gi")
+    # floor((1Gi + 0.9 * (2Gi - 1Gi)) / 4096) * 4096 = 2040107008 bytes
+    assert app["cgroup"]["memory.high"] == "1992292Ki"
+    assert app["cgroup"]["memory.low"] == "1Gi"
+    assert doc["podCgroup"]["memory.low"] == "1Gi"
+
+
+def test_intent_on_a_stock_kubelet_is_infeasible_with_exit_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, doc = explain_json(
+        capsys, "--policy", str(EXAMPLES / "checkout-intent.yaml"), "--pod", str(DEPLOYMENT)
+    )
+    assert code == 1
+    assert "memoryReservationPolicy" in doc["infeasible"]
+
+
+def test_winner_among_several_policies(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        str(EXAMPLES / "checkout.yaml"),
+        "--policy",
+        str(EXAMPLES / "checkout-intent.yaml"),
+        "--pod",
+        str(DEPLOYMENT),
+        "--throttling-factor",
+        "0.9",
+        "--reservation-policy",
+        "TieredReservation",
+    )
+    assert code == 0
+    assert doc["policy"] == "shop/checkout-intent"
+    assert doc["otherMatchingPolicies"] == ["shop/checkout"]
+
+
+def test_table_output_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["explain", "--policy", str(EXAMPLES / "checkout.yaml"), "--pod", str(DEPLOYMENT)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "policy:  shop/checkout" in out
+    assert "921MiB" in out
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        pytest.param(
+            make_policy(spec=make_policy_spec(memory={"request": "2Gi", "limit": "1Gi"})),
+            "memory.request",
+            id="request-above-limit",
+        ),
+        pytest.param(
+            make_policy(spec=make_policy_spec(memory={"request": "lots"})),
+            "spec.memory.request",
+            id="bad-quantity",
+        ),
+        pytest.param({"kind": "ConfigMap"}, "no MemoryPolicy", id="no-policy"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: dict, message: str
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    assert main(["explain", "--policy", str(path), "--pod", str(DEPLOYMENT)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_pod_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(
+            [
+                "explain",
+                "--policy",
+                str(EXAMPLES / "checkout.yaml"),
+                "--pod",
+                str(tmp_path / "missing.yaml"),
+            ]
+        )
+        == 2
+    )
+    assert "missing.yaml" in capsys.readouterr().err
