@@ -126,35 +126,73 @@ def select_policy(
     return Selection(winner=winner, others=tuple(rest), governed=governed, reason=reason)
 
 
+def _anchor(candidate: Candidate) -> tuple[str, str] | None:
+    """One label pair every pod the policy selects must carry (None: no such pair)."""
+    match_labels = candidate.spec.selector.matchLabels or {}
+    if not match_labels:
+        return None
+    key = min(match_labels)
+    return key, match_labels[key]
+
+
 @dataclass
 class PolicyIndex:
-    """Policies by namespace, kept in precedence order so the first match wins early."""
+    """Policies by namespace, and by one required label pair, so that finding a pod's
+    candidates costs a few dict look-ups instead of a scan of every policy."""
 
-    _by_namespace: dict[str, list[Candidate]] = field(default_factory=dict)
+    _by_namespace: dict[str, dict[str, Candidate]] = field(default_factory=dict)
+    _anchored: dict[str, dict[tuple[str, str], dict[str, Candidate]]] = field(default_factory=dict)
+    _unanchored: dict[str, dict[str, Candidate]] = field(default_factory=dict)
 
     def upsert(self, candidate: Candidate) -> None:
-        policies = [
-            c for c in self._by_namespace.get(candidate.namespace, []) if c.name != candidate.name
-        ]
-        policies.append(candidate)
-        policies.sort(key=Candidate.precedence)
-        self._by_namespace[candidate.namespace] = policies
+        self.remove(namespace=candidate.namespace, name=candidate.name)
+        self._by_namespace.setdefault(candidate.namespace, {})[candidate.name] = candidate
+        anchor = _anchor(candidate)
+        if anchor is None:
+            self._unanchored.setdefault(candidate.namespace, {})[candidate.name] = candidate
+        else:
+            by_anchor = self._anchored.setdefault(candidate.namespace, {})
+            by_anchor.setdefault(anchor, {})[candidate.name] = candidate
 
     def remove(self, *, namespace: str, name: str) -> None:
-        policies = [c for c in self._by_namespace.get(namespace, []) if c.name != name]
-        if policies:
-            self._by_namespace[namespace] = policies
+        old = self._by_namespace.get(namespace, {}).pop(name, None)
+        if old is None:
+            return
+        anchor = _anchor(old)
+        if anchor is None:
+            self._unanchored[namespace].pop(name, None)
         else:
-            self._by_namespace.pop(namespace, None)
+            self._anchored[namespace][anchor].pop(name, None)
+            if not self._anchored[namespace][anchor]:
+                del self._anchored[namespace][anchor]
+        if not self._by_namespace[namespace]:
+            for table in (self._by_namespace, self._anchored, self._unanchored):
+                table.pop(namespace, None)
 
-    def in_namespace(self, namespace: str) -> Sequence[Candidate]:
-        return self._by_namespace.get(namespace, ())
+    def in_namespace(self, namespace: str) -> list[Candidate]:
+        return sorted(self._by_namespace.get(namespace, {}).values(), key=Candidate.precedence)
+
+    def candidates_for(self, *, namespace: str, labels: Mapping[str, str]) -> list[Candidate]:
+        """The policies that may select a pod with these labels (a superset, never less)."""
+        found = list(self._unanchored.get(namespace, {}).values())
+        by_anchor = self._anchored.get(namespace, {})
+        for pair in labels.items():
+            found.extend(by_anchor.get(pair, {}).values())
+        return found
 
     def select(
-        self, *, namespace: str, labels: Mapping[str, str], container_names: Sequence[str]
+        self,
+        *,
+        namespace: str,
+        labels: Mapping[str, str],
+        container_names: Sequence[str],
+        sidecar_names: Sequence[str] = (),
     ) -> Selection:
         return select_policy(
-            labels=labels, container_names=container_names, candidates=self.in_namespace(namespace)
+            labels=labels,
+            container_names=container_names,
+            sidecar_names=sidecar_names,
+            candidates=self.candidates_for(namespace=namespace, labels=labels),
         )
 
     def __len__(self) -> int:

@@ -37,7 +37,7 @@ def operator(crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPa
     process.register_webhook(ca_pem)
     yield process
     process.stop()
-    kubectl(crds, "delete", "mutatingwebhookconfiguration", "memwarden-test", "--ignore-not-found")
+    kubectl(crds, "delete", "mutatingwebhookconfiguration", process.webhook_name, "--ignore-not-found")
 
 
 @pytest.fixture

@@ -45,6 +45,11 @@ class OperatorProcess:
     starts: int = 0
 
     @property
+    def webhook_name(self) -> str:
+        """Unique per process, so concurrent test sessions do not repoint each other's."""
+        return f"memwarden-test-{self.webhook_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / "operator.log"
 
@@ -66,7 +71,7 @@ class OperatorProcess:
             ca_bundle=ca_pem,
             url=f"https://127.0.0.1:{self.webhook_port}",
             excluded_namespaces=["kube-system", OPERATOR_NAMESPACE],
-            name="memwarden-test",
+            name=self.webhook_name,
         )
         kubectl(self.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(config))
 

@@ -16,7 +16,7 @@ import kopf
 from memwarden.handlers import state
 from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PodShapeError, admission_ops, plan_pod
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import container_names
 
 logger = logging.getLogger(__name__)
 
@@ -31,22 +31,19 @@ def admit_pod(
     **kwargs: Any,
 ) -> None:
     """Set resources, GOMEMLIMIT/GOGC and the applied annotation from the governing policy."""
-    policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
     settings = state.settings()
     if namespace is None or namespace in settings.never_governed:
         return
-    candidates = list(policy_index.get(namespace, []))
-    if not candidates:
-        return
+    index = state.policies()
     pod = dict(body)
     pod_name = body.meta.get("name") or f"{body.meta.get('generateName', '')}*"
     try:
         regular, sidecars = container_names(pod)
-        selection = select_policy(
+        selection = index.select(
+            namespace=namespace,
             labels=dict(body.meta.get("labels") or {}),
             container_names=regular,
             sidecar_names=sidecars,
-            candidates=candidates,
         )
         plan = plan_pod(pod=pod, selection=selection, profile=settings.kubelet.profile())
     except PodShapeError as exc:

@@ -20,6 +20,16 @@ def _governed_namespace(namespace: str | None, **_: Any) -> bool:
     return namespace is not None and namespace not in state.settings().never_governed
 
 
+def _candidate(*, namespace: str, name: str, spec: kopf.Spec, meta: kopf.Meta) -> Candidate | None:
+    """The policy as selection sees it; None when the schema would refuse it."""
+    try:
+        parsed = MemoryPolicySpec.model_validate(dict(spec))
+    except ValidationError:
+        return None
+    created = str(meta.get("creationTimestamp") or "")
+    return Candidate(namespace=namespace, name=name, created=created, spec=parsed)
+
+
 @kopf.index(GROUP, VERSION, "memorypolicies")
 def policy_index(
     *, namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
@@ -27,16 +37,38 @@ def policy_index(
     """namespace -> its policies (a policy the schema would refuse is left out)."""
     if namespace is None:
         return None
-    try:
-        parsed = MemoryPolicySpec.model_validate(dict(spec))
-    except ValidationError:
-        return None
-    created = str(meta.get("creationTimestamp") or "")
-    return {namespace: Candidate(namespace=namespace, name=name, created=created, spec=parsed)}
+    candidate = _candidate(namespace=namespace, name=name, spec=spec, meta=meta)
+    return None if candidate is None else {namespace: candidate}
 
 
 @kopf.index("pods", when=_governed_namespace)
-def pod_index(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+def pod_index(
+    *, namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[str, dict[str, Any]] | None:
     """namespace -> its running pods, trimmed to what policies look at."""
     view = pod_view(body)
     return None if view is None or namespace is None else {namespace: view}
+
+
+@kopf.on.event(GROUP, VERSION, "memorypolicies")
+def mirror_policy(
+    *,
+    type: str | None,
+    namespace: str | None,
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    **_: Any,
+) -> None:
+    """Keep the label-anchored PolicyIndex that admission uses in step with the watch."""
+    if namespace is None:
+        return
+    index = state.policies()
+    if type == "DELETED":
+        index.remove(namespace=namespace, name=name)
+        return
+    candidate = _candidate(namespace=namespace, name=name, spec=spec, meta=meta)
+    if candidate is None:
+        index.remove(namespace=namespace, name=name)
+    else:
+        index.upsert(candidate)

@@ -1,14 +1,16 @@
-"""The operator's process-wide state: the settings it was started with.
+"""The operator's process-wide state: its settings and the admission policy index.
 
-Set once by ``memwarden run`` (or a test) before kopf starts; handlers read it. Nothing
-else lives here, so handlers stay functions of their inputs.
+Settings are set once by ``memwarden run`` (or a test) before kopf starts. The policy
+index is kept current by a watch handler (handlers/indexes.py); admission reads it.
 """
 
 from __future__ import annotations
 
+from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
 
 _settings: Settings | None = None
+_policies = PolicyIndex()
 
 
 def configure(settings: Settings) -> None:
@@ -22,3 +24,8 @@ def settings() -> Settings:
     if _settings is None:
         _settings = Settings.from_env()
     return _settings
+
+
+def policies() -> PolicyIndex:
+    """Every valid MemoryPolicy, label-anchored for admission's per-pod look-up."""
+    return _policies

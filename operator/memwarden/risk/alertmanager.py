@@ -157,6 +157,8 @@ def parse_payload(body: bytes | str) -> AlertBatch:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PayloadError(f"body is not JSON: {exc}") from exc
+    except RecursionError as exc:  # "[[[[..." a few thousand deep
+        raise PayloadError("body is not JSON we accept: nested too deeply") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"body is a JSON {type(data).__name__}, not an object")
     if data.get("version") != PAYLOAD_VERSION:

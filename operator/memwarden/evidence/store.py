@@ -1,0 +1,453 @@
+"""The evidence store: one tar.gz bundle per incident on a filesystem (a PVC in production).
+
+Layout: ``<root>/<namespace>/<incident>/bundle.tar.gz`` and ``meta.json`` beside it.
+``meta.json`` is the commit record: an incident counts as stored only once it exists, so
+a crash mid-upload never leaves a bundle that looks complete. Directories are 0700 and
+files 0600: evidence holds core dumps, which hold secrets.
+
+Writes stream into a temporary file in the incident's directory while hashing, and are
+renamed into place only when complete and within the size cap; a refused or failed upload
+leaves nothing behind. Reads hand out a path, never the bundle's bytes: a bundle can be
+gigabytes (a core dump).
+
+What this module must not do: know about HTTP, tokens or Kubernetes. ``retention_plan``
+and the name checks are pure; only :class:`EvidenceStore` and ``apply_retention`` touch
+the disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = [
+    "BUNDLE_FILE",
+    "META_FILE",
+    "AlreadyStored",
+    "BundleMeta",
+    "BundleWriter",
+    "Entry",
+    "EvidenceStore",
+    "InvalidName",
+    "NotStored",
+    "StoreError",
+    "TooLarge",
+    "apply_retention",
+    "retention_plan",
+    "validate_incident_name",
+    "validate_namespace",
+]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_FILE = "bundle.tar.gz"
+META_FILE = "meta.json"
+_TMP_PREFIX = ".upload-"
+_DIR_MODE = 0o700
+
+#: Kubernetes names: a namespace is a DNS-1123 label, an object name a DNS-1123 subdomain.
+#: Neither can be empty, ``.``, ``..`` or hold ``/``: these checks are the traversal guard.
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUBDOMAIN_MAX = 253
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A namespace or incident name that is not a valid Kubernetes name."""
+
+
+class TooLarge(StoreError):
+    """The bundle exceeds the per-bundle size cap; nothing was kept."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"bundle exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class AlreadyStored(StoreError):
+    """A bundle is already stored for this incident (uploads are write-once)."""
+
+
+class NotStored(StoreError, LookupError):
+    """No bundle is stored for this incident."""
+
+
+def validate_namespace(namespace: str) -> str:
+    """Return ``namespace`` if it is a DNS-1123 label, else raise :class:`InvalidName`."""
+    if not isinstance(namespace, str) or not _LABEL.fullmatch(namespace):
+        raise InvalidName(f"invalid namespace {namespace!r}: must be a DNS-1123 label")
+    return namespace
+
+
+def validate_incident_name(name: str) -> str:
+    """Return ``name`` if it is a DNS-1123 subdomain, else raise :class:`InvalidName`."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= _SUBDOMAIN_MAX
+        or not all(_LABEL.fullmatch(part) for part in name.split("."))
+    ):
+        raise InvalidName(f"invalid incident name {name!r}: must be a DNS-1123 subdomain")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class BundleMeta:
+    """What ``meta.json`` records about a stored bundle."""
+
+    uid: str
+    bytes: int
+    sha256: str
+    stored_at: dt.datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "stored_at": self.stored_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BundleMeta:
+        stored_at = dt.datetime.fromisoformat(str(data["stored_at"]))
+        if stored_at.tzinfo is None:
+            raise ValueError("stored_at has no time zone")
+        return cls(
+            uid=str(data["uid"]),
+            bytes=int(data["bytes"]),
+            sha256=str(data["sha256"]),
+            stored_at=stored_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored bundle: where it belongs and its meta."""
+
+    namespace: str
+    incident: str
+    meta: BundleMeta
+
+    @property
+    def bytes(self) -> int:
+        return self.meta.bytes
+
+    @property
+    def stored_at(self) -> dt.datetime:
+        return self.meta.stored_at
+
+
+def retention_plan(
+    entries: Sequence[Entry],
+    *,
+    now: dt.datetime,
+    max_age: dt.timedelta | None,
+    max_total_bytes: int | None,
+) -> list[Entry]:
+    """The entries to delete, oldest first: every one older than ``max_age``, then more of
+    the oldest until the rest fits in ``max_total_bytes``. ``None`` disables a limit.
+
+    Pure. Ties in age are broken by namespace and name, so the plan is deterministic.
+    """
+    ordered = sorted(entries, key=lambda e: (e.stored_at, e.namespace, e.incident))
+    doomed: list[Entry] = []
+    kept: list[Entry] = []
+    for entry in ordered:
+        if max_age is not None and now - entry.stored_at > max_age:
+            doomed.append(entry)
+        else:
+            kept.append(entry)
+    if max_total_bytes is not None:
+        total = sum(e.bytes for e in kept)
+        for entry in kept:
+            if total <= max_total_bytes:
+                break
+            doomed.append(entry)
+            total -= entry.bytes
+    return sorted(doomed, key=lambda e: (e.stored_at, e.namespace, e.incident))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``directory``: commit and delete are atomic with
+    respect to each other, across processes sharing the volume."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _make_private_dir(path: Path) -> None:
+    """``mkdir`` with mode 0700 whatever the umask; an existing directory is tightened."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=_DIR_MODE)
+    if path.is_symlink() or not path.is_dir():
+        raise StoreError(f"{path} is not a directory")
+    if path.stat().st_mode & 0o777 != _DIR_MODE:
+        path.chmod(_DIR_MODE)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            raise
+
+
+class BundleWriter:
+    """One upload in progress: ``write`` chunks, then ``commit``; a context manager that
+    removes the partial file unless committed. Not thread-safe; use one per upload."""
+
+    def __init__(
+        self, *, store: EvidenceStore, namespace: str, incident: str, uid: str, max_bytes: int
+    ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self._incident = incident
+        self._uid = uid
+        self._max_bytes = max_bytes
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._directory = store.incident_dir(namespace, incident)
+        _make_private_dir(store.root / namespace)
+        _make_private_dir(self._directory)
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self._directory)
+        self._tmp = Path(name)  # mkstemp creates it 0600
+        self._file = os.fdopen(fd, "wb")
+        self._done = False
+
+    @property
+    def bytes_written(self) -> int:
+        return self._size
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; raise :class:`TooLarge` (and discard everything) past the cap."""
+        if self._done:
+            raise StoreError("writer already finished")
+        if self._size + len(chunk) > self._max_bytes:
+            self.abort()
+            raise TooLarge(self._max_bytes)
+        self._file.write(chunk)
+        self._hash.update(chunk)
+        self._size += len(chunk)
+
+    def commit(self, *, now: dt.datetime) -> BundleMeta:
+        """Make the bundle visible atomically; :class:`AlreadyStored` if another won."""
+        if self._done:
+            raise StoreError("writer already finished")
+        meta = BundleMeta(
+            uid=self._uid, bytes=self._size, sha256=self._hash.hexdigest(), stored_at=now
+        )
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            meta_tmp = self._write_meta_tmp(meta)
+            try:
+                with _locked(self._directory):
+                    if (self._directory / META_FILE).exists():
+                        raise AlreadyStored(f"{self._namespace}/{self._incident} is already stored")
+                    # The bundle first, then the commit record: a crash in between leaves
+                    # a bundle without meta, which counts as not stored (and is swept).
+                    os.replace(self._tmp, self._directory / BUNDLE_FILE)
+                    os.replace(meta_tmp, self._directory / META_FILE)
+                    _fsync_dir(self._directory)
+            finally:
+                meta_tmp.unlink(missing_ok=True)
+        except AlreadyStored:
+            self.abort()
+            raise
+        except OSError as exc:
+            self.abort()
+            raise StoreError(f"cannot store {self._namespace}/{self._incident}: {exc}") from exc
+        self._done = True
+        return meta
+
+    def _write_meta_tmp(self, meta: BundleMeta) -> Path:
+        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".meta", dir=self._directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(meta.to_json(), stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        return Path(name)
+
+    def abort(self) -> None:
+        """Discard the partial upload, and the directories it created if now empty."""
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+        _rmdir_if_empty(self._directory)
+        _rmdir_if_empty(self._directory.parent)
+
+    def __enter__(self) -> BundleWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.abort()
+
+
+class EvidenceStore:
+    """Bundles under ``root``; every public method validates names first."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        _make_private_dir(self.root) if not self.root.exists() else None
+
+    def incident_dir(self, namespace: str, incident: str) -> Path:
+        return self.root / validate_namespace(namespace) / validate_incident_name(incident)
+
+    def open_upload(
+        self, namespace: str, incident: str, *, uid: str, max_bytes: int
+    ) -> BundleWriter:
+        """Start an upload (check :meth:`exists` first to refuse early)."""
+        if self.exists(namespace, incident):
+            raise AlreadyStored(f"{namespace}/{incident} is already stored")
+        return BundleWriter(
+            store=self, namespace=namespace, incident=incident, uid=uid, max_bytes=max_bytes
+        )
+
+    def exists(self, namespace: str, incident: str) -> bool:
+        return (self.incident_dir(namespace, incident) / META_FILE).is_file()
+
+    def meta(self, namespace: str, incident: str) -> BundleMeta:
+        """The stored bundle's meta; :class:`NotStored` if there is none."""
+        path = self.incident_dir(namespace, incident) / META_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return BundleMeta.from_json(data)
+        except FileNotFoundError as exc:
+            raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"unreadable meta for {namespace}/{incident}: {exc}") from exc
+
+    def bundle_path(self, namespace: str, incident: str) -> Path:
+        """The stored bundle's path, to stream from; :class:`NotStored` if there is none."""
+        self.meta(namespace, incident)
+        path = self.incident_dir(namespace, incident) / BUNDLE_FILE
+        if not path.is_file():
+            raise NotStored(f"no bundle stored for {namespace}/{incident}")
+        return path
+
+    def list(self, namespace: str) -> list[Entry]:
+        """Stored bundles of ``namespace``, by incident name; unreadable ones are skipped."""
+        directory = self.root / validate_namespace(namespace)
+        entries: list[Entry] = []
+        try:
+            children = sorted(directory.iterdir())
+        except FileNotFoundError:
+            return []
+        for child in children:
+            try:
+                validate_incident_name(child.name)
+                entries.append(Entry(namespace, child.name, self.meta(namespace, child.name)))
+            except NotStored:
+                continue
+            except StoreError as exc:
+                log.warning("skipping %s: %s", child, exc)
+        return entries
+
+    def entries(self) -> list[Entry]:
+        """Every stored bundle, all namespaces (for retention)."""
+        result: list[Entry] = []
+        for child in sorted(self.root.iterdir()):
+            try:
+                result.extend(self.list(child.name))
+            except InvalidName:
+                continue
+        return result
+
+    def delete(self, namespace: str, incident: str) -> bool:
+        """Delete the incident's bundle; False if there was none."""
+        directory = self.incident_dir(namespace, incident)
+        try:
+            with _locked(directory):
+                had_meta = (directory / META_FILE).exists()
+                # The commit record goes first: readers stop seeing the bundle at once.
+                (directory / META_FILE).unlink(missing_ok=True)
+                shutil.rmtree(directory)
+        except FileNotFoundError:
+            return False
+        _rmdir_if_empty(directory.parent)
+        return had_meta
+
+    def sweep_partial(self, *, now: dt.datetime, older_than: dt.timedelta) -> list[Path]:
+        """Remove leftovers of crashed uploads (temporary files, bundles without meta)
+        untouched for ``older_than``; an upload in progress keeps its file's mtime fresh."""
+        removed: list[Path] = []
+        cutoff = (now - older_than).timestamp()
+        for ns_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for incident_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):
+                stored = (incident_dir / META_FILE).exists()
+                for path in incident_dir.iterdir():
+                    partial = path.name.startswith(_TMP_PREFIX) or (
+                        not stored and path.name == BUNDLE_FILE
+                    )
+                    with contextlib.suppress(FileNotFoundError):
+                        if partial and path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed.append(path)
+                _rmdir_if_empty(incident_dir)
+            _rmdir_if_empty(ns_dir)
+        return removed
+
+
+def apply_retention(
+    store: EvidenceStore,
+    *,
+    now: dt.datetime,
+    max_age: dt.timedelta | None,
+    max_total_bytes: int | None,
+    partial_max_age: dt.timedelta = dt.timedelta(hours=1),
+) -> list[Entry]:
+    """Delete what :func:`retention_plan` says, and stale partial uploads; returns the
+    deleted entries. Blocking I/O: call it from a thread in async code."""
+    plan = retention_plan(
+        store.entries(), now=now, max_age=max_age, max_total_bytes=max_total_bytes
+    )
+    deleted = [e for e in plan if store.delete(e.namespace, e.incident)]
+    for entry in deleted:
+        log.info(
+            "evidence %s/%s deleted by retention (%d bytes, stored %s)",
+            entry.namespace,
+            entry.incident,
+            entry.bytes,
+            entry.stored_at.isoformat(),
+        )
+    for path in store.sweep_partial(now=now, older_than=partial_max_age):
+        log.info("removed partial upload %s", path)
+    return deleted
