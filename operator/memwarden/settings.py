@@ -106,6 +106,32 @@ class Settings(BaseModel):
         "kubectl get fresh without writing status more than needed (writes only on change).",
     )
     health_port: int = Field(default=8080, description="/healthz, /readyz and /metrics.")
+    http_host: str = Field(
+        default="0.0.0.0",
+        description="Address of the operator's HTTP API (Alertmanager receiver, evidence "
+        "store): all interfaces, since Alertmanager reaches it through a Service.",
+    )
+    http_port: int = Field(
+        default=8443,
+        ge=0,
+        le=65535,
+        description="Port of the operator's HTTP API: unprivileged (non-root image), apart "
+        "from the webhook's 9443 and health's 8080, and the usual one for a TLS API since "
+        "bearer tokens cross it. 0 = an ephemeral port (tests).",
+    )
+    http_cert_file: str | None = Field(
+        default=None,
+        description="TLS certificate of the HTTP API; None = plain HTTP (loopback, tests, "
+        "or a mesh that encrypts). Production should mount one: the bearer token of "
+        "Alertmanager and evidence uploads cross this port.",
+    )
+    http_key_file: str | None = Field(default=None, description="Its private key.")
+    alertmanager_token_file: str | None = Field(
+        default=None,
+        description="File holding the bearer token Alertmanager must send (a mounted "
+        "Secret; re-read when it changes). None = the receiver is off: without a token "
+        "anyone could open incidents.",
+    )
     dry_run: bool = Field(
         default=False, description="Compute and log, never write to the cluster (like --dry-run)."
     )

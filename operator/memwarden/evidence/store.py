@@ -326,7 +326,10 @@ class EvidenceStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        _make_private_dir(self.root) if not self.root.exists() else None
+        if not self.root.exists():
+            # An existing root (a PVC's mount point) keeps the mode its owner gave it.
+            self.root.mkdir(parents=True, mode=_DIR_MODE)
+            self.root.chmod(_DIR_MODE)
 
     def incident_dir(self, namespace: str, incident: str) -> Path:
         return self.root / validate_namespace(namespace) / validate_incident_name(incident)
@@ -372,6 +375,8 @@ class EvidenceStore:
         except FileNotFoundError:
             return []
         for child in children:
+            if not child.is_dir() or child.is_symlink():
+                continue
             try:
                 validate_incident_name(child.name)
                 entries.append(Entry(namespace, child.name, self.meta(namespace, child.name)))
@@ -385,6 +390,8 @@ class EvidenceStore:
         """Every stored bundle, all namespaces (for retention)."""
         result: list[Entry] = []
         for child in sorted(self.root.iterdir()):
+            if not child.is_dir() or child.is_symlink():
+                continue
             try:
                 result.extend(self.list(child.name))
             except InvalidName:

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 #: Alertmanager sends one group per request; 1 MiB holds a few thousand alerts, and the
 #: same limit as aiohttp's default keeps a client from making us buffer more.
 MAX_BODY_BYTES = 2**20
-#: Route of the receiver inside the sub-app (the operator mounts it at ``/``).
-PATH = "/alertmanager/v4"
+#: Where the operator mounts the sub-app, and the route inside it: ``/alertmanager/v4``.
+PREFIX = "/alertmanager"
+ROUTE = "/v4"
 
 OnFindings = Callable[[Sequence[Finding]], Awaitable[None]]
 TokenSource = str | Callable[[], str]
@@ -166,5 +167,5 @@ def make_alertmanager_app(
         )
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_post(PATH, receive)
+    app.router.add_post(ROUTE, receive)
     return app
