@@ -45,6 +45,7 @@ demo-down:
 
 crds: bootstrap
 	.venv/bin/memwarden crds --write crds/
+	.venv/bin/memwarden crds --docs docs/api.md
 
 bench: bootstrap
 	$(PY) bench/run_all.py

@@ -38,7 +38,11 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
         return kept
 
     annotations = metadata.get("annotations") or {}
+    oom_killed = _oom_killed_statuses(status)
     return {
+        # Only containers whose (last) termination was the OOM killer: the risk loop
+        # turns them into findings (risk/signals.py ``oom_killed``).
+        **({"status": {"containerStatuses": oom_killed}} if oom_killed else {}),
         "metadata": {
             "name": metadata.get("name"),
             "namespace": metadata.get("namespace"),
@@ -51,6 +55,24 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             **({"overhead": spec["overhead"]} if spec.get("overhead") else {}),
         },
     }
+
+
+def _oom_killed_statuses(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Container statuses trimmed to an OOMKilled termination (current or last)."""
+    kept = []
+    for entry in [
+        *(status.get("containerStatuses") or []),
+        *(status.get("initContainerStatuses") or []),
+    ]:
+        trimmed = {
+            which: {"terminated": {k: terminated.get(k) for k in ("reason", "finishedAt")}}
+            for which in ("state", "lastState")
+            if (terminated := (entry.get(which) or {}).get("terminated") or {}).get("reason")
+            == "OOMKilled"
+        }
+        if trimmed:
+            kept.append({"name": entry.get("name"), **trimmed})
+    return kept
 
 
 def _condition(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -41,6 +42,8 @@ class OperatorProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    alertmanager_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -48,6 +51,15 @@ class OperatorProcess:
     def webhook_name(self) -> str:
         """Unique per process, so concurrent test sessions do not repoint each other's."""
         return f"memwarden-test-{self.webhook_port}"
+
+    @property
+    def alertmanager_token_file(self) -> Path:
+        return self.workdir / "alertmanager-token"
+
+    @property
+    def alertmanager_url(self) -> str:
+        """The operator's Alertmanager receiver (plain HTTP on loopback)."""
+        return f"http://127.0.0.1:{self.http_port}/alertmanager/v4"
 
     @property
     def log_path(self) -> Path:
@@ -76,6 +88,7 @@ class OperatorProcess:
         kubectl(self.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(config))
 
     def start(self) -> None:
+        self.alertmanager_token_file.write_text(self.alertmanager_token)
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -85,6 +98,9 @@ class OperatorProcess:
             "MEMWARDEN_WEBHOOK_CERT_FILE": str(self.workdir / "tls.crt"),
             "MEMWARDEN_WEBHOOK_KEY_FILE": str(self.workdir / "tls.key"),
             "MEMWARDEN_STATUS_INTERVAL_SECONDS": "1",
+            "MEMWARDEN_HTTP_HOST": "127.0.0.1",
+            "MEMWARDEN_HTTP_PORT": str(self.http_port),
+            "MEMWARDEN_ALERTMANAGER_TOKEN_FILE": str(self.alertmanager_token_file),
             **self.extra_env,
         }
         log = self.log_path.open("ab")

@@ -70,3 +70,11 @@ def test_models_refuse_what_the_crd_refuses(spec: dict[str, Any], field: str) ->
 def test_models_accept_valid_memory_sections(memory: dict[str, str]) -> None:
     spec = MemoryPolicySpec.model_validate(make_policy_spec(memory=memory))
     assert spec.memory is not None
+
+
+def test_api_docs_field_reference_matches_the_models() -> None:
+    from memwarden.commands.crds import DOC_BEGIN, DOC_END, reference_markdown
+
+    text = (REPO / "docs" / "api.md").read_text()
+    generated = text[text.index(DOC_BEGIN) : text.index(DOC_END) + len(DOC_END)] + "\n"
+    assert generated == reference_markdown(), "docs/api.md drifted: run memwarden crds --docs"

@@ -43,7 +43,7 @@ from typing import Any, Literal, Protocol
 
 import urllib3
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from memwarden.api import GROUP
 
@@ -168,9 +168,7 @@ class KubeAuthorizer:
                 resource_attributes=attributes,
             )
         )
-        result = self._call(
-            "SubjectAccessReview", self._authz.create_subject_access_review, review
-        )
+        result = self._call("SubjectAccessReview", self._authz.create_subject_access_review, review)
         status = result.status
         if status is None or not status.allowed:
             target = f"{EVIDENCE_RESOURCE}/{EVIDENCE_SUBRESOURCE}"

@@ -321,6 +321,10 @@ class BundleWriter:
         self.abort()
 
 
+_Entries = list[Entry]
+_Paths = list[Path]
+
+
 class EvidenceStore:
     """Bundles under ``root``; every public method validates names first."""
 
@@ -366,10 +370,10 @@ class EvidenceStore:
             raise NotStored(f"no bundle stored for {namespace}/{incident}")
         return path
 
-    def list(self, namespace: str) -> list[Entry]:
+    def list(self, namespace: str) -> _Entries:
         """Stored bundles of ``namespace``, by incident name; unreadable ones are skipped."""
         directory = self.root / validate_namespace(namespace)
-        entries: list[Entry] = []
+        entries: _Entries = []
         try:
             children = sorted(directory.iterdir())
         except FileNotFoundError:
@@ -386,9 +390,9 @@ class EvidenceStore:
                 log.warning("skipping %s: %s", child, exc)
         return entries
 
-    def entries(self) -> list[Entry]:
+    def entries(self) -> _Entries:
         """Every stored bundle, all namespaces (for retention)."""
-        result: list[Entry] = []
+        result: _Entries = []
         for child in sorted(self.root.iterdir()):
             if not child.is_dir() or child.is_symlink():
                 continue
@@ -412,10 +416,10 @@ class EvidenceStore:
         _rmdir_if_empty(directory.parent)
         return had_meta
 
-    def sweep_partial(self, *, now: dt.datetime, older_than: dt.timedelta) -> list[Path]:
+    def sweep_partial(self, *, now: dt.datetime, older_than: dt.timedelta) -> _Paths:
         """Remove leftovers of crashed uploads (temporary files, bundles without meta)
         untouched for ``older_than``; an upload in progress keeps its file's mtime fresh."""
-        removed: list[Path] = []
+        removed: _Paths = []
         cutoff = (now - older_than).timestamp()
         for ns_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for incident_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):

@@ -1,0 +1,375 @@
+"""The evidence HTTP API: the toolbox uploads a bundle, users list and download them.
+
+Routes, under ``/v1/namespaces/{namespace}/incidents``:
+
+- ``PUT  {name}/bundle``  upload (streamed; an upload token for this incident)
+- ``GET  ``               list the namespace's stored bundles (Kubernetes identity, ``list``)
+- ``GET  {name}``         one bundle's meta (Kubernetes identity, ``get``)
+- ``GET  {name}/bundle``  download, streamed from disk (Kubernetes identity, ``get``)
+
+Every refusal is JSON ``{"status": "Failure", "code", "reason", "message"}``: 400 bad
+names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 already
+stored (a token cannot be replayed), 413 too big, 503 when the API server cannot be
+asked. Bad input never yields a 500.
+
+This module wires HTTP to the store, the tokens and the authorizer; it makes no decision
+of its own. It knows nothing of kopf: the operator injects how to find an incident's UID
+(``incident_uid``) and what to do when a bundle lands (``on_stored``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import inspect
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from http import HTTPStatus
+from typing import Any, NoReturn, TypeAlias, cast
+
+import aiohttp
+from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from memwarden.evidence.auth import Authorizer, AuthUnavailable, Denied, Verb
+from memwarden.evidence.store import (
+    AlreadyStored,
+    BundleMeta,
+    BundleWriter,
+    Entry,
+    EvidenceStore,
+    InvalidName,
+    NotStored,
+    StoreError,
+    TooLarge,
+    validate_incident_name,
+    validate_namespace,
+)
+from memwarden.evidence.tokens import TokenError, verify_upload_token
+
+__all__ = ["BUNDLE_CONTENT_TYPE", "IncidentUidLookup", "OnStored", "make_evidence_app"]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_CONTENT_TYPE = "application/gzip"
+PREFIX = "/v1/namespaces/{namespace}/incidents"
+
+#: A sync lookup runs in a thread (it may call the kubernetes client); an async one is awaited.
+IncidentUidLookup: TypeAlias = (
+    Callable[[str, str], str | None] | Callable[[str, str], Awaitable[str | None]]
+)
+OnStored: TypeAlias = Callable[[str, str, BundleMeta], Awaitable[None]]
+
+#: Disk writes are handed to a thread in blocks of this size: fewer thread hops than one
+#: per network chunk (often 16 KiB), little memory per upload.
+_WRITE_BLOCK = 1024 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+class _Refused(Exception):
+    """A refusal with its HTTP status; the message goes back to the caller."""
+
+    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def _fail(status: int, message: str, *, headers: dict[str, str] | None = None) -> NoReturn:
+    raise _Refused(status, message, headers=headers)
+
+
+def _status_body(status: int, message: str) -> dict[str, Any]:
+    return {
+        "status": "Failure",
+        "code": status,
+        "reason": HTTPStatus(status).phrase.replace(" ", ""),
+        "message": message,
+    }
+
+
+def _json(status: int, body: Any, *, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response(body, status=status, headers=headers, dumps=json.dumps)
+
+
+@web.middleware
+async def _errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error as JSON; an unexpected exception is logged and becomes a plain 500."""
+    try:
+        return await handler(request)
+    except _Refused as exc:
+        return _json(exc.status, _status_body(exc.status, exc.message), headers=exc.headers)
+    except web.HTTPException as exc:  # the router's 404 / 405, aiohttp's own limits
+        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW,)}
+        return _json(exc.status, _status_body(exc.status, exc.reason), headers=headers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("evidence API: %s %s failed", request.method, request.path)
+        return _json(500, _status_body(500, "internal error (logged by the operator)"))
+
+
+def _bearer(request: web.Request) -> str:
+    challenge = {str(hdrs.WWW_AUTHENTICATE): 'Bearer realm="memwarden-evidence"'}
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header:
+        _fail(401, "missing Authorization: Bearer <token>", headers=challenge)
+    if scheme.lower() != "bearer" or not token:
+        _fail(401, "the Authorization header must be 'Bearer <token>'", headers=challenge)
+    return token
+
+
+def _meta_json(namespace: str, name: str, meta: BundleMeta) -> dict[str, Any]:
+    return {
+        "namespace": namespace,
+        "name": name,
+        "uid": meta.uid,
+        "bytes": meta.bytes,
+        "sha256": meta.sha256,
+        "storedAt": meta.stored_at.isoformat(),
+    }
+
+
+class _Evidence:
+    """The handlers and the state they share (uploads in flight, hook tasks)."""
+
+    def __init__(
+        self,
+        *,
+        store: EvidenceStore,
+        authorizer: Authorizer,
+        upload_key: bytes,
+        max_bundle_bytes: int,
+        incident_uid: IncidentUidLookup,
+        on_stored: OnStored | None,
+        clock: Callable[[], dt.datetime],
+        idle_timeout: float,
+    ) -> None:
+        self.store = store
+        self.authorizer = authorizer
+        self.upload_key = upload_key
+        self.max_bundle_bytes = max_bundle_bytes
+        self.incident_uid = incident_uid
+        self.on_stored = on_stored
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.uploading: set[tuple[str, str]] = set()
+        self.hooks: set[asyncio.Task[None]] = set()
+
+    # --- helpers ------------------------------------------------------------------
+
+    @staticmethod
+    def _names(request: web.Request, *, with_name: bool = True) -> tuple[str, str]:
+        try:
+            namespace = validate_namespace(request.match_info["namespace"])
+            name = validate_incident_name(request.match_info["name"]) if with_name else ""
+        except InvalidName as exc:
+            _fail(400, str(exc))
+        return namespace, name
+
+    async def _authorize(
+        self, request: web.Request, *, verb: Verb, namespace: str, name: str | None = None
+    ) -> None:
+        token = _bearer(request)
+        try:
+            decision = await self.authorizer.authorize(
+                token=token, verb=verb, namespace=namespace, name=name
+            )
+        except AuthUnavailable as exc:
+            log.warning("evidence API: cannot authorise a request: %s", exc)
+            _fail(503, "cannot reach the Kubernetes API to authorise", headers={"Retry-After": "5"})
+        if isinstance(decision, Denied):
+            _fail(decision.status, decision.reason)
+
+    async def _lookup_uid(self, namespace: str, name: str) -> str | None:
+        lookup = self.incident_uid
+        if inspect.iscoroutinefunction(lookup):
+            return await cast(Callable[[str, str], Awaitable[str | None]], lookup)(namespace, name)
+        return await asyncio.to_thread(
+            cast(Callable[[str, str], str | None], lookup), namespace, name
+        )
+
+    # --- upload -------------------------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = self._names(request)
+        token = _bearer(request)
+        try:
+            token_uid = verify_upload_token(
+                key=self.upload_key,
+                token=token,
+                namespace=namespace,
+                incident=name,
+                now=self.clock(),
+            )
+        except TokenError as exc:
+            _fail(401, str(exc))
+        live_uid = await self._lookup_uid(namespace, name)
+        if live_uid is None:
+            _fail(404, f"incident {namespace}/{name} not found")
+        if live_uid != token_uid:
+            _fail(403, f"the token was issued for an earlier incident named {namespace}/{name}")
+        length = request.content_length
+        if length is not None and length > self.max_bundle_bytes:
+            _fail(413, f"bundle of {length} bytes exceeds the limit of {self.max_bundle_bytes}")
+        key = (namespace, name)
+        if key in self.uploading:
+            _fail(409, f"an upload for {namespace}/{name} is already in progress")
+        self.uploading.add(key)
+        try:
+            try:
+                writer = await asyncio.to_thread(
+                    self.store.open_upload,
+                    namespace,
+                    name,
+                    uid=live_uid,
+                    max_bytes=self.max_bundle_bytes,
+                )
+            except AlreadyStored:
+                _fail(409, f"a bundle is already stored for {namespace}/{name}")
+            meta = await self._receive(request, writer, namespace=namespace, name=name)
+        finally:
+            self.uploading.discard(key)
+        log.info(
+            "evidence %s/%s stored: %d bytes, sha256 %s", namespace, name, meta.bytes, meta.sha256
+        )
+        if self.on_stored is not None:
+            task = asyncio.create_task(self._notify(namespace, name, meta))
+            self.hooks.add(task)
+            task.add_done_callback(self.hooks.discard)
+        location = f"/v1/namespaces/{namespace}/incidents/{name}"
+        return _json(201, _meta_json(namespace, name, meta), headers={hdrs.LOCATION: location})
+
+    async def _receive(
+        self, request: web.Request, writer: BundleWriter, *, namespace: str, name: str
+    ) -> BundleMeta:
+        """Stream the body into ``writer``; anything but a clean commit discards it."""
+        with writer:
+            block = bytearray()
+            head = b""
+            try:
+                while True:
+                    chunk = await asyncio.wait_for(request.content.readany(), self.idle_timeout)
+                    if not chunk:
+                        break
+                    if len(head) < len(_GZIP_MAGIC):
+                        head = (head + chunk)[: len(_GZIP_MAGIC)]
+                        if len(head) == len(_GZIP_MAGIC) and head != _GZIP_MAGIC:
+                            _fail(400, "the body is not a gzip stream (expected a .tar.gz bundle)")
+                    block += chunk
+                    if len(block) >= _WRITE_BLOCK:
+                        await asyncio.to_thread(writer.write, bytes(block))
+                        block.clear()
+                if block:
+                    await asyncio.to_thread(writer.write, bytes(block))
+            except TooLarge as exc:
+                _fail(413, str(exc))
+            except TimeoutError:
+                _fail(408, f"no data for {self.idle_timeout:.0f}s; upload abandoned")
+            except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
+                _fail(400, f"upload interrupted: {exc}")
+            if writer.bytes_written == 0:
+                _fail(400, "empty body: expected a .tar.gz bundle")
+            try:
+                return await asyncio.to_thread(writer.commit, now=self.clock())
+            except AlreadyStored:
+                _fail(409, f"a bundle is already stored for {namespace}/{name}")
+
+    async def _notify(self, namespace: str, name: str, meta: BundleMeta) -> None:
+        assert self.on_stored is not None
+        try:
+            await self.on_stored(namespace, name, meta)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("on_stored hook failed for %s/%s", namespace, name)
+
+    # --- reads --------------------------------------------------------------------
+
+    async def list(self, request: web.Request) -> web.StreamResponse:
+        namespace, _ = self._names(request, with_name=False)
+        await self._authorize(request, verb="list", namespace=namespace)
+        entries: Iterable[Entry] = await asyncio.to_thread(self.store.list, namespace)
+        items = [_meta_json(e.namespace, e.incident, e.meta) for e in entries]
+        return _json(200, {"namespace": namespace, "items": items})
+
+    async def meta(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = self._names(request)
+        await self._authorize(request, verb="get", namespace=namespace, name=name)
+        try:
+            meta = await asyncio.to_thread(self.store.meta, namespace, name)
+        except NotStored:
+            _fail(404, f"no bundle stored for {namespace}/{name}")
+        return _json(200, _meta_json(namespace, name, meta))
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = self._names(request)
+        await self._authorize(request, verb="get", namespace=namespace, name=name)
+        try:
+            meta = await asyncio.to_thread(self.store.meta, namespace, name)
+            path = await asyncio.to_thread(self.store.bundle_path, namespace, name)
+        except NotStored:
+            _fail(404, f"no bundle stored for {namespace}/{name}")
+        except StoreError as exc:
+            log.error("evidence %s/%s unreadable: %s", namespace, name, exc)
+            _fail(500, f"the bundle of {namespace}/{name} is unreadable")
+        return web.FileResponse(
+            path,
+            headers={
+                hdrs.CONTENT_TYPE: BUNDLE_CONTENT_TYPE,
+                hdrs.CONTENT_DISPOSITION: f'attachment; filename="{namespace}-{name}.tar.gz"',
+                "X-Bundle-Sha256": meta.sha256,
+            },
+        )
+
+
+def make_evidence_app(
+    *,
+    store: EvidenceStore,
+    authorizer: Authorizer,
+    upload_key: bytes,
+    max_bundle_bytes: int,
+    incident_uid: IncidentUidLookup,
+    on_stored: OnStored | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
+    idle_timeout: float = 60.0,
+) -> web.Application:
+    """The evidence API as an aiohttp application, to run or mount under the operator.
+
+    ``incident_uid(namespace, name)`` returns the live incident's UID or None (tokens
+    of deleted or recreated incidents are refused); ``on_stored`` runs as a task after
+    a bundle is committed (the upload's response does not wait for it); ``idle_timeout``
+    abandons an upload that sends nothing for that long, so a stalled toolbox cannot
+    hold an incident's upload slot forever.
+    """
+    if max_bundle_bytes <= 0:
+        raise ValueError("max_bundle_bytes must be positive")
+    state = _Evidence(
+        store=store,
+        authorizer=authorizer,
+        upload_key=upload_key,
+        max_bundle_bytes=max_bundle_bytes,
+        incident_uid=incident_uid,
+        on_stored=on_stored,
+        clock=clock or (lambda: dt.datetime.now(dt.UTC)),
+        idle_timeout=idle_timeout,
+    )
+    app = web.Application(middlewares=[_errors])
+    app.router.add_put(PREFIX + "/{name}/bundle", state.upload)
+    app.router.add_get(PREFIX, state.list, allow_head=False)
+    app.router.add_get(PREFIX + "/", state.list, allow_head=False)
+    app.router.add_get(PREFIX + "/{name}", state.meta, allow_head=False)
+    app.router.add_get(PREFIX + "/{name}/bundle", state.download)
+
+    async def _drain_hooks(_: web.Application) -> None:
+        if state.hooks:
+            await asyncio.gather(*state.hooks, return_exceptions=True)
+
+    app.on_cleanup.append(_drain_hooks)
+    return app
