@@ -12,6 +12,9 @@ from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import REPO, api_client, unique_name, wait_for
 
+#: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
+pytest_plugins = ["memwarden_testing.prometheus"]
+
 
 @pytest.fixture(scope="session")
 def devcluster() -> Iterator[Path]:

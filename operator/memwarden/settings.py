@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from memwarden.quantity import parse_bytes
+from memwarden.quantity import DURATION_PATTERN, parse_bytes
 from memwarden.sizing import KubeletProfile
 
 ENV_PREFIX = "MEMWARDEN_"
@@ -94,6 +94,54 @@ class Settings(BaseModel):
         default="/tmp/memwarden-certs",
         description="Where self-made certificates are written (an emptyDir in the chart).",
     )
+    # Webhook certificates made and rotated by memwarden (handlers/certificates.py), used
+    # unless webhook_cert_file/webhook_key_file are given (cert-manager, or the tests').
+    webhook_configuration_name: str = Field(
+        default="memwarden",
+        description="The MutatingWebhookConfiguration memwarden ships (chart, manifests.py), "
+        "whose caBundle the certificate rotation keeps current.",
+    )
+    webhook_service_name: str = Field(
+        default="memwarden-webhook",
+        description="The webhook's Service: its DNS names go into the serving certificate.",
+    )
+    webhook_ca_secret: str = Field(
+        default="memwarden-webhook-ca",
+        description="Secret in the operator's namespace holding the webhook CA, shared by "
+        "replicas and kept across restarts (an emptyDir is not).",
+    )
+    webhook_cert_validity_seconds: float = Field(
+        default=90 * 86400.0,
+        gt=0,
+        description="Life of a self-made CA and serving certificate: 90 days, as cert-manager "
+        "and public CAs default to. Short enough that a leaked key soon expires, long enough "
+        "that a failing renewal has weeks to be noticed.",
+    )
+    webhook_cert_renew_before_seconds: float = Field(
+        default=30 * 86400.0,
+        gt=0,
+        description="Rotation starts this long before expiry: a month (a third of the "
+        "validity, cert-manager's default), so an operator that cannot renew is seen in its "
+        "logs and metrics long before pods are admitted unmutated.",
+    )
+    webhook_ca_propagation_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="A new CA is in the caBundle this long before it signs: the API server "
+        "sees a webhook configuration change within seconds; a minute covers a slow watch.",
+    )
+    webhook_cert_check_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the rotation checks the certificates (one Secret and one "
+        "webhook configuration read): cheap, and far below any sensible renew-before.",
+    )
+    webhook_file_check_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the webhook server looks for new certificate files (its own "
+        "rotation, or cert-manager's through the mounted Secret) and reloads them in place.",
+    )
     excluded_namespaces: tuple[str, ...] = Field(
         default=("kube-system",),
         description="Never governed, besides the operator's own namespace: the webhook "
@@ -131,6 +179,117 @@ class Settings(BaseModel):
         description="File holding the bearer token Alertmanager must send (a mounted "
         "Secret; re-read when it changes). None = the receiver is off: without a token "
         "anyone could open incidents.",
+    )
+    prometheus_url: str | None = Field(
+        default=None,
+        description="Prometheus to watch for OOM risk (e.g. http://prometheus.monitoring:9090). "
+        "None = no risk evaluation: admission and status never need Prometheus.",
+    )
+    prometheus_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Per query: a Prometheus slower than this counts as unavailable. Well "
+        "under risk_interval_seconds, so a slow Prometheus never stacks up cycles.",
+    )
+    risk_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often each policy with oomRisk is evaluated: one scrape interval of a "
+        "typical Prometheus; 'for' is evaluated by Prometheus, so a longer interval only "
+        "delays an incident, it never loses one.",
+    )
+    risk_backoff_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="While Prometheus fails, a policy's evaluations back off exponentially "
+        "from risk_interval_seconds up to this (5 min): quick recovery, little load on a "
+        "struggling Prometheus.",
+    )
+    risk_regression_window: str = Field(
+        default="5m",
+        pattern=DURATION_PATTERN,
+        description="Range of predict_linear/deriv for timeToLimit: long enough to smooth the "
+        "GC sawtooth of a Go heap, short enough to follow a leak.",
+    )
+    risk_rate_window: str = Field(
+        default="1m",
+        pattern=DURATION_PATTERN,
+        description="Range of rate() for major faults and PSI: four scrapes at a 15 s interval.",
+    )
+    risk_oom_window: str = Field(
+        default="5m",
+        pattern=DURATION_PATTERN,
+        description="An OOM kill (container_oom_events_total or a pod's OOMKilled lastState) "
+        "counts for this long: covers an operator restart, and stays below any sensible "
+        "cooldown so one kill opens one incident.",
+    )
+    max_concurrent_captures: int = Field(
+        default=3,
+        ge=1,
+        description="Cluster-wide cap on incidents Pending or Capturing: a capture costs the "
+        "target pod memory (the debug container counts against it) and the node CPU, so a "
+        "fleet-wide leak must not set off a capture storm.",
+    )
+    # Capture defaults and the evidence volume, as the chart sets them (values.yaml).
+    capture_toolbox_image: str = Field(
+        default="ghcr.io/memwarden/memwarden:0.1.0",
+        description="Image of the ephemeral debug container (the operator's own image: it "
+        "holds `memwarden capture`, gdb/gcore and the Go tools, so versions always match).",
+    )
+    capture_default_cooldown: str = Field(
+        default="30m",
+        pattern=DURATION_PATTERN,
+        description="Cooldown for incidents whose trigger matched no policy's capture section "
+        "(Alertmanager alerts, manual incidents): the CRD's default for capture.cooldown, so "
+        "a pod is never captured more often than a policy would allow.",
+    )
+    evidence_dir: str = Field(
+        default="/var/lib/memwarden/evidence",
+        description="Root of the evidence store (a PersistentVolumeClaim in the chart: "
+        "bundles must survive the operator's restarts).",
+    )
+    evidence_key_file: str | None = Field(
+        default=None,
+        description="File holding the key (>= 32 bytes) that signs upload tokens, mounted from "
+        "a Secret so tokens survive restarts. None: a random key per process (development "
+        "only: a restart during a capture then refuses that capture's upload).",
+    )
+    evidence_base_url: str | None = Field(
+        default=None,
+        description="The evidence API as the debug containers reach it, e.g. "
+        "https://memwarden.memwarden-system.svc:8443/evidence. None: http://<http_host>:"
+        "<http_port>/evidence (right for the local environment only).",
+    )
+    evidence_max_bundle_bytes: int = Field(
+        default=3 * 2**30,
+        description="Largest bundle accepted: a 2Gi core (capture.maxCoreBytes default) "
+        "compresses to well under this, with room for profiles and the trace.",
+    )
+    evidence_max_age_seconds: float = Field(
+        default=7 * 24 * 3600.0,
+        description="Bundles older than a week are deleted: long enough to investigate an "
+        "incident, short enough that cores (which hold process memory) do not linger.",
+    )
+    evidence_max_total_bytes: int = Field(
+        default=16 * 2**30,
+        description="Oldest bundles are deleted above this total; keep it below the PVC size.",
+    )
+    evidence_retention_interval_seconds: float = Field(
+        default=600.0, description="How often retention runs; deletion is cheap, ten minutes."
+    )
+    evidence_upload_token_ttl_seconds: float = Field(
+        default=3600.0,
+        description="Upload tokens expire after an hour: far longer than any capture, short "
+        "enough that a token read from a pod spec later is useless.",
+    )
+    capture_timeout_seconds: float = Field(
+        default=300.0,
+        description="An incident still Capturing this long after its debug container was "
+        "added is Failed: a 2Gi core takes about a minute to write and upload.",
+    )
+    capture_pod_wait_seconds: float = Field(
+        default=120.0,
+        description="How long an incident waits for its pod to be Running before it fails.",
     )
     dry_run: bool = Field(
         default=False, description="Compute and log, never write to the cluster (like --dry-run)."

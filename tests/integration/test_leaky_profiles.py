@@ -9,12 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,12 +22,21 @@ from memwarden.capture.analysis import (
     top_functions,
 )
 from memwarden.capture.profile import parse_profile
-from memwarden_testing.cluster import REPO, wait_for
+from memwarden_testing.leaky import (
+    LEAK_FUNCTION,
+    Leaky,
+    MiB,
+    build_leaky,
+    find_go,
+    listening_url,
+    run_leaky,
+    start_leaky,
+    stop,
+    wait_leaked,
+)
 
 pytestmark = pytest.mark.integration
 
-MiB = 1 << 20
-LEAK_FUNCTION = "main.retainSessionBuffers"
 PARKED_GOROUTINES = 40
 ENV = {
     "GOMEMLIMIT": "300MiB",
@@ -43,30 +48,9 @@ ENV = {
 }
 
 
-@dataclass(frozen=True)
-class Leaky:
-    url: str
-    process: subprocess.Popen[bytes]
-    stderr: Path
-
-    def get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            body: bytes = response.read()
-            return body
-
-    def metrics(self) -> dict[str, float]:
-        """The /metrics samples (no labels in leaky's exposition): name -> value."""
-        out = {}
-        for line in self.get("/metrics").decode().splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.split()
-                out[name] = float(value)
-        return out
-
-
 @pytest.fixture(scope="module")
 def go() -> str:
-    found = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
+    found = find_go()
     if found is None:
         pytest.fail("the Go toolchain is required: put `go` on PATH")
     return found
@@ -74,72 +58,13 @@ def go() -> str:
 
 @pytest.fixture(scope="module")
 def leaky_binary(go: str) -> Path:
-    built = subprocess.run(
-        [str(REPO / "hack" / "build-leaky.sh")],
-        env={**os.environ, "GO": go},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert built.returncode == 0, built.stderr
-    return Path(built.stdout.strip().splitlines()[-1])
-
-
-def start_leaky(binary: Path, *, workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start leaky on a kernel-chosen loopback port; its address is logged on stderr."""
-    stderr = (workdir / "leaky.stderr").open("wb")
-    try:
-        return subprocess.Popen(
-            [str(binary), "-listen", "127.0.0.1:0"],
-            env={"PATH": os.environ.get("PATH", ""), **env},
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    finally:
-        stderr.close()
-
-
-def stop(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM, then SIGKILL if it does not exit in time; the exit code of the first."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            raise
-    return process.returncode
-
-
-def listening_url(stderr: Path, process: subprocess.Popen[bytes]) -> str:
-    def address() -> str | None:
-        if process.poll() is not None:
-            raise AssertionError(f"leaky exited early: {stderr.read_text()}")
-        match = re.search(r"listening on (http://\S+)", stderr.read_text())
-        return match.group(1) if match else None
-
-    return wait_for(address, timeout=15, interval=0.05, what="leaky to listen")
+    return build_leaky(go)
 
 
 @pytest.fixture(scope="module")
 def leaky(leaky_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaky]:
-    workdir = tmp_path_factory.mktemp("leaky")
-    process = start_leaky(leaky_binary, workdir=workdir, env=ENV)
-    try:
-        url = listening_url(workdir / "leaky.stderr", process)
-        yield Leaky(url=url, process=process, stderr=workdir / "leaky.stderr")
-    finally:
-        stop(process)
-
-
-def wait_leaked(leaky: Leaky, at_least: int) -> dict[str, float]:
-    def reached() -> dict[str, float] | None:
-        metrics = leaky.metrics()
-        return metrics if metrics["leaky_leaked_bytes"] >= at_least else None
-
-    return wait_for(reached, timeout=30, interval=0.05, what=f"{at_least} leaked bytes")
+    with run_leaky(leaky_binary, workdir=tmp_path_factory.mktemp("leaky"), env=ENV) as running:
+        yield running
 
 
 _ROW = re.compile(

@@ -87,8 +87,15 @@ class OperatorProcess:
         )
         kubectl(self.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(config))
 
+    @property
+    def evidence_key_file(self) -> Path:
+        """A stable upload-token key, so tokens survive an operator restart in tests."""
+        return self.workdir / "evidence.key"
+
     def start(self) -> None:
         self.alertmanager_token_file.write_text(self.alertmanager_token)
+        if not self.evidence_key_file.exists():
+            self.evidence_key_file.write_text(secrets.token_hex(32))
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
@@ -101,6 +108,8 @@ class OperatorProcess:
             "MEMWARDEN_HTTP_HOST": "127.0.0.1",
             "MEMWARDEN_HTTP_PORT": str(self.http_port),
             "MEMWARDEN_ALERTMANAGER_TOKEN_FILE": str(self.alertmanager_token_file),
+            "MEMWARDEN_EVIDENCE_DIR": str(self.workdir / "evidence"),
+            "MEMWARDEN_EVIDENCE_KEY_FILE": str(self.evidence_key_file),
             **self.extra_env,
         }
         log = self.log_path.open("ab")

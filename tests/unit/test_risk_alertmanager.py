@@ -237,9 +237,7 @@ def test_receiver_refuses_without_the_token(
     sink = Sink()
 
     async def check(client: TestClient[web.Request, web.Application]) -> None:
-        response = await client.post(
-            URL, json=make_payload([make_alert(pod="a")]), headers=headers
-        )
+        response = await client.post(URL, json=make_payload([make_alert(pod="a")]), headers=headers)
         assert response.status == 401
         assert response.headers["WWW-Authenticate"] == "Bearer"
         assert "token" in (await response.json())["error"]
@@ -291,7 +289,9 @@ REQUEST_GARBAGE = [
 
 
 @pytest.mark.parametrize(("body", "status"), REQUEST_GARBAGE)
-@pytest.mark.parametrize("chunked", [pytest.param(False, id="sized"), pytest.param(True, id="chunked")])
+@pytest.mark.parametrize(
+    "chunked", [pytest.param(False, id="sized"), pytest.param(True, id="chunked")]
+)
 def test_receiver_answers_garbage_with_4xx_json_and_a_log_line(
     body: bytes, status: int, chunked: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -334,3 +334,48 @@ def test_unmapped_alerts_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         serve(check, app=make_alertmanager_app(token=TOKEN, on_findings=Sink()))
     assert "NodeDown" in caplog.text
+
+
+# --- the operator's app: receiver + /metrics, wired to the intake ----------------------
+
+
+def test_operator_app_counts_suppressed_triggers_on_metrics() -> None:
+    from memwarden.handlers.alerts import AlertIntake
+    from memwarden.handlers.http import build_operator_app, metrics_app
+    from memwarden.risk.queue import FindingQueue
+
+    intake = AlertIntake(
+        policy_index={}, pod_index={}, incident_index={}, queue=FindingQueue(limit=1)
+    )
+    receiver_app = make_alertmanager_app(
+        token=TOKEN, on_findings=intake.submit, on_batch=intake.count_batch
+    )
+    root = build_operator_app({PREFIX: receiver_app, "/metrics": metrics_app()})
+
+    def reasons(text: str) -> dict[str, float]:
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("memwarden_suppressed_triggers_total{"):
+                labels, value = line.rsplit(" ", 1)
+                counts[labels.split('reason="')[1].split('"')[0]] = float(value)
+        return counts
+
+    async def main() -> None:
+        async with TestClient(TestServer(root)) as client:
+            before = reasons(await (await client.get("/metrics")).text())
+            alerts = [make_alert(pod="a"), make_alert(pod="a"), make_alert(pod=None)]
+            first = await client.post(URL, json=make_payload(alerts), headers=auth())
+            assert first.status == 200
+            # The queue holds one pod: another pod is refused, and asked to retry.
+            full = await client.post(URL, json=make_payload([make_alert(pod="b")]), headers=auth())
+            assert full.status == 503
+            after = reasons(await (await client.get("/metrics")).text())
+        delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+        assert {k: v for k, v in delta.items() if v} == {
+            "duplicate": 1.0,
+            "unmapped": 1.0,
+            "queue full": 1.0,
+        }
+        assert [f.pod for f in await intake.queue.take()] == ["a"]
+
+    asyncio.run(main())

@@ -211,11 +211,13 @@ def ephemeral_container_patch(
 ) -> dict[str, Any] | None:
     """The body for PATCH ``pods/NAME/ephemeralcontainers``; None if already added.
 
-    The body lists the pod's existing ephemeral containers and the new one, so it is
-    right as a JSON merge patch (which replaces the list) as well as a strategic merge
-    patch (which merges by name). It carries the pod's ``resourceVersion``: if someone
-    else added an ephemeral container meanwhile, the API server answers 409 Conflict
-    instead of our list silently missing theirs; re-read the pod and plan again.
+    Send it as a strategic merge patch: ephemeral containers merge by name, so a body
+    planned on a slightly stale pod still keeps a container someone else added meanwhile.
+    The body lists the existing ones too, so as a JSON merge patch (which replaces the
+    list) it is right for the pod it was planned on, and on a stale pod the API server
+    refuses it (ephemeral containers cannot be removed) instead of losing one. No
+    ``resourceVersion`` precondition: status updates (the scheduler's, the kubelet's) would
+    make it conflict for nothing.
     """
     spec = pod.get("spec") or {}
     existing = [dict(c) for c in spec.get("ephemeralContainers") or []]
@@ -225,8 +227,4 @@ def ephemeral_container_patch(
     target = container.get("targetContainerName")
     if target is not None and target not in {c.get("name") for c in spec.get("containers") or []}:
         raise PlanError(f"targetContainerName: the pod has no container {target!r}")
-    body: dict[str, Any] = {"spec": {"ephemeralContainers": [*existing, dict(container)]}}
-    resource_version = (pod.get("metadata") or {}).get("resourceVersion")
-    if resource_version:
-        body["metadata"] = {"resourceVersion": resource_version}
-    return body
+    return {"spec": {"ephemeralContainers": [*existing, dict(container)]}}

@@ -48,7 +48,13 @@ from memwarden.evidence.store import (
 )
 from memwarden.evidence.tokens import TokenError, verify_upload_token
 
-__all__ = ["BUNDLE_CONTENT_TYPE", "IncidentUidLookup", "OnStored", "make_evidence_app"]
+__all__ = [
+    "BUNDLE_CONTENT_TYPE",
+    "IncidentUidLookup",
+    "OnStored",
+    "bundle_url",
+    "make_evidence_app",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,27 +73,54 @@ _WRITE_BLOCK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+def bundle_url(base: str, *, namespace: str, name: str) -> str:
+    """The upload (and download) URL of an incident's bundle under the API's ``base``
+    (e.g. ``https://memwarden.memwarden-system.svc:8443/evidence``): what the capture
+    plan hands the toolbox."""
+    namespace, name = validate_namespace(namespace), validate_incident_name(name)
+    return f"{base.rstrip('/')}/v1/namespaces/{namespace}/incidents/{name}/bundle"
+
+
 class _Refused(Exception):
     """A refusal with its HTTP status; the message goes back to the caller."""
 
-    def __init__(self, status: int, message: str, *, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.details = details
 
 
-def _fail(status: int, message: str, *, headers: dict[str, str] | None = None) -> NoReturn:
-    raise _Refused(status, message, headers=headers)
+def _fail(
+    status: int,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> NoReturn:
+    raise _Refused(status, message, headers=headers, details=details)
 
 
-def _status_body(status: int, message: str) -> dict[str, Any]:
-    return {
+def _status_body(
+    status: int, message: str, details: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "status": "Failure",
         "code": status,
         "reason": HTTPStatus(status).phrase.replace(" ", ""),
         "message": message,
     }
+    if details is not None:
+        body["details"] = details
+    return body
 
 
 def _json(status: int, body: Any, *, headers: dict[str, str] | None = None) -> web.Response:
@@ -102,7 +135,8 @@ async def _errors(
     try:
         return await handler(request)
     except _Refused as exc:
-        return _json(exc.status, _status_body(exc.status, exc.message), headers=exc.headers)
+        body = _status_body(exc.status, exc.message, exc.details)
+        return _json(exc.status, body, headers=exc.headers)
     except web.HTTPException as exc:  # the router's 404 / 405, aiohttp's own limits
         headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW,)}
         return _json(exc.status, _status_body(exc.status, exc.reason), headers=headers)
@@ -188,12 +222,20 @@ class _Evidence:
             _fail(decision.status, decision.reason)
 
     async def _lookup_uid(self, namespace: str, name: str) -> str | None:
+        """The live incident's UID; a failing lookup is the operator's outage, not bad
+        input, so it becomes a 503 the toolbox retries."""
         lookup = self.incident_uid
-        if inspect.iscoroutinefunction(lookup):
-            return await cast(Callable[[str, str], Awaitable[str | None]], lookup)(namespace, name)
-        return await asyncio.to_thread(
-            cast(Callable[[str, str], str | None], lookup), namespace, name
-        )
+        try:
+            if inspect.iscoroutinefunction(lookup):
+                lookup_async = cast(Callable[[str, str], Awaitable[str | None]], lookup)
+                return await lookup_async(namespace, name)
+            lookup_sync = cast(Callable[[str, str], str | None], lookup)
+            return await asyncio.to_thread(lookup_sync, namespace, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("evidence API: looking up incident %s/%s failed", namespace, name)
+            _fail(503, "cannot look up the incident now", headers={"Retry-After": "5"})
 
     # --- upload -------------------------------------------------------------------
 
@@ -232,7 +274,7 @@ class _Evidence:
                     max_bytes=self.max_bundle_bytes,
                 )
             except AlreadyStored:
-                _fail(409, f"a bundle is already stored for {namespace}/{name}")
+                await self._already_stored(namespace, name)
             meta = await self._receive(request, writer, namespace=namespace, name=name)
         finally:
             self.uploading.discard(key)
@@ -279,7 +321,18 @@ class _Evidence:
             try:
                 return await asyncio.to_thread(writer.commit, now=self.clock())
             except AlreadyStored:
-                _fail(409, f"a bundle is already stored for {namespace}/{name}")
+                await self._already_stored(namespace, name)
+
+    async def _already_stored(self, namespace: str, name: str) -> NoReturn:
+        """409, with the stored bundle's size and sha256: an uploader whose first attempt
+        landed but whose answer was lost can compare them with its own and call it done.
+        Safe to tell: only a holder of this incident's upload token gets here."""
+        try:
+            meta = await asyncio.to_thread(self.store.meta, namespace, name)
+            details: dict[str, Any] | None = {"bytes": meta.bytes, "sha256": meta.sha256}
+        except StoreError:
+            details = None
+        _fail(409, f"a bundle is already stored for {namespace}/{name}", details=details)
 
     async def _notify(self, namespace: str, name: str, meta: BundleMeta) -> None:
         assert self.on_stored is not None

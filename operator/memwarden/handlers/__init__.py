@@ -4,6 +4,6 @@ Importing this package registers every handler once; run it as a module
 (``memwarden run`` or ``kopf run -m memwarden.handlers``), never by file path.
 """
 
-from memwarden.handlers import admission, indexes, policies, startup
+from memwarden.handlers import admission, http, incidents, indexes, policies, risk, startup
 
-__all__ = ["admission", "indexes", "policies", "startup"]
+__all__ = ["admission", "http", "incidents", "indexes", "policies", "risk", "startup"]

@@ -8,11 +8,13 @@ this covers a broken one).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import jsonpatch
 import kopf
 
+from memwarden import metrics
 from memwarden.handlers import state
 from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PodShapeError, admission_ops, plan_pod
@@ -31,9 +33,22 @@ def admit_pod(
     **kwargs: Any,
 ) -> None:
     """Set resources, GOMEMLIMIT/GOGC and the applied annotation from the governing policy."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        outcome = _admit(body=body, namespace=namespace, patch=patch, warnings=warnings)
+    finally:
+        metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        metrics.WEBHOOK_REQUESTS.labels(outcome=outcome).inc()
+
+
+def _admit(
+    *, body: kopf.Body, namespace: str | None, patch: kopf.Patch, warnings: list[str]
+) -> str:
+    """The admission itself; returns its outcome (one of ``metrics.WEBHOOK_OUTCOMES``)."""
     settings = state.settings()
     if namespace is None or namespace in settings.never_governed:
-        return
+        return "unchanged"
     index = state.policies()
     pod = dict(body)
     pod_name = body.meta.get("name") or f"{body.meta.get('generateName', '')}*"
@@ -48,13 +63,13 @@ def admit_pod(
         plan = plan_pod(pod=pod, selection=selection, profile=settings.kubelet.profile())
     except PodShapeError as exc:
         logger.warning("pod %s/%s admitted unchanged: %s", namespace, pod_name, exc)
-        return
+        return "unchanged"
     except Exception:  # Fail open by design: a memwarden bug must not block pod creation.
         logger.exception("pod %s/%s admitted unchanged: memwarden failed", namespace, pod_name)
-        return
+        return "error"
     winner = selection.winner
     if winner is None:
-        return
+        return "unchanged"
     if plan.infeasible:
         warnings.append(f"memwarden: policy {winner.name} not applied: {plan.infeasible}")
         logger.warning(
@@ -64,14 +79,15 @@ def admit_pod(
             winner.name,
             plan.infeasible,
         )
-        return
+        return "infeasible"
     if selection.others:
         warnings.append(f"memwarden: policy {winner.name} governs this pod: {selection.reason}")
     ops = admission_ops(plan, dry_run=settings.dry_run)
     if not ops:
         if winner.spec.mode == "Audit":
             warnings.extend(f"memwarden (audit, policy {winner.name}): {d}" for d in plan.drift)
-        return
+            return "audit"
+        return "unchanged"
     patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
     logger.info(
         "pod %s/%s admitted with policy %s: %s",
@@ -80,3 +96,4 @@ def admit_pod(
         winner.name,
         "; ".join(plan.drift) or "annotation only",
     )
+    return "audit" if winner.spec.mode == "Audit" else "mutated"

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
+from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate
 from memwarden.status import pod_view
 
@@ -72,3 +73,16 @@ def mirror_policy(
         index.remove(namespace=namespace, name=name)
     else:
         index.upsert(candidate)
+
+
+@kopf.index(GROUP, VERSION, "memoryincidents")
+def incident_index(
+    *, namespace: str | None, body: kopf.Body, **_: Any
+) -> dict[str, dict[str, Any]] | None:
+    """namespace -> its MemoryIncidents, trimmed to what opening decisions read.
+
+    Cooldown, budget and the concurrency cap are derived from these (risk/opening.py);
+    kopf fills every index before any handler runs, so a restarted operator sees the
+    incidents it opened before.
+    """
+    return None if namespace is None else {namespace: incident_view(body)}

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from memwarden import metrics
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
 from memwarden.handlers import state
 from memwarden.selection import Candidate
@@ -45,6 +46,7 @@ def validate_policy(*, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
     initial_delay=1.0,
     idle=None,
 )
+@metrics.reconciled("memorypolicy")
 def refresh_status(
     *,
     namespace: str | None,

@@ -7,8 +7,8 @@ from typing import Any
 
 import kopf
 
-from memwarden.handlers import state
-from memwarden.webhook import StrictWebhookServer, ensure_serving_certificate
+from memwarden.handlers import certificates, state
+from memwarden.tlsreload import ReloadingWebhookServer
 
 logger = logging.getLogger("memwarden")
 
@@ -25,12 +25,19 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
-    cert_file, key_file = ensure_serving_certificate(ours)
-    settings.admission.server = StrictWebhookServer(
+    # Least privilege: the CRDs are installed before the operator (chart crds/), so kopf
+    # needs no list/watch on CustomResourceDefinitions to notice them at run time.
+    settings.scanning.disabled = True
+    # Self-made certificates are rotated by handlers/certificates.py (CA in a Secret,
+    # caBundle patched); given ones (cert-manager) are renewed by their issuer. Either way
+    # the server reloads changed files in place, without closing its port.
+    cert_file, key_file = certificates.serving_files(ours)
+    settings.admission.server = ReloadingWebhookServer(
         addr=ours.webhook_host,
         port=ours.webhook_port,
         certfile=cert_file,
         pkeyfile=key_file,
+        file_check_interval=ours.webhook_file_check_seconds,
     )
     # The MutatingWebhookConfiguration is shipped by memwarden (chart / manifests.py),
     # never managed by kopf: kopf would set timeoutSeconds to 30.

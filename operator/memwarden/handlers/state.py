@@ -6,11 +6,28 @@ index is kept current by a watch handler (handlers/indexes.py); admission reads 
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from memwarden.evidence.store import EvidenceStore
+from memwarden.kube import Kube
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
 
 _settings: Settings | None = None
 _policies = PolicyIndex()
+_kube: Kube | None = None
+_evidence: Evidence | None = None
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The evidence store and the key that signs its upload tokens."""
+
+    store: EvidenceStore
+    upload_key: bytes
+    base_url: str
 
 
 def configure(settings: Settings) -> None:
@@ -29,3 +46,27 @@ def settings() -> Settings:
 def policies() -> PolicyIndex:
     """Every valid MemoryPolicy, label-anchored for admission's per-pod look-up."""
     return _policies
+
+
+def kube() -> Kube:
+    """The operator's Kubernetes adapter (in-cluster credentials, else the kubeconfig)."""
+    global _kube
+    if _kube is None:
+        _kube = Kube.from_environment()
+    return _kube
+
+
+def evidence() -> Evidence:
+    """The evidence store, built from the settings on first use."""
+    global _evidence
+    if _evidence is None:
+        s = settings()
+        if s.evidence_key_file:
+            key = Path(s.evidence_key_file).read_bytes().strip()
+        else:  # development only: tokens do not survive a restart (settings.py says so)
+            key = secrets.token_bytes(32)
+        base = s.evidence_base_url or f"http://{s.http_host}:{s.http_port}/evidence"
+        _evidence = Evidence(
+            store=EvidenceStore(Path(s.evidence_dir)), upload_key=key, base_url=base
+        )
+    return _evidence

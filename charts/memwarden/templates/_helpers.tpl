@@ -1,0 +1,53 @@
+{{/* The release's full name: the release name, suffixed with -memwarden unless it has it. */}}
+{{- define "memwarden.fullname" -}}
+{{- if contains "memwarden" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-memwarden" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "memwarden.selectorLabels" -}}
+app.kubernetes.io/name: memwarden
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "memwarden.labels" -}}
+{{ include "memwarden.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "memwarden.serviceAccountName" -}}
+{{- default (include "memwarden.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "memwarden.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* Names shared by several templates (and by the operator, through its env). */}}
+{{- define "memwarden.webhookConfigurationName" -}}{{ include "memwarden.fullname" . }}{{- end -}}
+{{- define "memwarden.caSecretName" -}}{{ include "memwarden.fullname" . }}-webhook-ca{{- end -}}
+{{- define "memwarden.tlsSecretName" -}}{{ include "memwarden.fullname" . }}-webhook-tls{{- end -}}
+{{- define "memwarden.tokenSecretName" -}}{{ include "memwarden.fullname" . }}-alertmanager{{- end -}}
+{{- define "memwarden.claimName" -}}
+{{- default (printf "%s-evidence" (include "memwarden.fullname" .)) .Values.evidence.existingClaim -}}
+{{- end -}}
+{{- define "memwarden.selfSigned" -}}{{ eq .Values.webhook.certs.mode "selfSigned" }}{{- end -}}
+
+{{/* Namespaces never sent to the webhook: kube-system, the release's, and the extra ones. */}}
+{{- define "memwarden.excludedNamespaces" -}}
+{{- concat (list "kube-system" .Release.Namespace) .Values.namespaces.exclude | uniq | sortAlpha | toJson -}}
+{{- end -}}
+
+{{- define "memwarden.validate" -}}
+{{- $self := .Values.webhook.certs.selfSigned -}}
+{{- if ge (int $self.renewBeforeDays) (int $self.validityDays) -}}
+{{- fail (printf "webhook.certs.selfSigned.renewBeforeDays (%v) must be less than validityDays (%v)" $self.renewBeforeDays $self.validityDays) -}}
+{{- end -}}
+{{- if and (gt (int .Values.replicas) 1) (eq .Values.evidence.persistence.accessMode "ReadWriteOnce") (not .Values.evidence.existingClaim) -}}
+{{- fail "replicas > 1 needs evidence.persistence.accessMode ReadWriteMany (or an existingClaim that allows it)" -}}
+{{- end -}}
+{{- end -}}

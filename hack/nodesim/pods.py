@@ -1,0 +1,856 @@
+"""The pod runner: runs the pods bound to the simulated node as local processes.
+
+Test infrastructure standing in for the kubelet's pod workers. ``PodManager`` lists and
+watches pods with ``fieldSelector=spec.nodeName=<node>`` and gives each pod a
+``PodWorker`` thread that owns it: a loopback pod IP, init containers in order, regular
+containers with restarts per ``restartPolicy`` (with back-off), ephemeral containers
+(once, never restarted), status writes (PUT of ``pods/status``: a conflict refetches and
+recomputes, other failures retry with back-off), and deletion (SIGTERM, grace, SIGKILL,
+then delete with ``gracePeriodSeconds=0`` as the kubelet does).
+
+Decisions are pure and live elsewhere: env in ``env``, argv in ``images``, status and
+restart rules in ``status``. Memory limits are enforced by ``procs.Supervisor``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import enum
+import logging
+import shutil
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memwarden.quantity import QuantityError, parse_bytes, parse_millicores
+from nodesim import env as envres
+from nodesim.images import container_program, listen_address, map_path
+from nodesim.ipam import AddressPool
+from nodesim.kubeapi import ApiError, Conflict, Kube, NotFound, namespaced_path, pod_path
+from nodesim.metrics import ContainerSample
+from nodesim.procs import Launch, Proc, StartFailed, Supervisor
+from nodesim.settings import Settings
+from nodesim.status import (
+    TERMINAL_PHASES,
+    ContainerState,
+    ContainerView,
+    PodView,
+    Running,
+    Terminated,
+    Waiting,
+    backoff_seconds,
+    build_pod_status,
+    exit_code_of,
+    is_sidecar,
+    should_restart,
+    terminated_reason,
+    termination_message,
+)
+
+log = logging.getLogger("nodesim.pods")
+
+#: How much of a log the FallbackToLogsOnError policy reads.
+_LOG_TAIL_BYTES = 8192
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def memory_limit(container: Mapping[str, Any]) -> int | None:
+    limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+    if limit is None:
+        return None
+    try:
+        return parse_bytes(limit)
+    except QuantityError:
+        return None
+
+
+def _newer(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether object ``a`` is at least as new as ``b`` (resourceVersions as integers)."""
+    rv_a = str((a.get("metadata") or {}).get("resourceVersion", ""))
+    rv_b = str((b.get("metadata") or {}).get("resourceVersion", ""))
+    if rv_a.isdigit() and rv_b.isdigit():
+        return int(rv_a) >= int(rv_b)
+    return True
+
+
+@dataclass
+class Runtime:
+    """What every pod worker shares."""
+
+    kube: Kube
+    settings: Settings
+    supervisor: Supervisor
+    addresses: AddressPool
+    python: str
+    base_env: Mapping[str, str]
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+    def log_path(self, namespace: str, pod: str, container: str) -> Path:
+        return self.settings.state_dir / f"{namespace}_{pod}_{container}.log"
+
+
+class Kind(enum.Enum):
+    INIT = "init"
+    SIDECAR = "sidecar"
+    REGULAR = "regular"
+    EPHEMERAL = "ephemeral"
+
+
+@dataclass
+class Slot:
+    """One container of the pod and its current process, if any."""
+
+    name: str
+    kind: Kind
+    spec: Mapping[str, Any]
+    metrics_name: str
+    termination_file: Path
+    log_path: Path
+    proc: Proc | None = None
+    container_id: str | None = None
+    state: ContainerState = field(default_factory=lambda: Waiting(reason="ContainerCreating"))
+    last_state: Terminated | None = None
+    restart_count: int = 0
+    failures: int = 0
+    next_start: float = 0.0
+    attempted: bool = False
+    #: Will not run again (init container succeeded, ephemeral done, no restart).
+    finished: bool = False
+    oom_events: int = 0
+    started_wall: dt.datetime | None = None
+    started_mono: float = 0.0
+
+    @property
+    def succeeded(self) -> bool:
+        return self.finished and isinstance(self.state, Terminated) and self.state.exit_code == 0
+
+    def view(self) -> ContainerView:
+        resources = self.spec.get("resources") or None
+        image = str(self.spec.get("image", ""))
+        return ContainerView(
+            name=self.name,
+            image=image,
+            image_id=f"nodesim://{image}",
+            state=self.state,
+            last_state=self.last_state,
+            restart_count=self.restart_count,
+            container_id=self.container_id,
+            resources=(
+                {k: v for k, v in resources.items() if k in ("requests", "limits")}
+                if resources
+                else None
+            ),
+        )
+
+
+class PodWorker:
+    """Owns one pod bound to the node, from its first sighting until it is gone."""
+
+    def __init__(self, *, pod: Mapping[str, Any], rt: Runtime, on_exit: Any) -> None:
+        metadata = pod["metadata"]
+        self.namespace = str(metadata["namespace"])
+        self.name = str(metadata["name"])
+        self.uid = str(metadata["uid"])
+        self._rt = rt
+        self._on_exit = on_exit
+        self._latest: Mapping[str, Any] = pod
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._gone = False
+        self._slots: dict[str, Slot] = {}
+        self._run_dir = rt.settings.state_dir / "run" / self.uid
+        self.pod_ip: str | None = None
+        self._start_time: dt.datetime | None = None
+        self._initialized = False
+        self._terminal = False
+        self._stopping_all = False
+        self._last_written: dict[str, Any] | None = None
+        self._status_failures = 0
+        self._status_retry_at = 0.0
+        self._thread = threading.Thread(
+            target=self._run, name=f"pod-{self.namespace}/{self.name}", daemon=True
+        )
+
+    # --- called from other threads ---------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def update(self, pod: Mapping[str, Any]) -> None:
+        with self._lock:
+            if _newer(pod, self._latest):
+                self._latest = pod
+        self._wake.set()
+
+    def mark_gone(self) -> None:
+        self._gone = True
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def samples(self) -> list[ContainerSample]:
+        with self._lock:
+            slots = list(self._slots.values())
+        out = []
+        for slot in slots:
+            proc = slot.proc
+            running = proc is not None and isinstance(slot.state, Running)
+            usage = proc.usage if proc is not None else None
+            out.append(
+                ContainerSample(
+                    namespace=self.namespace,
+                    pod=self.name,
+                    container=slot.name,
+                    image=str(slot.spec.get("image", "")),
+                    name=slot.metrics_name,
+                    running=running and usage is not None and usage.sampled_at > 0,
+                    working_set_bytes=usage.rss_bytes if usage else 0,
+                    rss_bytes=usage.rss_bytes if usage else 0,
+                    limit_bytes=memory_limit(slot.spec) or 0,
+                    pgfault=usage.pgfault if usage else 0,
+                    pgmajfault=usage.pgmajfault if usage else 0,
+                    oom_events=slot.oom_events,
+                    start_time_seconds=slot.started_wall.timestamp() if slot.started_wall else 0,
+                )
+            )
+        return out
+
+    def debug(self) -> dict[str, Any]:
+        with self._lock:
+            slots = list(self._slots.values())
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+            "podIP": self.pod_ip,
+            "containers": [
+                {
+                    "name": s.name,
+                    "kind": s.kind.value,
+                    "pid": s.proc.pid if s.proc else None,
+                    "pids": list(s.proc.usage.pids) if s.proc else [],
+                    "rssBytes": s.proc.usage.rss_bytes if s.proc else 0,
+                    "state": type(s.state).__name__,
+                    "restartCount": s.restart_count,
+                    "oomEvents": s.oom_events,
+                    "log": str(s.log_path),
+                }
+                for s in slots
+            ],
+        }
+
+    # --- the worker thread -----------------------------------------------------------
+
+    def _current(self) -> Mapping[str, Any]:
+        with self._lock:
+            return self._latest
+
+    def _run(self) -> None:
+        try:
+            self._main()
+        except Exception:
+            log.exception("pod %s/%s: worker failed; stopping its processes", *self._key())
+        finally:
+            self._stopping_all = True
+            self._stop_processes(grace=0)
+            if self.pod_ip and self.pod_ip != self._rt.settings.host_ip:
+                self._rt.addresses.release(self.pod_ip)
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+            self._on_exit(self)
+
+    def _key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    def _main(self) -> None:
+        settings = self._rt.settings
+        while True:
+            if self._rt.stopping.is_set():
+                self._stopping_all = True
+                self._stop_processes(grace=settings.shutdown_grace_seconds)
+                return
+            if self._gone:
+                log.info("pod %s/%s is gone: killing its processes", *self._key())
+                return
+            pod = self._current()
+            if (pod.get("metadata") or {}).get("deletionTimestamp"):
+                self._terminate(pod)
+                return
+            self._sync(pod)
+            self._wake.wait(settings.tick_seconds)
+            self._wake.clear()
+
+    def _sync(self, pod: Mapping[str, Any]) -> None:
+        if self.pod_ip is None:
+            self._setup_sandbox(pod)
+        self._refresh_slots(pod)
+        self._reap(pod)
+        if not self._terminal:
+            self._start_due(pod)
+        self._write_status(pod)
+
+    def _setup_sandbox(self, pod: Mapping[str, Any]) -> None:
+        spec = pod.get("spec") or {}
+        status = pod.get("status") or {}
+        if spec.get("hostNetwork"):
+            self.pod_ip = self._rt.settings.host_ip
+        else:
+            existing = status.get("podIP")
+            if existing and self._rt.addresses.reserve(str(existing)):
+                self.pod_ip = str(existing)
+            else:
+                self.pod_ip = self._rt.addresses.allocate()
+        self._start_time = _parse_time(status.get("startTime")) or _utcnow()
+        self._run_dir.mkdir(parents=True, exist_ok=True)
+        log.info("pod %s/%s: sandbox ready, pod IP %s", self.namespace, self.name, self.pod_ip)
+
+    def _refresh_slots(self, pod: Mapping[str, Any]) -> None:
+        spec = pod.get("spec") or {}
+        previous = {
+            s.get("name"): s
+            for key in ("containerStatuses", "initContainerStatuses")
+            for s in (pod.get("status") or {}).get(key) or []
+        }
+        entries: list[tuple[Mapping[str, Any], Kind]] = [
+            (c, Kind.SIDECAR if is_sidecar(c) else Kind.INIT)
+            for c in spec.get("initContainers") or []
+        ]
+        entries += [(c, Kind.REGULAR) for c in spec.get("containers") or []]
+        entries += [(c, Kind.EPHEMERAL) for c in spec.get("ephemeralContainers") or []]
+        with self._lock:
+            for container, kind in entries:
+                name = str(container["name"])
+                slot = self._slots.get(name)
+                if slot is None:
+                    slot = Slot(
+                        name=name,
+                        kind=kind,
+                        spec=container,
+                        metrics_name=f"nodesim-{self.uid[:8]}-{name}",
+                        termination_file=self._run_dir / f"{name}.termination-log",
+                        log_path=self._rt.log_path(self.namespace, self.name, name),
+                        # A simulator restart keeps counting where the last one stopped.
+                        restart_count=int((previous.get(name) or {}).get("restartCount", 0)),
+                    )
+                    self._slots[name] = slot
+                slot.spec = container
+                if slot.proc is not None and kind is not Kind.EPHEMERAL:
+                    limit = memory_limit(container)
+                    if limit != slot.proc.limit_bytes:
+                        log.info(
+                            "pod %s/%s container %s: memory limit %s -> %s (resize)",
+                            self.namespace,
+                            self.name,
+                            name,
+                            slot.proc.limit_bytes,
+                            limit,
+                        )
+                        self._rt.supervisor.set_limit(slot.proc, limit)
+
+    # --- exits -----------------------------------------------------------------------
+
+    def _reap(self, pod: Mapping[str, Any]) -> None:
+        for slot in list(self._slots.values()):
+            proc = slot.proc
+            if proc is None:
+                continue
+            returncode = proc.poll()
+            if returncode is None:
+                continue
+            self._record_exit(slot, proc, returncode, pod)
+
+    def _record_exit(self, slot: Slot, proc: Proc, returncode: int, pod: Mapping[str, Any]) -> None:
+        self._rt.supervisor.release(proc)
+        exit_code = exit_code_of(returncode)
+        oom = proc.oom_killed
+        if oom:
+            exit_code = 137  # SIGKILL, whatever the process made of it
+            slot.oom_events += 1
+        policy = str(slot.spec.get("terminationMessagePolicy") or "File")
+        message = termination_message(
+            policy=policy,
+            file_bytes=_read_head(slot.termination_file, 4096),
+            log_tail=_read_tail(slot.log_path, _LOG_TAIL_BYTES),
+            exit_code=exit_code,
+        )
+        term = Terminated(
+            exit_code=exit_code,
+            reason=terminated_reason(exit_code, oom_killed=oom),
+            started_at=slot.started_wall,
+            finished_at=_utcnow(),
+            message=message,
+            container_id=slot.container_id,
+        )
+        log.info(
+            "pod %s/%s container %s exited: code %d (%s)",
+            self.namespace,
+            self.name,
+            slot.name,
+            exit_code,
+            term.reason,
+        )
+        with self._lock:
+            slot.proc = None
+        self._after_exit(slot, term, pod)
+
+    def _after_exit(self, slot: Slot, term: Terminated, pod: Mapping[str, Any]) -> None:
+        settings = self._rt.settings
+        policy = str((pod.get("spec") or {}).get("restartPolicy") or "Always")
+        if slot.kind is Kind.EPHEMERAL or self._stopping_all or self._terminal:
+            restart = False
+        elif slot.kind is Kind.SIDECAR:
+            restart = not slot.finished
+        elif slot.kind is Kind.INIT:
+            restart = term.exit_code != 0 and policy != "Never"
+        else:
+            restart = should_restart(policy, term.exit_code)
+        if not restart:
+            slot.state = term
+            slot.finished = True
+            return
+        ran = time.monotonic() - slot.started_mono if slot.started_mono else 0.0
+        slot.failures = 1 if ran >= settings.backoff_reset_seconds else slot.failures + 1
+        delay = backoff_seconds(
+            slot.failures, base=settings.backoff_base_seconds, cap=settings.backoff_max_seconds
+        )
+        slot.next_start = time.monotonic() + delay
+        slot.last_state = term
+        slot.restart_count += 1
+        slot.state = Waiting(
+            reason="CrashLoopBackOff",
+            message=(
+                f"back-off {delay:g}s restarting failed container={slot.name} "
+                f"pod={self.name}_{self.namespace}({self.uid})"
+            ),
+        )
+
+    # --- starts ----------------------------------------------------------------------
+
+    def _ordered(self, *kinds: Kind) -> list[Slot]:
+        return [s for s in self._slots.values() if s.kind in kinds]
+
+    def _start_due(self, pod: Mapping[str, Any]) -> None:
+        now = time.monotonic()
+        init_done = True
+        for slot in self._ordered(Kind.INIT, Kind.SIDECAR):
+            if slot.kind is Kind.SIDECAR:
+                if slot.proc is None and not slot.finished and now >= slot.next_start:
+                    self._start(slot, pod)
+                if slot.proc is None and not self._initialized:
+                    init_done = False
+                    break
+                continue
+            if slot.succeeded:
+                continue
+            init_done = False
+            if slot.proc is None and not slot.finished and now >= slot.next_start:
+                self._start(slot, pod)
+            break
+        if init_done:
+            self._initialized = True
+        if not self._initialized:
+            return
+        regular = self._ordered(Kind.REGULAR)
+        for slot in regular:
+            if slot.proc is None and not slot.finished and now >= slot.next_start:
+                self._start(slot, pod)
+        if regular and all(s.finished for s in regular):
+            # Regular containers are done for good: sidecars stop too, and stay stopped.
+            for slot in self._ordered(Kind.SIDECAR):
+                slot.finished = True
+                if slot.proc is not None:
+                    self._rt.supervisor.signal(slot.proc, signal.SIGTERM)
+        for slot in self._ordered(Kind.EPHEMERAL):
+            if not slot.attempted and now >= slot.next_start:
+                self._start(slot, pod)
+
+    def _sources(self, container: Mapping[str, Any]) -> envres.Sources:
+        config_map_names, secret_names = envres.referenced_objects(container)
+        config_maps: dict[str, dict[str, str]] = {}
+        secrets: dict[str, dict[str, str]] = {}
+        kube = self._rt.kube
+        for name in config_map_names:
+            with contextlib.suppress(NotFound):
+                obj = kube.get(namespaced_path("configmaps", self.namespace, name))
+                config_maps[name] = envres.config_map_data(obj)
+        for name in secret_names:
+            with contextlib.suppress(NotFound):
+                obj = kube.get(namespaced_path("secrets", self.namespace, name))
+                secrets[name] = envres.secret_data(obj)
+        return envres.Sources(config_maps=config_maps, secrets=secrets)
+
+    def _start(self, slot: Slot, pod: Mapping[str, Any]) -> None:
+        settings = self._rt.settings
+        container = slot.spec
+        slot.attempted = True
+        assert self.pod_ip is not None
+        allocatable = settings.resources
+        ctx = envres.PodContext(
+            pod=pod,
+            pod_ip=self.pod_ip,
+            host_ip=settings.host_ip,
+            node_allocatable_memory=parse_bytes(allocatable.memory),
+            node_allocatable_millicores=parse_millicores(allocatable.cpu),
+            node_allocatable_ephemeral_storage=parse_bytes(allocatable.ephemeral_storage),
+        )
+        try:
+            own = envres.resolve_env(container, ctx=ctx, sources=self._sources(container))
+        except envres.EnvError as exc:
+            slot.state = Waiting(reason="CreateContainerConfigError", message=str(exc))
+            slot.next_start = time.monotonic() + 2.0
+            slot.attempted = False  # retried until the config appears, as the kubelet does
+            return
+        except ApiError as exc:
+            log.warning("pod %s/%s: reading env sources failed: %s", *self._key(), exc)
+            slot.next_start = time.monotonic() + 1.0
+            slot.attempted = False
+            return
+        program = container_program(
+            image=str(container.get("image", "")),
+            command=envres.expand_all(container.get("command") or [], own),
+            args=envres.expand_all(container.get("args") or [], own),
+            rules=settings.images,
+            python=self._rt.python,
+        )
+        defaults = {"HOSTNAME": self.name}
+        ports = [int(p["containerPort"]) for p in container.get("ports") or []]
+        listen = listen_address(rule=program.rule, pod_ip=self.pod_ip, ports=ports)
+        if listen is not None and program.rule is not None and program.rule.listen_env:
+            defaults[program.rule.listen_env] = listen
+        forced = {"MEMWARDEN_TERMINATION_LOG": str(slot.termination_file)}
+        if slot.kind is Kind.EPHEMERAL:
+            forced["MEMWARDEN_PPROF_HOST"] = self.pod_ip
+            target = self._slots.get(str(container.get("targetContainerName", "")))
+            if target is not None and target.proc is not None:
+                forced["MEMWARDEN_TARGET_PID"] = str(target.proc.pid)
+        process_env = envres.runtime_env(
+            base=self._rt.base_env, own=own, defaults=defaults, forced=forced
+        )
+        slot.termination_file.parent.mkdir(parents=True, exist_ok=True)
+        slot.termination_file.write_bytes(b"")
+        message_path = str(container.get("terminationMessagePath") or "/dev/termination-log")
+        launch = Launch(
+            argv=map_path(program.argv, path=message_path, host_path=str(slot.termination_file)),
+            env=process_env,
+            cwd=self._run_dir / slot.name,
+            log_path=slot.log_path,
+        )
+        started = _utcnow()
+        try:
+            proc = self._rt.supervisor.start(
+                launch,
+                key=f"{self.namespace}/{self.name}/{slot.name}",
+                limit_bytes=None if slot.kind is Kind.EPHEMERAL else memory_limit(container),
+                notify=self._wake.set,
+            )
+        except StartFailed as exc:
+            log.warning("pod %s/%s container %s: %s", *self._key(), slot.name, exc)
+            slot.started_wall, slot.started_mono = None, time.monotonic()
+            term = Terminated(
+                exit_code=128, reason="StartError", finished_at=started, message=str(exc)
+            )
+            self._after_exit(slot, term, pod)
+            return
+        with self._lock:
+            slot.proc = proc
+            slot.container_id = f"nodesim://{uuid.uuid4().hex}"
+            slot.started_wall = started
+            slot.started_mono = time.monotonic()
+            slot.state = Running(started_at=started)
+
+    # --- status ----------------------------------------------------------------------
+
+    def _view(self, *, terminal: bool = False) -> PodView:
+        with self._lock:
+            slots = list(self._slots.values())
+        return PodView(
+            host_ip=self._rt.settings.host_ip,
+            pod_ip=self.pod_ip,
+            start_time=self._start_time,
+            init_containers=tuple(s.view() for s in slots if s.kind in (Kind.INIT, Kind.SIDECAR)),
+            containers=tuple(s.view() for s in slots if s.kind is Kind.REGULAR),
+            ephemeral_containers=tuple(s.view() for s in slots if s.kind is Kind.EPHEMERAL),
+            terminal=terminal,
+            initialized=self._initialized,
+        )
+
+    def _write_status(self, pod: Mapping[str, Any], *, terminal: bool = False) -> None:
+        if time.monotonic() < self._status_retry_at:
+            return
+        view = self._view(terminal=terminal)
+        status = build_pod_status(pod=pod, view=view, previous=self._last_written, now=_utcnow())
+        if status == self._last_written:
+            return
+        kube = self._rt.kube
+        for _ in range(4):
+            try:
+                result = kube.replace(
+                    pod_path(self.namespace, self.name, "status"), {**pod, "status": status}
+                )
+            except Conflict:
+                try:
+                    pod = kube.get(pod_path(self.namespace, self.name))
+                except NotFound:
+                    self.mark_gone()
+                    return
+                except ApiError as exc:
+                    self._status_failed(exc)
+                    return
+                if str(pod["metadata"].get("uid")) != self.uid:
+                    self.mark_gone()
+                    return
+                self.update(pod)
+                status = build_pod_status(
+                    pod=pod, view=view, previous=self._last_written, now=_utcnow()
+                )
+                continue
+            except NotFound:
+                self.mark_gone()
+                return
+            except ApiError as exc:
+                self._status_failed(exc)
+                return
+            self.update(result)
+            self._last_written = status
+            self._status_failures = 0
+            if status.get("phase") in TERMINAL_PHASES and not self._terminal:
+                self._terminal = True
+                log.info("pod %s/%s reached phase %s", *self._key(), status["phase"])
+            return
+        self._status_failed(ApiError("status update: repeated conflicts"))
+
+    def _status_failed(self, exc: ApiError) -> None:
+        self._status_failures += 1
+        delay = min(5.0, 0.25 * 2**self._status_failures)
+        self._status_retry_at = time.monotonic() + delay
+        log.warning(
+            "pod %s/%s: status update failed (retry in %.1fs): %s", *self._key(), delay, exc
+        )
+
+    # --- stopping --------------------------------------------------------------------
+
+    def _stop_processes(self, *, grace: float) -> None:
+        """SIGTERM every process of the pod, wait up to ``grace``, SIGKILL the rest."""
+        supervisor = self._rt.supervisor
+        running = [s for s in self._slots.values() if s.proc is not None]
+        if not running:
+            return
+        if grace > 0:
+            for slot in running:
+                assert slot.proc is not None
+                supervisor.signal(slot.proc, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and not self._gone:
+                if all(s.proc is None or s.proc.poll() is not None for s in running):
+                    break
+                self._wake.wait(0.1)
+                self._wake.clear()
+        pod = self._current()
+        for slot in running:
+            proc = slot.proc
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                supervisor.signal(proc, signal.SIGKILL)
+            try:
+                returncode = proc.popen.wait(timeout=10)
+            except Exception:
+                log.exception("pod %s/%s: %s did not die", *self._key(), slot.name)
+                continue
+            self._record_exit(slot, proc, returncode, pod)
+
+    def _terminate(self, pod: Mapping[str, Any]) -> None:
+        metadata = pod.get("metadata") or {}
+        grace = metadata.get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        log.info("pod %s/%s deleted: stopping (grace %ss)", *self._key(), grace)
+        self._stopping_all = True
+        self._stop_processes(grace=float(grace))
+        if self._gone:
+            return
+        self._status_retry_at = 0.0
+        if self.pod_ip is not None:
+            self._write_status(self._current(), terminal=True)
+        try:
+            self._rt.kube.delete(
+                pod_path(self.namespace, self.name), grace_period_seconds=0, uid=self.uid
+            )
+        except (NotFound, Conflict):
+            pass
+        except ApiError as exc:
+            log.warning("pod %s/%s: final delete failed: %s", *self._key(), exc)
+        log.info("pod %s/%s: stopped and removed", *self._key())
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
+
+
+def _read_tail(path: Path, size: int) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            end = handle.tell()
+            handle.seek(max(0, end - size))
+            return handle.read()
+    except OSError:
+        return b""
+
+
+class PodManager:
+    """Watches the pods bound to the node and runs a ``PodWorker`` for each."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self._rt = rt
+        self._lock = threading.Lock()
+        self._workers: dict[str, PodWorker] = {}
+        self._done: set[str] = set()
+        self._thread = threading.Thread(target=self._watch_loop, name="pod-watch", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def shutdown(self, *, timeout: float) -> None:
+        """Stop every worker (each stops its processes); wait for them."""
+        self._rt.stopping.set()
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.wake()
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            worker.join(max(0.1, deadline - time.monotonic()))
+
+    # --- views for the HTTP server ----------------------------------------------------
+
+    def workers(self) -> list[PodWorker]:
+        with self._lock:
+            return list(self._workers.values())
+
+    def samples(self) -> list[ContainerSample]:
+        return [sample for worker in self.workers() for sample in worker.samples()]
+
+    def debug(self) -> list[dict[str, Any]]:
+        return [worker.debug() for worker in self.workers()]
+
+    # --- watch -----------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        selector = f"spec.nodeName={self._rt.settings.node_name}"
+        kube = self._rt.kube
+        resource_version: str | None = None
+        failures = 0
+        while not self._rt.stopping.is_set():
+            try:
+                if resource_version is None:
+                    listing = kube.get("/api/v1/pods", query={"fieldSelector": selector})
+                    self._reconcile(listing.get("items") or [])
+                    resource_version = str(listing["metadata"]["resourceVersion"])
+                query = {
+                    "fieldSelector": selector,
+                    "resourceVersion": resource_version,
+                    "allowWatchBookmarks": "true",
+                }
+                for event in kube.watch("/api/v1/pods", query=query, timeout_seconds=60):
+                    if self._rt.stopping.is_set():
+                        return
+                    obj = event.get("object") or {}
+                    resource_version = str(
+                        (obj.get("metadata") or {}).get("resourceVersion", resource_version)
+                    )
+                    if event.get("type") == "BOOKMARK":
+                        continue
+                    if event.get("type") == "DELETED":
+                        self._deleted(obj)
+                    else:
+                        self._observed(obj)
+                failures = 0
+            except ApiError as exc:
+                if exc.status == 410:
+                    log.info("pod watch expired: relisting")
+                else:
+                    failures += 1
+                    log.warning("pod watch failed (retrying): %s", exc)
+                    self._rt.stopping.wait(min(5.0, 0.5 * failures))
+                resource_version = None
+
+    def _reconcile(self, pods: list[dict[str, Any]]) -> None:
+        seen = set()
+        for pod in pods:
+            seen.add(str(pod["metadata"]["uid"]))
+            self._observed(pod)
+        for worker in self.workers():
+            if worker.uid not in seen:
+                worker.mark_gone()
+
+    def _observed(self, pod: Mapping[str, Any]) -> None:
+        metadata = pod.get("metadata") or {}
+        uid = str(metadata.get("uid"))
+        with self._lock:
+            worker = self._workers.get(uid)
+            finished = uid in self._done
+        if worker is not None:
+            worker.update(pod)
+            return
+        deleting = bool(metadata.get("deletionTimestamp"))
+        terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
+        if finished:
+            return  # a late event about a pod this node already let go of
+        if deleting:
+            # Nothing of it runs here: confirm the deletion, as the kubelet does.
+            try:
+                self._rt.kube.delete(
+                    pod_path(str(metadata["namespace"]), str(metadata["name"])),
+                    grace_period_seconds=0,
+                    uid=uid,
+                )
+            except (NotFound, Conflict):
+                pass
+            except ApiError as exc:
+                log.warning("deleting pod %s: %s", metadata.get("name"), exc)
+            return
+        if terminal:
+            return
+        worker = PodWorker(pod=pod, rt=self._rt, on_exit=self._forget)
+        with self._lock:
+            self._workers[uid] = worker
+        log.info("pod %s/%s bound here: starting", metadata.get("namespace"), metadata.get("name"))
+        worker.start()
+
+    def _deleted(self, pod: Mapping[str, Any]) -> None:
+        uid = str((pod.get("metadata") or {}).get("uid"))
+        with self._lock:
+            worker = self._workers.get(uid)
+        if worker is not None:
+            worker.mark_gone()
+
+    def _forget(self, worker: PodWorker) -> None:
+        with self._lock:
+            self._workers.pop(worker.uid, None)
+            self._done.add(worker.uid)

@@ -1,0 +1,203 @@
+"""The MemoryIncident capture lifecycle, as pure decisions.
+
+Pending -> Capturing (the debug container is added) -> Collected (the bundle is stored
+and analysed), or Failed / Skipped with a reason. The handler fetches the incident, its
+pod and whether a bundle is stored, asks these functions what to do, and does it. ``now``
+is always passed in. Nothing here imports a client.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from memwarden.api import ALL_ARTIFACTS, Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from memwarden.capture.analysis import Summary
+from memwarden.capture.plan import ephemeral_container_name
+
+TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
+#: After the debug container ended, how long to wait for its upload to be seen stored.
+UPLOAD_GRACE = dt.timedelta(seconds=20)
+
+
+def rfc3339(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: object) -> dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the capture aims at, or why it cannot start (yet)."""
+
+    container: str | None = None
+    wait: str | None = None
+    """The pod is not ready for a capture yet: try again later."""
+    fail: tuple[str, str] | None = None
+    """(reason, message): the capture can never start."""
+
+
+def choose_target(
+    *,
+    pod: Mapping[str, Any] | None,
+    requested: str | None,
+    created: dt.datetime | None,
+    now: dt.datetime,
+    pod_wait: dt.timedelta,
+) -> Target:
+    """The container to capture from, once its pod runs it."""
+    if pod is None:
+        return Target(fail=("PodNotFound", "the pod does not exist (deleted or never created)"))
+    containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+    name = requested or (containers[0] if containers else None)
+    if name not in containers:
+        return Target(fail=("ContainerNotFound", f"the pod has no container {name!r}"))
+    statuses = {s.get("name"): s for s in (pod.get("status") or {}).get("containerStatuses") or []}
+    running = "running" in ((statuses.get(name) or {}).get("state") or {})
+    if (pod.get("status") or {}).get("phase") == "Running" and running:
+        return Target(container=name)
+    waited = now - created if created else dt.timedelta(0)
+    if waited > pod_wait:
+        return Target(fail=("PodNotRunning", f"container {name} was not running for {pod_wait}"))
+    return Target(wait=f"container {name} is not running yet")
+
+
+def capture_artifacts(*, capture: CaptureSpec, requested: Sequence[str] | None) -> list[str]:
+    """The artifacts to collect: the incident's own list, else the policy's."""
+    chosen = set(requested) if requested else set(capture.artifacts)
+    return [a for a in ALL_ARTIFACTS if a in chosen]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What to do with a Capturing incident now."""
+
+    action: Literal["wait", "complete", "fail"]
+    reason: str = ""
+    message: str = ""
+
+
+def ephemeral_status(pod: Mapping[str, Any] | None, incident: str) -> Mapping[str, Any] | None:
+    """The status of the incident's debug container in ``pod``, if reported."""
+    if pod is None:
+        return None
+    name = ephemeral_container_name(incident)
+    for entry in (pod.get("status") or {}).get("ephemeralContainerStatuses") or []:
+        if entry.get("name") == name:
+            return dict(entry)
+    return None
+
+
+def follow_capture(
+    *,
+    incident: str,
+    pod: Mapping[str, Any] | None,
+    bundle_stored: bool,
+    started: dt.datetime | None,
+    now: dt.datetime,
+    timeout: dt.timedelta,
+) -> Progress:
+    """Decide the fate of a Capturing incident from the store and the pod."""
+    if bundle_stored:
+        return Progress(action="complete")
+    state = (ephemeral_status(pod, incident) or {}).get("state") or {}
+    terminated = state.get("terminated")
+    if terminated:
+        finished = parse_time(terminated.get("finishedAt")) or now
+        if now - finished >= UPLOAD_GRACE:
+            message = (terminated.get("message") or "").strip() or "no termination message"
+            return Progress(
+                action="fail",
+                reason="CaptureFailed",
+                message=f"the debug container exited with code {terminated.get('exitCode')} "
+                f"and uploaded no bundle: {message[:500]}",
+            )
+    if pod is None:
+        return Progress(
+            action="fail", reason="PodGone", message="the pod was deleted during the capture"
+        )
+    if started is not None and now - started > timeout:
+        return Progress(
+            action="fail",
+            reason="CaptureTimeout",
+            message=f"no bundle stored {int(timeout.total_seconds())}s after the debug container was added",
+        )
+    return Progress(action="wait")
+
+
+def artifact_records(manifest: Mapping[str, Any] | None) -> list[ArtifactRecord]:
+    """The manifest's per-artifact lines as status records."""
+    records: list[ArtifactRecord] = []
+    for entry in (manifest or {}).get("artifacts") or []:
+        if not isinstance(entry, Mapping):
+            continue
+        error = entry.get("error") or entry.get("skipped")
+        records.append(
+            ArtifactRecord(
+                name=str(entry.get("name") or entry.get("file") or "?"),
+                bytes=int(entry.get("bytes") or 0),
+                sha256=entry.get("sha256"),
+                durationSeconds=entry.get("durationSeconds"),
+                error=str(error) if error else None,
+            )
+        )
+    return records[:32]
+
+
+def analysis_of(summary: Summary, *, limit: int = 10) -> Analysis:
+    """The heap summary as the incident's status records it."""
+    top = summary.top
+    return Analysis(
+        sampleType=top.sample_type,
+        totalBytes=top.total,
+        top=[
+            FunctionUsage(function=f.function, flatBytes=f.flat, cumBytes=f.cum)
+            for f in top.functions[:limit]
+        ],
+        goroutines=summary.goroutines,
+    )
+
+
+def collected_status(
+    *,
+    bundle: str,
+    bundle_bytes: int,
+    bundle_sha256: str,
+    manifest: Mapping[str, Any] | None,
+    summary: Summary | None,
+    analysis_error: str | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """Status fields for an incident whose bundle is stored."""
+    records = artifact_records(manifest)
+    failed = [r.name for r in records if r.error]
+    notes = []
+    if failed:
+        notes.append(f"not collected: {', '.join(failed)}")
+    if analysis_error:
+        notes.append(f"heap analysis failed: {analysis_error}")
+    if summary is not None and summary.top.functions:
+        first = summary.top.functions[0]
+        notes.insert(0, f"top in-use function {first.function} ({first.flat} bytes flat)")
+    status: dict[str, Any] = {
+        "phase": "Collected",
+        "reason": "BundleStored",
+        "message": "; ".join(notes) or "all artifacts collected",
+        "completedAt": rfc3339(now),
+        "bundle": bundle,
+        "bundleBytes": bundle_bytes,
+        "bundleSha256": bundle_sha256,
+        "artifacts": [r.model_dump(exclude_none=True) for r in records],
+    }
+    if summary is not None:
+        status["analysis"] = analysis_of(summary).model_dump(exclude_none=True)
+    return status

@@ -1,0 +1,440 @@
+"""The webhook's own certificates: made at start, rotated before expiry, never silently expired.
+
+Used unless ``webhook_cert_file``/``webhook_key_file`` are given (cert-manager mounts
+them; the webhook server reloads them when they change). Otherwise memwarden:
+
+- keeps its CA in a Secret of its own namespace (``webhook_ca_secret``), so replicas and
+  restarts share one CA and the caBundle stays short;
+- signs its own serving certificate with it into ``webhook_cert_dir`` (the webhook
+  server reloads it in place, see ``tlsreload.py``);
+- publishes the CA(s) in the ``webhook_configuration_name`` MutatingWebhookConfiguration;
+- rotates both on a loop, as ``certrotation.py`` decides, logging each expiry.
+
+The kubernetes client is synchronous: the loop runs each step in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+from memwarden import certrotation, certs, health, metrics
+from memwarden.certrotation import CaStep, Cert
+from memwarden.handlers import state
+from memwarden.kube import Conflict, KubeError, NotFound, Transient, error_from
+from memwarden.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CA_CERT, CA_KEY = "ca.crt", "ca.key"
+NEXT_CERT, NEXT_KEY = "next-ca.crt", "next-ca.key"
+#: When the next CA was first seen in the caBundle: it signs ``propagation`` after that.
+PUBLISHED_ANNOTATION = "memwarden.dev/next-ca-published-at"
+REQUEST_TIMEOUT = 10.0
+_TASK = "certificate_rotation"
+
+
+def self_signed(settings: Settings) -> bool:
+    """memwarden makes its certificates unless both files are given."""
+    return not (settings.webhook_cert_file and settings.webhook_key_file)
+
+
+def timing(settings: Settings) -> certrotation.Timing:
+    return certrotation.Timing(
+        validity=dt.timedelta(seconds=settings.webhook_cert_validity_seconds),
+        renew_before=dt.timedelta(seconds=settings.webhook_cert_renew_before_seconds),
+        propagation=dt.timedelta(seconds=settings.webhook_ca_propagation_seconds),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class CaState:
+    """What the CA Secret holds; ``resource_version`` None when it does not exist."""
+
+    current: certs.KeyPair | None = None
+    next: certs.KeyPair | None = None
+    next_published_at: dt.datetime | None = None
+    resource_version: str | None = None
+
+
+def _api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def _pair(data: dict[str, str], cert_key: str, key_key: str) -> certs.KeyPair | None:
+    if cert_key not in data or key_key not in data:
+        return None
+    return certs.KeyPair(
+        cert_pem=base64.b64decode(data[cert_key]), key_pem=base64.b64decode(data[key_key])
+    )
+
+
+def _write_atomically(path: Path, data: bytes, *, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CertificateRotation:
+    """One operator's view of the CA Secret, the caBundle and its serving certificate."""
+
+    def __init__(self, settings: Settings, api_client: client.ApiClient) -> None:
+        self.settings = settings
+        self.timing = timing(settings)
+        self.directory = Path(settings.webhook_cert_dir)
+        self.cert_path = self.directory / "tls.crt"
+        self.key_path = self.directory / "tls.key"
+        self._core = client.CoreV1Api(api_client)
+        self._admission = client.AdmissionregistrationV1Api(api_client)
+        self._missing_configuration_logged = False
+
+    # -- the CA Secret ------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(f"{what}: {exc}") from exc
+
+    def read_ca(self) -> CaState:
+        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        try:
+            secret = self._call(
+                f"read secret {namespace}/{name}",
+                self._core.read_namespaced_secret,
+                name,
+                namespace,
+            )
+        except NotFound:
+            return CaState()
+        data = dict(secret.data or {})
+        published = (secret.metadata.annotations or {}).get(PUBLISHED_ANNOTATION)
+        return CaState(
+            current=_pair(data, CA_CERT, CA_KEY),
+            next=_pair(data, NEXT_CERT, NEXT_KEY),
+            next_published_at=dt.datetime.fromisoformat(published) if published else None,
+            resource_version=secret.metadata.resource_version,
+        )
+
+    def write_ca(self, new: CaState) -> None:
+        """Create or replace the Secret; ``Conflict`` when another replica wrote first."""
+        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        data: dict[str, str] = {}
+        for pair, cert_key, key_key in (
+            (new.current, CA_CERT, CA_KEY),
+            (new.next, NEXT_CERT, NEXT_KEY),
+        ):
+            if pair is not None:
+                data[cert_key] = base64.b64encode(pair.cert_pem).decode("ascii")
+                data[key_key] = base64.b64encode(pair.key_pem).decode("ascii")
+        annotations = {}
+        if new.next_published_at is not None:
+            annotations[PUBLISHED_ANNOTATION] = new.next_published_at.isoformat()
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=name,
+                namespace=namespace,
+                labels={
+                    "app.kubernetes.io/name": "memwarden",
+                    "app.kubernetes.io/component": "webhook-ca",
+                },
+                annotations=annotations,
+                resource_version=new.resource_version,
+            ),
+            type="Opaque",
+            data=data,
+        )
+        if new.resource_version is None:
+            self._call(
+                f"create secret {namespace}/{name}",
+                self._core.create_namespaced_secret,
+                namespace,
+                body,
+            )
+        else:
+            self._call(
+                f"update secret {namespace}/{name}",
+                self._core.replace_namespaced_secret,
+                name,
+                namespace,
+                body,
+            )
+
+    # -- the caBundle ---------------------------------------------------------------------
+
+    def read_bundle(self) -> tuple[list[dict[str, Any]], tuple[Cert, ...]] | None:
+        """The configuration's webhooks and the CAs they trust; None when it is missing."""
+        name = self.settings.webhook_configuration_name
+        try:
+            configuration = self._call(
+                f"read mutatingwebhookconfiguration {name}",
+                self._admission.read_mutating_webhook_configuration,
+                name,
+            )
+        except NotFound:
+            if not self._missing_configuration_logged:
+                logger.warning(
+                    "MutatingWebhookConfiguration %s not found: the webhook CA is not published "
+                    "(the chart creates it; set webhook_configuration_name)",
+                    name,
+                )
+                self._missing_configuration_logged = True
+            return None
+        self._missing_configuration_logged = False
+        webhooks: list[dict[str, Any]] = client.ApiClient().sanitize_for_serialization(  # type: ignore[no-untyped-call]
+            configuration.webhooks or []
+        )
+        published: list[Cert] = []
+        for webhook in webhooks:
+            bundle = base64.b64decode(webhook.get("clientConfig", {}).get("caBundle") or "")
+            for cert in certrotation.split_bundle(bundle):
+                if cert.pem not in {c.pem for c in published}:
+                    published.append(cert)
+        return webhooks, tuple(published)
+
+    def publish(self, webhooks: list[dict[str, Any]], bundle: tuple[Cert, ...]) -> None:
+        """Set every webhook's caBundle; a JSON patch that fails if the list changed meanwhile."""
+        encoded = base64.b64encode(certrotation.join_bundle(bundle)).decode("ascii")
+        ops: list[dict[str, Any]] = []
+        for index, webhook in enumerate(webhooks):
+            ops.append({"op": "test", "path": f"/webhooks/{index}/name", "value": webhook["name"]})
+            ops.append(
+                {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
+            )
+        name = self.settings.webhook_configuration_name
+        self._call(
+            f"patch mutatingwebhookconfiguration {name}",
+            self._admission.patch_mutating_webhook_configuration,
+            name,
+            ops,
+            _content_type="application/json-patch+json",
+        )
+
+    # -- one step -------------------------------------------------------------------------
+
+    def step(self, now: dt.datetime) -> None:
+        """Advance the rotation by one step: CA, then caBundle, then serving certificate."""
+        ca = self._publish(self._advance_ca(self.read_ca(), now), now)
+        if ca.current is None:
+            raise Transient("the webhook CA Secret has no CA; retrying")
+        self._renew_leaf(ca.current, now)
+
+    def _advance_ca(self, ca: CaState, now: dt.datetime) -> CaState:
+        current = certrotation.Cert.parse(ca.current.cert_pem) if ca.current else None
+        next_ca = certrotation.Cert.parse(ca.next.cert_pem) if ca.next else None
+        decision = certrotation.ca_step(
+            current=current,
+            next_ca=next_ca,
+            next_published_at=ca.next_published_at,
+            now=now,
+            timing=self.timing,
+        )
+        if decision is CaStep.KEEP:
+            return ca
+        if decision is CaStep.REPLACE:
+            new = CaState(current=self._make_ca(now), resource_version=ca.resource_version)
+        elif decision is CaStep.PREPARE:
+            new = dataclasses.replace(ca, next=self._make_ca(now), next_published_at=None)
+        else:  # PROMOTE
+            new = CaState(current=ca.next, resource_version=ca.resource_version)
+        try:
+            self.write_ca(new)
+        except Conflict:
+            logger.info("webhook CA changed by another replica; using theirs")
+            return self._must_read()
+        assert new.current is not None
+        logger.info(
+            "webhook CA %s: current %s%s",
+            decision.value,
+            certrotation.describe_expiry(
+                certrotation.Cert.parse(new.current.cert_pem), now=now, timing=self.timing
+            ),
+            "; next CA published, signs after propagation" if new.next else "",
+        )
+        metrics.WEBHOOK_CA_ROTATIONS.labels(step=decision.value).inc()
+        return self._must_read()
+
+    def _must_read(self) -> CaState:
+        ca = self.read_ca()
+        if ca.current is None:
+            raise Transient("the webhook CA Secret vanished; retrying")
+        return ca
+
+    def _make_ca(self, now: dt.datetime) -> certs.KeyPair:
+        return certs.make_ca(
+            common_name=f"memwarden-webhook-ca-{int(now.timestamp())}",
+            now=now,
+            valid_for=self.timing.validity,
+        )
+
+    def _publish(self, ca: CaState, now: dt.datetime) -> CaState:
+        assert ca.current is not None
+        current = certrotation.Cert.parse(ca.current.cert_pem)
+        next_ca = certrotation.Cert.parse(ca.next.cert_pem) if ca.next else None
+        found = self.read_bundle()
+        if found is not None:
+            webhooks, published = found
+            wanted = certrotation.desired_bundle(
+                current=current, next_ca=next_ca, published=published, now=now
+            )
+            if [c.pem for c in wanted] != [c.pem for c in published]:
+                self.publish(webhooks, wanted)
+                logger.info(
+                    "caBundle of %s: %s",
+                    self.settings.webhook_configuration_name,
+                    ", ".join(f"{c.subject} (until {c.not_after.isoformat()})" for c in wanted),
+                )
+        if ca.next is not None and ca.next_published_at is None:
+            # Published now (or no configuration to publish in: nothing to wait for).
+            updated = dataclasses.replace(ca, next_published_at=now)
+            try:
+                self.write_ca(updated)
+            except Conflict:
+                return self._must_read()
+            return self._must_read()
+        return ca
+
+    def _renew_leaf(self, ca: certs.KeyPair, now: dt.datetime) -> None:
+        leaf: Cert | None = None
+        signed = False
+        if self.cert_path.exists() and self.key_path.exists():
+            try:
+                leaf = Cert.parse(self.cert_path.read_bytes())
+                signed = certrotation.signed_by(leaf.pem, ca.cert_pem)
+            except ValueError:
+                leaf = None
+        ca_cert = Cert.parse(ca.cert_pem)
+        why = certrotation.leaf_due(
+            leaf=leaf, signed_by_current=signed, current_ca=ca_cert, now=now, timing=self.timing
+        )
+        if why is None:
+            assert leaf is not None
+            _record_expiry(leaf.not_after)
+            return
+        service = f"{self.settings.webhook_service_name}.{self.settings.namespace}"
+        new = certs.issue(
+            ca=ca,
+            common_name=f"{service}.svc",
+            now=now,
+            valid_for=certrotation.leaf_validity(ca=ca_cert, now=now, timing=self.timing),
+            server_names=(
+                service,
+                f"{service}.svc",
+                f"{service}.svc.cluster.local",
+                "127.0.0.1",
+                "localhost",
+            ),
+        )
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Key first: the server loads a pair only once the key matches the certificate.
+        _write_atomically(self.key_path, new.key_pem, mode=0o600)
+        _write_atomically(self.cert_path, new.cert_pem, mode=0o644)
+        _write_atomically(self.directory / "ca.crt", ca.cert_pem, mode=0o644)
+        _record_expiry(new.not_after)
+        logger.info(
+            "webhook serving certificate renewed (%s): %s",
+            why,
+            certrotation.describe_expiry(Cert.parse(new.cert_pem), now=now, timing=self.timing),
+        )
+
+
+def _record_expiry(not_after: dt.datetime) -> None:
+    metrics.WEBHOOK_CERT_EXPIRY.set(not_after.timestamp())
+    health.record_certificate(not_after.timestamp())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def serving_files(settings: Settings) -> tuple[str, str]:
+    """The webhook's certificate and key files, ready before the server starts.
+
+    Self-made: one rotation step now (CA Secret, caBundle, serving certificate), so the
+    server starts with a certificate the API server can verify. Given files: logged with
+    their expiry, and reloaded by the server when they change.
+    """
+    if not self_signed(settings):
+        assert settings.webhook_cert_file and settings.webhook_key_file
+        cert = Cert.parse(Path(settings.webhook_cert_file).read_bytes())
+        _record_expiry(cert.not_after)
+        logger.info(
+            "webhook serving certificate %s (given, renewed by its issuer): valid until %s",
+            settings.webhook_cert_file,
+            cert.not_after.isoformat(),
+        )
+        return settings.webhook_cert_file, settings.webhook_key_file
+    rotation = CertificateRotation(settings, _api_client())
+    try:
+        rotation.step(_now())
+    except KubeError as exc:
+        raise kopf.TemporaryError(f"webhook certificates: {exc}", delay=5) from exc
+    cert = Cert.parse(rotation.cert_path.read_bytes())
+    logger.info(
+        "webhook serving certificate %s (self-made, rotated by memwarden): %s",
+        rotation.cert_path,
+        certrotation.describe_expiry(cert, now=_now(), timing=rotation.timing),
+    )
+    return str(rotation.cert_path), str(rotation.key_path)
+
+
+async def _rotate_forever(rotation: CertificateRotation, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(rotation.step, _now())
+        except KubeError as exc:
+            # Renewal starts renew_before ahead of expiry: retried each interval till then.
+            logger.warning(
+                "webhook certificate rotation failed, retrying in %ss: %s", interval, exc
+            )
+
+
+@kopf.on.startup()
+async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
+    """Rotate self-made certificates in the background; nothing to do for given ones."""
+    settings = state.settings()
+    if not self_signed(settings):
+        return
+    rotation = CertificateRotation(settings, _api_client())
+    memo[_TASK] = asyncio.create_task(
+        _rotate_forever(rotation, settings.webhook_cert_check_seconds),
+        name="webhook certificate rotation",
+    )
+
+
+@kopf.on.cleanup()
+async def stop_rotation(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get(_TASK)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

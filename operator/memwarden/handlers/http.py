@@ -1,0 +1,156 @@
+"""The operator's HTTP API: one aiohttp server, sub-apps mounted under prefixes.
+
+Started by an ``on.startup`` handler on ``settings.http_host:http_port`` (TLS when
+``http_cert_file``/``http_key_file`` are set) and stopped by ``on.cleanup``. It shares
+kopf's event loop, so every sub-app must keep requests short and push slow work
+(Kubernetes calls) to queues or threads: the admission webhook runs on this loop too.
+
+Mounted today: ``/metrics`` (memwarden's own registry), ``/healthz`` and ``/readyz``
+(``health.py``), and the Alertmanager receiver at
+``/alertmanager`` (when ``alertmanager_token_file`` is set). Further sub-apps (the
+evidence API) are added in :func:`operator_subapps`.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import kopf
+import prometheus_client
+from aiohttp import web
+
+from memwarden import health, metrics
+from memwarden.evidence.api import make_evidence_app
+from memwarden.evidence.auth import KubeAuthorizer
+from memwarden.handlers import alerts, incidents, state
+from memwarden.kube import NotFound
+from memwarden.risk import receiver
+from memwarden.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_RUNNER = "http_runner"
+_INTAKE = "alert_intake"
+
+
+def build_operator_app(subapps: Mapping[str, web.Application]) -> web.Application:
+    """One application serving each sub-app under its prefix (``/alertmanager``...)."""
+    root = web.Application()
+    for prefix, app in subapps.items():
+        root.add_subapp(prefix, app)
+    return root
+
+
+def metrics_app() -> web.Application:
+    """``GET /metrics`` (mounted at ``/metrics``): memwarden's registry, text format."""
+
+    async def serve(_: web.Request) -> web.Response:
+        return web.Response(
+            body=prometheus_client.generate_latest(metrics.REGISTRY),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
+
+    app = web.Application()
+    app.router.add_get("", serve)
+    return app
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.http_cert_file and settings.http_key_file):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.http_cert_file, settings.http_key_file)
+    return context
+
+
+def operator_subapps(
+    settings: Settings, *, intake: alerts.AlertIntake | None
+) -> dict[str, web.Application]:
+    """The sub-apps this operator serves, by prefix, as the settings enable them."""
+    subapps: dict[str, web.Application] = {"/metrics": metrics_app(), **health.subapps()}
+    if intake is not None and settings.alertmanager_token_file:
+        subapps[receiver.PREFIX] = receiver.make_alertmanager_app(
+            token=receiver.TokenFile(Path(settings.alertmanager_token_file)),
+            on_findings=intake.submit,
+            on_batch=intake.count_batch,
+        )
+    subapps["/evidence"] = evidence_app(settings)
+    return subapps
+
+
+def evidence_app(settings: Settings) -> web.Application:
+    """The evidence API: uploads from debug containers, downloads for authorised users."""
+    evidence = state.evidence()
+
+    def incident_uid(namespace: str, name: str) -> str | None:
+        try:
+            obj = state.kube().get(incidents.INCIDENTS, namespace=namespace, name=name)
+        except NotFound:
+            return None
+        return str((obj.get("metadata") or {}).get("uid") or "") or None
+
+    return make_evidence_app(
+        store=evidence.store,
+        authorizer=KubeAuthorizer(state.kube().api_client),
+        upload_key=evidence.upload_key,
+        max_bundle_bytes=settings.evidence_max_bundle_bytes,
+        incident_uid=incident_uid,
+        on_stored=incidents.on_stored,
+    )
+
+
+@kopf.on.startup()
+async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start the alert intake and the HTTP server; stop the operator if it cannot listen."""
+    settings = state.settings()
+    try:
+        tls = _ssl_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
+    intake: alerts.AlertIntake | None = None
+    if settings.alertmanager_token_file:
+        intake = alerts.AlertIntake(
+            policy_index=kwargs["policy_index"],
+            pod_index=kwargs["pod_index"],
+            incident_index=kwargs["incident_index"],
+        )
+    else:
+        logger.info("alertmanager receiver off: alertmanager_token_file is not set")
+    subapps = operator_subapps(settings, intake=intake)
+    runner = web.AppRunner(build_operator_app(subapps), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=tls)
+    try:
+        await site.start()
+    except OSError as exc:  # a port in use will not free itself: say so and stop
+        await runner.cleanup()
+        raise kopf.PermanentError(
+            f"HTTP API cannot listen on {settings.http_host}:{settings.http_port}: {exc}"
+        ) from exc
+    memo[_RUNNER] = runner
+    if intake is not None:
+        intake.start()
+        memo[_INTAKE] = intake
+    logger.info(
+        "HTTP API on %s://%s:%s serving %s",
+        "https" if tls else "http",
+        settings.http_host,
+        settings.http_port,
+        ", ".join(sorted(subapps)),
+    )
+
+
+@kopf.on.cleanup()
+async def stop_http(memo: kopf.Memo, **_: Any) -> None:
+    """Stop accepting requests first, then the intake (pending findings are dropped:
+    Alertmanager re-sends firing alerts every repeat_interval)."""
+    runner: web.AppRunner | None = memo.get(_RUNNER)
+    if runner is not None:
+        await runner.cleanup()
+    intake: alerts.AlertIntake | None = memo.get(_INTAKE)
+    if intake is not None:
+        await intake.stop()

@@ -1,0 +1,368 @@
+"""MemoryIncident handlers: run a capture, follow it, record the evidence, clean up.
+
+Pending -> Capturing: the toolbox is added to the pod as an ephemeral container (named
+after the incident, so a restarted operator never adds a second one). Capturing ->
+Collected: the bundle lands in the evidence store (``on_stored``, or the follow-up timer
+after a restart) and its heap profile is analysed. Failed / Skipped carry the reason.
+Deleting an incident deletes its evidence (a finalizer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+import kopf
+
+from memwarden import metrics
+from memwarden.api import GROUP, VERSION, CaptureSpec
+from memwarden.capture import incident as lifecycle
+from memwarden.capture.analysis import summarize
+from memwarden.capture.analysis_cli import EvidenceError, load_evidence
+from memwarden.capture.plan import (
+    PlanError,
+    ephemeral_container_patch,
+    plan_ephemeral_container,
+    ptrace_allowed_by_pod_security,
+)
+from memwarden.evidence.api import bundle_url
+from memwarden.evidence.store import BundleMeta
+from memwarden.evidence.tokens import issue_upload_token
+from memwarden.handlers import state
+from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
+from memwarden.quantity import parse_bytes
+from memwarden.selection import Candidate
+
+logger = logging.getLogger(__name__)
+
+INCIDENTS = CustomResource(GROUP, VERSION, "memoryincidents")
+POLICIES = CustomResource(GROUP, VERSION, "memorypolicies")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _capture_spec(policy: str | None, namespace: str, policies: Any) -> CaptureSpec:
+    """The governing policy's capture section; defaults when there is none."""
+    for candidate in policies.get(namespace, []) if policies is not None else []:
+        if isinstance(candidate, Candidate) and candidate.name == policy and candidate.spec.capture:
+            return candidate.spec.capture
+    return CaptureSpec()
+
+
+async def _read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return await asyncio.to_thread(state.kube().read_pod, namespace=namespace, name=name)
+    except NotFound:
+        return None
+    except KubeError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+
+
+@kopf.on.resume(GROUP, VERSION, "memoryincidents")
+@kopf.on.create(GROUP, VERSION, "memoryincidents")
+async def start_capture(
+    *,
+    namespace: str | None,
+    name: str | None,
+    uid: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    """Add the toolbox to the pod (once), or record why no capture happens."""
+    phase = status.get("phase")
+    if namespace is None or name is None or uid is None:
+        return
+    if phase in lifecycle.TERMINAL_PHASES or phase == "Capturing":
+        return
+    settings, now = state.settings(), _now()
+    if not status.get("openedAt"):
+        patch.status["openedAt"] = lifecycle.rfc3339(now)
+    pod = await _read_pod(namespace, str(spec.get("pod")))
+    target = lifecycle.choose_target(
+        pod=pod,
+        requested=spec.get("container"),
+        created=lifecycle.parse_time(meta.get("creationTimestamp")),
+        now=now,
+        pod_wait=dt.timedelta(seconds=settings.capture_pod_wait_seconds),
+    )
+    if target.fail is not None:
+        _finish(
+            patch, phase="Failed", reason=target.fail[0], message=target.fail[1], now=now, spec=spec
+        )
+        logger.warning("capture failed: %s", target.fail[1])
+        return
+    if target.wait is not None or target.container is None or pod is None:
+        patch.status["phase"] = "Pending"
+        patch.status["message"] = target.wait
+        raise kopf.TemporaryError(target.wait or "waiting for the pod", delay=3)
+
+    capture = _capture_spec(spec.get("policy"), namespace, kwargs.get("policy_index"))
+    if not capture.enabled:
+        _finish(
+            patch,
+            phase="Skipped",
+            reason="CaptureDisabled",
+            message=f"policy {spec.get('policy')} has capture.enabled false",
+            now=now,
+            spec=spec,
+        )
+        return
+    try:
+        labels = await asyncio.to_thread(state.kube().namespace_labels, namespace)
+    except KubeError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    allowed, why = ptrace_allowed_by_pod_security(labels)
+    evidence = state.evidence()
+    token = issue_upload_token(
+        key=evidence.upload_key,
+        namespace=namespace,
+        incident=name,
+        uid=uid,
+        expires_at=now + dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
+    )
+    artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
+    try:
+        container = plan_ephemeral_container(
+            incident=name,
+            target_container=target.container,
+            image=settings.capture_toolbox_image,
+            upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
+            upload_token=token,
+            pprof_port=capture.pprofPort,
+            trace_seconds=capture.traceSeconds,
+            artifacts=artifacts,
+            max_core_bytes=parse_bytes(capture.maxCoreBytes),
+            ptrace_allowed=allowed,
+        )
+        body = ephemeral_container_patch(pod, container)
+    except PlanError as exc:
+        _finish(
+            patch, phase="Skipped", reason="NothingToCapture", message=str(exc), now=now, spec=spec
+        )
+        return
+    if body is not None and not settings.dry_run:
+        try:
+            await asyncio.to_thread(
+                state.kube().add_ephemeral_container,
+                namespace=namespace,
+                name=str(spec["pod"]),
+                body=body,
+            )
+        except Rejected as exc:
+            _finish(
+                patch,
+                phase="Failed",
+                reason="DebugContainerRefused",
+                message=str(exc),
+                now=now,
+                spec=spec,
+            )
+            logger.warning("the API server refused the debug container: %s", exc)
+            return
+        except KubeError as exc:
+            raise kopf.TemporaryError(str(exc), delay=5) from exc
+    patch.status.update(
+        {
+            "phase": "Capturing",
+            "reason": "DebugContainerAdded",
+            "message": "capturing "
+            + ", ".join(a for a in artifacts if allowed or a != "gcore")
+            + ("" if allowed else f"; gcore skipped: {why}"),
+            "captureStartedAt": lifecycle.rfc3339(now),
+            "ephemeralContainer": container["name"],
+        }
+    )
+    _count_phase("Capturing", spec)
+    logger.info(
+        "debug container %s added to %s/%s (target %s)",
+        container["name"],
+        namespace,
+        spec.get("pod"),
+        target.container,
+    )
+
+
+def _count_phase(phase: str, spec: kopf.Spec | dict[str, Any]) -> None:
+    source = str((spec.get("trigger") or {}).get("source") or "manual")
+    metrics.INCIDENT_PHASES.labels(phase=phase, source=source).inc()
+
+
+def _observe_capture(status: kopf.Status | dict[str, Any], *, outcome: str) -> None:
+    started = lifecycle.parse_time(status.get("captureStartedAt"))
+    if started is not None:
+        metrics.CAPTURE_SECONDS.labels(outcome=outcome).observe((_now() - started).total_seconds())
+
+
+def _finish(
+    patch: kopf.Patch,
+    *,
+    phase: str,
+    reason: str,
+    message: str,
+    now: dt.datetime,
+    spec: kopf.Spec | None = None,
+) -> None:
+    patch.status.update(
+        {
+            "phase": phase,
+            "reason": reason,
+            "message": message,
+            "completedAt": lifecycle.rfc3339(now),
+        }
+    )
+    if spec is not None:
+        _count_phase(phase, spec)
+
+
+def _collect(namespace: str, name: str) -> dict[str, Any]:
+    """Status of a Collected incident, from its stored bundle (runs in a thread)."""
+    store = state.evidence().store
+    meta = store.meta(namespace, name)
+    path = store.bundle_path(namespace, name)
+    summary, manifest, error = None, None, None
+    try:
+        loaded = load_evidence(path)
+        summary = summarize(loaded.heap, goroutine=loaded.goroutine)
+        manifest = loaded.manifest
+    except EvidenceError as exc:
+        error = str(exc)
+    return lifecycle.collected_status(
+        bundle=f"evidence://{namespace}/{name}",
+        bundle_bytes=meta.bytes,
+        bundle_sha256=meta.sha256,
+        manifest=manifest,
+        summary=summary,
+        analysis_error=error,
+        now=_now(),
+    )
+
+
+async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
+    """A bundle landed (called by the evidence API): analyse it and complete the incident."""
+    try:
+        incident = await asyncio.to_thread(
+            state.kube().get, INCIDENTS, namespace=namespace, name=name
+        )
+        if (incident.get("status") or {}).get("phase") != "Capturing":
+            return  # already completed by the timer, or not ours to complete
+        status = await asyncio.to_thread(_collect, namespace, name)
+        await state.kube().apatch_status(
+            INCIDENTS, namespace=namespace, name=name, patch={"status": status}
+        )
+    except KubeError as exc:  # the follow-up timer completes it later
+        logger.warning(
+            "incident %s/%s: bundle stored, status not written yet: %s", namespace, name, exc
+        )
+        return
+    _count_phase("Collected", incident.get("spec") or {})
+    _observe_capture(incident.get("status") or {}, outcome="collected")
+    metrics.BUNDLE_BYTES.observe(meta.bytes)
+    logger.info(
+        "incident %s/%s collected: %s bytes, %s", namespace, name, meta.bytes, status.get("message")
+    )
+
+
+@kopf.timer(
+    GROUP,
+    VERSION,
+    "memoryincidents",
+    interval=3.0,
+    idle=None,
+    when=lambda status, **_: status.get("phase") == "Capturing",
+)
+async def follow_capture(
+    *,
+    namespace: str | None,
+    name: str | None,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    **_: Any,
+) -> None:
+    """Complete, fail or keep waiting on a capture: covers restarts and lost callbacks."""
+    if namespace is None or name is None:
+        return
+    stored = state.evidence().store.exists(namespace, name)
+    pod = None if stored else await _read_pod(namespace, str(spec.get("pod")))
+    progress = lifecycle.follow_capture(
+        incident=name,
+        pod=pod,
+        bundle_stored=stored,
+        started=lifecycle.parse_time(status.get("captureStartedAt")),
+        now=_now(),
+        timeout=dt.timedelta(seconds=state.settings().capture_timeout_seconds),
+    )
+    if progress.action == "complete":
+        collected = await asyncio.to_thread(_collect, namespace, name)
+        patch.status.update(collected)
+        _count_phase("Collected", spec)
+        _observe_capture(status, outcome="collected")
+        metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])
+    elif progress.action == "fail":
+        _finish(
+            patch,
+            phase="Failed",
+            reason=progress.reason,
+            message=progress.message,
+            now=_now(),
+            spec=spec,
+        )
+        _observe_capture(status, outcome="failed")
+        logger.warning("capture failed: %s", progress.message)
+
+
+@kopf.on.delete(GROUP, VERSION, "memoryincidents")
+async def delete_evidence(
+    *, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
+) -> None:
+    """The evidence goes with its incident."""
+    if namespace is None or name is None:
+        return
+    deleted = await asyncio.to_thread(state.evidence().store.delete, namespace, name)
+    if deleted:
+        logger.info("evidence of %s/%s deleted", namespace, name)
+
+
+async def _retention_loop() -> None:
+    settings = state.settings()
+    from memwarden.evidence.store import apply_retention
+
+    while True:
+        try:
+            await asyncio.to_thread(
+                apply_retention,
+                state.evidence().store,
+                now=_now(),
+                max_age=dt.timedelta(seconds=settings.evidence_max_age_seconds),
+                max_total_bytes=settings.evidence_max_total_bytes,
+            )
+        except OSError as exc:
+            logger.warning("evidence retention failed: %s", exc)
+        await asyncio.sleep(settings.evidence_retention_interval_seconds)
+
+
+_RETENTION = "evidence_retention"
+
+
+@kopf.on.startup()
+async def start_retention(memo: kopf.Memo, **_: Any) -> None:
+    memo[_RETENTION] = asyncio.create_task(_retention_loop())
+
+
+@kopf.on.cleanup()
+async def stop_retention(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get(_RETENTION)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,255 @@
+"""The Kubernetes adapter: the official client behind a few calls, our own errors out.
+
+Handlers that need more than kopf's ``patch`` (creating an object, writing another
+object's status) go through here. ``ApiException`` and connection errors become
+``NotFound`` / ``Conflict`` / ``Transient`` / ``Rejected``, raised ``from`` the cause with
+the payload cut short. The client is synchronous: async code uses the ``a*`` methods,
+which run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
+
+#: Error payloads are cut to this length in messages (and so in logs and Events).
+MAX_MESSAGE = 300
+#: Per request: a slow API server must not hold a handler (or a worker thread) for long.
+REQUEST_TIMEOUT = 10.0
+
+
+class KubeError(Exception):
+    """Base of the adapter's errors; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    """404: the object (or its namespace, or its kind) does not exist."""
+
+
+class Conflict(KubeError):
+    """409: already exists, or a stale resourceVersion."""
+
+
+class Transient(KubeError):
+    """No answer, 429 or 5xx: try again later."""
+
+
+class Rejected(KubeError):
+    """Any other 4xx (invalid, forbidden): trying again will not help."""
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def error_from(exc: ApiException, *, what: str) -> KubeError:
+    """Our error for an ``ApiException`` (the caller raises it ``from`` ``exc``)."""
+    status = int(exc.status or 0)
+    detail = exc.reason or ""
+    if exc.body:
+        try:
+            detail = json.loads(exc.body).get("message") or detail
+        except (ValueError, AttributeError):
+            detail = str(exc.body)
+    message = _short(f"{what}: {status} {detail}")
+    if status == 404:
+        return NotFound(message, status=status)
+    if status == 409:
+        return Conflict(message, status=status)
+    if status == 0 or status == 429 or status >= 500:
+        return Transient(message, status=status)
+    return Rejected(message, status=status)
+
+
+@dataclass(frozen=True)
+class CustomResource:
+    """Group, version and plural of a custom resource kind."""
+
+    group: str
+    version: str
+    plural: str
+
+
+class Kube:
+    """A few generic calls on custom resources (more can be added in the same shape)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
+        configuration = client.Configuration()
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except ConfigException:
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return cls(client.ApiClient(configuration))
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        try:
+            result = fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        return dict(result)
+
+    def create(
+        self, resource: CustomResource, *, namespace: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Create a namespaced custom object; ``Conflict`` when the name is taken."""
+        name = (body.get("metadata") or {}).get("name", "?")
+        return self._call(
+            f"create {resource.plural} {namespace}/{name}",
+            self._custom.create_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            dict(body),
+        )
+
+    def patch_status(
+        self,
+        resource: CustomResource,
+        *,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource. Put ``metadata.resourceVersion`` in
+        ``patch`` to make it conditional (``Conflict`` if the object changed since)."""
+        return self._call(
+            f"patch {resource.plural}/status {namespace}/{name}",
+            self._custom.patch_namespaced_custom_object_status,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            name,
+            dict(patch),
+        )
+
+    def list_objects(
+        self, resource: CustomResource, *, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every object of the kind, in one namespace or the whole cluster."""
+        if namespace is None:
+            result = self._call(
+                f"list {resource.plural}",
+                self._custom.list_cluster_custom_object,
+                resource.group,
+                resource.version,
+                resource.plural,
+            )
+        else:
+            result = self._call(
+                f"list {resource.plural} in {namespace}",
+                self._custom.list_namespaced_custom_object,
+                resource.group,
+                resource.version,
+                namespace,
+                resource.plural,
+            )
+        return [dict(item) for item in result.get("items") or []]
+
+    def get(self, resource: CustomResource, *, namespace: str, name: str) -> dict[str, Any]:
+        """One namespaced custom object; ``NotFound`` when absent."""
+        return self._call(
+            f"get {resource.plural} {namespace}/{name}",
+            self._custom.get_namespaced_custom_object,
+            resource.group,
+            resource.version,
+            namespace,
+            resource.plural,
+            name,
+        )
+
+    def read_pod(self, *, namespace: str, name: str) -> dict[str, Any]:
+        """A pod as a plain dict (camelCase, as the API serves it)."""
+        try:
+            result = self._core.read_namespaced_pod(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=f"get pod {namespace}/{name}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"get pod {namespace}/{name}: {exc}")) from exc
+        return dict(self.api_client.sanitize_for_serialization(result))  # type: ignore[no-untyped-call]
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """The labels of a namespace (Pod Security levels live there)."""
+        try:
+            result = self._core.read_namespace(name, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as exc:
+            raise error_from(exc, what=f"get namespace {name}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"get namespace {name}: {exc}")) from exc
+        return dict((result.metadata.labels if result.metadata else None) or {})
+
+    def add_ephemeral_container(
+        self, *, namespace: str, name: str, body: Mapping[str, Any]
+    ) -> None:
+        """PATCH ``pods/NAME/ephemeralcontainers`` (strategic merge: merges by name)."""
+        try:
+            self._core.patch_namespaced_pod_ephemeralcontainers(
+                name,
+                namespace,
+                dict(body),
+                _request_timeout=REQUEST_TIMEOUT,
+                _content_type="application/strategic-merge-patch+json",
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=f"add debug container to pod {namespace}/{name}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"patch pod {namespace}/{name}: {exc}")) from exc
+
+    async def acreate(
+        self, resource: CustomResource, *, namespace: str, body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self.create, resource, namespace=namespace, body=body)
+
+    async def apatch_status(
+        self,
+        resource: CustomResource,
+        *,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(
+            self.patch_status, resource, namespace=namespace, name=name, patch=patch
+        )
+
+    async def alist_objects(
+        self, resource: CustomResource, *, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.list_objects, resource, namespace=namespace)
+
+
+__all__ = [
+    "Conflict",
+    "CustomResource",
+    "Kube",
+    "KubeError",
+    "NotFound",
+    "Rejected",
+    "Transient",
+    "error_from",
+]

@@ -1,0 +1,110 @@
+"""The Prometheus adapter: instant queries in, ``Sample``s out, our own error on failure.
+
+The only module of memwarden that talks to Prometheus. prometheus-api-client is
+synchronous: async code calls ``aquery``, which runs it in a worker thread so the event
+loop (admission webhook included) never waits on Prometheus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import threading
+from time import perf_counter  # `time` is query()'s parameter
+from typing import Any
+
+import requests
+import urllib3
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from memwarden import metrics
+from memwarden.risk.promql import Sample
+
+#: Error messages are cut to this length: a Prometheus error page can be long.
+MAX_MESSAGE = 300
+
+
+class PrometheusError(Exception):
+    """Base of the adapter's errors."""
+
+
+class PrometheusUnavailable(PrometheusError):
+    """Prometheus did not answer, answered too slowly, or refused the query."""
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+class PrometheusClient:
+    """Instant queries against one Prometheus, each bounded by ``timeout`` seconds.
+
+    No retries here (``Retry(total=False)``: urllib3 raises its first error as it is):
+    the risk loop backs off per policy, and a retry inside one cycle would only make a
+    slow Prometheus slower.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self._connect = PrometheusConnect(url=self.url, retry=Retry(total=False), timeout=timeout)
+        self._lock = threading.Lock()
+        self._queries = 0
+
+    @property
+    def queries(self) -> int:
+        """Queries sent so far (answered or not): for tests, the benchmark and metrics."""
+        return self._queries
+
+    def query(self, expr: str, *, time: dt.datetime | None = None) -> list[Sample]:
+        """Evaluate ``expr`` at ``time`` (default: Prometheus' now) as an instant vector."""
+        params: dict[str, Any] = {"timeout": f"{self.timeout:g}s"}
+        if time is not None:
+            params["time"] = f"{time.timestamp():.3f}"
+        with self._lock:
+            self._queries += 1
+        started, outcome = perf_counter(), "error"
+        try:
+            result = self._connect.custom_query(expr, params=params)
+            outcome = "ok"
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
+            raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from exc
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise PrometheusUnavailable(_short(f"{self.url}: {exc}")) from exc
+        except PrometheusApiClientException as exc:
+            raise PrometheusUnavailable(_short(f"{self.url}: {exc}")) from exc
+        except ValueError as exc:  # a body that is not JSON: a proxy's error page
+            raise PrometheusUnavailable(_short(f"{self.url}: bad response: {exc}")) from exc
+        finally:
+            metrics.PROMETHEUS_QUERY_SECONDS.labels(outcome=outcome).observe(
+                perf_counter() - started
+            )
+        return _samples(result)
+
+    async def aquery(self, expr: str, *, time: dt.datetime | None = None) -> list[Sample]:
+        """``query`` off the event loop."""
+        return await asyncio.to_thread(self.query, expr, time=time)
+
+    def close(self) -> None:
+        self._connect.close()
+
+
+def _samples(result: Any) -> list[Sample]:
+    """Vector elements -> Samples; a scalar or a malformed element is an error."""
+    if not isinstance(result, list):
+        raise PrometheusUnavailable(_short(f"expected a vector, got {type(result).__name__}"))
+    samples = []
+    for item in result:
+        try:
+            labels = {str(k): str(v) for k, v in item["metric"].items()}
+            value = float(item["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise PrometheusUnavailable(_short(f"malformed sample {item!r}")) from exc
+        samples.append(Sample(labels=labels, value=value))
+    return samples
+
+
+__all__ = ["PrometheusClient", "PrometheusError", "PrometheusUnavailable"]

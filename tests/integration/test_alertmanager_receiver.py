@@ -1,0 +1,350 @@
+"""Alertmanager -> the operator's receiver -> MemoryIncidents, on real servers.
+
+- A Prometheus alerting rule fires on a test-exporter series for a pod that exists in
+  the API; a real Alertmanager routes it to the operator's receiver; one incident opens.
+- An alert storm posted straight to the receiver opens no more incidents than the
+  policy's budget allows, and admission (dry-run pod creations through the API server
+  and the webhook) stays within 2x its idle latency meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from memwarden.api import APPLIED_ANNOTATION
+from memwarden_testing.alertmanager import AlertmanagerProcess, make_alert, make_payload
+from memwarden_testing.builders import make_container, make_policy, make_policy_spec
+from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.operator import OperatorProcess
+from memwarden_testing.prometheus import ContainerSeries, PrometheusServer, SeriesExporter, flat
+
+GI = 2**30
+PLAIN = {"request": "512Mi", "limit": "1Gi"}
+ALERT = "MemwardenNearLimit"
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
+
+
+def incidents(kube: client.ApiClient, namespace: str) -> list[dict[str, Any]]:
+    listed = client.CustomObjectsApi(kube).list_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memoryincidents"
+    )
+    items: list[dict[str, Any]] = listed["items"]
+    return items
+
+
+def create_pods(kube: client.ApiClient, namespace: str, names: list[str]) -> None:
+    core = client.CoreV1Api(kube)
+    for name in names:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "labels": {"app": "checkout"}},
+                "spec": {"containers": [make_container("app")]},
+            },
+        )
+
+
+def wait_pods_governed(kube: client.ApiClient, namespace: str, count: int) -> None:
+    """The operator's indexes hold the policy and the pods once status counts them."""
+
+    def matched() -> bool:
+        policy = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            "memwarden.dev", "v1alpha1", namespace, "memorypolicies", "checkout"
+        )
+        return bool((policy.get("status") or {}).get("matchedPods") == count)
+
+    wait_for(matched, timeout=30, what=f"{count} pods matched by the policy")
+
+
+def post(url: str, body: bytes, *, token: str) -> int:
+    request = urllib.request.Request(
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def suppressed(metrics_text: str) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("memwarden_suppressed_triggers_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = float(value)
+    return counts
+
+
+def never_more_than(predicate_count: Any, limit: int, *, seconds: float) -> int:
+    """Poll a count for ``seconds`` (a deadline, not a sleep) and fail if it exceeds ``limit``."""
+    deadline = time.monotonic() + seconds
+    count = predicate_count()
+    while time.monotonic() < deadline:
+        count = predicate_count()
+        assert count <= limit, f"{count} > {limit}"
+        time.sleep(0.25)
+    return int(count)
+
+
+# --- Prometheus rule -> Alertmanager -> receiver ----------------------------------------
+
+
+@pytest.fixture
+def alerting_stack(
+    memwarden: OperatorProcess,
+    series_exporter: SeriesExporter,
+    namespace: str,
+    tmp_path: Path,
+) -> Iterator[tuple[PrometheusServer, AlertmanagerProcess]]:
+    """Alertmanager routing to the operator, and a Prometheus of the shared testing
+    module with one alerting rule scoped to the test's namespace, sending to it."""
+    alertmanager = AlertmanagerProcess(
+        workdir=tmp_path,
+        receiver_url=memwarden.alertmanager_url,
+        token_file=memwarden.alertmanager_token_file,
+    )
+    alertmanager.start()
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "memwarden-test",
+                        "rules": [
+                            {
+                                "alert": ALERT,
+                                # The pods have a 1Gi limit; the exporter serves no limit
+                                # series, so the rule divides by it (docs/alerting.md has
+                                # the general form).
+                                "expr": "max by (namespace, pod, container) ("
+                                "container_memory_working_set_bytes"
+                                f'{{namespace="{namespace}"}}) / {GI} > 0.9',
+                                "for": "2s",
+                                "labels": {"severity": "warning", "memwarden": "capture"},
+                                "annotations": {"value": "{{ $value }}", "threshold": "0.9"},
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
+    prometheus = RuledPrometheus(
+        workdir=tmp_path / "prometheus",
+        targets=[series_exporter.target],
+        rule_file=rules,
+        alertmanager=f"127.0.0.1:{alertmanager.port}",
+    )
+    prometheus.start()
+    try:
+        yield prometheus, alertmanager
+    finally:
+        prometheus.stop()
+        alertmanager.stop()
+        series_exporter.remove_namespace(namespace)
+
+
+class RuledPrometheus(PrometheusServer):
+    """The shared fixture's Prometheus, plus a rule file and an Alertmanager to send to."""
+
+    def __init__(
+        self, *, workdir: Path, targets: list[str], rule_file: Path, alertmanager: str
+    ) -> None:
+        super().__init__(workdir=workdir, targets=targets)
+        self.rule_file = rule_file
+        self.alertmanager = alertmanager
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        config = yaml.safe_load(path.read_text())
+        config["rule_files"] = [str(self.rule_file)]
+        config["alerting"] = {
+            "alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+
+def test_prometheus_rule_fires_alertmanager_routes_it_and_one_incident_opens(
+    memwarden: OperatorProcess,
+    kube: client.ApiClient,
+    namespace: str,
+    series_exporter: SeriesExporter,
+    alerting_stack: tuple[PrometheusServer, AlertmanagerProcess],
+) -> None:
+    prometheus, alertmanager = alerting_stack
+    apply(
+        memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))
+    )
+    create_pods(kube, namespace, ["checkout-1", "checkout-2"])
+    wait_pods_governed(kube, namespace, 2)
+
+    series_exporter.set_many(
+        [
+            ContainerSeries(namespace, "checkout-1", "app", working_set=flat(0.95 * GI)),
+            ContainerSeries(namespace, "checkout-2", "app", working_set=flat(0.5 * GI)),
+        ]
+    )
+    opened = wait_for(
+        lambda: incidents(kube, namespace),
+        timeout=60,
+        interval=0.5,
+        what=f"an incident (alertmanager log: {alertmanager.log_tail(500)})",
+    )
+    assert len(opened) == 1
+    spec = opened[0]["spec"]
+    assert spec["pod"] == "checkout-1"
+    assert spec["container"] == "app"
+    assert spec["policy"] == "checkout"
+    trigger = spec["trigger"]
+    assert trigger["source"] == "alertmanager"
+    assert trigger["signal"] == trigger["alertName"] == ALERT
+    assert trigger["value"] == pytest.approx(0.95, abs=0.01)
+    assert trigger["threshold"] == 0.9
+    assert trigger["labels"]["memwarden"] == "capture"
+    # The alert stays firing and Alertmanager notifies again on changes: still one.
+    assert never_more_than(lambda: len(incidents(kube, namespace)), 1, seconds=4) == 1
+    firing = prometheus.query(f'ALERTS{{alertname="{ALERT}",alertstate="firing"}}')
+    assert [a["metric"]["pod"] for a in firing if a["metric"]["namespace"] == namespace] == [
+        "checkout-1"
+    ]
+    assert any(a["labels"].get("pod") == "checkout-1" for a in alertmanager.alerts())
+
+
+# --- alert storm ------------------------------------------------------------------------
+
+STORM_ALERTS = 300
+STORM_PODS = ["storm-a", "storm-b", "storm-c"]
+BUDGET = 2
+IDLE_SAMPLES = 30
+SENDERS = 4
+#: Seconds between two notifications of one sender: 100 notifications in about 3 s.
+PACE = 0.12
+
+
+def dry_run_latency(kube: client.ApiClient, namespace: str) -> float:
+    """Seconds for one server-side dry-run pod creation the webhook mutates."""
+    core = client.CoreV1Api(kube)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "probe-", "labels": {"app": "checkout"}},
+        "spec": {"containers": [make_container("app")]},
+    }
+    started = time.perf_counter()
+    created = core.create_namespaced_pod(namespace, body, dry_run="All")
+    elapsed = time.perf_counter() - started
+    assert APPLIED_ANNOTATION in (created.metadata.annotations or {}), "webhook did not mutate"
+    return elapsed
+
+
+def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    capture = {"cooldown": "30m", "maxIncidentsPerHour": BUDGET}
+    policy = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, capture=capture))
+    apply(memwarden.kubeconfig, policy)
+    create_pods(kube, namespace, STORM_PODS)
+    wait_pods_governed(kube, namespace, len(STORM_PODS))
+    before = suppressed(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+
+    for _ in range(5):  # warm the connections and the webhook's path
+        dry_run_latency(kube, namespace)
+    idle = [dry_run_latency(kube, namespace) for _ in range(IDLE_SAMPLES)]
+
+    # 100 notifications of 3 alerts (one per pod), paced over ~3 s by 4 senders.
+    bodies = [
+        json.dumps(
+            make_payload(
+                [make_alert(pod=p, namespace=namespace, value=f"0.9{i % 10}") for p in STORM_PODS]
+            )
+        ).encode()
+        for i in range(STORM_ALERTS // len(STORM_PODS))
+    ]
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def sender(share: list[bytes], offset: float) -> None:
+        # Paced: notification k of this sender is due at start + offset + k * PACE.
+        start = time.monotonic()
+        for k, body in enumerate(share):
+            if stop.wait(max(0.0, start + offset + k * PACE - time.monotonic())):
+                return
+            token = memwarden.alertmanager_token
+            statuses.append(post(memwarden.alertmanager_url, body, token=token))
+
+    senders = [
+        threading.Thread(target=sender, args=(bodies[i::SENDERS], i * PACE / SENDERS))
+        for i in range(SENDERS)
+    ]
+    storm_started = time.monotonic()
+    for thread in senders:
+        thread.start()
+    during: list[float] = []
+    try:
+        while any(thread.is_alive() for thread in senders):
+            during.append(dry_run_latency(kube, namespace))
+    finally:
+        stop.set()
+        for thread in senders:
+            thread.join(timeout=30)
+    storm_seconds = time.monotonic() - storm_started
+
+    assert statuses == [200] * len(bodies)
+    assert storm_seconds < 5, f"the storm took {storm_seconds:.1f}s"
+    opened = wait_for(
+        lambda: incidents(kube, namespace), timeout=30, interval=0.5, what="incidents"
+    )
+    count = never_more_than(lambda: len(incidents(kube, namespace)), BUDGET, seconds=3)
+    assert 1 <= count <= BUDGET, opened
+    assert {i["spec"]["trigger"]["source"] for i in incidents(kube, namespace)} == {"alertmanager"}
+
+    after = suppressed(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    # Every alert but the ones that opened an incident was counted, with a reason.
+    assert sum(delta.values()) >= STORM_ALERTS - count, delta
+    assert delta.get("duplicate", 0) > 0
+    assert delta.get("budget", 0) + delta.get("concurrency", 0) >= 1, delta
+
+    idle_median, storm_median = statistics.median(idle), statistics.median(during)
+    print(
+        f"admission dry-run latency: idle median {idle_median * 1000:.1f} ms "
+        f"(n={len(idle)}), during storm median {storm_median * 1000:.1f} ms "
+        f"(n={len(during)}, p90 {statistics.quantiles(during, n=10)[-1] * 1000:.1f} ms); "
+        f"storm {STORM_ALERTS} alerts in {storm_seconds:.2f}s; incidents {count}; "
+        f"suppressed {delta}"
+    )
+    assert len(during) >= 10
+    assert storm_median <= 2 * idle_median, (idle_median, storm_median)

@@ -1,0 +1,593 @@
+"""The evidence API against the real control plane: upload tokens, TokenReview + RBAC, CLI.
+
+The app runs over TLS on loopback with the real :class:`KubeAuthorizer`; the operator's
+identity is the admin kubeconfig. The test stands in for the operator's wiring:
+``incident_uid`` reads the MemoryIncident, ``on_stored`` records the bundle in its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from aiohttp import web
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from memwarden import cli
+from memwarden.api import GROUP, VERSION
+from memwarden.evidence.api import bundle_url, make_evidence_app
+from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
+from memwarden.evidence.store import BundleMeta, EvidenceStore
+from memwarden.evidence.tokens import issue_upload_token
+from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.evidence import KEY, EvidenceServer, make_bundle, make_incident
+
+MAX_BUNDLE = 1024 * 1024
+PLURAL = "memoryincidents"
+PREFIX = "/evidence"
+
+
+@dataclass
+class Evidence:
+    """The running API, its store, and what its ``on_stored`` hook saw."""
+
+    server: EvidenceServer
+    store: EvidenceStore
+    stored: list[tuple[str, str, BundleMeta]] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        """What users pass as --evidence-url: the operator mounts the API at /evidence."""
+        return self.server.url + PREFIX
+
+    def url(self, namespace: str, name: str | None = None, *, bundle: bool = False) -> str:
+        if bundle and name is not None:
+            return bundle_url(self.base, namespace=namespace, name=name)
+        path = f"{self.base}/v1/namespaces/{namespace}/incidents"
+        return path + (f"/{name}" if name is not None else "")
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        return requests.request(method, url, verify=str(self.server.ca_file), timeout=30, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def evidence(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Evidence]:
+    kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    custom = client.CustomObjectsApi(kube)
+    workdir = tmp_path_factory.mktemp("evidence")
+    store = EvidenceStore(workdir / "store")
+    stored: list[tuple[str, str, BundleMeta]] = []
+
+    def incident_uid(namespace: str, name: str) -> str | None:
+        try:
+            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return str(obj["metadata"]["uid"])
+
+    async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
+        status = {
+            "phase": "Collected",
+            "bundle": f"evidence://{namespace}/{name}",
+            "bundleBytes": meta.bytes,
+            "bundleSha256": meta.sha256,
+            "analysis": {
+                "top": [{"function": "main.(*cache).leak", "flatBytes": 7, "cumBytes": 9}]
+            },
+        }
+        await asyncio.to_thread(
+            custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+        )
+        stored.append((namespace, name, meta))
+
+    app = make_evidence_app(
+        store=store,
+        authorizer=KubeAuthorizer(kube),
+        upload_key=KEY,
+        max_bundle_bytes=MAX_BUNDLE,
+        incident_uid=incident_uid,
+        on_stored=on_stored,
+        idle_timeout=5,
+    )
+    # Mounted as the operator's HTTP server mounts its sub-apps (handlers/http.py).
+    root = web.Application()
+    root.add_subapp(PREFIX, app)
+    server = EvidenceServer(root, workdir=workdir).start()
+    yield Evidence(server=server, store=store, stored=stored)
+    server.stop()
+
+
+def _create_incident(kube: client.ApiClient, namespace: str, name: str) -> str:
+    obj = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, make_incident(name)
+    )
+    return str(obj["metadata"]["uid"])
+
+
+def _token(
+    namespace: str, name: str, uid: str, *, ttl: dt.timedelta = dt.timedelta(minutes=10)
+) -> str:
+    expires = dt.datetime.now(dt.UTC) + ttl
+    return issue_upload_token(
+        key=KEY, namespace=namespace, incident=name, uid=uid, expires_at=expires
+    )
+
+
+def _chunks(data: bytes, size: int = 64 * 1024) -> Iterator[bytes]:
+    """A generator body: requests sends it chunked, as the toolbox streams."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def _upload(
+    evidence: Evidence, namespace: str, name: str, token: str, data: bytes
+) -> requests.Response:
+    return evidence.request(
+        "PUT",
+        evidence.url(namespace, name, bundle=True),
+        data=_chunks(data),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+    )
+
+
+def _service_account_token(kube: client.ApiClient, namespace: str, name: str) -> str:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    return str(core.create_namespaced_service_account_token(name, namespace, request).status.token)
+
+
+def _grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) -> None:
+    """The Role docs/evidence.md tells users to create."""
+    rbac = client.RbacAuthorizationV1Api(kube)
+    rules = [
+        client.V1PolicyRule(
+            api_groups=[GROUP], resources=[PLURAL, f"{PLURAL}/evidence"], verbs=["get", "list"]
+        )
+    ]
+    rbac.create_namespaced_role(
+        namespace, client.V1Role(metadata=client.V1ObjectMeta(name="evidence-reader"), rules=rules)
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="evidence-reader"),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="evidence-reader"
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
+            ],
+        ),
+    )
+
+
+def _error(response: requests.Response) -> str:
+    body = response.json()
+    assert body["status"] == "Failure" and body["code"] == response.status_code, body
+    return str(body["message"])
+
+
+# --- upload ---------------------------------------------------------------------------
+
+
+def test_an_upload_is_stored_once_and_recorded(
+    evidence: Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    uid = _create_incident(kube, namespace, "checkout-1")
+    token = _token(namespace, "checkout-1", uid)
+    data = make_bundle(padding=300 * 1024)
+
+    response = _upload(evidence, namespace, "checkout-1", token, data)
+
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (body["bytes"], body["uid"]) == (len(data), uid)
+    assert evidence.store.bundle_path(namespace, "checkout-1").read_bytes() == data
+    status = wait_for(
+        lambda: (
+            client.CustomObjectsApi(kube)
+            .get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "checkout-1")
+            .get("status")
+        ),
+        what="on_stored to record the bundle in the incident's status",
+    )
+    assert status["bundleSha256"] == body["sha256"]
+
+    replay = _upload(evidence, namespace, "checkout-1", token, make_bundle())
+    assert replay.status_code == 409
+    assert "already stored" in _error(replay)
+    assert replay.json()["details"] == {"bytes": len(data), "sha256": body["sha256"]}
+    assert evidence.store.bundle_path(namespace, "checkout-1").read_bytes() == data
+
+
+TokenFor = Callable[[str, str], str]
+
+REFUSED_UPLOADS = [
+    pytest.param(lambda ns, uid: _token(ns, "other", uid), 401, "signature", id="other-incident"),
+    pytest.param(
+        lambda ns, uid: _token("default", "checkout-1", uid), 401, "signature", id="other-namespace"
+    ),
+    pytest.param(
+        lambda ns, uid: _token(ns, "checkout-1", uid)[:-2] + "AA", 401, "signature", id="tampered"
+    ),
+    pytest.param(
+        lambda ns, uid: _token(ns, "checkout-1", uid, ttl=-dt.timedelta(seconds=1)),
+        401,
+        "expired",
+        id="expired",
+    ),
+    pytest.param(
+        lambda ns, uid: _token(ns, "checkout-1", "a-deleted-incident-uid"),
+        403,
+        "earlier incident",
+        id="earlier-incident-same-name",
+    ),
+    pytest.param(lambda ns, uid: "mw1.garbage", 401, "malformed", id="garbage-token"),
+]
+
+
+@pytest.mark.parametrize(("token_for", "status", "message"), REFUSED_UPLOADS)
+def test_an_upload_with_a_wrong_token_is_refused(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    token_for: TokenFor,
+    status: int,
+    message: str,
+) -> None:
+    uid = _create_incident(kube, namespace, "checkout-1")
+    response = _upload(evidence, namespace, "checkout-1", token_for(namespace, uid), make_bundle())
+    assert response.status_code == status
+    assert message in _error(response)
+    assert not evidence.store.exists(namespace, "checkout-1")
+
+
+def test_a_second_upload_while_one_is_in_flight_gets_409(
+    evidence: Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    uid = _create_incident(kube, namespace, "checkout-1")
+    token = _token(namespace, "checkout-1", uid)
+    data = make_bundle(padding=100 * 1024)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield data[:1024]
+        started.set()
+        assert release.wait(timeout=30), "the test never released the first upload"
+        yield data[1024:]
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(
+            evidence.request,
+            "PUT",
+            evidence.url(namespace, "checkout-1", bundle=True),
+            data=slow_body(),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert started.wait(timeout=30)
+        # A tuple: a 4xx Response is falsy, and wait_for waits for something truthy.
+        (second,) = wait_for(
+            lambda: (
+                (r,)
+                if (r := _upload(evidence, namespace, "checkout-1", token, data)).status_code == 409
+                else None
+            ),
+            what="the first upload to be in flight",
+        )
+        assert "in progress" in _error(second)
+        release.set()
+        assert first.result(timeout=30).status_code == 201
+    assert evidence.store.bundle_path(namespace, "checkout-1").read_bytes() == data
+
+
+def test_a_token_for_a_missing_incident_gets_404(evidence: Evidence, namespace: str) -> None:
+    response = _upload(evidence, namespace, "gone", _token(namespace, "gone", "uid"), make_bundle())
+    assert response.status_code == 404
+    assert "not found" in _error(response)
+
+
+GARBAGE = [
+    pytest.param("PUT", "/incidents/checkout-1/bundle", {}, b"\x1f\x8b", 401, id="no-auth-header"),
+    pytest.param(
+        "PUT",
+        "/incidents/checkout-1/bundle",
+        {"Authorization": "Basic dXNlcjpwdw=="},
+        b"\x1f\x8b",
+        401,
+        id="basic-auth",
+    ),
+    pytest.param("PUT", "/incidents/Bad_Name/bundle", {}, b"", 400, id="bad-incident-name"),
+    pytest.param("PUT", "/incidents/a..b/bundle", {}, b"", 400, id="empty-label"),
+    pytest.param("GET", "/incidents/%2E%2E/bundle", {}, b"", 400, id="encoded-dotdot"),
+    pytest.param("GET", "/incidents/..%2F..%2Fetc/bundle", {}, b"", 400, id="encoded-slash"),
+    pytest.param("GET", "/../../etc/passwd", {}, b"", 404, id="dotdot-path"),
+    pytest.param("DELETE", "/incidents/checkout-1/bundle", {}, b"", 405, id="wrong-method"),
+    pytest.param("GET", "/incidents/checkout-1/nope", {}, b"", 404, id="unknown-route"),
+    pytest.param("GET", "/incidents", {"Authorization": "Bearer"}, b"", 401, id="empty-bearer"),
+    pytest.param(
+        "GET", "/incidents", {"Authorization": "Bearer not-a-jwt"}, b"", 401, id="invalid-bearer"
+    ),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status"), GARBAGE)
+def test_garbage_gets_a_json_4xx(
+    evidence: Evidence,
+    namespace: str,
+    method: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    status: int,
+) -> None:
+    url = f"{evidence.base}/v1/namespaces/{namespace}{path}"
+    response = evidence.request(method, url, headers=headers, data=body)
+    assert response.status_code == status
+    _error(response)
+
+
+@pytest.mark.parametrize(
+    "namespace_in_url",
+    [
+        pytest.param("Bad_NS", id="uppercase"),
+        pytest.param("a.b", id="dotted"),
+        pytest.param("-x", id="leading-dash"),
+        pytest.param("x" * 64, id="too-long"),
+    ],
+)
+def test_an_invalid_namespace_gets_400(evidence: Evidence, namespace_in_url: str) -> None:
+    response = evidence.request("GET", evidence.url(namespace_in_url))
+    assert response.status_code == 400
+    assert "DNS-1123" in _error(response)
+
+
+BAD_BODIES = [
+    pytest.param(b"x" * (MAX_BUNDLE + 1), True, 413, id="too-big-with-length"),
+    pytest.param(b"\x1f\x8b" + b"x" * (2 * MAX_BUNDLE), False, 413, id="too-big-chunked"),
+    pytest.param(b"PK\x03\x04 a zip file", True, 400, id="not-gzip"),
+    pytest.param(b"", True, 400, id="empty"),
+]
+
+
+@pytest.mark.parametrize(("body", "with_length", "status"), BAD_BODIES)
+def test_a_bad_body_is_refused_and_leaves_nothing(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    body: bytes,
+    with_length: bool,
+    status: int,
+) -> None:
+    uid = _create_incident(kube, namespace, "checkout-1")
+    token = _token(namespace, "checkout-1", uid)
+    response = evidence.request(
+        "PUT",
+        evidence.url(namespace, "checkout-1", bundle=True),
+        data=body if with_length else _chunks(body),
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == status
+    _error(response)
+    assert not (evidence.store.root / namespace).exists()
+
+    retry = _upload(evidence, namespace, "checkout-1", token, make_bundle())
+    assert retry.status_code == 201, "a refused upload does not use the token up"
+
+
+# --- reads: TokenReview + SubjectAccessReview -------------------------------------------
+
+
+@pytest.fixture
+def stored_incident(evidence: Evidence, kube: client.ApiClient, namespace: str) -> bytes:
+    """``checkout-1`` in ``namespace`` with an uploaded bundle, recorded in its status."""
+    uid = _create_incident(kube, namespace, "checkout-1")
+    data = make_bundle(padding=200 * 1024)
+    response = _upload(
+        evidence, namespace, "checkout-1", _token(namespace, "checkout-1", uid), data
+    )
+    assert response.status_code == 201, response.text
+    wait_for(
+        lambda: (namespace, "checkout-1") in {(ns, n) for ns, n, _ in evidence.stored},
+        what="the on_stored hook",
+    )
+    return data
+
+
+def test_reads_need_an_rbac_grant(
+    evidence: Evidence, kube: client.ApiClient, namespace: str, stored_incident: bytes
+) -> None:
+    token = _service_account_token(kube, namespace, "sre")
+    auth = {"Authorization": f"Bearer {token}"}
+
+    for url in (
+        evidence.url(namespace, "checkout-1", bundle=True),
+        evidence.url(namespace, "checkout-1"),
+        evidence.url(namespace),
+    ):
+        refused = evidence.request("GET", url, headers=auth)
+        assert refused.status_code == 403, url
+        assert f"system:serviceaccount:{namespace}:sre may not" in _error(refused)
+
+    _grant_evidence_reader(kube, namespace, "sre")
+
+    download = wait_for(
+        lambda: (
+            r
+            if (
+                r := evidence.request(
+                    "GET", evidence.url(namespace, "checkout-1", bundle=True), headers=auth
+                )
+            ).status_code
+            == 200
+            else None
+        ),
+        what="the RoleBinding to take effect",
+    )
+    assert download.content == stored_incident
+    assert download.headers["Content-Type"] == "application/gzip"
+    assert download.headers["X-Bundle-Sha256"] == hashlib.sha256(stored_incident).hexdigest()
+    assert "Content-Encoding" not in download.headers, "the bundle is served as stored"
+
+    listing = evidence.request("GET", evidence.url(namespace), headers=auth)
+    assert listing.status_code == 200
+    assert [i["name"] for i in listing.json()["items"]] == ["checkout-1"]
+    meta = evidence.request("GET", evidence.url(namespace, "checkout-1"), headers=auth)
+    assert meta.json()["bytes"] == len(stored_incident)
+
+    other = evidence.request("GET", evidence.url("default"), headers=auth)
+    assert other.status_code == 403, "the grant is per namespace"
+    missing = evidence.request("GET", evidence.url(namespace, "nope"), headers=auth)
+    assert missing.status_code == 404
+
+
+def test_allowed_decisions_are_cached_briefly(
+    kube: client.ApiClient, namespace: str, crds: Path
+) -> None:
+    token = _service_account_token(kube, namespace, "sre")
+    _grant_evidence_reader(kube, namespace, "sre")
+    now = [0.0]
+    authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0])
+
+    def decide() -> Identity | Denied:
+        return asyncio.run(authorizer.authorize(token=token, verb="list", namespace=namespace))
+
+    allowed = wait_for(lambda: isinstance(decide(), Identity), what="the grant")
+    assert allowed
+    client.RbacAuthorizationV1Api(kube).delete_namespaced_role_binding("evidence-reader", namespace)
+    now[0] = 5.0
+    assert isinstance(decide(), Identity), "within the TTL the cached decision holds"
+    now[0] = 11.0
+    denied = wait_for(lambda: d if isinstance(d := decide(), Denied) else None, what="revocation")
+    assert denied.status == 403
+
+
+# --- the CLI --------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = cli.main(["incidents", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_cli_lists_gets_and_downloads(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    stored_incident: bytes,
+    devcluster: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    token = _service_account_token(kube, namespace, "sre")
+    _grant_evidence_reader(kube, namespace, "sre")
+    connection = ["--kubeconfig", str(devcluster), "-n", namespace, "--token", token]
+
+    code, out, err = _cli(capsys, "list", *connection)
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split()[:6] == ["NAME", "POD", "SIGNAL", "PHASE", "AGE", "BUNDLE"]
+    assert row.split()[:4] == ["checkout-1", "checkout-1", "usageRatio", "Collected"]
+    assert "main.(*cache).leak" in row
+    assert "KiB" not in row and "Ki" in row
+
+    code, out, err = _cli(capsys, "get", "checkout-1", *connection, "-o", "json")
+    assert code == 0, err
+    obj = json.loads(out)
+    assert obj["status"]["bundleSha256"] == hashlib.sha256(stored_incident).hexdigest()
+    assert "managedFields" not in obj["metadata"]
+
+    code, out, err = _cli(capsys, "list", *connection, "-o", "yaml")
+    assert code == 0, err
+    assert "name: checkout-1" in out
+
+    target = tmp_path / "evidence.tar.gz"
+    code, out, err = _cli(
+        capsys,
+        "download",
+        "checkout-1",
+        *connection,
+        "-o",
+        str(target),
+        "--evidence-url",
+        evidence.base,
+        "--evidence-ca",
+        str(evidence.server.ca_file),
+    )
+    assert code == 0, err
+    assert target.read_bytes() == stored_incident
+    assert "verified" in out
+    assert [p.name for p in tmp_path.iterdir()] == ["evidence.tar.gz"], "no partial file left"
+
+
+def test_the_cli_fails_in_one_line(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    stored_incident: bytes,
+    devcluster: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MEMWARDEN_EVIDENCE_URL", evidence.base)
+    monkeypatch.setenv("MEMWARDEN_EVIDENCE_CA", str(evidence.server.ca_file))
+    monkeypatch.chdir(tmp_path)
+    admin = ["--kubeconfig", str(devcluster), "-n", namespace]
+    unprivileged = [*admin, "--token", _service_account_token(kube, namespace, "nobody")]
+
+    cases = {
+        "client-certificate": (["download", "checkout-1", *admin], "pass --token"),
+        "forbidden": (["download", "checkout-1", *unprivileged], "403"),
+        "no-such-incident": (["get", "nope", *admin], 'memoryincident "nope" not found'),
+        "plain-http": (
+            ["download", "checkout-1", *unprivileged, "--evidence-url", "http://192.0.2.1"],
+            "plain http",
+        ),
+        "bad-kubeconfig": (["list", "--kubeconfig", str(tmp_path / "missing")], "kubeconfig"),
+    }
+    for case, (args, message) in cases.items():
+        code, _, err = _cli(capsys, *args)
+        assert code == 2, case
+        assert len(err.strip().splitlines()) == 1, (case, err)
+        assert message in err, (case, err)
+    assert list(tmp_path.iterdir()) == [], "a failed download writes nothing"
+
+    # The bundle changed on disk after the incident recorded its sha256: refused, and
+    # the file already at the destination is left as it was.
+    _grant_evidence_reader(kube, namespace, "sre")
+    granted = [*admin, "--token", _service_account_token(kube, namespace, "sre")]
+    (tmp_path / "checkout-1.tar.gz").write_bytes(b"old")
+    evidence.store.bundle_path(namespace, "checkout-1").write_bytes(b"\x1f\x8b tampered")
+    code, _, err = _cli(capsys, "download", "checkout-1", *granted)
+    assert code == 2
+    assert "sha256 mismatch" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["checkout-1.tar.gz"]
+    assert (tmp_path / "checkout-1.tar.gz").read_bytes() == b"old"

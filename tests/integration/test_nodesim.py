@@ -1,0 +1,325 @@
+"""The node simulator (test infrastructure) against the real control plane and leaky.
+
+One simulator for the module, tainted so that only these tests' pods land on it. Each
+test checks one promise the rest of the suite relies on: pods run with their env (an
+injected GOMEMLIMIT reaches the Go runtime), each pod has its own address, memory limits
+kill like the kernel would, ephemeral containers see their target, deletion leaves no
+process behind.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from memwarden_testing.cluster import wait_for
+from memwarden_testing.nodesim import NodeSimulator
+
+pytestmark = pytest.mark.integration
+
+MiB = 1 << 20
+LEAKY_IMAGE = "memwarden/leaky:dev"
+
+
+@pytest.fixture(scope="module")
+def sim(devcluster: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeSimulator]:
+    state = tmp_path_factory.mktemp("nodesim")
+    with NodeSimulator(kubeconfig=devcluster, state_dir=state, taint=True) as simulator:
+        yield simulator
+
+
+def leaky_container(
+    *, env: dict[str, str], memory_limit: str | None = None, name: str = "app"
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": name,
+        "image": LEAKY_IMAGE,
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "ports": [{"containerPort": 6060, "name": "pprof"}],
+    }
+    if memory_limit:
+        container["resources"] = {"limits": {"memory": memory_limit}}
+    return container
+
+
+def pod_body(sim: NodeSimulator, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "spec": sim.pin({"terminationGracePeriodSeconds": 5, **spec}),
+    }
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    pod = core.read_namespaced_pod(name, namespace)
+    return dict(core.api_client.sanitize_for_serialization(pod))
+
+
+def running_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        pod = read_pod(core, namespace, name)
+        status = pod.get("status") or {}
+        ok = status.get("phase") == "Running" and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+        )
+        return pod if ok and status.get("podIP") else None
+
+    return wait_for(ready, timeout=30, what=f"pod {name} Running and Ready")
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first sample of ``name`` whose labels include ``labels``."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', line.split("}")[0]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
+def test_node_is_ready_with_a_fresh_lease(sim: NodeSimulator, kube: client.ApiClient) -> None:
+    node = client.CoreV1Api(kube).read_node(sim.node_name)
+    assert node.status.allocatable == {
+        "cpu": "4",
+        "memory": "8Gi",
+        "pods": "110",
+        "ephemeral-storage": "50Gi",
+    }
+    assert node.metadata.labels["memwarden.dev/node-simulator"] == "true"
+    assert "test infrastructure" in node.status.node_info.os_image
+    lease = client.CoordinationV1Api(kube).read_namespaced_lease(sim.node_name, "kube-node-lease")
+    assert lease.spec.holder_identity == sim.node_name
+    assert lease.spec.renew_time is not None
+
+
+def test_deployment_of_leaky_runs_with_its_env(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    apps, core = client.AppsV1Api(kube), client.CoreV1Api(kube)
+    container = leaky_container(env={"LEAKY_RATE": "64Ki", "GOMEMLIMIT": "123MiB"})
+    container["resources"] = {"requests": {"memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "leaky"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "leaky"}},
+                "template": {
+                    "metadata": {"labels": {"app": "leaky"}},
+                    "spec": sim.pin({"containers": [container]}),
+                },
+            },
+        },
+    )
+
+    def the_pod() -> str | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=leaky").items
+        return pods[0].metadata.name if pods else None
+
+    name = wait_for(the_pod, timeout=30, what="the Deployment's pod")
+    pod = running_pod(core, namespace, name)
+    status = pod["status"]
+    assert pod["spec"]["nodeName"] == sim.node_name
+    assert status["podIP"].startswith("127.")
+    (app,) = status["containerStatuses"]
+    assert app["ready"] and app["started"] and app["restartCount"] == 0
+    assert "running" in app["state"]
+
+    # GOMEMLIMIT from the pod's env reached the Go runtime, at the pod's own address.
+    metrics = wait_for(
+        lambda: _try_get(f"http://{status['podIP']}:6060/metrics"), what="leaky /metrics"
+    )
+    assert metric_value(metrics, "go_gc_gomemlimit_bytes") == 123 * MiB
+
+    # The simulator's cAdvisor view of the same container.
+    labels = {"namespace": namespace, "pod": name, "container": "app", "image": LEAKY_IMAGE}
+    working_set = wait_for(
+        lambda: metric_value(sim.cadvisor(), "container_memory_working_set_bytes", **labels),
+        what="working set of the leaky container",
+    )
+    assert 1 * MiB < working_set < 256 * MiB
+    cadvisor = sim.cadvisor()
+    assert metric_value(cadvisor, "container_spec_memory_limit_bytes", **labels) == 256 * MiB
+    assert metric_value(cadvisor, "container_oom_events_total", **labels) == 0
+    assert metric_value(
+        cadvisor, "container_memory_failures_total", failure_type="pgfault", **labels
+    )
+
+
+def _try_get(url: str) -> str | None:
+    try:
+        return http_get(url)
+    except OSError:
+        return None
+
+
+def test_memory_limit_oom_kills_and_restarts(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    container = leaky_container(env={"LEAKY_RATE": "64Mi"}, memory_limit="64Mi")
+    core.create_namespaced_pod(namespace, pod_body(sim, "oom", {"containers": [container]}))
+
+    def oom_killed_and_restarted() -> dict[str, Any] | None:
+        statuses = (read_pod(core, namespace, "oom").get("status") or {}).get(
+            "containerStatuses"
+        ) or [{}]
+        status = statuses[0]
+        terminated = (status.get("lastState") or {}).get("terminated") or {}
+        return status if status.get("restartCount", 0) >= 1 and terminated else None
+
+    status = wait_for(oom_killed_and_restarted, timeout=60, what="an OOM kill and a restart")
+    terminated = status["lastState"]["terminated"]
+    assert terminated["reason"] == "OOMKilled"
+    assert terminated["exitCode"] == 137
+    labels = {"namespace": namespace, "pod": "oom", "container": "app"}
+    assert (metric_value(sim.cadvisor(), "container_oom_events_total", **labels) or 0) >= 1
+
+
+def test_ephemeral_container_sees_its_target(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    container = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    core.create_namespaced_pod(namespace, pod_body(sim, "target", {"containers": [container]}))
+    pod = running_pod(core, namespace, "target")
+    leaky_pid = sim.pod_pids(namespace, "target")["app"][0]
+
+    debug = {
+        "name": "debugger",
+        "image": "busybox:1.36",
+        "targetContainerName": "app",
+        "command": [
+            "sh",
+            "-c",
+            "echo -n $MEMWARDEN_TARGET_PID $MEMWARDEN_PPROF_HOST > $MEMWARDEN_TERMINATION_LOG",
+        ],
+        "terminationMessagePolicy": "File",
+    }
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target", namespace, {"spec": {"ephemeralContainers": [debug]}}
+    )
+
+    def terminated() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "target")["status"].get(
+            "ephemeralContainerStatuses"
+        ) or [{}]
+        return (statuses[0].get("state") or {}).get("terminated")
+
+    state = wait_for(terminated, timeout=30, what="the ephemeral container to finish")
+    assert state["exitCode"] == 0
+    assert state["message"] == f"{leaky_pid} {pod['status']['podIP']}"
+    assert Path(f"/proc/{leaky_pid}/exe").resolve().name == "leaky"
+    # It never restarts, and the target kept running.
+    after = read_pod(core, namespace, "target")["status"]
+    assert after["ephemeralContainerStatuses"][0]["restartCount"] == 0
+    assert after["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_deleting_a_pod_stops_its_processes(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    spec = {
+        "containers": [
+            leaky_container(env={"LEAKY_RATE": "64Ki"}),
+            {"name": "sidecar", "image": "example.com/anything:1"},  # a placeholder
+        ]
+    }
+    core.create_namespaced_pod(namespace, pod_body(sim, "doomed", spec))
+    running_pod(core, namespace, "doomed")
+    pids = [pid for group in sim.pod_pids(namespace, "doomed").values() for pid in group]
+    assert len(pids) >= 2
+
+    core.delete_namespaced_pod("doomed", namespace)
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod("doomed", namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    wait_for(gone, timeout=30, what="the pod object to disappear")
+    assert not [pid for pid in pids if _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_init_containers_env_sources_and_completion(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "settings"}, "data": {"mode": "strict"}}
+    )
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "token"}, "stringData": {"value": "s3cret"}}
+    )
+    report = 'echo -n "$MODE $TOKEN $ME $LIMIT_MI" > $MEMWARDEN_TERMINATION_LOG'
+    spec = {
+        "restartPolicy": "Never",
+        "initContainers": [{"name": "setup", "image": "busybox", "command": ["true"]}],
+        "containers": [
+            {
+                "name": "job",
+                "image": "busybox",
+                "command": ["sh", "-c", report],
+                "resources": {"limits": {"memory": "32Mi"}},
+                "env": [
+                    {
+                        "name": "MODE",
+                        "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}},
+                    },
+                    {
+                        "name": "TOKEN",
+                        "valueFrom": {"secretKeyRef": {"name": "token", "key": "value"}},
+                    },
+                    {"name": "ME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {
+                        "name": "LIMIT_MI",
+                        "valueFrom": {
+                            "resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    core.create_namespaced_pod(namespace, pod_body(sim, "job", spec))
+
+    def succeeded() -> dict[str, Any] | None:
+        status = read_pod(core, namespace, "job").get("status") or {}
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_for(succeeded, timeout=30, what="the pod to succeed")
+    (init,) = status["initContainerStatuses"]
+    assert init["state"]["terminated"]["exitCode"] == 0
+    (job,) = status["containerStatuses"]
+    assert job["state"]["terminated"]["reason"] == "Completed"
+    assert job["state"]["terminated"]["message"] == "strict s3cret job 32"

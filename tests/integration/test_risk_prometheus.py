@@ -1,0 +1,164 @@
+"""The risk queries and the Prometheus adapter against a real Prometheus and test exporter."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from memwarden.api import OomRiskSpec
+from memwarden.risk.prometheus import PrometheusClient, PrometheusUnavailable
+from memwarden.risk.promql import Windows, policy_queries
+from memwarden.risk.signals import Governed, evaluate
+from memwarden_testing.cluster import wait_for
+from memwarden_testing.prometheus import (
+    ContainerSeries,
+    PrometheusServer,
+    SeriesExporter,
+    flat,
+    rising,
+)
+
+GI = 2**30
+MI = 2**20
+#: Short windows for a Prometheus scraping every second.
+FAST = Windows(regression="10s", rate="5s", oom="1m")
+
+
+@pytest.fixture
+def ns() -> str:
+    return f"risk-{uuid.uuid4().hex[:8]}"
+
+
+def governed(ns: str, *pods: str) -> dict[tuple[str, str, str], Governed]:
+    return {
+        (ns, p, "app"): Governed(namespace=ns, pod=p, container="app", limit_bytes=GI) for p in pods
+    }
+
+
+def test_every_builder_is_valid_promql(prometheus: PrometheusServer, ns: str) -> None:
+    risk = OomRiskSpec.model_validate(
+        {"majorFaultsPerSecond": 1, "pressureRatio": 0.1, "for": "5s"}
+    )
+    client = PrometheusClient(prometheus.url, timeout=5)
+    for query in policy_queries(risk, namespace=ns, containers=["app", "side-car"], windows=FAST):
+        assert client.query(query.expr) == [], query.signal
+    assert client.queries == 5
+
+
+def test_rising_series_holds_and_flat_one_does_not(
+    prometheus: PrometheusServer, series_exporter: SeriesExporter, ns: str
+) -> None:
+    series_exporter.set_many(
+        [
+            ContainerSeries(ns, "leaky", "app", working_set=rising(0.95 * GI, 2 * MI, until=GI)),
+            ContainerSeries(ns, "steady", "app", working_set=flat(0.5 * GI)),
+            ContainerSeries(ns, "faulty", "app", major_faults_per_second=200, oom_events=0),
+        ]
+    )
+    risk = OomRiskSpec.model_validate(
+        {"usageRatio": 0.9, "timeToLimit": "10m", "majorFaultsPerSecond": 100, "for": "5s"}
+    )
+    queries = policy_queries(risk, namespace=ns, containers=None, windows=FAST)
+    client = PrometheusClient(prometheus.url, timeout=5)
+
+    def holding() -> set[tuple[str, str]]:
+        results = [(q, client.query(q.expr)) for q in queries]
+        findings = evaluate(results, governed=governed(ns, "leaky", "steady", "faulty"), policy="p")
+        return {(f.pod, f.signal) for f in findings}
+
+    expected = {
+        ("leaky", "usageRatio"),
+        ("leaky", "timeToLimit"),
+        ("faulty", "majorFaultsPerSecond"),
+    }
+
+    def all_expected() -> set[tuple[str, str]] | None:
+        found = holding()
+        return found if found >= expected else None
+
+    found = wait_for(all_expected, timeout=40, interval=1, what="signals")
+    assert "steady" not in {pod for pod, _ in found}
+
+    series_exporter.oom_kill(namespace=ns, pod="steady", container="app")
+    wait_for(lambda: ("steady", "oomKilled") in holding(), timeout=20, interval=1, what="oom")
+    series_exporter.remove_namespace(ns)
+
+
+def test_time_to_limit_value_is_seconds_left(
+    prometheus: PrometheusServer, series_exporter: SeriesExporter, ns: str
+) -> None:
+    # 1 MiB/s with 300 MiB to go: about 300 s left.
+    series_exporter.set(ContainerSeries(ns, "leaky", "app", working_set=rising(GI - 310 * MI, MI)))
+    risk = OomRiskSpec.model_validate({"usageRatio": None, "timeToLimit": "10m", "for": "5s"})
+    (ttl, _oom) = policy_queries(risk, namespace=ns, containers=None, windows=FAST)
+    client = PrometheusClient(prometheus.url, timeout=5)
+
+    def finding() -> float | None:
+        found = evaluate(
+            [(ttl, client.query(ttl.expr))], governed=governed(ns, "leaky"), policy="p"
+        )
+        return found[0].value if found else None
+
+    seconds = wait_for(finding, timeout=40, interval=1, what="timeToLimit")
+    assert 250 < seconds < 320
+    series_exporter.remove_namespace(ns)
+
+
+def test_unreachable_prometheus_is_unavailable_fast() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = PrometheusClient(f"http://127.0.0.1:{port}", timeout=2)
+    started = time.monotonic()
+    with pytest.raises(PrometheusUnavailable, match=r"127\.0\.0\.1") as caught:
+        client.query("up")
+    assert time.monotonic() - started < 2
+    assert caught.value.__cause__ is not None
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers: a Prometheus stuck in a heavy query."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    stop.set()
+    thread.join(timeout=5)
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+def test_slow_prometheus_times_out(silent_server: str) -> None:
+    client = PrometheusClient(silent_server, timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(PrometheusUnavailable, match=r"no answer within 0\.5s"):
+        asyncio.run(client.aquery("up"))
+    assert time.monotonic() - started < 3
+
+
+def test_refused_query_is_reported_short(prometheus: PrometheusServer) -> None:
+    client = PrometheusClient(prometheus.url, timeout=5)
+    with pytest.raises(PrometheusUnavailable, match="400") as caught:
+        client.query("sum(" * 500)
+    assert len(str(caught.value)) <= 300

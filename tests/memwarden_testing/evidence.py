@@ -1,0 +1,114 @@
+"""Builders for evidence tests: bundles as the toolbox makes them, incidents, store entries."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import io
+import json
+import ssl
+import tarfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from memwarden import certs
+from memwarden.api import API_VERSION
+from memwarden.evidence.store import BundleMeta, Entry
+
+T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+KEY = b"k" * 32
+
+
+def make_bundle(members: dict[str, bytes] | None = None, *, padding: int = 0) -> bytes:
+    """A tar.gz bundle with ``manifest.json`` (name, bytes, sha256 of each member) first;
+    ``padding`` adds an incompressible member of that many bytes."""
+    files = dict(members or {"heap.pb.gz": b"\x1f\x8bheap"})
+    if padding:
+        files["core"] = hashlib.shake_256(b"core").digest(padding)
+    manifest = {
+        "artifacts": [
+            {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            for name, data in files.items()
+        ]
+    }
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        for name, data in {"manifest.json": json.dumps(manifest).encode(), **files}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def make_incident(
+    name: str, *, pod: str = "checkout-1", signal: str = "usageRatio"
+) -> dict[str, Any]:
+    """A MemoryIncident object to create."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "MemoryIncident",
+        "metadata": {"name": name},
+        "spec": {"pod": pod, "container": "app", "trigger": {"source": "manual", "signal": signal}},
+    }
+
+
+def make_entry(
+    incident: str,
+    *,
+    namespace: str = "shop",
+    size: int = 100,
+    age: dt.timedelta,
+    now: dt.datetime = T0,
+) -> Entry:
+    """A store entry of ``size`` bytes stored ``age`` before ``now``."""
+    meta = BundleMeta(uid=f"uid-{incident}", bytes=size, sha256="0" * 64, stored_at=now - age)
+    return Entry(namespace=namespace, incident=incident, meta=meta)
+
+
+class EvidenceServer:
+    """An aiohttp application served over TLS on a free loopback port, from a thread with
+    its own event loop, so synchronous tests (and the CLI) can call it."""
+
+    def __init__(self, app: web.Application, *, workdir: Path) -> None:
+        now = dt.datetime.now(dt.UTC)
+        ca = certs.make_ca(common_name="test-evidence-ca", now=now, valid_for=dt.timedelta(days=1))
+        leaf = certs.issue(
+            ca=ca,
+            common_name="127.0.0.1",
+            now=now,
+            valid_for=dt.timedelta(days=1),
+            server_names=("127.0.0.1", "localhost"),
+        )
+        self.ca_file = workdir / "evidence-ca.crt"
+        self.ca_file.write_bytes(ca.cert_pem)
+        cert_file, key_file = workdir / "evidence.crt", workdir / "evidence.key"
+        certs.write_pem(leaf, cert_path=cert_file, key_path=key_file)
+        self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._ssl.load_cert_chain(cert_file, key_file)
+        self._app = app
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner = web.AppRunner(app)
+        self.url = ""
+
+    def start(self) -> EvidenceServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self
+
+    async def _start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"https://{host}:{port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()

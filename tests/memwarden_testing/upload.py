@@ -1,0 +1,116 @@
+"""A tiny HTTP PUT sink on 127.0.0.1 for toolbox upload tests: checks a bearer token,
+decodes chunked bodies, and streams each body to a file while hashing it.
+
+Test infrastructure, deliberately dumber than the evidence store: it records what arrived
+(headers, bytes, sha256) so a test can compare it with what the toolbox says it sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class Received:
+    """One PUT as the sink saw it."""
+
+    path: str
+    headers: dict[str, str]
+    status: int
+    file: Path | None = None
+    size: int = 0
+    sha256: str | None = None
+
+
+def _chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """The data of a ``Transfer-Encoding: chunked`` body (RFC 9112 §7.1), chunk by chunk."""
+    while True:
+        size = int(stream.readline().split(b";")[0].strip(), 16)
+        if size == 0:
+            while stream.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailer fields
+            return
+        yield stream.read(size)
+        stream.readline()  # the CRLF after the chunk
+
+
+@dataclass
+class UploadSink:
+    """Where uploads land; ``url`` is the base address, ``received`` what arrived."""
+
+    directory: Path
+    token: str
+    url: str = ""
+    received: tuple[Received, ...] = ()
+
+    def _record(self, item: Received) -> None:
+        self.received = (*self.received, item)
+
+
+def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            headers = dict(self.headers.items())
+            if self.headers.get("Authorization") != f"Bearer {sink.token}":
+                self._answer(401, b'{"reason": "Unauthorized"}')
+                sink._record(Received(path=self.path, headers=headers, status=401))
+                self.close_connection = True
+                return
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                body = _chunks(self.rfile)
+            else:
+                body = iter([self.rfile.read(int(self.headers.get("Content-Length", "0")))])
+            file = sink.directory / f"upload-{len(sink.received)}.tar.gz"
+            digest = hashlib.sha256()
+            size = 0
+            with file.open("wb") as out:
+                for chunk in body:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            self._answer(201, b'{"stored": true}')
+            sink._record(
+                Received(
+                    path=self.path,
+                    headers=headers,
+                    status=201,
+                    file=file,
+                    size=size,
+                    sha256=digest.hexdigest(),
+                )
+            )
+
+        def _answer(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # quiet: pytest shows what a failing test asserts
+
+    return Handler
+
+
+@contextmanager
+def upload_sink(directory: Path, *, token: str) -> Iterator[UploadSink]:
+    """A running sink on a kernel-chosen loopback port for the ``with`` block."""
+    sink = UploadSink(directory=directory, token=token)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sink))
+    sink.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)

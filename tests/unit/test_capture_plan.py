@@ -1,0 +1,257 @@
+"""The capture plan: the ephemeral container for an incident, and the PATCH that adds it."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import pytest
+
+from memwarden import api, cli
+from memwarden.capture.plan import (
+    ALL_ARTIFACTS,
+    ENV_UPLOAD_TOKEN,
+    ENV_UPLOAD_URL,
+    PTRACE_SKIPPED_REASON,
+    PlanError,
+    ephemeral_container_name,
+    ephemeral_container_patch,
+    plan_ephemeral_container,
+    ptrace_allowed_by_pod_security,
+)
+from memwarden_testing.builders import make_container, make_pod
+
+UPLOAD_URL = "https://memwarden.memwarden-system.svc:8443/v1/upload/shop/checkout-7f9c"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: Fields the API server refuses on an ephemeral container.
+FORBIDDEN = ("ports", "resources", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle")
+
+
+def plan(**overrides: Any) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "incident": "checkout-7f9c-20261125-1812",
+        "target_container": "app",
+        "image": "ghcr.io/memwarden/toolbox:0.1.0",
+        "upload_url": UPLOAD_URL,
+        "upload_token": "tok-123",
+        "pprof_port": 6060,
+        "trace_seconds": 5,
+        "artifacts": ALL_ARTIFACTS,
+        "max_core_bytes": 2 << 30,
+        "ptrace_allowed": True,
+    }
+    kwargs.update(overrides)
+    return plan_ephemeral_container(**kwargs)
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_artifacts_mirror_the_api() -> None:
+    assert ALL_ARTIFACTS == api.ALL_ARTIFACTS
+
+
+@pytest.mark.parametrize(
+    ("ptrace_allowed", "capabilities", "no_ptrace_flag", "gcore"),
+    [
+        pytest.param(True, {"drop": ["ALL"], "add": ["SYS_PTRACE"]}, False, True, id="ptrace"),
+        pytest.param(False, {"drop": ["ALL"]}, True, False, id="no-ptrace"),
+    ],
+)
+def test_ptrace_decides_capabilities_flag_and_gcore(
+    ptrace_allowed: bool, capabilities: dict[str, list[str]], no_ptrace_flag: bool, gcore: bool
+) -> None:
+    container = plan(ptrace_allowed=ptrace_allowed)
+
+    security = container["securityContext"]
+    assert security["capabilities"] == capabilities
+    assert security["privileged"] is False
+    assert security["allowPrivilegeEscalation"] is False
+    assert ("--no-ptrace" in container["command"]) is no_ptrace_flag
+    assert ("gcore" in flag(container["command"], "--artifacts").split(",")) is gcore
+
+
+@pytest.mark.parametrize("ptrace_allowed", [True, False], ids=["ptrace", "no-ptrace"])
+def test_no_field_the_api_server_forbids(ptrace_allowed: bool) -> None:
+    container = plan(ptrace_allowed=ptrace_allowed)
+
+    assert not set(FORBIDDEN) & set(container)
+    assert container["targetContainerName"] == "app"
+    assert container["terminationMessagePolicy"] == "File"
+    assert container["command"][:2] == ["memwarden", "capture"]
+
+
+def test_upload_url_and_token_reach_the_toolbox_through_env() -> None:
+    container = plan()
+
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {ENV_UPLOAD_URL: UPLOAD_URL, ENV_UPLOAD_TOKEN: "tok-123"}
+    assert "tok-123" not in container["command"]  # not on the command line (ps, logs)
+
+
+@pytest.mark.parametrize("ptrace_allowed", [True, False], ids=["ptrace", "no-ptrace"])
+def test_command_is_what_the_toolbox_parses(ptrace_allowed: bool) -> None:
+    container = plan(ptrace_allowed=ptrace_allowed, artifacts=["gcore", "heap", "trace"])
+
+    args = cli.build_parser(only="capture").parse_args(container["command"][1:])
+
+    assert args.pprof_port == 6060
+    assert args.trace_seconds == 5
+    assert args.max_core_bytes == 2 << 30
+    assert args.ptrace is ptrace_allowed
+    assert args.artifacts == (("heap", "trace", "gcore") if ptrace_allowed else ("heap", "trace"))
+    assert args.incident == "checkout-7f9c-20261125-1812"
+
+
+@pytest.mark.parametrize(
+    "incident",
+    [
+        pytest.param("a", id="short"),
+        pytest.param("checkout-7f9c-20261125-1812", id="typical"),
+        pytest.param("x" * 253, id="longest-object-name"),
+        pytest.param("shop/Checkout_UPPER.case", id="not-a-dns-label"),
+    ],
+)
+def test_name_is_a_stable_dns_label(incident: str) -> None:
+    name = ephemeral_container_name(incident)
+
+    assert len(name) <= 63
+    assert DNS_LABEL.match(name)
+    assert name.startswith("memwarden-")
+    assert name == ephemeral_container_name(incident)  # e.g. after an operator restart
+    assert plan(incident=incident)["name"] == name
+
+
+def test_names_differ_between_incidents() -> None:
+    names = {ephemeral_container_name(f"checkout-{i}") for i in range(1000)}
+    assert len(names) == 1000
+
+
+def test_plan_is_deterministic() -> None:
+    one = plan(artifacts=["trace", "heap", "heap", "cgroup"])
+    two = plan(artifacts=["cgroup", "trace", "heap"])
+
+    assert one == two
+    assert flag(one["command"], "--artifacts") == "heap,trace,cgroup"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        pytest.param({"incident": ""}, "incident", id="empty-incident"),
+        pytest.param({"target_container": ""}, "target_container", id="empty-target"),
+        pytest.param({"image": ""}, "image", id="empty-image"),
+        pytest.param({"pprof_port": 0}, "pprof_port", id="port-zero"),
+        pytest.param({"pprof_port": 70000}, "pprof_port", id="port-too-big"),
+        pytest.param({"trace_seconds": 0}, "trace_seconds", id="no-trace-time"),
+        pytest.param({"max_core_bytes": -1}, "max_core_bytes", id="negative-core"),
+        pytest.param({"artifacts": ["heap", "dump"]}, "artifacts", id="unknown-artifact"),
+        pytest.param({"artifacts": []}, "artifacts", id="no-artifacts"),
+        pytest.param(
+            {"artifacts": ["gcore"], "ptrace_allowed": False},
+            "artifacts",
+            id="only-gcore-no-ptrace",
+        ),
+    ],
+)
+def test_invalid_inputs_name_the_field(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(PlanError, match=field):
+        plan(**overrides)
+
+
+def test_only_gcore_without_ptrace_says_why() -> None:
+    with pytest.raises(PlanError, match=re.escape(PTRACE_SKIPPED_REASON)):
+        plan(artifacts=["gcore"], ptrace_allowed=False)
+
+
+# --- the PATCH body -------------------------------------------------------------------
+
+
+def pod_with(*ephemeral: dict[str, Any]) -> dict[str, Any]:
+    pod = make_pod(containers=[make_container("app"), make_container("sidecar")])
+    pod["metadata"]["resourceVersion"] = "41"
+    if ephemeral:
+        pod["spec"]["ephemeralContainers"] = list(ephemeral)
+    return pod
+
+
+DEBUGGER = {"name": "debugger-abc", "image": "busybox", "targetContainerName": "app"}
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        pytest.param((), id="first"),
+        pytest.param((DEBUGGER,), id="after-kubectl-debug"),
+    ],
+)
+def test_patch_keeps_existing_containers_and_adds_ours(
+    existing: tuple[dict[str, Any], ...],
+) -> None:
+    pod = pod_with(*existing)
+    before = copy.deepcopy(pod)
+    container = plan()
+
+    body = ephemeral_container_patch(pod, container)
+
+    # No resourceVersion precondition: status updates would make it conflict for nothing.
+    assert body == {"spec": {"ephemeralContainers": [*existing, container]}}
+    assert pod == before  # the input is not mutated
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [
+        pytest.param((plan(),), id="ours"),
+        pytest.param((DEBUGGER, plan()), id="ours-after-another"),
+        pytest.param((plan(trace_seconds=30),), id="ours-with-other-settings"),
+    ],
+)
+def test_patch_is_none_when_the_container_exists(existing: tuple[dict[str, Any], ...]) -> None:
+    assert ephemeral_container_patch(pod_with(*existing), plan()) is None
+
+
+def test_patch_refuses_an_unknown_target() -> None:
+    with pytest.raises(PlanError, match=r"targetContainerName.*'worker'"):
+        ephemeral_container_patch(pod_with(), plan(target_container="worker"))
+
+
+# --- Pod Security ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("labels", "allowed", "reason"),
+    [
+        pytest.param({}, True, "cluster default", id="absent"),
+        pytest.param(
+            {"pod-security.kubernetes.io/warn": "restricted"}, True, "no ", id="only-warn"
+        ),
+        pytest.param(
+            {"pod-security.kubernetes.io/enforce": "privileged"},
+            True,
+            "privileged",
+            id="privileged",
+        ),
+        pytest.param(
+            {"pod-security.kubernetes.io/enforce": "baseline"}, False, "'baseline'", id="baseline"
+        ),
+        pytest.param(
+            {"pod-security.kubernetes.io/enforce": "restricted"},
+            False,
+            "'restricted'",
+            id="restricted",
+        ),
+        pytest.param(
+            {"pod-security.kubernetes.io/enforce": "Baseline"}, False, "not valid", id="invalid"
+        ),
+    ],
+)
+def test_ptrace_by_pod_security_level(labels: dict[str, str], allowed: bool, reason: str) -> None:
+    verdict, why = ptrace_allowed_by_pod_security(labels)
+
+    assert verdict is allowed
+    assert reason in why
+    if not allowed:
+        assert "SYS_PTRACE" in why or "restricted" in why
