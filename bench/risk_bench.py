@@ -28,7 +28,7 @@ sys.path[:0] = [str(HERE.parent / "operator"), str(HERE.parent / "tests")]
 from memwarden.api import OomRiskSpec  # noqa: E402
 from memwarden.risk.prometheus import PrometheusClient  # noqa: E402
 from memwarden.risk.promql import Windows, policy_queries  # noqa: E402
-from memwarden.risk.signals import evaluate, governed_containers  # noqa: E402
+from memwarden.risk.signals import evaluate, governed_containers, smallest_limit  # noqa: E402
 from memwarden.status import pod_view  # noqa: E402
 from memwarden_testing.builders import make_candidate, make_container, make_pod  # noqa: E402
 from memwarden_testing.prometheus import (  # noqa: E402
@@ -85,7 +85,13 @@ async def cycle(
     policy = make_candidate(namespace=namespace, match_labels={"app": "checkout"})
     governed = governed_containers(policy, pods=views, candidates=[policy])
     joined = time.perf_counter()
-    queries = policy_queries(RISK, namespace=namespace, containers=None, windows=WINDOWS)
+    queries = policy_queries(
+        RISK,
+        namespace=namespace,
+        containers=None,
+        windows=WINDOWS,
+        min_limit=smallest_limit(governed),
+    )
     before = client.queries
     results = await asyncio.gather(*(client.aquery(q.expr) for q in queries))
     queried = time.perf_counter()

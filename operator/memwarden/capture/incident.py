@@ -129,7 +129,8 @@ def follow_capture(
         return Progress(
             action="fail",
             reason="CaptureTimeout",
-            message=f"no bundle stored {int(timeout.total_seconds())}s after the debug container was added",
+            message=f"no bundle stored {int(timeout.total_seconds())}s after the debug "
+            "container was added",
         )
     return Progress(action="wait")
 

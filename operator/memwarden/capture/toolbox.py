@@ -773,9 +773,20 @@ def deliver(
 
 
 def _peak_rss() -> dict[str, int]:
-    """Peak RSS in bytes of this process and of its largest child (gdb), from getrusage."""
+    """Peak RSS in bytes of this process (VmHWM) and of its largest child (gdb).
+
+    Not ``getrusage(RUSAGE_SELF)`` for ourselves: Linux carries the parent's RSS at
+    fork/vfork into the child's ``ru_maxrss`` across exec, so a big parent (pytest, the
+    operator) would be counted as ours. VmHWM belongs to our own address space only.
+    The children figure is ru_maxrss and may include our RSS at fork (an upper bound).
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1]) * 1024
     return {
-        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "self": own,
         "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
     }
 

@@ -27,7 +27,13 @@ from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view, rfc3339
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError
 from memwarden.risk.promql import Windows, policy_queries
-from memwarden.risk.signals import evaluate, governed_containers, oom_killed, sort_findings
+from memwarden.risk.signals import (
+    evaluate,
+    governed_containers,
+    oom_killed,
+    smallest_limit,
+    sort_findings,
+)
 from memwarden.selection import Candidate
 
 INCIDENTS = CustomResource(group=GROUP, version=VERSION, plural="memoryincidents")
@@ -125,6 +131,7 @@ async def evaluate_risk(
             namespace=namespace,
             containers=policy.spec.containers,
             windows=_windows(),
+            min_limit=smallest_limit(governed),
         )
         metrics.RISK_QUERIES.inc(len(queries))
         try:

@@ -116,16 +116,35 @@ def _held(expr: str, *, series: str, for_: str) -> str:
 
 
 def usage_query(
-    *, namespace: str, containers: Sequence[str] | None, for_: str, threshold: float
+    *,
+    namespace: str,
+    containers: Sequence[str] | None,
+    for_: str,
+    threshold: float,
+    min_limit: int | None = None,
 ) -> Query:
-    """Lowest working set over ``for`` (bytes); the ratio to the limit is taken client-side."""
+    """Lowest working set over ``for`` (bytes); the ratio to the limit is taken client-side.
+
+    With ``min_limit`` (the smallest limit among the governed containers) Prometheus
+    returns only series at or above ``threshold × min_limit``: a superset of those that
+    can hold, so a namespace of idle pods costs almost no transfer.
+    """
     ws = selector(WORKING_SET, namespace=namespace, containers=containers)
-    expr = _held(f"min_over_time({ws}[{for_}])", series=ws, for_=for_)
+    lowest = f"min_over_time({ws}[{for_}])"
+    if min_limit is not None:
+        lowest += f" >= {math.floor(threshold * min_limit)}"
+    expr = _held(lowest, series=ws, for_=for_)
     return Query(signal="usageRatio", expr=_by_container(expr), threshold=threshold)
 
 
 def time_to_limit_query(
-    *, namespace: str, containers: Sequence[str] | None, for_: str, horizon: str, windows: Windows
+    *,
+    namespace: str,
+    containers: Sequence[str] | None,
+    for_: str,
+    horizon: str,
+    windows: Windows,
+    min_limit: int | None = None,
 ) -> Query:
     """Three parts per container, in one query, told apart by ``memwarden_part``:
 
@@ -133,20 +152,26 @@ def time_to_limit_query(
       above the limit means the limit was predicted within ``horizon`` all along;
     - ``now`` and ``slope``: the same fit at the evaluation time, so the operator can
       say how many seconds are left: ``(limit - now) / slope``.
+
+    With ``min_limit``, every part is limited to series whose prediction reaches it (a
+    superset of those that can hold): the rest are not worth sending.
     """
     ws = selector(WORKING_SET, namespace=namespace, containers=containers)
     seconds = _seconds_literal(parse_duration(horizon))
     window = windows.regression
     step = subquery_step(parse_duration(for_))
+    bound = "" if min_limit is None else f" >= {min_limit}"
     held = _held(
-        f"min_over_time(predict_linear({ws}[{window}], {seconds})[{for_}:{step}])",
+        f"min_over_time(predict_linear({ws}[{window}], {seconds})[{for_}:{step}]){bound}",
         series=ws,
         for_=for_,
     )
+    # Same selector on both sides of ``and``: the label sets match one to one.
+    reaching = "" if min_limit is None else f" and predict_linear({ws}[{window}], {seconds}){bound}"
     parts = {
         "held": held,
-        "now": f"predict_linear({ws}[{window}], 0)",
-        "slope": f"deriv({ws}[{window}])",
+        "now": f"predict_linear({ws}[{window}], 0){reaching}",
+        "slope": f"deriv({ws}[{window}]){reaching}",
     }
     expr = " or ".join(
         f'label_replace({_by_container(e)}, "{PART_LABEL}", "{name}", "", "")'
@@ -165,7 +190,9 @@ def _min_rate_query(
 ) -> Query:
     step = subquery_step(parse_duration(for_))
     expr = _held(
-        f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}])", series=series, for_=for_
+        f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}]) >= {_number(threshold)}",
+        series=series,
+        for_=for_,
     )
     return Query(signal=signal, expr=_by_container(expr), threshold=threshold)
 
@@ -220,20 +247,36 @@ def policy_queries(
     namespace: str,
     containers: Sequence[str] | None,
     windows: Windows,
+    min_limit: int | None = None,
 ) -> list[Query]:
-    """Every query of one policy's evaluation cycle: one per enabled signal, plus OOM events."""
+    """Every query of one policy's evaluation cycle: one per enabled signal, plus OOM events.
+
+    ``min_limit``: the smallest memory limit among the governed containers (None: not
+    known), so Prometheus leaves out series that cannot reach any limit.
+    """
     for_ = duration(parse_duration(risk.for_))
     ns, names = namespace, containers
     queries: list[Query] = []
     if risk.usageRatio is not None:
         queries.append(
-            usage_query(namespace=ns, containers=names, for_=for_, threshold=risk.usageRatio)
+            usage_query(
+                namespace=ns,
+                containers=names,
+                for_=for_,
+                threshold=risk.usageRatio,
+                min_limit=min_limit,
+            )
         )
     if risk.timeToLimit is not None:
         horizon = duration(parse_duration(risk.timeToLimit))
         queries.append(
             time_to_limit_query(
-                namespace=ns, containers=names, for_=for_, horizon=horizon, windows=windows
+                namespace=ns,
+                containers=names,
+                for_=for_,
+                horizon=horizon,
+                windows=windows,
+                min_limit=min_limit,
             )
         )
     if risk.majorFaultsPerSecond is not None:
@@ -258,6 +301,11 @@ def policy_queries(
         )
     queries.append(oom_events_query(namespace=ns, containers=names, windows=windows))
     return queries
+
+
+def _number(value: float) -> str:
+    """A PromQL number literal: ``50``, ``0.25``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _seconds_literal(seconds: float) -> str:

@@ -100,6 +100,12 @@ def seconds_to_limit(*, fitted_now: float, slope: float, limit: int) -> float:
     return (limit - fitted_now) / slope
 
 
+def smallest_limit(governed: Mapping[Key, Governed]) -> int | None:
+    """The smallest memory limit among ``governed`` (None: none has a limit)."""
+    limits = [g.limit_bytes for g in governed.values() if g.limit_bytes]
+    return min(limits) if limits else None
+
+
 def evaluate(
     results: Iterable[tuple[Query, Sequence[Sample]]],
     *,
@@ -192,10 +198,12 @@ def _time_to_limit(
         if values["held"] < target.limit_bytes:
             continue
         horizon = query.threshold if query.threshold is not None else math.inf
-        fitted = values.get("now", values["held"])
-        seconds = seconds_to_limit(
-            fitted_now=fitted, slope=values.get("slope", 0.0), limit=target.limit_bytes
-        )
+        if "now" in values and "slope" in values:
+            seconds = seconds_to_limit(
+                fitted_now=values["now"], slope=values["slope"], limit=target.limit_bytes
+            )
+        else:  # the fit dipped since the last subquery step: all we know is "within"
+            seconds = horizon
         # The fit moved between the subquery's last step and now: never report more
         # than the horizon for a signal that held.
         found.append(
@@ -266,6 +274,7 @@ __all__ = [
     "governed_containers",
     "oom_killed",
     "seconds_to_limit",
+    "smallest_limit",
     "sort_findings",
     "usage_ratio",
 ]

@@ -1,0 +1,184 @@
+"""The capture lifecycle's decisions: target, follow-up, completion records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from memwarden.api import CaptureSpec
+from memwarden.capture import incident as lifecycle
+from memwarden.capture.plan import ephemeral_container_name
+
+pytestmark = pytest.mark.unit
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
+WAIT = dt.timedelta(minutes=2)
+
+
+def pod(
+    *, phase: str = "Running", running: bool = True, ephemeral: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    state = {"running": {"startedAt": "2026-11-25T11:00:00Z"}} if running else {"waiting": {}}
+    status: dict[str, Any] = {
+        "phase": phase,
+        "containerStatuses": [{"name": "app", "state": state}],
+    }
+    if ephemeral is not None:
+        status["ephemeralContainerStatuses"] = [ephemeral]
+    return {"spec": {"containers": [{"name": "app"}, {"name": "proxy"}]}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("the_pod", "requested", "created", "expected"),
+    [
+        pytest.param(
+            pod(), None, NOW, lifecycle.Target(container="app"), id="default-first-container"
+        ),
+        pytest.param(pod(), "app", NOW, lifecycle.Target(container="app"), id="named"),
+        pytest.param(None, None, NOW, "PodNotFound", id="pod-gone"),
+        pytest.param(pod(), "db", NOW, "ContainerNotFound", id="no-such-container"),
+        pytest.param(pod(phase="Pending", running=False), None, NOW, "wait", id="pending-waits"),
+        pytest.param(
+            pod(phase="Pending", running=False),
+            None,
+            NOW - 2 * WAIT,
+            "PodNotRunning",
+            id="pending-too-long-fails",
+        ),
+    ],
+)
+def test_choose_target(
+    the_pod: Any, requested: str | None, created: dt.datetime, expected: Any
+) -> None:
+    target = lifecycle.choose_target(
+        pod=the_pod, requested=requested, created=created, now=NOW, pod_wait=WAIT
+    )
+    if isinstance(expected, lifecycle.Target):
+        assert target == expected
+    elif expected == "wait":
+        assert target.wait and target.container is None and target.fail is None
+    else:
+        assert target.fail is not None and target.fail[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "policy", "expected"),
+    [
+        pytest.param(None, ["heap", "gcore"], ["heap", "gcore"], id="policy-list"),
+        pytest.param(
+            ["trace", "heap"], ["heap"], ["heap", "trace"], id="incident-overrides-in-order"
+        ),
+    ],
+)
+def test_capture_artifacts(
+    requested: list[str] | None, policy: list[str], expected: list[str]
+) -> None:
+    spec = CaptureSpec.model_validate({"artifacts": policy})
+    assert lifecycle.capture_artifacts(capture=spec, requested=requested) == expected
+
+
+def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> dict[str, Any]:
+    return {
+        "name": ephemeral_container_name("inc-1"),
+        "state": {
+            "terminated": {
+                "exitCode": exit_code,
+                "finishedAt": lifecycle.rfc3339(finished),
+                "message": message,
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "action", "reason"),
+    [
+        pytest.param(
+            {"bundle_stored": True, "pod": None},
+            "complete",
+            "",
+            id="stored-completes-even-if-pod-gone",
+        ),
+        pytest.param({"bundle_stored": False, "pod": pod()}, "wait", "", id="running-waits"),
+        pytest.param({"bundle_stored": False, "pod": None}, "fail", "PodGone", id="pod-deleted"),
+        pytest.param(
+            {
+                "bundle_stored": False,
+                "pod": pod(ephemeral=terminated(1, finished=NOW, message="x")),
+            },
+            "wait",
+            "",
+            id="exited-grace-for-upload",
+        ),
+        pytest.param(
+            {
+                "bundle_stored": False,
+                "pod": pod(
+                    ephemeral=terminated(
+                        1,
+                        finished=NOW - dt.timedelta(minutes=1),
+                        message="heap: connection refused",
+                    )
+                ),
+            },
+            "fail",
+            "CaptureFailed",
+            id="exited-without-bundle",
+        ),
+        pytest.param(
+            {"bundle_stored": False, "pod": pod(), "started": NOW - dt.timedelta(hours=1)},
+            "fail",
+            "CaptureTimeout",
+            id="timeout",
+        ),
+    ],
+)
+def test_follow_capture(kwargs: dict[str, Any], action: str, reason: str) -> None:
+    arguments = {
+        "incident": "inc-1",
+        "started": NOW,
+        "now": NOW,
+        "timeout": dt.timedelta(minutes=5),
+        **kwargs,
+    }
+    progress = lifecycle.follow_capture(**arguments)
+    assert progress.action == action
+    assert progress.reason == reason
+    if reason == "CaptureFailed":
+        assert "connection refused" in progress.message
+
+
+def test_collected_status_records_artifacts_and_errors() -> None:
+    manifest = {
+        "artifacts": [
+            {
+                "name": "heap",
+                "file": "heap.pb.gz",
+                "bytes": 10,
+                "sha256": "ab",
+                "durationSeconds": 0.1,
+            },
+            {"name": "gcore", "bytes": 0, "skipped": "SYS_PTRACE not granted (Pod Security)"},
+        ]
+    }
+    status = lifecycle.collected_status(
+        bundle="evidence://ns/inc",
+        bundle_bytes=99,
+        bundle_sha256="cd",
+        manifest=manifest,
+        summary=None,
+        analysis_error=None,
+        now=NOW,
+    )
+    assert status["phase"] == "Collected"
+    assert status["artifacts"][0] == {
+        "name": "heap",
+        "bytes": 10,
+        "sha256": "ab",
+        "durationSeconds": 0.1,
+    }
+    assert status["artifacts"][1]["error"] == "SYS_PTRACE not granted (Pod Security)"
+    assert "not collected: gcore" in status["message"]
+    assert status["completedAt"] == "2026-11-25T12:00:00Z"
