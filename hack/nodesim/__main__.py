@@ -85,6 +85,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=_pair, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--taint", type=_taint, action="append", default=[], metavar="KEY=VALUE:EFFECT")
     p.add_argument("--delete-node-on-exit", action="store_true")
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop (cleanly) when the process that started the simulator goes away: "
+        "a killed test run leaves no node behind",
+    )
     p.add_argument("--backoff-base", type=float, default=defaults.backoff_base_seconds)
     p.add_argument("--backoff-max", type=float, default=defaults.backoff_max_seconds)
     p.add_argument("--sample-interval", type=float, default=defaults.sample_seconds)
@@ -134,7 +140,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.exit_with_parent:
+        threading.Thread(
+            target=_watch_parent, args=(os.getppid(), stop), name="parent", daemon=True
+        ).start()
     return Simulator(settings).run(stop)
+
+
+def _watch_parent(parent: int, stop: threading.Event) -> None:
+    # An orphan is re-parented (to init or a subreaper): the parent pid changes.
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("parent process %d is gone: stopping", parent)
+            stop.set()
 
 
 if __name__ == "__main__":

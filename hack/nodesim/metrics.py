@@ -8,13 +8,17 @@ cgroups). Memory gauges exist for running containers only; ``container_oom_event
 exists for every container of a live pod and survives restarts, as a cgroup's would.
 
 The server (loopback) answers ``/metrics/cadvisor``, ``/healthz``, ``/debug/pods`` (JSON:
-pods, containers, pids) and ``/containerLogs/<ns>/<pod>/<container>`` (the log file).
+pods, containers, pids) and ``/containerLogs/<ns>/<pod>/<container>`` (the log file, with
+the kubelet's ``tailLines`` and ``limitBytes``). A second instance over TLS is the Node's
+kubelet endpoint, so ``kubectl logs`` works through the API server (which does not verify
+kubelet certificates unless ``--kubelet-certificate-authority`` is set).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +26,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger("nodesim.metrics")
 
@@ -106,6 +110,18 @@ def render_cadvisor(samples: Sequence[ContainerSample], *, machine_memory_bytes:
     return "\n".join(lines) + "\n"
 
 
+def select_log(data: bytes, query: dict[str, list[str]]) -> bytes:
+    """The kubelet's ``tailLines`` and ``limitBytes`` applied to a log (others ignored)."""
+    tail = (query.get("tailLines") or [""])[0]
+    if tail.isdigit():
+        lines = data.splitlines(keepends=True)
+        data = b"".join(lines[-int(tail) :]) if int(tail) else b""
+    limit = (query.get("limitBytes") or [""])[0]
+    if limit.isdigit():
+        data = data[: int(limit)]
+    return data
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """What the server serves, as callables into the running simulator."""
@@ -119,9 +135,22 @@ class Endpoints:
 class MetricsServer:
     """A small threaded HTTP server on loopback; ``port`` 0 picks a free one."""
 
-    def __init__(self, *, host: str, port: int, endpoints: Endpoints) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        endpoints: Endpoints,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        self.endpoints = endpoints
         handler = _handler_for(endpoints)
-        self._server = ThreadingHTTPServer((host, port), handler)
+        if tls is None:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        else:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(certfile=str(tls[0]), keyfile=str(tls[1]))
+            self._server = _TLSServer((host, port), handler, context=context)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics", daemon=True
@@ -139,12 +168,32 @@ class MetricsServer:
         self._server.server_close()
 
 
+class _TLSServer(ThreadingHTTPServer):
+    """HTTPS; the handshake happens in the handler's thread, never in the accept loop."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(address, handler)
+        self._context = context
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        wrapped = self._context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, address
+
+
 def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "nodesim"
 
         def do_GET(self) -> None:
-            path = urlsplit(self.path).path
+            url = urlsplit(self.path)
+            path = url.path
             try:
                 if path == "/metrics/cadvisor":
                     text = render_cadvisor(
@@ -157,13 +206,13 @@ def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
                     body = json.dumps(endpoints.debug_pods(), indent=2, default=str)
                     self._send(HTTPStatus.OK, body.encode(), "application/json")
                 elif path.startswith("/containerLogs/"):
-                    self._logs(path)
+                    self._logs(path, parse_qs(url.query))
                 else:
                     self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
             except BrokenPipeError:
                 pass
 
-        def _logs(self, path: str) -> None:
+        def _logs(self, path: str, query: dict[str, list[str]]) -> None:
             parts = [unquote(p) for p in path.split("/")[2:]]
             if len(parts) != 3:
                 self._send(HTTPStatus.BAD_REQUEST, b"want /containerLogs/<ns>/<pod>/<c>\n", "")
@@ -176,7 +225,7 @@ def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
                 size = log_file.stat().st_size
                 handle.seek(max(0, size - MAX_LOG_BYTES))
                 data = handle.read()
-            self._send(HTTPStatus.OK, data, "text/plain; charset=utf-8")
+            self._send(HTTPStatus.OK, select_log(data, query), "text/plain; charset=utf-8")
 
         def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
             self.send_response(status)

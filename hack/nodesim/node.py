@@ -109,7 +109,12 @@ def node_conditions(*, ready: bool, now: dt.datetime, since: dt.datetime) -> lis
 
 
 def node_status(
-    settings: Settings, *, now: dt.datetime, since: dt.datetime, boot_id: str
+    settings: Settings,
+    *,
+    now: dt.datetime,
+    since: dt.datetime,
+    boot_id: str,
+    kubelet_port: int = 0,
 ) -> dict[str, Any]:
     """The full status written at registration."""
     r = settings.resources
@@ -127,7 +132,8 @@ def node_status(
         # InternalIP only: the API server picks the first address type it prefers, and
         # a Hostname address would not resolve.
         "addresses": [{"type": "InternalIP", "address": settings.host_ip}],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+        # Where the API server sends ``kubectl logs`` (our TLS server's /containerLogs).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": uuid.uuid5(uuid.NAMESPACE_DNS, settings.node_name).hex,
             "systemUUID": str(uuid.uuid5(uuid.NAMESPACE_DNS, settings.node_name)),
@@ -169,8 +175,9 @@ def _now() -> dt.datetime:
 class NodeAgent:
     """Registers the Node and keeps it alive from a background thread."""
 
-    def __init__(self, *, kube: Kube, settings: Settings) -> None:
+    def __init__(self, *, kube: Kube, settings: Settings, kubelet_port: int = 0) -> None:
         self._kube = kube
+        self._kubelet_port = kubelet_port
         self._settings = settings
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="node", daemon=True)
@@ -205,7 +212,13 @@ class NodeAgent:
         self._node_uid = str(node["metadata"]["uid"])
         now = _now()
         self._since = now
-        status = node_status(settings, now=now, since=now, boot_id=self._boot_id)
+        status = node_status(
+            settings,
+            now=now,
+            since=now,
+            boot_id=self._boot_id,
+            kubelet_port=self._kubelet_port,
+        )
         node = self._kube.patch(node_path(settings.node_name, "status"), {"status": status})
         self.renew_lease()
         self._lift_not_ready_taint(node)
@@ -296,6 +309,8 @@ class NodeAgent:
                     log.warning("registering node %s failed (will retry): %s", self.name, exc)
             except ApiError as exc:
                 log.warning("node heartbeat failed (will retry): %s", exc)
+            except Exception:  # the Lease must keep being renewed whatever happens
+                log.exception("node heartbeat broke (will retry)")
 
     def shut_down(self, *, delete: bool) -> None:
         """Delete the Node, or mark it NotReady (the controller then taints it)."""

@@ -478,9 +478,10 @@ class PodWorker:
         if regular and all(s.finished for s in regular):
             # Regular containers are done for good: sidecars stop too, and stay stopped.
             for slot in self._ordered(Kind.SIDECAR):
-                slot.finished = True
-                if slot.proc is not None:
-                    self._rt.supervisor.signal(slot.proc, signal.SIGTERM)
+                if not slot.finished:
+                    slot.finished = True
+                    if slot.proc is not None:
+                        self._rt.supervisor.signal(slot.proc, signal.SIGTERM)
         for slot in self._ordered(Kind.EPHEMERAL):
             if not slot.attempted and now >= slot.next_start:
                 self._start(slot, pod)
@@ -798,6 +799,11 @@ class PodManager:
                     failures += 1
                     log.warning("pod watch failed (retrying): %s", exc)
                     self._rt.stopping.wait(min(5.0, 0.5 * failures))
+                resource_version = None
+            except Exception:  # a bug must not silently end the watch: relist and go on
+                failures += 1
+                log.exception("pod watch broke (relisting)")
+                self._rt.stopping.wait(min(5.0, 0.5 * failures))
                 resource_version = None
 
     def _reconcile(self, pods: list[dict[str, Any]]) -> None:

@@ -8,6 +8,7 @@ deleted or marked NotReady, the state file is removed.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from memwarden import certs
 from memwarden.quantity import parse_bytes
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Kube
@@ -26,6 +28,9 @@ from nodesim.procs import Supervisor, reap_registry
 from nodesim.settings import REPO, Settings
 
 log = logging.getLogger("nodesim")
+
+#: The kubelet endpoint's certificate lives as long as a simulator run, at most this.
+CERT_VALIDITY = dt.timedelta(days=30)
 
 
 def state_file(settings: Settings) -> Path:
@@ -55,6 +60,24 @@ def base_env(settings: Settings) -> dict[str, str]:
         if name in os.environ:
             env[name] = os.environ[name]
     return env
+
+
+def serving_certificate(settings: Settings) -> tuple[Path, Path]:
+    """A throwaway self-signed serving certificate for the kubelet endpoint."""
+    directory = settings.state_dir / f"{settings.node_name}.tls"
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca = certs.make_ca(common_name=f"{settings.node_name}-ca", now=now, valid_for=CERT_VALIDITY)
+    leaf = certs.issue(
+        ca=ca,
+        common_name=settings.node_name,
+        now=now,
+        valid_for=CERT_VALIDITY,
+        server_names=(settings.host_ip, "localhost", settings.node_name),
+    )
+    cert, key = directory / "kubelet.crt", directory / "kubelet.key"
+    certs.write_pem(leaf, cert_path=cert, key_path=key)
+    return cert, key
 
 
 class Simulator:
@@ -90,7 +113,14 @@ class Simulator:
             ),
         )
         server.start()
-        node = NodeAgent(kube=kube, settings=settings)
+        kubelet = MetricsServer(
+            host=settings.host_ip,
+            port=0,
+            endpoints=server.endpoints,
+            tls=serving_certificate(settings),
+        )
+        kubelet.start()
+        node = NodeAgent(kube=kube, settings=settings, kubelet_port=kubelet.port)
         try:
             while True:
                 try:
@@ -109,6 +139,7 @@ class Simulator:
                 "metrics_port": server.port,
                 "metrics_url": f"{url}/metrics/cadvisor",
                 "debug_url": f"{url}/debug/pods",
+                "kubelet_port": kubelet.port,
                 "state_dir": str(settings.state_dir),
                 "pid_registry": str(pid_registry(settings)),
             }
@@ -129,6 +160,7 @@ class Simulator:
             reap_registry(pid_registry(settings), grace=0.5)
             node.shut_down(delete=settings.delete_node_on_exit)
             server.stop()
+            kubelet.stop()
             state_file(settings).unlink(missing_ok=True)
             kube.close()
         return 0

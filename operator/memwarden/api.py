@@ -311,7 +311,8 @@ class CaptureSpec(_Model):
         default="2Gi",
         pattern=MEMORY_QUANTITY_PATTERN,
         max_length=64,
-        description="Skip gcore when the process RSS is above this (a core is about RSS-sized).",
+        description="Skip gcore when the process RSS is above this. The core file is about "
+        "the mapped address space (VmSize), mostly zeros that compress away in the bundle.",
     )
 
 

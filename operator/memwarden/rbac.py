@@ -65,8 +65,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memoryincidents",),
-        ("list", "watch", "create"),
-        "the incident index (cooldown, budget) watches incidents; the risk loop opens them",
+        ("get", "list", "watch", "create", "patch"),
+        "the risk loop opens incidents; kopf watches them and patches its annotations and "
+        "finalizer (evidence deleted with the incident); the evidence API reads one",
     ),
     Rule(
         "memwarden.dev",
@@ -74,7 +75,18 @@ RULES: tuple[Rule, ...] = (
         ("patch",),
         "incident phase, artifacts and analysis are written to the status",
     ),
-    Rule("", ("pods",), ("list", "watch"), "the pod index behind policy status and alerts"),
+    Rule(
+        "",
+        ("pods",),
+        ("get", "list", "watch"),
+        "the pod index behind policy status and alerts; a capture reads its target pod",
+    ),
+    Rule(
+        "",
+        ("namespaces",),
+        ("get",),
+        "a capture reads the pod's namespace labels: may its Pod Security level add SYS_PTRACE",
+    ),
     Rule(
         "",
         ("pods/ephemeralcontainers",),

@@ -295,6 +295,12 @@ class Settings(BaseModel):
         default=False, description="Compute and log, never write to the cluster (like --dry-run)."
     )
 
+    @field_validator("prometheus_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        """``MEMWARDEN_PROMETHEUS_URL=`` (a chart value left empty) turns risk evaluation off."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("excluded_namespaces", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:

@@ -17,17 +17,25 @@ from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
 def crds(devcluster: Path) -> Path:
     """memwarden's CRDs, applied from crds/ and established."""
     kubectl(devcluster, "apply", "-f", str(REPO / "crds"))
-    kubectl(devcluster, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/memorypolicies.memwarden.dev")
+    kubectl(
+        devcluster,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/memorypolicies.memwarden.dev",
+    )
     return devcluster
 
 
 @pytest.fixture(scope="session")
-def operator(crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     """The operator as a process, with its webhook registered; stopped at the end."""
     try:
         client.CoreV1Api(kube).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE)))
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
+        )
     except ApiException as exc:
         if exc.status != 409:
             raise
@@ -37,7 +45,9 @@ def operator(crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPa
     process.register_webhook(ca_pem)
     yield process
     process.stop()
-    kubectl(crds, "delete", "mutatingwebhookconfiguration", process.webhook_name, "--ignore-not-found")
+    kubectl(
+        crds, "delete", "mutatingwebhookconfiguration", process.webhook_name, "--ignore-not-found"
+    )
 
 
 @pytest.fixture

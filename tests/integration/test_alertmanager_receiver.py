@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
-import threading
+import subprocess
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +24,24 @@ import yaml
 from kubernetes import client
 
 from memwarden.api import APPLIED_ANNOTATION
-from memwarden_testing.alertmanager import AlertmanagerProcess, make_alert, make_payload
+from memwarden.risk import receiver
+from memwarden_testing.alertmanager import (
+    AlertmanagerProcess,
+    make_alert,
+    make_payload,
+    suppressed_counts,
+)
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import REPO, kubectl, wait_for
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import ContainerSeries, PrometheusServer, SeriesExporter, flat
+from memwarden_testing.storm import StormProcess
 
 GI = 2**30
 PLAIN = {"request": "512Mi", "limit": "1Gi"}
-ALERT = "MemwardenNearLimit"
+ALERT = "MemwardenNearMemoryLimit"
+PROMTOOL = Path("/usr/bin/promtool")
+AMTOOL = Path("/usr/bin/amtool")
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -76,48 +85,63 @@ def wait_pods_governed(kube: client.ApiClient, namespace: str, count: int) -> No
     wait_for(matched, timeout=30, what=f"{count} pods matched by the policy")
 
 
-def post(url: str, body: bytes, *, token: str) -> int:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as response:
         text: str = response.read().decode()
     return text
 
 
-def suppressed(metrics_text: str) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for line in metrics_text.splitlines():
-        if line.startswith("memwarden_suppressed_triggers_total{"):
-            labels, value = line.rsplit(" ", 1)
-            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
-            counts[reason] = float(value)
-    return counts
-
-
-def never_more_than(predicate_count: Any, limit: int, *, seconds: float) -> int:
-    """Poll a count for ``seconds`` (a deadline, not a sleep) and fail if it exceeds ``limit``."""
+def never_more_than(count_now: Callable[[], int], limit: int, *, seconds: float) -> int:
+    """Poll a count until a deadline ``seconds`` away; fail as soon as it exceeds ``limit``."""
     deadline = time.monotonic() + seconds
-    count = predicate_count()
+    count = count_now()
     while time.monotonic() < deadline:
-        count = predicate_count()
+        count = count_now()
         assert count <= limit, f"{count} > {limit}"
         time.sleep(0.25)
     return int(count)
 
 
 # --- Prometheus rule -> Alertmanager -> receiver ----------------------------------------
+
+DOC = REPO / "docs" / "alerting.md"
+
+
+def documented_yaml() -> list[dict[str, Any]]:
+    """The YAML examples of docs/alerting.md, in order (PrometheusRule, Alertmanager)."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
+    return [yaml.safe_load(block) for block in blocks]
+
+
+def documented_rule() -> dict[str, Any]:
+    rule: dict[str, Any] = documented_yaml()[0]["spec"]["groups"][0]["rules"][0]
+    return rule
+
+
+@pytest.mark.skipif(
+    not (PROMTOOL.exists() and AMTOOL.exists()), reason="promtool/amtool not installed"
+)
+def test_documented_rule_and_alertmanager_config_are_valid(tmp_path: Path) -> None:
+    prometheus_rule, alertmanager = documented_yaml()[:2]
+    assert documented_rule()["alert"] == ALERT
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": prometheus_rule["spec"]["groups"]}))
+    checked = subprocess.run(
+        [str(PROMTOOL), "check", "rules", str(rules)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # amtool opens the files the config names: point them at a stand-in.
+    (tmp_path / "token").write_text("x")
+    webhook = alertmanager["receivers"][1]["webhook_configs"][0]
+    assert webhook["url"].endswith(receiver.PREFIX + receiver.ROUTE)
+    webhook["http_config"]["authorization"]["credentials_file"] = str(tmp_path / "token")
+    webhook["http_config"]["tls_config"]["ca_file"] = str(tmp_path / "token")
+    config = tmp_path / "alertmanager.yml"
+    config.write_text(yaml.safe_dump(alertmanager))
+    checked = subprocess.run(
+        [str(AMTOOL), "check-config", str(config)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.fixture
@@ -135,32 +159,9 @@ def alerting_stack(
         token_file=memwarden.alertmanager_token_file,
     )
     alertmanager.start()
+    rule = {**documented_rule(), "for": "2s"}  # the documented rule, with a test's "for"
     rules = tmp_path / "rules.yml"
-    rules.write_text(
-        yaml.safe_dump(
-            {
-                "groups": [
-                    {
-                        "name": "memwarden-test",
-                        "rules": [
-                            {
-                                "alert": ALERT,
-                                # The pods have a 1Gi limit; the exporter serves no limit
-                                # series, so the rule divides by it (docs/alerting.md has
-                                # the general form).
-                                "expr": "max by (namespace, pod, container) ("
-                                "container_memory_working_set_bytes"
-                                f'{{namespace="{namespace}"}}) / {GI} > 0.9',
-                                "for": "2s",
-                                "labels": {"severity": "warning", "memwarden": "capture"},
-                                "annotations": {"value": "{{ $value }}", "threshold": "0.9"},
-                            }
-                        ],
-                    }
-                ]
-            }
-        )
-    )
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "memwarden-test", "rules": [rule]}]}))
     prometheus = RuledPrometheus(
         workdir=tmp_path / "prometheus",
         targets=[series_exporter.target],
@@ -213,8 +214,12 @@ def test_prometheus_rule_fires_alertmanager_routes_it_and_one_incident_opens(
 
     series_exporter.set_many(
         [
-            ContainerSeries(namespace, "checkout-1", "app", working_set=flat(0.95 * GI)),
-            ContainerSeries(namespace, "checkout-2", "app", working_set=flat(0.5 * GI)),
+            ContainerSeries(
+                namespace, "checkout-1", "app", working_set=flat(0.95 * GI), limit_bytes=GI
+            ),
+            ContainerSeries(
+                namespace, "checkout-2", "app", working_set=flat(0.5 * GI), limit_bytes=GI
+            ),
         ]
     )
     opened = wait_for(
@@ -271,20 +276,21 @@ def dry_run_latency(kube: client.ApiClient, namespace: str) -> float:
 
 
 def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
-    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     capture = {"cooldown": "30m", "maxIncidentsPerHour": BUDGET}
     policy = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, capture=capture))
     apply(memwarden.kubeconfig, policy)
     create_pods(kube, namespace, STORM_PODS)
     wait_pods_governed(kube, namespace, len(STORM_PODS))
-    before = suppressed(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+    before = suppressed_counts(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
 
     for _ in range(5):  # warm the connections and the webhook's path
         dry_run_latency(kube, namespace)
     idle = [dry_run_latency(kube, namespace) for _ in range(IDLE_SAMPLES)]
 
-    # 100 notifications of 3 alerts (one per pod), paced over ~3 s by 4 senders.
+    # 100 notifications of 3 alerts (one per pod), paced over ~3 s by 4 senders in a
+    # process of their own (as Alertmanager is), while this one measures admission.
     bodies = [
         json.dumps(
             make_payload(
@@ -293,34 +299,19 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
         ).encode()
         for i in range(STORM_ALERTS // len(STORM_PODS))
     ]
-    statuses: list[int] = []
-    stop = threading.Event()
-
-    def sender(share: list[bytes], offset: float) -> None:
-        # Paced: notification k of this sender is due at start + offset + k * PACE.
-        start = time.monotonic()
-        for k, body in enumerate(share):
-            if stop.wait(max(0.0, start + offset + k * PACE - time.monotonic())):
-                return
-            token = memwarden.alertmanager_token
-            statuses.append(post(memwarden.alertmanager_url, body, token=token))
-
-    senders = [
-        threading.Thread(target=sender, args=(bodies[i::SENDERS], i * PACE / SENDERS))
-        for i in range(SENDERS)
-    ]
-    storm_started = time.monotonic()
-    for thread in senders:
-        thread.start()
+    storm = StormProcess(
+        url=memwarden.alertmanager_url,
+        token=memwarden.alertmanager_token,
+        bodies=bodies,
+        senders=SENDERS,
+        pace=PACE,
+        workdir=tmp_path,
+    )
     during: list[float] = []
-    try:
-        while any(thread.is_alive() for thread in senders):
-            during.append(dry_run_latency(kube, namespace))
-    finally:
-        stop.set()
-        for thread in senders:
-            thread.join(timeout=30)
-    storm_seconds = time.monotonic() - storm_started
+    while storm.running():
+        during.append(dry_run_latency(kube, namespace))
+    result = storm.result()
+    statuses, storm_seconds = result["statuses"], result["seconds"]
 
     assert statuses == [200] * len(bodies)
     assert storm_seconds < 5, f"the storm took {storm_seconds:.1f}s"
@@ -331,7 +322,7 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
     assert 1 <= count <= BUDGET, opened
     assert {i["spec"]["trigger"]["source"] for i in incidents(kube, namespace)} == {"alertmanager"}
 
-    after = suppressed(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+    after = suppressed_counts(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     # Every alert but the ones that opened an incident was counted, with a reason.
     assert sum(delta.values()) >= STORM_ALERTS - count, delta

@@ -147,6 +147,9 @@ def test_deployment_of_leaky_runs_with_its_env(
         lambda: _try_get(f"http://{status['podIP']}:6060/metrics"), what="leaky /metrics"
     )
     assert metric_value(metrics, "go_gc_gomemlimit_bytes") == 123 * MiB
+    # `kubectl logs` goes through the API server to the simulator's kubelet endpoint.
+    logs = core.read_namespaced_pod_log(name, namespace, container="app", tail_lines=20)
+    assert f"listening on http://{status['podIP']}:6060" in logs
 
     # The simulator's cAdvisor view of the same container.
     labels = {"namespace": namespace, "pod": name, "container": "app", "image": LEAKY_IMAGE}

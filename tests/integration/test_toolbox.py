@@ -328,6 +328,36 @@ def test_upload_streams_the_bundle_with_a_bearer_token(
         assert token not in result.stdout + result.stderr
 
 
+@pytest.mark.parametrize(
+    ("script", "statuses", "final"),
+    [
+        pytest.param(("503",), (503, 201), 201, id="retried-after-503"),
+        pytest.param(("lose-answer",), (201, 409), 409, id="answer-lost-then-already-stored"),
+    ],
+)
+def test_upload_retries_and_recognises_its_own_stored_bundle(
+    leaky: Leaky,
+    tmp_path: Path,
+    script: tuple[str, ...],
+    statuses: tuple[int, ...],
+    final: int,
+) -> None:
+    with upload_sink(tmp_path, token="s3cret", script=script) as sink:
+        result = capture(
+            f"--pid={leaky.pid}",
+            f"--pprof-port={leaky.port}",
+            "--artifacts=heap,smaps",
+            f"--upload={sink.url}/v1/namespaces/shop/incidents/x/bundle",
+            env={"MEMWARDEN_UPLOAD_TOKEN": "s3cret"},
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert tuple(r.status for r in sink.received) == statuses
+    stored = sink.stored["/v1/namespaces/shop/incidents/x/bundle"]
+    assert result.summary["bundle"]["sha256"] == stored.sha256
+    assert result.summary["bundle"]["httpStatus"] == final
+
+
 def test_unreachable_pprof_fails_profiles_but_not_the_other_steps(
     leaky: Leaky, tmp_path: Path
 ) -> None:

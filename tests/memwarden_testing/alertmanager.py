@@ -198,3 +198,13 @@ class AlertmanagerProcess:
             return self.log_path.read_text(errors="replace")[-size:]
         except OSError:
             return ""
+
+
+def suppressed_counts(metrics_text: str) -> dict[str, float]:
+    """``memwarden_suppressed_triggers_total`` by reason, from a /metrics page."""
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("memwarden_suppressed_triggers_total{"):
+            labels, value = line.rsplit(" ", 1)
+            counts[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
+    return counts

@@ -40,6 +40,8 @@ class OperatorProcess:
     kubeconfig: Path
     workdir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: More ``memwarden run`` arguments (``--namespace=...`` keeps a test's operator to its own).
+    extra_args: list[str] = field(default_factory=list)
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
@@ -118,6 +120,7 @@ class OperatorProcess:
                 str(REPO / ".venv" / "bin" / "memwarden"),
                 "run",
                 f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+                *self.extra_args,
             ],
             env=env,
             stdout=log,

@@ -70,6 +70,7 @@ class ContainerSeries:
     major_faults_per_second: float = 0.0
     psi_waiting_per_second: float = 0.0
     oom_events: int = 0
+    limit_bytes: float = 0.0  # container_spec_memory_limit_bytes: 0 = no limit (cAdvisor)
     since: float = field(default_factory=time.monotonic)
 
     def render(self, now: float) -> list[str]:
@@ -80,6 +81,7 @@ class ContainerSeries:
             f'container_memory_failures_total{{{labels},failure_type="pgmajfault",'
             f'scope="container"}} {self.major_faults_per_second * t:.0f}',
             f"container_oom_events_total{{{labels}}} {self.oom_events}",
+            f"container_spec_memory_limit_bytes{{{labels}}} {self.limit_bytes:.0f}",
             f"container_pressure_memory_waiting_seconds_total{{{labels}}} "
             f"{self.psi_waiting_per_second * t:.6f}",
         ]
@@ -89,6 +91,7 @@ _HEADER = [
     "# TYPE container_memory_working_set_bytes gauge",
     "# TYPE container_memory_failures_total counter",
     "# TYPE container_oom_events_total counter",
+    "# TYPE container_spec_memory_limit_bytes gauge",
     "# TYPE container_pressure_memory_waiting_seconds_total counter",
 ]
 

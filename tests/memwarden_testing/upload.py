@@ -1,17 +1,21 @@
 """A tiny HTTP PUT sink on 127.0.0.1 for toolbox upload tests: checks a bearer token,
 decodes chunked bodies, and streams each body to a file while hashing it.
 
-Test infrastructure, deliberately dumber than the evidence store: it records what arrived
-(headers, bytes, sha256) so a test can compare it with what the toolbox says it sent.
+Test infrastructure, deliberately dumber than the evidence store, but answering like it
+where the toolbox cares: 201 when stored, 401 for a wrong token, 409 with the stored
+``bytes``/``sha256`` in ``details`` when a bundle is already there. A ``script`` makes
+the first requests fail on purpose: ``"503"`` answers 503 without storing,
+``"lose-answer"`` stores the body and hangs up without answering.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
@@ -47,8 +51,10 @@ class UploadSink:
 
     directory: Path
     token: str
+    script: tuple[str, ...] = ()
     url: str = ""
     received: tuple[Received, ...] = ()
+    stored: dict[str, Received] = field(default_factory=dict)
 
     def _record(self, item: Received) -> None:
         self.received = (*self.received, item)
@@ -67,6 +73,7 @@ def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
                 body = _chunks(self.rfile)
             else:
                 body = iter([self.rfile.read(int(self.headers.get("Content-Length", "0")))])
+            step = sink.script[len(sink.received)] if len(sink.received) < len(sink.script) else ""
             file = sink.directory / f"upload-{len(sink.received)}.tar.gz"
             digest = hashlib.sha256()
             size = 0
@@ -75,17 +82,29 @@ def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
                     digest.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
-            self._answer(201, b'{"stored": true}')
-            sink._record(
-                Received(
-                    path=self.path,
-                    headers=headers,
-                    status=201,
-                    file=file,
-                    size=size,
-                    sha256=digest.hexdigest(),
-                )
+            item = Received(
+                path=self.path,
+                headers=headers,
+                status=201,
+                file=file,
+                size=size,
+                sha256=digest.hexdigest(),
             )
+            if step == "503":
+                item = Received(path=self.path, headers=headers, status=503)
+                self._answer(503, b'{"reason": "ServiceUnavailable"}')
+            elif self.path in sink.stored:
+                held = sink.stored[self.path]
+                details = {"bytes": held.size, "sha256": held.sha256}
+                item = Received(path=self.path, headers=headers, status=409)
+                self._answer(409, json.dumps({"code": 409, "details": details}).encode())
+            else:
+                sink.stored[self.path] = item
+                if step == "lose-answer":
+                    self.close_connection = True
+                else:
+                    self._answer(201, b'{"stored": true}')
+            sink._record(item)
 
         def _answer(self, status: int, body: bytes) -> None:
             self.send_response(status)
@@ -101,9 +120,11 @@ def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
 
 
 @contextmanager
-def upload_sink(directory: Path, *, token: str) -> Iterator[UploadSink]:
+def upload_sink(
+    directory: Path, *, token: str, script: tuple[str, ...] = ()
+) -> Iterator[UploadSink]:
     """A running sink on a kernel-chosen loopback port for the ``with`` block."""
-    sink = UploadSink(directory=directory, token=token)
+    sink = UploadSink(directory=directory, token=token, script=script)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sink))
     sink.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -6,6 +6,8 @@ import hashlib
 import io
 import json
 import random
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -200,3 +202,17 @@ def test_summary_fits_the_termination_message(failures: int, reason_length: int)
     assert len(text.encode()) <= SUMMARY_LIMIT
     loaded = json.loads(text)
     assert loaded["exitCode"] == 1
+
+
+def test_toolbox_imports_stay_light() -> None:
+    # The toolbox image has neither kopf, nor the Kubernetes client, nor pydantic.
+    code = (
+        "import sys, memwarden.cli as cli; cli.build_parser(only='capture'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'kopf', 'kubernetes', 'pydantic', 'aiohttp', 'requests', 'yaml'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+
+    assert result.stdout.strip() == "[]"

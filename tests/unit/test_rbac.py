@@ -127,21 +127,19 @@ def kopf_uses() -> list[Use]:
 
 @functools.cache
 def client_methods() -> dict[str, tuple[str, str]]:
-    """kubernetes client method name -> (HTTP method, request path), from its source."""
+    """kubernetes client method name -> (HTTP method, request path), from its source.
+
+    Every generated ``*Api`` method has a ``_<name>_serialize`` twin that names the
+    request's method and path; one regex pass per module (inspect per method is slow).
+    """
     found: dict[str, tuple[str, str]] = {}
-    for name in dir(kubernetes.client):
-        cls = getattr(kubernetes.client, name)
-        if not (inspect.isclass(cls) and name.endswith("Api") and name != "ApiClient"):
-            continue
-        for attr in dir(cls):
-            serialize = getattr(cls, f"_{attr}_serialize", None)
-            if attr.startswith("_") or serialize is None:
-                continue
-            source = inspect.getsource(serialize)
-            method = re.search(r"method='(\w+)'", source)
-            path = re.search(r"resource_path='([^']+)'", source)
-            if method and path:
-                found[attr] = (method.group(1), path.group(1))
+    pattern = re.compile(
+        r"def _(\w+)_serialize\(.*?method='(\w+)',\s*resource_path='([^']+)'", re.DOTALL
+    )
+    api_dir = Path(inspect.getfile(kubernetes.client.CoreV1Api)).parent
+    for path in sorted(api_dir.glob("*_api.py")):
+        for name, method, resource_path in pattern.findall(path.read_text()):
+            found[name] = (method, resource_path)
     return found
 
 
@@ -224,6 +222,7 @@ def client_uses() -> list[Use]:
     return uses
 
 
+@functools.cache
 def used() -> dict[Permission, list[str]]:
     by_permission: dict[Permission, list[str]] = {}
     for use in kopf_uses() + client_uses():

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from memwarden.api import Trigger
 from memwarden.risk.alertmanager import (
     ANY_CONTAINER,
     PayloadError,
@@ -28,7 +29,7 @@ from memwarden.risk.receiver import (
     TokenFile,
     make_alertmanager_app,
 )
-from memwarden_testing.alertmanager import make_alert, make_payload
+from memwarden_testing.alertmanager import make_alert, make_payload, suppressed_counts
 
 pytestmark = pytest.mark.unit
 
@@ -125,6 +126,14 @@ def test_extra_fields_are_ignored_and_annotations_win_over_labels() -> None:
         alert_name="MemwardenNearLimit",
         labels=alert["labels"],
     )
+
+
+def test_a_long_alertname_is_cut_to_what_an_incident_accepts() -> None:
+    (finding,) = parse_payload(
+        json.dumps(make_payload([make_alert(pod="a", alertname="A" * 5000)]))
+    ).findings
+    Trigger(source="alertmanager", signal=finding.signal, alertName=finding.alert_name)
+    assert finding.alert_name == "A" * 256
 
 
 def test_truncated_alerts_are_reported() -> None:
@@ -352,24 +361,16 @@ def test_operator_app_counts_suppressed_triggers_on_metrics() -> None:
     )
     root = build_operator_app({PREFIX: receiver_app, "/metrics": metrics_app()})
 
-    def reasons(text: str) -> dict[str, float]:
-        counts = {}
-        for line in text.splitlines():
-            if line.startswith("memwarden_suppressed_triggers_total{"):
-                labels, value = line.rsplit(" ", 1)
-                counts[labels.split('reason="')[1].split('"')[0]] = float(value)
-        return counts
-
     async def main() -> None:
         async with TestClient(TestServer(root)) as client:
-            before = reasons(await (await client.get("/metrics")).text())
+            before = suppressed_counts(await (await client.get("/metrics")).text())
             alerts = [make_alert(pod="a"), make_alert(pod="a"), make_alert(pod=None)]
             first = await client.post(URL, json=make_payload(alerts), headers=auth())
             assert first.status == 200
             # The queue holds one pod: another pod is refused, and asked to retry.
             full = await client.post(URL, json=make_payload([make_alert(pod="b")]), headers=auth())
             assert full.status == 503
-            after = reasons(await (await client.get("/metrics")).text())
+            after = suppressed_counts(await (await client.get("/metrics")).text())
         delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
         assert {k: v for k, v in delta.items() if v} == {
             "duplicate": 1.0,

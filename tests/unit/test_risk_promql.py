@@ -73,6 +73,29 @@ def test_time_to_limit_query() -> None:
     )
 
 
+def test_usage_query_leaves_out_what_cannot_reach_the_smallest_limit() -> None:
+    query = usage_query(namespace="shop", containers=None, for_="2m", threshold=0.9, min_limit=1000)
+    assert query.expr == (
+        f"max by (namespace, pod, container) (min_over_time({WS}[2m]) >= 900 and {WS} offset 2m)"
+    )
+
+
+def test_time_to_limit_query_leaves_out_what_cannot_reach_the_smallest_limit() -> None:
+    query = time_to_limit_query(
+        namespace="shop", containers=None, for_="2m", horizon="10m", windows=W, min_limit=1000
+    )
+    by = "max by (namespace, pod, container)"
+    reaching = f"and predict_linear({WS}[5m], 600) >= 1000"
+    assert query.expr == (
+        f"label_replace({by} (min_over_time(predict_linear({WS}[5m], 600)[2m:12s]) >= 1000 "
+        f'and {WS} offset 2m), "memwarden_part", "held", "", "") '
+        f"or label_replace({by} (predict_linear({WS}[5m], 0) {reaching}), "
+        f'"memwarden_part", "now", "", "") '
+        f"or label_replace({by} (deriv({WS}[5m]) {reaching}), "
+        f'"memwarden_part", "slope", "", "")'
+    )
+
+
 def test_major_faults_query() -> None:
     query = major_faults_query(
         namespace="shop", containers=["app"], for_="2m", threshold=50, windows=W
@@ -83,7 +106,7 @@ def test_major_faults_query() -> None:
     )
     assert query.expr == (
         f"max by (namespace, pod, container) "
-        f"(min_over_time(rate({series}[1m])[2m:12s]) and {series} offset 2m)"
+        f"(min_over_time(rate({series}[1m])[2m:12s]) >= 50 and {series} offset 2m)"
     )
     assert query.threshold == 50
 
@@ -96,7 +119,7 @@ def test_pressure_query() -> None:
     )
     assert query.expr == (
         f"max by (namespace, pod, container) "
-        f"(min_over_time(rate({series}[1m])[30s:3s]) and {series} offset 30s)"
+        f"(min_over_time(rate({series}[1m])[30s:3s]) >= 0.2 and {series} offset 30s)"
     )
 
 

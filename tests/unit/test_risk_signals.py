@@ -94,8 +94,8 @@ def ttl(held: float, now: float, slope: float) -> list[Sample]:
         ),
         pytest.param(
             ttl(held=GI + 1, now=0, slope=MIB)[:1],
-            [("p1", "timeToLimit", 0.0)],
-            id="only-held-part",
+            [("p1", "timeToLimit", 600.0)],
+            id="only-held-part-says-within-horizon",
         ),
     ],
 )

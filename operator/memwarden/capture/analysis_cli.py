@@ -78,6 +78,9 @@ def _load_bundle(path: Path) -> Evidence:
             name = PurePosixPath(member.name).name
             if member.isfile() and name in wanted and name not in members:
                 members[name] = _read_member(archive, member, limit=wanted[name])
+                if len(members) == len(wanted):
+                    # The toolbox writes these first: never inflate the GiB core after them.
+                    break
     if HEAP_MEMBER not in members:
         raise EvidenceError(f"bundle has no {HEAP_MEMBER}")
     manifest: dict[str, Any] | None = None

@@ -122,9 +122,12 @@ class _Skip(Exception):
 class DeliveryError(Exception):
     """The bundle could not be written or uploaded; ``status`` is the HTTP answer if any."""
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, stored_sha256: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
+        self.stored_sha256 = stored_sha256
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +189,14 @@ class _Tally:
 
     size: int = 0
     digest: Any = field(default_factory=hashlib.sha256)
+    complete: bool = False
 
     def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
             self.digest.update(chunk)
             self.size += len(chunk)
             yield chunk
+        self.complete = True
 
     @property
     def sha256(self) -> str:
@@ -689,9 +694,21 @@ def _put(
         connection.close()
     if not 200 <= response.status < 300:
         raise DeliveryError(
-            f"{where}: HTTP {response.status}: {detail[:300]}", status=response.status
+            f"{where}: HTTP {response.status}: {detail[:300]}",
+            status=response.status,
+            stored_sha256=_stored_sha256(detail),
         )
     return response.status
+
+
+def _stored_sha256(body: str) -> str | None:
+    """``details.sha256`` of a Kubernetes-style Status body (the evidence store's 409)."""
+    try:
+        details = json.loads(body).get("details") or {}
+    except (ValueError, AttributeError):
+        return None
+    sha256 = details.get("sha256") if isinstance(details, dict) else None
+    return sha256 if isinstance(sha256, str) else None
 
 
 def _redact(url: str) -> str:
@@ -700,7 +717,10 @@ def _redact(url: str) -> str:
 
 
 def _retryable(error: DeliveryError) -> bool:
-    """Connection failures, 5xx, 408 and 429 may pass next time; other 4xx will not."""
+    """Connection failures, 5xx, 408, 429 and a 409 "upload in flight" (no stored bundle
+    yet) may pass next time; other 4xx will not."""
+    if error.status == 409:
+        return error.stored_sha256 is None
     return error.status is None or error.status >= 500 or error.status in (408, 429)
 
 
@@ -718,6 +738,7 @@ def _upload(
     ca_file: str | None,
     timeout: float,
 ) -> tuple[_Tally, int]:
+    sent: _Tally | None = None  # an attempt whose whole body went out
     for attempt in range(1, UPLOAD_ATTEMPTS + 1):
         tally = _Tally()
         try:
@@ -725,6 +746,13 @@ def _upload(
                 url, tally.wrap(make_chunks()), token=token, ca_file=ca_file, timeout=timeout
             )
         except DeliveryError as exc:
+            if tally.complete:
+                sent = tally
+            if exc.status == 409 and sent is not None and exc.stored_sha256 == sent.sha256:
+                # An earlier attempt landed but its answer was lost: the store holds
+                # exactly our bundle (it is deterministic, so every attempt hashes alike).
+                log.info("upload: already stored with our sha256 %s", sent.sha256)
+                return sent, 409
             if attempt == UPLOAD_ATTEMPTS or not _retryable(exc):
                 raise
             log.warning("upload attempt %d failed, retrying: %s", attempt, exc)

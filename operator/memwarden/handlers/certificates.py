@@ -342,7 +342,8 @@ class CertificateRotation:
         service = f"{self.settings.webhook_service_name}.{self.settings.namespace}"
         new = certs.issue(
             ca=ca,
-            common_name=f"{service}.svc",
+            # The names that matter are the SANs; a CN is at most 64 characters.
+            common_name=self.settings.webhook_service_name[:64],
             now=now,
             valid_for=certrotation.leaf_validity(ca=ca_cert, now=now, timing=self.timing),
             server_names=(
@@ -416,6 +417,8 @@ async def _rotate_forever(rotation: CertificateRotation, interval: float) -> Non
             logger.warning(
                 "webhook certificate rotation failed, retrying in %ss: %s", interval, exc
             )
+        except Exception:  # A bug in one step must not end rotation for good: log, retry.
+            logger.exception("webhook certificate rotation failed, retrying in %ss", interval)
 
 
 @kopf.on.startup()

@@ -130,10 +130,12 @@ async def start_capture(
         expires_at=now + dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
-    try:
+    pod_name = str(spec["pod"])
+
+    def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         container = plan_ephemeral_container(
             incident=name,
-            target_container=target.container,
+            target_container=str(target.container),
             image=settings.capture_toolbox_image,
             upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
             upload_token=token,
@@ -141,35 +143,42 @@ async def start_capture(
             trace_seconds=capture.traceSeconds,
             artifacts=artifacts,
             max_core_bytes=parse_bytes(capture.maxCoreBytes),
-            ptrace_allowed=allowed,
+            ptrace_allowed=ptrace,
         )
-        body = ephemeral_container_patch(pod, container)
+        return container, ephemeral_container_patch(pod or {}, container)
+
+    try:
+        container, body = plan(allowed)
+        if body is not None and not settings.dry_run:
+            try:
+                await _add_debug_container(namespace, pod_name, body)
+            except Rejected as exc:
+                # Namespace labels cannot show a cluster-wide default Pod Security level:
+                # a refusal of SYS_PTRACE is learnt here. Capture without gcore then.
+                if not allowed or exc.status != 403:
+                    raise
+                allowed, why = False, f"refused by the API server: {exc}"
+                container, body = plan(False)
+                if body is not None:
+                    await _add_debug_container(namespace, pod_name, body)
     except PlanError as exc:
         _finish(
             patch, phase="Skipped", reason="NothingToCapture", message=str(exc), now=now, spec=spec
         )
         return
-    if body is not None and not settings.dry_run:
-        try:
-            await asyncio.to_thread(
-                state.kube().add_ephemeral_container,
-                namespace=namespace,
-                name=str(spec["pod"]),
-                body=body,
-            )
-        except Rejected as exc:
-            _finish(
-                patch,
-                phase="Failed",
-                reason="DebugContainerRefused",
-                message=str(exc),
-                now=now,
-                spec=spec,
-            )
-            logger.warning("the API server refused the debug container: %s", exc)
-            return
-        except KubeError as exc:
-            raise kopf.TemporaryError(str(exc), delay=5) from exc
+    except Rejected as exc:
+        _finish(
+            patch,
+            phase="Failed",
+            reason="DebugContainerRefused",
+            message=str(exc),
+            now=now,
+            spec=spec,
+        )
+        logger.warning("the API server refused the debug container: %s", exc)
+        return
+    except KubeError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
     patch.status.update(
         {
             "phase": "Capturing",
@@ -188,6 +197,12 @@ async def start_capture(
         namespace,
         spec.get("pod"),
         target.container,
+    )
+
+
+async def _add_debug_container(namespace: str, pod: str, body: dict[str, Any]) -> None:
+    await asyncio.to_thread(
+        state.kube().add_ephemeral_container, namespace=namespace, name=pod, body=body
     )
 
 

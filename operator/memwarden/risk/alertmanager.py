@@ -30,6 +30,9 @@ THRESHOLD_KEYS = ("threshold",)
 #: Finding.container when the alert names no container: the incident opener picks the
 #: governed container (the policy's first) once it knows the pod.
 ANY_CONTAINER = ""
+#: Lengths of ``Trigger.signal`` and ``Trigger.alertName`` in the MemoryIncident schema.
+SIGNAL_MAX = 128
+ALERT_NAME_MAX = 256
 
 
 class PayloadError(ValueError):
@@ -120,10 +123,11 @@ def alert_finding(alert: Alert) -> Finding | None:
         pod=pod,
         container=alert.labels.get("container", ANY_CONTAINER),
         source="alertmanager",
-        signal=name[:128],
+        # Cut to what MemoryIncident's trigger accepts: one odd alert must not fail a pass.
+        signal=name[:SIGNAL_MAX],
         value=_number(sources, VALUE_KEYS),
         threshold=_number(sources, THRESHOLD_KEYS),
-        alert_name=name,
+        alert_name=name[:ALERT_NAME_MAX],
         labels=dict(alert.labels),
     )
 

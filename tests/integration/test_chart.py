@@ -1,0 +1,577 @@
+"""The Helm chart on the real API server; least-privilege RBAC; webhook certificate rotation.
+
+helm is built from its pinned Go module by hack/helm/build.sh (cached after the first run).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from memwarden import rbac
+from memwarden.api import APPLIED_ANNOTATION
+from memwarden.manifests import mutating_webhook_configuration
+from memwarden.settings import Settings
+from memwarden_testing.builders import make_container, make_policy, make_policy_spec
+from memwarden_testing.cluster import REPO, kubectl, unique_name, wait_for
+from memwarden_testing.operator import OperatorProcess
+
+CHART = REPO / "charts" / "memwarden"
+#: Kinds served by CRDs this control plane does not have (cert-manager, Prometheus
+#: Operator): rendered and checked here, but not sent to the API server.
+FOREIGN_GROUPS = ("cert-manager.io/", "monitoring.coreos.com/")
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "helm" / "build.sh")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=1800,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def template(
+    helm: Path, *, namespace: str, values: dict[str, Any] | None = None, release: str = "memwarden"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(helm), "template", release, str(CHART), "--namespace", namespace, "-f", "-"],
+        input=yaml.safe_dump(values or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def render(
+    helm: Path, *, namespace: str, values: dict[str, Any] | None = None, release: str = "memwarden"
+) -> list[dict[str, Any]]:
+    result = template(helm, namespace=namespace, values=values, release=release)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}"
+    return found[0]
+
+
+def container_env(docs: list[dict[str, Any]], namespace: str) -> dict[str, str]:
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+            env[item["name"]] = namespace
+    return env
+
+
+VALUE_SETS = [
+    pytest.param({}, id="defaults"),
+    pytest.param(
+        {
+            "webhook": {"certs": {"mode": "certManager"}},
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus"}},
+            "prometheusRule": {"enabled": True},
+            "dashboard": {"enabled": True},
+            "http": {"tlsSecretName": "memwarden-http-tls"},
+        },
+        id="cert-manager-and-monitoring",
+    ),
+    pytest.param(
+        {
+            "kubelet": {
+                "kubernetesMinor": 36,
+                "memoryQoS": True,
+                "throttlingFactor": 0.8,
+                "reservationPolicy": "TieredReservation",
+                "pageSize": 65536,
+                "nodeAllocatable": "15Gi",
+            },
+            "prometheus": {"url": "http://prometheus.monitoring:9090", "intervalSeconds": 30},
+            "capture": {"toolboxImage": "registry.example/tools:1", "maxConcurrent": 5},
+            "webhook": {
+                "timeoutSeconds": 5,
+                "certs": {"selfSigned": {"validityDays": 30, "renewBeforeDays": 10}},
+            },
+            "namespaces": {"exclude": ["batch", "ci"]},
+            "logLevel": "debug",
+            "dryRun": True,
+        },
+        id="tuned-kubelet-and-capture",
+    ),
+    pytest.param(
+        {
+            "replicas": 0,
+            "updateStrategy": "RollingUpdate",
+            "evidence": {"existingClaim": "shared-evidence"},
+            "namespaces": {"watch": ["shop", "payments"]},
+            "serviceAccount": {"create": True, "name": "warden"},
+            "podDisruptionBudget": {"enabled": False},
+            "alertmanager": {"receiver": {"enabled": True, "token": "t" * 32}},
+        },
+        id="existing-claim-and-watched-namespaces",
+    ),
+]
+
+
+def test_helm_lint(helm: Path) -> None:
+    result = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_rendered_chart_is_accepted_by_the_api_server(
+    helm: Path, devcluster: Path, kube: client.ApiClient, namespace: str, values: dict[str, Any]
+) -> None:
+    # Pod Security "restricted" warns about the Deployment's pod template if it falls short.
+    kubectl(
+        devcluster, "label", "namespace", namespace, "pod-security.kubernetes.io/warn=restricted"
+    )
+    docs = render(helm, namespace=namespace, values=values, release="mw")
+    ours = [d for d in docs if not d["apiVersion"].startswith(FOREIGN_GROUPS)]
+    applied = kubectl(
+        devcluster,
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(ours),
+        check=False,
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert "would violate PodSecurity" not in applied.stderr, applied.stderr
+    assert applied.stdout.count("(server dry run)") == len(ours)
+
+    # The operator accepts the environment the chart gives it.
+    settings = Settings.from_env(container_env(docs, namespace))
+    assert settings.namespace == namespace
+    assert settings.webhook_configuration_name == "mw-memwarden"
+    assert settings.webhook_service_name == "mw-memwarden"
+    kinds = {d["kind"] for d in docs}
+    if values.get("webhook", {}).get("certs", {}).get("mode") == "certManager":
+        assert settings.webhook_cert_file and settings.webhook_key_file
+        assert {"Certificate", "Issuer", "ServiceMonitor", "PrometheusRule"} <= kinds
+        config = one(docs, "MutatingWebhookConfiguration")
+        assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+            f"{namespace}/mw-memwarden-webhook"
+        )
+        assert "Role" not in kinds  # no Secrets at all without self-made certificates
+        dashboard = json.loads(one(docs, "ConfigMap")["data"]["memwarden.json"])
+        assert any("webhook" in panel["title"].lower() for panel in dashboard["panels"])
+    else:
+        assert not settings.webhook_cert_file
+        assert settings.webhook_ca_secret == "mw-memwarden-webhook-ca"
+    if "kubelet" in values:
+        assert settings.kubelet.throttling_factor == 0.8
+        assert settings.kubelet.reservation_policy == "TieredReservation"
+        assert settings.kubelet.node_allocatable == 15 * 2**30
+        assert settings.kubelet.page_size == 65536
+        assert settings.prometheus_url == "http://prometheus.monitoring:9090"
+        assert settings.capture_toolbox_image == "registry.example/tools:1"
+        assert settings.max_concurrent_captures == 5
+        assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
+        assert settings.webhook_cert_validity_seconds == 30 * 86400
+    if "evidence" in values:
+        claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
+        assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
+        assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" not in kinds
+        args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert args == ["run", "--namespace=shop", "--namespace=payments"]
+
+
+def test_the_operator_pod_is_restricted_and_probed(helm: Path) -> None:
+    pod = one(render(helm, namespace="memwarden-system"), "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["resources"]["limits"]["memory"]
+
+
+INVALID = [
+    pytest.param({"replicas": "two"}, "replicas", id="wrong-type"),
+    pytest.param({"webhook": {"timeout": 3}}, "timeout", id="unknown-key"),
+    pytest.param({"colour": "blue"}, "colour", id="unknown-top-level-key"),
+    pytest.param({"webhook": {"timeoutSeconds": 30}}, "timeoutSeconds", id="timeout-30"),
+    pytest.param(
+        {"kubelet": {"reservationPolicy": "Tiered"}},
+        "reservationPolicy",
+        id="bad-reservation-policy",
+    ),
+    pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
+    pytest.param({"kubelet": {"throttlingFactor": 1.5}}, "throttlingFactor", id="factor-above-1"),
+    pytest.param({"webhook": {"certs": {"mode": "vault"}}}, "mode", id="unknown-cert-mode"),
+    pytest.param(
+        {"webhook": {"certs": {"selfSigned": {"renewBeforeDays": 90}}}},
+        "renewBeforeDays",
+        id="renew-before-validity",
+    ),
+    pytest.param({"alertmanager": {"receiver": {"token": "short"}}}, "token", id="weak-token"),
+]
+
+
+@pytest.mark.parametrize(("values", "field"), INVALID)
+def test_invalid_values_are_refused(helm: Path, values: dict[str, Any], field: str) -> None:
+    result = template(helm, namespace="memwarden-system", values=values)
+    assert result.returncode != 0, f"accepted: {values}"
+    assert field in result.stderr, result.stderr
+
+
+def test_chart_crds_are_the_generated_ones() -> None:
+    generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert shipped == generated, "charts/memwarden/crds/ differs from crds/: copy crds/ over"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {"webhook": {"timeoutSeconds": 5}, "namespaces": {"exclude": ["ci", "kube-system"]}},
+            id="extra-exclusions",
+        ),
+    ],
+)
+def test_rendered_webhook_is_what_manifests_py_makes(helm: Path, values: dict[str, Any]) -> None:
+    docs = render(helm, namespace="ops", values=values)
+    rendered = one(docs, "MutatingWebhookConfiguration")
+    expected = mutating_webhook_configuration(
+        ca_bundle=b"",  # published by the operator (or cert-manager) after install
+        service={"name": "memwarden", "namespace": "ops", "port": 443},
+        excluded_namespaces=[
+            "kube-system",
+            "ops",
+            *values.get("namespaces", {}).get("exclude", []),
+        ],
+        timeout_seconds=values.get("webhook", {}).get("timeoutSeconds", 3),
+        name="memwarden",
+    )
+    assert rendered["webhooks"] == expected["webhooks"]
+    assert rendered["metadata"]["name"] == expected["metadata"]["name"]
+    assert expected["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("mode", ["selfSigned", "certManager"])
+def test_rendered_roles_are_rbac_py(helm: Path, mode: str) -> None:
+    docs = render(helm, namespace="ops", values={"webhook": {"certs": {"mode": mode}}})
+    self_signed = mode == "selfSigned"
+    names = {"webhook_configuration": "memwarden", "ca_secret": "memwarden-webhook-ca"}
+    assert one(docs, "ClusterRole")["rules"] == rbac.policy_rules(
+        scope="cluster", self_signed=self_signed, **names
+    )
+    roles = [d for d in docs if d["kind"] == "Role"]
+    expected = rbac.policy_rules(scope="namespace", self_signed=self_signed, **names)
+    assert [r["rules"] for r in roles] == ([expected] if expected else [])
+    for role in roles:
+        assert role["metadata"]["namespace"] == "ops"
+
+
+# -- least privilege, on the real API server ---------------------------------------------
+
+
+@pytest.fixture
+def other_namespace(kube: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(kube)
+    name = unique_name("t-rbac-other")
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    core.delete_namespace(name)
+
+
+def _as_token(kube: client.ApiClient, token: str) -> client.ApiClient:
+    admin = kube.configuration
+    configuration = client.Configuration()
+    configuration.host = admin.host
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
+    configuration.verify_ssl = admin.verify_ssl
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def _status(call: Any) -> int:
+    try:
+        call()
+    except ApiException as exc:
+        return int(exc.status)
+    return 200
+
+
+def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
+    helm: Path,
+    devcluster: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    other_namespace: str,
+) -> None:
+    release = unique_name("rbac")
+    docs = render(helm, namespace=namespace, release=release)
+    rbac_docs = [
+        d
+        for d in docs
+        if d["kind"]
+        in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    ]
+    cluster_scoped = [d for d in rbac_docs if d["kind"].startswith("Cluster")]
+    try:
+        kubectl(
+            devcluster, "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(rbac_docs)
+        )
+        core = client.CoreV1Api(kube)
+        sa = one(docs, "ServiceAccount")["metadata"]["name"]
+        token = core.create_namespaced_service_account_token(
+            sa,
+            namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+            ),
+        ).status.token
+        core.create_namespaced_secret(
+            other_namespace,
+            client.V1Secret(
+                metadata=client.V1ObjectMeta(name="db-password"), string_data={"p": "x"}
+            ),
+        )
+        ca_secret = f"{release}-memwarden-webhook-ca"
+        for name in (ca_secret, "unrelated"):
+            core.create_namespaced_secret(
+                namespace,
+                client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={"k": "v"}),
+            )
+        pod = make_pod_body("target")
+        core.create_namespaced_pod(other_namespace, pod)
+        as_sa = client.CoreV1Api(_as_token(kube, token))
+
+        # RBAC is evaluated as soon as the bindings exist; the token's user is known at once.
+        wait_for(
+            lambda: _status(lambda: as_sa.list_pod_for_all_namespaces(limit=1)) == 200,
+            timeout=30,
+            what="the ServiceAccount's ClusterRoleBinding in effect",
+        )
+        # No Secrets outside its namespace, nor cluster-wide, nor other Secrets of its own.
+        assert _status(lambda: as_sa.read_namespaced_secret("db-password", other_namespace)) == 403
+        assert _status(lambda: as_sa.list_secret_for_all_namespaces(limit=1)) == 403
+        assert _status(lambda: as_sa.list_namespaced_secret(namespace)) == 403
+        assert _status(lambda: as_sa.read_namespaced_secret("unrelated", namespace)) == 403
+        assert _status(lambda: as_sa.read_namespaced_secret(ca_secret, namespace)) == 200
+        # Never a pod's spec; only its ephemeral containers.
+        assert (
+            _status(
+                lambda: as_sa.patch_namespaced_pod(
+                    "target", other_namespace, {"metadata": {"labels": {"x": "y"}}}
+                )
+            )
+            == 403
+        )
+        assert _status(lambda: as_sa.delete_namespaced_pod("target", other_namespace)) == 403
+        debug = {
+            "spec": {
+                "ephemeralContainers": [
+                    {
+                        "name": "debugger",
+                        "image": "example.com/toolbox:1",
+                        "targetContainerName": "app",
+                    }
+                ]
+            }
+        }
+        assert (
+            _status(
+                lambda: as_sa.patch_namespaced_pod_ephemeralcontainers(
+                    "target", other_namespace, debug, dry_run="All"
+                )
+            )
+            == 200
+        )
+        assert _status(lambda: as_sa.list_namespaced_pod(other_namespace)) == 200
+        # The webhook configuration only by its own name (SubjectAccessReview, as the API
+        # server authorises it: a real patch would repoint every pod creation here).
+        user = f"system:serviceaccount:{namespace}:{sa}"
+        authz = client.AuthorizationV1Api(kube)
+
+        def allowed(verb: str, group: str, resource: str, name: str = "") -> bool:
+            review = authz.create_subject_access_review(
+                client.V1SubjectAccessReview(
+                    spec=client.V1SubjectAccessReviewSpec(
+                        user=user,
+                        resource_attributes=client.V1ResourceAttributes(
+                            verb=verb, group=group, resource=resource, name=name or None
+                        ),
+                    )
+                )
+            )
+            return bool(review.status.allowed)
+
+        webhooks = ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
+        assert allowed(*webhooks, f"{release}-memwarden")
+        assert not allowed(*webhooks, "someone-elses")
+        assert not allowed("create", "", "pods/eviction")
+        assert not allowed("patch", "", "pods/resize")
+        assert allowed("create", "authentication.k8s.io", "tokenreviews")
+        assert allowed("create", "authorization.k8s.io", "subjectaccessreviews")
+    finally:
+        for doc in cluster_scoped:
+            kubectl(
+                devcluster,
+                "delete",
+                doc["kind"].lower(),
+                doc["metadata"]["name"],
+                "--ignore-not-found",
+            )
+
+
+def make_pod_body(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"containers": [make_container()]},
+    }
+
+
+# -- certificate rotation under load, with the real operator -------------------------------
+
+
+def _served_certificate(port: int) -> bytes:
+    pem = ssl.get_server_certificate(("127.0.0.1", port), timeout=2)
+    return pem.encode()
+
+
+def test_the_webhook_keeps_mutating_while_its_certificates_rotate(
+    crds: Path, kube: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """Validity 20 s, renewal 10 s ahead, files checked each second: a rotation every
+    ~10 s. Pods created meanwhile (server-side dry run, through the API server and its
+    webhook call) must all be mutated: none admitted unmutated because TLS failed."""
+    core = client.CoreV1Api(kube)
+    admission = client.AdmissionregistrationV1Api(kube)
+    test_id = unique_name("rot")
+    pods_ns = unique_name("t-rotation-pods")
+    # memwarden.dev/ignore keeps every other memwarden webhook (other tests, other
+    # sessions) away from these pods: only this test's configuration selects them.
+    core.create_namespace(
+        client.V1Namespace(
+            metadata=client.V1ObjectMeta(
+                name=pods_ns,
+                labels={"memwarden.dev/ignore": "true", "memwarden.dev/rotation-test": test_id},
+            )
+        )
+    )
+    process = OperatorProcess(kubeconfig=crds, workdir=tmp_path)
+    name = f"memwarden-rotation-{process.webhook_port}"
+    config = mutating_webhook_configuration(
+        ca_bundle=b"",
+        url=f"https://127.0.0.1:{process.webhook_port}",
+        excluded_namespaces=["kube-system", namespace],
+        name=name,
+    )
+    config["webhooks"][0]["namespaceSelector"] = {
+        "matchLabels": {"memwarden.dev/rotation-test": test_id}
+    }
+    process.extra_env.update(
+        {
+            "MEMWARDEN_NAMESPACE": namespace,
+            "MEMWARDEN_WEBHOOK_CERT_FILE": "",
+            "MEMWARDEN_WEBHOOK_KEY_FILE": "",
+            "MEMWARDEN_WEBHOOK_CERT_DIR": str(tmp_path / "certs"),
+            "MEMWARDEN_WEBHOOK_CONFIGURATION_NAME": name,
+            "MEMWARDEN_WEBHOOK_CA_SECRET": "webhook-ca",
+            "MEMWARDEN_WEBHOOK_CERT_VALIDITY_SECONDS": "20",
+            "MEMWARDEN_WEBHOOK_CERT_RENEW_BEFORE_SECONDS": "10",
+            "MEMWARDEN_WEBHOOK_CA_PROPAGATION_SECONDS": "2",
+            "MEMWARDEN_WEBHOOK_CERT_CHECK_SECONDS": "1",
+            "MEMWARDEN_WEBHOOK_FILE_CHECK_SECONDS": "1",
+        }
+    )
+    process.extra_args.append(f"--namespace={pods_ns}")
+    try:
+        kubectl(crds, "apply", "-f", "-", input=yaml.safe_dump(config))
+        kubectl(
+            crds,
+            "apply",
+            "-f",
+            "-",
+            input=yaml.safe_dump(
+                make_policy(
+                    namespace=pods_ns,
+                    spec=make_policy_spec(memory={"request": "64Mi", "limit": "128Mi"}),
+                )
+            ),
+        )
+        process.start()
+
+        def create_pod() -> dict[str, Any]:
+            body = make_pod_body(unique_name("p"))
+            body["metadata"]["labels"] = {"app": "checkout"}
+            created = core.create_namespaced_pod(pods_ns, body, dry_run="All")
+            return dict(created.metadata.annotations or {})
+
+        def bundle() -> str:
+            found = admission.read_mutating_webhook_configuration(name)
+            return str(found.webhooks[0].client_config.ca_bundle or "")
+
+        # Ready: the operator published its CA and the API server trusts its certificate.
+        wait_for(lambda: APPLIED_ANNOTATION in create_pod(), timeout=60, what="first mutation")
+
+        bundles, served = {bundle()}, {_served_certificate(process.webhook_port)}
+        created = unmutated = 0
+        deadline = time.monotonic() + 90
+        last_probe = 0.0
+        while time.monotonic() < deadline and (len(served) < 3 or len(bundles) < 3):
+            created += 1
+            if APPLIED_ANNOTATION not in create_pod():
+                unmutated += 1
+            if time.monotonic() - last_probe > 0.5:
+                last_probe = time.monotonic()
+                bundles.add(bundle())
+                served.add(_served_certificate(process.webhook_port))
+        log = process.log_tail(200_000)
+        assert len(served) >= 3, f"the serving certificate rotated {len(served) - 1} time(s)"
+        assert len(bundles) >= 3, "the caBundle did not change with the rotations"
+        assert unmutated == 0, f"{unmutated} of {created} pods admitted unmutated"
+        assert created >= 30
+        # Never silently: each renewal logs the new expiry.
+        assert re.search(r"webhook serving certificate renewed .* valid until", log), log[-3000:]
+        assert "reloaded in place" in log
+        # The CA lives in the operator's namespace, current and (during overlap) next.
+        ca = core.read_namespaced_secret("webhook-ca", namespace)
+        assert "ca.crt" in (ca.data or {})
+        current_ca = base64.b64decode(ca.data["ca.crt"])
+        assert current_ca in base64.b64decode(bundle())
+        not_after = ssl_not_after(_served_certificate(process.webhook_port))
+        assert not_after > dt.datetime.now(dt.UTC)
+    finally:
+        process.stop()
+        kubectl(crds, "delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
+        core.delete_namespace(pods_ns)
+
+
+def ssl_not_after(pem: bytes) -> dt.datetime:
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(pem).not_valid_after_utc
