@@ -20,7 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from memwarden.quantity import DURATION_PATTERN, QUANTITY_PATTERN, QuantityError, parse_bytes
+from memwarden.quantity import (
+    DURATION_PATTERN,
+    QUANTITY_PATTERN,
+    QuantityError,
+    parse_bytes,
+    parse_duration,
+)
 
 GROUP = "memwarden.dev"
 VERSION = "v1alpha1"
@@ -248,34 +254,52 @@ class OomRiskSpec(_Model):
     """When a governed container counts as heading for the OOM killer.
 
     Each signal is evaluated by Prometheus over ``for`` (so an operator restart loses no
-    state); any one holding opens an incident. Omit a threshold to disable that signal.
+    state); any one holding opens an incident. usageRatio (0.9) and timeToLimit (10m) are
+    on by default: set them to 0 / "0s" to turn them off. The others are off unless set.
     """
 
     usageRatio: float | None = Field(
-        default=0.9, gt=0, le=1, description="Working set / memory limit at or above this."
+        default=0.9,
+        ge=0,
+        le=1,
+        description="Working set / memory limit at or above this (default 0.9; 0 = off).",
     )
     timeToLimit: str | None = Field(
         default="10m",
         pattern=DURATION_PATTERN,
         max_length=32,
-        description="The working set, extrapolated linearly, reaches the limit within this.",
+        description="The working set, extrapolated linearly, reaches the limit within this "
+        '(default 10m; "0s" = off).',
     )
     majorFaultsPerSecond: float | None = Field(
-        default=None, ge=0, description="Major page faults per second at or above this."
+        default=None,
+        gt=0,
+        description="Major page faults per second at or above this (off by default).",
     )
     pressureRatio: float | None = Field(
         default=None,
         gt=0,
         le=1,
-        description="PSI memory 'some' stall ratio (waiting seconds per second) at or above this.",
+        description="PSI memory 'some' stall ratio (waiting seconds per second) at or above "
+        "this (off by default).",
     )
     for_: str = Field(
         default="2m",
         alias="for",
         pattern=DURATION_PATTERN,
         max_length=32,
-        description="How long a signal must hold before an incident opens.",
+        description="How long a signal must hold before an incident opens (default 2m).",
     )
+
+    @field_validator("usageRatio")
+    @classmethod
+    def _zero_ratio_is_off(cls, value: float | None) -> float | None:
+        return None if value == 0 else value
+
+    @field_validator("timeToLimit")
+    @classmethod
+    def _zero_duration_is_off(cls, value: str | None) -> str | None:
+        return None if value is not None and parse_duration(value) == 0 else value
 
 
 Artifact = Literal["heap", "allocs", "goroutine", "trace", "gcore", "smaps", "cgroup"]

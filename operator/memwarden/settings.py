@@ -7,6 +7,7 @@ them), so logging the whole object is safe.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -153,7 +154,6 @@ class Settings(BaseModel):
         description="How often policy status is recomputed from the pod index; 10 s keeps "
         "kubectl get fresh without writing status more than needed (writes only on change).",
     )
-    health_port: int = Field(default=8080, description="/healthz, /readyz and /metrics.")
     http_host: str = Field(
         default="0.0.0.0",
         description="Address of the operator's HTTP API (Alertmanager receiver, evidence "
@@ -339,5 +339,6 @@ class Settings(BaseModel):
         return cls.model_validate({**top, "kubelet": KubeletSettings.model_validate(kubelet)})
 
     def for_log(self) -> str:
-        """One line with every setting, for the single start-up log record."""
-        return self.model_dump_json()
+        """One line with every setting, for the single start-up log record; credentials
+        embedded in URLs (``https://user:secret@host``) are redacted."""
+        return re.sub(r"(://)[^/@\s\"]+@", r"\1***@", self.model_dump_json())

@@ -228,7 +228,34 @@ async def open_incidents(
 
     With the policy's ``body``, each opening and suppression is also an Event on it
     (reasons IncidentOpened, TriggerSuppressed): kopf posts no Event for a log record.
+    One opening at a time in this process: the Prometheus timers and the Alertmanager
+    consumer would otherwise both pass the cooldown and concurrency checks for one pod.
     """
+    async with _opening:
+        await _open_locked(
+            findings,
+            policy=policy,
+            incident_index=incident_index,
+            now=now,
+            patch=patch,
+            logger=logger,
+            body=body,
+        )
+
+
+_opening = asyncio.Lock()
+
+
+async def _open_locked(
+    findings: list[Finding],
+    *,
+    policy: Candidate,
+    incident_index: kopf.Index[str, dict[str, Any]],
+    now: dt.datetime,
+    patch: kopf.Patch,
+    logger: kopf.Logger,
+    body: kopf.Body | None = None,
+) -> None:
     settings = state.settings()
     decisions = decide(
         findings,
