@@ -42,6 +42,10 @@ class NodeSimulator:
     state_dir: Path
     node_name: str = field(default_factory=lambda: unique_name("memwarden-sim"))
     taint: bool = False
+    #: Stop when the starting process goes away (tests); False for the demo, which
+    #: leaves the simulator running and stops it later with ``stop_detached``.
+    exit_with_parent: bool = True
+    delete_node_on_exit: bool = True
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen[bytes] | None = None
     info: dict[str, Any] = field(default_factory=dict)
@@ -77,9 +81,11 @@ class NodeSimulator:
             f"--node-name={self.node_name}",
             f"--state-dir={self.state_dir}",
             "--metrics-port=0",
-            "--delete-node-on-exit",
-            "--exit-with-parent",  # a killed pytest leaves no simulator (and node) behind
         ]
+        if self.delete_node_on_exit:
+            args.append("--delete-node-on-exit")
+        if self.exit_with_parent:
+            args.append("--exit-with-parent")  # a killed pytest leaves no node behind
         if self.taint:
             args.append(f"--taint={TAINT_KEY}={self.node_name}:NoSchedule")
         return [*args, *self.extra_args]
@@ -153,6 +159,27 @@ class NodeSimulator:
             timeout=10,
             what=f"leftover processes {self.leftovers} of the node simulator to die",
         )
+
+    @staticmethod
+    def stop_detached(*, state_dir: Path, node_name: str, timeout: float = 40) -> bool:
+        """Stop a simulator started by another process (the demo's ``down``).
+
+        Finds it by its state file; False when none was running.
+        """
+        from nodesim.procs import pids_alive, reap_registry  # hack/ is on pythonpath
+
+        state = state_dir / f"{node_name}.json"
+        try:
+            pid = int(json.loads(state.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not pids_alive([pid]), timeout=timeout, what=f"nodesim pid {pid}")
+        leftovers = reap_registry(state_dir / f"{node_name}.pids", grace=1.0)
+        wait_for(lambda: not pids_alive(leftovers), timeout=10, what="nodesim leftovers")
+        state.unlink(missing_ok=True)
+        return True
 
     def __enter__(self) -> NodeSimulator:
         return self.start()

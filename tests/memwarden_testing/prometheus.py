@@ -214,7 +214,7 @@ class PrometheusServer:
         if self.running:
             return
         if not PROMETHEUS.exists():
-            pytest.skip(f"{PROMETHEUS} is not installed")
+            pytest.fail(f"{PROMETHEUS} is not installed: run hack/bootstrap.sh")
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.write_config()
         log = (self.workdir / "prometheus.log").open("ab")
@@ -294,7 +294,7 @@ def prometheus_server(
 ) -> Iterator[PrometheusServer]:
     """A real Prometheus scraping the exporter every second; stopped and waited for."""
     if shutil.which(str(PROMETHEUS)) is None:
-        pytest.skip(f"{PROMETHEUS} is not installed")
+        pytest.fail(f"{PROMETHEUS} is not installed: run hack/bootstrap.sh")
     server = PrometheusServer(
         workdir=tmp_path_factory.mktemp("prometheus"), targets=[series_exporter.target]
     )
