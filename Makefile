@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: help bootstrap lint test test-unit test-integration cluster-up cluster-down demo demo-down crds bench clean
+.PHONY: help bootstrap lint test test-unit test-integration cluster-up cluster-down demo demo-down crds chart-lint bench clean
 
 help:
 	@echo "make demo         bring up the local environment and show memwarden at work"
@@ -45,7 +45,11 @@ demo-down:
 
 crds: bootstrap
 	.venv/bin/memwarden crds --write crds/
+	cp crds/*.yaml charts/memwarden/crds/
 	.venv/bin/memwarden crds --docs docs/api.md
+
+chart-lint: bootstrap
+	$$(bash hack/helm/build.sh) lint --strict charts/memwarden
 
 bench: bootstrap
 	$(PY) bench/run_all.py

@@ -32,6 +32,7 @@ fi
 (cd "$repo" && UV_PYTHON_DOWNLOADS=never "$uv" sync --locked --quiet)
 
 bash "$repo/hack/controlplane/build.sh" >/dev/null
+bash "$repo/hack/helm/build.sh" >/dev/null
 if [[ -f "$repo/hack/build-leaky.sh" ]]; then
     bash "$repo/hack/build-leaky.sh" >/dev/null
 fi

@@ -13,10 +13,8 @@ with a short timeout, and the pod handler itself never refuses a pod.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp.web
@@ -24,17 +22,11 @@ import kopf
 from kopf._core.engines import admission as kopf_admission  # the errors kopf's own server maps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from memwarden import certs
-from memwarden.settings import Settings
-
 logger = logging.getLogger(__name__)
 
 #: Refuse absurd bodies before parsing: a pod is well under this; the API server's own
 #: request limit is 3 MiB.
 MAX_REVIEW_BYTES = 8 * 2**20
-#: Self-made certificates live a year and are renewed in their last month, at start.
-SELF_SIGNED_VALIDITY = dt.timedelta(days=365)
-SELF_SIGNED_RENEW_BEFORE = dt.timedelta(days=30)
 
 
 class _GroupVersionResource(BaseModel):
@@ -121,45 +113,3 @@ class StrictWebhookServer(kopf.WebhookServer):
         except kopf_admission.WebhookError as exc:
             return aiohttp.web.json_response({"error": str(exc)}, status=400)
         return aiohttp.web.json_response(response)
-
-
-def ensure_serving_certificate(settings: Settings) -> tuple[str, str]:
-    """The webhook's certificate and key files: the configured ones, else self-made.
-
-    Self-made: a CA and a serving certificate for the Service's DNS names, written to
-    ``webhook_cert_dir`` (``ca.crt`` beside them, for the webhook configuration's
-    caBundle). Made again when missing or within ``SELF_SIGNED_RENEW_BEFORE`` of expiry.
-    """
-    if settings.webhook_cert_file and settings.webhook_key_file:
-        return settings.webhook_cert_file, settings.webhook_key_file
-    directory = Path(settings.webhook_cert_dir)
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    now = dt.datetime.now(dt.UTC)
-    if cert_path.exists() and key_path.exists():
-        current = certs.KeyPair(cert_pem=cert_path.read_bytes(), key_pem=key_path.read_bytes())
-        if not certs.needs_renewal(current, now=now, renew_before=SELF_SIGNED_RENEW_BEFORE):
-            return str(cert_path), str(key_path)
-    service = f"memwarden-webhook.{settings.namespace}"
-    ca = certs.make_ca(common_name="memwarden-webhook-ca", now=now, valid_for=SELF_SIGNED_VALIDITY)
-    leaf = certs.issue(
-        ca=ca,
-        common_name=f"{service}.svc",
-        now=now,
-        valid_for=SELF_SIGNED_VALIDITY,
-        server_names=(
-            service,
-            f"{service}.svc",
-            f"{service}.svc.cluster.local",
-            "127.0.0.1",
-            "localhost",
-        ),
-    )
-    (directory / "ca.crt").write_bytes(ca.cert_pem)
-    certs.write_pem(leaf, cert_path=cert_path, key_path=key_path)
-    logger.info(
-        "made a self-signed webhook certificate in %s (valid until %s)",
-        directory,
-        leaf.not_after.isoformat(),
-    )
-    return str(cert_path), str(key_path)

@@ -326,3 +326,29 @@ def test_init_containers_env_sources_and_completion(
     (job,) = status["containerStatuses"]
     assert job["state"]["terminated"]["reason"] == "Completed"
     assert job["state"]["terminated"]["message"] == "strict s3cret job 32"
+
+
+def test_in_place_resize_changes_the_enforced_limit(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    container = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    container["resources"] = {"requests": {"memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+    core.create_namespaced_pod(namespace, pod_body(sim, "resized", {"containers": [container]}))
+    running_pod(core, namespace, "resized")
+
+    resize = {
+        "spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "128Mi"}}}]}
+    }
+    core.patch_namespaced_pod_resize("resized", namespace, resize)
+
+    def resized() -> dict[str, Any] | None:
+        (status,) = read_pod(core, namespace, "resized")["status"]["containerStatuses"]
+        limits = (status.get("resources") or {}).get("limits") or {}
+        return status if limits.get("memory") == "128Mi" else None
+
+    status = wait_for(resized, timeout=30, what="the resize to show in the status")
+    assert status["restartCount"] == 0
+    labels = {"namespace": namespace, "pod": "resized", "container": "app"}
+    limit = metric_value(sim.cadvisor(), "container_spec_memory_limit_bytes", **labels)
+    assert limit == 128 * MiB

@@ -259,7 +259,10 @@ async def _open_locked(
     settings = state.settings()
     decisions = decide(
         findings,
-        captures={(policy.namespace, policy.name): policy.spec.capture or CaptureSpec()},
+        captures={
+            (policy.namespace, policy.name): policy.spec.capture
+            or CaptureSpec(cooldown=settings.capture_default_cooldown)
+        },
         incidents=_known_incidents(incident_index),
         now=now,
         max_concurrent=settings.max_concurrent_captures,
