@@ -8,8 +8,9 @@ cgroups). Memory gauges exist for running containers only; ``container_oom_event
 exists for every container of a live pod and survives restarts, as a cgroup's would.
 
 The server (loopback) answers ``/metrics/cadvisor``, ``/healthz``, ``/debug/pods`` (JSON:
-pods, containers, pids) and ``/containerLogs/<ns>/<pod>/<container>`` (the log file, with
-the kubelet's ``tailLines`` and ``limitBytes``). A second instance over TLS is the Node's
+pods, containers, pids) and ``/containerLogs/<ns>/<pod>/<container>`` (the current container
+instance's log, or the previous one's with ``previous=true``; ``tailLines`` and
+``limitBytes`` as the kubelet has them). A second instance over TLS is the Node's
 kubelet endpoint, so ``kubectl logs`` works through the API server (which does not verify
 kubelet certificates unless ``--kubelet-certificate-authority`` is set).
 """
@@ -123,12 +124,21 @@ def select_log(data: bytes, query: dict[str, list[str]]) -> bytes:
 
 
 @dataclass(frozen=True)
+class LogRange:
+    path: Path
+    start: int = 0
+    end: int | None = None
+
+
+@dataclass(frozen=True)
 class Endpoints:
     """What the server serves, as callables into the running simulator."""
 
     samples: Callable[[], Sequence[ContainerSample]]
     machine_memory_bytes: int
-    log_path: Callable[[str, str, str], Path | None]
+    #: (namespace, pod, container, previous) -> the log file and the byte range of the
+    #: current (or previous) container instance, ``None`` for "to the end".
+    log_range: Callable[[str, str, str, bool], LogRange | None]
     debug_pods: Callable[[], Any]
 
 
@@ -217,14 +227,16 @@ def _handler_for(endpoints: Endpoints) -> type[BaseHTTPRequestHandler]:
             if len(parts) != 3:
                 self._send(HTTPStatus.BAD_REQUEST, b"want /containerLogs/<ns>/<pod>/<c>\n", "")
                 return
-            log_file = endpoints.log_path(parts[0], parts[1], parts[2])
-            if log_file is None or not log_file.exists():
+            previous = (query.get("previous") or [""])[0] == "true"
+            found = endpoints.log_range(parts[0], parts[1], parts[2], previous)
+            if found is None or not found.path.exists():
                 self._send(HTTPStatus.NOT_FOUND, b"no such container log\n", "text/plain")
                 return
-            with log_file.open("rb") as handle:
-                size = log_file.stat().st_size
-                handle.seek(max(0, size - MAX_LOG_BYTES))
-                data = handle.read()
+            with found.path.open("rb") as handle:
+                end = found.end if found.end is not None else found.path.stat().st_size
+                start = max(found.start, end - MAX_LOG_BYTES)
+                handle.seek(start)
+                data = handle.read(max(0, end - start))
             self._send(HTTPStatus.OK, select_log(data, query), "text/plain; charset=utf-8")
 
         def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:

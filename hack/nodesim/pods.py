@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from nodesim import env as envres
 from nodesim.images import container_program, listen_address, map_path
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Conflict, Kube, NotFound, namespaced_path, pod_path
-from nodesim.metrics import ContainerSample
+from nodesim.metrics import ContainerSample, LogRange
 from nodesim.procs import Launch, Proc, StartFailed, Supervisor
 from nodesim.settings import Settings
 from nodesim.status import (
@@ -137,6 +137,8 @@ class Slot:
     oom_events: int = 0
     started_wall: dt.datetime | None = None
     started_mono: float = 0.0
+    #: Where each instance's output starts in the (appended) log file.
+    log_starts: list[int] = field(default_factory=list)
 
     @property
     def succeeded(self) -> bool:
@@ -164,7 +166,13 @@ class Slot:
 class PodWorker:
     """Owns one pod bound to the node, from its first sighting until it is gone."""
 
-    def __init__(self, *, pod: Mapping[str, Any], rt: Runtime, on_exit: Any) -> None:
+    def __init__(
+        self,
+        *,
+        pod: Mapping[str, Any],
+        rt: Runtime,
+        on_exit: Callable[[PodWorker], None],
+    ) -> None:
         metadata = pod["metadata"]
         self.namespace = str(metadata["namespace"])
         self.name = str(metadata["name"])
@@ -236,6 +244,18 @@ class PodWorker:
                 )
             )
         return out
+
+    def log_range(self, container: str, *, previous: bool) -> LogRange | None:
+        with self._lock:
+            slot = self._slots.get(container)
+            starts = list(slot.log_starts) if slot is not None else []
+        if slot is None or not starts:
+            return None
+        if previous:
+            if len(starts) < 2:
+                return None
+            return LogRange(path=slot.log_path, start=starts[-2], end=starts[-1])
+        return LogRange(path=slot.log_path, start=starts[-1])
 
     def debug(self) -> dict[str, Any]:
         with self._lock:
@@ -559,6 +579,12 @@ class PodWorker:
         )
         started = _utcnow()
         try:
+            log_start = slot.log_path.stat().st_size
+        except OSError:
+            log_start = 0
+        with self._lock:
+            slot.log_starts.append(log_start)
+        try:
             proc = self._rt.supervisor.start(
                 launch,
                 key=f"{self.namespace}/{self.name}/{slot.name}",
@@ -760,6 +786,16 @@ class PodManager:
     def debug(self) -> list[dict[str, Any]]:
         return [worker.debug() for worker in self.workers()]
 
+    def log_range(
+        self, namespace: str, pod: str, container: str, previous: bool
+    ) -> LogRange | None:
+        """The log of a container instance; for pods no longer here, the whole file."""
+        for worker in self.workers():
+            if worker.namespace == namespace and worker.name == pod:
+                return worker.log_range(container, previous=previous)
+        path = self._rt.log_path(namespace, pod, container)
+        return None if previous or not path.exists() else LogRange(path=path)
+
     # --- watch -----------------------------------------------------------------------
 
     def _watch_loop(self) -> None:
@@ -826,8 +862,6 @@ class PodManager:
             return
         deleting = bool(metadata.get("deletionTimestamp"))
         terminal = (pod.get("status") or {}).get("phase") in TERMINAL_PHASES
-        if finished:
-            return  # a late event about a pod this node already let go of
         if deleting:
             # Nothing of it runs here: confirm the deletion, as the kubelet does.
             try:
@@ -841,8 +875,8 @@ class PodManager:
             except ApiError as exc:
                 log.warning("deleting pod %s: %s", metadata.get("name"), exc)
             return
-        if terminal:
-            return
+        if terminal or finished:
+            return  # nothing to run: completed, or a late event about a pod let go of
         worker = PodWorker(pod=pod, rt=self._rt, on_exit=self._forget)
         with self._lock:
             self._workers[uid] = worker

@@ -108,7 +108,7 @@ class Simulator:
             endpoints=Endpoints(
                 samples=pods.samples,
                 machine_memory_bytes=parse_bytes(settings.resources.memory),
-                log_path=rt.log_path,
+                log_range=pods.log_range,
                 debug_pods=pods.debug,
             ),
         )

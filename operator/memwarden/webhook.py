@@ -58,12 +58,14 @@ class ReviewError(ValueError):
     """The body is not an AdmissionReview we can answer; the message says why."""
 
 
-def parse_review(text: str) -> dict[str, Any]:
+def parse_review(text: str | bytes) -> dict[str, Any]:
     """Check an AdmissionReview's shape and return it as a dict for kopf, namespace filled in."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReviewError(f"body is not JSON: {exc.msg} at {exc.pos}") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:  # bytes that are not UTF-8; deep nesting
+        raise ReviewError(f"body is not JSON: {type(exc).__name__}") from exc
     try:
         review = _Review.model_validate(data)
     except ValidationError as exc:
@@ -97,9 +99,9 @@ class StrictWebhookServer(kopf.WebhookServer):
             raise aiohttp.web.HTTPRequestEntityTooLarge(
                 max_size=MAX_REVIEW_BYTES, actual_size=request.content_length
             )
-        text = await request.text()
+        body = await request.read()
         try:
-            review = parse_review(text)
+            review = parse_review(body)
         except ReviewError as exc:
             logger.warning("refused a malformed admission request from %s: %s", request.remote, exc)
             return aiohttp.web.json_response({"error": str(exc)}, status=400)

@@ -194,6 +194,9 @@ def test_memory_limit_oom_kills_and_restarts(
     assert terminated["exitCode"] == 137
     labels = {"namespace": namespace, "pod": "oom", "container": "app"}
     assert (metric_value(sim.cadvisor(), "container_oom_events_total", **labels) or 0) >= 1
+    # `kubectl logs --previous`: the output of the instance that was killed, and only it.
+    previous = core.read_namespaced_pod_log("oom", namespace, container="app", previous=True)
+    assert previous.count("leaky: listening on") == 1
 
 
 def test_ephemeral_container_sees_its_target(

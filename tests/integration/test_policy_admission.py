@@ -216,3 +216,48 @@ def test_audit_mode_leaves_pods_alone_and_reports_drift(
         what="audit drift",
     )
     assert status["matchedPods"] == 1
+
+
+def test_garbage_admission_requests_get_4xx_and_the_operator_lives(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from memwarden.manifests import POD_HANDLER_ID
+
+    context = ssl.create_default_context(cafile=str(memwarden.workdir / "ca.crt"))
+    url = f"https://127.0.0.1:{memwarden.webhook_port}/{POD_HANDLER_ID}"
+    bodies = [
+        b"",
+        b"{",
+        b"[]",
+        b'{"kind": "AdmissionReview"}',
+        b"\xff\xfe" * 100,
+        json.dumps(
+            {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {"uid": "x"},
+            }
+        ).encode(),
+    ]
+    for body in bodies:
+        request = urllib.request.Request(
+            url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=5) as response:
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert 400 <= status < 500, (body[:40], status)
+    assert memwarden.process is not None and memwarden.process.poll() is None
+
+    apply(
+        memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))
+    )
+    wait_policy_indexed(kube, namespace, "checkout")
+    pod = create_pod(kube, namespace, "after-garbage", labels={"app": "checkout"})
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi"

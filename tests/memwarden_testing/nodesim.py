@@ -229,8 +229,13 @@ class NodeSimulator:
                 }
         return {}
 
-    def container_log(self, namespace: str, pod: str, container: str) -> str:
-        return self.get(f"/containerLogs/{namespace}/{pod}/{container}").decode(errors="replace")
+    def container_log(
+        self, namespace: str, pod: str, container: str, *, previous: bool = False
+    ) -> str:
+        """The output of the container's current (or previous) instance."""
+        query = "?previous=true" if previous else ""
+        path = f"/containerLogs/{namespace}/{pod}/{container}{query}"
+        return self.get(path).decode(errors="replace")
 
     def log_tail(self, size: int = 4000) -> str:
         try:

@@ -78,6 +78,7 @@ class OperatorProcess:
             server_names=("127.0.0.1", "localhost"),
         )
         certs.write_pem(leaf, cert_path=self.workdir / "tls.crt", key_path=self.workdir / "tls.key")
+        (self.workdir / "ca.crt").write_bytes(ca.cert_pem)
         return ca.cert_pem
 
     def register_webhook(self, ca_pem: bytes) -> None:
