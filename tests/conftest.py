@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from memwarden_testing.cluster import REPO, api_client, unique_name, wait_for
+from memwarden_testing.cluster import REPO, api_client, kubectl, unique_name, wait_for
 
 #: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
 pytest_plugins = ["memwarden_testing.prometheus"]
@@ -73,3 +73,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = path.parts[0]
         if tier in {"unit", "integration", "e2e"} and not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def crds(devcluster: Path) -> Path:
+    """memwarden's CRDs, applied from crds/ and established."""
+    kubectl(devcluster, "apply", "-f", str(REPO / "crds"))
+    kubectl(
+        devcluster,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/memorypolicies.memwarden.dev",
+        "crd/memoryincidents.memwarden.dev",
+    )
+    return devcluster

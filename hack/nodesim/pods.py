@@ -306,16 +306,20 @@ class PodWorker:
     def _main(self) -> None:
         settings = self._rt.settings
         while True:
-            if self._rt.stopping.is_set():
-                self._stopping_all = True
-                self._stop_processes(grace=settings.shutdown_grace_seconds)
-                return
             if self._gone:
                 log.info("pod %s/%s is gone: killing its processes", *self._key())
                 return
             pod = self._current()
+            stopping = self._rt.stopping.is_set()
             if (pod.get("metadata") or {}).get("deletionTimestamp"):
-                self._terminate(pod)
+                # Even when the simulator stops: finish the deletion (a shorter grace),
+                # so the pod does not hang in Terminating on a node that is going away.
+                cap = settings.shutdown_grace_seconds if stopping else None
+                self._terminate(pod, max_grace=cap)
+                return
+            if stopping:
+                self._stopping_all = True
+                self._stop_processes(grace=settings.shutdown_grace_seconds)
                 return
             self._sync(pod)
             self._wake.wait(settings.tick_seconds)
@@ -707,11 +711,13 @@ class PodWorker:
                 continue
             self._record_exit(slot, proc, returncode, pod)
 
-    def _terminate(self, pod: Mapping[str, Any]) -> None:
+    def _terminate(self, pod: Mapping[str, Any], *, max_grace: float | None = None) -> None:
         metadata = pod.get("metadata") or {}
         grace = metadata.get("deletionGracePeriodSeconds")
         if grace is None:
             grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        if max_grace is not None:
+            grace = min(float(grace), max_grace)
         log.info("pod %s/%s deleted: stopping (grace %ss)", *self._key(), grace)
         self._stopping_all = True
         self._stop_processes(grace=float(grace))

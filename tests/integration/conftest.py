@@ -9,22 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from memwarden_testing.cluster import REPO, kubectl
+from memwarden_testing.cluster import kubectl
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
-
-
-@pytest.fixture(scope="session")
-def crds(devcluster: Path) -> Path:
-    """memwarden's CRDs, applied from crds/ and established."""
-    kubectl(devcluster, "apply", "-f", str(REPO / "crds"))
-    kubectl(
-        devcluster,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/memorypolicies.memwarden.dev",
-    )
-    return devcluster
 
 
 @pytest.fixture(scope="session")

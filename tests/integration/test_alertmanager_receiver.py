@@ -160,11 +160,11 @@ def alerting_stack(
     rule = {**documented_rule(), "for": "2s"}  # the documented rule, with a test's "for"
     rules = tmp_path / "rules.yml"
     rules.write_text(yaml.safe_dump({"groups": [{"name": "memwarden-test", "rules": [rule]}]}))
-    prometheus = RuledPrometheus(
+    prometheus = PrometheusServer(
         workdir=tmp_path / "prometheus",
         targets=[series_exporter.target],
-        rule_file=rules,
-        alertmanager=f"127.0.0.1:{alertmanager.port}",
+        rule_files=[rules],
+        alertmanagers=[f"127.0.0.1:{alertmanager.port}"],
     )
     prometheus.start()
     try:
@@ -173,27 +173,6 @@ def alerting_stack(
         prometheus.stop()
         alertmanager.stop()
         series_exporter.remove_namespace(namespace)
-
-
-class RuledPrometheus(PrometheusServer):
-    """The shared fixture's Prometheus, plus a rule file and an Alertmanager to send to."""
-
-    def __init__(
-        self, *, workdir: Path, targets: list[str], rule_file: Path, alertmanager: str
-    ) -> None:
-        super().__init__(workdir=workdir, targets=targets)
-        self.rule_file = rule_file
-        self.alertmanager = alertmanager
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        config = yaml.safe_load(path.read_text())
-        config["rule_files"] = [str(self.rule_file)]
-        config["alerting"] = {
-            "alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]
-        }
-        path.write_text(yaml.safe_dump(config))
-        return path
 
 
 def test_prometheus_rule_fires_alertmanager_routes_it_and_one_incident_opens(

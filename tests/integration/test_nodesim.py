@@ -186,7 +186,8 @@ def test_memory_limit_oom_kills_and_restarts(
         ) or [{}]
         status = statuses[0]
         terminated = (status.get("lastState") or {}).get("terminated") or {}
-        return status if status.get("restartCount", 0) >= 1 and terminated else None
+        restarted = "running" in (status.get("state") or {}) or status.get("restartCount", 0) > 1
+        return status if status.get("restartCount", 0) >= 1 and terminated and restarted else None
 
     status = wait_for(oom_killed_and_restarted, timeout=60, what="an OOM kill and a restart")
     terminated = status["lastState"]["terminated"]

@@ -180,6 +180,11 @@ class PrometheusServer:
     workdir: Path
     targets: Sequence[str]
     scrape_interval: str = "1s"
+    metrics_path: str = "/metrics"
+    """``/metrics/cadvisor`` for the node simulator."""
+    rule_files: Sequence[Path] = ()
+    alertmanagers: Sequence[str] = ()
+    """``host:port`` of Alertmanagers that alerts from ``rule_files`` go to."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -202,10 +207,17 @@ class PrometheusServer:
                 {
                     "job_name": "cadvisor-test",
                     "honor_labels": True,
+                    "metrics_path": self.metrics_path,
                     "static_configs": [{"targets": list(self.targets)}],
                 }
             ],
         }
+        if self.rule_files:
+            config["rule_files"] = [str(path) for path in self.rule_files]
+        if self.alertmanagers:
+            config["alerting"] = {
+                "alertmanagers": [{"static_configs": [{"targets": list(self.alertmanagers)}]}]
+            }
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         return path

@@ -7,6 +7,9 @@ the entrypoint, and each pod gets its own loopback address.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import pytest
@@ -122,3 +125,21 @@ def test_addresses_are_unique_and_not_reused_at_once() -> None:
 def test_pod_cidr_must_be_loopback() -> None:
     with pytest.raises(ValueError, match="not loopback"):
         AddressPool("10.244.0.0/24")
+
+
+def test_pure_modules_import_no_client() -> None:
+    """env, images, status and the exposition stay testable without a cluster or network."""
+    code = (
+        "import sys, nodesim.env, nodesim.images, nodesim.status, nodesim.ipam\n"
+        "bad = [m for m in ('kubernetes', 'urllib3', 'socket', 'http') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=60,
+    )
+    assert result.stdout.strip() == ""

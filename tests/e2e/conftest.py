@@ -1,0 +1,92 @@
+"""The closed loop on one machine: node simulator, Prometheus, Alertmanager, the operator.
+
+One stack per session: a node simulator (tainted, so only these tests' pods land on it)
+serving cAdvisor metrics; a real Prometheus scraping it, with the documented alerting rule
+scoped to pods named ``alerted-*``; a real Alertmanager routing to the operator; and the
+real operator (``memwarden run``) with its webhook, risk loop and evidence store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from memwarden_testing.alertmanager import AlertmanagerProcess
+from memwarden_testing.cluster import kubectl
+from memwarden_testing.loop import TOOLBOX_IMAGE, Loop, alert_rule
+from memwarden_testing.nodesim import NodeSimulator
+from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
+from memwarden_testing.prometheus import PrometheusServer
+
+
+@pytest.fixture(scope="session")
+def loop(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Loop]:
+    workdir = tmp_path_factory.mktemp("loop")
+    try:
+        client.CoreV1Api(kube).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    sim = NodeSimulator(kubeconfig=crds, state_dir=workdir / "nodesim", taint=True).start()
+    prometheus_target = f"127.0.0.1:{sim.info['metrics_port']}"
+    operator = OperatorProcess(kubeconfig=crds, workdir=workdir)
+    rules = workdir / "rules.yml"
+    rules.write_text(
+        yaml.safe_dump({"groups": [{"name": "memwarden-e2e", "rules": [alert_rule()]}]})
+    )
+    alertmanager = AlertmanagerProcess(
+        workdir=workdir,
+        receiver_url=operator.alertmanager_url,
+        token_file=operator.alertmanager_token_file,
+    )
+    prometheus = PrometheusServer(
+        workdir=workdir / "prometheus",
+        targets=[prometheus_target],
+        metrics_path="/metrics/cadvisor",
+        rule_files=[rules],
+        alertmanagers=[f"127.0.0.1:{alertmanager.port}"],
+    )
+    operator.extra_env.update(
+        {
+            "MEMWARDEN_PROMETHEUS_URL": prometheus.url,
+            "MEMWARDEN_RISK_INTERVAL_SECONDS": "2",
+            "MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE,
+            "MEMWARDEN_MAX_CONCURRENT_CAPTURES": "10",
+        }
+    )
+    ca = operator.make_certificates()
+    try:
+        operator.start()
+        operator.register_webhook(ca)
+        alertmanager.start()
+        prometheus.start()
+        yield Loop(
+            kubeconfig=crds,
+            kube=kube,
+            sim=sim,
+            prometheus=prometheus,
+            alertmanager=alertmanager,
+            operator=operator,
+        )
+    finally:
+        prometheus.stop()
+        alertmanager.stop()
+        operator.stop()
+        kubectl(
+            crds,
+            "delete",
+            "mutatingwebhookconfiguration",
+            operator.webhook_name,
+            "--ignore-not-found",
+            check=False,
+        )
+        sim.stop()

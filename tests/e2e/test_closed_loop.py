@@ -1,0 +1,342 @@
+"""The closed loop: a policy shapes a Go workload, it leaks, memwarden captures evidence
+before the OOM kill, and the analysis names the leaking function.
+
+Every part is real except the kubelet (the node simulator runs containers as processes):
+the control plane, the operator and its webhook, Prometheus, Alertmanager, the leaky Go
+workload, the toolbox in an ephemeral container, the evidence store, `go tool pprof`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import subprocess
+import tarfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.loop import ALERTED_PREFIX, LEAKY_IMAGE, Loop
+
+LIMIT_MI = 200
+POLICY_RATIO = 0.5
+LEAK_RATE = "3Mi"
+LEAKING_FUNCTION = "main.retainSessionBuffers"
+
+
+def apply(loop: Loop, obj: dict[str, Any]) -> None:
+    kubectl(loop.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
+
+
+def policy(namespace: str, *, oom_risk: bool, artifacts: list[str]) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"tier": "go"}},
+        "memory": {"request": "64Mi", "limit": f"{LIMIT_MI}Mi"},
+        "runtime": {"go": {"memoryLimit": "90%", "gogc": "100"}},
+        "capture": {"artifacts": artifacts, "traceSeconds": 1, "cooldown": "30m"},
+    }
+    if oom_risk:
+        spec["oomRisk"] = {"usageRatio": POLICY_RATIO, "timeToLimit": "0s", "for": "3s"}
+    return {
+        "apiVersion": "memwarden.dev/v1alpha1",
+        "kind": "MemoryPolicy",
+        "metadata": {"name": "go-services", "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
+    labels = {"app": name, "tier": "go"}
+    pod_spec = loop.sim.pin(
+        {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": LEAKY_IMAGE,
+                    "ports": [{"containerPort": 6060, "name": "pprof"}],
+                    "env": [
+                        {"name": "LEAKY_RATE", "value": LEAK_RATE},
+                        {"name": "LEAKY_PATTERN", "value": pattern},
+                    ],
+                }
+            ],
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def running_pod(loop: Loop, namespace: str, app: str) -> dict[str, Any]:
+    core = client.CoreV1Api(loop.kube)
+
+    def ready() -> dict[str, Any] | None:
+        for pod in core.list_namespaced_pod(namespace, label_selector=f"app={app}").items:
+            if pod.status.phase == "Running" and pod.status.pod_ip:
+                return dict(loop.kube.sanitize_for_serialization(pod))
+        return None
+
+    return wait_for(ready, timeout=90, what=f"{app} pod running")
+
+
+def incidents(loop: Loop, namespace: str) -> list[dict[str, Any]]:
+    items = client.CustomObjectsApi(loop.kube).list_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memoryincidents"
+    )["items"]
+    return list(items)
+
+
+def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        for incident in incidents(loop, namespace):
+            if incident["spec"]["pod"] != pod:
+                continue
+            phase = (incident.get("status") or {}).get("phase")
+            assert phase != "Failed", incident["status"]
+            if phase == "Collected":
+                return incident
+        return None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"a Collected incident for {pod}")
+
+
+def gomemlimit_of(pod: dict[str, Any]) -> float:
+    url = f"http://{pod['status']['podIP']}:6060/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(r"^go_gc_gomemlimit_bytes (\S+)$", text, re.MULTILINE)
+    assert match, text[:500]
+    return float(match.group(1))
+
+
+def working_set_ratio(loop: Loop, namespace: str, pod: str) -> float:
+    pattern = re.compile(
+        r'^container_memory_working_set_bytes\{[^}]*namespace="'
+        + namespace
+        + r'"[^}]*pod="'
+        + pod
+        + r'"[^}]*\} (\S+)',
+        re.MULTILINE,
+    )
+    match = pattern.search(loop.sim.cadvisor())
+    return float(match.group(1)) / (LIMIT_MI * 2**20) if match else 0.0
+
+
+def when(text: str | None) -> dt.datetime:
+    assert text, "timestamp missing"
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
+    """The bundle through the evidence API, as a user granted `get` on it would."""
+    core, rbac = client.CoreV1Api(loop.kube), client.RbacAuthorizationV1Api(loop.kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": "evidence-reader"},
+            "rules": [
+                {
+                    "apiGroups": ["memwarden.dev"],
+                    "resources": ["memoryincidents", "memoryincidents/evidence"],
+                    "verbs": ["get", "list"],
+                }
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "sre-evidence"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "evidence-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "sre", "namespace": namespace}],
+        },
+    )
+    token = core.create_namespaced_service_account_token(
+        "sre", namespace, {"spec": {"expirationSeconds": 600}}
+    ).status.token
+    out = tmp_path / f"{name}.tar.gz"
+    result = subprocess.run(
+        [
+            str(Path(".venv/bin/memwarden").resolve()),
+            "incidents",
+            "download",
+            name,
+            "-n",
+            namespace,
+            f"--kubeconfig={loop.kubeconfig}",
+            f"--token={token}",
+            "-o",
+            str(out),
+            f"--evidence-url=http://127.0.0.1:{loop.operator.http_port}/evidence",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+def test_a_leak_is_captured_before_the_oom_kill_and_a_flat_workload_is_left_alone(
+    loop: Loop, namespace: str, tmp_path: Path
+) -> None:
+    apply(
+        loop,
+        policy(
+            namespace,
+            oom_risk=True,
+            artifacts=["heap", "allocs", "goroutine", "trace", "smaps", "cgroup"],
+        ),
+    )
+    apps = client.AppsV1Api(loop.kube)
+    apps.create_namespaced_deployment(namespace, deployment(loop, "leaky", pattern="steady"))
+    apps.create_namespaced_deployment(namespace, deployment(loop, "flat", pattern="none"))
+    leaky, flat = running_pod(loop, namespace, "leaky"), running_pod(loop, namespace, "flat")
+
+    # Admission shaped the pod, and the injected GOMEMLIMIT reached the Go runtime.
+    app = leaky["spec"]["containers"][0]
+    assert app["resources"]["limits"]["memory"] == f"{LIMIT_MI}Mi"
+    env = {e["name"]: e.get("value") for e in app["env"]}
+    assert env["GOMEMLIMIT"] == "180MiB" and env["GOGC"] == "100"
+    assert gomemlimit_of(leaky) == 180 * 2**20
+
+    name = leaky["metadata"]["name"]
+    crossed = wait_for(
+        lambda: time.time() if working_set_ratio(loop, namespace, name) >= POLICY_RATIO else None,
+        timeout=120,
+        interval=0.25,
+        what="the working set crossing 50%",
+    )
+    incident = collected(loop, namespace, name, timeout=120)
+    status = incident["status"]
+
+    # Before the OOM kill: the container never restarted while evidence was collected...
+    pod_now = client.CoreV1Api(loop.kube).read_namespaced_pod(name, namespace)
+    killed_before = [s for s in pod_now.status.container_statuses or [] if s.restart_count]
+    assert (
+        not killed_before
+        or when(status["completedAt"]) < killed_before[0].last_state.terminated.finished_at
+    )
+
+    trigger = incident["spec"]["trigger"]
+    assert trigger["source"] == "prometheus" and trigger["signal"] == "usageRatio"
+    assert trigger["value"] >= POLICY_RATIO
+    assert status["analysis"]["top"][0]["function"] == LEAKING_FUNCTION
+    assert {a["name"] for a in status["artifacts"] if not a.get("error")} >= {
+        "heap",
+        "allocs",
+        "goroutine",
+        "trace",
+    }
+
+    # The stored bundle is what the status says, and the real pprof reads its heap profile.
+    bundle = download_bundle(loop, namespace, incident["metadata"]["name"], tmp_path)
+    with tarfile.open(bundle) as archive:
+        names = {Path(m.name).name for m in archive.getmembers()}
+        assert {"manifest.json", "heap.pb.gz", "trace.out"} <= names
+        heap = next(m for m in archive.getmembers() if Path(m.name).name == "heap.pb.gz")
+        (tmp_path / "heap.pb.gz").write_bytes(archive.extractfile(heap).read())  # type: ignore[union-attr]
+    top = subprocess.run(
+        ["go", "tool", "pprof", "-top", "-sample_index=inuse_space", str(tmp_path / "heap.pb.gz")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert LEAKING_FUNCTION in top.stdout
+
+    # ... and the OOM kill does come, after the evidence was stored.
+    def oom_killed() -> Any:
+        pod = client.CoreV1Api(loop.kube).read_namespaced_pod(name, namespace)
+        for s in pod.status.container_statuses or []:
+            terminated = s.last_state.terminated if s.last_state else None
+            if terminated and terminated.reason == "OOMKilled":
+                return terminated
+        return None
+
+    terminated = wait_for(oom_killed, timeout=120, what="the simulated OOM kill")
+    assert terminated.exit_code == 137
+    assert when(status["completedAt"]) <= terminated.finished_at
+
+    # The flat workload, under the same policy for the same time, opened nothing.
+    assert [
+        i for i in incidents(loop, namespace) if i["spec"]["pod"] == flat["metadata"]["name"]
+    ] == []
+
+    latency = {
+        "threshold_crossed_to_incident_s": round(
+            when(incident["metadata"]["creationTimestamp"]).timestamp() - crossed, 1
+        ),
+        "incident_to_debug_container_s": round(
+            (
+                when(status["captureStartedAt"]) - when(incident["metadata"]["creationTimestamp"])
+            ).total_seconds(),
+            1,
+        ),
+        "debug_container_to_bundle_stored_s": round(
+            (when(status["completedAt"]) - when(status["captureStartedAt"])).total_seconds(), 1
+        ),
+    }
+    print("detection-to-capture latency:", json.dumps(latency))
+
+
+def test_an_alert_routed_by_alertmanager_opens_a_capture(loop: Loop, namespace: str) -> None:
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap", "goroutine"]))
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(
+        namespace, deployment(loop, f"{ALERTED_PREFIX}checkout", pattern="steady")
+    )
+    pod = running_pod(loop, namespace, f"{ALERTED_PREFIX}checkout")
+    incident = collected(loop, namespace, pod["metadata"]["name"], timeout=150)
+    trigger = incident["spec"]["trigger"]
+    assert trigger["source"] == "alertmanager"
+    assert trigger["alertName"] == "MemwardenNearMemoryLimit"
+    assert incident["status"]["analysis"]["top"][0]["function"] == LEAKING_FUNCTION
+
+
+def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
+    loop: Loop, namespace: str
+) -> None:
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap"]))
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(
+        namespace, deployment(loop, "steady", pattern="none")
+    )
+    pod = running_pod(loop, namespace, "steady")
+    apply(
+        loop,
+        {
+            "apiVersion": "memwarden.dev/v1alpha1",
+            "kind": "MemoryIncident",
+            "metadata": {"name": "on-demand", "namespace": namespace},
+            "spec": {
+                "pod": pod["metadata"]["name"],
+                "container": "app",
+                "artifacts": ["heap", "goroutine", "gcore"],
+            },
+        },
+    )
+    incident = collected(loop, namespace, pod["metadata"]["name"], timeout=150)
+    assert incident["metadata"]["name"] == "on-demand"
+    # No trigger given: a hand-made request (the API's default source is "manual").
+    assert incident["spec"].get("trigger", {}).get("source", "manual") == "manual"
+    records = {a["name"]: a for a in incident["status"]["artifacts"]}
+    assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
+    assert incident["status"]["analysis"]["goroutines"] >= 1
