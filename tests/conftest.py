@@ -11,6 +11,11 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import REPO, api_client, kubectl, unique_name, wait_for
+from memwarden_testing.operator import (
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    least_privilege_kubeconfig,
+)
 
 #: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
 pytest_plugins = ["memwarden_testing.prometheus"]
@@ -88,3 +93,36 @@ def crds(devcluster: Path) -> Path:
         "crd/memoryincidents.memwarden.dev",
     )
     return devcluster
+
+
+@pytest.fixture(scope="session")
+def operator(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator as a process, with its webhook registered; stopped at the end."""
+    try:
+        client.CoreV1Api(kube).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    workdir = tmp_path_factory.mktemp("operator")
+    identity = least_privilege_kubeconfig(kube, admin_kubeconfig=crds, workdir=workdir)
+    process = OperatorProcess(kubeconfig=crds, workdir=workdir, identity=identity)
+    ca_pem = process.make_certificates()
+    process.start()
+    process.register_webhook(ca_pem)
+    yield process
+    process.stop()
+    kubectl(
+        crds, "delete", "mutatingwebhookconfiguration", process.webhook_name, "--ignore-not-found"
+    )
+
+
+@pytest.fixture
+def memwarden(operator: OperatorProcess) -> OperatorProcess:
+    """The session's operator, (re)started if an earlier test stopped it."""
+    if operator.process is None or operator.process.poll() is not None:
+        operator.start()
+    return operator

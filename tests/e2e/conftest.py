@@ -9,36 +9,27 @@ real operator (``memwarden run``) with its webhook, risk loop and evidence store
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from memwarden_testing.alertmanager import AlertmanagerProcess
-from memwarden_testing.cluster import kubectl
 from memwarden_testing.loop import TOOLBOX_IMAGE, Loop, alert_rule
 from memwarden_testing.nodesim import NodeSimulator
-from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
+from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import PrometheusServer
 
 
 @pytest.fixture(scope="session")
 def loop(
-    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    operator: OperatorProcess, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Loop]:
+    """The session's operator, restarted with Prometheus and the toolbox image configured,
+    plus a node simulator, Prometheus and Alertmanager around it."""
     workdir = tmp_path_factory.mktemp("loop")
-    try:
-        client.CoreV1Api(kube).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-    sim = NodeSimulator(kubeconfig=crds, state_dir=workdir / "nodesim", taint=True).start()
-    prometheus_target = f"127.0.0.1:{sim.info['metrics_port']}"
-    operator = OperatorProcess(kubeconfig=crds, workdir=workdir)
+    sim = NodeSimulator(kubeconfig=operator.kubeconfig, state_dir=workdir / "nodesim", taint=True)
+    sim.start()
     rules = workdir / "rules.yml"
     rules.write_text(
         yaml.safe_dump({"groups": [{"name": "memwarden-e2e", "rules": [alert_rule()]}]})
@@ -50,27 +41,27 @@ def loop(
     )
     prometheus = PrometheusServer(
         workdir=workdir / "prometheus",
-        targets=[prometheus_target],
+        targets=[f"127.0.0.1:{sim.info['metrics_port']}"],
         metrics_path="/metrics/cadvisor",
         rule_files=[rules],
         alertmanagers=[f"127.0.0.1:{alertmanager.port}"],
     )
-    operator.extra_env.update(
-        {
-            "MEMWARDEN_PROMETHEUS_URL": prometheus.url,
-            "MEMWARDEN_RISK_INTERVAL_SECONDS": "2",
-            "MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE,
-            "MEMWARDEN_MAX_CONCURRENT_CAPTURES": "10",
-        }
-    )
-    ca = operator.make_certificates()
+    saved = dict(operator.extra_env)
     try:
+        operator.stop()
+        operator.extra_env.update(
+            {
+                "MEMWARDEN_PROMETHEUS_URL": prometheus.url,
+                "MEMWARDEN_RISK_INTERVAL_SECONDS": "2",
+                "MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE,
+                "MEMWARDEN_MAX_CONCURRENT_CAPTURES": "10",
+            }
+        )
         operator.start()
-        operator.register_webhook(ca)
         alertmanager.start()
         prometheus.start()
         yield Loop(
-            kubeconfig=crds,
+            kubeconfig=operator.kubeconfig,
             kube=kube,
             sim=sim,
             prometheus=prometheus,
@@ -81,12 +72,5 @@ def loop(
         prometheus.stop()
         alertmanager.stop()
         operator.stop()
-        kubectl(
-            crds,
-            "delete",
-            "mutatingwebhookconfiguration",
-            operator.webhook_name,
-            "--ignore-not-found",
-            check=False,
-        )
+        operator.extra_env = saved
         sim.stop()

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -44,6 +45,8 @@ class OperatorProcess:
     extra_args: list[str] = field(default_factory=list)
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    identity: Path | None = None
+    """The kubeconfig the operator runs with (default: ``kubeconfig``, the admin's)."""
     http_port: int = field(default_factory=free_port)
     alertmanager_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     process: subprocess.Popen[bytes] | None = None
@@ -101,7 +104,7 @@ class OperatorProcess:
             self.evidence_key_file.write_text(secrets.token_hex(32))
         env = {
             **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECONFIG": str(self.identity or self.kubeconfig),
             "MEMWARDEN_NAMESPACE": OPERATOR_NAMESPACE,
             "MEMWARDEN_WEBHOOK_HOST": "127.0.0.1",
             "MEMWARDEN_WEBHOOK_PORT": str(self.webhook_port),
@@ -164,3 +167,88 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def least_privilege_kubeconfig(
+    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = "memwarden-test-operator"
+) -> Path:
+    """A kubeconfig for a ServiceAccount holding exactly ``memwarden.rbac``'s rules (the
+    chart's), so the operator under test runs as it would in a cluster, not as admin."""
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    from memwarden import rbac
+
+    core, authz = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    subject = {"kind": "ServiceAccount", "name": name, "namespace": OPERATOR_NAMESPACE}
+    objects: list[tuple[Any, dict[str, Any]]] = [
+        (
+            lambda b: core.create_namespaced_service_account(OPERATOR_NAMESPACE, b),
+            {"metadata": {"name": name}},
+        ),
+        (
+            authz.create_cluster_role,
+            {
+                "metadata": {"name": name},
+                "rules": rbac.policy_rules(scope="cluster", self_signed=False),
+            },
+        ),
+        (
+            authz.create_cluster_role_binding,
+            {
+                "metadata": {"name": name},
+                "subjects": [subject],
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+            },
+        ),
+    ]
+    namespaced = rbac.policy_rules(scope="namespace", self_signed=False)
+    if namespaced:
+        objects += [
+            (
+                lambda b: authz.create_namespaced_role(OPERATOR_NAMESPACE, b),
+                {"metadata": {"name": name}, "rules": namespaced},
+            ),
+            (
+                lambda b: authz.create_namespaced_role_binding(OPERATOR_NAMESPACE, b),
+                {
+                    "metadata": {"name": name},
+                    "subjects": [subject],
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "Role",
+                        "name": name,
+                    },
+                },
+            ),
+        ]
+    for create, body in objects:
+        try:
+            create(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    if namespaced:  # the rules may have changed since an earlier session created the Role
+        authz.replace_namespaced_role(name, OPERATOR_NAMESPACE, objects[3][1])
+    authz.replace_cluster_role(name, objects[1][1])
+    token = core.create_namespaced_service_account_token(
+        name, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 6 * 3600}}
+    ).status.token
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": cluster["name"], "user": name}}],
+        "current-context": "operator",
+    }
+    path = workdir / "operator.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
