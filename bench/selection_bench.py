@@ -95,7 +95,8 @@ def main() -> None:
     for r in results:
         layout = f"{r['policies']} policies / {r['namespaces']} ns"
         print(
-            f"{layout:30} {r['mean_us']:10.1f} {r['p50_us']:10.1f} {r['p99_us']:10.1f} {r['total_ms']:12.1f}"
+            f"{layout:30} {r['mean_us']:10.1f} {r['p50_us']:10.1f} "
+            f"{r['p99_us']:10.1f} {r['total_ms']:12.1f}"
         )
     out = {
         "python": platform.python_version(),

@@ -75,5 +75,5 @@ def test_an_explicit_object_namespace_is_kept() -> None:
     ],
 )
 def test_undecodable_bodies_are_refused(body: bytes) -> None:
-    with pytest.raises(ReviewError, match="not JSON|not an AdmissionReview"):
+    with pytest.raises(ReviewError, match=r"not JSON|not an AdmissionReview"):
         parse_review(body)

@@ -52,8 +52,13 @@ def reference_markdown() -> str:
         schema = document["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         for section in ("spec", "status"):
             sub = schema["properties"][section]
-            parts += ["", f"### {kind} `{section}`", "", "| field | type | meaning |",
-                      "| --- | --- | --- |"]
+            parts += [
+                "",
+                f"### {kind} `{section}`",
+                "",
+                "| field | type | meaning |",
+                "| --- | --- | --- |",
+            ]
             parts += _rows(sub, "", set(sub.get("required", [])))
     parts.append(DOC_END)
     return "\n".join(parts) + "\n"
@@ -64,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--write", metavar="DIR", type=Path, help="write one file per CRD into DIR instead"
     )
     parser.add_argument(
-        "--docs", metavar="FILE", type=Path,
+        "--docs",
+        metavar="FILE",
+        type=Path,
         help="rewrite the generated field reference inside FILE (e.g. docs/api.md)",
     )
 
