@@ -224,11 +224,14 @@ def up() -> None:
     )
     status = collected["status"]
     print(f"    debug container {status.get('ephemeralContainer')} (SYS_PTRACE only)")
+    absent = [a["name"] for a in status.get("artifacts", []) if a.get("error") == "absent"]
     for artifact in status.get("artifacts", []):
-        print(
-            f"    {artifact['name']:10} {artifact.get('bytes', 0):>12} bytes  "
-            f"{artifact.get('error') or (artifact.get('sha256') or '')[:16]}"
-        )
+        if artifact.get("error") == "absent":
+            continue
+        detail = artifact.get("error") or f"sha256 {(artifact.get('sha256') or '')[:16]}"
+        print(f"    {artifact['name']:24} {artifact.get('bytes', 0):>12} bytes  {detail}")
+    if absent:
+        print(f"    not on this node: {', '.join(absent)}")
     print(f"    bundle {status['bundleBytes']} bytes, sha256 {status['bundleSha256'][:16]}...")
     say("What is eating memory (heap profile, in-use bytes)")
     for entry in status["analysis"]["top"][:5]:

@@ -491,7 +491,7 @@ class MemoryIncidentStatus(_Model):
 
 # --- CRD generation -----------------------------------------------------------------
 
-_DROP_KEYS = {"title", "default"}
+_DROP_KEYS = {"title"}
 
 
 def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -508,7 +508,7 @@ def _resolve(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         return _resolve({**options[0], **rest}, defs)
     out: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _DROP_KEYS:
+        if key in _DROP_KEYS or (key == "default" and value is None):
             continue
         if key == "properties":
             out["properties"] = {name: _resolve(sub, defs) for name, sub in value.items()}
