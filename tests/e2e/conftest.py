@@ -8,23 +8,36 @@ real operator (``memwarden run``) with its webhook, risk loop and evidence store
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes import client
 
 from memwarden_testing.alertmanager import AlertmanagerProcess
-from memwarden_testing.loop import TOOLBOX_IMAGE, Loop, alert_rule
+from memwarden_testing.cluster import api_client
+from memwarden_testing.loop import TOOLBOX_IMAGE, LocalLoop, Loop, alert_rule, kind_loop
 from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import PrometheusServer
 
 
 @pytest.fixture(scope="session")
-def loop(
+def loop(request: pytest.FixtureRequest) -> Iterator[Loop]:
+    """The local loop, or with ``MEMWARDEN_E2E_TARGET=kind`` the kind cluster's."""
+    if os.environ.get("MEMWARDEN_E2E_TARGET") == "kind":
+        kubeconfig = Path(os.environ["KUBECONFIG"])
+        yield kind_loop(api_client(kubeconfig), kubeconfig)
+    else:
+        yield request.getfixturevalue("local_loop")
+
+
+@pytest.fixture(scope="session")
+def local_loop(
     operator: OperatorProcess, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Loop]:
+) -> Iterator[LocalLoop]:
     """The session's operator, restarted with Prometheus and the toolbox image configured,
     plus a node simulator, Prometheus and Alertmanager around it."""
     workdir = tmp_path_factory.mktemp("loop")
@@ -60,9 +73,11 @@ def loop(
         operator.start()
         alertmanager.start()
         prometheus.start()
-        yield Loop(
+        yield LocalLoop(
             kubeconfig=operator.kubeconfig,
             kube=kube,
+            prometheus_url=prometheus.url,
+            evidence_url=f"http://127.0.0.1:{operator.http_port}/evidence",
             sim=sim,
             prometheus=prometheus,
             alertmanager=alertmanager,

@@ -14,7 +14,6 @@ import re
 import subprocess
 import tarfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import yaml
 from kubernetes import client
 
 from memwarden_testing.cluster import kubectl, wait_for
-from memwarden_testing.loop import ALERTED_PREFIX, LEAKY_IMAGE, Loop
+from memwarden_testing.loop import ALERTED_PREFIX, Loop
 
 LIMIT_MI = 200
 POLICY_RATIO = 0.5
@@ -53,13 +52,13 @@ def policy(namespace: str, *, oom_risk: bool, artifacts: list[str]) -> dict[str,
 
 def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
     labels = {"app": name, "tier": "go"}
-    pod_spec = loop.sim.pin(
+    pod_spec = loop.pin(
         {
             "terminationGracePeriodSeconds": 2,
             "containers": [
                 {
                     "name": "app",
-                    "image": LEAKY_IMAGE,
+                    "image": loop.leaky_image,
                     "ports": [{"containerPort": 6060, "name": "pprof"}],
                     "env": [
                         {"name": "LEAKY_RATE", "value": LEAK_RATE},
@@ -114,26 +113,19 @@ def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[s
     return wait_for(done, timeout=timeout, interval=0.5, what=f"a Collected incident for {pod}")
 
 
-def gomemlimit_of(pod: dict[str, Any]) -> float:
-    url = f"http://{pod['status']['podIP']}:6060/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
+def gomemlimit_of(loop: Loop, pod: dict[str, Any]) -> float:
+    """The Go runtime's own GOMEMLIMIT, read from the workload's /metrics through the API
+    server's pod proxy (works wherever the API server reaches pods)."""
+    text = client.CoreV1Api(loop.kube).connect_get_namespaced_pod_proxy_with_path(
+        f"{pod['metadata']['name']}:6060", pod["metadata"]["namespace"], "metrics"
+    )
     match = re.search(r"^go_gc_gomemlimit_bytes (\S+)$", text, re.MULTILINE)
     assert match, text[:500]
     return float(match.group(1))
 
 
 def working_set_ratio(loop: Loop, namespace: str, pod: str) -> float:
-    pattern = re.compile(
-        r'^container_memory_working_set_bytes\{[^}]*namespace="'
-        + namespace
-        + r'"[^}]*pod="'
-        + pod
-        + r'"[^}]*\} (\S+)',
-        re.MULTILINE,
-    )
-    match = pattern.search(loop.sim.cadvisor())
-    return float(match.group(1)) / (LIMIT_MI * 2**20) if match else 0.0
+    return loop.working_set(namespace=namespace, pod=pod) / (LIMIT_MI * 2**20)
 
 
 def when(text: str | None) -> dt.datetime:
@@ -186,7 +178,7 @@ def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Pa
             f"--token={token}",
             "-o",
             str(out),
-            f"--evidence-url=http://127.0.0.1:{loop.operator.http_port}/evidence",
+            f"--evidence-url={loop.evidence_url}",
         ],
         capture_output=True,
         text=True,
@@ -218,7 +210,7 @@ def test_a_leak_is_captured_before_the_oom_kill_and_a_flat_workload_is_left_alon
     assert app["resources"]["limits"]["memory"] == f"{LIMIT_MI}Mi"
     env = {e["name"]: e.get("value") for e in app["env"]}
     assert env["GOMEMLIMIT"] == "180MiB" and env["GOGC"] == "100"
-    assert gomemlimit_of(leaky) == 180 * 2**20
+    assert gomemlimit_of(loop, leaky) == 180 * 2**20
 
     name = leaky["metadata"]["name"]
     crossed = wait_for(

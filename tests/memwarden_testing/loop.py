@@ -1,9 +1,20 @@
-"""The closed-loop stack's shared pieces: image names, the alert rule, the ``Loop`` record."""
+"""The closed-loop stack as scenarios see it, wherever it runs.
+
+``LocalLoop``: this machine (node simulator, local Prometheus/Alertmanager, the operator
+process). ``KindLoop``: a kind cluster prepared by ``e2e/kind/run.sh`` (real kubelets,
+memwarden installed by its chart). The scenarios in tests/e2e use only ``Loop``'s
+interface, so both run the same code.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -14,7 +25,7 @@ from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import PrometheusServer
 
-#: The image names the node simulator maps to local programs.
+#: The image names the node simulator maps to local programs; kind loads images so named.
 LEAKY_IMAGE = "registry.example.com/memwarden/leaky:dev"
 TOOLBOX_IMAGE = "registry.example.com/memwarden/toolbox:dev"
 ALERTED_PREFIX = "alerted-"
@@ -23,14 +34,53 @@ ALERT_RATIO = 0.5
 
 @dataclass
 class Loop:
-    """Everything a closed-loop scenario talks to."""
+    """What a closed-loop scenario talks to: the cluster, Prometheus, the evidence API."""
 
     kubeconfig: Path
     kube: client.ApiClient
-    sim: NodeSimulator
-    prometheus: PrometheusServer
-    alertmanager: AlertmanagerProcess
-    operator: OperatorProcess
+    prometheus_url: str
+    evidence_url: str
+    leaky_image: str = LEAKY_IMAGE
+
+    def pin(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The pod spec, placed where this loop runs its workloads."""
+        return spec
+
+    def working_set(self, *, namespace: str, pod: str) -> float:
+        """The container's working set in bytes, as Prometheus has it now (0 if unknown)."""
+        query = (
+            f'max(container_memory_working_set_bytes{{namespace="{namespace}",pod="{pod}",'
+            f'container="app"}})'
+        )
+        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            result = json.load(response)["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+
+@dataclass
+class LocalLoop(Loop):
+    """This machine: pods pinned to the session's (tainted) node simulator."""
+
+    sim: NodeSimulator | None = None
+    prometheus: PrometheusServer | None = None
+    alertmanager: AlertmanagerProcess | None = None
+    operator: OperatorProcess | None = None
+
+    def pin(self, spec: dict[str, Any]) -> dict[str, Any]:
+        assert self.sim is not None
+        return self.sim.pin(spec)
+
+
+def kind_loop(kube: client.ApiClient, kubeconfig: Path) -> Loop:
+    """The loop ``e2e/kind/run.sh`` prepared: URLs of its port-forwards in the environment."""
+    return Loop(
+        kubeconfig=kubeconfig,
+        kube=kube,
+        prometheus_url=os.environ["MEMWARDEN_E2E_PROMETHEUS_URL"],
+        evidence_url=os.environ["MEMWARDEN_E2E_EVIDENCE_URL"],
+        leaky_image=os.environ.get("MEMWARDEN_E2E_LEAKY_IMAGE", LEAKY_IMAGE),
+    )
 
 
 def alert_rule() -> dict[str, object]:
