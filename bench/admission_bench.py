@@ -32,11 +32,10 @@ import aiohttp  # noqa: E402
 import devcluster  # noqa: E402
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 from memwarden.manifests import POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
-from memwarden_testing.cluster import api_client, kubectl, wait_for  # noqa: E402
+from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess  # noqa: E402
 
 RATES = (50, 200)
@@ -150,27 +149,6 @@ def pod_create_latency(
         "ratio_p50": round(statistics.median(on) / statistics.median(off), 2),
         "mutated_with_webhook": mutated,
     }
-
-
-def ensure_namespace(
-    core: client.CoreV1Api, name: str, labels: dict[str, str] | None = None
-) -> None:
-    try:
-        core.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-    def ready() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException:
-            return False
-        return True
-
-    wait_for(ready, timeout=30, what=f"default ServiceAccount in {name}")
 
 
 def main() -> None:

@@ -29,10 +29,9 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "hack")]
 
 import devcluster  # noqa: E402
 from kubernetes import client  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
 
 from memwarden_testing.alertmanager import AlertmanagerProcess  # noqa: E402
-from memwarden_testing.cluster import api_client, kubectl, wait_for  # noqa: E402
+from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
 from memwarden_testing.nodesim import NodeSimulator  # noqa: E402
 from memwarden_testing.operator import (  # noqa: E402
     OPERATOR_NAMESPACE,
@@ -54,23 +53,6 @@ def say(text: str) -> None:
 
 def indent(text: str) -> str:
     return "    " + text.rstrip().replace("\n", "\n    ")
-
-
-def ensure_namespace(core: client.CoreV1Api, name: str) -> None:
-    try:
-        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-
-    def ready() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException:
-            return False
-        return True
-
-    wait_for(ready, timeout=60, what=f"namespace {name}")
 
 
 def remember(name: str, pid: int) -> None:

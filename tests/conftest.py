@@ -10,7 +10,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from memwarden_testing.cluster import REPO, api_client, kubectl, unique_name, wait_for
+from memwarden_testing.cluster import REPO, api_client, ensure_namespace, kubectl, unique_name
 from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
@@ -51,18 +51,7 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
     core = client.CoreV1Api(kube)
     base = request.node.name.lower().replace("_", "-")
     name = unique_name("t-" + "".join(c for c in base if c.isalnum() or c == "-")[:40].strip("-"))
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-
-    def default_sa_ready() -> bool:
-        try:
-            core.read_namespaced_service_account("default", name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
-    wait_for(default_sa_ready, timeout=30, what=f"default ServiceAccount in {name}")
+    ensure_namespace(core, name)
     yield name
     try:
         core.delete_namespace(name)
@@ -100,13 +89,7 @@ def operator(
     crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     """The operator as a process, with its webhook registered; stopped at the end."""
-    try:
-        client.CoreV1Api(kube).create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=OPERATOR_NAMESPACE))
-        )
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
+    ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
     workdir = tmp_path_factory.mktemp("operator")
     identity = least_privilege_kubeconfig(kube, admin_kubeconfig=crds, workdir=workdir)
     process = OperatorProcess(kubeconfig=crds, workdir=workdir, identity=identity)

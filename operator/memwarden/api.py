@@ -570,21 +570,30 @@ def _object_schema(
     }
 
 
-def memorypolicy_crd() -> dict[str, Any]:
-    """The MemoryPolicy CustomResourceDefinition, generated from the models."""
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    short_name: str,
+    columns: list[tuple[str, str, str]],
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    description: str,
+) -> dict[str, Any]:
+    """A namespaced CRD of ``GROUP``/``VERSION`` with a status subresource."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"memorypolicies.{GROUP}"},
+        "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "plural": "memorypolicies",
-                "singular": "memorypolicy",
-                "kind": "MemoryPolicy",
-                "listKind": "MemoryPolicyList",
-                "shortNames": ["mpol"],
+                "plural": plural,
+                "singular": kind.lower(),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "shortNames": [short_name],
                 "categories": ["memwarden"],
             },
             "versions": [
@@ -594,71 +603,57 @@ def memorypolicy_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [
-                        {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
-                        {"name": "Matched", "type": "integer", "jsonPath": ".status.matchedPods"},
-                        {
-                            "name": "Compliant",
-                            "type": "integer",
-                            "jsonPath": ".status.compliantPods",
-                        },
-                        {"name": "Drifted", "type": "integer", "jsonPath": ".status.driftedPods"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        {"name": name, "type": kind_, "jsonPath": path}
+                        for name, kind_, path in columns
                     ],
                     "schema": {
                         "openAPIV3Schema": _object_schema(
-                            spec=MemoryPolicySpec,
-                            status=MemoryPolicyStatus,
-                            description="MemoryPolicy sets memory requests/limits and Go runtime "
-                            "settings for the pods it selects, and watches them for OOM risk.",
+                            spec=spec, status=status, description=description
                         )
                     },
                 }
             ],
         },
     }
+
+
+def memorypolicy_crd() -> dict[str, Any]:
+    """The MemoryPolicy CustomResourceDefinition, generated from the models."""
+    return _crd(
+        kind="MemoryPolicy",
+        plural="memorypolicies",
+        short_name="mpol",
+        columns=[
+            ("Mode", "string", ".spec.mode"),
+            ("Matched", "integer", ".status.matchedPods"),
+            ("Compliant", "integer", ".status.compliantPods"),
+            ("Drifted", "integer", ".status.driftedPods"),
+            ("Age", "date", ".metadata.creationTimestamp"),
+        ],
+        spec=MemoryPolicySpec,
+        status=MemoryPolicyStatus,
+        description="MemoryPolicy sets memory requests/limits and Go runtime settings for the "
+        "pods it selects, and watches them for OOM risk.",
+    )
 
 
 def memoryincident_crd() -> dict[str, Any]:
     """The MemoryIncident CustomResourceDefinition, generated from the models."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"memoryincidents.{GROUP}"},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "plural": "memoryincidents",
-                "singular": "memoryincident",
-                "kind": "MemoryIncident",
-                "listKind": "MemoryIncidentList",
-                "shortNames": ["minc"],
-                "categories": ["memwarden"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": "Pod", "type": "string", "jsonPath": ".spec.pod"},
-                        {"name": "Signal", "type": "string", "jsonPath": ".spec.trigger.signal"},
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
-                    "schema": {
-                        "openAPIV3Schema": _object_schema(
-                            spec=MemoryIncidentSpec,
-                            status=MemoryIncidentStatus,
-                            description="MemoryIncident records one evidence capture from a "
-                            "container heading for OOM; create one by hand to capture on demand.",
-                        )
-                    },
-                }
-            ],
-        },
-    }
+    return _crd(
+        kind="MemoryIncident",
+        plural="memoryincidents",
+        short_name="minc",
+        columns=[
+            ("Pod", "string", ".spec.pod"),
+            ("Signal", "string", ".spec.trigger.signal"),
+            ("Phase", "string", ".status.phase"),
+            ("Age", "date", ".metadata.creationTimestamp"),
+        ],
+        spec=MemoryIncidentSpec,
+        status=MemoryIncidentStatus,
+        description="MemoryIncident records one evidence capture from a container heading for "
+        "OOM; create one by hand to capture on demand.",
+    )
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

@@ -11,9 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -23,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from memwarden_testing.cluster import wait_for
+from memwarden_testing.cluster import stop_process_group, wait_for
 from memwarden_testing.operator import free_port
 
 ALERTMANAGER = Path(shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager")
@@ -184,14 +182,7 @@ class AlertmanagerProcess:
             pass
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process, grace=10)
 
     def log_tail(self, size: int = 4000) -> str:
         try:

@@ -60,3 +60,45 @@ def kubectl(
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def ensure_namespace(
+    core: client.CoreV1Api, name: str, *, labels: dict[str, str] | None = None
+) -> None:
+    """Create ``name`` if absent and wait for its default ServiceAccount: the
+    ServiceAccount admission plugin refuses pods until the controller-manager made it."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        core.create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+
+    def ready() -> bool:
+        try:
+            core.read_namespaced_service_account("default", name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(ready, timeout=60, what=f"the default ServiceAccount of namespace {name}")
+
+
+def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float = 20) -> None:
+    """SIGTERM a process started with ``start_new_session`` and its children, SIGKILL them
+    after ``grace`` seconds; returns once the leader has exited."""
+    import signal
+
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import time
@@ -23,7 +22,7 @@ import yaml
 
 from memwarden import certs
 from memwarden.manifests import mutating_webhook_configuration
-from memwarden_testing.cluster import REPO, kubectl, wait_for
+from memwarden_testing.cluster import REPO, kubectl, stop_process_group, wait_for
 
 OPERATOR_NAMESPACE = "memwarden-system"
 
@@ -146,12 +145,7 @@ class OperatorProcess:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _listening(self.webhook_port):
             time.sleep(0.1)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from typing import Any, Protocol
 import pytest
 import yaml
 
-from memwarden_testing.cluster import wait_for
+from memwarden_testing.cluster import stop_process_group, wait_for
 from memwarden_testing.operator import free_port
 
 PROMETHEUS = Path(os.environ.get("MEMWARDEN_TEST_PROMETHEUS", "/usr/bin/prometheus"))
@@ -256,14 +255,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """SIGTERM, then wait (SIGKILL after 20 s): the port is free when this returns."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_process_group(self.process)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """An instant query, for assertions in tests (the product uses its own adapter)."""
