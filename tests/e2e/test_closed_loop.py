@@ -114,11 +114,8 @@ def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[s
 
 
 def gomemlimit_of(loop: Loop, pod: dict[str, Any]) -> float:
-    """The Go runtime's own GOMEMLIMIT, read from the workload's /metrics through the API
-    server's pod proxy (works wherever the API server reaches pods)."""
-    text = client.CoreV1Api(loop.kube).connect_get_namespaced_pod_proxy_with_path(
-        f"{pod['metadata']['name']}:6060", pod["metadata"]["namespace"], "metrics"
-    )
+    """The Go runtime's own GOMEMLIMIT, read from the workload's /metrics."""
+    text = loop.workload_metrics(pod)
     match = re.search(r"^go_gc_gomemlimit_bytes (\S+)$", text, re.MULTILINE)
     assert match, text[:500]
     return float(match.group(1))

@@ -46,6 +46,13 @@ class Loop:
         """The pod spec, placed where this loop runs its workloads."""
         return spec
 
+    def workload_metrics(self, pod: dict[str, Any]) -> str:
+        """The workload's own /metrics (port 6060), through the API server's pod proxy."""
+        text: str = client.CoreV1Api(self.kube).connect_get_namespaced_pod_proxy_with_path(
+            f"{pod['metadata']['name']}:6060", pod["metadata"]["namespace"], "metrics"
+        )
+        return text
+
     def working_set(self, *, namespace: str, pod: str) -> float:
         """The container's working set in bytes, as Prometheus has it now (0 if unknown)."""
         query = (
@@ -70,6 +77,12 @@ class LocalLoop(Loop):
     def pin(self, spec: dict[str, Any]) -> dict[str, Any]:
         assert self.sim is not None
         return self.sim.pin(spec)
+
+    def workload_metrics(self, pod: dict[str, Any]) -> str:
+        """Straight from the pod's loopback IP: the API server refuses to proxy to loopback."""
+        url = f"http://{pod['status']['podIP']}:6060/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
 
 def kind_loop(kube: client.ApiClient, kubeconfig: Path) -> Loop:
