@@ -51,7 +51,7 @@ PY
 import sys
 text, token, rules = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
 rules = rules.replace("\n", "\n    ")
-url = "https://memwarden.memwarden-system.svc:8443/alertmanager/v4"
+url = "http://memwarden.memwarden-system.svc:8443/alertmanager/v4"  # values.yaml: no http TLS
 print(text.replace("RULES", rules).replace("RECEIVER_TOKEN", token).replace("RECEIVER_URL", url))
 PY
 "$kubectl" apply -f "$work/monitoring.yaml"
@@ -66,7 +66,7 @@ echo "==> scenarios"
 cd "$repo"
 MEMWARDEN_E2E_TARGET=kind \
 MEMWARDEN_E2E_PROMETHEUS_URL=http://127.0.0.1:19090 \
-MEMWARDEN_E2E_EVIDENCE_URL=https://127.0.0.1:18443/evidence \
+MEMWARDEN_E2E_EVIDENCE_URL=http://127.0.0.1:18443/evidence \
 MEMWARDEN_E2E_LEAKY_IMAGE="$image_prefix/leaky:dev" \
 MEMWARDEN_E2E_KIND_CLUSTER="$cluster" \
     .venv/bin/python -m pytest tests/e2e -m "e2e or kind" -p no:cacheprovider -v

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client
 
 from memwarden_testing.cluster import kubectl, wait_for
-from memwarden_testing.loop import ALERTED_PREFIX, Loop
+from memwarden_testing.loop import ALERTED_PREFIX, LocalLoop, Loop
 
 LIMIT_MI = 200
 POLICY_RATIO = 0.5
@@ -33,12 +34,14 @@ def apply(loop: Loop, obj: dict[str, Any]) -> None:
     kubectl(loop.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
 
 
-def policy(namespace: str, *, oom_risk: bool, artifacts: list[str]) -> dict[str, Any]:
+def policy(
+    namespace: str, *, oom_risk: bool, artifacts: list[str], trace_seconds: int = 1
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"tier": "go"}},
         "memory": {"request": "64Mi", "limit": f"{LIMIT_MI}Mi"},
         "runtime": {"go": {"memoryLimit": "90%", "gogc": "100"}},
-        "capture": {"artifacts": artifacts, "traceSeconds": 1, "cooldown": "30m"},
+        "capture": {"artifacts": artifacts, "traceSeconds": trace_seconds, "cooldown": "30m"},
     }
     if oom_risk:
         spec["oomRisk"] = {"usageRatio": POLICY_RATIO, "timeToLimit": "0s", "for": "3s"}
@@ -329,3 +332,49 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
     assert incident["status"]["analysis"]["goroutines"] >= 1
+
+
+def test_an_operator_restart_mid_capture_neither_duplicates_nor_loses_it(
+    loop: Loop, namespace: str
+) -> None:
+    if not isinstance(loop, LocalLoop) or loop.operator is None:
+        pytest.skip("restarts the operator process: local loop only")
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap", "trace"], trace_seconds=8))
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(
+        namespace, deployment(loop, "steady", pattern="none")
+    )
+    pod = running_pod(loop, namespace, "steady")
+    name = pod["metadata"]["name"]
+    apply(
+        loop,
+        {
+            "apiVersion": "memwarden.dev/v1alpha1",
+            "kind": "MemoryIncident",
+            "metadata": {"name": "restarted", "namespace": namespace},
+            "spec": {"pod": name},
+        },
+    )
+    custom = client.CustomObjectsApi(loop.kube)
+
+    def phase() -> str | None:
+        obj = custom.get_namespaced_custom_object(
+            "memwarden.dev", "v1alpha1", namespace, "memoryincidents", "restarted"
+        )
+        return (obj.get("status") or {}).get("phase")
+
+    wait_for(lambda: phase() == "Capturing", timeout=60, what="the capture under way")
+    loop.operator.stop()  # the 8 s trace is still being recorded in the debug container
+    loop.operator.start()
+    incident = collected(loop, namespace, name, timeout=120)
+    debug = (
+        client.CoreV1Api(loop.kube).read_namespaced_pod(name, namespace).spec.ephemeral_containers
+    )
+    assert [c.name for c in debug or []] == [incident["status"]["ephemeralContainer"]]
+
+    # Deleting the incident deletes its evidence (the finalizer).
+    evidence = loop.operator.workdir / "evidence" / namespace / "restarted"
+    assert evidence.exists()
+    custom.delete_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memoryincidents", "restarted"
+    )
+    wait_for(lambda: not evidence.exists(), timeout=30, what="the evidence deleted with it")
