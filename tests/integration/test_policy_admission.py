@@ -130,6 +130,16 @@ def test_bare_pod_and_deployment_pods_are_admitted_with_the_policy(
     assert status["compliantPods"] == 3
     assert status["driftedPods"] == 0
     assert status["observedGeneration"] == 1
+    events = wait_for(
+        lambda: [
+            e.message
+            for e in client.CoreV1Api(kube).list_namespaced_event(namespace).items
+            if e.involved_object.kind == "MemoryPolicy" and "matched" in (e.message or "")
+        ],
+        timeout=30,
+        what="an Event on the policy saying what changed",
+    )
+    assert any("matched 0 ->" in message for message in events), events
 
 
 def test_operator_down_pods_are_created_unmutated_then_reported_drifted(

@@ -276,7 +276,12 @@ async def _open_locked(
             metrics.SUPPRESSED_TRIGGERS.labels(reason=decision.reason).inc()
             key = (policy.key, finding.pod, decision.reason)
             if _announcements.due(key, now=time.monotonic()):
-                logger.info("trigger suppressed (%s): %s", decision.reason, decision.message)
+                logger.info(  # the Event below says it with its own reason
+                    "trigger suppressed (%s): %s",
+                    decision.reason,
+                    decision.message,
+                    extra={"k8s_skip": True},
+                )
                 if body is not None:
                     kopf.info(
                         body,
@@ -302,7 +307,9 @@ async def _open_locked(
         )
         metrics.INCIDENTS_OPENED.labels(source=finding.source, signal=finding.signal).inc()
         threshold = "" if finding.threshold is None else f" (threshold {finding.threshold:g})"
-        logger.warning("incident %s opened: %s%s", decision.name, what, threshold)
+        logger.warning(
+            "incident %s opened: %s%s", decision.name, what, threshold, extra={"k8s_skip": True}
+        )
         if body is not None:
             kopf.warn(body, reason="IncidentOpened", message=f"{decision.name}: {what}{threshold}")
         patch.status["lastIncident"] = decision.name

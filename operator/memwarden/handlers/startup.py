@@ -23,7 +23,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="memwarden.dev", key="last-handled-configuration"
     )
+    # Per-object log records at INFO and above become Events on the object (status
+    # changes, captures, refusals): kopf 1.45 posts none unless asked.
     settings.posting.level = logging.INFO
+    settings.posting.loggers = True
     settings.watching.server_timeout = 300
     # Least privilege: the CRDs are installed before the operator (chart crds/), so kopf
     # needs no list/watch on CustomResourceDefinitions to notice them at run time.
