@@ -214,6 +214,10 @@ def _known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[di
     return indexed
 
 
+#: One opening decision at a time in this process (see open_incidents).
+_opening = asyncio.Lock()
+
+
 async def open_incidents(
     findings: list[Finding],
     *,
@@ -227,101 +231,79 @@ async def open_incidents(
     """Decide and open one policy's findings; shared with the Alertmanager intake.
 
     With the policy's ``body``, each opening and suppression is also an Event on it
-    (reasons IncidentOpened, TriggerSuppressed): kopf posts no Event for a log record.
+    (reasons IncidentOpened, TriggerSuppressed), and the matching log lines are not.
     One opening at a time in this process: the Prometheus timers and the Alertmanager
     consumer would otherwise both pass the cooldown and concurrency checks for one pod.
     """
     async with _opening:
-        await _open_locked(
+        settings = state.settings()
+        decisions = decide(
             findings,
-            policy=policy,
-            incident_index=incident_index,
+            captures={
+                (policy.namespace, policy.name): policy.spec.capture
+                or CaptureSpec(cooldown=settings.capture_default_cooldown)
+            },
+            incidents=_known_incidents(incident_index),
             now=now,
-            patch=patch,
-            logger=logger,
-            body=body,
+            max_concurrent=settings.max_concurrent_captures,
         )
-
-
-_opening = asyncio.Lock()
-
-
-async def _open_locked(
-    findings: list[Finding],
-    *,
-    policy: Candidate,
-    incident_index: kopf.Index[str, dict[str, Any]],
-    now: dt.datetime,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    body: kopf.Body | None = None,
-) -> None:
-    settings = state.settings()
-    decisions = decide(
-        findings,
-        captures={
-            (policy.namespace, policy.name): policy.spec.capture
-            or CaptureSpec(cooldown=settings.capture_default_cooldown)
-        },
-        incidents=_known_incidents(incident_index),
-        now=now,
-        max_concurrent=settings.max_concurrent_captures,
-    )
-    for decision in decisions:
-        finding = decision.finding
-        what = f"{finding.pod}/{finding.container} {finding.signal}={finding.value}"
-        if not isinstance(decision, Open):
-            if decision.reason == "duplicate":
-                continue
-            metrics.SUPPRESSED_TRIGGERS.labels(reason=decision.reason).inc()
-            key = (policy.key, finding.pod, decision.reason)
-            if _announcements.due(key, now=time.monotonic()):
-                logger.info(  # the Event below says it with its own reason
-                    "trigger suppressed (%s): %s",
-                    decision.reason,
-                    decision.message,
-                    extra={"k8s_skip": True},
-                )
-                if body is not None:
-                    kopf.info(
-                        body,
-                        reason="TriggerSuppressed",
-                        message=f"{what} suppressed ({decision.reason}): {decision.message}",
+        for decision in decisions:
+            finding = decision.finding
+            what = f"{finding.pod}/{finding.container} {finding.signal}={finding.value}"
+            if not isinstance(decision, Open):
+                if decision.reason == "duplicate":
+                    continue
+                metrics.SUPPRESSED_TRIGGERS.labels(reason=decision.reason).inc()
+                key = (policy.key, finding.pod, decision.reason)
+                if _announcements.due(key, now=time.monotonic()):
+                    logger.info(  # the Event below says it with its own reason
+                        "trigger suppressed (%s): %s",
+                        decision.reason,
+                        decision.message,
+                        extra={"k8s_skip": True},
                     )
-            continue
-        if settings.dry_run:
-            logger.info("dry run: would open incident %s for %s", decision.name, what)
-            continue
-        try:
-            created = await kube().acreate(
-                INCIDENTS, namespace=decision.namespace, body=decision.body
+                    if body is not None:
+                        kopf.info(
+                            body,
+                            reason="TriggerSuppressed",
+                            message=f"{what} suppressed ({decision.reason}): {decision.message}",
+                        )
+                continue
+            if settings.dry_run:
+                logger.info("dry run: would open incident %s for %s", decision.name, what)
+                continue
+            try:
+                created = await kube().acreate(
+                    INCIDENTS, namespace=decision.namespace, body=decision.body
+                )
+            except Conflict:
+                continue  # the same name: opened by an earlier cycle, already counted
+            except KubeError as exc:
+                logger.warning("incident %s for %s not opened: %s", decision.name, what, exc)
+                continue
+            _ledger[f"{decision.namespace}/{decision.name}"] = (
+                time.monotonic(),
+                incident_view(created),
             )
-        except Conflict:
-            continue  # the same name: opened by an earlier cycle, already counted
-        except KubeError as exc:
-            logger.warning("incident %s for %s not opened: %s", decision.name, what, exc)
-            continue
-        _ledger[f"{decision.namespace}/{decision.name}"] = (
-            time.monotonic(),
-            incident_view(created),
-        )
-        metrics.INCIDENTS_OPENED.labels(source=finding.source, signal=finding.signal).inc()
-        threshold = "" if finding.threshold is None else f" (threshold {finding.threshold:g})"
-        logger.warning(
-            "incident %s opened: %s%s", decision.name, what, threshold, extra={"k8s_skip": True}
-        )
-        if body is not None:
-            kopf.warn(body, reason="IncidentOpened", message=f"{decision.name}: {what}{threshold}")
-        patch.status["lastIncident"] = decision.name
-        version = (created.get("metadata") or {}).get("resourceVersion")
-        try:
-            # Conditional on the version just created: never rewind a capture that
-            # has already moved the incident on.
-            await kube().apatch_status(
-                INCIDENTS,
-                namespace=decision.namespace,
-                name=decision.name,
-                patch={"metadata": {"resourceVersion": version}, "status": decision.status},
+            metrics.INCIDENTS_OPENED.labels(source=finding.source, signal=finding.signal).inc()
+            threshold = "" if finding.threshold is None else f" (threshold {finding.threshold:g})"
+            logger.warning(
+                "incident %s opened: %s%s", decision.name, what, threshold, extra={"k8s_skip": True}
             )
-        except KubeError as exc:
-            logger.debug("incident %s: initial status not written: %s", decision.name, exc)
+            if body is not None:
+                kopf.warn(
+                    body, reason="IncidentOpened", message=f"{decision.name}: {what}{threshold}"
+                )
+            patch.status["lastIncident"] = decision.name
+            version = (created.get("metadata") or {}).get("resourceVersion")
+            try:
+                # Conditional on the version just created: never rewind a capture that
+                # has already moved the incident on.
+                await kube().apatch_status(
+                    INCIDENTS,
+                    namespace=decision.namespace,
+                    name=decision.name,
+                    patch={"metadata": {"resourceVersion": version}, "status": decision.status},
+                )
+            except KubeError as exc:
+                logger.debug("incident %s: initial status not written: %s", decision.name, exc)
