@@ -260,6 +260,11 @@ class Settings(BaseModel):
         "https://memwarden.memwarden-system.svc:8443/evidence. None: http://<http_host>:"
         "<http_port>/evidence (right for the local environment only).",
     )
+    evidence_upload_ca_file: str | None = Field(
+        default=None,
+        description="CA certificate (PEM) the debug containers trust for uploads to an "
+        "HTTPS evidence_base_url; passed to them as text. None: the system trust store.",
+    )
     evidence_max_bundle_bytes: int = Field(
         default=3 * 2**30,
         description="Largest bundle accepted: a 2Gi core (capture.maxCoreBytes default) "

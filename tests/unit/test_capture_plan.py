@@ -255,3 +255,27 @@ def test_ptrace_by_pod_security_level(labels: dict[str, str], allowed: bool, rea
     assert reason in why
     if not allowed:
         assert "SYS_PTRACE" in why or "restricted" in why
+
+
+def test_the_evidence_ca_is_passed_as_text_only_when_given() -> None:
+    from memwarden.capture.plan import ENV_UPLOAD_CA, plan_ephemeral_container
+
+    common = {
+        "incident": "inc-1",
+        "target_container": "app",
+        "image": "img",
+        "upload_url": "https://e/x",
+        "upload_token": "t",
+        "pprof_port": 6060,
+        "trace_seconds": 1,
+        "artifacts": ["heap"],
+        "max_core_bytes": 1,
+        "ptrace_allowed": True,
+    }
+    without = {e["name"] for e in plan_ephemeral_container(**common)["env"]}
+    assert ENV_UPLOAD_CA not in without
+    pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    env = {
+        e["name"]: e["value"] for e in plan_ephemeral_container(**common, upload_ca_pem=pem)["env"]
+    }
+    assert env[ENV_UPLOAD_CA] == pem

@@ -216,3 +216,19 @@ def test_toolbox_imports_stay_light() -> None:
     )
 
     assert result.stdout.strip() == "[]"
+
+
+def test_an_upload_ca_given_as_pem_text_is_trusted() -> None:
+    import datetime as dt
+
+    from memwarden import certs
+    from memwarden.capture.toolbox import _connection
+
+    ca = certs.make_ca(
+        common_name="evidence-ca", now=dt.datetime.now(dt.UTC), valid_for=dt.timedelta(days=1)
+    )
+    connection = _connection(
+        "https://evidence.example:8443/x", ca_file=ca.cert_pem.decode(), timeout=1
+    )
+    trusted = connection._context.get_ca_certs()  # type: ignore[attr-defined]
+    assert [c["subject"] for c in trusted] == [((("commonName", "evidence-ca"),),)]

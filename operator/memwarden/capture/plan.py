@@ -133,6 +133,7 @@ def plan_ephemeral_container(
     artifacts: Sequence[str],
     max_core_bytes: int,
     ptrace_allowed: bool,
+    upload_ca_pem: str | None = None,
 ) -> dict[str, Any]:
     """The toolbox container for ``incident``, as a ``V1EphemeralContainer`` dict.
 
@@ -190,6 +191,9 @@ def plan_ephemeral_container(
             # incident, short-lived and write-only (it can upload this incident's bundle,
             # nothing else); a Secret would need RBAC on Secrets in every namespace.
             {"name": ENV_UPLOAD_TOKEN, "value": upload_token},
+            # The evidence API's CA, as text: an ephemeral container cannot mount a volume
+            # the pod does not already have.
+            *([{"name": ENV_UPLOAD_CA, "value": upload_ca_pem}] if upload_ca_pem else []),
         ],
         "securityContext": {
             "privileged": False,

@@ -662,7 +662,12 @@ def _connection(url: str, *, ca_file: str | None, timeout: float) -> http.client
     if parts.hostname is None:
         raise DeliveryError(f"upload URL has no host: {url!r}")
     if parts.scheme == "https":
-        context = ssl.create_default_context(cafile=ca_file or None)
+        # The CA comes as a file path, or as PEM text in the env (the capture plan's way:
+        # an ephemeral container cannot mount a new volume).
+        if ca_file and ca_file.lstrip().startswith("-----BEGIN"):
+            context = ssl.create_default_context(cadata=ca_file)
+        else:
+            context = ssl.create_default_context(cafile=ca_file or None)
         return http.client.HTTPSConnection(
             parts.hostname, parts.port, timeout=timeout, context=context
         )
@@ -943,7 +948,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--upload",
         default=os.environ.get(ENV_UPLOAD_URL) or None,
         help=f"PUT the bundle here (default ${ENV_UPLOAD_URL}); bearer token from "
-        f"${ENV_UPLOAD_TOKEN}, CA file from ${ENV_UPLOAD_CA}",
+        f"${ENV_UPLOAD_TOKEN}, CA (a file path or PEM text) from ${ENV_UPLOAD_CA}",
     )
     parser.add_argument(
         "--termination-log",

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -131,6 +132,8 @@ async def start_capture(
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
     pod_name = str(spec["pod"])
+    ca_file = settings.evidence_upload_ca_file
+    upload_ca = await _read_optional(ca_file)
 
     def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         container = plan_ephemeral_container(
@@ -144,6 +147,7 @@ async def start_capture(
             artifacts=artifacts,
             max_core_bytes=parse_bytes(capture.maxCoreBytes),
             ptrace_allowed=ptrace,
+            upload_ca_pem=upload_ca,
         )
         return container, ephemeral_container_patch(pod or {}, container)
 
@@ -198,6 +202,21 @@ async def start_capture(
         spec.get("pod"),
         target.container,
     )
+
+
+async def _read_optional(path: str | None) -> str | None:
+    """A small file's text, or None when unset or unreadable (then: the trust store)."""
+    if not path:
+        return None
+    try:
+        return await asyncio.to_thread(Path(path).read_text)
+    except OSError as exc:
+        logger.warning(
+            "evidence upload CA %s not readable (%s): debug containers use their trust store",
+            path,
+            exc,
+        )
+        return None
 
 
 async def _add_debug_container(namespace: str, pod: str, body: dict[str, Any]) -> None:
