@@ -10,10 +10,11 @@ which run it in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import urllib3
 from kubernetes import client, config
@@ -219,6 +220,40 @@ class Kube:
             raise error_from(exc, what=f"add debug container to pod {namespace}/{name}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Transient(_short(f"patch pod {namespace}/{name}: {exc}")) from exc
+
+    def post_event(self, obj: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        """A core/v1 Event on ``obj``, as kopf writes them. For code that runs outside a
+        kopf handler (the evidence API), where ``kopf.event`` has no queue to post to."""
+        meta = obj.get("metadata") or {}
+        now = dt.datetime.now(dt.UTC)
+        body: dict[str, Any] = {
+            "metadata": {"generateName": f"{meta.get('name', 'object')}."},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "memwarden"},
+            "reportingComponent": "memwarden",
+            "firstTimestamp": now.isoformat(),
+            "lastTimestamp": now.isoformat(),
+            "count": 1,
+        }
+        namespace = str(meta.get("namespace") or "default")
+        try:
+            # The client serialises a plain dict as it would its CoreV1Event model.
+            self._core.create_namespaced_event(
+                namespace, cast(Any, body), _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=f"post Event {reason} in {namespace}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"post Event {reason} in {namespace}: {exc}")) from exc
 
     async def acreate(
         self, resource: CustomResource, *, namespace: str, body: Mapping[str, Any]

@@ -93,7 +93,12 @@ RULES: tuple[Rule, ...] = (
         ("patch",),
         "a capture adds the toolbox as an ephemeral container (never the pod's spec)",
     ),
-    Rule("", ("events",), ("create",), "kopf posts handler outcomes as Events on the objects"),
+    Rule(
+        "",
+        ("events",),
+        ("create",),
+        "handler outcomes, status changes and captures are told as Events on the objects",
+    ),
     Rule(
         "authentication.k8s.io",
         ("tokenreviews",),

@@ -331,6 +331,18 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     assert incident["spec"].get("trigger", {}).get("source", "manual") == "manual"
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
+
+    def reasons() -> set[str]:
+        events = client.CoreV1Api(loop.kube).list_namespaced_event(namespace).items
+        return {e.reason for e in events if e.involved_object.name == "on-demand"}
+
+    story = {"CaptureStarted", "EvidenceCollected"}
+    seen: set[str] = set()
+    try:
+        wait_for(lambda: seen.update(reasons()) or seen >= story, timeout=30, what="Events")
+    except AssertionError as exc:
+        raise AssertionError(f"wanted Events {sorted(story)}, saw {sorted(seen)}") from exc
+    assert "Failed" not in seen
     assert incident["status"]["analysis"]["goroutines"] >= 1
 
 

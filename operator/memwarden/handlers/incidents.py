@@ -74,6 +74,7 @@ async def start_capture(
     spec: kopf.Spec,
     status: kopf.Status,
     meta: kopf.Meta,
+    body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
     **kwargs: Any,
@@ -152,19 +153,19 @@ async def start_capture(
         return container, ephemeral_container_patch(pod or {}, container)
 
     try:
-        container, body = plan(allowed)
-        if body is not None and not settings.dry_run:
+        container, addition = plan(allowed)
+        if addition is not None and not settings.dry_run:
             try:
-                await _add_debug_container(namespace, pod_name, body)
+                await _add_debug_container(namespace, pod_name, addition)
             except Rejected as exc:
                 # Namespace labels cannot show a cluster-wide default Pod Security level:
                 # a refusal of SYS_PTRACE is learnt here. Capture without gcore then.
                 if not allowed or exc.status != 403:
                     raise
                 allowed, why = False, f"refused by the API server: {exc}"
-                container, body = plan(False)
-                if body is not None:
-                    await _add_debug_container(namespace, pod_name, body)
+                container, addition = plan(False)
+                if addition is not None:
+                    await _add_debug_container(namespace, pod_name, addition)
     except PlanError as exc:
         _finish(
             patch, phase="Skipped", reason="NothingToCapture", message=str(exc), now=now, spec=spec
@@ -195,13 +196,12 @@ async def start_capture(
         }
     )
     _count_phase("Capturing", spec)
-    logger.info(
-        "debug container %s added to %s/%s (target %s)",
-        container["name"],
-        namespace,
-        spec.get("pod"),
-        target.container,
+    message = (
+        f"debug container {container['name']} added to pod {spec.get('pod')} "
+        f"(target {target.container})"
     )
+    logger.info(message)
+    kopf.event(body, type="Normal", reason="CaptureStarted", message=message)
 
 
 async def _read_optional(path: str | None) -> str | None:
@@ -303,6 +303,14 @@ async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
     logger.info(
         "incident %s/%s collected: %s bytes, %s", namespace, name, meta.bytes, status.get("message")
     )
+    with contextlib.suppress(KubeError):  # the story is in the status; the Event is a bonus
+        await asyncio.to_thread(
+            state.kube().post_event,
+            incident,
+            type="Normal",
+            reason="EvidenceCollected",
+            message=str(status.get("message")),
+        )
 
 
 @kopf.timer(
@@ -319,6 +327,7 @@ async def follow_capture(
     name: str | None,
     spec: kopf.Spec,
     status: kopf.Status,
+    body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
     **_: Any,
@@ -339,6 +348,9 @@ async def follow_capture(
     if progress.action == "complete":
         collected = await asyncio.to_thread(_collect, namespace, name)
         patch.status.update(collected)
+        kopf.event(
+            body, type="Normal", reason="EvidenceCollected", message=str(collected["message"])
+        )
         _count_phase("Collected", spec)
         _observe_capture(status, outcome="collected")
         metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])

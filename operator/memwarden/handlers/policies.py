@@ -53,6 +53,7 @@ def refresh_status(
     name: str,
     meta: kopf.Meta,
     status: kopf.Status,
+    body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
     **kwargs: Any,
@@ -85,6 +86,7 @@ def refresh_status(
     change = describe_change(previous, new)
     if change:
         logger.info("status: %s", change)
+        kopf.event(body, type="Normal", reason="StatusChanged", message=change)
     if state.settings().dry_run:
         return
     patch.status.update(new.model_dump(mode="json", exclude_none=True))

@@ -263,8 +263,9 @@ async def open_incidents(
                         extra={"k8s_skip": True},
                     )
                     if body is not None:
-                        kopf.info(
+                        kopf.event(
                             body,
+                            type="Normal",
                             reason="TriggerSuppressed",
                             message=f"{what} suppressed ({decision.reason}): {decision.message}",
                         )

@@ -23,9 +23,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="memwarden.dev", key="last-handled-configuration"
     )
-    # Per-object log records at INFO and above become Events on the object (status
-    # changes, captures, refusals): kopf 1.45 posts none unless asked.
-    settings.posting.level = logging.INFO
+    # Per-object warnings and errors become Events on the object (kopf 1.45 posts none
+    # unless asked). Not INFO: kopf logs every timer run at INFO, and an Event each second
+    # per policy would drown the ones that matter. memwarden's own news (status changes,
+    # captures) is posted explicitly, with a reason.
+    settings.posting.level = logging.WARNING
     settings.posting.loggers = True
     settings.watching.server_timeout = 300
     # Least privilege: the CRDs are installed before the operator (chart crds/), so kopf
