@@ -21,7 +21,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import grant_in_namespace, kubectl, wait_for
 from memwarden_testing.loop import ALERTED_PREFIX, LocalLoop, Loop
 
 LIMIT_MI = 200
@@ -135,32 +135,16 @@ def when(text: str | None) -> dt.datetime:
 
 def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
     """The bundle through the evidence API, as a user granted `get` on it would."""
-    core, rbac = client.CoreV1Api(loop.kube), client.RbacAuthorizationV1Api(loop.kube)
+    core = client.CoreV1Api(loop.kube)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
-    rbac.create_namespaced_role(
+    grant_in_namespace(
+        loop.kube,
         namespace,
-        {
-            "metadata": {"name": "evidence-reader"},
-            "rules": [
-                {
-                    "apiGroups": ["memwarden.dev"],
-                    "resources": ["memoryincidents", "memoryincidents/evidence"],
-                    "verbs": ["get", "list"],
-                }
-            ],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": "sre-evidence"},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "Role",
-                "name": "evidence-reader",
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": "sre", "namespace": namespace}],
-        },
+        name="evidence-reader",
+        account="sre",
+        group="memwarden.dev",
+        resources=["memoryincidents", "memoryincidents/evidence"],
+        verbs=["get", "list"],
     )
     token = core.create_namespaced_service_account_token(
         "sre", namespace, {"spec": {"expirationSeconds": 600}}

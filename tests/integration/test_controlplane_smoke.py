@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from memwarden_testing.cluster import kubectl, unique_name, wait_for
+from memwarden_testing.cluster import grant_in_namespace, kubectl, unique_name, wait_for
 
 WIDGET_CRD = """
 apiVersion: apiextensions.k8s.io/v1
@@ -111,28 +111,18 @@ def test_controller_manager_turns_a_deployment_into_pods(
 @pytest.fixture
 def reader_token(kube: client.ApiClient, namespace: str) -> str:
     """A ServiceAccount allowed to list pods in ``namespace`` only, and its bound token."""
-    core, rbac = client.CoreV1Api(kube), client.RbacAuthorizationV1Api(kube)
+    core = client.CoreV1Api(kube)
     core.create_namespaced_service_account(
         namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader"))
     )
-    rbac.create_namespaced_role(
+    grant_in_namespace(
+        kube,
         namespace,
-        client.V1Role(
-            metadata=client.V1ObjectMeta(name="pod-reader"),
-            rules=[client.V1PolicyRule(api_groups=[""], resources=["pods"], verbs=["list"])],
-        ),
-    )
-    rbac.create_namespaced_role_binding(
-        namespace,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="pod-reader"),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="pod-reader"
-            ),
-            subjects=[
-                client.RbacV1Subject(kind="ServiceAccount", name="reader", namespace=namespace)
-            ],
-        ),
+        name="pod-reader",
+        account="reader",
+        group="",
+        resources=["pods"],
+        verbs=["list"],
     )
     request = client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)

@@ -30,7 +30,7 @@ from memwarden.evidence.api import bundle_url, make_evidence_app
 from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
 from memwarden.evidence.store import BundleMeta, EvidenceStore
 from memwarden.evidence.tokens import issue_upload_token
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import grant_in_namespace, kubectl, wait_for
 from memwarden_testing.evidence import KEY, EvidenceServer, make_bundle, make_incident
 
 MAX_BUNDLE = 1024 * 1024
@@ -164,26 +164,14 @@ def _service_account_token(kube: client.ApiClient, namespace: str, name: str) ->
 
 def _grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) -> None:
     """The Role docs/evidence.md tells users to create."""
-    rbac = client.RbacAuthorizationV1Api(kube)
-    rules = [
-        client.V1PolicyRule(
-            api_groups=[GROUP], resources=[PLURAL, f"{PLURAL}/evidence"], verbs=["get", "list"]
-        )
-    ]
-    rbac.create_namespaced_role(
-        namespace, client.V1Role(metadata=client.V1ObjectMeta(name="evidence-reader"), rules=rules)
-    )
-    rbac.create_namespaced_role_binding(
+    grant_in_namespace(
+        kube,
         namespace,
-        client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="evidence-reader"),
-            role_ref=client.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="evidence-reader"
-            ),
-            subjects=[
-                client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
-            ],
-        ),
+        name="evidence-reader",
+        account=account,
+        group=GROUP,
+        resources=[PLURAL, f"{PLURAL}/evidence"],
+        verbs=["get", "list"],
     )
 
 

@@ -89,6 +89,51 @@ def ensure_namespace(
     wait_for(ready, timeout=60, what=f"the default ServiceAccount of namespace {name}")
 
 
+def grant_in_namespace(
+    kube: client.ApiClient,
+    namespace: str,
+    *,
+    name: str,
+    account: str,
+    group: str,
+    resources: list[str],
+    verbs: list[str],
+) -> None:
+    """A Role and a RoleBinding for ServiceAccount ``account``; returns once the API
+    server's authorizer sees them (it learns bindings through a watch, so a request sent
+    right after the create can still be refused)."""
+    rbac = client.RbacAuthorizationV1Api(kube)
+    rule = {"apiGroups": [group], "resources": resources, "verbs": verbs}
+    rbac.create_namespaced_role(namespace, {"metadata": {"name": name}, "rules": [rule]})
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        },
+    )
+    review = {
+        "spec": {
+            "user": f"system:serviceaccount:{namespace}:{account}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+            "resourceAttributes": {
+                "namespace": namespace,
+                "group": group,
+                "resource": resources[0].split("/")[0],
+                "subresource": resources[0].partition("/")[2],
+                "verb": verbs[0],
+            },
+        }
+    }
+    authorization = client.AuthorizationV1Api(kube)
+    wait_for(
+        lambda: authorization.create_subject_access_review(review).status.allowed,
+        timeout=30,
+        what=f"the authorizer to allow {account} {verbs[0]} {resources[0]}",
+    )
+
+
 def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float = 20) -> None:
     """SIGTERM a process started with ``start_new_session`` and its children, SIGKILL them
     after ``grace`` seconds; returns once the leader has exited."""

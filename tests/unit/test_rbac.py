@@ -126,21 +126,46 @@ def kopf_uses() -> list[Use]:
 
 
 @functools.cache
-def client_methods() -> dict[str, tuple[str, str]]:
-    """kubernetes client method name -> (HTTP method, request path), from its source.
+def client_requests() -> dict[str, dict[str, tuple[str, str]]]:
+    """kubernetes client method name -> {API class: (HTTP method, request path)}, from
+    its source. One name can live in several classes (``create_namespaced_event`` is in
+    CoreV1Api and EventsV1Api), hence the map per class.
 
     Every generated ``*Api`` method has a ``_<name>_serialize`` twin that names the
     request's method and path; one regex pass per module (inspect per method is slow).
     """
-    found: dict[str, tuple[str, str]] = {}
+    found: dict[str, dict[str, tuple[str, str]]] = {}
     pattern = re.compile(
         r"def _(\w+)_serialize\(.*?method='(\w+)',\s*resource_path='([^']+)'", re.DOTALL
     )
     api_dir = Path(inspect.getfile(kubernetes.client.CoreV1Api)).parent
     for path in sorted(api_dir.glob("*_api.py")):
-        for name, method, resource_path in pattern.findall(path.read_text()):
-            found[name] = (method, resource_path)
+        text = path.read_text()
+        [api_class] = re.findall(r"^class (\w+Api)\b", text, re.MULTILINE)
+        for name, method, resource_path in pattern.findall(text):
+            found.setdefault(name, {})[api_class] = (method, resource_path)
     return found
+
+
+AMBIGUOUS = "ambiguous"
+
+
+def client_methods(tree: ast.Module) -> dict[str, tuple[str, str]]:
+    """The client methods a module can call: those of the ``client.*Api`` classes it
+    names. A name still ambiguous there maps to no request, which the scan reports."""
+    classes = {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr.endswith("Api")
+    }
+    methods: dict[str, tuple[str, str]] = {}
+    for name, by_class in client_requests().items():
+        requests = {by_class[c] for c in classes & by_class.keys()} or set(by_class.values())
+        if len(requests) == 1:
+            methods[name] = requests.pop()
+        else:
+            methods[name] = (AMBIGUOUS, name)
+    return methods
 
 
 def permission_of(method: str, path: str) -> tuple[str, str, str]:
@@ -173,7 +198,7 @@ def _kube_wrappers() -> dict[str, set[tuple[str, str]]]:
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Kube")
     direct: dict[str, set[tuple[str, str]]] = {}
     calls: dict[str, set[str]] = {}
-    methods = client_methods()
+    methods = client_methods(tree)
     for fn in cls.body:
         if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
@@ -195,11 +220,14 @@ def _kube_wrappers() -> dict[str, set[tuple[str, str]]]:
 
 def client_uses() -> list[Use]:
     uses: list[Use] = []
-    methods = client_methods()
     wrappers = _kube_wrappers()
     for module, tree in _modules():
+        methods = client_methods(tree)
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in methods:
+                if methods[node.attr][0] == AMBIGUOUS:  # fails the rule check, by name
+                    uses.append(Use((AMBIGUOUS, node.attr, "?"), f"{module}: {node.attr}"))
+                    continue
                 group, resource, verb = permission_of(*methods[node.attr])
                 if "{" not in group + resource:  # custom objects: through the wrappers below
                     uses.append(Use((group, resource, verb), f"{module}: {node.attr}"))
@@ -305,3 +333,29 @@ def test_no_cluster_wide_secrets_and_no_unused_pod_writes() -> None:
 def test_every_rule_says_why() -> None:
     for rule in rbac.RULES:
         assert len(rule.why) > 20 and "\n" not in rule.why, rule
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        pytest.param(
+            "client.CoreV1Api(c).create_namespaced_event(ns, body)",
+            ("", "events", "create"),
+            id="core",
+        ),
+        pytest.param(
+            "client.EventsV1Api(c).create_namespaced_event(ns, body)",
+            ("events.k8s.io", "events", "create"),
+            id="events.k8s.io",
+        ),
+        pytest.param("api.create_namespaced_event(ns, body)", None, id="unknown-class"),
+    ],
+)
+def test_a_method_name_in_two_api_classes_resolves_by_the_class_the_module_names(
+    source: str, expected: Permission | None
+) -> None:
+    request = client_methods(ast.parse(source))["create_namespaced_event"]
+    if expected is None:
+        assert request[0] == AMBIGUOUS
+    else:
+        assert permission_of(*request) == expected
