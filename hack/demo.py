@@ -30,6 +30,7 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "hack")]
 import devcluster  # noqa: E402
 from kubernetes import client  # noqa: E402
 
+from memwarden.quantity import approximate_bytes  # noqa: E402
 from memwarden_testing.alertmanager import AlertmanagerProcess  # noqa: E402
 from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
 from memwarden_testing.nodesim import NodeSimulator  # noqa: E402
@@ -211,15 +212,18 @@ def up() -> None:
         if artifact.get("error") == "absent":
             continue
         detail = artifact.get("error") or f"sha256 {(artifact.get('sha256') or '')[:16]}"
-        print(f"    {artifact['name']:24} {artifact.get('bytes', 0):>12} bytes  {detail}")
+        print(
+            f"    {artifact['name']:24} {approximate_bytes(artifact.get('bytes', 0)):>8}  {detail}"
+        )
     if absent:
         print(f"    not on this node: {', '.join(absent)}")
-    print(f"    bundle {status['bundleBytes']} bytes, sha256 {status['bundleSha256'][:16]}...")
+    bundle = approximate_bytes(status["bundleBytes"])
+    print(f"    bundle {bundle}, sha256 {status['bundleSha256'][:16]}...")
     say("What is eating memory (heap profile, in-use bytes)")
     for entry in status["analysis"]["top"][:5]:
         print(
-            f"    {entry['flatBytes'] / 2**20:8.1f} MiB flat {entry['cumBytes'] / 2**20:8.1f} MiB "
-            f"cum  {entry['function']}"
+            f"    {approximate_bytes(entry['flatBytes']):>8} flat "
+            f"{approximate_bytes(entry['cumBytes']):>8} cum  {entry['function']}"
         )
     print(f"    goroutines: {status['analysis'].get('goroutines')}")
     pod_now = core.read_namespaced_pod(name, NAMESPACE)

@@ -14,11 +14,13 @@ __all__ = [
     "DURATION_PATTERN",
     "QUANTITY_PATTERN",
     "QuantityError",
+    "approximate_bytes",
     "format_bytes",
     "format_go_bytes",
     "parse_bytes",
     "parse_duration",
     "parse_millicores",
+    "readable_bytes",
 ]
 
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -100,6 +102,32 @@ def format_bytes(n: int) -> str:
         if n % size == 0:
             return f"{n // size}{suffix}"
     return str(n)
+
+
+def approximate_bytes(n: int) -> str:
+    """Bytes for tables, in the largest binary unit they fill, to three significant figures
+    as ``go tool pprof`` writes them (``2040107008`` -> ``1.90Gi``); signed, for growth.
+    Not exact: JSON outputs and the cgroup files keep exact values."""
+    size = float(abs(n))
+    sign = "-" if n < 0 else ""
+    if size < 1024:
+        return f"{n}"
+    for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
+        size /= 1024
+        if size < 1024 or suffix == "Ei":
+            break
+    decimals = 2 if size < 10 else 1 if size < 100 else 0
+    return f"{sign}{size:.{decimals}f}{suffix}"
+
+
+def readable_bytes(n: int) -> str:
+    """Bytes for people: the shortest exact quantity when it is a whole number of MiB or
+    more (``1Gi``), else the byte count, as a cgroup file shows it, with an approximation
+    (``2040107008 (~1.9Gi)`` rather than ``1992292Ki``)."""
+    text = format_bytes(n)
+    if n < 2**20 or text.endswith(("Mi", "Gi", "Ti", "Pi", "Ei")):
+        return text
+    return f"{n} (~{approximate_bytes(n)})"
 
 
 def format_go_bytes(n: int) -> str:

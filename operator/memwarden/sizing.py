@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Final, Literal, get_args
 
-from memwarden.quantity import format_bytes, format_go_bytes
+from memwarden.quantity import format_go_bytes, readable_bytes
 
 __all__ = [
     "GOMEMLIMIT_MIB_FLOOR_FROM",
@@ -71,14 +71,6 @@ HEADROOM_MIN: Final = 32 * MIB
 def _amount(value: int | None) -> int:
     """Unset and zero are the same amount to the kubelet and to the QoS rules."""
     return value or 0
-
-
-def _show(n: int) -> str:
-    """Bytes for people: an exact Mi/Gi/... quantity, else bytes with an approximate MiB."""
-    text = format_bytes(n)
-    if n >= MIB and not text.endswith(("Mi", "Gi", "Ti", "Pi", "Ei")):
-        return f"{n} (~{n / MIB:.1f}Mi)"
-    return text
 
 
 def _check_non_negative(owner: str, **values: int | None) -> None:
@@ -496,7 +488,8 @@ def resolve_rule(rule: MemoryRule, profile: KubeletProfile) -> ResolvedMemory:
 def _resolve_plain(rule: MemoryRule) -> ResolvedMemory:
     if rule.request is not None and rule.limit is not None and rule.request > rule.limit:
         return _refuse(
-            f"memory.request: request {_show(rule.request)} is above limit {_show(rule.limit)}"
+            f"memory.request: request {readable_bytes(rule.request)} is above"
+            f" limit {readable_bytes(rule.limit)}"
         )
     if rule.request is None:
         return ResolvedMemory(
@@ -526,7 +519,9 @@ def _resolve_intent(rule: MemoryRule, profile: KubeletProfile) -> ResolvedMemory
     if problems:
         return _refuse("; ".join(problems))
     if protect is not None and max_ is not None and protect > max_:
-        return _refuse(f"memory.protect: protect {_show(protect)} is above max {_show(max_)}")
+        return _refuse(
+            f"memory.protect: protect {readable_bytes(protect)} is above max {readable_bytes(max_)}"
+        )
 
     if high is None:
         if max_ is None:
@@ -564,17 +559,18 @@ def _check_triple(*, protect: int, high: int, max_: int, profile: KubeletProfile
     """protect + high + max: the kubelet already decides memory.high; it must match."""
     if protect == max_:
         return _refuse(
-            f"memory.high: protect == max ({_show(max_)}) makes request == limit, and the"
+            f"memory.high: protect == max ({readable_bytes(max_)}) makes request == limit, and the"
             " kubelet writes no memory.high when request == limit (Guaranteed-style memory)"
         )
     got = _memory_high(request=protect, limit=max_, profile=profile)
     page = profile.page_size
     if got is None or not high - page < got <= high:
-        gives = "no memory.high" if got is None else f"memory.high {_show(got)}"
+        gives = "no memory.high" if got is None else f"memory.high {readable_bytes(got)}"
         return _refuse(
-            f"memory.high: protect {_show(protect)} and max {_show(max_)} give {gives}"
+            f"memory.high: protect {readable_bytes(protect)} and max {readable_bytes(max_)}"
+            f" give {gives}"
             f" (memoryThrottlingFactor {profile.throttling_factor:g}), but high asks"
-            f" {_show(high)}; they must agree to within one page below high:"
+            f" {readable_bytes(high)}; they must agree to within one page below high:"
             " give two of the three and memwarden solves the third"
         )
     return ResolvedMemory(request=protect, limit=max_)
@@ -597,9 +593,9 @@ def _solve_limit(*, protect: int, high: int, factor: Fraction, page: int) -> Res
     target = high // page * page
     if target <= protect:
         return _refuse(
-            f"memory.high: high {_show(high)} must be at least one page ({page} bytes) above"
-            f" protect {_show(protect)}: the kubelet writes memory.high only above the"
-            " request, in whole pages"
+            f"memory.high: high {readable_bytes(high)} must be at least one page"
+            f" ({page} bytes) above protect {readable_bytes(protect)}: the kubelet writes"
+            " memory.high only above the request, in whole pages"
         )
     # floor((p + f·(l − p)) / page) == target / page  ⇔  target ≤ p + f·(l − p) < target + page
     lowest = math.ceil(protect + (target - protect) / factor)
@@ -616,7 +612,7 @@ def _solve_request(*, high: int, max_: int, factor: Fraction, page: int) -> Reso
         )
     if high >= max_:
         return _refuse(
-            f"memory.high: high {_show(high)} must be below max {_show(max_)}:"
+            f"memory.high: high {readable_bytes(high)} must be below max {readable_bytes(max_)}:"
             " the kubelet puts memory.high between the request and the limit"
         )
     target = high // page * page
@@ -626,14 +622,14 @@ def _solve_request(*, high: int, max_: int, factor: Fraction, page: int) -> Reso
     highest = min(math.ceil((target + page - factor * max_) / (1 - factor)) - 1, target - 1)
     if highest <= 0 and target == 0:
         return _refuse(
-            f"memory.high: high {_show(high)} is below one page ({page} bytes): the kubelet"
-            " writes memory.high in whole pages above the request"
+            f"memory.high: high {readable_bytes(high)} is below one page ({page} bytes):"
+            " the kubelet writes memory.high in whole pages above the request"
         )
     if highest <= 0:
         return _refuse(
-            f"memory.high: high must be ≥ factor × max = {_show(math.ceil(factor * max_))}"
-            f" (memoryThrottlingFactor {float(factor):g}, max {_show(max_)}), got"
-            f" {_show(high)}: any positive request gives a higher memory.high"
+            f"memory.high: high must be ≥ factor × max = {readable_bytes(math.ceil(factor * max_))}"
+            f" (memoryThrottlingFactor {float(factor):g}, max {readable_bytes(max_)}), got"
+            f" {readable_bytes(high)}: any positive request gives a higher memory.high"
         )
     if lowest > highest:
         return _refuse(_too_close(high=high, max_=max_))
@@ -642,8 +638,8 @@ def _solve_request(*, high: int, max_: int, factor: Fraction, page: int) -> Reso
 
 def _too_close(*, high: int, max_: int) -> str:
     return (
-        f"memory.high: no request below max {_show(max_)} gives a memory.high within one"
-        f" page below {_show(high)}: high is too close to max"
+        f"memory.high: no request below max {readable_bytes(max_)} gives a memory.high within one"
+        f" page below {readable_bytes(high)}: high is too close to max"
     )
 
 
@@ -660,7 +656,8 @@ def _confirm_high(
     notes = resolved.notes
     if got != high:
         notes += (
-            f"memory.high: {_show(got)}, {high - got} bytes below the asked {_show(high)}:"
+            f"memory.high: {readable_bytes(got)}, {high - got} bytes below the asked"
+            f" {readable_bytes(high)}:"
             f" the kubelet rounds memory.high down to whole pages of {page} bytes",
         )
     return replace(resolved, notes=notes)
@@ -712,14 +709,14 @@ def _go_settings(
                 gomemlimit=None,
                 infeasible=(
                     f"{field}: GOMEMLIMIT {format_go_bytes(value)} is above memory.max"
-                    f" {_show(memory_max)}: the OOM killer would act before the Go GC"
+                    f" {readable_bytes(memory_max)}: the OOM killer would act before the Go GC"
                 ),
                 notes=(),
             )
         if memory_high is not None and value > memory_high:
             notes.append(
                 f"{field}: GOMEMLIMIT {format_go_bytes(value)} is above memory.high"
-                f" {_show(memory_high)}: the kernel throttles before the Go GC reacts"
+                f" {readable_bytes(memory_high)}: the kernel throttles before the Go GC reacts"
             )
     elif runtime.memory_limit_percent is not None:
         percent = runtime.memory_limit_percent
@@ -738,12 +735,14 @@ def _go_settings(
             if value <= 0:
                 return _GoSettings(
                     gomemlimit=None,
-                    infeasible=f"{field}: {percent:g}% of {base_name} {_show(base)} is 0 bytes",
+                    infeasible=(
+                        f"{field}: {percent:g}% of {base_name} {readable_bytes(base)} is 0 bytes"
+                    ),
                     notes=(),
                 )
             notes.append(
                 f"{field}: GOMEMLIMIT {format_go_bytes(value)} = {percent:g}% of"
-                f" {base_name} {_show(base)}"
+                f" {base_name} {readable_bytes(base)}"
             )
             if base_name == "memory.high" and high_from_node:
                 notes.append(
@@ -755,8 +754,9 @@ def _go_settings(
         if memory_max - value < wanted:
             notes.append(
                 f"{field}: GOMEMLIMIT {format_go_bytes(value)} leaves"
-                f" {_show(memory_max - value)} below memory.max {_show(memory_max)}, less than"
-                f" {_show(wanted)} (5% or 32Mi): little room for memory Go does not count"
+                f" {readable_bytes(memory_max - value)} below memory.max"
+                f" {readable_bytes(memory_max)}, less than"
+                f" {readable_bytes(wanted)} (5% or 32Mi): little room for memory Go does not count"
                 " (cgo, page cache), and near the limit the GC runs nonstop (capped at ~50%"
                 " CPU): a slow death spiral instead of an OOM kill"
             )
@@ -921,7 +921,8 @@ def _size_container(
         )
     elif uses_node and cgroup.memory_high is not None:
         notes.append(
-            f"memory.high: from node allocatable {_show(_amount(profile.node_allocatable))}"
+            "memory.high: from node allocatable"
+            f" {readable_bytes(_amount(profile.node_allocatable))}"
             " (no limit); it differs per node"
         )
     if profile.throttles and limit and request == limit:

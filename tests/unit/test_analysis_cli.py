@@ -47,8 +47,8 @@ def test_heap_profile_as_table(tmp_path: Path, capsys: pytest.CaptureFixture[str
     code, out, err = analyze(capsys, heap)
 
     assert (code, err) == (0, "")
-    assert out.splitlines()[0] == "inuse_space (bytes), total 4.4KiB"
-    assert "3.9KiB  88.89%     3.9KiB  88.89%  main.retainSessionBuffers" in out
+    assert out.splitlines()[0] == "inuse_space (bytes), total 4.39Ki"
+    assert "3.91Ki  88.89%     3.91Ki  88.89%  main.retainSessionBuffers" in out
 
 
 def test_heap_profile_as_json_with_base(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from memwarden.evidence.client import format_age, human_bytes, incident_row, render_table
+from memwarden.evidence.client import format_age, incident_row, render_table
 from memwarden_testing.evidence import T0, make_incident
 
 
@@ -26,20 +26,6 @@ def test_format_age(seconds: float, expected: str) -> None:
     assert format_age(seconds) == expected
 
 
-@pytest.mark.parametrize(
-    ("size", "expected"),
-    [
-        pytest.param(0, "0", id="zero"),
-        pytest.param(1023, "1023", id="bytes"),
-        pytest.param(1536, "1.5Ki", id="kibibytes"),
-        pytest.param(300 * 2**20, "300.0Mi", id="mebibytes"),
-        pytest.param(3 * 2**40 * 1024, "3072.0Ti", id="beyond-tebibytes"),
-    ],
-)
-def test_human_bytes(size: int, expected: str) -> None:
-    assert human_bytes(size) == expected
-
-
 def _collected(name: str, *, namespace: str = "shop") -> dict[str, Any]:
     obj = make_incident(name)
     obj["metadata"].update({"namespace": namespace, "creationTimestamp": "2026-11-25T11:48:00Z"})
@@ -54,7 +40,7 @@ def _collected(name: str, *, namespace: str = "shop") -> dict[str, Any]:
 def test_a_row_of_a_collected_incident() -> None:
     row = incident_row(_collected("checkout-1"), now=T0)
     assert (row.name, row.pod, row.signal, row.phase, row.age, row.bundle, row.top) == (
-        "checkout-1", "checkout-1", "usageRatio", "Collected", "12m", "2.0Mi", "main.leak",
+        "checkout-1", "checkout-1", "usageRatio", "Collected", "12m", "2.00Mi", "main.leak",
     )  # fmt: skip
 
 

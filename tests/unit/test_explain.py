@@ -103,6 +103,18 @@ def test_table_output_is_readable(capsys: pytest.CaptureFixture[str]) -> None:
     assert "921MiB" in out
 
 
+def test_table_gives_awkward_exact_values_an_approximation(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ["--policy", str(EXAMPLES / "checkout-intent.yaml"), "--pod", str(DEPLOYMENT)]
+    tiered = ["--throttling-factor", "0.9", "--reservation-policy", "TieredReservation"]
+    assert main(["explain", *args, *tiered]) == 0
+    out = capsys.readouterr().out
+    # memory.high as `cat memory.high` shows it, then readable; the JSON keeps 1992292Ki
+    assert "2040107008 (~1.90Gi)" in out
+    assert "(~1Gi)" not in out and "(~2Gi)" not in out  # whole units stand alone
+
+
 @pytest.mark.parametrize(
     ("policy", "message"),
     [

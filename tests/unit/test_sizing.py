@@ -577,18 +577,18 @@ def test_resolve_rule(
         ),
         pytest.param(
             MemoryRule(protect=GI, high=int(1.5 * GI), max=2 * GI), V137_TIERED,
-            "memory.high: protect 1Gi and max 2Gi give memory.high 2040107008 (~1945.6Mi)"
+            "memory.high: protect 1Gi and max 2Gi give memory.high 2040107008 (~1.90Gi)"
             " (memoryThrottlingFactor 0.9), but high asks 1536Mi",
             id="triple-disagrees",
         ),
         pytest.param(
             MemoryRule(protect=2 * GI - 100, high=2 * GI - 50, max=2 * GI), V135,
-            "memory.high: protect 2147483548 (~2048.0Mi) and max 2Gi give no memory.high",
+            "memory.high: protect 2147483548 (~2.00Gi) and max 2Gi give no memory.high",
             id="triple-no-room-for-high",
         ),
         pytest.param(
             MemoryRule(protect=GI, high=GI + 100), V137_TIERED,
-            "memory.high: high 1073741924 (~1024.0Mi) must be at least one page (4096 bytes)"
+            "memory.high: high 1073741924 (~1.00Gi) must be at least one page (4096 bytes)"
             " above protect 1Gi",
             id="protect-high-within-a-page",
         ),
@@ -599,7 +599,7 @@ def test_resolve_rule(
         ),
         pytest.param(
             MemoryRule(high=100 * MI, max=2 * GI), V137_THROTTLE,
-            "memory.high: high must be ≥ factor × max = 1932735284 (~1843.2Mi)",
+            "memory.high: high must be ≥ factor × max = 1932735284 (~1.80Gi)",
             id="high-below-factor-times-max",
         ),
         pytest.param(
@@ -616,7 +616,7 @@ def test_resolve_rule(
             # factor 0.1, max 2Gi + 5: memory.high 2Gi needs r + 0.1 × (max − r) ≥ 2Gi, so
             # r ≥ 2Gi − 0.55, but r must stay below 2Gi to be written
             MemoryRule(high=2 * GI + 4, max=2 * GI + 5), replace(V137, throttling_factor=0.1),
-            "memory.high: no request below max 2147483653 (~2048.0Mi) gives a memory.high"
+            "memory.high: no request below max 2147483653 (~2.00Gi) gives a memory.high"
             " within one page below",
             id="high-too-close-to-max",
         ),

@@ -19,6 +19,7 @@ from typing import Any
 
 from memwarden.capture.analysis import DEFAULT_TOP, HeapDiff, Summary, TopReport, summarize
 from memwarden.capture.profile import DEFAULT_MAX_BYTES, Profile, ProfileError, parse_profile
+from memwarden.quantity import approximate_bytes
 
 __all__ = ["Evidence", "add_arguments", "load_evidence", "run"]
 
@@ -121,15 +122,7 @@ def load_evidence(path: Path) -> Evidence:
 
 
 def _human(value: int, unit: str) -> str:
-    if unit != "bytes":
-        return str(value)
-    size = float(abs(value))
-    for suffix in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or suffix == "TiB":
-            text = f"{size:.0f}{suffix}" if suffix == "B" else f"{size:.1f}{suffix}"
-            return f"-{text}" if value < 0 else text
-        size /= 1024
-    raise AssertionError("unreachable")
+    return approximate_bytes(value) if unit == "bytes" else str(value)
 
 
 def _percent(part: int, total: int) -> str:

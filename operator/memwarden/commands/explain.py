@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicy
 from memwarden.mutation import PodPlan, PodShapeError, plan_pod
-from memwarden.quantity import QuantityError, format_bytes, parse_bytes
+from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.selection import Candidate, container_names, select_policy
 from memwarden.settings import KubeletSettings
 from memwarden.sizing import CgroupValues
@@ -200,6 +200,13 @@ def explanation(plan: PodPlan, *, profile: KubeletSettings) -> dict[str, Any]:
     return doc
 
 
+def _readable(quantity: str | None) -> str:
+    """A table cell, for people (the JSON keeps the exact quantity)."""
+    if quantity is None:
+        return "-"
+    return quantity if quantity == "max" else readable_bytes(parse_bytes(quantity))
+
+
 def render_table(doc: Mapping[str, Any]) -> str:
     lines = [f"policy:  {doc['policy'] or '(none)'}  -- {doc['reason']}"]
     if doc["otherMatchingPolicies"]:
@@ -226,12 +233,12 @@ def render_table(doc: Mapping[str, Any]) -> str:
         rows.append(
             (
                 c["name"],
-                c["request"] or "-",
-                c["limit"] or "-",
-                cg["memory.min"] or "-",
-                cg["memory.low"] or "-",
-                cg["memory.high"] or "-",
-                cg["memory.max"],
+                _readable(c["request"]),
+                _readable(c["limit"]),
+                _readable(cg["memory.min"]),
+                _readable(cg["memory.low"]),
+                _readable(cg["memory.high"]),
+                _readable(cg["memory.max"]),
                 c["env"].get("GOMEMLIMIT", "-"),
                 c["env"].get("GOGC", "-"),
             )
@@ -242,10 +249,10 @@ def render_table(doc: Mapping[str, Any]) -> str:
             "(pod)",
             "",
             "",
-            pod["memory.min"] or "-",
-            pod["memory.low"] or "-",
+            _readable(pod["memory.min"]),
+            _readable(pod["memory.low"]),
             "-",
-            pod["memory.max"],
+            _readable(pod["memory.max"]),
             "",
             "",
         )

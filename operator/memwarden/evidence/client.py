@@ -37,6 +37,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from memwarden.api import GROUP, VERSION
+from memwarden.quantity import approximate_bytes
 
 __all__ = [
     "EVIDENCE_CA_ENV",
@@ -45,7 +46,6 @@ __all__ = [
     "IncidentsError",
     "add_arguments",
     "format_age",
-    "human_bytes",
     "incident_row",
     "render_table",
     "run",
@@ -94,16 +94,6 @@ def format_age(seconds: float) -> str:
     return f"{s // 86400}d"
 
 
-def human_bytes(n: int) -> str:
-    """``1.5Mi``-style size, one decimal, for tables (not exact: use -o json for that)."""
-    value = float(n)
-    for unit in ("", "Ki", "Mi", "Gi", "Ti"):
-        if value < 1024 or unit == "Ti":
-            return f"{int(value)}" if unit == "" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
 def _parse_time(text: str | None) -> dt.datetime | None:
     if not text:
         return None
@@ -130,7 +120,7 @@ def incident_row(obj: Mapping[str, Any], *, now: dt.datetime) -> IncidentRow:
         signal=str((spec.get("trigger") or {}).get("signal") or "<none>"),
         phase=str(status.get("phase") or "Pending"),
         age=format_age((now - created).total_seconds()) if created else "<unknown>",
-        bundle=human_bytes(int(size)) if isinstance(size, int) else "<none>",
+        bundle=approximate_bytes(int(size)) if isinstance(size, int) else "<none>",
         top=top or "<none>",
     )
 
