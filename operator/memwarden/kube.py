@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
@@ -25,6 +26,11 @@ from kubernetes.config.config_exception import ConfigException
 MAX_MESSAGE = 300
 #: Per request: a slow API server must not hold a handler (or a worker thread) for long.
 REQUEST_TIMEOUT = 10.0
+
+#: Who Events say they are from (``kubectl describe``: the From column), whether kopf or
+#: the adapter posts them; the instance is the pod (its hostname).
+EVENT_COMPONENT = "memwarden"
+EVENT_INSTANCE = socket.gethostname()
 
 
 class KubeError(Exception):
@@ -238,8 +244,9 @@ class Kube:
             "type": type,
             "reason": reason,
             "message": message[:1024],
-            "source": {"component": "memwarden"},
-            "reportingComponent": "memwarden",
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": EVENT_INSTANCE,
             "firstTimestamp": now.isoformat(),
             "lastTimestamp": now.isoformat(),
             "count": 1,
@@ -279,6 +286,8 @@ class Kube:
 
 
 __all__ = [
+    "EVENT_COMPONENT",
+    "EVENT_INSTANCE",
     "Conflict",
     "CustomResource",
     "Kube",

@@ -316,9 +316,13 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
 
+    sources: set[str] = set()
+
     def reasons() -> set[str]:
         events = client.CoreV1Api(loop.kube).list_namespaced_event(namespace).items
-        return {e.reason for e in events if e.involved_object.name == "on-demand"}
+        ours = [e for e in events if e.involved_object.name == "on-demand"]
+        sources.update(e.source.component for e in ours)
+        return {e.reason for e in ours}
 
     story = {"CaptureStarted", "EvidenceCollected"}
     seen: set[str] = set()
@@ -327,6 +331,7 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     except AssertionError as exc:
         raise AssertionError(f"wanted Events {sorted(story)}, saw {sorted(seen)}") from exc
     assert "Failed" not in seen
+    assert sources == {"memwarden"}, "kopf's Events and the evidence API's say the same From"
     assert incident["status"]["analysis"]["goroutines"] >= 1
 
 

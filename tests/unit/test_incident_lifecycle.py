@@ -9,6 +9,7 @@ import pytest
 
 from memwarden.api import CaptureSpec
 from memwarden.capture import incident as lifecycle
+from memwarden.capture.analysis import FunctionStat, Summary, TopReport
 from memwarden.capture.plan import ephemeral_container_name
 
 pytestmark = pytest.mark.unit
@@ -182,3 +183,23 @@ def test_collected_status_records_artifacts_and_errors() -> None:
     assert status["artifacts"][1]["error"] == "SYS_PTRACE not granted (Pod Security)"
     assert "not collected: gcore" in status["message"]
     assert status["completedAt"] == "2026-11-25T12:00:00Z"
+
+
+def test_collected_status_names_the_top_function_first_in_readable_units() -> None:
+    top = TopReport(
+        sample_type="inuse_space",
+        unit="bytes",
+        total=160 * 2**20,
+        functions=(FunctionStat("main.retainSessionBuffers", 155236116, 155236116),),
+    )
+    status = lifecycle.collected_status(
+        bundle="evidence://ns/inc",
+        bundle_bytes=99,
+        bundle_sha256="cd",
+        manifest={"artifacts": [{"name": "heap", "bytes": 10, "sha256": "ab"}]},
+        summary=Summary(top=top, goroutines=8),
+        analysis_error=None,
+        now=NOW,
+    )
+    assert status["message"] == "top in-use function main.retainSessionBuffers (148Mi in use)"
+    assert status["analysis"]["top"][0]["flatBytes"] == 155236116  # exact in the status

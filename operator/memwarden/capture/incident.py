@@ -16,6 +16,7 @@ from typing import Any, Literal
 from memwarden.api import ALL_ARTIFACTS, Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
 from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
+from memwarden.quantity import approximate_bytes
 
 TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
 #: After the debug container ended, how long to wait for its upload to be seen stored.
@@ -188,7 +189,8 @@ def collected_status(
         notes.append(f"heap analysis failed: {analysis_error}")
     if summary is not None and summary.top.functions:
         first = summary.top.functions[0]
-        notes.insert(0, f"top in-use function {first.function} ({first.flat} bytes flat)")
+        flat = approximate_bytes(first.flat)
+        notes.insert(0, f"top in-use function {first.function} ({flat} in use)")
     status: dict[str, Any] = {
         "phase": "Collected",
         "reason": "BundleStored",

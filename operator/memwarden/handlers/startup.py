@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from memwarden.handlers import certificates, state
+from memwarden.kube import EVENT_COMPONENT, EVENT_INSTANCE
 from memwarden.tlsreload import ReloadingWebhookServer
 
 logger = logging.getLogger("memwarden")
@@ -29,6 +30,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # captures) is posted explicitly, with a reason.
     settings.posting.level = logging.WARNING
     settings.posting.loggers = True
+    settings.posting.reporting_component = EVENT_COMPONENT
+    settings.posting.reporting_instance = EVENT_INSTANCE
     settings.watching.server_timeout = 300
     # Least privilege: the CRDs are installed before the operator (chart crds/), so kopf
     # needs no list/watch on CustomResourceDefinitions to notice them at run time.
