@@ -32,6 +32,7 @@ from memwarden.evidence.store import BundleMeta, EvidenceStore
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden_testing.cluster import grant_in_namespace, kubectl, wait_for
 from memwarden_testing.evidence import KEY, EvidenceServer, make_bundle, make_incident
+from memwarden_testing.operator import operators_paused
 
 MAX_BUNDLE = 1024 * 1024
 PLURAL = "memoryincidents"
@@ -63,6 +64,15 @@ class Evidence:
 
 @pytest.fixture(scope="module")
 def evidence(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Evidence]:
+    """An evidence API of the test's own, completing incidents as the operator would; the
+    session's operator, if an earlier test started it, is paused so it does not race it."""
+    with operators_paused():
+        yield from _evidence(crds, kube, tmp_path_factory)
+
+
+def _evidence(
     crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Evidence]:
     kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")

@@ -14,6 +14,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ from memwarden.manifests import mutating_webhook_configuration
 from memwarden_testing.cluster import REPO, kubectl, stop_process_group, wait_for
 
 OPERATOR_NAMESPACE = "memwarden-system"
+
+#: Operator processes this test session started and has not stopped, by ``id``.
+_running: dict[int, OperatorProcess] = {}
 
 
 def free_port() -> int:
@@ -131,6 +136,7 @@ class OperatorProcess:
             start_new_session=True,
         )
         self.starts += 1
+        _running[id(self)] = self
         wait_for(self._healthy, timeout=60, what="operator liveness")
 
     def _healthy(self) -> bool:
@@ -143,6 +149,7 @@ class OperatorProcess:
             return False
 
     def stop(self) -> None:
+        _running.pop(id(self), None)
         if self.process is None or self.process.poll() is not None:
             return
         stop_process_group(self.process)
@@ -155,6 +162,21 @@ class OperatorProcess:
             return self.log_path.read_text(errors="replace")[-size:]
         except OSError:
             return ""
+
+
+@contextmanager
+def operators_paused() -> Iterator[None]:
+    """No memwarden operator runs inside: for tests where another component (a test's own
+    evidence server) plays the operator's part on the same objects, as only one controller
+    would in a cluster. Operators that were running are started again afterwards."""
+    paused = list(_running.values())
+    for process in paused:
+        process.stop()
+    try:
+        yield
+    finally:
+        for process in paused:
+            process.start()
 
 
 def _listening(port: int) -> bool:
