@@ -11,6 +11,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import REPO, api_client, ensure_namespace, kubectl, unique_name
+from memwarden_testing.leaky import build_leaky, find_go
 from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
@@ -109,3 +110,18 @@ def memwarden(operator: OperatorProcess) -> OperatorProcess:
     if operator.process is None or operator.process.poll() is not None:
         operator.start()
     return operator
+
+
+@pytest.fixture(scope="session")
+def go() -> str:
+    """The machine's Go toolchain (a README prerequisite), for builds and `go tool`."""
+    found = find_go()
+    if found is None:
+        pytest.fail("the Go toolchain is required: put `go` on PATH")
+    return found
+
+
+@pytest.fixture(scope="session")
+def leaky_binary(go: str) -> Path:
+    """The leaky Go workload, built (or taken from the cache) once per session."""
+    return build_leaky(go)

@@ -26,8 +26,6 @@ from memwarden_testing.leaky import (
     LEAK_FUNCTION,
     Leaky,
     MiB,
-    build_leaky,
-    find_go,
     listening_url,
     run_leaky,
     start_leaky,
@@ -46,19 +44,6 @@ ENV = {
     "LEAKY_MAX": "96Mi",
     "LEAKY_GOROUTINES": str(PARKED_GOROUTINES),
 }
-
-
-@pytest.fixture(scope="module")
-def go() -> str:
-    found = find_go()
-    if found is None:
-        pytest.fail("the Go toolchain is required: put `go` on PATH")
-    return found
-
-
-@pytest.fixture(scope="module")
-def leaky_binary(go: str) -> Path:
-    return build_leaky(go)
 
 
 @pytest.fixture(scope="module")

@@ -30,8 +30,6 @@ from memwarden_testing.leaky import (
     LEAK_FUNCTION,
     Leaky,
     MiB,
-    build_leaky,
-    find_go,
     run_leaky,
     wait_leaked,
 )
@@ -110,19 +108,6 @@ def capture(*args: str, prefix: Sequence[str] = (), env: dict[str, str] | None =
         stdout=result.stdout,
         stderr=result.stderr,
     )
-
-
-@pytest.fixture(scope="module")
-def go() -> str:
-    found = find_go()
-    if found is None:
-        pytest.fail("the Go toolchain is required: put `go` on PATH")
-    return found
-
-
-@pytest.fixture(scope="module")
-def leaky_binary(go: str) -> Path:
-    return build_leaky(go)
 
 
 @pytest.fixture(scope="module")
