@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 INCIDENTS = CustomResource(GROUP, VERSION, "memoryincidents")
 POLICIES = CustomResource(GROUP, VERSION, "memorypolicies")
 
+#: Starts the message of a retry that is a normal wait, not a failure (the pod is not
+#: running yet): ``startup.WaitsAreNotErrors`` logs those at INFO, with no Error Event.
+WAITING = "waiting: "
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -105,7 +109,7 @@ async def start_capture(
     if target.wait is not None or target.container is None or pod is None:
         patch.status["phase"] = "Pending"
         patch.status["message"] = target.wait
-        raise kopf.TemporaryError(target.wait or "waiting for the pod", delay=3)
+        raise kopf.TemporaryError(WAITING + (target.wait or "for the pod"), delay=3)
 
     capture = _capture_spec(spec.get("policy"), namespace, kwargs.get("policy_index"))
     if not capture.enabled:

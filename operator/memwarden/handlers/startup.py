@@ -7,11 +7,24 @@ from typing import Any
 
 import kopf
 
-from memwarden.handlers import certificates, state
+from memwarden.handlers import certificates, incidents, state
 from memwarden.kube import EVENT_COMPONENT, EVENT_INSTANCE
 from memwarden.tlsreload import ReloadingWebhookServer
 
 logger = logging.getLogger("memwarden")
+
+
+class WaitsAreNotErrors(logging.Filter):
+    """kopf logs every retry at ERROR, and posts it as an Error Event. A capture waiting for
+    its pod to run is not an error: such retries (``incidents.WAITING``) become INFO, which
+    also keeps them off the object's Events."""
+
+    marker = f"failed temporarily: {incidents.WAITING}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.ERROR and self.marker in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
 
 
 @kopf.on.startup()
@@ -30,6 +43,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # captures) is posted explicitly, with a reason.
     settings.posting.level = logging.WARNING
     settings.posting.loggers = True
+    objects = logging.getLogger("kopf.objects")
+    if not any(isinstance(f, WaitsAreNotErrors) for f in objects.filters):
+        objects.addFilter(WaitsAreNotErrors())
     settings.posting.reporting_component = EVENT_COMPONENT
     settings.posting.reporting_instance = EVENT_INSTANCE
     settings.watching.server_timeout = 300
