@@ -114,16 +114,17 @@ def approximate_bytes(n: int) -> str:
         return f"{n}"
     for suffix in ("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"):
         size /= 1024
-        if size < 1024 or suffix == "Ei":
+        if size < 1023.5 or suffix == "Ei":  # what would round to 1024 takes the next unit
             break
-    decimals = 2 if size < 10 else 1 if size < 100 else 0
+    # Decided on the rounded value, so 9.996 gives 10.0, never 10.00.
+    decimals = 2 if size < 9.995 else 1 if size < 99.95 else 0
     return f"{sign}{size:.{decimals}f}{suffix}"
 
 
 def readable_bytes(n: int) -> str:
     """Bytes for people: the shortest exact quantity when it is a whole number of MiB or
     more (``1Gi``), else the byte count, as a cgroup file shows it, with an approximation
-    (``2040107008 (~1.9Gi)`` rather than ``1992292Ki``)."""
+    (``2040107008 (~1.90Gi)`` rather than ``1992292Ki``)."""
     text = format_bytes(n)
     if n < 2**20 or text.endswith(("Mi", "Gi", "Ti", "Pi", "Ei")):
         return text

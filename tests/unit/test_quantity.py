@@ -104,7 +104,10 @@ def test_format_go_bytes_uses_go_suffixes(n: int, expected: str) -> None:
         pytest.param(2040107008, "1.90Gi", id="memory-high"),
         pytest.param(45 * 2**20 + 2**19, "45.5Mi", id="two-digits"),
         pytest.param(300 * 2**20, "300Mi", id="three-digits"),
-        pytest.param(1023 * 2**20 + 2**19, "1024Mi", id="just-under-a-gibi"),
+        pytest.param(1023 * 2**20, "1023Mi", id="under-a-gibi"),
+        pytest.param(1023 * 2**20 + 2**19, "1.00Gi", id="rounds-to-a-gibi"),
+        pytest.param(10235, "10.0Ki", id="rounds-to-ten"),
+        pytest.param(102349, "100Ki", id="rounds-to-a-hundred"),
         pytest.param(3 * 2**50, "3.00Pi", id="pebi"),
         pytest.param(2**62, "4.00Ei", id="largest-unit"),
         pytest.param(-3 * 2**20, "-3.00Mi", id="negative-growth"),
@@ -153,11 +156,12 @@ def test_parse_duration_refuses_with_examples(text: str) -> None:
         parse_duration(text)
 
 
-@given(st.integers(min_value=0, max_value=2**62))
-def test_approximations_are_short_and_close(n: int) -> None:
-    text = approximate_bytes(n)
-    assert "e" not in text and len(text) <= 6
-    assert abs(parse_bytes(text) - n) <= n / 200 + 1  # three significant figures
+@given(st.integers(min_value=1024, max_value=2**62))
+def test_approximations_have_three_significant_figures_and_are_close(n: int) -> None:
+    number = approximate_bytes(n).rstrip("KMGTPEi")
+    digits = number.replace(".", "")
+    assert len(digits) == 3 or (len(digits) == 4 and "." not in number)  # 1000..1023
+    assert abs(parse_bytes(approximate_bytes(n)) - n) <= n / 200 + 1
 
 
 @pytest.mark.parametrize(
