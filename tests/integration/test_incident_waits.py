@@ -26,6 +26,19 @@ def incident_status(kube: client.ApiClient, namespace: str, name: str) -> dict[s
     return dict(obj.get("status") or {})
 
 
+def create_and_wait(
+    kube: client.ApiClient, namespace: str, name: str, *, pod: str, phase: str
+) -> dict[str, Any]:
+    """Create incident ``name`` for ``pod``; its status once the operator set ``phase``."""
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, make_incident(name, pod=pod)
+    )
+    return wait_for(
+        lambda: (s := incident_status(kube, namespace, name)).get("phase") == phase and s,
+        what=f"incident {name} {phase}",
+    )
+
+
 def events_on(kube: client.ApiClient, namespace: str, name: str) -> list[Any]:
     events = client.CoreV1Api(kube).list_namespaced_event(
         namespace, field_selector=f"involvedObject.name={name}"
@@ -40,14 +53,7 @@ def test_an_incident_waits_for_its_pod_without_error_events(
     pod = make_pod("unschedulable", namespace=namespace)
     pod["spec"]["nodeSelector"] = {"memwarden.dev/test": "no-such-node"}  # Pending for good
     client.CoreV1Api(kube).create_namespaced_pod(namespace, pod)
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, make_incident("waits", pod="unschedulable")
-    )
-
-    status = wait_for(
-        lambda: (s := incident_status(kube, namespace, "waits")).get("phase") == "Pending" and s,
-        what="the incident Pending",
-    )
+    status = create_and_wait(kube, namespace, "waits", pod="unschedulable", phase="Pending")
     assert status["message"] == "container app is not running yet"
     retry = "Handler 'start_capture' failed temporarily: waiting: container app"
 
@@ -64,13 +70,7 @@ def test_an_incident_waits_for_its_pod_without_error_events(
 def test_an_incident_for_a_missing_pod_fails_with_the_reason(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    client.CustomObjectsApi(kube).create_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, make_incident("orphan", pod="never-created")
-    )
-    status = wait_for(
-        lambda: (s := incident_status(kube, namespace, "orphan")).get("phase") == "Failed" and s,
-        what="the incident Failed",
-    )
+    status = create_and_wait(kube, namespace, "orphan", pod="never-created", phase="Failed")
     assert status["reason"] == "PodNotFound"
     assert "does not exist" in status["message"]
     warnings = wait_for(
