@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,23 @@ def _collect(namespace: str, name: str) -> dict[str, Any]:
     )
 
 
+async def _collected(incident: Mapping[str, Any], collected: Mapping[str, Any]) -> None:
+    """What follows a completion, whichever path completed it (the evidence API's callback
+    or the follow-up timer): metrics, and the Event (posted by the adapter: the callback
+    runs outside kopf's handlers, where ``kopf.event`` cannot post)."""
+    _count_phase("Collected", incident.get("spec") or {})
+    _observe_capture(incident.get("status") or {}, outcome="collected")
+    metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])
+    with contextlib.suppress(KubeError):  # the story is in the status; the Event is a bonus
+        await asyncio.to_thread(
+            state.kube().post_event,
+            incident,
+            type="Normal",
+            reason="EvidenceCollected",
+            message=str(collected.get("message")),
+        )
+
+
 async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
     """A bundle landed (called by the evidence API): analyse it and complete the incident."""
     try:
@@ -301,20 +319,10 @@ async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
             "incident %s/%s: bundle stored, status not written yet: %s", namespace, name, exc
         )
         return
-    _count_phase("Collected", incident.get("spec") or {})
-    _observe_capture(incident.get("status") or {}, outcome="collected")
-    metrics.BUNDLE_BYTES.observe(meta.bytes)
     logger.info(
         "incident %s/%s collected: %s bytes, %s", namespace, name, meta.bytes, status.get("message")
     )
-    with contextlib.suppress(KubeError):  # the story is in the status; the Event is a bonus
-        await asyncio.to_thread(
-            state.kube().post_event,
-            incident,
-            type="Normal",
-            reason="EvidenceCollected",
-            message=str(status.get("message")),
-        )
+    await _collected(incident, status)
 
 
 @kopf.timer(
@@ -352,12 +360,7 @@ async def follow_capture(
     if progress.action == "complete":
         collected = await asyncio.to_thread(_collect, namespace, name)
         patch.status.update(collected)
-        kopf.event(
-            body, type="Normal", reason="EvidenceCollected", message=str(collected["message"])
-        )
-        _count_phase("Collected", spec)
-        _observe_capture(status, outcome="collected")
-        metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])
+        await _collected(body, collected)
     elif progress.action == "fail":
         _finish(
             patch,

@@ -43,9 +43,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # captures) is posted explicitly, with a reason.
     settings.posting.level = logging.WARNING
     settings.posting.loggers = True
-    objects = logging.getLogger("kopf.objects")
-    if not any(isinstance(f, WaitsAreNotErrors) for f in objects.filters):
-        objects.addFilter(WaitsAreNotErrors())
+    logging.getLogger("kopf.objects").addFilter(WaitsAreNotErrors())
     settings.posting.reporting_component = EVENT_COMPONENT
     settings.posting.reporting_instance = EVENT_INSTANCE
     settings.watching.server_timeout = 300
