@@ -21,7 +21,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from memwarden_testing.cluster import grant_in_namespace, kubectl, wait_for
+from memwarden_testing.cluster import events_on, kubectl, wait_for
+from memwarden_testing.evidence import grant_evidence_reader
 from memwarden_testing.loop import ALERTED_PREFIX, LocalLoop, Loop
 
 LIMIT_MI = 200
@@ -137,15 +138,7 @@ def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Pa
     """The bundle through the evidence API, as a user granted `get` on it would."""
     core = client.CoreV1Api(loop.kube)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
-    grant_in_namespace(
-        loop.kube,
-        namespace,
-        name="evidence-reader",
-        account="sre",
-        group="memwarden.dev",
-        resources=["memoryincidents", "memoryincidents/evidence"],
-        verbs=["get", "list"],
-    )
+    grant_evidence_reader(loop.kube, namespace, "sre")
     token = core.create_namespaced_service_account_token(
         "sre", namespace, {"spec": {"expirationSeconds": 600}}
     ).status.token
@@ -316,22 +309,15 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
 
-    sources: set[str] = set()
-
-    def reasons() -> set[str]:
-        events = client.CoreV1Api(loop.kube).list_namespaced_event(namespace).items
-        ours = [e for e in events if e.involved_object.name == "on-demand"]
-        sources.update(e.source.component for e in ours)
-        return {e.reason for e in ours}
-
     story = {"CaptureStarted", "EvidenceCollected"}
-    seen: set[str] = set()
-    try:
-        wait_for(lambda: seen.update(reasons()) or seen >= story, timeout=30, what="Events")
-    except AssertionError as exc:
-        raise AssertionError(f"wanted Events {sorted(story)}, saw {sorted(seen)}") from exc
-    assert "Failed" not in seen
-    assert sources == {"memwarden"}, "kopf's Events and the evidence API's say the same From"
+
+    def told() -> list[Any]:
+        events = events_on(loop.kube, namespace, "on-demand")
+        return events if {e.reason for e in events} >= story else []
+
+    events = wait_for(told, timeout=30, what=f"Events {sorted(story)} on the incident")
+    assert "Failed" not in {e.reason for e in events}
+    assert {e.source.component for e in events} == {"memwarden"}, "one From, kopf's or ours"
     assert incident["status"]["analysis"]["goroutines"] >= 1
 
 

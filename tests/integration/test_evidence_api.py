@@ -30,8 +30,14 @@ from memwarden.evidence.api import bundle_url, make_evidence_app
 from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
 from memwarden.evidence.store import BundleMeta, EvidenceStore
 from memwarden.evidence.tokens import issue_upload_token
-from memwarden_testing.cluster import grant_in_namespace, kubectl, wait_for
-from memwarden_testing.evidence import KEY, EvidenceServer, make_bundle, make_incident
+from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.evidence import (
+    KEY,
+    EvidenceServer,
+    grant_evidence_reader,
+    make_bundle,
+    make_incident,
+)
 from memwarden_testing.operator import operators_paused
 
 MAX_BUNDLE = 1024 * 1024
@@ -62,17 +68,16 @@ class Evidence:
         return requests.request(method, url, verify=str(self.server.ca_file), timeout=30, **kwargs)
 
 
-@pytest.fixture(scope="module")
-def evidence(
-    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Evidence]:
-    """An evidence API of the test's own, completing incidents as the operator would; the
+@pytest.fixture(scope="module", autouse=True)
+def no_operator() -> Iterator[None]:
+    """The ``evidence`` server below completes incidents as the operator would; the
     session's operator, if an earlier test started it, is paused so it does not race it."""
     with operators_paused():
-        yield from _evidence(crds, kube, tmp_path_factory)
+        yield
 
 
-def _evidence(
+@pytest.fixture(scope="module")
+def evidence(
     crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Evidence]:
     kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
@@ -170,19 +175,6 @@ def _service_account_token(kube: client.ApiClient, namespace: str, name: str) ->
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
     )
     return str(core.create_namespaced_service_account_token(name, namespace, request).status.token)
-
-
-def _grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) -> None:
-    """The Role docs/evidence.md tells users to create."""
-    grant_in_namespace(
-        kube,
-        namespace,
-        name="evidence-reader",
-        account=account,
-        group=GROUP,
-        resources=[PLURAL, f"{PLURAL}/evidence"],
-        verbs=["get", "list"],
-    )
 
 
 def _error(response: requests.Response) -> str:
@@ -436,7 +428,7 @@ def test_reads_need_an_rbac_grant(
         assert refused.status_code == 403, url
         assert f"system:serviceaccount:{namespace}:sre may not" in _error(refused)
 
-    _grant_evidence_reader(kube, namespace, "sre")
+    grant_evidence_reader(kube, namespace, "sre")
 
     download = wait_for(
         lambda: (
@@ -472,7 +464,7 @@ def test_allowed_decisions_are_cached_briefly(
     kube: client.ApiClient, namespace: str, crds: Path
 ) -> None:
     token = _service_account_token(kube, namespace, "sre")
-    _grant_evidence_reader(kube, namespace, "sre")
+    grant_evidence_reader(kube, namespace, "sre")
     now = [0.0]
     authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0])
 
@@ -508,7 +500,7 @@ def test_the_cli_lists_gets_and_downloads(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     token = _service_account_token(kube, namespace, "sre")
-    _grant_evidence_reader(kube, namespace, "sre")
+    grant_evidence_reader(kube, namespace, "sre")
     connection = ["--kubeconfig", str(devcluster), "-n", namespace, "--token", token]
 
     code, out, err = _cli(capsys, "list", *connection)
@@ -583,7 +575,7 @@ def test_the_cli_fails_in_one_line(
 
     # The bundle changed on disk after the incident recorded its sha256: refused, and
     # the file already at the destination is left as it was.
-    _grant_evidence_reader(kube, namespace, "sre")
+    grant_evidence_reader(kube, namespace, "sre")
     granted = [*admin, "--token", _service_account_token(kube, namespace, "sre")]
     (tmp_path / "checkout-1.tar.gz").write_bytes(b"old")
     evidence.store.bundle_path(namespace, "checkout-1").write_bytes(b"\x1f\x8b tampered")

@@ -10,7 +10,7 @@ from kubernetes import client
 
 from memwarden.api import GROUP, VERSION
 from memwarden_testing.builders import make_pod
-from memwarden_testing.cluster import wait_for
+from memwarden_testing.cluster import events_on, wait_for
 from memwarden_testing.evidence import make_incident
 from memwarden_testing.operator import OperatorProcess
 
@@ -37,13 +37,6 @@ def create_and_wait(
         lambda: (s := incident_status(kube, namespace, name)).get("phase") == phase and s,
         what=f"incident {name} {phase}",
     )
-
-
-def events_on(kube: client.ApiClient, namespace: str, name: str) -> list[Any]:
-    events = client.CoreV1Api(kube).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return list(events.items)
 
 
 def test_an_incident_waits_for_its_pod_without_error_events(

@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client
 
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import events_on, kubectl, wait_for
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import (
     ContainerSeries,
@@ -151,12 +151,7 @@ def stays(predicate: Callable[[], bool], *, seconds: float, what: str) -> None:
 
 
 def events_about(kube: client.ApiClient, namespace: str, text: str) -> list[Any]:
-    events = (
-        client.CoreV1Api(kube)
-        .list_namespaced_event(namespace, field_selector="involvedObject.name=checkout")
-        .items
-    )
-    return [e for e in events if text in (e.message or "")]
+    return [e for e in events_on(kube, namespace, "checkout") if text in (e.message or "")]
 
 
 def setup_pods(

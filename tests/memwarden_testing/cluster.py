@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 
@@ -132,6 +132,14 @@ def grant_in_namespace(
         timeout=30,
         what=f"the authorizer to allow {account} {verbs[0]} {resources[0]}",
     )
+
+
+def events_on(kube: client.ApiClient, namespace: str, name: str) -> list[Any]:
+    """The Events whose involved object is ``name`` in ``namespace``."""
+    events = client.CoreV1Api(kube).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return list(events.items)
 
 
 def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float = 20) -> None:

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kubernetes import client
 
 from memwarden import certs
-from memwarden.api import API_VERSION
+from memwarden.api import API_VERSION, GROUP
 from memwarden.evidence.store import BundleMeta, Entry
+from memwarden_testing.cluster import grant_in_namespace
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 KEY = b"k" * 32
@@ -112,3 +114,16 @@ class EvidenceServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._loop.close()
+
+
+def grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) -> None:
+    """The Role docs/evidence.md tells users to create, bound to ServiceAccount ``account``."""
+    grant_in_namespace(
+        kube,
+        namespace,
+        name="evidence-reader",
+        account=account,
+        group=GROUP,
+        resources=["memoryincidents", "memoryincidents/evidence"],
+        verbs=["get", "list"],
+    )
