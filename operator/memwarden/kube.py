@@ -22,6 +22,8 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from memwarden.api import GROUP, VERSION
+
 #: Error payloads are cut to this length in messages (and so in logs and Events).
 MAX_MESSAGE = 300
 #: Per request: a slow API server must not hold a handler (or a worker thread) for long.
@@ -88,6 +90,10 @@ class CustomResource:
     group: str
     version: str
     plural: str
+
+
+POLICIES = CustomResource(group=GROUP, version=VERSION, plural="memorypolicies")
+INCIDENTS = CustomResource(group=GROUP, version=VERSION, plural="memoryincidents")
 
 
 class Kube:
@@ -288,6 +294,8 @@ class Kube:
 __all__ = [
     "EVENT_COMPONENT",
     "EVENT_INSTANCE",
+    "INCIDENTS",
+    "POLICIES",
     "Conflict",
     "CustomResource",
     "Kube",

@@ -60,7 +60,7 @@ RULES: tuple[Rule, ...] = (
         "memwarden.dev",
         ("memorypolicies/status",),
         ("patch",),
-        "the status timer writes matched/compliant/drifted pods",
+        "the status loop writes matched/compliant/drifted pods",
     ),
     Rule(
         "memwarden.dev",

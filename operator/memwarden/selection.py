@@ -9,7 +9,7 @@ report it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from memwarden.api import LabelSelector, MemoryPolicySpec
@@ -135,49 +135,89 @@ def _anchor(candidate: Candidate) -> tuple[str, str] | None:
     return key, match_labels[key]
 
 
-@dataclass
-class PolicyIndex:
-    """Policies by namespace, and by one required label pair, so that finding a pod's
-    candidates costs a few dict look-ups instead of a scan of every policy."""
+@dataclass(frozen=True)
+class NamespacePolicies:
+    """One namespace's policies, by name and by one required label pair. Immutable: an
+    update builds a new table and swaps it in, so a reader never sees a policy missing
+    because it is being replaced."""
 
-    _by_namespace: dict[str, dict[str, Candidate]] = field(default_factory=dict)
-    _anchored: dict[str, dict[tuple[str, str], dict[str, Candidate]]] = field(default_factory=dict)
-    _unanchored: dict[str, dict[str, Candidate]] = field(default_factory=dict)
+    by_name: Mapping[str, Candidate]
+    anchored: Mapping[tuple[str, str], tuple[Candidate, ...]]
+    unanchored: tuple[Candidate, ...]
+
+    @classmethod
+    def build(cls, candidates: Iterable[Candidate]) -> NamespacePolicies:
+        by_name = {c.name: c for c in candidates}
+        anchored: dict[tuple[str, str], list[Candidate]] = {}
+        unanchored: list[Candidate] = []
+        for candidate in by_name.values():
+            anchor = _anchor(candidate)
+            if anchor is None:
+                unanchored.append(candidate)
+            else:
+                anchored.setdefault(anchor, []).append(candidate)
+        return cls(
+            by_name=by_name,
+            anchored={pair: tuple(found) for pair, found in anchored.items()},
+            unanchored=tuple(unanchored),
+        )
+
+
+class PolicyIndex:
+    """Policies by namespace, label-anchored, so that finding a pod's candidates costs a
+    few dict look-ups instead of a scan of every policy.
+
+    Copy-on-write per namespace: writers (the policy watch) build a new
+    ``NamespacePolicies`` and swap it in with one assignment; readers (admission, on the
+    event loop) take a namespace's table once and use it without a lock.
+    """
+
+    def __init__(self) -> None:
+        self._namespaces: dict[str, NamespacePolicies] = {}
+
+    def swap_namespace(self, namespace: str, candidates: Iterable[Candidate]) -> None:
+        """Make ``candidates`` the namespace's whole set of policies."""
+        table = NamespacePolicies.build(candidates)
+        if table.by_name:
+            self._namespaces[namespace] = table
+        else:
+            self._namespaces.pop(namespace, None)
+
+    def replace_all(self, candidates: Iterable[Candidate]) -> None:
+        """Make ``candidates`` the whole index (a fresh listing of every policy)."""
+        grouped: dict[str, list[Candidate]] = {}
+        for candidate in candidates:
+            grouped.setdefault(candidate.namespace, []).append(candidate)
+        self._namespaces = {ns: NamespacePolicies.build(found) for ns, found in grouped.items()}
 
     def upsert(self, candidate: Candidate) -> None:
-        self.remove(namespace=candidate.namespace, name=candidate.name)
-        self._by_namespace.setdefault(candidate.namespace, {})[candidate.name] = candidate
-        anchor = _anchor(candidate)
-        if anchor is None:
-            self._unanchored.setdefault(candidate.namespace, {})[candidate.name] = candidate
-        else:
-            by_anchor = self._anchored.setdefault(candidate.namespace, {})
-            by_anchor.setdefault(anchor, {})[candidate.name] = candidate
+        current = self._namespaces.get(candidate.namespace)
+        others = [
+            c for c in (current.by_name.values() if current else ()) if c.name != candidate.name
+        ]
+        self.swap_namespace(candidate.namespace, [*others, candidate])
 
     def remove(self, *, namespace: str, name: str) -> None:
-        old = self._by_namespace.get(namespace, {}).pop(name, None)
-        if old is None:
+        current = self._namespaces.get(namespace)
+        if current is None or name not in current.by_name:
             return
-        anchor = _anchor(old)
-        if anchor is None:
-            self._unanchored[namespace].pop(name, None)
-        else:
-            self._anchored[namespace][anchor].pop(name, None)
-            if not self._anchored[namespace][anchor]:
-                del self._anchored[namespace][anchor]
-        if not self._by_namespace[namespace]:
-            for table in (self._by_namespace, self._anchored, self._unanchored):
-                table.pop(namespace, None)
+        self.swap_namespace(namespace, [c for c in current.by_name.values() if c.name != name])
+
+    def namespaces(self) -> list[str]:
+        return sorted(self._namespaces)
 
     def in_namespace(self, namespace: str) -> list[Candidate]:
-        return sorted(self._by_namespace.get(namespace, {}).values(), key=Candidate.precedence)
+        table = self._namespaces.get(namespace)
+        return sorted(table.by_name.values(), key=Candidate.precedence) if table else []
 
     def candidates_for(self, *, namespace: str, labels: Mapping[str, str]) -> list[Candidate]:
         """The policies that may select a pod with these labels (a superset, never less)."""
-        found = list(self._unanchored.get(namespace, {}).values())
-        by_anchor = self._anchored.get(namespace, {})
+        table = self._namespaces.get(namespace)
+        if table is None:
+            return []
+        found = list(table.unanchored)
         for pair in labels.items():
-            found.extend(by_anchor.get(pair, {}).values())
+            found.extend(table.anchored.get(pair, ()))
         return found
 
     def select(
@@ -196,4 +236,4 @@ class PolicyIndex:
         )
 
     def __len__(self) -> int:
-        return sum(len(policies) for policies in self._by_namespace.values())
+        return sum(len(table.by_name) for table in list(self._namespaces.values()))

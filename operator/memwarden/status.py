@@ -7,11 +7,12 @@ it changed, and logs what changed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
 from memwarden.mutation import PodShapeError, plan_pod
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
 from memwarden.sizing import KubeletProfile
 
 #: Lists in status are cut to this many entries: status is for people, not an inventory.
@@ -98,6 +99,92 @@ def _condition(
     )
 
 
+@dataclass
+class _Tally:
+    """One policy's pods, counted in the single pass over its namespace."""
+
+    matched: int = 0
+    compliant: int = 0
+    drifted: list[str] = field(default_factory=list)
+    conflicts: list[PodConflict] = field(default_factory=list)
+    infeasible: list[str] = field(default_factory=list)
+
+
+def _count_pod(
+    pod: Mapping[str, Any],
+    *,
+    table: NamespacePolicies,
+    tallies: Mapping[str, _Tally],
+    profile: KubeletProfile,
+) -> None:
+    metadata = pod.get("metadata") or {}
+    name = str(metadata.get("name"))
+    labels = metadata.get("labels") or {}
+    regular, sidecars = container_names(pod)
+    candidates = list(table.unanchored)
+    for pair in labels.items():
+        candidates.extend(table.anchored.get(pair, ()))
+    selection = select_policy(
+        labels=labels, container_names=regular, sidecar_names=sidecars, candidates=candidates
+    )
+    winner = selection.winner
+    if winner is None:
+        return
+    if selection.others:
+        conflict = PodConflict(
+            pod=name,
+            winner=winner.name,
+            others=[c.name for c in selection.others],
+            reason=selection.reason,
+        )
+        for involved in (winner, *selection.others):
+            tallies[involved.name].conflicts.append(conflict)
+    tally = tallies[winner.name]
+    tally.matched += 1
+    try:
+        plan = plan_pod(pod=pod, selection=selection, profile=profile)
+    except PodShapeError as exc:
+        tally.infeasible.append(f"{name}: {exc}")
+        tally.drifted.append(name)
+        return
+    if plan.infeasible:
+        tally.infeasible.append(f"{name}: {plan.infeasible}")
+        tally.drifted.append(name)
+    elif plan.drift:
+        tally.drifted.append(name)
+    else:
+        tally.compliant += 1
+
+
+def namespace_statuses(
+    *,
+    policies: Sequence[Candidate],
+    pods: Iterable[Mapping[str, Any]],
+    profile: KubeletProfile,
+    now: str,
+    generations: Mapping[str, int | None],
+    previous: Mapping[str, MemoryPolicyStatus | None],
+) -> dict[str, MemoryPolicyStatus]:
+    """Every policy's status in one namespace, by name, from one pass over its pods.
+
+    Each pod is selected and planned once (not once per policy): the cost is the
+    namespace's pods, whatever the number of its policies.
+    """
+    table = NamespacePolicies.build(policies)
+    tallies = {name: _Tally() for name in table.by_name}
+    for pod in pods:
+        _count_pod(pod, table=table, tallies=tallies, profile=profile)
+    return {
+        name: _status(
+            tally,
+            generation=generations.get(name),
+            now=now,
+            previous=previous.get(name),
+        )
+        for name, tally in tallies.items()
+    }
+
+
 def policy_status(
     *,
     policy: Candidate,
@@ -109,51 +196,21 @@ def policy_status(
     previous: MemoryPolicyStatus | None = None,
 ) -> MemoryPolicyStatus:
     """Matched / compliant / drifted counts, conflicts and conditions for ``policy``."""
-    matched = compliant = 0
-    drifted: list[str] = []
-    conflicts: list[PodConflict] = []
-    infeasible: list[str] = []
-    for pod in pods:
-        metadata = pod.get("metadata") or {}
-        name = str(metadata.get("name"))
-        regular, sidecars = container_names(pod)
-        selection = select_policy(
-            labels=metadata.get("labels") or {},
-            container_names=regular,
-            sidecar_names=sidecars,
-            candidates=candidates,
-        )
-        if selection.winner is None:
-            continue
-        involved = {selection.winner.name, *(c.name for c in selection.others)}
-        if policy.name not in involved:
-            continue
-        if selection.others:
-            conflicts.append(
-                PodConflict(
-                    pod=name,
-                    winner=selection.winner.name,
-                    others=[c.name for c in selection.others],
-                    reason=selection.reason,
-                )
-            )
-        if selection.winner.name != policy.name:
-            continue
-        matched += 1
-        try:
-            plan = plan_pod(pod=pod, selection=selection, profile=profile)
-        except PodShapeError as exc:
-            infeasible.append(f"{name}: {exc}")
-            drifted.append(name)
-            continue
-        if plan.infeasible:
-            infeasible.append(f"{name}: {plan.infeasible}")
-            drifted.append(name)
-        elif plan.drift:
-            drifted.append(name)
-        else:
-            compliant += 1
+    return namespace_statuses(
+        policies=candidates,
+        pods=pods,
+        profile=profile,
+        now=now,
+        generations={policy.name: generation},
+        previous={policy.name: previous},
+    )[policy.name]
 
+
+def _status(
+    tally: _Tally, *, generation: int | None, now: str, previous: MemoryPolicyStatus | None
+) -> MemoryPolicyStatus:
+    matched, compliant, drifted = tally.matched, tally.compliant, tally.drifted
+    infeasible, conflicts = tally.infeasible, tally.conflicts
     old_conditions = previous.conditions if previous else []
     conditions = [
         _condition(
@@ -191,13 +248,49 @@ def policy_status(
 def describe_change(before: MemoryPolicyStatus | None, after: MemoryPolicyStatus) -> str | None:
     """One line saying what changed in the counts (None: nothing worth an Event)."""
     parts = []
-    for field in ("matchedPods", "compliantPods", "driftedPods"):
-        old = getattr(before, field) if before else 0
-        new = getattr(after, field)
+    for name in ("matchedPods", "compliantPods", "driftedPods"):
+        old = getattr(before, name) if before else 0
+        new = getattr(after, name)
         if old != new:
-            parts.append(f"{field.removesuffix('Pods')} {old} -> {new}")
+            parts.append(f"{name.removesuffix('Pods')} {old} -> {new}")
     old_conflicts = {c.pod for c in before.conflicts} if before else set()
     new_conflicts = {c.pod for c in after.conflicts} - old_conflicts
     if new_conflicts:
         parts.append(f"conflicts on {', '.join(sorted(new_conflicts))}")
     return ", ".join(parts) or None
+
+
+class StatusBook:
+    """What status work is due: namespaces whose pods or policies changed since their
+    policies' status was last computed, and the status each policy has now.
+
+    Fed by the watches (a pod or policy event touches its namespace); drained by the
+    status loop, which recomputes only the touched namespaces. Pure bookkeeping, no I/O.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: set[str] = set()
+        self.ready = False
+        """True once the watches have filled the indexes: statuses computed before that
+        would count pods not yet listed."""
+        self.current: dict[tuple[str, str], tuple[int | None, dict[str, Any]]] = {}
+        """(namespace, name) -> (generation, status) as last seen or written."""
+
+    def touch(self, namespace: str) -> None:
+        self._dirty.add(namespace)
+
+    def touch_all(self, namespaces: Iterable[str]) -> None:
+        self._dirty.update(namespaces)
+
+    def take(self) -> list[str]:
+        """The namespaces due, in order; they are no longer due afterwards."""
+        due, self._dirty = sorted(self._dirty), set()
+        return due
+
+    def observe(
+        self, *, namespace: str, name: str, generation: int | None, status: Mapping[str, Any]
+    ) -> None:
+        self.current[(namespace, name)] = (generation, dict(status))
+
+    def forget(self, *, namespace: str, name: str) -> None:
+        self.current.pop((namespace, name), None)

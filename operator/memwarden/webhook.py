@@ -1,117 +1,239 @@
-"""The admission webhook's HTTPS server: kopf's, with a strict front door.
+"""The admission webhook's HTTPS server: memwarden's own, on kopf's event loop.
 
-kopf's server passes any JSON to its engine, so a malformed AdmissionReview (a list,
-a request without ``uid``...) ends as a 500. Here the review's shape is checked first
-and refused with a 400 naming what is wrong; only well-formed reviews reach kopf. The
-namespace of the request is copied into the object when the API server left it out (pods
-created through a ReplicaSet arrive that way), so handlers always know it.
+Not kopf's admission machinery: kopf would hop to a thread for a sync handler, copy the
+pod and diff the copy to find the patch, and log each review. Here one coroutine reads
+the body, checks the review's shape (a malformed one gets a 400 naming what is wrong,
+never a 500), asks the pure core (``admission.admit``) for the decision and answers with
+the plan's JSONPatch. Nothing on this path blocks: no file, no API call, no lock.
 
 Failure policy (stated here as in VPA's admission server): memwarden must never block
 pod creation. The shipped MutatingWebhookConfiguration says ``failurePolicy: Ignore``
-with a short timeout, and the pod handler itself never refuses a pod.
+with a short timeout, and the decision never refuses a pod; an exception in it admits
+the pod unchanged (outcome ``error``).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
-from typing import Any, Literal
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp.web
-import kopf
-from kopf._core.engines import admission as kopf_admission  # the errors kopf's own server maps
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import orjson
+
+from memwarden import metrics
+from memwarden.admission import Decision, pod_label, review_response
+from memwarden.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
 #: Refuse absurd bodies before parsing: a pod is well under this; the API server's own
-#: request limit is 3 MiB.
+#: request limit is 3 MiB. Applied as aiohttp's ``client_max_size`` (its default, 1 MiB,
+#: would otherwise win silently).
 MAX_REVIEW_BYTES = 8 * 2**20
-
-
-class _GroupVersionResource(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    group: str
-    version: str
-    resource: str
-
-
-class _ReviewRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    uid: str = Field(min_length=1)
-    resource: _GroupVersionResource
-    operation: Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
-    userInfo: dict[str, Any]
-    namespace: str | None = None
-    object: dict[str, Any] | None = None
-    oldObject: dict[str, Any] | None = None
-
-
-class _Review(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    apiVersion: Literal["admission.k8s.io/v1", "admission.k8s.io/v1beta1"]
-    kind: Literal["AdmissionReview"]
-    request: _ReviewRequest
+_API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
+_OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
 
 
 class ReviewError(ValueError):
     """The body is not an AdmissionReview we can answer; the message says why."""
 
 
-def parse_review(text: str | bytes) -> dict[str, Any]:
-    """Check an AdmissionReview's shape and return it as a dict for kopf, namespace filled in."""
+def _require(condition: bool, where: str, message: str) -> None:
+    if not condition:
+        raise ReviewError(f"not an AdmissionReview: {where}: {message}")
+
+
+def parse_review(body: str | bytes) -> dict[str, Any]:
+    """Check an AdmissionReview's shape and return it, the object's namespace filled in
+    from the request (pods created through a ReplicaSet arrive without one)."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReviewError(f"body is not JSON: {exc.msg} at {exc.pos}") from exc
-    except (UnicodeDecodeError, RecursionError) as exc:  # bytes that are not UTF-8; deep nesting
-        raise ReviewError(f"body is not JSON: {type(exc).__name__}") from exc
-    try:
-        review = _Review.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ReviewError(f"not an AdmissionReview: {where}: {first['msg']}") from exc
-    request = review.request
-    if request.object is None and request.oldObject is None:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ReviewError(f"body is not JSON: {exc}") from exc
+    _require(isinstance(data, dict), "body", "not an object")
+    _require(data.get("apiVersion") in _API_VERSIONS, "apiVersion", f"one of {_API_VERSIONS}")
+    _require(data.get("kind") == "AdmissionReview", "kind", "must be AdmissionReview")
+    request = data.get("request")
+    _require(isinstance(request, dict), "request", "missing or not an object")
+    uid = request.get("uid")
+    _require(isinstance(uid, str) and bool(uid), "request.uid", "a non-empty string")
+    resource = request.get("resource")
+    _require(
+        isinstance(resource, dict)
+        and all(isinstance(resource.get(k), str) for k in ("group", "version", "resource")),
+        "request.resource",
+        "an object with group, version and resource",
+    )
+    _require(request.get("operation") in _OPERATIONS, "request.operation", f"one of {_OPERATIONS}")
+    _require(isinstance(request.get("userInfo"), dict), "request.userInfo", "an object")
+    namespace = request.get("namespace")
+    _require(namespace is None or isinstance(namespace, str), "request.namespace", "a string")
+    obj, old = request.get("object"), request.get("oldObject")
+    for where, value in (("request.object", obj), ("request.oldObject", old)):
+        _require(value is None or isinstance(value, dict), where, "an object")
+    if obj is None and old is None:
         raise ReviewError(
             "not an AdmissionReview: request.object and request.oldObject are both missing"
         )
-    result: dict[str, Any] = data
-    obj = result["request"].get("object")
-    if obj is not None and request.namespace:
+    if obj is not None:
         metadata = obj.setdefault("metadata", {})
-        if not isinstance(metadata, dict):
-            raise ReviewError("not an AdmissionReview: request.object.metadata is not an object")
-        metadata.setdefault("namespace", request.namespace)
-    return result
+        _require(isinstance(metadata, dict), "request.object.metadata", "is not an object")
+        if namespace:
+            metadata.setdefault("namespace", namespace)
+    review: dict[str, Any] = data
+    return review
 
 
-class StrictWebhookServer(kopf.WebhookServer):
-    """kopf's WebhookServer that answers malformed reviews with 400 instead of 500."""
+def _object_namespace(review: Mapping[str, Any]) -> str | None:
+    request = review["request"]
+    namespace = request.get("namespace") or (request.get("object") or {}).get("metadata", {}).get(
+        "namespace"
+    )
+    return str(namespace) if namespace else None
 
-    @staticmethod
-    async def _serve(
-        fn: Any,
-        request: aiohttp.web.Request,
-    ) -> aiohttp.web.Response:
-        if request.content_length is not None and request.content_length > MAX_REVIEW_BYTES:
-            raise aiohttp.web.HTTPRequestEntityTooLarge(
-                max_size=MAX_REVIEW_BYTES, actual_size=request.content_length
-            )
-        body = await request.read()
+
+Admit = Callable[[Mapping[str, Any], str | None], Decision]
+"""The decision for one pod (object, namespace): ``admission.admit`` with its inputs bound."""
+
+
+class AdmissionTally:
+    """Counts admissions between two INFO lines: one line a minute instead of one a pod."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[str] = Counter()
+        self.infeasible: Counter[str] = Counter()
+
+    def add(self, decision: Decision) -> None:
+        self.outcomes[decision.outcome] += 1
+        if decision.outcome == "infeasible" and decision.policy:
+            self.infeasible[decision.policy] += 1
+
+    def flush(self) -> str | None:
+        """The summary since the last flush (None when nothing was admitted)."""
+        if not self.outcomes:
+            return None
+        line = ", ".join(f"{n} {outcome}" for outcome, n in sorted(self.outcomes.items()))
+        if self.infeasible:
+            worst = ", ".join(f"{p} ({n})" for p, n in self.infeasible.most_common(5))
+            line += f"; policies not applied (infeasible): {worst}"
+        self.outcomes.clear()
+        self.infeasible.clear()
+        return line
+
+
+def _is_pod_create(review: Mapping[str, Any]) -> bool:
+    request = review["request"]
+    resource = request["resource"]
+    return bool(
+        request["operation"] == "CREATE"
+        and resource["resource"] == "pods"
+        and resource["group"] == ""
+        and not request.get("subResource")
+        and request.get("object") is not None
+    )
+
+
+def make_webhook_app(*, path: str, admit: Admit, tally: AdmissionTally) -> aiohttp.web.Application:
+    """``POST {path}``: the pod admission review (see module doc)."""
+
+    async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        started = time.perf_counter()
+        body = await request.read()  # over client_max_size: aiohttp answers 413
         try:
             review = parse_review(body)
         except ReviewError as exc:
             logger.warning("refused a malformed admission request from %s: %s", request.remote, exc)
             return aiohttp.web.json_response({"error": str(exc)}, status=400)
-        headers = dict(request.headers)
-        sslpeer = request.transport.get_extra_info("peercert") if request.transport else None
-        webhook = request.match_info.get("id")
+        decision = _decide(review, admit)
+        tally.add(decision)
+        metrics.WEBHOOK_REQUESTS.labels(outcome=decision.outcome).inc()
+        metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        return aiohttp.web.Response(
+            body=orjson.dumps(review_response(review, decision, dumps=orjson.dumps)),
+            content_type="application/json",
+        )
+
+    app = aiohttp.web.Application(client_max_size=MAX_REVIEW_BYTES)
+    app.router.add_post(path, serve)
+    return app
+
+
+def _decide(review: Mapping[str, Any], admit: Admit) -> Decision:
+    if not _is_pod_create(review):
+        return Decision("unchanged", detail="not a pod CREATE")
+    pod = review["request"]["object"]
+    namespace = _object_namespace(review)
+    try:
+        decision = admit(pod, namespace)
+    except Exception:  # Fail open by design: a memwarden bug must not block pod creation.
+        logger.exception(
+            "pod %s admitted unchanged: memwarden failed", pod_label(pod, namespace or "")
+        )
+        return Decision("error", detail="memwarden failed")
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "pod %s %s (policy %s): %s",
+            pod_label(pod, namespace or ""),
+            decision.outcome,
+            decision.policy or "none",
+            decision.detail,
+        )
+    return decision
+
+
+class WebhookServer:
+    """The webhook app on ``host:port``, HTTPS with certificates reloaded in place."""
+
+    def __init__(
+        self,
+        *,
+        app: aiohttp.web.Application,
+        host: str,
+        port: int,
+        certificates: CertificateReloader | None,
+    ) -> None:
+        self._app = app
+        self._host = host
+        self._port = port
+        self._certificates = certificates
+        self._runner: aiohttp.web.AppRunner | None = None
+        self._reloading: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        context: ssl.SSLContext | None = None
+        if self._certificates is not None:
+            context = self._certificates.context
+        runner = aiohttp.web.AppRunner(self._app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = aiohttp.web.TCPSite(
+            runner, self._host, self._port, ssl_context=context, reuse_address=True, backlog=1024
+        )
         try:
-            response = await fn(review, webhook=webhook, sslpeer=sslpeer, headers=headers)
-        except kopf_admission.UnknownResourceError as exc:
-            return aiohttp.web.json_response({"error": str(exc)}, status=404)
-        except kopf_admission.WebhookError as exc:
-            return aiohttp.web.json_response({"error": str(exc)}, status=400)
-        return aiohttp.web.json_response(response)
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        if self._certificates is not None:
+            self._reloading = asyncio.create_task(self._certificates.reload_forever())
+
+    async def stop(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+__all__ = [
+    "MAX_REVIEW_BYTES",
+    "AdmissionTally",
+    "ReviewError",
+    "WebhookServer",
+    "make_webhook_app",
+    "parse_review",
+]

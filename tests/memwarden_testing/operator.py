@@ -114,7 +114,7 @@ class OperatorProcess:
             "MEMWARDEN_WEBHOOK_PORT": str(self.webhook_port),
             "MEMWARDEN_WEBHOOK_CERT_FILE": str(self.workdir / "tls.crt"),
             "MEMWARDEN_WEBHOOK_KEY_FILE": str(self.workdir / "tls.key"),
-            "MEMWARDEN_STATUS_INTERVAL_SECONDS": "1",
+            "MEMWARDEN_STATUS_DEBOUNCE_SECONDS": "0.5",
             "MEMWARDEN_HTTP_HOST": "127.0.0.1",
             "MEMWARDEN_HTTP_PORT": str(self.http_port),
             "MEMWARDEN_ALERTMANAGER_TOKEN_FILE": str(self.alertmanager_token_file),
@@ -249,7 +249,7 @@ def least_privilege_kubeconfig(
             if exc.status != 409:
                 raise
     if namespaced:  # the rules may have changed since an earlier session created the Role
-        authz.replace_namespaced_role(name, OPERATOR_NAMESPACE, objects[3][1])
+        authz.swap_namespaced_role(name, OPERATOR_NAMESPACE, objects[3][1])
     authz.replace_cluster_role(name, objects[1][1])
     token = core.create_namespaced_service_account_token(
         name, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 6 * 3600}}

@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     namespaces = args.namespaces or []
+    state.watch_namespaces(namespaces or None)
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,

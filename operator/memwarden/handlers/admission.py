@@ -1,99 +1,144 @@
-"""Pod admission: apply the governing policy to a pod being created.
+"""Pod admission, wired: the policy index primed, the webhook server started and stopped.
 
-Never refuses a pod and never raises: any failure here admits the pod unchanged and is
-logged (the webhook configuration's ``failurePolicy: Ignore`` covers a down operator;
-this covers a broken one).
+The webhook is memwarden's own aiohttp server (``webhook.py``) on kopf's event loop, not
+a kopf ``on.mutate`` handler. It listens only once every policy is in the index, so a
+pod created while the operator starts is either refused at the socket (and admitted
+unchanged by ``failurePolicy: Ignore``, as when the operator is down) or admitted with
+its policy, never admitted against a half-loaded index.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import time
 from typing import Any
 
-import jsonpatch
 import kopf
 
-from memwarden import metrics
-from memwarden.handlers import state
+from memwarden import admission
+from memwarden.handlers import certificates, state
+from memwarden.handlers.indexes import candidate_from
+from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
-from memwarden.mutation import PodShapeError, admission_ops, plan_pod
-from memwarden.selection import container_names
+from memwarden.tlsreload import CertificateReloader
+from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
 
 logger = logging.getLogger(__name__)
 
-
-@kopf.on.mutate("pods", id=POD_HANDLER_ID, operations=["CREATE"], ignore_failures=True)
-def admit_pod(
-    *,
-    body: kopf.Body,
-    namespace: str | None,
-    patch: kopf.Patch,
-    warnings: list[str],
-    **kwargs: Any,
-) -> None:
-    """Set resources, GOMEMLIMIT/GOGC and the applied annotation from the governing policy."""
-    started = time.perf_counter()
-    outcome = "error"
-    try:
-        outcome = _admit(body=body, namespace=namespace, patch=patch, warnings=warnings)
-    finally:
-        metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
-        metrics.WEBHOOK_REQUESTS.labels(outcome=outcome).inc()
+_SERVER = "webhook_server"
+_SUMMARY = "admission_summary"
 
 
-def _admit(
-    *, body: kopf.Body, namespace: str | None, patch: kopf.Patch, warnings: list[str]
-) -> str:
-    """The admission itself; returns its outcome (one of ``metrics.WEBHOOK_OUTCOMES``)."""
+async def prime_policies() -> int:
+    """List every MemoryPolicy the operator watches into the admission index."""
+    namespaces = state.watched_namespaces()
+    watched: list[str | None] = [None] if namespaces is None else list(namespaces)
+    found = []
+    for namespace in watched:
+        found += await state.kube().alist_objects(POLICIES, namespace=namespace)
+    candidates = [
+        c
+        for c in (
+            candidate_from(
+                namespace=str(obj["metadata"].get("namespace")),
+                name=str(obj["metadata"].get("name")),
+                spec=obj.get("spec") or {},
+                meta=obj["metadata"],
+            )
+            for obj in found
+        )
+        if c is not None
+    ]
+    state.policies().replace_all(candidates)
+    return len(candidates)
+
+
+async def _summarise(tally: AdmissionTally, every: float) -> None:
+    """One INFO line per interval with what admission did (per pod: DEBUG)."""
+    while True:
+        await asyncio.sleep(every)
+        line = tally.flush()
+        if line is not None:
+            logger.info("admission in the last %gs: %s", every, line)
+
+
+@kopf.on.startup()
+async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
+    """Certificates, then the policy index, then the listening socket."""
     settings = state.settings()
-    if namespace is None or namespace in settings.never_governed:
-        return "unchanged"
-    index = state.policies()
-    pod = dict(body)
-    pod_name = body.meta.get("name") or f"{body.meta.get('generateName', '')}*"
+    started = time.monotonic()
+    cert_file, key_file = await asyncio.to_thread(certificates.serving_files, settings)
     try:
-        regular, sidecars = container_names(pod)
-        selection = index.select(
-            namespace=namespace,
-            labels=dict(body.meta.get("labels") or {}),
-            container_names=regular,
-            sidecar_names=sidecars,
-        )
-        plan = plan_pod(pod=pod, selection=selection, profile=settings.kubelet.profile())
-    except PodShapeError as exc:
-        logger.warning("pod %s/%s admitted unchanged: %s", namespace, pod_name, exc)
-        return "unchanged"
-    except Exception:  # Fail open by design: a memwarden bug must not block pod creation.
-        logger.exception("pod %s/%s admitted unchanged: memwarden failed", namespace, pod_name)
-        return "error"
-    winner = selection.winner
-    if winner is None:
-        return "unchanged"
-    if plan.infeasible:
-        warnings.append(f"memwarden: policy {winner.name} not applied: {plan.infeasible}")
-        logger.warning(
-            "pod %s/%s: policy %s not applied: %s",
-            namespace,
-            pod_name,
-            winner.name,
-            plan.infeasible,
-        )
-        return "infeasible"
-    if selection.others:
-        warnings.append(f"memwarden: policy {winner.name} governs this pod: {selection.reason}")
-    ops = admission_ops(plan, dry_run=settings.dry_run)
-    if not ops:
-        if winner.spec.mode == "Audit":
-            warnings.extend(f"memwarden (audit, policy {winner.name}): {d}" for d in plan.drift)
-            return "audit"
-        return "unchanged"
-    patch.fns.append(lambda raw: jsonpatch.apply_patch(raw, ops, in_place=True))
-    logger.info(
-        "pod %s/%s admitted with policy %s: %s",
-        namespace,
-        pod_name,
-        winner.name,
-        "; ".join(plan.drift) or "annotation only",
+        loaded = await prime_policies()
+    except KubeError as exc:
+        raise kopf.TemporaryError(f"policies not listed: {exc}", delay=5) from exc
+    profile = settings.kubelet.profile()
+    admit = functools.partial(
+        _admit_with,
+        profile=profile,
+        never_governed=settings.never_governed,
+        dry_run=settings.dry_run,
     )
-    return "audit" if winner.spec.mode == "Audit" else "mutated"
+    tally = AdmissionTally()
+    server = WebhookServer(
+        app=make_webhook_app(path=f"/{POD_HANDLER_ID}", admit=admit, tally=tally),
+        host=settings.webhook_host,
+        port=settings.webhook_port,
+        certificates=CertificateReloader(
+            certfile=cert_file,
+            keyfile=key_file,
+            interval=settings.webhook_file_check_seconds,
+        ),
+    )
+    try:
+        await server.start()
+    except OSError as exc:  # a port in use will not free itself: say so and stop
+        raise kopf.PermanentError(
+            f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
+        ) from exc
+    memo[_SERVER] = server
+    memo[_SUMMARY] = asyncio.create_task(_summarise(tally, settings.admission_summary_seconds))
+    logger.info(
+        "webhook on https://%s:%s/%s: %d policies indexed, listening %.2fs after start",
+        settings.webhook_host,
+        settings.webhook_port,
+        POD_HANDLER_ID,
+        loaded,
+        time.monotonic() - started,
+    )
+
+
+def _admit_with(
+    pod: Any,
+    namespace: str | None,
+    *,
+    profile: Any,
+    never_governed: frozenset[str],
+    dry_run: bool,
+) -> admission.Decision:
+    return admission.admit(
+        pod=pod,
+        namespace=namespace,
+        index=state.policies(),
+        profile=profile,
+        never_governed=never_governed,
+        dry_run=dry_run,
+    )
+
+
+@kopf.on.cleanup()
+async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
+    summary: asyncio.Task[None] | None = memo.get(_SUMMARY)
+    if summary is not None:
+        summary.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await summary
+    server: WebhookServer | None = memo.get(_SERVER)
+    if server is not None:
+        await server.stop()
+
+
+__all__ = ["prime_policies", "start_webhook", "stop_webhook"]

@@ -25,9 +25,8 @@ from typing import Any
 import kopf
 
 from memwarden import metrics
-from memwarden.api import GROUP, VERSION
 from memwarden.handlers import risk, state
-from memwarden.kube import CustomResource, KubeError
+from memwarden.kube import POLICIES, KubeError
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
 from memwarden.risk.cycle import Announcements
@@ -38,7 +37,6 @@ from memwarden.selection import Candidate
 
 logger = logging.getLogger(__name__)
 
-POLICIES = CustomResource(group=GROUP, version=VERSION, plural="memorypolicies")
 #: Passes are at least this far apart: during a storm, the findings for a pod pile up as
 #: one queue entry meanwhile, so one pass covers hundreds of alerts and the API server
 #: sees a few writes per second at most. Adds at most this to the time from

@@ -5,6 +5,7 @@ Admission and status read these, never the API: a pod creation costs no API call
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -17,11 +18,13 @@ from memwarden.selection import Candidate
 from memwarden.status import pod_view
 
 
-def _governed_namespace(namespace: str | None, **_: Any) -> bool:
+def governed_namespace(namespace: str | None, **_: Any) -> bool:
     return namespace is not None and namespace not in state.settings().never_governed
 
 
-def _candidate(*, namespace: str, name: str, spec: kopf.Spec, meta: kopf.Meta) -> Candidate | None:
+def candidate_from(
+    *, namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any]
+) -> Candidate | None:
     """The policy as selection sees it; None when the schema would refuse it."""
     try:
         parsed = MemoryPolicySpec.model_validate(dict(spec))
@@ -38,11 +41,11 @@ def policy_index(
     """namespace -> its policies (a policy the schema would refuse is left out)."""
     if namespace is None:
         return None
-    candidate = _candidate(namespace=namespace, name=name, spec=spec, meta=meta)
+    candidate = candidate_from(namespace=namespace, name=name, spec=spec, meta=meta)
     return None if candidate is None else {namespace: candidate}
 
 
-@kopf.index("pods", when=_governed_namespace)
+@kopf.index("pods", when=governed_namespace)
 def pod_index(
     *, namespace: str | None, body: kopf.Body, **_: Any
 ) -> dict[str, dict[str, Any]] | None:
@@ -52,27 +55,41 @@ def pod_index(
 
 
 @kopf.on.event(GROUP, VERSION, "memorypolicies")
-def mirror_policy(
-    *,
-    type: str | None,
-    namespace: str | None,
-    name: str,
-    spec: kopf.Spec,
-    meta: kopf.Meta,
-    **_: Any,
+async def mirror_policy(
+    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
 ) -> None:
-    """Keep the label-anchored PolicyIndex that admission uses in step with the watch."""
+    """Keep admission's label-anchored PolicyIndex in step with kopf's ``policy_index``.
+
+    kopf updates its index (deletions too) before it calls this, and calls it only once
+    every index is filled: the first call copies the whole index (a policy deleted while
+    the operator started is dropped there), later ones the event's namespace. Async, so
+    it runs on the event loop like admission: the swap is never seen half-done.
+    """
+    policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
+    index = state.policies()
+    global _mirrored_all
+    if not _mirrored_all:
+        index.replace_all(c for key in policy_index for c in policy_index.get(key, []))
+        _mirrored_all = True
+    elif namespace is not None:
+        index.swap_namespace(namespace, policy_index.get(namespace, []))
     if namespace is None:
         return
-    index = state.policies()
+    book = state.status_book()
+    book.ready = True
+    book.touch(namespace)
     if type == "DELETED":
-        index.remove(namespace=namespace, name=name)
-        return
-    candidate = _candidate(namespace=namespace, name=name, spec=spec, meta=meta)
-    if candidate is None:
-        index.remove(namespace=namespace, name=name)
+        book.forget(namespace=namespace, name=name)
     else:
-        index.upsert(candidate)
+        book.observe(
+            namespace=namespace,
+            name=name,
+            generation=body.meta.get("generation"),
+            status=dict(body.get("status") or {}),
+        )
+
+
+_mirrored_all = False
 
 
 @kopf.index(GROUP, VERSION, "memoryincidents")

@@ -1,22 +1,37 @@
 """MemoryPolicy handlers: validate on change, keep status current from the indexes.
 
+Status follows changes: a pod or policy event marks its namespace due (``StatusBook``),
+and one loop recomputes the namespaces due, each pod selected and planned once, writing
+only the statuses that changed. Nothing is recomputed on a timer per policy: a cluster at
+rest costs nothing but a resync every ``status_resync_seconds``.
+
 memwarden never writes a policy's spec: only its status (and kopf's bookkeeping
 annotations under ``memwarden.dev/``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+import logging
+import time
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 from pydantic import ValidationError
 
-from memwarden import metrics
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
 from memwarden.handlers import state
+from memwarden.handlers.indexes import governed_namespace
+from memwarden.kube import POLICIES, KubeError, NotFound
 from memwarden.selection import Candidate
-from memwarden.status import describe_change, policy_status
+from memwarden.status import describe_change, namespace_statuses
+
+logger = logging.getLogger(__name__)
+
+_STATUS_TASK = "status_loop"
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -38,55 +53,122 @@ def validate_policy(*, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
     logger.debug("policy spec is valid")
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "memorypolicies",
-    interval=state.settings().status_interval_seconds,
-    initial_delay=1.0,
-    idle=None,
-)
-@metrics.reconciled("memorypolicy")
-def refresh_status(
-    *,
-    namespace: str | None,
-    name: str,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    body: kopf.Body,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    **kwargs: Any,
-) -> None:
-    """Recompute matched/compliant/drifted from the pod index; write only on change."""
-    policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
-    pod_index: kopf.Index[str, dict[str, Any]] = kwargs["pod_index"]
-    if namespace is None:
-        return
-    candidates = list(policy_index.get(namespace, []))
-    policy = next((c for c in candidates if c.name == name), None)
-    if policy is None:  # invalid spec: validate_policy reports it
-        return
+@kopf.on.event("pods", when=governed_namespace)
+async def pod_changed(*, namespace: str | None, **_: Any) -> None:
+    """A pod came, went or changed: its namespace's policies are due for a status."""
+    if namespace is not None:
+        book = state.status_book()
+        book.ready = True
+        book.touch(namespace)
+
+
+def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
     try:
-        previous = MemoryPolicyStatus.model_validate(dict(status)) if status else None
+        return MemoryPolicyStatus.model_validate(dict(status)) if status else None
     except ValidationError:
-        previous = None
+        return None
+
+
+async def refresh_namespace(
+    namespace: str,
+    *,
+    policy_index: kopf.Index[str, Candidate],
+    pod_index: kopf.Index[str, dict[str, Any]],
+) -> int:
+    """Recompute the status of every policy of ``namespace``; write those that changed.
+
+    Returns how many were written.
+    """
+    settings, book = state.settings(), state.status_book()
+    policies = list(policy_index.get(namespace, []))
+    if not policies:
+        return 0
+    current = {p.name: book.current.get((namespace, p.name), (None, {})) for p in policies}
+    previous = {name: _parsed(status) for name, (_, status) in current.items()}
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    new = policy_status(
-        policy=policy,
-        generation=meta.get("generation"),
+    computed = namespace_statuses(
+        policies=policies,
         pods=list(pod_index.get(namespace, [])),
-        candidates=candidates,
-        profile=state.settings().kubelet.profile(),
+        profile=settings.kubelet.profile(),
         now=now,
+        generations={name: generation for name, (generation, _) in current.items()},
         previous=previous,
     )
-    if previous is not None and new == previous:
-        return
-    change = describe_change(previous, new)
-    if change:
-        logger.info("status: %s", change)
-        kopf.event(body, type="Normal", reason="StatusChanged", message=change)
-    if state.settings().dry_run:
-        return
-    patch.status.update(new.model_dump(mode="json", exclude_none=True))
+    written = 0
+    for name, new in computed.items():
+        old = previous[name]
+        if old is not None and new == old:
+            continue
+        change = describe_change(old, new)
+        if settings.dry_run:
+            continue
+        body = new.model_dump(mode="json", exclude_none=True)
+        try:
+            updated = await state.kube().apatch_status(
+                POLICIES, namespace=namespace, name=name, patch={"status": body}
+            )
+        except NotFound:
+            continue  # deleted meanwhile
+        except KubeError as exc:
+            logger.warning("status of policy %s/%s not written: %s", namespace, name, exc)
+            book.touch(namespace)
+            continue
+        written += 1
+        book.observe(
+            namespace=namespace,
+            name=name,
+            generation=(updated.get("metadata") or {}).get("generation"),
+            status=updated.get("status") or body,
+        )
+        if change:
+            logger.info("policy %s/%s status: %s", namespace, name, change)
+            await _post_event(updated, message=change)
+    return written
+
+
+async def _post_event(policy: Mapping[str, Any], *, message: str) -> None:
+    try:
+        await asyncio.to_thread(
+            state.kube().post_event, policy, type="Normal", reason="StatusChanged", message=message
+        )
+    except KubeError as exc:
+        logger.debug("StatusChanged Event not posted: %s", exc)
+
+
+async def status_loop(
+    *, policy_index: kopf.Index[str, Candidate], pod_index: kopf.Index[str, dict[str, Any]]
+) -> None:
+    """Recompute the namespaces touched since the last pass, every ``status_debounce``;
+    every namespace every ``status_resync`` (a safety net: nothing should be missed)."""
+    settings, book = state.settings(), state.status_book()
+    last_resync = time.monotonic()
+    while True:
+        await asyncio.sleep(settings.status_debounce_seconds)
+        if not book.ready:
+            continue
+        if time.monotonic() - last_resync >= settings.status_resync_seconds:
+            book.touch_all(policy_index)
+            last_resync = time.monotonic()
+        for namespace in book.take():
+            try:
+                await refresh_namespace(namespace, policy_index=policy_index, pod_index=pod_index)
+            except Exception:  # one namespace's failure must not stop every other's status
+                logger.exception("status of the policies in %s not refreshed", namespace)
+                book.touch(namespace)
+            await asyncio.sleep(0)  # let admission in between namespaces
+
+
+@kopf.on.startup()
+async def start_status_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+    memo[_STATUS_TASK] = asyncio.create_task(
+        status_loop(policy_index=kwargs["policy_index"], pod_index=kwargs["pod_index"])
+    )
+
+
+@kopf.on.cleanup()
+async def stop_status_loop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get(_STATUS_TASK)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

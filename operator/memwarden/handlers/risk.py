@@ -20,7 +20,7 @@ import kopf
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import state
-from memwarden.kube import Conflict, CustomResource, Kube, KubeError
+from memwarden.kube import INCIDENTS, Conflict, Kube, KubeError
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
@@ -36,7 +36,6 @@ from memwarden.risk.signals import (
 )
 from memwarden.selection import Candidate
 
-INCIDENTS = CustomResource(group=GROUP, version=VERSION, plural="memoryincidents")
 #: Incidents this process created, kept until the incident index has them: kopf's watch
 #: lags the create by a moment, and a second policy's cycle must already count them.
 _LEDGER_SECONDS = 120.0

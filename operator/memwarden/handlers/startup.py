@@ -1,4 +1,4 @@
-"""Operator start-up: kopf settings, the webhook server, and the one settings log line."""
+"""Operator start-up: kopf settings and the one settings log line."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import Any
 
 import kopf
 
-from memwarden.handlers import certificates, incidents, state
+from memwarden.handlers import incidents, state
 from memwarden.kube import EVENT_COMPONENT, EVENT_INSTANCE
-from memwarden.tlsreload import ReloadingWebhookServer
 
 logger = logging.getLogger("memwarden")
 
@@ -50,17 +49,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Least privilege: the CRDs are installed before the operator (chart crds/), so kopf
     # needs no list/watch on CustomResourceDefinitions to notice them at run time.
     settings.scanning.disabled = True
-    # Self-made certificates are rotated by handlers/certificates.py (CA in a Secret,
-    # caBundle patched); given ones (cert-manager) are renewed by their issuer. Either way
-    # the server reloads changed files in place, without closing its port.
-    cert_file, key_file = certificates.serving_files(ours)
-    settings.admission.server = ReloadingWebhookServer(
-        addr=ours.webhook_host,
-        port=ours.webhook_port,
-        certfile=cert_file,
-        pkeyfile=key_file,
-        file_check_interval=ours.webhook_file_check_seconds,
-    )
-    # The MutatingWebhookConfiguration is shipped by memwarden (chart / manifests.py),
-    # never managed by kopf: kopf would set timeoutSeconds to 30.
+    # Admission is memwarden's own server (handlers/admission.py), not kopf's: kopf runs
+    # no webhook server and manages no webhook configuration (it would set
+    # timeoutSeconds to 30); the MutatingWebhookConfiguration is shipped by memwarden.
+    settings.admission.server = None
     settings.admission.managed = None

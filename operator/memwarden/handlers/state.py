@@ -14,9 +14,12 @@ from memwarden.evidence.store import EvidenceStore
 from memwarden.kube import Kube
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
+from memwarden.status import StatusBook
 
 _settings: Settings | None = None
 _policies = PolicyIndex()
+_status_book = StatusBook()
+_watched_namespaces: list[str] | None = None
 _kube: Kube | None = None
 _evidence: Evidence | None = None
 
@@ -46,6 +49,21 @@ def settings() -> Settings:
 def policies() -> PolicyIndex:
     """Every valid MemoryPolicy, label-anchored for admission's per-pod look-up."""
     return _policies
+
+
+def status_book() -> StatusBook:
+    """Which namespaces' policy statuses are due (see handlers/policies.py)."""
+    return _status_book
+
+
+def watch_namespaces(namespaces: list[str] | None) -> None:
+    """The namespaces the operator watches (None: the whole cluster), as kopf is told."""
+    global _watched_namespaces
+    _watched_namespaces = namespaces
+
+
+def watched_namespaces() -> list[str] | None:
+    return _watched_namespaces
 
 
 def kube() -> Kube:

@@ -1,0 +1,175 @@
+"""One pod admission, decided by the pure core: outcomes, warnings, the review answered."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from typing import Any
+
+import jsonpatch
+import pytest
+
+from memwarden.admission import Decision, admit, review_response
+from memwarden.api import APPLIED_ANNOTATION
+from memwarden.selection import PolicyIndex
+from memwarden.sizing import KubeletProfile
+from memwarden.webhook import AdmissionTally
+from memwarden_testing.builders import make_candidate, make_container, make_pod
+
+pytestmark = pytest.mark.unit
+
+PROFILE = KubeletProfile.defaults_for(37)
+PLAIN = {"request": "512Mi", "limit": "1Gi"}
+
+
+def index_of(*candidates: Any) -> PolicyIndex:
+    index = PolicyIndex()
+    index.replace_all(candidates)
+    return index
+
+
+def decide(pod: dict[str, Any], index: PolicyIndex, **overrides: Any) -> Decision:
+    arguments: dict[str, Any] = {
+        "pod": pod,
+        "namespace": pod["metadata"]["namespace"],
+        "index": index,
+        "profile": PROFILE,
+        "never_governed": frozenset({"kube-system"}),
+        "dry_run": False,
+    }
+    arguments.update(overrides)
+    return admit(**arguments)
+
+
+def test_a_governed_pod_gets_the_plan_as_its_patch() -> None:
+    pod = make_pod(labels={"app": "checkout"})
+    decision = decide(pod, index_of(make_candidate(memory=PLAIN, go={"memoryLimit": "90%"})))
+    assert decision.outcome == "mutated"
+    assert decision.policy == "shop/checkout"
+    patched = jsonpatch.apply_patch(copy.deepcopy(pod), decision.ops)
+    container = patched["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"memory": "512Mi"}, "limits": {"memory": "1Gi"}}
+    assert {"name": "GOMEMLIMIT", "value": "921MiB"} in container["env"]
+    assert json.loads(patched["metadata"]["annotations"][APPLIED_ANNOTATION])["policy"] == (
+        "shop/checkout"
+    )
+    # Admitting the patched pod again changes nothing: the patch is the plan, idempotent.
+    again = decide(patched, index_of(make_candidate(memory=PLAIN, go={"memoryLimit": "90%"})))
+    assert again.outcome == "unchanged" and again.ops == []
+
+
+@pytest.mark.parametrize(
+    ("pod", "namespace", "outcome", "detail"),
+    [
+        pytest.param(
+            make_pod(labels={"app": "other"}), "shop", "unchanged", "no policy", id="unselected"
+        ),
+        pytest.param(
+            make_pod(labels={"app": "checkout"}, namespace="kube-system"),
+            "kube-system",
+            "unchanged",
+            "not governed",
+            id="never-governed-namespace",
+        ),
+        pytest.param(
+            make_pod(labels={"app": "checkout"}), None, "unchanged", "not governed", id="no-ns"
+        ),
+        pytest.param(
+            make_pod(
+                labels={"app": "checkout"},
+                containers=[make_container(memory_limit="lots")],
+            ),
+            "shop",
+            "unchanged",
+            "resources.limits.memory",
+            id="unreadable-quantity",
+        ),
+    ],
+)
+def test_pods_left_unchanged_say_why(
+    pod: dict[str, Any], namespace: str | None, outcome: str, detail: str
+) -> None:
+    decision = decide(pod, index_of(make_candidate(memory=PLAIN)), namespace=namespace)
+    assert decision.outcome == outcome
+    assert decision.ops == []
+    assert detail in decision.detail
+
+
+def test_labels_that_are_not_a_map_admit_the_pod_unchanged() -> None:
+    pod = make_pod()
+    pod["metadata"]["labels"] = ["app", "checkout"]
+    assert decide(pod, index_of(make_candidate(memory=PLAIN))).outcome == "unchanged"
+
+
+def test_an_infeasible_intent_is_not_applied_and_the_user_is_warned() -> None:
+    # memory.high needs a throttling factor, which stock 1.37 kubelets do not set.
+    infeasible = make_candidate(memory={"protect": "1Gi", "high": "2Gi"})
+    decision = decide(make_pod(labels={"app": "checkout"}), index_of(infeasible))
+    assert decision.outcome == "infeasible"
+    assert decision.ops == []
+    assert decision.warnings and "not applied" in decision.warnings[0]
+
+
+def test_audit_mode_warns_and_never_patches() -> None:
+    decision = decide(
+        make_pod(labels={"app": "checkout"}),
+        index_of(make_candidate(memory=PLAIN, mode="Audit")),
+    )
+    assert decision.outcome == "audit"
+    assert decision.ops == []
+    assert any("policy wants 1Gi" in w for w in decision.warnings)
+
+
+def test_dry_run_decides_but_sends_no_patch() -> None:
+    decision = decide(
+        make_pod(labels={"app": "checkout"}), index_of(make_candidate(memory=PLAIN)), dry_run=True
+    )
+    assert decision.outcome == "unchanged"
+    assert decision.detail == "dry run"
+
+
+def test_a_conflict_is_told_to_the_user() -> None:
+    index = index_of(
+        make_candidate("low", memory=PLAIN, priority=1),
+        make_candidate("high", memory=PLAIN, priority=5),
+    )
+    decision = decide(make_pod(labels={"app": "checkout"}), index)
+    assert decision.policy == "shop/high"
+    assert any("highest priority" in w for w in decision.warnings)
+
+
+def test_review_response_carries_the_patch_base64_and_the_warnings() -> None:
+    review = {"apiVersion": "admission.k8s.io/v1", "request": {"uid": "u-7"}}
+    ops = [{"op": "add", "path": "/metadata/labels/x", "value": "y"}]
+    answer = review_response(review, Decision("mutated", ops=ops, warnings=["w"]))
+    assert answer["apiVersion"] == "admission.k8s.io/v1"
+    response = answer["response"]
+    assert response["uid"] == "u-7" and response["allowed"] is True
+    assert response["patchType"] == "JSONPatch"
+    assert json.loads(base64.b64decode(response["patch"])) == ops
+    assert response["warnings"] == ["w"]
+
+
+def test_review_response_without_changes_has_no_patch() -> None:
+    review = {"apiVersion": "admission.k8s.io/v1", "request": {"uid": "u-8"}}
+    response = review_response(review, Decision("unchanged"))["response"]
+    assert response == {"uid": "u-8", "allowed": True}
+
+
+def test_tally_summarises_then_starts_again() -> None:
+    tally = AdmissionTally()
+    assert tally.flush() is None
+    for decision in (
+        Decision("mutated"),
+        Decision("mutated"),
+        Decision("infeasible", policy="shop/big"),
+        Decision("unchanged"),
+    ):
+        tally.add(decision)
+    line = tally.flush()
+    assert (
+        line
+        == "1 infeasible, 2 mutated, 1 unchanged; policies not applied (infeasible): shop/big (1)"
+    )
+    assert tally.flush() is None
