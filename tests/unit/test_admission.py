@@ -10,7 +10,7 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from memwarden.admission import Decision, admit, review_response
+from memwarden.admission import Decision, PlanCache, admit, review_response
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
@@ -173,3 +173,34 @@ def test_tally_summarises_then_starts_again() -> None:
         == "1 infeasible, 2 mutated, 1 unchanged; policies not applied (infeasible): shop/big (1)"
     )
     assert tally.flush() is None
+
+
+def test_alike_pods_share_one_plan_until_the_policy_changes() -> None:
+    cache = PlanCache()
+    policy = make_candidate(memory=PLAIN)
+    index = index_of(policy)
+    first = decide(make_pod("a", labels={"app": "checkout"}), index, cache=cache)
+    second = decide(make_pod("b", labels={"app": "checkout"}), index, cache=cache)
+    assert second is first
+    assert (cache.hits, cache.misses) == (1, 1)
+    # Another shape is planned for itself.
+    other = make_pod("c", labels={"app": "checkout"}, containers=[make_container("sidecar")])
+    assert decide(other, index, cache=cache) is not first
+    # An updated policy is a new object: the old plan is not served for it.
+    index.swap_namespace("shop", [make_candidate(memory={"request": "1Gi", "limit": "2Gi"})])
+    changed = decide(make_pod("d", labels={"app": "checkout"}), index, cache=cache)
+    assert changed is not first
+    assert {
+        "op": "add",
+        "path": "/spec/containers/0/resources",
+        "value": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}},
+    } in changed.ops
+
+
+def test_the_cache_stays_within_its_size() -> None:
+    cache = PlanCache(size=3)
+    index = index_of(make_candidate(memory=PLAIN))
+    for i in range(10):
+        pod = make_pod(labels={"app": "checkout"}, containers=[make_container(f"c{i}")])
+        decide(pod, index, cache=cache)
+    assert len(cache) == 3

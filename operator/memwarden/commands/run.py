@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import kopf
+    import uvloop
 
     import memwarden.handlers  # noqa: F401  (registers every handler, once)
     from memwarden.handlers import state
@@ -42,12 +43,15 @@ def run(args: argparse.Namespace) -> int:
     )
     namespaces = args.namespaces or []
     state.watch_namespaces(namespaces or None)
-    asyncio.run(
-        kopf.operator(
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            liveness_endpoint=args.liveness,
-            standalone=True,
+    # uvloop: the loop that kopf's watches and the admission webhook share answers
+    # reviews about twice as fast as asyncio's own (bench/admission_bench.py).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(
+            kopf.operator(
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                liveness_endpoint=args.liveness,
+                standalone=True,
+            )
         )
-    )
     return 0

@@ -23,6 +23,7 @@ from memwarden.handlers import certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
+from memwarden.sizing import KubeletProfile
 from memwarden.tlsreload import CertificateReloader
 from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
 
@@ -78,6 +79,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     profile = settings.kubelet.profile()
     admit = functools.partial(
         _admit_with,
+        cache=admission.PlanCache(),
         profile=profile,
         never_governed=settings.never_governed,
         dry_run=settings.dry_run,
@@ -115,7 +117,8 @@ def _admit_with(
     pod: Any,
     namespace: str | None,
     *,
-    profile: Any,
+    cache: admission.PlanCache,
+    profile: KubeletProfile,
     never_governed: frozenset[str],
     dry_run: bool,
 ) -> admission.Decision:
@@ -126,6 +129,7 @@ def _admit_with(
         profile=profile,
         never_governed=never_governed,
         dry_run=dry_run,
+        cache=cache,
     )
 
 

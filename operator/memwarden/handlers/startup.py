@@ -26,6 +26,19 @@ class WaitsAreNotErrors(logging.Filter):
         return True
 
 
+class RoutineSuccessIsDebug(logging.Filter):
+    """kopf logs every handler run that succeeds at INFO ("Handler 'x' succeeded."): one
+    line per pod event and per timer tick, hundreds a second in a large cluster, saying
+    nothing. They become DEBUG; failures and memwarden's own news stay at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.getMessage().endswith(" succeeded."):
+            if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Apply memwarden's settings to kopf and log them once."""
@@ -43,6 +56,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
     settings.posting.loggers = True
     logging.getLogger("kopf.objects").addFilter(WaitsAreNotErrors())
+    logging.getLogger("kopf.objects").addFilter(RoutineSuccessIsDebug())
     settings.posting.reporting_component = EVENT_COMPONENT
     settings.posting.reporting_instance = EVENT_INSTANCE
     settings.watching.server_timeout = 300
