@@ -1,26 +1,47 @@
-"""Benchmark: the admission webhook, on the real local control plane.
+"""Benchmark: the admission webhook, on the real local control plane, beside VPA's.
 
-1. AdmissionReviews per second and p50/p99 latency of the webhook over HTTPS at fixed
-   offered rates (open loop: requests are sent on schedule, not after the previous reply).
-2. Pod-create latency through the real API server (server-side dry run, which still
-   calls mutating webhooks) with the webhook versus without it (a namespace the webhook
-   configuration excludes), interleaved in one run, and their ratio.
+Two mutating webhooks run side by side on the same local control plane: memwarden's
+(``memwarden run``, as the tests start it) and the VPA admission-controller v1.8.1 (built
+by ``hack/vpa/build.sh``), each scoped to its own namespace; a third namespace is
+excluded from both.
+
+1. Pod-create latency through the real API server (server-side dry run, which still calls
+   mutating webhooks): memwarden's namespace, VPA's and the excluded one, interleaved in
+   one loop; p50/p90/p99 of each, their ratios to the excluded namespace, and how many
+   pods each webhook really mutated (memwarden: limits set; VPA: requests set to the
+   recommendation of a VerticalPodAutoscaler whose target Deployment owns the pod).
+2. Each webhook's own throughput over HTTPS, driven by vegeta (``hack/vegeta/build.sh``;
+   the generator is Go so that it is not the bottleneck): complete AdmissionReviews at
+   escalating offered rates until the webhook breaks (success < 99 %, p99 > 3 s, or
+   throughput < 90 % of the offered rate), one step past that. Every reply is decoded and
+   counted as mutated if it is a 200 carrying a patch for one of the reviews sent.
 
     .venv/bin/python bench/admission_bench.py      # writes bench/results/admission.json
+
+The generator, both webhooks and the control plane share the machine's cores: the JSON
+records the CPU each used and the busiest other processes during the run.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import contextlib
+import datetime as dt
 import json
 import os
 import platform
+import resource
+import socket
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +49,45 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack")]
 
-import aiohttp  # noqa: E402
 import devcluster  # noqa: E402
 import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
+from kubernetes.utils.quantity import parse_quantity  # noqa: E402
 
-from memwarden.manifests import POD_HANDLER_ID  # noqa: E402
+from memwarden import certs  # noqa: E402
+from memwarden.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
-from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
-from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess  # noqa: E402
+from memwarden_testing.cluster import (  # noqa: E402
+    api_client,
+    ensure_namespace,
+    kubectl,
+    stop_process_group,
+    wait_for,
+)
+from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess, free_port  # noqa: E402
 
-RATES = (50, 200)
+VPA_BUILD = REPO / "hack" / "vpa" / "build.sh"
+VEGETA_BUILD = REPO / "hack" / "vegeta" / "build.sh"
+
+NS_MEMWARDEN = "bench-admission"
+NS_VPA = "bench-vpa"
+NS_NONE = "bench-excluded"
+OWNER = "checkout"  # the Deployment in each namespace whose ReplicaSet owns the pods
+LABELS = {"app": "checkout"}
+RECOMMENDATION = {"cpu": "250m", "memory": "300Mi"}
+VPA_CRDS = ("verticalpodautoscalers", "verticalpodautoscalercheckpoints")
+
+POD_CREATES = 300  # per namespace
+RATES = (250, 500, 1000, 2000, 4000, 8000, 16000)
 SECONDS_PER_RATE = 5
-POD_CREATES = 150
+UNIQUE_REVIEWS = 2000  # distinct uids; vegeta sends them round-robin
+VEGETA_MAX_WORKERS = 1000  # in-flight requests at most (one goroutine each)
+VEGETA_TIMEOUT_S = 10
+BREAK_SUCCESS = 0.99
+BREAK_P99_S = 3.0
+SATURATED_FRACTION = 0.9
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -48,192 +95,837 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-def review(namespace: str) -> dict[str, Any]:
-    pod = {
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def build(script: Path) -> Path:
+    """Run a cached build script (idempotent); returns the path it prints."""
+    out = subprocess.run(["bash", str(script)], check=True, stdout=subprocess.PIPE, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def module_version(go_mod: Path, module: str) -> str:
+    for line in go_mod.read_text().splitlines():
+        fields = line.split()
+        if module in fields:
+            return fields[fields.index(module) + 1]
+    raise SystemExit(f"{module} not in {go_mod}")
+
+
+# --- processes and CPU --------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+def cpu_snapshot() -> dict[int, tuple[str, float]]:
+    """Every process: its command line (shortened) and CPU seconds so far."""
+    snapshot: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            snapshot[int(entry.name)] = (cmdline[:100], cpu_seconds(int(entry.name)))
+    return snapshot
+
+
+def busiest(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall: float
+) -> list[dict[str, Any]]:
+    """The processes that used most CPU between two snapshots (alive at both)."""
+    used = sorted(
+        (
+            (total - before[pid][1], pid, cmd)
+            for pid, (cmd, total) in after.items()
+            if pid in before
+        ),
+        reverse=True,
+    )
+    return [
+        {"pid": pid, "cmd": cmd, "cpu_s": round(cpu, 1), "cores": round(cpu / wall, 2)}
+        for cpu, pid, cmd in used[:8]
+    ]
+
+
+def tls_files(workdir: Path) -> Path:
+    """A CA and a serving certificate for 127.0.0.1 (as OperatorProcess makes them)."""
+    now = dt.datetime.now(dt.UTC)
+    ca = certs.make_ca(common_name="bench-webhook-ca", now=now, valid_for=dt.timedelta(days=1))
+    leaf = certs.issue(
+        ca=ca,
+        common_name="127.0.0.1",
+        now=now,
+        valid_for=dt.timedelta(days=1),
+        server_names=("127.0.0.1", "localhost"),
+    )
+    certs.write_pem(leaf, cert_path=workdir / "tls.crt", key_path=workdir / "tls.key")
+    (workdir / "ca.crt").write_bytes(ca.cert_pem)
+    return workdir / "ca.crt"
+
+
+@dataclass
+class VpaProcess:
+    """VPA's admission-controller on a loopback port, its VPA objects in one namespace."""
+
+    binary: Path
+    kubeconfig: Path
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def webhook_name(self) -> str:
+        return f"memwarden-bench-vpa-{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}/"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        ca = tls_files(self.workdir)
+        log = (self.workdir / "vpa.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(self.binary),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--client-ca-file={ca}",
+                f"--tls-cert-file={self.workdir / 'tls.crt'}",
+                f"--tls-private-key={self.workdir / 'tls.key'}",
+                f"--port={self.port}",  # served on 127.0.0.1 (see hack/vpa/build.sh)
+                f"--address=127.0.0.1:{free_port()}",  # its metrics
+                "--register-webhook=false",  # registered below, scoped to one namespace
+                f"--vpa-object-namespace={NS_VPA}",
+                f"--status-lease-namespace={NS_VPA}",
+                "--v=1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def register_webhook(self) -> None:
+        """VPA's own registration, minus the VPA-object rule, for ``NS_VPA`` only: with an
+        empty --ignored-vpa-object-namespaces its self-registration matches every one."""
+        config = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": self.webhook_name},
+            "webhooks": [
+                {
+                    "name": "vpa.k8s.io",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Ignore",  # VPA's default
+                    "timeoutSeconds": 30,  # VPA's default --webhook-timeout-seconds
+                    "reinvocationPolicy": "Never",
+                    "matchPolicy": "Equivalent",
+                    "clientConfig": {
+                        "url": self.url,
+                        "caBundle": base64.b64encode(
+                            (self.workdir / "ca.crt").read_bytes()
+                        ).decode(),
+                    },
+                    "rules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["pods"],
+                            "scope": "Namespaced",
+                        }
+                    ],
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS_VPA}},
+                }
+            ],
+        }
+        kubectl(self.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(config))
+
+    def alive(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            tail = (self.workdir / "vpa.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"VPA admission-controller exited:\n{tail}")
+        return True
+
+    def stop(self) -> None:
+        stop_process_group(self.process)
+
+
+# --- objects ------------------------------------------------------------------------
+
+
+def deployment_owner(kube: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """A Deployment with no replicas; returns an ownerReference to its ReplicaSet, which
+    is what a Deployment's pods carry (VPA finds a pod's VPA through it)."""
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(
+        namespace,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": OWNER},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": LABELS},
+                "template": {
+                    "metadata": {"labels": LABELS},
+                    "spec": {"containers": [make_container()]},
+                },
+            },
+        },
+    )
+    replica_set = wait_for(
+        lambda: next(iter(apps.list_namespaced_replica_set(namespace).items), None),
+        timeout=60,
+        what=f"the ReplicaSet of Deployment {namespace}/{OWNER}",
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "name": replica_set.metadata.name,
+        "uid": replica_set.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def fresh_namespace(
+    core: client.CoreV1Api, kubeconfig: Path, name: str, labels: dict[str, str] | None = None
+) -> None:
+    """``name``, new: what an interrupted earlier run left there is deleted first."""
+    kubectl(kubeconfig, "delete", "namespace", name, "--ignore-not-found", "--timeout=120s")
+    ensure_namespace(core, name, labels=labels)
+
+
+def install_vpa(kubeconfig: Path, crds: Path) -> None:
+    """VPA's CRDs (from its module) and a VPA with a recommendation for OWNER's pods."""
+    kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts", "-f", str(crds))
+    for crd in VPA_CRDS:
+        kubectl(
+            kubeconfig,
+            "wait",
+            "--for=condition=Established",
+            f"crd/{crd}.autoscaling.k8s.io",
+            "--timeout=60s",
+        )
+    vpa = {
+        "apiVersion": "autoscaling.k8s.io/v1",
+        "kind": "VerticalPodAutoscaler",
+        "metadata": {"name": OWNER, "namespace": NS_VPA},
+        "spec": {
+            "targetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": OWNER},
+            "updatePolicy": {"updateMode": "Initial"},
+        },
+    }
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(vpa))
+    status = {
+        "status": {
+            "recommendation": {
+                "containerRecommendations": [
+                    {
+                        "containerName": "app",
+                        "target": RECOMMENDATION,
+                        "lowerBound": RECOMMENDATION,
+                        "upperBound": RECOMMENDATION,
+                        "uncappedTarget": RECOMMENDATION,
+                    }
+                ]
+            }
+        }
+    }
+    kubectl(
+        kubeconfig,
+        "patch",
+        "verticalpodautoscaler",
+        OWNER,
+        f"--namespace={NS_VPA}",
+        "--subresource=status",
+        "--type=merge",
+        f"--patch={json.dumps(status)}",
+    )
+
+
+def make_pod(name: str, namespace: str, owner: dict[str, Any]) -> dict[str, Any]:
+    return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "generateName": "bench-",
+            "name": name,
             "namespace": namespace,
-            "labels": {"app": "checkout"},
+            "labels": LABELS,
+            "ownerReferences": [owner],
         },
         "spec": {"containers": [make_container(env={"LOG": "info"})]},
     }
+
+
+def review(pod: dict[str, Any]) -> dict[str, Any]:
+    """A complete AdmissionReview, as the API server sends one for a pod create (VPA's
+    webhook dereferences ``requestKind`` and crashes on a review without it)."""
+    gvk = {"group": "", "version": "v1", "kind": "Pod"}
+    gvr = {"group": "", "version": "v1", "resource": "pods"}
     return {
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": str(uuid.uuid4()),
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "name": pod["metadata"]["name"],
+            "namespace": pod["metadata"]["namespace"],
             "operation": "CREATE",
-            "namespace": namespace,
-            "userInfo": {"username": "bench"},
+            "userInfo": {"username": "bench", "groups": ["system:authenticated"]},
             "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
         },
     }
 
 
-async def offered_load(*, url: str, ca: Path, namespace: str, rate: int) -> dict[str, Any]:
+# --- checks -------------------------------------------------------------------------
+
+
+def quantities(values: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: parse_quantity(v) for k, v in (values or {}).items()}
+
+
+def memwarden_mutated(pod: Any) -> bool:
+    return bool(pod.spec.containers[0].resources.limits)
+
+
+def vpa_mutated(pod: Any) -> bool:
+    return quantities(pod.spec.containers[0].resources.requests) == quantities(RECOMMENDATION)
+
+
+def untouched(pod: Any) -> bool:
+    container = pod.spec.containers[0]
+    annotations = pod.metadata.annotations or {}
+    return (
+        not container.resources.requests
+        and not container.resources.limits
+        and [e.name for e in container.env or []] == ["LOG"]
+        and not any(key.startswith("vpa") for key in annotations)
+    )
+
+
+def post_review(url: str, ca: Path, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
     context = ssl.create_default_context(cafile=str(ca))
-    latencies: list[float] = []
-    errors = 0
-    patched = 0
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        reply: dict[str, Any] = json.loads(response.read())
+    return reply
 
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, limit=64)
-    ) as session:
 
-        async def one() -> None:
-            nonlocal errors, patched
-            started = time.perf_counter()
-            try:
-                async with session.post(url, json=review(namespace)) as response:
-                    body = await response.json()
-                    if response.status != 200:
-                        errors += 1
-                        return
-                    patched += "patch" in body["response"]
-            except aiohttp.ClientError:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - started)
+def alpn(port: int, ca: Path) -> str | None:
+    """The protocol a client offering h2 and http/1.1 gets (vegeta offers both)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        return tls.selected_alpn_protocol() or "http/1.1"
 
-        tasks = []
-        began = time.perf_counter()
-        total = rate * SECONDS_PER_RATE
-        for i in range(total):
-            delay = began + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - began
+
+def sample_reply(url: str, ca: Path, pod: dict[str, Any]) -> dict[str, Any]:
+    """One review and its reply's patch, decoded: the proof that the webhook mutates."""
+    sent = review(pod)
+    reply = post_review(url, ca, sent)["response"]
+    patch = json.loads(base64.b64decode(reply["patch"])) if reply.get("patch") else []
     return {
-        "offered_per_s": rate,
-        "achieved_per_s": round(len(latencies) / elapsed, 1),
-        "requests": total,
-        "errors": errors,
-        "mutated": patched,
-        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "uid_echoed": reply.get("uid") == sent["request"]["uid"],
+        "allowed": reply.get("allowed"),
+        "patch_type": reply.get("patchType"),
+        "patch_ops": len(patch),
+        "patch_paths": sorted({op["path"] for op in patch})[:12],
     }
 
 
-def pod_create_latency(
-    kube: client.ApiClient, *, with_webhook: str, without: str
-) -> dict[str, Any]:
+# --- 1. pod creates through the API server ------------------------------------------
+
+
+def pod_create_latency(kube: client.ApiClient, owners: dict[str, dict[str, Any]]) -> dict[str, Any]:
     core = client.CoreV1Api(kube)
-    times: dict[str, list[float]] = {with_webhook: [], without: []}
-    mutated = 0
-    for i in range(POD_CREATES * 2):
-        namespace = with_webhook if i % 2 == 0 else without
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": f"p{i}", "labels": {"app": "checkout"}},
-            "spec": {"containers": [make_container()]},
-        }
+    checks: dict[str, Callable[[Any], bool]] = {
+        NS_MEMWARDEN: memwarden_mutated,
+        NS_VPA: vpa_mutated,
+        NS_NONE: untouched,
+    }
+    order = [NS_MEMWARDEN, NS_VPA, NS_NONE]
+    times: dict[str, list[float]] = {ns: [] for ns in order}
+    passed = dict.fromkeys(order, 0)
+    foreign = dict.fromkeys(order, 0)  # the other webhook's mark on the pod
+    for i in range(POD_CREATES * len(order)):
+        namespace = order[i % len(order)]
+        pod = make_pod(f"p{i}", namespace, owners[namespace])
+        del pod["metadata"]["namespace"]
         started = time.perf_counter()
-        created = core.create_namespaced_pod(namespace, body, dry_run="All")
+        created = core.create_namespaced_pod(namespace, pod, dry_run="All")
         times[namespace].append(time.perf_counter() - started)
-        if namespace == with_webhook and created.spec.containers[0].resources.limits:
-            mutated += 1
-    on, off = times[with_webhook], times[without]
+        passed[namespace] += checks[namespace](created)
+        if namespace == NS_MEMWARDEN:
+            foreign[namespace] += any(
+                key.startswith("vpa") for key in created.metadata.annotations or {}
+            )
+        elif namespace == NS_VPA:
+            foreign[namespace] += memwarden_mutated(created) or any(
+                e.name != "LOG" for e in created.spec.containers[0].env or []
+            )
+
+    def summary(namespace: str) -> dict[str, Any]:
+        values = times[namespace]
+        return {
+            "p50_ms": ms(statistics.median(values)),
+            "p90_ms": ms(percentile(values, 0.9)),
+            "p99_ms": ms(percentile(values, 0.99)),
+            "mean_ms": ms(statistics.fmean(values)),
+        }
+
+    rows = {name: summary(ns) for name, ns in (("memwarden", NS_MEMWARDEN), ("vpa", NS_VPA))}
+    none = summary(NS_NONE)
+    for row in rows.values():
+        for q in ("p50", "p90", "p99"):
+            row[f"ratio_{q}"] = round(row[f"{q}_ms"] / none[f"{q}_ms"], 2)
+    rows["memwarden"]["mutated"] = passed[NS_MEMWARDEN]
+    rows["memwarden"]["touched_by_vpa"] = foreign[NS_MEMWARDEN]
+    rows["vpa"]["mutated"] = passed[NS_VPA]
+    rows["vpa"]["touched_by_memwarden"] = foreign[NS_VPA]
+    none["untouched"] = passed[NS_NONE]
     return {
         "pods_each": POD_CREATES,
-        "with_webhook_p50_ms": round(statistics.median(on) * 1000, 2),
-        "with_webhook_p99_ms": round(percentile(on, 0.99) * 1000, 2),
-        "without_p50_ms": round(statistics.median(off) * 1000, 2),
-        "without_p99_ms": round(percentile(off, 0.99) * 1000, 2),
-        "ratio_p50": round(statistics.median(on) / statistics.median(off), 2),
-        "mutated_with_webhook": mutated,
+        # the keys of earlier runs (memwarden versus the excluded namespace)
+        "with_webhook_p50_ms": rows["memwarden"]["p50_ms"],
+        "with_webhook_p99_ms": rows["memwarden"]["p99_ms"],
+        "without_p50_ms": none["p50_ms"],
+        "without_p99_ms": none["p99_ms"],
+        "ratio_p50": rows["memwarden"]["ratio_p50"],
+        "mutated_with_webhook": passed[NS_MEMWARDEN],
+        "memwarden": rows["memwarden"],
+        "vpa": rows["vpa"],
+        "none": none,
     }
+
+
+# --- 2. direct throughput, vegeta ---------------------------------------------------
+
+
+def write_targets(path: Path, url: str, pods: Iterator[dict[str, Any]]) -> set[str]:
+    """vegeta's JSON target format, one complete review per line; returns their uids."""
+    uids = set()
+    with path.open("w") as out:
+        for pod in pods:
+            body = review(pod)
+            uids.add(body["request"]["uid"])
+            target = {
+                "method": "POST",
+                "url": url,
+                "body": base64.b64encode(json.dumps(body).encode()).decode(),
+                "header": {"Content-Type": ["application/json"]},
+            }
+            out.write(json.dumps(target) + "\n")
+    return uids
+
+
+def vegeta_step(
+    vegeta: Path,
+    *,
+    targets: Path,
+    uids: set[str],
+    ca: Path,
+    rate: int,
+    webhook_pid: int,
+    workdir: Path,
+) -> dict[str, Any]:
+    results = workdir / f"results-{rate}.bin"
+    cpu_before = cpu_seconds(webhook_pid)
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            str(vegeta),
+            "attack",
+            "-format=json",
+            f"-targets={targets}",
+            f"-rate={rate}/1s",
+            f"-duration={SECONDS_PER_RATE}s",
+            f"-timeout={VEGETA_TIMEOUT_S}s",
+            f"-root-certs={ca}",
+            f"-max-workers={VEGETA_MAX_WORKERS}",
+            f"-output={results}",
+        ],
+        check=True,
+    )
+    wall = time.perf_counter() - started
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    webhook_cpu = cpu_seconds(webhook_pid) - cpu_before
+    generator_cpu = (children_after.ru_utime - children_before.ru_utime) + (
+        children_after.ru_stime - children_before.ru_stime
+    )
+    report = json.loads(
+        subprocess.run(
+            [str(vegeta), "report", "-type=json", str(results)],
+            check=True,
+            stdout=subprocess.PIPE,
+        ).stdout
+    )
+    mutated = 0
+    encoded = subprocess.Popen(
+        [str(vegeta), "encode", "-to=json", str(results)], stdout=subprocess.PIPE
+    )
+    assert encoded.stdout is not None
+    for line in encoded.stdout:
+        result = json.loads(line)
+        if result.get("code") != 200 or not result.get("body"):
+            continue
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            reply = json.loads(base64.b64decode(result["body"]))["response"]
+            mutated += bool(reply.get("patch")) and reply.get("uid") in uids
+    encoded.wait()
+    results.unlink()
+
+    latencies = report["latencies"]
+    success = float(report["success"])
+    p99_s = latencies["99th"] / 1e9
+    throughput = float(report["throughput"])
+    if success < BREAK_SUCCESS or p99_s > BREAK_P99_S:
+        verdict = "broken"
+    elif throughput < SATURATED_FRACTION * rate:
+        verdict = "saturated"
+    else:
+        verdict = "ok"
+    codes = report.get("status_codes") or {}
+    return {
+        "offered_per_s": rate,
+        "sent_per_s": round(float(report["rate"]), 1),
+        "achieved_per_s": round(throughput, 1),
+        "requests": report["requests"],
+        "success_ratio": round(success, 4),
+        "errors": report["requests"] - int(codes.get("200", 0)),
+        "mutated": mutated,
+        "status_codes": codes,
+        "error_samples": (report.get("errors") or [])[:3],
+        "p50_ms": round(latencies["50th"] / 1e6, 2),
+        "p90_ms": round(latencies["90th"] / 1e6, 2),
+        "p99_ms": round(latencies["99th"] / 1e6, 2),
+        "max_ms": round(latencies["max"] / 1e6, 2),
+        "webhook_cores": round(webhook_cpu / wall, 2),
+        "generator_cores": round(generator_cpu / wall, 2),
+        "webhook_rss_mib": rss_mib(webhook_pid),
+        "verdict": verdict,
+    }
+
+
+def escalate(
+    vegeta: Path,
+    *,
+    name: str,
+    url: str,
+    ca: Path,
+    pods: Iterator[dict[str, Any]],
+    webhook_pid: int,
+    alive: Callable[[], bool],
+    workdir: Path,
+) -> list[dict[str, Any]]:
+    """Rates in turn until one step past the first that is not ``ok``."""
+    targets = workdir / f"targets-{name}.json"
+    uids = write_targets(targets, url, pods)
+    rows: list[dict[str, Any]] = []
+    for rate in RATES:
+        alive()
+        row = vegeta_step(
+            vegeta,
+            targets=targets,
+            uids=uids,
+            ca=ca,
+            rate=rate,
+            webhook_pid=webhook_pid,
+            workdir=workdir,
+        )
+        rows.append(row)
+        print(
+            f"  {name:9} {rate:>6}/s offered: {row['achieved_per_s']:>8}/s ok, "
+            f"success {row['success_ratio']:.2%}, p99 {row['p99_ms']} ms, "
+            f"webhook {row['webhook_cores']} cores -> {row['verdict']}",
+            flush=True,
+        )
+        time.sleep(2)  # let the last stragglers and the server's backlog drain
+        if sum(r["verdict"] != "ok" for r in rows) >= 2:
+            break
+    return rows
+
+
+# --- main ---------------------------------------------------------------------------
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "operator_changes_uncommitted": bool(git("status", "--porcelain", "--", "operator")),
+    }
+
+
+def print_tables(out: dict[str, Any]) -> None:
+    pods = out["pod_create"]
+    print(f"\npod create via the API server (dry run), {pods['pods_each']} each, interleaved")
+    print(
+        f"{'':10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} "
+        f"{'x p50':>6} {'x p90':>6} {'x p99':>6} {'mutated':>8}"
+    )
+    for name in ("memwarden", "vpa", "none"):
+        row = pods[name]
+        ratios = (
+            [f"{row[f'ratio_{q}']:>6}" for q in ("p50", "p90", "p99")]
+            if name != "none"
+            else [f"{'1':>6}"] * 3
+        )
+        check = row.get("mutated", row.get("untouched"))
+        print(
+            f"{name:10} {row['p50_ms']:>8} {row['p90_ms']:>8} {row['p99_ms']:>8} "
+            f"{' '.join(ratios)} {check:>4}/{pods['pods_each']}"
+        )
+
+    print(f"\ndirect webhook, vegeta, {SECONDS_PER_RATE} s per offered rate")
+    head = f"{'achieved':>9} {'ok %':>6} {'p50':>7} {'p90':>7} {'p99':>8} {'cores':>5}"
+    print(f"{'':>8} | {'memwarden':^47} | {'VPA':^47}")
+    print(f"{'offered':>8} | {head} | {head}")
+    by_rate = {
+        name: {row["offered_per_s"]: row for row in out[key]}
+        for name, key in (("memwarden", "webhook_direct"), ("vpa", "vpa_webhook_direct"))
+    }
+    for rate in RATES:
+        cells = []
+        for name in ("memwarden", "vpa"):
+            row = by_rate[name].get(rate)
+            if row is None:
+                cells.append(f"{'':47}")
+                continue
+            mark = {"ok": "", "saturated": " sat", "broken": " BRK"}[row["verdict"]]
+            cells.append(
+                f"{row['achieved_per_s']:>9} {row['success_ratio'] * 100:>6.1f} "
+                f"{row['p50_ms']:>7} {row['p90_ms']:>7} {row['p99_ms']:>8} "
+                f"{row['webhook_cores']:>5}{mark}"
+            )
+        if any(rate in by_rate[n] for n in by_rate):
+            print(f"{rate:>8} | {cells[0]} | {cells[1]}")
+    print("latencies in ms; cores = CPU the webhook process used; sat/BRK = saturated/broken")
 
 
 def main() -> None:
     layout = devcluster.default_layout()
+    cluster_was_up = "kube-apiserver" in devcluster.running_pids(layout)
+    vpa_binary = build(VPA_BUILD)
+    vegeta = build(VEGETA_BUILD)
+    versions = {
+        "vpa": module_version(
+            VPA_BUILD.parent / "go.mod", "k8s.io/autoscaler/vertical-pod-autoscaler"
+        ),
+        "vegeta": module_version(VEGETA_BUILD.parent / "go.mod", "github.com/tsenart/vegeta/v12"),
+    }
     devcluster.up(layout)
     kubeconfig = layout.kubeconfig
+    snapshot_before, started, load_before = cpu_snapshot(), time.monotonic(), os.getloadavg()
+    try:
+        out = run(kubeconfig, vpa_binary=vpa_binary, vegeta=vegeta)
+    finally:
+        if not cluster_was_up:
+            devcluster.down(layout)
+    wall = time.monotonic() - started
+    out = {
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        **git_state(),
+        "versions": versions,
+        "generator": {
+            "tool": f"vegeta {versions['vegeta']}",
+            "seconds_per_rate": SECONDS_PER_RATE,
+            "unique_reviews": UNIQUE_REVIEWS,
+            "max_workers": VEGETA_MAX_WORKERS,
+            "timeout_s": VEGETA_TIMEOUT_S,
+            "break_when": f"success < {BREAK_SUCCESS:.0%} or p99 > {BREAK_P99_S:g} s",
+            "saturated_when": f"throughput < {SATURATED_FRACTION:.0%} of offered",
+        },
+        **out,
+        "machine_load": {
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "busiest_processes": busiest(snapshot_before, cpu_snapshot(), wall),
+        },
+    }
+    print_tables(out)
+    print("busiest processes during the run (CPU seconds):")
+    for row in out["machine_load"]["busiest_processes"][:5]:
+        print(f"  {row['cpu_s']:>7} s  {row['cmd'][:90]}")
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "admission.json").write_text(json.dumps(out, indent=2) + "\n")
+
+
+def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
     kubectl(kubeconfig, "apply", "-f", str(REPO / "crds"))
     kube = api_client(kubeconfig)
     core = client.CoreV1Api(kube)
-    ensure_namespace(core, OPERATOR_NAMESPACE)
-    ensure_namespace(core, "bench-admission")
-    ensure_namespace(core, "bench-excluded", labels={"memwarden.dev/ignore": "true"})
-    for namespace in ("bench-admission", "bench-excluded"):
-        policy = make_policy(
-            namespace=namespace,
-            spec=make_policy_spec(
-                memory={"request": "512Mi", "limit": "1Gi"}, go={"memoryLimit": "90%"}
-            ),
-        )
-        kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(policy))
-
-    with tempfile.TemporaryDirectory() as tmp:
-        operator = OperatorProcess(kubeconfig=kubeconfig, workdir=Path(tmp))
-        ca = Path(tmp) / "ca.crt"
-        ca.write_bytes(operator.make_certificates())
-        operator.start()
-        try:
-            operator.register_webhook(ca.read_bytes())
-            wait_for(
-                lambda: (
-                    client.CoreV1Api(kube)
-                    .create_namespaced_pod(
-                        "bench-admission",
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Pod",
-                            "metadata": {"name": "probe", "labels": {"app": "checkout"}},
-                            "spec": {"containers": [make_container()]},
-                        },
-                        dry_run="All",
-                    )
-                    .spec.containers[0]
-                    .resources.limits
+    namespaces = (NS_MEMWARDEN, NS_VPA, NS_NONE)
+    webhooks: list[str] = []
+    try:
+        ensure_namespace(core, OPERATOR_NAMESPACE)
+        fresh_namespace(core, kubeconfig, NS_MEMWARDEN)
+        # memwarden's webhook skips both others; VPA's is registered for NS_VPA only.
+        fresh_namespace(core, kubeconfig, NS_VPA, labels={OPT_OUT_LABEL: "true"})
+        fresh_namespace(core, kubeconfig, NS_NONE, labels={OPT_OUT_LABEL: "true"})
+        for namespace in (NS_MEMWARDEN, NS_NONE):
+            policy = make_policy(
+                namespace=namespace,
+                spec=make_policy_spec(
+                    memory={"request": "512Mi", "limit": "1Gi"}, go={"memoryLimit": "90%"}
                 ),
-                timeout=60,
-                what="the webhook mutating pods",
             )
-            url = f"https://127.0.0.1:{operator.webhook_port}/{POD_HANDLER_ID}"
-            direct = [
-                asyncio.run(offered_load(url=url, ca=ca, namespace="bench-admission", rate=r))
-                for r in RATES
-            ]
-            through_api = pod_create_latency(
-                kube, with_webhook="bench-admission", without="bench-excluded"
+            kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(policy))
+        owners = {namespace: deployment_owner(kube, namespace) for namespace in namespaces}
+        install_vpa(kubeconfig, vpa_binary.parent / "vpa-v1-crd-gen.yaml")
+
+        with tempfile.TemporaryDirectory() as tmp:
+            workdir = Path(tmp)
+            operator = OperatorProcess(kubeconfig=kubeconfig, workdir=workdir / "memwarden")
+            operator.workdir.mkdir()
+            vpa = VpaProcess(
+                binary=vpa_binary, kubeconfig=kubeconfig, workdir=workdir / "vpa", port=free_port()
             )
-        finally:
-            operator.stop()
+            try:
+                memwarden_ca = workdir / "memwarden" / "ca.crt"
+                memwarden_ca.write_bytes(operator.make_certificates())
+                operator.start()
+                webhooks.append(operator.webhook_name)
+                operator.register_webhook(memwarden_ca.read_bytes())
+                vpa.start()
+                webhooks.append(vpa.webhook_name)
+                vpa.register_webhook()
+
+                def creates(namespace: str, check: Callable[[Any], bool]) -> bool:
+                    pod = make_pod("probe", namespace, owners[namespace])
+                    return check(core.create_namespaced_pod(namespace, pod, dry_run="All"))
+
+                wait_for(
+                    lambda: creates(NS_MEMWARDEN, memwarden_mutated),
+                    timeout=60,
+                    what="memwarden's webhook mutating pods",
+                )
+                wait_for(
+                    lambda: vpa.alive() and creates(NS_VPA, vpa_mutated),
+                    timeout=90,
+                    what="VPA's webhook setting the recommended requests",
+                )
+                memwarden_url = f"https://127.0.0.1:{operator.webhook_port}/{POD_HANDLER_ID}"
+                samples = {
+                    "memwarden": sample_reply(
+                        memwarden_url,
+                        memwarden_ca,
+                        make_pod("sample", NS_MEMWARDEN, owners[NS_MEMWARDEN]),
+                    ),
+                    "vpa": sample_reply(
+                        vpa.url,
+                        workdir / "vpa" / "ca.crt",
+                        make_pod("sample", NS_VPA, owners[NS_VPA]),
+                    ),
+                }
+                protocols = {
+                    "memwarden": alpn(operator.webhook_port, memwarden_ca),
+                    "vpa": alpn(vpa.port, workdir / "vpa" / "ca.crt"),
+                }
+                for name, sample in samples.items():
+                    if not sample["patch_ops"]:
+                        raise SystemExit(f"{name}'s webhook returned no patch: {sample}")
+
+                print("pod creates through the API server ...", flush=True)
+                through_api = pod_create_latency(kube, owners)
+                print("direct webhook throughput (vegeta) ...", flush=True)
+                assert operator.process is not None and vpa.process is not None
+                direct = escalate(
+                    vegeta,
+                    name="memwarden",
+                    url=memwarden_url,
+                    ca=memwarden_ca,
+                    pods=(
+                        make_pod(f"v{i}", NS_MEMWARDEN, owners[NS_MEMWARDEN])
+                        for i in range(UNIQUE_REVIEWS)
+                    ),
+                    webhook_pid=operator.process.pid,
+                    alive=lambda: operator.process is not None and operator.process.poll() is None,
+                    workdir=workdir,
+                )
+                vpa_direct = escalate(
+                    vegeta,
+                    name="vpa",
+                    url=vpa.url,
+                    ca=workdir / "vpa" / "ca.crt",
+                    pods=(make_pod(f"v{i}", NS_VPA, owners[NS_VPA]) for i in range(UNIQUE_REVIEWS)),
+                    webhook_pid=vpa.process.pid,
+                    alive=vpa.alive,
+                    workdir=workdir,
+                )
+            finally:
+                vpa.stop()
+                operator.stop()
+    finally:
+        for name in webhooks:
             kubectl(
                 kubeconfig,
                 "delete",
                 "mutatingwebhookconfiguration",
-                operator.webhook_name,
+                name,
                 "--ignore-not-found",
+                check=False,
             )
-    for namespace in ("bench-admission", "bench-excluded"):
-        core.delete_namespace(namespace)
-
-    print(f"{'offered/s':>10} {'achieved/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
-    for row in direct:
-        print(
-            f"{row['offered_per_s']:>10} {row['achieved_per_s']:>11} {row['p50_ms']:>8} "
-            f"{row['p99_ms']:>8} {row['errors']:>7}"
+        # Namespaces first (their VPA objects go with them), then VPA's CRDs.
+        kubectl(
+            kubeconfig,
+            "delete",
+            "namespace",
+            *namespaces,
+            "--ignore-not-found",
+            "--timeout=120s",
+            check=False,
         )
-    print(
-        f"pod create via API server, p50: with webhook {through_api['with_webhook_p50_ms']} ms, "
-        f"without {through_api['without_p50_ms']} ms, ratio {through_api['ratio_p50']}"
-    )
-    out = {
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "webhook_direct": direct,
+        kubectl(
+            kubeconfig,
+            "delete",
+            "crd",
+            *(f"{crd}.autoscaling.k8s.io" for crd in VPA_CRDS),
+            "--ignore-not-found",
+            "--timeout=60s",
+            check=False,
+        )
+    return {
+        "webhook_protocols": protocols,
+        "sample_replies": samples,
         "pod_create": through_api,
+        "webhook_direct": direct,
+        "vpa_webhook_direct": vpa_direct,
     }
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "admission.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -249,7 +249,7 @@ def least_privilege_kubeconfig(
             if exc.status != 409:
                 raise
     if namespaced:  # the rules may have changed since an earlier session created the Role
-        authz.swap_namespaced_role(name, OPERATOR_NAMESPACE, objects[3][1])
+        authz.replace_namespaced_role(name, OPERATOR_NAMESPACE, objects[3][1])
     authz.replace_cluster_role(name, objects[1][1])
     token = core.create_namespaced_service_account_token(
         name, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 6 * 3600}}
