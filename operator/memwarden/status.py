@@ -260,6 +260,15 @@ def describe_change(before: MemoryPolicyStatus | None, after: MemoryPolicyStatus
     return ", ".join(parts) or None
 
 
+@dataclass(frozen=True)
+class Observed:
+    """A policy's status as last seen, with what a conditional write needs."""
+
+    generation: int | None
+    resource_version: str | None
+    status: Mapping[str, Any]
+
+
 class StatusBook:
     """What status work is due: namespaces whose pods or policies changed since their
     policies' status was last computed, and the status each policy has now.
@@ -273,8 +282,8 @@ class StatusBook:
         self.ready = False
         """True once the watches have filled the indexes: statuses computed before that
         would count pods not yet listed."""
-        self.current: dict[tuple[str, str], tuple[int | None, dict[str, Any]]] = {}
-        """(namespace, name) -> (generation, status) as last seen or written."""
+        self.current: dict[tuple[str, str], Observed] = {}
+        """(namespace, name) -> the policy as last seen or written."""
 
     def touch(self, namespace: str) -> None:
         self._dirty.add(namespace)
@@ -287,10 +296,15 @@ class StatusBook:
         due, self._dirty = sorted(self._dirty), set()
         return due
 
-    def observe(
-        self, *, namespace: str, name: str, generation: int | None, status: Mapping[str, Any]
-    ) -> None:
-        self.current[(namespace, name)] = (generation, dict(status))
+    def observe(self, policy: Mapping[str, Any]) -> None:
+        """Remember a policy object as the watch (or a write) returned it."""
+        metadata = policy.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        self.current[key] = Observed(
+            generation=metadata.get("generation"),
+            resource_version=metadata.get("resourceVersion"),
+            status=dict(policy.get("status") or {}),
+        )
 
     def forget(self, *, namespace: str, name: str) -> None:
         self.current.pop((namespace, name), None)

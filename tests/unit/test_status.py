@@ -103,8 +103,19 @@ def test_the_book_hands_out_each_touched_namespace_once() -> None:
 
 def test_the_book_remembers_and_forgets_current_statuses() -> None:
     book = StatusBook()
-    book.observe(namespace="shop", name="checkout", generation=2, status={"matchedPods": 1})
-    assert book.current[("shop", "checkout")] == (2, {"matchedPods": 1})
+    book.observe(
+        {
+            "metadata": {
+                "namespace": "shop",
+                "name": "checkout",
+                "generation": 2,
+                "resourceVersion": "17",
+            },
+            "status": {"matchedPods": 1},
+        }
+    )
+    seen = book.current[("shop", "checkout")]
+    assert (seen.generation, seen.resource_version, seen.status) == (2, "17", {"matchedPods": 1})
     book.forget(namespace="shop", name="checkout")
     assert ("shop", "checkout") not in book.current
 

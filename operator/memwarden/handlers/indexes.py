@@ -81,12 +81,7 @@ async def mirror_policy(
     if type == "DELETED":
         book.forget(namespace=namespace, name=name)
     else:
-        book.observe(
-            namespace=namespace,
-            name=name,
-            generation=body.meta.get("generation"),
-            status=dict(body.get("status") or {}),
-        )
+        book.observe(body)
 
 
 _mirrored_all = False

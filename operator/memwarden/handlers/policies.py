@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
 from memwarden.handlers import state
 from memwarden.handlers.indexes import governed_namespace
-from memwarden.kube import POLICIES, KubeError, NotFound
+from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
 from memwarden.selection import Candidate
 from memwarden.status import describe_change, namespace_statuses
 
@@ -83,43 +83,44 @@ async def refresh_namespace(
     policies = list(policy_index.get(namespace, []))
     if not policies:
         return 0
-    current = {p.name: book.current.get((namespace, p.name), (None, {})) for p in policies}
-    previous = {name: _parsed(status) for name, (_, status) in current.items()}
+    current = {p.name: book.current.get((namespace, p.name)) for p in policies}
+    previous = {name: _parsed(seen.status) if seen else None for name, seen in current.items()}
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     computed = namespace_statuses(
         policies=policies,
         pods=list(pod_index.get(namespace, [])),
         profile=settings.kubelet.profile(),
         now=now,
-        generations={name: generation for name, (generation, _) in current.items()},
+        generations={name: seen.generation if seen else None for name, seen in current.items()},
         previous=previous,
     )
     written = 0
     for name, new in computed.items():
-        old = previous[name]
-        if old is not None and new == old:
-            continue
-        change = describe_change(old, new)
-        if settings.dry_run:
-            continue
+        old, seen = previous[name], current[name]
+        if seen is None or (old is not None and new == old) or settings.dry_run:
+            continue  # not seen by the watch yet: its event will touch the namespace
         body = new.model_dump(mode="json", exclude_none=True)
         try:
+            # Conditional on the version seen: a status another writer (the risk loop's
+            # condition, lastIncident) changed meanwhile is never overwritten from memory.
             updated = await state.kube().apatch_status(
-                POLICIES, namespace=namespace, name=name, patch={"status": body}
+                POLICIES,
+                namespace=namespace,
+                name=name,
+                patch={"metadata": {"resourceVersion": seen.resource_version}, "status": body},
             )
         except NotFound:
             continue  # deleted meanwhile
+        except Conflict:
+            book.touch(namespace)  # the watch brings the newer version; try again then
+            continue
         except KubeError as exc:
             logger.warning("status of policy %s/%s not written: %s", namespace, name, exc)
             book.touch(namespace)
             continue
         written += 1
-        book.observe(
-            namespace=namespace,
-            name=name,
-            generation=(updated.get("metadata") or {}).get("generation"),
-            status=updated.get("status") or body,
-        )
+        book.observe(updated)
+        change = describe_change(old, new)
         if change:
             logger.info("policy %s/%s status: %s", namespace, name, change)
             await _post_event(updated, message=change)

@@ -11,6 +11,7 @@ nothing a client sends can produce a 500 or stop the server.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -125,7 +126,8 @@ def make_alertmanager_app(
 
     async def receive(request: web.Request) -> web.Response:
         try:
-            expected = tokens()
+            # A stat (and a read on change) of a mounted file: off the loop admission uses.
+            expected = await asyncio.to_thread(tokens)
         except TokenUnavailable as exc:
             logger.error("alertmanager receiver refused a request: %s", exc)
             return _error(503, "the receiver's token is not available")
