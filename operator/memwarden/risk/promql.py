@@ -303,6 +303,58 @@ def policy_queries(
     return queries
 
 
+@dataclass(frozen=True)
+class PolicyRisk:
+    """One policy's part in its namespace's cycle: its rule, containers and smallest limit."""
+
+    name: str
+    risk: OomRiskSpec
+    containers: tuple[str, ...] | None
+    min_limit: int | None
+
+
+def namespace_queries(
+    policies: Sequence[PolicyRisk], *, namespace: str, windows: Windows
+) -> list[tuple[Query, tuple[str, ...]]]:
+    """The queries of a namespace's cycle, each with the policies that read its result.
+
+    Policies whose rules give the same query but for their container names and smallest
+    limit share one: it selects the union of their containers and the smallest of their
+    limits, so its result holds every series each of them would have got (a superset;
+    the signal maths joins results to each policy's own containers and thresholds). Ten
+    policies with the default rule cost the queries of one.
+    """
+    groups: dict[tuple[Signal, str], list[PolicyRisk]] = {}
+    for policy in policies:
+        for query in policy_queries(
+            policy.risk, namespace=namespace, containers=None, windows=windows
+        ):
+            groups.setdefault((query.signal, query.expr), []).append(policy)
+    batched: list[tuple[Query, tuple[str, ...]]] = []
+    for (signal, _), members in groups.items():
+        names: tuple[str, ...] | None = ()
+        for member in members:
+            if member.containers is None or names is None:
+                names = None
+            else:
+                names = tuple(sorted({*names, *member.containers}))
+        limits = [m.min_limit for m in members]
+        min_limit = None if None in limits else min(int(x) for x in limits if x is not None)
+        query = next(
+            q
+            for q in policy_queries(
+                members[0].risk,
+                namespace=namespace,
+                containers=names,
+                windows=windows,
+                min_limit=min_limit,
+            )
+            if q.signal == signal
+        )
+        batched.append((query, tuple(m.name for m in members)))
+    return batched
+
+
 def _number(value: float) -> str:
     """A PromQL number literal: ``50``, ``0.25``."""
     return str(int(value)) if float(value).is_integer() else repr(float(value))
@@ -320,12 +372,14 @@ __all__ = [
     "PSI_WAITING",
     "SIGNALS",
     "WORKING_SET",
+    "PolicyRisk",
     "Query",
     "Sample",
     "Signal",
     "Windows",
     "duration",
     "major_faults_query",
+    "namespace_queries",
     "oom_events_query",
     "policy_queries",
     "pressure_query",

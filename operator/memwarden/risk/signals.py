@@ -18,7 +18,7 @@ from memwarden.quantity import QuantityError, parse_bytes
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import parse_time
 from memwarden.risk.promql import JOIN_LABELS, PART_LABEL, SIGNALS, Query, Sample
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
 
 Key = tuple[str, str, str]
 
@@ -65,6 +65,37 @@ def governed_containers(
                 limit_bytes=limits.get(name),
             )
             found[item.key] = item
+    return found
+
+
+def governed_by_policy(
+    policies: Sequence[Candidate], *, pods: Iterable[Mapping[str, Any]]
+) -> dict[str, dict[Key, Governed]]:
+    """``governed_containers`` for every policy of a namespace in one pass over its pods:
+    each pod is selected once, whatever the number of policies."""
+    table = NamespacePolicies.build(policies)
+    found: dict[str, dict[Key, Governed]] = {name: {} for name in table.by_name}
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        labels = metadata.get("labels") or {}
+        regular, sidecars = container_names(pod)
+        candidates = list(table.unanchored)
+        for pair in labels.items():
+            candidates.extend(table.anchored.get(pair, ()))
+        selection = select_policy(
+            labels=labels, container_names=regular, sidecar_names=sidecars, candidates=candidates
+        )
+        if selection.winner is None:
+            continue
+        limits = _limits(pod)
+        for name in selection.governed:
+            item = Governed(
+                namespace=selection.winner.namespace,
+                pod=str(metadata.get("name")),
+                container=name,
+                limit_bytes=limits.get(name),
+            )
+            found[selection.winner.name][item.key] = item
     return found
 
 
