@@ -205,12 +205,18 @@ class Settings(BaseModel):
         description="Per query: a Prometheus slower than this counts as unavailable. Well "
         "under risk_interval_seconds, so a slow Prometheus never stacks up cycles.",
     )
+    risk_concurrent_namespaces: int = Field(
+        default=8,
+        ge=1,
+        description="Namespaces evaluated at once in a risk cycle: their queries overlap in "
+        "Prometheus, so 100 namespaces fit in a 15 s interval; more would only queue there.",
+    )
     risk_interval_seconds: float = Field(
         default=15.0,
         gt=0,
-        description="How often each policy with oomRisk is evaluated: one scrape interval of a "
-        "typical Prometheus; 'for' is evaluated by Prometheus, so a longer interval only "
-        "delays an incident, it never loses one.",
+        description="How often each namespace with oomRisk policies is evaluated: one "
+        "scrape interval of a typical Prometheus; 'for' is evaluated by Prometheus, so a "
+        "longer interval only delays an incident, it never loses one.",
     )
     risk_backoff_max_seconds: float = Field(
         default=300.0,

@@ -267,6 +267,7 @@ class Observed:
     generation: int | None
     resource_version: str | None
     status: Mapping[str, Any]
+    uid: str | None = None
 
 
 class StatusBook:
@@ -304,6 +305,7 @@ class StatusBook:
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),
             status=dict(policy.get("status") or {}),
+            uid=metadata.get("uid"),
         )
 
     def forget(self, *, namespace: str, name: str) -> None:

@@ -9,9 +9,11 @@ import pytest
 
 from memwarden.api import OomRiskSpec
 from memwarden.risk.promql import (
+    PolicyRisk,
     Windows,
     duration,
     major_faults_query,
+    namespace_queries,
     oom_events_query,
     policy_queries,
     pressure_query,
@@ -207,3 +209,38 @@ def test_pure_risk_modules_import_no_io(module: str) -> None:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             imported.add(node.module.split(".")[0])
     assert not imported & FORBIDDEN
+
+
+def risk(**fields: object) -> OomRiskSpec:
+    return OomRiskSpec.model_validate(fields)
+
+
+def test_policies_with_one_rule_share_the_namespace_queries() -> None:
+    policies = [
+        PolicyRisk(name=f"p{i}", risk=risk(), containers=None, min_limit=(i + 1) * 2**30)
+        for i in range(10)
+    ]
+    batched = namespace_queries(policies, namespace="shop", windows=W)
+    # Ten policies, the queries of one: usage, time to limit, OOM events.
+    assert [q.signal for q, _ in batched] == ["usageRatio", "timeToLimit", "oomKilled"]
+    assert all(readers == tuple(f"p{i}" for i in range(10)) for _, readers in batched)
+    # The shared query keeps the smallest limit of its readers: a superset of each one's.
+    usage, _ = batched[0]
+    alone = policy_queries(risk(), namespace="shop", containers=None, windows=W, min_limit=2**30)
+    assert usage == alone[0]
+
+
+def test_container_lists_are_unioned_and_other_rules_get_their_own_query() -> None:
+    policies = [
+        PolicyRisk(name="a", risk=risk(), containers=("app",), min_limit=None),
+        PolicyRisk(name="b", risk=risk(), containers=("worker",), min_limit=None),
+        PolicyRisk(name="strict", risk=risk(usageRatio=0.5), containers=None, min_limit=None),
+    ]
+    batched = namespace_queries(policies, namespace="shop", windows=W)
+    by_readers = {(q.signal, readers): q for q, readers in batched}
+    shared = by_readers[("usageRatio", ("a", "b"))]
+    assert 'container=~"app|worker"' in shared.expr
+    assert by_readers[("usageRatio", ("strict",))].threshold == 0.5
+    # Time to limit and OOM events do not depend on usageRatio: all three share them, over
+    # every container (one of them names none).
+    assert "container=~" not in by_readers[("oomKilled", ("a", "b", "strict"))].expr

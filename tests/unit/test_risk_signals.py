@@ -13,6 +13,7 @@ from memwarden.risk.promql import Query, Sample, Windows, policy_queries
 from memwarden.risk.signals import (
     Governed,
     evaluate,
+    governed_by_policy,
     governed_containers,
     oom_killed,
     seconds_to_limit,
@@ -251,3 +252,16 @@ def test_pod_view_keeps_only_oom_statuses() -> None:
         ]
     }
     assert "status" not in oom_pod(finished="2026-11-25T17:58:00Z", reason="Error")
+
+
+def test_one_pass_gives_every_policy_what_governed_containers_gives_it() -> None:
+    loser = make_candidate("loser", namespace=NS, priority=0)
+    winner = make_candidate("winner", namespace=NS, priority=10, containers=["app"])
+    other = make_candidate("other", namespace=NS, match_labels={"app": "batch"})
+    policies = [loser, winner, other]
+    everything = governed_by_policy(policies, pods=pods(3))
+    for policy in policies:
+        assert everything[policy.name] == governed_containers(
+            policy, pods=pods(3), candidates=policies
+        )
+    assert len(everything["winner"]) == 3 and everything["loser"] == {}

@@ -25,8 +25,7 @@ from typing import Any
 import kopf
 
 from memwarden import metrics
-from memwarden.handlers import risk, state
-from memwarden.kube import POLICIES, KubeError
+from memwarden.handlers import risk
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
 from memwarden.risk.cycle import Announcements
@@ -126,29 +125,12 @@ class AlertIntake:
             policy = next((c for c in self.policy_index.get(namespace, []) if c.name == name), None)
             if policy is None:  # deleted while an earlier group was being opened
                 continue
-            patch = kopf.Patch()
             await risk.open_incidents(
-                group,
-                policy=policy,
-                incident_index=self.incident_index,
-                now=now,
-                patch=patch,
-                logger=logger,
+                group, policy=policy, incident_index=self.incident_index, now=now
             )
             outcome[f"policy {name}"] += len(group)
-            if patch.status and not state.settings().dry_run:
-                await self._write_policy_status(policy, dict(patch.status))
         logger.debug(
             "alertmanager pass: %d finding(s): %s",
             len(findings),
             ", ".join(f"{k}={v}" for k, v in sorted(outcome.items())) or "nothing to do",
         )
-
-    async def _write_policy_status(self, policy: Candidate, status: dict[str, Any]) -> None:
-        """``lastIncident`` on the policy, as the risk loop writes it through kopf's patch."""
-        try:
-            await risk.kube().apatch_status(
-                POLICIES, namespace=policy.namespace, name=policy.name, patch={"status": status}
-            )
-        except KubeError as exc:
-            logger.warning("policy %s: status not written: %s", policy.key, exc)

@@ -1,17 +1,22 @@
-"""The OOM-risk loop: a timer per MemoryPolicy with ``oomRisk``. Wiring only.
+"""The OOM-risk loop: one task, a cycle per namespace with ``oomRisk`` policies. Wiring only.
 
-Each cycle: the policy's queries (one per enabled signal, never per pod) run off the
-event loop; the pure core joins them to the governed containers of the pod index and
-decides, from the incident index, what to open; incidents are created through the kube
-adapter. Openings and suppressed triggers are counted and announced on the policy
-(an Event, rate-limited per pod and reason). When Prometheus fails the policy says so
-(``RiskEvaluation=False``) and the timer backs off; admission never depends on it.
+Each cycle of a namespace: its policies' queries, batched (``promql.namespace_queries``:
+policies with the same rule share one query; one per enabled signal, never per pod), run
+concurrently off the event loop; the pure core joins the results to each policy's
+governed containers (one pass over the namespace's pods) and decides, from the incident
+index, what to open; incidents are created through the kube adapter. Openings and
+suppressed triggers are counted and announced on the policy (an Event, rate-limited per
+pod and reason). When Prometheus fails every watching policy says so
+(``RiskEvaluation=False``) and the loop backs off; admission never depends on it. Not a
+kopf timer per policy: 1,000 policies would be 1,000 timers and their queries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import logging
 import time
 from typing import Any
 
@@ -20,21 +25,25 @@ import kopf
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import state
-from memwarden.kube import INCIDENTS, Conflict, Kube, KubeError
+from memwarden.kube import INCIDENTS, POLICIES, Conflict, Kube, KubeError, NotFound
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view, rfc3339
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError
-from memwarden.risk.promql import Windows, policy_queries
+from memwarden.risk.promql import PolicyRisk, Windows, namespace_queries
 from memwarden.risk.signals import (
     evaluate,
-    governed_containers,
+    governed_by_policy,
     oom_killed,
     smallest_limit,
     sort_findings,
 )
 from memwarden.selection import Candidate
+
+logger = logging.getLogger(__name__)
+
+_RISK_TASK = "risk_loop"
 
 #: Incidents this process created, kept until the incident index has them: kopf's watch
 #: lags the create by a moment, and a second policy's cycle must already count them.
@@ -66,10 +75,6 @@ def kube() -> Kube:
     return _kube
 
 
-def _has_oom_risk(spec: kopf.Spec, **_: Any) -> bool:
-    return bool(spec.get("oomRisk"))
-
-
 def _windows() -> Windows:
     settings = state.settings()
     return Windows(
@@ -79,125 +84,217 @@ def _windows() -> Windows:
     )
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "memorypolicies",
-    id="risk",
-    interval=state.settings().risk_interval_seconds,
-    initial_delay=1.0,
-    idle=None,
-    when=_has_oom_risk,
-)
-async def evaluate_risk(
-    *,
-    namespace: str | None,
-    name: str,
-    body: kopf.Body,
-    meta: kopf.Meta,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    **kwargs: Any,
-) -> None:
-    """One evaluation cycle of one policy (see the module docstring)."""
-    retry = int(kwargs.get("retry") or 0)  # consecutive failures so far: the backoff's exponent
-    policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
-    pod_index: kopf.Index[str, dict[str, Any]] = kwargs["pod_index"]
-    incident_index: kopf.Index[str, dict[str, Any]] = kwargs["incident_index"]
-    if namespace is None or namespace in state.settings().never_governed:
-        return
-    candidates = list(policy_index.get(namespace, []))
-    policy = next((c for c in candidates if c.name == name), None)
-    if policy is None or policy.spec.oomRisk is None:  # invalid spec: validate_policy says so
-        return
-    started = time.monotonic()
-    now = dt.datetime.now(dt.UTC)
-    pods = list(pod_index.get(namespace, []))
-    governed = governed_containers(policy, pods=pods, candidates=candidates)
-    settings = state.settings()
-    findings: list[Finding] = oom_killed(
-        pods,
-        governed=governed,
-        policy=name,
-        now=now,
-        within=dt.timedelta(seconds=parse_duration(settings.risk_oom_window)),
-    )
-    client = prometheus()
-    if client is not None and governed:
-        queries = policy_queries(
-            policy.spec.oomRisk,
-            namespace=namespace,
-            containers=policy.spec.containers,
-            windows=_windows(),
-            min_limit=smallest_limit(governed),
-        )
-        metrics.RISK_QUERIES.inc(len(queries))
-        try:
-            results = await asyncio.gather(*(client.aquery(q.expr) for q in queries))
-        except PrometheusError as exc:
-            metrics.RISK_EVALUATION_FAILURES.inc()
-            delay = backoff_delay(
-                retry,
-                interval=settings.risk_interval_seconds,
-                cap=settings.risk_backoff_max_seconds,
-            )
-            _set_condition(
-                status=status,
-                patch=patch,
-                meta=meta,
-                ok=False,
-                reason="PrometheusUnavailable",
-                message=f"{exc} (next attempt in {delay:g}s)",
-                now=now,
-            )
-            raise kopf.TemporaryError(
-                f"risk evaluation paused for {delay:g}s: {exc}", delay=delay
-            ) from exc
-        findings += evaluate(zip(queries, results, strict=True), governed=governed, policy=name)
-        _set_condition(
-            status=status,
-            patch=patch,
-            meta=meta,
-            ok=True,
-            reason="Evaluated",
-            message=f"{len(queries)} queries over {len(governed)} governed containers",
-            now=now,
-        )
-    if findings:
-        await open_incidents(
-            sort_findings(findings),
-            policy=policy,
-            incident_index=incident_index,
-            now=now,
-            body=body,
-            patch=patch,
-            logger=logger,
-        )
-    metrics.RISK_CYCLE_SECONDS.observe(time.monotonic() - started)
+def _policy_ref(policy: Candidate) -> dict[str, Any]:
+    """Enough of the policy object for an Event on it (``kubectl describe`` finds it by uid)."""
+    seen = state.status_book().current.get((policy.namespace, policy.name))
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MemoryPolicy",
+        "metadata": {
+            "namespace": policy.namespace,
+            "name": policy.name,
+            "uid": seen.uid if seen else None,
+        },
+    }
 
 
-def _set_condition(
-    *,
-    status: kopf.Status,
-    patch: kopf.Patch,
-    meta: kopf.Meta,
-    ok: bool,
-    reason: str,
-    message: str,
-    now: dt.datetime,
+async def post_event(policy: Candidate, *, type: str, reason: str, message: str) -> None:
+    """An Event on the policy, from outside any kopf handler (the loops here)."""
+    try:
+        await asyncio.to_thread(
+            state.kube().post_event, _policy_ref(policy), type=type, reason=reason, message=message
+        )
+    except KubeError as exc:
+        logger.debug("%s Event on policy %s not posted: %s", reason, policy.key, exc)
+
+
+async def write_risk_condition(
+    policy: Candidate, *, ok: bool, reason: str, message: str, now: dt.datetime
 ) -> None:
-    """Write RiskEvaluation when it changed; the other conditions go back untouched."""
+    """RiskEvaluation on the policy when it changed; conditional on the version seen, so
+    the status loop's conditions are never overwritten from memory (a conflict: next cycle)."""
+    seen = state.status_book().current.get((policy.namespace, policy.name))
+    if seen is None or state.settings().dry_run:
+        return
     conditions = with_risk_condition(
-        list(status.get("conditions") or []),
+        list(seen.status.get("conditions") or []),
         ok=ok,
         reason=reason,
         message=message,
         now=rfc3339(now),
-        generation=meta.get("generation"),
+        generation=seen.generation,
     )
-    if conditions is not None and not state.settings().dry_run:
-        patch.status["conditions"] = conditions
+    if conditions is None:
+        return
+    try:
+        updated = await kube().apatch_status(
+            POLICIES,
+            namespace=policy.namespace,
+            name=policy.name,
+            patch={
+                "metadata": {"resourceVersion": seen.resource_version},
+                "status": {"conditions": conditions},
+            },
+        )
+    except (Conflict, NotFound):
+        return
+    except KubeError as exc:
+        logger.warning("policy %s: RiskEvaluation not written: %s", policy.key, exc)
+        return
+    state.status_book().observe(updated)
+
+
+async def evaluate_namespace(
+    namespace: str,
+    *,
+    policy_index: kopf.Index[str, Candidate],
+    pod_index: kopf.Index[str, dict[str, Any]],
+    incident_index: kopf.Index[str, dict[str, Any]],
+) -> int:
+    """One cycle for every policy with ``oomRisk`` in ``namespace``; returns the number of
+    queries sent. Raises ``PrometheusError`` (nothing written) when Prometheus fails."""
+    settings = state.settings()
+    candidates = list(policy_index.get(namespace, []))
+    watching = [c for c in candidates if c.spec.oomRisk is not None]
+    if not watching:
+        return 0
+    started = time.monotonic()
+    now = dt.datetime.now(dt.UTC)
+    pods = list(pod_index.get(namespace, []))
+    governed = governed_by_policy(candidates, pods=pods)
+    oom_window = dt.timedelta(seconds=parse_duration(settings.risk_oom_window))
+    findings: dict[str, list[Finding]] = {
+        p.name: oom_killed(
+            pods, governed=governed[p.name], policy=p.name, now=now, within=oom_window
+        )
+        for p in watching
+    }
+    client = prometheus()
+    sent = 0
+    if client is not None:
+        risks = [
+            PolicyRisk(
+                name=p.name,
+                risk=p.spec.oomRisk,
+                containers=None if p.spec.containers is None else tuple(p.spec.containers),
+                min_limit=smallest_limit(governed[p.name]),
+            )
+            for p in watching
+            if p.spec.oomRisk is not None and governed[p.name]
+        ]
+        batched = namespace_queries(risks, namespace=namespace, windows=_windows())
+        sent = len(batched)
+        metrics.RISK_QUERIES.inc(sent)
+        results = await asyncio.gather(*(client.aquery(q.expr) for q, _ in batched))
+        for risk in risks:
+            mine = [
+                (query, result)
+                for (query, readers), result in zip(batched, results, strict=True)
+                if risk.name in readers
+            ]
+            findings[risk.name] += evaluate(mine, governed=governed[risk.name], policy=risk.name)
+        for policy in watching:
+            count = len(governed[policy.name])
+            await write_risk_condition(
+                policy,
+                ok=True,
+                reason="Evaluated",
+                message=f"evaluated with the namespace's {sent} queries over {count} "
+                "governed containers",
+                now=now,
+            )
+    for policy in watching:
+        if findings[policy.name]:
+            await open_incidents(
+                sort_findings(findings[policy.name]),
+                policy=policy,
+                incident_index=incident_index,
+                now=now,
+            )
+    metrics.RISK_CYCLE_SECONDS.observe(time.monotonic() - started)
+    return sent
+
+
+async def risk_loop(
+    *,
+    policy_index: kopf.Index[str, Candidate],
+    pod_index: kopf.Index[str, dict[str, Any]],
+    incident_index: kopf.Index[str, dict[str, Any]],
+) -> None:
+    """Every ``risk_interval``: each namespace with a watching policy, a few at a time.
+
+    When Prometheus fails, every watching policy says so (``RiskEvaluation=False``) and
+    the loop backs off (Prometheus is one for all namespaces); admission never waits on it.
+    """
+    settings = state.settings()
+    failures = 0
+    limit = asyncio.Semaphore(settings.risk_concurrent_namespaces)
+
+    async def one(namespace: str) -> None:
+        async with limit:
+            await evaluate_namespace(
+                namespace,
+                policy_index=policy_index,
+                pod_index=pod_index,
+                incident_index=incident_index,
+            )
+
+    delay = settings.risk_interval_seconds
+    while True:
+        await asyncio.sleep(delay)
+        if not state.status_book().ready:
+            continue
+        namespaces = [
+            ns
+            for ns in list(policy_index)
+            if ns not in settings.never_governed
+            and any(c.spec.oomRisk is not None for c in policy_index.get(ns, []))
+        ]
+        outcomes = await asyncio.gather(*(one(ns) for ns in namespaces), return_exceptions=True)
+        failed = [o for o in outcomes if isinstance(o, PrometheusError)]
+        for other in outcomes:
+            if isinstance(other, BaseException) and not isinstance(other, PrometheusError):
+                logger.error("risk cycle failed: %s", other, exc_info=other)
+        if not failed:
+            failures, delay = 0, settings.risk_interval_seconds
+            continue
+        metrics.RISK_EVALUATION_FAILURES.inc()
+        delay = backoff_delay(
+            failures, interval=settings.risk_interval_seconds, cap=settings.risk_backoff_max_seconds
+        )
+        failures += 1
+        logger.warning("risk evaluation paused for %gs: %s", delay, failed[0])
+        now = dt.datetime.now(dt.UTC)
+        for namespace in namespaces:
+            for policy in policy_index.get(namespace, []):
+                if policy.spec.oomRisk is not None:
+                    await write_risk_condition(
+                        policy,
+                        ok=False,
+                        reason="PrometheusUnavailable",
+                        message=f"{failed[0]} (next attempt in {delay:g}s)",
+                        now=now,
+                    )
+
+
+@kopf.on.startup()
+async def start_risk_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+    memo[_RISK_TASK] = asyncio.create_task(
+        risk_loop(
+            policy_index=kwargs["policy_index"],
+            pod_index=kwargs["pod_index"],
+            incident_index=kwargs["incident_index"],
+        )
+    )
+
+
+@kopf.on.cleanup()
+async def stop_risk_loop(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get(_RISK_TASK)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,16 +320,13 @@ async def open_incidents(
     policy: Candidate,
     incident_index: kopf.Index[str, dict[str, Any]],
     now: dt.datetime,
-    patch: kopf.Patch,
-    logger: kopf.Logger,
-    body: kopf.Body | None = None,
 ) -> None:
     """Decide and open one policy's findings; shared with the Alertmanager intake.
 
-    With the policy's ``body``, each opening and suppression is also an Event on it
-    (reasons IncidentOpened, TriggerSuppressed), and the matching log lines are not.
-    One opening at a time in this process: the Prometheus timers and the Alertmanager
-    consumer would otherwise both pass the cooldown and concurrency checks for one pod.
+    Each opening and suppression is logged and is an Event on the policy (reasons
+    IncidentOpened, TriggerSuppressed); an opening sets the policy's ``lastIncident``.
+    One opening at a time in this process: the risk loop and the Alertmanager consumer
+    would otherwise both pass the cooldown and concurrency checks for one pod.
     """
     async with _opening:
         settings = state.settings()
@@ -255,19 +349,18 @@ async def open_incidents(
                 metrics.SUPPRESSED_TRIGGERS.labels(reason=decision.reason).inc()
                 key = (policy.key, finding.pod, decision.reason)
                 if _announcements.due(key, now=time.monotonic()):
-                    logger.info(  # the Event below says it with its own reason
-                        "trigger suppressed (%s): %s",
+                    logger.info(
+                        "policy %s: trigger suppressed (%s): %s",
+                        policy.key,
                         decision.reason,
                         decision.message,
-                        extra={"k8s_skip": True},
                     )
-                    if body is not None:
-                        kopf.event(
-                            body,
-                            type="Normal",
-                            reason="TriggerSuppressed",
-                            message=f"{what} suppressed ({decision.reason}): {decision.message}",
-                        )
+                    await post_event(
+                        policy,
+                        type="Normal",
+                        reason="TriggerSuppressed",
+                        message=f"{what} suppressed ({decision.reason}): {decision.message}",
+                    )
                 continue
             if settings.dry_run:
                 logger.info("dry run: would open incident %s for %s", decision.name, what)
@@ -288,13 +381,15 @@ async def open_incidents(
             metrics.INCIDENTS_OPENED.labels(source=finding.source, signal=finding.signal).inc()
             threshold = "" if finding.threshold is None else f" (threshold {finding.threshold:g})"
             logger.warning(
-                "incident %s opened: %s%s", decision.name, what, threshold, extra={"k8s_skip": True}
+                "policy %s: incident %s opened: %s%s", policy.key, decision.name, what, threshold
             )
-            if body is not None:
-                kopf.warn(
-                    body, reason="IncidentOpened", message=f"{decision.name}: {what}{threshold}"
-                )
-            patch.status["lastIncident"] = decision.name
+            await post_event(
+                policy,
+                type="Warning",
+                reason="IncidentOpened",
+                message=f"{decision.name}: {what}{threshold}",
+            )
+            await _set_last_incident(policy, decision.name)
             version = (created.get("metadata") or {}).get("resourceVersion")
             try:
                 # Conditional on the version just created: never rewind a capture that
@@ -307,3 +402,16 @@ async def open_incidents(
                 )
             except KubeError as exc:
                 logger.debug("incident %s: initial status not written: %s", decision.name, exc)
+
+
+async def _set_last_incident(policy: Candidate, name: str) -> None:
+    """``lastIncident`` on the policy (a scalar: a merge patch cannot clobber others)."""
+    try:
+        await kube().apatch_status(
+            POLICIES,
+            namespace=policy.namespace,
+            name=policy.name,
+            patch={"status": {"lastIncident": name}},
+        )
+    except KubeError as exc:
+        logger.warning("policy %s: lastIncident not written: %s", policy.key, exc)

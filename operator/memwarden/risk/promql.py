@@ -324,14 +324,14 @@ def namespace_queries(
     the signal maths joins results to each policy's own containers and thresholds). Ten
     policies with the default rule cost the queries of one.
     """
-    groups: dict[tuple[Signal, str], list[PolicyRisk]] = {}
+    groups: dict[tuple[Signal, str, float | None], list[PolicyRisk]] = {}
     for policy in policies:
         for query in policy_queries(
             policy.risk, namespace=namespace, containers=None, windows=windows
         ):
-            groups.setdefault((query.signal, query.expr), []).append(policy)
+            groups.setdefault((query.signal, query.expr, query.threshold), []).append(policy)
     batched: list[tuple[Query, tuple[str, ...]]] = []
-    for (signal, _), members in groups.items():
+    for (signal, _, _), members in groups.items():
         names: tuple[str, ...] | None = ()
         for member in members:
             if member.containers is None or names is None:
