@@ -271,3 +271,62 @@ def test_garbage_admission_requests_get_4xx_and_the_operator_lives(
     wait_policy_indexed(kube, namespace, "checkout")
     pod = create_pod(kube, namespace, "after-garbage", labels={"app": "checkout"})
     assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == "1Gi"
+
+
+def test_review_size_limit_is_the_intended_8_mib_not_aiohttp_default(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    """A 2 MiB pod (the API server allows 3 MiB) is admitted with its policy; 9 MiB: 413."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from memwarden.manifests import POD_HANDLER_ID
+
+    apply(
+        memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))
+    )
+    wait_policy_indexed(kube, namespace, "checkout")
+    context = ssl.create_default_context(cafile=str(memwarden.workdir / "ca.crt"))
+    url = f"https://127.0.0.1:{memwarden.webhook_port}/{POD_HANDLER_ID}"
+
+    def post(padding: int) -> tuple[int, dict[str, Any]]:
+        pod = {
+            "metadata": {
+                "name": "big",
+                "labels": {"app": "checkout"},
+                "annotations": {"example.com/blob": "x" * padding},
+            },
+            "spec": {"containers": [make_container()]},
+        }
+        review = {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-big",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "operation": "CREATE",
+                "namespace": namespace,
+                "userInfo": {"username": "test"},
+                "object": pod,
+            },
+        }
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(review).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, {}
+
+    status, answer = post(2 * 2**20)
+    assert status == 200
+    assert answer["response"]["allowed"] is True and answer["response"]["patch"]
+    status, _ = post(9 * 2**20)
+    assert status == 413
+    assert memwarden.process is not None and memwarden.process.poll() is None
