@@ -11,10 +11,11 @@ excluded from both.
    pods each webhook really mutated (memwarden: limits set; VPA: requests set to the
    recommendation of a VerticalPodAutoscaler whose target Deployment owns the pod).
 2. Each webhook's own throughput over HTTPS, driven by vegeta (``hack/vegeta/build.sh``;
-   the generator is Go so that it is not the bottleneck): complete AdmissionReviews at
-   escalating offered rates until the webhook breaks (success < 99 %, p99 > 3 s, or
-   throughput < 90 % of the offered rate), one step past that. Every reply is decoded and
-   counted as mutated if it is a 200 carrying a patch for one of the reviews sent.
+   the generator is Go so that it is not the bottleneck) over HTTP/1.1, as the API server
+   calls a webhook service: complete AdmissionReviews at escalating offered rates until
+   the webhook breaks (success < 99 % or p99 > 3 s) or saturates (throughput under 90 %
+   of the offered rate), and one step past that. Every reply is decoded and counted as
+   mutated if it is a 200 carrying a patch for one of the reviews sent.
 
     .venv/bin/python bench/admission_bench.py      # writes bench/results/admission.json
 
@@ -107,8 +108,8 @@ def build(script: Path) -> Path:
 
 def module_version(go_mod: Path, module: str) -> str:
     for line in go_mod.read_text().splitlines():
-        fields = line.split()
-        if module in fields:
+        fields = line.split()  # "require m v", "\tm v // indirect", not "tool m"
+        if module in fields[:2] and fields[0] != "tool":
             return fields[fields.index(module) + 1]
     raise SystemExit(f"{module} not in {go_mod}")
 
@@ -142,21 +143,52 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
 
 
 def busiest(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], wall: float
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    wall: float,
+    *,
+    top: int = 8,
+    exclude: frozenset[int] = frozenset(),
 ) -> list[dict[str, Any]]:
     """The processes that used most CPU between two snapshots (alive at both)."""
     used = sorted(
         (
             (total - before[pid][1], pid, cmd)
             for pid, (cmd, total) in after.items()
-            if pid in before
+            if pid in before and pid not in exclude
         ),
         reverse=True,
     )
     return [
         {"pid": pid, "cmd": cmd, "cpu_s": round(cpu, 1), "cores": round(cpu / wall, 2)}
-        for cpu, pid, cmd in used[:8]
+        for cpu, pid, cmd in used[:top]
+        if cpu / wall >= 0.02
     ]
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat, kernel time included)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+
+
+class CpuWatch:
+    """How busy the machine was over an interval, and which other processes made it so."""
+
+    def __init__(self, *ours: int) -> None:
+        self.exclude = frozenset({os.getpid(), *ours})
+        self.started = time.perf_counter()
+        self.busy = machine_busy()
+        self.snapshot = cpu_snapshot()
+
+    def stop(self) -> dict[str, Any]:
+        wall = time.perf_counter() - self.started
+        return {
+            "machine_busy_cores": round((machine_busy() - self.busy) / wall, 2),
+            "other_processes": busiest(
+                self.snapshot, cpu_snapshot(), wall, top=4, exclude=self.exclude
+            ),
+        }
 
 
 def tls_files(workdir: Path) -> Path:
@@ -438,7 +470,8 @@ def post_review(url: str, ca: Path, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def alpn(port: int, ca: Path) -> str | None:
-    """The protocol a client offering h2 and http/1.1 gets (vegeta offers both)."""
+    """The protocol a client offering h2 and http/1.1 gets (the API server offers both to
+    a webhook on a loopback URL, so the pod creates here may use h2 with VPA)."""
     context = ssl.create_default_context(cafile=str(ca))
     context.set_alpn_protocols(["h2", "http/1.1"])
     with (
@@ -559,6 +592,7 @@ def vegeta_step(
 ) -> dict[str, Any]:
     results = workdir / f"results-{rate}.bin"
     cpu_before = cpu_seconds(webhook_pid)
+    watch = CpuWatch(webhook_pid)
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(
@@ -572,6 +606,9 @@ def vegeta_step(
             f"-timeout={VEGETA_TIMEOUT_S}s",
             f"-root-certs={ca}",
             f"-max-workers={VEGETA_MAX_WORKERS}",
+            # HTTP/1.1, as the API server calls a webhook registered by service (k8s.io/
+            # apiserver pkg/util/webhook: it forces http/1.1 but for loopback URLs).
+            "-http2=false",
             f"-output={results}",
         ],
         check=True,
@@ -579,6 +616,7 @@ def vegeta_step(
     wall = time.perf_counter() - started
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     webhook_cpu = cpu_seconds(webhook_pid) - cpu_before
+    machine = watch.stop()
     generator_cpu = (children_after.ru_utime - children_before.ru_utime) + (
         children_after.ru_stime - children_before.ru_stime
     )
@@ -632,6 +670,7 @@ def vegeta_step(
         "webhook_cores": round(webhook_cpu / wall, 2),
         "generator_cores": round(generator_cpu / wall, 2),
         "webhook_rss_mib": rss_mib(webhook_pid),
+        **machine,
         "verdict": verdict,
     }
 
@@ -666,7 +705,8 @@ def escalate(
         print(
             f"  {name:9} {rate:>6}/s offered: {row['achieved_per_s']:>8}/s ok, "
             f"success {row['success_ratio']:.2%}, p99 {row['p99_ms']} ms, "
-            f"webhook {row['webhook_cores']} cores -> {row['verdict']}",
+            f"webhook {row['webhook_cores']} cores, vegeta {row['generator_cores']}, "
+            f"machine {row['machine_busy_cores']} -> {row['verdict']}",
             flush=True,
         )
         time.sleep(2)  # let the last stragglers and the server's backlog drain
@@ -710,35 +750,62 @@ def print_tables(out: dict[str, Any]) -> None:
             f"{' '.join(ratios)} {check:>4}/{pods['pods_each']}"
         )
 
+    machine = pods["machine"]
+    print(f"machine busy {machine['machine_busy_cores']} cores; {others(machine)}")
+
     print(f"\ndirect webhook, vegeta, {SECONDS_PER_RATE} s per offered rate")
-    head = f"{'achieved':>9} {'ok %':>6} {'p50':>7} {'p90':>7} {'p99':>8} {'cores':>5}"
-    print(f"{'':>8} | {'memwarden':^47} | {'VPA':^47}")
-    print(f"{'offered':>8} | {head} | {head}")
+    head = (
+        f"{'achieved':>8} {'ok %':>5} {'p50':>7} {'p90':>7} {'p99':>8} {'hook/gen/mach':>14} {'':3}"
+    )
+    width = len(head)
+    print(f"{'':>7} | {'memwarden':^{width}} | {'VPA':^{width}}")
+    print(f"{'offered':>7} | {head} | {head}")
     by_rate = {
         name: {row["offered_per_s"]: row for row in out[key]}
         for name, key in (("memwarden", "webhook_direct"), ("vpa", "vpa_webhook_direct"))
     }
     for rate in RATES:
+        if not any(rate in rows for rows in by_rate.values()):
+            continue
         cells = []
         for name in ("memwarden", "vpa"):
             row = by_rate[name].get(rate)
             if row is None:
-                cells.append(f"{'':47}")
+                cells.append(" " * width)
                 continue
-            mark = {"ok": "", "saturated": " sat", "broken": " BRK"}[row["verdict"]]
+            cores = f"{row['webhook_cores']}/{row['generator_cores']}/{row['machine_busy_cores']}"
+            mark = {"ok": "", "saturated": "sat", "broken": "BRK"}[row["verdict"]]
             cells.append(
-                f"{row['achieved_per_s']:>9} {row['success_ratio'] * 100:>6.1f} "
-                f"{row['p50_ms']:>7} {row['p90_ms']:>7} {row['p99_ms']:>8} "
-                f"{row['webhook_cores']:>5}{mark}"
+                f"{row['achieved_per_s']:>8} {row['success_ratio'] * 100:>5.1f} "
+                f"{row['p50_ms']:>7} {row['p90_ms']:>7} {row['p99_ms']:>8} {cores:>14} {mark:3}"
             )
-        if any(rate in by_rate[n] for n in by_rate):
-            print(f"{rate:>8} | {cells[0]} | {cells[1]}")
-    print("latencies in ms; cores = CPU the webhook process used; sat/BRK = saturated/broken")
+        print(f"{rate:>7} | {cells[0]} | {cells[1]}")
+    print(
+        "achieved = 200s per second; latencies in ms; cores used by the webhook / vegeta /"
+        " the whole machine;\nsat = under 90 % of the offered rate, BRK = success < 99 % or"
+        " p99 > 3 s"
+    )
+    for name, key in (("memwarden", "webhook_direct"), ("VPA", "vpa_webhook_direct")):
+        busy = [f"{row['offered_per_s']}/s: {others(row)}" for row in out[key]]
+        print(f"{name}: other processes: " + "; ".join(busy))
+
+
+def short(cmd: str) -> str:
+    """``kube-apiserver``, ``python -m pytest``: a command line's first words."""
+    words = [w.rsplit("/", 1)[-1] for w in cmd.split()] or ["?"]
+    return " ".join(words[:3] if words[0].startswith("python") else words[:1])
+
+
+def others(measure: dict[str, Any]) -> str:
+    rows = measure["other_processes"]
+    return ", ".join(f"{short(r['cmd'])} {r['cores']}" for r in rows) or "none"
 
 
 def main() -> None:
     layout = devcluster.default_layout()
-    cluster_was_up = "kube-apiserver" in devcluster.running_pids(layout)
+    # As the tests do: a cluster this started is stopped at the end, unless
+    # MEMWARDEN_KEEP_CLUSTER=1.
+    cluster_was_up = (layout.pki / "done").exists() and devcluster._readyz(layout)
     vpa_binary = build(VPA_BUILD)
     vegeta = build(VEGETA_BUILD)
     versions = {
@@ -749,11 +816,15 @@ def main() -> None:
     }
     devcluster.up(layout)
     kubeconfig = layout.kubeconfig
+    idle = CpuWatch()
+    time.sleep(3)
+    before = idle.stop()
+    print(f"before the run, machine busy {before['machine_busy_cores']} cores: {others(before)}")
     snapshot_before, started, load_before = cpu_snapshot(), time.monotonic(), os.getloadavg()
     try:
         out = run(kubeconfig, vpa_binary=vpa_binary, vegeta=vegeta)
     finally:
-        if not cluster_was_up:
+        if not cluster_was_up and os.environ.get("MEMWARDEN_KEEP_CLUSTER") != "1":
             devcluster.down(layout)
     wall = time.monotonic() - started
     out = {
@@ -766,12 +837,14 @@ def main() -> None:
             "seconds_per_rate": SECONDS_PER_RATE,
             "unique_reviews": UNIQUE_REVIEWS,
             "max_workers": VEGETA_MAX_WORKERS,
+            "protocol": "http/1.1 (-http2=false), one connection per in-flight request",
             "timeout_s": VEGETA_TIMEOUT_S,
             "break_when": f"success < {BREAK_SUCCESS:.0%} or p99 > {BREAK_P99_S:g} s",
             "saturated_when": f"throughput < {SATURATED_FRACTION:.0%} of offered",
         },
         **out,
         "machine_load": {
+            "before_run": before,
             "loadavg_before": [round(x, 2) for x in load_before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "busiest_processes": busiest(snapshot_before, cpu_snapshot(), wall),
@@ -860,10 +933,12 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
                     if not sample["patch_ops"]:
                         raise SystemExit(f"{name}'s webhook returned no patch: {sample}")
 
-                print("pod creates through the API server ...", flush=True)
-                through_api = pod_create_latency(kube, owners)
-                print("direct webhook throughput (vegeta) ...", flush=True)
                 assert operator.process is not None and vpa.process is not None
+                print("pod creates through the API server ...", flush=True)
+                watch = CpuWatch(operator.process.pid, vpa.process.pid)
+                through_api = pod_create_latency(kube, owners)
+                through_api["machine"] = watch.stop()
+                print("direct webhook throughput (vegeta) ...", flush=True)
                 direct = escalate(
                     vegeta,
                     name="memwarden",
