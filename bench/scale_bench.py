@@ -81,14 +81,14 @@ class PeakRss(threading.Thread):
 
     def __init__(self, sampler: ProcessSampler) -> None:
         super().__init__(daemon=True)
-        self.sampler, self.peak, self._stop = sampler, 0.0, threading.Event()
+        self.sampler, self.peak, self._done = sampler, 0.0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.wait(0.5):
+        while not self._done.wait(0.5):
             self.peak = max(self.peak, self.sampler.rss_mib())
 
     def stop(self) -> float:
-        self._stop.set()
+        self._done.set()
         self.join()
         return self.peak
 
@@ -207,6 +207,7 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
     ensure_namespace(core, OPERATOR_NAMESPACE)
     namespaces = [f"scale-{n:03d}" for n in range(namespace_count)]
     burst_namespace = "scale-burst"
+    delete_namespaces(core, [*namespaces, burst_namespace])  # left by an interrupted run
     print(f"creating {namespace_count * POLICIES_PER_NAMESPACE} policies", flush=True)
     setup_policies(kubeconfig, core, [*namespaces, burst_namespace])
     result: dict[str, Any] = {
@@ -316,7 +317,7 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
                 operator.webhook_name,
                 "--ignore-not-found",
             )
-    delete_namespaces(core, [*namespaces, burst_namespace])
+            delete_namespaces(core, [*namespaces, burst_namespace])
     return result
 
 

@@ -18,10 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
-
-from memwarden.api import APPLIED_ANNOTATION
-from memwarden.mutation import PodShapeError, admission_ops, plan_pod
+from memwarden.mutation import PlanCache, PodShapeError, admission_ops, plan_pod
 from memwarden.selection import PolicyIndex, Selection, container_names
 from memwarden.sizing import KubeletProfile
 
@@ -48,70 +45,6 @@ def pod_label(pod: Mapping[str, Any], namespace: str) -> str:
     return f"{namespace}/{name}"
 
 
-class PlanCache:
-    """Decisions by (policy, pod shape): the pods of one Deployment are alike, and sizing
-    each again costs ~10x the look-up. Bounded; the oldest entry goes first.
-
-    The key is the selection's policies (by identity: an updated policy is a new object,
-    so its old entries are never hit again) and the bytes of every pod field a plan reads
-    (containers' names, resources, env, restartPolicy; overhead; the applied annotation).
-    """
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._entries: dict[bytes, tuple[Selection, Decision]] = {}
-        self.hits = self.misses = 0
-
-    @staticmethod
-    def shape_of(pod: Mapping[str, Any], *, dry_run: bool) -> bytes:
-        """What a plan reads of ``pod``, as bytes."""
-        spec = pod.get("spec") or {}
-        annotations = (pod.get("metadata") or {}).get("annotations")
-
-        def read(containers: Any) -> list[Any]:
-            return [
-                [c.get("name"), c.get("resources"), c.get("env"), c.get("restartPolicy")]
-                for c in containers or ()
-                if isinstance(c, Mapping)
-            ]
-
-        applied = annotations.get(APPLIED_ANNOTATION) if isinstance(annotations, Mapping) else None
-        return orjson.dumps(
-            [
-                read(spec.get("containers")),
-                read(spec.get("initContainers")),
-                spec.get("overhead"),
-                bool(annotations),
-                applied,
-                dry_run,
-            ]
-        )
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: bytes, selection: Selection) -> Decision | None:
-        entry = self._entries.get(key)
-        if entry is None or not _same_policies(entry[0], selection):
-            self.misses += 1
-            return None
-        self.hits += 1
-        return entry[1]
-
-    def put(self, key: bytes, selection: Selection, decision: Decision) -> None:
-        if len(self._entries) >= self.size:
-            del self._entries[next(iter(self._entries))]
-        self._entries[key] = (selection, decision)
-
-
-def _same_policies(a: Selection, b: Selection) -> bool:
-    return (
-        a.winner is b.winner
-        and len(a.others) == len(b.others)
-        and all(x is y for x, y in zip(a.others, b.others, strict=True))
-    )
-
-
 def admit(
     *,
     pod: Mapping[str, Any],
@@ -124,7 +57,7 @@ def admit(
 ) -> Decision:
     """Apply the governing policy's plan to a pod being created (see module doc).
 
-    ``cache`` must belong to one ``profile``: decisions are cached per policy and pod shape.
+    With ``cache``, plans are shared by pods of the same shape (``mutation.PlanCache``).
     """
     if namespace is None or namespace in never_governed:
         return Decision("unchanged", detail="namespace not governed")
@@ -137,23 +70,24 @@ def admit(
     )
     if selection.winner is None:
         return Decision("unchanged", detail=selection.reason)
-    if cache is None:
-        return _planned(pod=pod, selection=selection, profile=profile, dry_run=dry_run)
-    key = PlanCache.shape_of(pod, dry_run=dry_run)
-    decision = cache.get(key, selection)
-    if decision is None:
-        decision = _planned(pod=pod, selection=selection, profile=profile, dry_run=dry_run)
-        cache.put(key, selection, decision)
-    return decision
+    return _planned(pod=pod, selection=selection, profile=profile, dry_run=dry_run, cache=cache)
 
 
 def _planned(
-    *, pod: Mapping[str, Any], selection: Selection, profile: KubeletProfile, dry_run: bool
+    *,
+    pod: Mapping[str, Any],
+    selection: Selection,
+    profile: KubeletProfile,
+    dry_run: bool,
+    cache: PlanCache | None,
 ) -> Decision:
     winner = selection.winner
     assert winner is not None
     try:
-        plan = plan_pod(pod=pod, selection=selection, profile=profile)
+        if cache is None:
+            plan = plan_pod(pod=pod, selection=selection, profile=profile)
+        else:
+            plan = cache.plan(pod=pod, selection=selection, profile=profile)
     except PodShapeError as exc:
         return Decision("unchanged", policy=winner.key, detail=f"pod not readable: {exc}")
     if plan.infeasible:

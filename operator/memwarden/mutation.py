@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
 from memwarden.quantity import (
     QuantityError,
@@ -350,6 +352,81 @@ def plan_pod(
         drift=tuple(drift),
         notes=tuple(notes),
         applied=record,
+    )
+
+
+class PlanCache:
+    """Plans by (policy, pod shape): the pods of a Deployment are alike, and sizing each
+    again costs ~10x the look-up. Shared by admission and status. Bounded; the oldest
+    entry goes first.
+
+    The key is the bytes of every pod field a plan reads (containers' names, resources,
+    env, restartPolicy; overhead; the applied annotation); an entry is used only for the
+    same selection (its policies compared by identity: an updated policy is a new
+    object, so its old entries are never served) and an equal kubelet profile.
+    """
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._entries: dict[bytes, tuple[Selection, KubeletProfile, PodPlan | str]] = {}
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def shape_of(pod: Mapping[str, Any]) -> bytes:
+        """What ``plan_pod`` reads of ``pod``, as bytes."""
+        spec = pod.get("spec") or {}
+        annotations = (pod.get("metadata") or {}).get("annotations")
+
+        def read(containers: Any) -> list[Any]:
+            return [
+                [c.get("name"), c.get("resources"), c.get("env"), c.get("restartPolicy")]
+                if isinstance(c, Mapping)
+                else c
+                for c in (containers if isinstance(containers, list) else [containers])
+            ]
+
+        applied = annotations.get(APPLIED_ANNOTATION) if isinstance(annotations, Mapping) else None
+        return orjson.dumps(
+            [
+                read(spec.get("containers")) if isinstance(spec, Mapping) else spec,
+                read(spec.get("initContainers")) if isinstance(spec, Mapping) else None,
+                spec.get("overhead") if isinstance(spec, Mapping) else None,
+                bool(annotations),
+                applied,
+            ]
+        )
+
+    def plan(
+        self, *, pod: Mapping[str, Any], selection: Selection, profile: KubeletProfile
+    ) -> PodPlan:
+        """``plan_pod``, or the plan of an earlier pod of the same shape and selection."""
+        key = self.shape_of(pod)
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] == profile and _same_policies(entry[0], selection):
+            self.hits += 1
+            result = entry[2]
+        else:
+            self.misses += 1
+            try:
+                result = plan_pod(pod=pod, selection=selection, profile=profile)
+            except PodShapeError as exc:
+                result = str(exc)  # a fresh error each time: a re-raised one grows its traceback
+            if len(self._entries) >= self.size:
+                del self._entries[next(iter(self._entries))]
+            self._entries[key] = (selection, profile, result)
+        if isinstance(result, str):
+            raise PodShapeError(result)
+        return result
+
+
+def _same_policies(a: Selection, b: Selection) -> bool:
+    return (
+        a.winner is b.winner
+        and len(a.others) == len(b.others)
+        and all(x is y for x, y in zip(a.others, b.others, strict=True))
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
-from memwarden.mutation import PodShapeError, plan_pod
+from memwarden.mutation import PlanCache, PodShapeError, plan_pod
 from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
 from memwarden.sizing import KubeletProfile
 
@@ -116,6 +116,7 @@ def _count_pod(
     table: NamespacePolicies,
     tallies: Mapping[str, _Tally],
     profile: KubeletProfile,
+    cache: PlanCache | None,
 ) -> None:
     metadata = pod.get("metadata") or {}
     name = str(metadata.get("name"))
@@ -142,7 +143,10 @@ def _count_pod(
     tally = tallies[winner.name]
     tally.matched += 1
     try:
-        plan = plan_pod(pod=pod, selection=selection, profile=profile)
+        if cache is None:
+            plan = plan_pod(pod=pod, selection=selection, profile=profile)
+        else:
+            plan = cache.plan(pod=pod, selection=selection, profile=profile)
     except PodShapeError as exc:
         tally.infeasible.append(f"{name}: {exc}")
         tally.drifted.append(name)
@@ -164,16 +168,18 @@ def namespace_statuses(
     now: str,
     generations: Mapping[str, int | None],
     previous: Mapping[str, MemoryPolicyStatus | None],
+    cache: PlanCache | None = None,
 ) -> dict[str, MemoryPolicyStatus]:
     """Every policy's status in one namespace, by name, from one pass over its pods.
 
     Each pod is selected and planned once (not once per policy): the cost is the
-    namespace's pods, whatever the number of its policies.
+    namespace's pods, whatever the number of its policies; with ``cache``, pods of one
+    shape share a plan.
     """
     table = NamespacePolicies.build(policies)
     tallies = {name: _Tally() for name in table.by_name}
     for pod in pods:
-        _count_pod(pod, table=table, tallies=tallies, profile=profile)
+        _count_pod(pod, table=table, tallies=tallies, profile=profile, cache=cache)
     return {
         name: _status(
             tally,

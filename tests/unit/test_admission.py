@@ -10,8 +10,9 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from memwarden.admission import Decision, PlanCache, admit, review_response
+from memwarden.admission import Decision, admit, review_response
 from memwarden.api import APPLIED_ANNOTATION
+from memwarden.mutation import PlanCache
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
 from memwarden.webhook import AdmissionTally
@@ -181,20 +182,31 @@ def test_alike_pods_share_one_plan_until_the_policy_changes() -> None:
     index = index_of(policy)
     first = decide(make_pod("a", labels={"app": "checkout"}), index, cache=cache)
     second = decide(make_pod("b", labels={"app": "checkout"}), index, cache=cache)
-    assert second is first
+    assert second == first
     assert (cache.hits, cache.misses) == (1, 1)
     # Another shape is planned for itself.
     other = make_pod("c", labels={"app": "checkout"}, containers=[make_container("sidecar")])
-    assert decide(other, index, cache=cache) is not first
+    assert decide(other, index, cache=cache).ops != first.ops
+    assert cache.misses == 2
     # An updated policy is a new object: the old plan is not served for it.
     index.swap_namespace("shop", [make_candidate(memory={"request": "1Gi", "limit": "2Gi"})])
     changed = decide(make_pod("d", labels={"app": "checkout"}), index, cache=cache)
-    assert changed is not first
+    assert cache.misses == 3
     assert {
         "op": "add",
         "path": "/spec/containers/0/resources",
         "value": {"requests": {"memory": "1Gi"}, "limits": {"memory": "2Gi"}},
     } in changed.ops
+
+
+def test_an_unreadable_pod_stays_unreadable_from_the_cache() -> None:
+    cache = PlanCache()
+    index = index_of(make_candidate(memory=PLAIN))
+    for _ in range(2):
+        pod = make_pod(labels={"app": "checkout"}, containers=[make_container(memory_limit="x")])
+        decision = decide(pod, index, cache=cache)
+        assert decision.outcome == "unchanged" and "resources.limits.memory" in decision.detail
+    assert cache.hits == 1
 
 
 def test_the_cache_stays_within_its_size() -> None:

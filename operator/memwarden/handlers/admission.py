@@ -23,6 +23,7 @@ from memwarden.handlers import certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
+from memwarden.mutation import PlanCache
 from memwarden.sizing import KubeletProfile
 from memwarden.tlsreload import CertificateReloader
 from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
@@ -79,7 +80,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     profile = settings.kubelet.profile()
     admit = functools.partial(
         _admit_with,
-        cache=admission.PlanCache(),
+        cache=PlanCache(),
         profile=profile,
         never_governed=settings.never_governed,
         dry_run=settings.dry_run,
@@ -117,7 +118,7 @@ def _admit_with(
     pod: Any,
     namespace: str | None,
     *,
-    cache: admission.PlanCache,
+    cache: PlanCache,
     profile: KubeletProfile,
     never_governed: frozenset[str],
     dry_run: bool,

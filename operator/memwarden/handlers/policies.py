@@ -26,12 +26,15 @@ from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
 from memwarden.handlers import state
 from memwarden.handlers.indexes import governed_namespace
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
+from memwarden.mutation import PlanCache
 from memwarden.selection import Candidate
 from memwarden.status import describe_change, namespace_statuses
 
 logger = logging.getLogger(__name__)
 
 _STATUS_TASK = "status_loop"
+#: Plans of pod views by shape: a namespace's pass re-plans only pods unlike the others.
+_plans = PlanCache()
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -93,6 +96,7 @@ async def refresh_namespace(
         now=now,
         generations={name: seen.generation if seen else None for name, seen in current.items()},
         previous=previous,
+        cache=_plans,
     )
     written = 0
     for name, new in computed.items():
