@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -197,7 +198,7 @@ def delete_namespaces(core: client.CoreV1Api, namespaces: list[str]) -> None:
     wait_for(gone, timeout=900, interval=2, what="bench namespaces deleted")
 
 
-def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
+def run(*, pods: int, namespace_count: int, profile: str | None = None) -> dict[str, Any]:
     layout = devcluster.default_layout()
     devcluster.up(layout)
     kubeconfig = layout.kubeconfig
@@ -206,8 +207,9 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
     core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     ensure_namespace(core, OPERATOR_NAMESPACE)
     namespaces = [f"scale-{n:03d}" for n in range(namespace_count)]
-    burst_namespace = "scale-burst"
-    delete_namespaces(core, [*namespaces, burst_namespace])  # left by an interrupted run
+    burst_namespace, unwatched = "scale-burst", "scale-unwatched"
+    delete_namespaces(core, [*namespaces, burst_namespace, unwatched])  # an interrupted run's
+    ensure_namespace(core, unwatched, labels={"memwarden.dev/ignore": "true"})
     print(f"creating {namespace_count * POLICIES_PER_NAMESPACE} policies", flush=True)
     setup_policies(kubeconfig, core, [*namespaces, burst_namespace])
     result: dict[str, Any] = {
@@ -232,23 +234,25 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
             sampler = ProcessSampler(operator.process.pid)
             result["rss_after_start_mib"] = round(sampler.rss_mib(), 1)
 
-            # -- the burst: 2,000 creates, 20 clients, one namespace ---------------------
-            jobs = [(burst_namespace, f"burst-{i}", f"app-{i % 10}") for i in range(BURST_PODS)]
-            wall, (latencies, ungoverned, failed) = timed(
-                lambda: create_many(kubeconfig, jobs, clients=BURST_CLIENTS)
-            )
-            result["burst"] = {
-                "creates": BURST_PODS,
-                "clients": BURST_CLIENTS,
-                "admitted_with_policy": len(latencies) - ungoverned,
-                "admitted_without_policy": ungoverned,
-                "failed": failed,
-                "creates_per_s": round(len(latencies) / wall, 1),
-                "p50_ms": round(statistics.median(latencies) * 1000, 1),
-                "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
-                "max_ms": round(max(latencies) * 1000, 1),
-            }
-            print(f"burst: {result['burst']}", flush=True)
+            # -- the burst: 2,000 creates, 20 clients, one namespace; then the same into a
+            # namespace the webhook skips, for what the API server alone costs here -----
+            for key, target in (("burst", burst_namespace), ("burst_no_webhook", unwatched)):
+                jobs = [(target, f"burst-{i}", f"app-{i % 10}") for i in range(BURST_PODS)]
+                wall, (latencies, ungoverned, failed) = timed(
+                    lambda jobs=jobs: create_many(kubeconfig, jobs, clients=BURST_CLIENTS)
+                )
+                result[key] = {
+                    "creates": BURST_PODS,
+                    "clients": BURST_CLIENTS,
+                    "admitted_with_policy": len(latencies) - ungoverned,
+                    "admitted_without_policy": ungoverned,
+                    "failed": failed,
+                    "creates_per_s": round(len(latencies) / wall, 1),
+                    "p50_ms": round(statistics.median(latencies) * 1000, 1),
+                    "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+                    "max_ms": round(max(latencies) * 1000, 1),
+                }
+                print(f"{key}: {result[key]}", flush=True)
 
             # -- 10,000 pods across the namespaces ----------------------------------------
             jobs = [
@@ -287,7 +291,26 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
             # -- at rest -------------------------------------------------------------------
             cpu_before, lines_before = sampler.cpu_seconds(), log_lines(operator)
             rest_started = time.monotonic()
-            time.sleep(REST_SECONDS)  # the interval being measured: nothing to poll for
+            if profile is not None:  # py-spy (not a dependency): collapsed stacks at rest
+                subprocess.run(
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(sampler.pid),
+                        "--duration",
+                        str(int(REST_SECONDS)),
+                        "--format",
+                        "raw",
+                        "--output",
+                        profile,
+                        "--nonblocking",
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            else:
+                time.sleep(REST_SECONDS)  # the interval being measured: nothing to poll for
             rest = time.monotonic() - rest_started
             result["rest"] = {
                 "seconds": round(rest, 1),
@@ -317,7 +340,7 @@ def run(*, pods: int, namespace_count: int) -> dict[str, Any]:
                 operator.webhook_name,
                 "--ignore-not-found",
             )
-            delete_namespaces(core, [*namespaces, burst_namespace])
+            delete_namespaces(core, [*namespaces, burst_namespace, unwatched])
     return result
 
 
@@ -326,8 +349,11 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10_000)
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--out", default=str(HERE / "results" / "scale.json"))
+    parser.add_argument(
+        "--profile", default=None, help="py-spy's collapsed stacks of the rest phase to this file"
+    )
     args = parser.parse_args()
-    result = run(pods=args.pods, namespace_count=args.namespaces)
+    result = run(pods=args.pods, namespace_count=args.namespaces, profile=args.profile)
     result.update({"python": platform.python_version(), "cpus": os.cpu_count()})
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(exist_ok=True)

@@ -35,7 +35,7 @@ def candidate_from(
 
 
 @kopf.index(GROUP, VERSION, "memorypolicies")
-def policy_index(
+async def policy_index(
     *, namespace: str | None, name: str, spec: kopf.Spec, meta: kopf.Meta, **_: Any
 ) -> dict[str, Candidate] | None:
     """namespace -> its policies (a policy the schema would refuse is left out)."""
@@ -46,12 +46,20 @@ def policy_index(
 
 
 @kopf.index("pods", when=governed_namespace)
-def pod_index(
-    *, namespace: str | None, body: kopf.Body, **_: Any
+async def pod_index(
+    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[str, dict[str, Any]] | None:
-    """namespace -> its running pods, trimmed to what policies look at."""
+    """namespace -> its running pods, trimmed to what policies look at.
+
+    Also tells the status book when a pod's view changed (a status update of a pod, the
+    scheduler's or the kubelet's, mostly does not): only then is its namespace due.
+    Async, like every index here: kopf runs a sync one in a thread, per event.
+    """
+    if namespace is None:
+        return None
     view = pod_view(body)
-    return None if view is None or namespace is None else {namespace: view}
+    state.status_book().pod_seen(namespace=namespace, name=name, view=view)
+    return None if view is None else {namespace: view}
 
 
 @kopf.on.event(GROUP, VERSION, "memorypolicies")
@@ -88,7 +96,7 @@ _mirrored_all = False
 
 
 @kopf.index(GROUP, VERSION, "memoryincidents")
-def incident_index(
+async def incident_index(
     *, namespace: str | None, body: kopf.Body, **_: Any
 ) -> dict[str, dict[str, Any]] | None:
     """namespace -> its MemoryIncidents, trimmed to what opening decisions read.

@@ -56,13 +56,18 @@ def validate_policy(*, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
     logger.debug("policy spec is valid")
 
 
-@kopf.on.event("pods", when=governed_namespace)
-async def pod_changed(*, namespace: str | None, **_: Any) -> None:
-    """A pod came, went or changed: its namespace's policies are due for a status."""
+def _deleted_in_governed_namespace(type: str | None, **kwargs: Any) -> bool:
+    return type == "DELETED" and governed_namespace(**kwargs)
+
+
+@kopf.on.event("pods", when=_deleted_in_governed_namespace)
+async def pod_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
+    """A pod went: its namespace's policies are due for a status. (Pods that come or
+    change are seen by the pod index, which kopf does not call for a deletion.)"""
     if namespace is not None:
         book = state.status_book()
         book.ready = True
-        book.touch(namespace)
+        book.pod_seen(namespace=namespace, name=name, view=None)
 
 
 def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
