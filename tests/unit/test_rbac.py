@@ -231,6 +231,16 @@ def client_uses() -> list[Use]:
                 group, resource, verb = permission_of(*methods[node.attr])
                 if "{" not in group + resource:  # custom objects: through the wrappers below
                     uses.append(Use((group, resource, verb), f"{module}: {node.attr}"))
+            if (  # a list call given ``watch=`` may watch, too
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in methods
+                and methods[node.func.attr][0] != AMBIGUOUS
+                and any(k.arg == "watch" for k in node.keywords)
+            ):
+                group, resource, verb = permission_of(*methods[node.func.attr])
+                if verb == "list":
+                    uses.append(Use((group, resource, "watch"), f"{module}: {node.func.attr}"))
             if not isinstance(node, ast.Call):
                 continue
             # kube.method(RESOURCE, ...) or to_thread(kube.method, RESOURCE, ...)

@@ -26,6 +26,7 @@ import kopf
 
 from memwarden import metrics
 from memwarden.handlers import risk
+from memwarden.podwatch import PodIndex
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
 from memwarden.risk.cycle import Announcements
@@ -50,7 +51,7 @@ class AlertIntake:
         self,
         *,
         policy_index: kopf.Index[str, Candidate],
-        pod_index: kopf.Index[str, dict[str, Any]],
+        pod_index: PodIndex,
         incident_index: kopf.Index[str, dict[str, Any]],
         queue: FindingQueue | None = None,
     ) -> None:

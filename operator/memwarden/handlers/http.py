@@ -115,7 +115,7 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     if settings.alertmanager_token_file:
         intake = alerts.AlertIntake(
             policy_index=kwargs["policy_index"],
-            pod_index=kwargs["pod_index"],
+            pod_index=state.pods(),
             incident_index=kwargs["incident_index"],
         )
     else:

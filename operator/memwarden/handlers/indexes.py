@@ -1,10 +1,12 @@
-"""In-memory indexes kept current by kopf's watches: policies and pods by namespace.
+"""In-memory indexes kept current by watches: policies and incidents (kopf's), pods (ours,
+``podwatch.py``: kopf's per-event handling costs too much for objects we never change).
 
 Admission and status read these, never the API: a pod creation costs no API call.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,9 +15,9 @@ from pydantic import ValidationError
 
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
+from memwarden.podwatch import PodWatcher
 from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate
-from memwarden.status import pod_view
 
 
 def governed_namespace(namespace: str | None, **_: Any) -> bool:
@@ -45,21 +47,34 @@ async def policy_index(
     return None if candidate is None else {namespace: candidate}
 
 
-@kopf.index("pods", when=governed_namespace)
-async def pod_index(
-    *, namespace: str | None, name: str, body: kopf.Body, **_: Any
-) -> dict[str, dict[str, Any]] | None:
-    """namespace -> its running pods, trimmed to what policies look at.
+@kopf.on.startup()
+async def start_pod_watch(memo: kopf.Memo, **_: Any) -> None:
+    """The pod index (``podwatch.py``): one watcher thread for the cluster, or one per
+    watched namespace."""
+    loop = asyncio.get_running_loop()
+    namespaces = state.watched_namespaces()
+    scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
+    watchers = [
+        PodWatcher(
+            api_client=state.kube().api_client,
+            index=state.pods(),
+            loop=loop,
+            namespace=namespace,
+        )
+        for namespace in scopes
+    ]
+    for watcher in watchers:
+        watcher.start()
+    memo[_POD_WATCHERS] = watchers
 
-    Also tells the status book when a pod's view changed (a status update of a pod, the
-    scheduler's or the kubelet's, mostly does not): only then is its namespace due.
-    Async, like every index here: kopf runs a sync one in a thread, per event.
-    """
-    if namespace is None:
-        return None
-    view = pod_view(body)
-    state.status_book().pod_seen(namespace=namespace, name=name, view=view)
-    return None if view is None else {namespace: view}
+
+@kopf.on.cleanup()
+async def stop_pod_watch(memo: kopf.Memo, **_: Any) -> None:
+    for watcher in memo.get(_POD_WATCHERS) or []:
+        watcher.stop()
+
+
+_POD_WATCHERS = "pod_watchers"
 
 
 @kopf.on.event(GROUP, VERSION, "memorypolicies")

@@ -24,9 +24,9 @@ from pydantic import ValidationError
 
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
 from memwarden.handlers import state
-from memwarden.handlers.indexes import governed_namespace
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
 from memwarden.mutation import PlanCache
+from memwarden.podwatch import PodIndex
 from memwarden.selection import Candidate
 from memwarden.status import describe_change, namespace_statuses
 
@@ -56,20 +56,6 @@ def validate_policy(*, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
     logger.debug("policy spec is valid")
 
 
-def _deleted_in_governed_namespace(type: str | None, **kwargs: Any) -> bool:
-    return type == "DELETED" and governed_namespace(**kwargs)
-
-
-@kopf.on.event("pods", when=_deleted_in_governed_namespace)
-async def pod_deleted(*, namespace: str | None, name: str, **_: Any) -> None:
-    """A pod went: its namespace's policies are due for a status. (Pods that come or
-    change are seen by the pod index, which kopf does not call for a deletion.)"""
-    if namespace is not None:
-        book = state.status_book()
-        book.ready = True
-        book.pod_seen(namespace=namespace, name=name, view=None)
-
-
 def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
     try:
         return MemoryPolicyStatus.model_validate(dict(status)) if status else None
@@ -81,7 +67,7 @@ async def refresh_namespace(
     namespace: str,
     *,
     policy_index: kopf.Index[str, Candidate],
-    pod_index: kopf.Index[str, dict[str, Any]],
+    pod_index: PodIndex,
 ) -> int:
     """Recompute the status of every policy of ``namespace``; write those that changed.
 
@@ -145,9 +131,7 @@ async def _post_event(policy: Mapping[str, Any], *, message: str) -> None:
         logger.debug("StatusChanged Event not posted: %s", exc)
 
 
-async def status_loop(
-    *, policy_index: kopf.Index[str, Candidate], pod_index: kopf.Index[str, dict[str, Any]]
-) -> None:
+async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex) -> None:
     """Recompute the namespaces touched since the last pass, every ``status_debounce``;
     every namespace every ``status_resync`` (a safety net: nothing should be missed)."""
     settings, book = state.settings(), state.status_book()
@@ -171,7 +155,7 @@ async def status_loop(
 @kopf.on.startup()
 async def start_status_loop(memo: kopf.Memo, **kwargs: Any) -> None:
     memo[_STATUS_TASK] = asyncio.create_task(
-        status_loop(policy_index=kwargs["policy_index"], pod_index=kwargs["pod_index"])
+        status_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
     )
 
 

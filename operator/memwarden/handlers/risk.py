@@ -26,6 +26,7 @@ from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import state
 from memwarden.kube import INCIDENTS, POLICIES, Conflict, Kube, KubeError, NotFound
+from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
@@ -148,7 +149,7 @@ async def evaluate_namespace(
     namespace: str,
     *,
     policy_index: kopf.Index[str, Candidate],
-    pod_index: kopf.Index[str, dict[str, Any]],
+    pod_index: PodIndex,
     incident_index: kopf.Index[str, dict[str, Any]],
 ) -> int:
     """One cycle for every policy with ``oomRisk`` in ``namespace``; returns the number of
@@ -218,7 +219,7 @@ async def evaluate_namespace(
 async def risk_loop(
     *,
     policy_index: kopf.Index[str, Candidate],
-    pod_index: kopf.Index[str, dict[str, Any]],
+    pod_index: PodIndex,
     incident_index: kopf.Index[str, dict[str, Any]],
 ) -> None:
     """Every ``risk_interval``: each namespace with a watching policy, a few at a time.
@@ -282,7 +283,7 @@ async def start_risk_loop(memo: kopf.Memo, **kwargs: Any) -> None:
     memo[_RISK_TASK] = asyncio.create_task(
         risk_loop(
             policy_index=kwargs["policy_index"],
-            pod_index=kwargs["pod_index"],
+            pod_index=state.pods(),
             incident_index=kwargs["incident_index"],
         )
     )

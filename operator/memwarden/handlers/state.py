@@ -12,6 +12,7 @@ from pathlib import Path
 
 from memwarden.evidence.store import EvidenceStore
 from memwarden.kube import Kube
+from memwarden.podwatch import PodIndex
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
 from memwarden.status import StatusBook
@@ -19,6 +20,7 @@ from memwarden.status import StatusBook
 _settings: Settings | None = None
 _policies = PolicyIndex()
 _status_book = StatusBook()
+_pods: PodIndex | None = None
 _watched_namespaces: list[str] | None = None
 _kube: Kube | None = None
 _evidence: Evidence | None = None
@@ -54,6 +56,14 @@ def policies() -> PolicyIndex:
 def status_book() -> StatusBook:
     """Which namespaces' policy statuses are due (see handlers/policies.py)."""
     return _status_book
+
+
+def pods() -> PodIndex:
+    """Every running pod of the governed namespaces, as policies see it (podwatch.py)."""
+    global _pods
+    if _pods is None:
+        _pods = PodIndex(book=_status_book, governed=lambda ns: ns not in settings().never_governed)
+    return _pods
 
 
 def watch_namespaces(namespaces: list[str] | None) -> None:

@@ -1,0 +1,208 @@
+"""The pod index: every running pod of the governed namespaces, as the small view policies
+read, kept current by a list and watch of our own.
+
+Not a kopf index: kopf handles each pod event as a resource cause (a deep copy, a
+diff-base, handler matching, a worker task per pod), about a millisecond of the event
+loop that admission shares, per event, for objects memwarden never changes. Here a
+thread lists and watches pods with the kubernetes client, parses each event with orjson,
+trims it to ``status.pod_view`` (a few hundred bytes; whole pod bodies are never kept)
+and hands the view to the event loop, where the index is updated and the status book is
+told. Read like ``kopf.Index``: ``index.get(namespace, [])`` and iteration over
+namespaces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
+
+import orjson
+import urllib3
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from memwarden.status import StatusBook, pod_view
+
+logger = logging.getLogger(__name__)
+
+View = dict[str, Any]
+#: Pods per page of the initial list: bounded memory while listing 10,000 pods.
+LIST_PAGE = 500
+#: The API server ends a watch after this; it is then resumed from the last version.
+WATCH_SECONDS = 300
+#: Longest wait between two attempts after an error (doubling from 1 s).
+MAX_BACKOFF_SECONDS = 30.0
+
+
+class PodIndex:
+    """namespace -> {pod name -> view}. Updated on the event loop only (see module doc)."""
+
+    def __init__(self, *, book: StatusBook, governed: Callable[[str], bool]) -> None:
+        self._by_namespace: dict[str, dict[str, View]] = {}
+        self._book = book
+        self._governed = governed
+        self.listed = asyncio.Event()
+        """Set once the first complete list is in: before that, the index is partial."""
+
+    def get(self, namespace: str, default: list[View] | None = None) -> list[View]:
+        pods = self._by_namespace.get(namespace)
+        return list(pods.values()) if pods else list(default or [])
+
+    def __getitem__(self, namespace: str) -> list[View]:
+        return self.get(namespace)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._by_namespace))
+
+    def __len__(self) -> int:
+        return sum(len(pods) for pods in self._by_namespace.values())
+
+    def apply(self, namespace: str, name: str, view: View | None) -> None:
+        """One watch event: the pod's new view, or None when it is gone or done."""
+        if not self._governed(namespace):
+            return
+        self._book.pod_seen(namespace=namespace, name=name, view=view)
+        pods = self._by_namespace.get(namespace)
+        if view is None:
+            if pods is not None:
+                pods.pop(name, None)
+                if not pods:
+                    del self._by_namespace[namespace]
+            return
+        if pods is None:
+            pods = self._by_namespace[namespace] = {}
+        pods[name] = view
+
+    def replace_all(self, views: Mapping[str, Mapping[str, View]]) -> None:
+        """A complete list (at start, or after the watch lost its place)."""
+        gone = [
+            (ns, name)
+            for ns, pods in self._by_namespace.items()
+            for name in pods
+            if name not in views.get(ns, {})
+        ]
+        for ns, name in gone:
+            self.apply(ns, name, None)
+        for ns, pods in views.items():
+            for name, view in pods.items():
+                self.apply(ns, name, view)
+        self._book.ready = True
+        self.listed.set()
+
+
+def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = pod.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+class PodWatcher(threading.Thread):
+    """Lists, then watches, pods (cluster-wide or one namespace) in a thread; each change
+    reaches ``index`` through the event loop (``loop.call_soon_threadsafe``)."""
+
+    def __init__(
+        self,
+        *,
+        api_client: client.ApiClient,
+        index: PodIndex,
+        loop: asyncio.AbstractEventLoop,
+        namespace: str | None = None,
+    ) -> None:
+        super().__init__(name=f"pod-watch-{namespace or 'cluster'}", daemon=True)
+        self._core = client.CoreV1Api(api_client)
+        self._index = index
+        self._loop = loop
+        self._namespace = namespace
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _call(self, *, watch: bool, **kwargs: Any) -> urllib3.HTTPResponse:
+        """A list (or watch) as the raw response (``_preload_content=False``): parsed here
+        with orjson, not turned into the client's model objects."""
+        if self._namespace is None:
+            response = self._core.list_pod_for_all_namespaces(
+                watch=watch, _preload_content=False, **kwargs
+            )
+        else:
+            response = self._core.list_namespaced_pod(
+                self._namespace, watch=watch, _preload_content=False, **kwargs
+            )
+        return cast(urllib3.HTTPResponse, response)
+
+    def _list(self) -> str:
+        """Every pod, page by page; returns the version to watch from."""
+        views: dict[str, dict[str, View]] = {}
+        token: str | None = None
+        while True:
+            page = orjson.loads(
+                self._call(watch=False, limit=LIST_PAGE, _continue=token, _request_timeout=60).data
+            )
+            for pod in page.get("items") or []:
+                namespace, name = _identity(pod)
+                view = pod_view(pod)
+                if view is not None:
+                    views.setdefault(namespace, {})[name] = view
+            metadata = page.get("metadata") or {}
+            token = metadata.get("continue")
+            if not token:
+                self._loop.call_soon_threadsafe(self._index.replace_all, views)
+                return str(metadata.get("resourceVersion") or "")
+
+    def _watch(self, version: str) -> str | None:
+        """Follow changes from ``version``; the version reached, or None to list again."""
+        response = self._call(
+            watch=True,
+            resource_version=version,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _request_timeout=(10, WATCH_SECONDS + 30),
+        )
+        try:
+            pending = b""
+            for chunk in response.stream(64 * 1024, decode_content=True):
+                if self._stopping.is_set():
+                    return None
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = orjson.loads(line)
+                    kind, obj = event.get("type"), event.get("object") or {}
+                    if kind == "ERROR":  # 410 Gone: our version is too old; list again
+                        logger.info("pod watch: %s; listing again", obj.get("message"))
+                        return None
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if kind == "BOOKMARK":
+                        continue
+                    namespace, name = _identity(obj)
+                    view = None if kind == "DELETED" else pod_view(obj)
+                    self._loop.call_soon_threadsafe(self._index.apply, namespace, name, view)
+        finally:
+            response.release_conn()
+        return version
+
+    def run(self) -> None:
+        delay = 1.0
+        version: str | None = None
+        while not self._stopping.is_set():
+            try:
+                if version is None:
+                    version = self._list()
+                version = self._watch(version)
+                delay = 1.0
+            except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    version = None
+                    continue
+                logger.warning("pod watch failed (%s); again in %gs", exc, delay)
+                version = None
+                self._stopping.wait(delay)
+                delay = min(MAX_BACKOFF_SECONDS, delay * 2)
+
+
+__all__ = ["PodIndex", "PodWatcher"]

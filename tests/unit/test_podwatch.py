@@ -1,0 +1,50 @@
+"""The pod index our own watch keeps: views by namespace, the status book told of changes."""
+
+from __future__ import annotations
+
+import pytest
+
+from memwarden.podwatch import PodIndex
+from memwarden.status import StatusBook, pod_view
+from memwarden_testing.builders import make_pod
+
+pytestmark = pytest.mark.unit
+
+
+def view(name: str, namespace: str = "shop", app: str = "checkout") -> dict[str, object]:
+    found = pod_view(make_pod(name, namespace=namespace, labels={"app": app}))
+    assert found is not None
+    return found
+
+
+def index() -> tuple[PodIndex, StatusBook]:
+    book = StatusBook()
+    return PodIndex(book=book, governed=lambda ns: ns != "kube-system"), book
+
+
+def test_events_keep_views_by_namespace_and_make_namespaces_due() -> None:
+    pods, book = index()
+    pods.apply("shop", "a", view("a"))
+    pods.apply("shop", "b", view("b"))
+    pods.apply("bank", "c", view("c", namespace="bank"))
+    pods.apply("kube-system", "dns", view("dns", namespace="kube-system"))
+    assert sorted(pods) == ["bank", "shop"]
+    assert sorted(p["metadata"]["name"] for p in pods.get("shop", [])) == ["a", "b"]
+    assert pods.get("elsewhere", []) == []
+    assert book.take() == ["bank", "shop"]
+    pods.apply("shop", "a", view("a"))  # the same view again: nothing due
+    assert book.take() == []
+    pods.apply("bank", "c", None)
+    assert list(pods) == ["shop"] and len(pods) == 2
+    assert book.take() == ["bank"]
+
+
+def test_a_new_list_replaces_everything_and_marks_the_index_listed() -> None:
+    pods, book = index()
+    pods.apply("shop", "old", view("old"))
+    book.take()
+    assert not pods.listed.is_set()
+    pods.replace_all({"shop": {"new": view("new")}, "bank": {"c": view("c", namespace="bank")}})
+    assert [p["metadata"]["name"] for p in pods.get("shop")] == ["new"]
+    assert pods.listed.is_set() and book.ready
+    assert book.take() == ["bank", "shop"]
