@@ -136,37 +136,80 @@ def follow_capture(
     return Progress(action="wait")
 
 
+#: Longest text copied from a bundle into the status: names and errors come from tenant
+#: data, and the whole object must stay far below etcd's 1.5 MiB.
+_MAX_TEXT = 512
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
 def artifact_records(manifest: Mapping[str, Any] | None) -> list[ArtifactRecord]:
     """The manifest's per-artifact lines as status records."""
     records: list[ArtifactRecord] = []
-    for entry in (manifest or {}).get("artifacts") or []:
+    entries = (manifest or {}).get("artifacts") or []
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, Mapping):
             continue
         error = entry.get("error") or entry.get("skipped")
+        sha256 = entry.get("sha256")
+        duration = entry.get("durationSeconds")
+        try:
+            size = int(entry.get("bytes") or 0)
+        except (TypeError, ValueError):
+            size = 0
         records.append(
             ArtifactRecord(
-                name=str(entry.get("name") or entry.get("file") or "?"),
-                bytes=int(entry.get("bytes") or 0),
-                sha256=entry.get("sha256"),
-                durationSeconds=entry.get("durationSeconds"),
-                error=str(error) if error else None,
+                name=_clip(str(entry.get("name") or entry.get("file") or "?")),
+                bytes=size,
+                sha256=_clip(sha256) if isinstance(sha256, str) else None,
+                durationSeconds=float(duration) if isinstance(duration, int | float) else None,
+                error=_clip(str(error)) if error else None,
             )
         )
-    return records[:32]
+        if len(records) == 32:
+            break
+    return records
 
 
 def analysis_of(summary: Summary, *, limit: int = 10) -> Analysis:
     """The heap summary as the incident's status records it."""
     top = summary.top
     return Analysis(
-        sampleType=top.sample_type,
+        sampleType=_clip(top.sample_type),
         totalBytes=top.total,
         top=[
-            FunctionUsage(function=f.function, flatBytes=f.flat, cumBytes=f.cum)
+            FunctionUsage(function=_clip(f.function), flatBytes=f.flat, cumBytes=f.cum)
             for f in top.functions[:limit]
         ],
         goroutines=summary.goroutines,
     )
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What analysing a stored bundle gave: the heap summary, or why there is none."""
+
+    analysis: Analysis | None = None
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    failed: str | None = None
+    """The heap profile could not be read (missing, malformed)."""
+    refused: str | None = None
+    """A limit stopped the analysis (size, memory, CPU, time): the bundle may be hostile."""
+
+
+#: Analyses started for one incident before memwarden gives up on it. An attempt that never
+#: finished (the operator restarted or died during it) gets one more chance, no more: a
+#: bundle that kills whatever analyses it must not make the operator crash-loop.
+MAX_ANALYSIS_ATTEMPTS = 2
+
+
+def analysis_refusal(attempts: int) -> str | None:
+    """Why no further analysis is started after ``attempts`` unfinished ones, or None."""
+    if attempts >= MAX_ANALYSIS_ATTEMPTS:
+        return f"{attempts} earlier attempts did not finish"
+    return None
 
 
 def collected_status(
@@ -174,22 +217,23 @@ def collected_status(
     bundle: str,
     bundle_bytes: int,
     bundle_sha256: str,
-    manifest: Mapping[str, Any] | None,
-    summary: Summary | None,
-    analysis_error: str | None,
+    outcome: AnalysisOutcome,
     now: dt.datetime,
 ) -> dict[str, Any]:
     """Status fields for an incident whose bundle is stored."""
-    records = artifact_records(manifest)
+    records = list(outcome.artifacts)
     failed = [r.name for r in records if r.error]
     notes = []
     if failed:
         notes.append(f"not collected: {', '.join(failed)}")
-    if analysis_error:
-        notes.append(f"heap analysis failed: {analysis_error}")
-    if summary is not None and summary.top.functions:
-        first = summary.top.functions[0]
-        flat = approximate_bytes(first.flat)
+    if outcome.refused:
+        notes.append(f"analysis refused: {outcome.refused}")
+    elif outcome.failed:
+        notes.append(f"heap analysis failed: {outcome.failed}")
+    analysis = outcome.analysis
+    if analysis is not None and analysis.top:
+        first = analysis.top[0]
+        flat = approximate_bytes(first.flatBytes)
         notes.insert(0, f"top in-use function {first.function} ({flat} in use)")
     status: dict[str, Any] = {
         "phase": "Collected",
@@ -201,6 +245,6 @@ def collected_status(
         "bundleSha256": bundle_sha256,
         "artifacts": [r.model_dump(exclude_none=True) for r in records],
     }
-    if summary is not None:
-        status["analysis"] = analysis_of(summary).model_dump(exclude_none=True)
+    if analysis is not None:
+        status["analysis"] = analysis.model_dump(exclude_none=True)
     return status
