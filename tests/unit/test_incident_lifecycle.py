@@ -82,7 +82,7 @@ def test_capture_artifacts(
 
 def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> dict[str, Any]:
     return {
-        "name": ephemeral_container_name("inc-1"),
+        "name": ephemeral_container_name("uid-1"),
         "state": {
             "terminated": {
                 "exitCode": exit_code,
@@ -138,7 +138,7 @@ def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> d
 )
 def test_follow_capture(kwargs: dict[str, Any], action: str, reason: str) -> None:
     arguments = {
-        "incident": "inc-1",
+        "incident_uid": "uid-1",
         "started": NOW,
         "now": NOW,
         "timeout": dt.timedelta(minutes=5),

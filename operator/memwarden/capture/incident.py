@@ -78,6 +78,20 @@ def capture_artifacts(*, capture: CaptureSpec, requested: Sequence[str] | None) 
     return [a for a in ALL_ARTIFACTS if a in chosen]
 
 
+def pod_ips(pod: Mapping[str, Any]) -> frozenset[str]:
+    """Every address of a pod (``status.podIP`` and ``status.podIPs``, for dual-stack):
+    the sources the evidence API accepts the pod's debug container's upload from."""
+    status = pod.get("status") or {}
+    listed = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, Mapping)]
+    return frozenset(str(ip) for ip in (status.get("podIP"), *listed) if ip)
+
+
+def upload_token_lifetime(*, ttl: dt.timedelta, capture_timeout: dt.timedelta) -> dt.timedelta:
+    """An upload token lives no longer than its capture may: once the incident has failed
+    for want of a bundle, a token copied from the pod spec must be worth nothing."""
+    return min(ttl, capture_timeout)
+
+
 @dataclass(frozen=True)
 class Progress:
     """What to do with a Capturing incident now."""
@@ -87,11 +101,11 @@ class Progress:
     message: str = ""
 
 
-def ephemeral_status(pod: Mapping[str, Any] | None, incident: str) -> Mapping[str, Any] | None:
+def ephemeral_status(pod: Mapping[str, Any] | None, incident_uid: str) -> Mapping[str, Any] | None:
     """The status of the incident's debug container in ``pod``, if reported."""
     if pod is None:
         return None
-    name = ephemeral_container_name(incident)
+    name = ephemeral_container_name(incident_uid)
     for entry in (pod.get("status") or {}).get("ephemeralContainerStatuses") or []:
         if entry.get("name") == name:
             return dict(entry)
@@ -100,7 +114,7 @@ def ephemeral_status(pod: Mapping[str, Any] | None, incident: str) -> Mapping[st
 
 def follow_capture(
     *,
-    incident: str,
+    incident_uid: str,
     pod: Mapping[str, Any] | None,
     bundle_stored: bool,
     started: dt.datetime | None,
@@ -110,7 +124,7 @@ def follow_capture(
     """Decide the fate of a Capturing incident from the store and the pod."""
     if bundle_stored:
         return Progress(action="complete")
-    state = (ephemeral_status(pod, incident) or {}).get("state") or {}
+    state = (ephemeral_status(pod, incident_uid) or {}).get("state") or {}
     terminated = state.get("terminated")
     if terminated:
         finished = parse_time(terminated.get("finishedAt")) or now

@@ -133,7 +133,11 @@ async def start_capture(
         namespace=namespace,
         incident=name,
         uid=uid,
-        expires_at=now + dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
+        expires_at=now
+        + lifecycle.upload_token_lifetime(
+            ttl=dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
+            capture_timeout=dt.timedelta(seconds=settings.capture_timeout_seconds),
+        ),
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
     pod_name = str(spec["pod"])
@@ -143,6 +147,7 @@ async def start_capture(
     def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         container = plan_ephemeral_container(
             incident=name,
+            incident_uid=uid,
             target_container=str(target.container),
             image=settings.capture_toolbox_image,
             upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
@@ -362,6 +367,7 @@ async def follow_capture(
     *,
     namespace: str | None,
     name: str | None,
+    uid: str | None,
     spec: kopf.Spec,
     status: kopf.Status,
     body: kopf.Body,
@@ -370,12 +376,12 @@ async def follow_capture(
     **_: Any,
 ) -> None:
     """Complete, fail or keep waiting on a capture: covers restarts and lost callbacks."""
-    if namespace is None or name is None:
+    if namespace is None or name is None or uid is None:
         return
-    stored = state.evidence().store.exists(namespace, name)
+    stored = await asyncio.to_thread(state.evidence().store.holds, namespace, name, uid=uid)
     pod = None if stored else await _read_pod(namespace, str(spec.get("pod")))
     progress = lifecycle.follow_capture(
-        incident=name,
+        incident_uid=uid,
         pod=pod,
         bundle_stored=stored,
         started=lifecycle.parse_time(status.get("captureStartedAt")),
