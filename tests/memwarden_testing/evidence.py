@@ -47,15 +47,23 @@ def make_bundle(members: dict[str, bytes] | None = None, *, padding: int = 0) ->
 
 
 def make_incident(
-    name: str, *, pod: str = "checkout-1", signal: str = "usageRatio"
+    name: str,
+    *,
+    pod: str = "checkout-1",
+    signal: str = "usageRatio",
+    namespace: str | None = None,
+    artifacts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A MemoryIncident object to create."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "MemoryIncident",
-        "metadata": {"name": name},
-        "spec": {"pod": pod, "container": "app", "trigger": {"source": "manual", "signal": signal}},
+    """A MemoryIncident object to create (a hand-made one: trigger source ``manual``)."""
+    spec: dict[str, Any] = {
+        "pod": pod,
+        "container": "app",
+        "trigger": {"source": "manual", "signal": signal},
     }
+    if artifacts is not None:
+        spec["artifacts"] = artifacts
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": API_VERSION, "kind": "MemoryIncident", "metadata": metadata, "spec": spec}
 
 
 def make_entry(
