@@ -150,6 +150,7 @@ def test_plan_is_deterministic() -> None:
     ("overrides", "field"),
     [
         pytest.param({"incident": ""}, "incident", id="empty-incident"),
+        pytest.param({"incident_uid": ""}, "incident_uid", id="empty-incident-uid"),
         pytest.param({"target_container": ""}, "target_container", id="empty-target"),
         pytest.param({"image": ""}, "image", id="empty-image"),
         pytest.param({"pprof_port": 0}, "pprof_port", id="port-zero"),
@@ -271,6 +272,7 @@ def test_the_evidence_ca_is_passed_as_text_only_when_given() -> None:
 
     common = {
         "incident": "inc-1",
+        "incident_uid": "uid-1",
         "target_container": "app",
         "image": "img",
         "upload_url": "https://e/x",

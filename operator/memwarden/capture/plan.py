@@ -99,6 +99,7 @@ def ptrace_allowed_by_pod_security(namespace_labels: Mapping[str, str]) -> tuple
 
 def _validate(
     *,
+    incident: str,
     target_container: str,
     image: str,
     pprof_port: int,
@@ -106,6 +107,8 @@ def _validate(
     artifacts: Sequence[str],
     max_core_bytes: int,
 ) -> None:
+    if not incident:
+        raise PlanError("incident: must not be empty")
     if not target_container:
         raise PlanError("target_container: must not be empty")
     if not image:
@@ -148,6 +151,7 @@ def plan_ephemeral_container(
     containers (and the toolbox's memory counts against the pod, so it streams).
     """
     _validate(
+        incident=incident,
         target_container=target_container,
         image=image,
         pprof_port=pprof_port,
