@@ -185,8 +185,8 @@ def sample_flood(samples: int, *, function: str = "main.flood") -> bytes:
     KiB on the wire, one Python object (and more) per sample once decoded."""
     builder = ProfileBuilder(sample_types=HEAP_TYPES)
     builder.sample([function], 1, 1024, 1, 1024)
+    sample = field_bytes(2, builder._samples.pop())  # repeated below; the rest is the head
     head = builder.encode()
-    sample = field_bytes(2, builder._samples[0])
     compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     out = [compressor.compress(head)]
     block = sample * 65536
