@@ -30,6 +30,7 @@ from memwarden_testing.loop import (
     Loop,
     apply,
     deployment,
+    incidents,
     policy,
     running_pod,
 )
@@ -37,7 +38,6 @@ from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.profiles import gzip_bomb, sample_flood
 
 MI = 2**20
-LEAKING_FUNCTION = "main.retainSessionBuffers"
 GROUP, VERSION, PLURAL = "memwarden.dev", "v1alpha1", "memoryincidents"
 
 
@@ -303,15 +303,7 @@ def test_an_incident_deleted_and_applied_again_captures_again(loop: Loop, namesp
     assert first["status"]["phase"] == "Collected", first["status"]
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "again")
     wait_for(
-        lambda: (
-            "again"
-            not in {
-                i["metadata"]["name"]
-                for i in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)[
-                    "items"
-                ]
-            }
-        ),
+        lambda: "again" not in {i["metadata"]["name"] for i in incidents(loop, namespace)},
         timeout=30,
         what="the first incident gone (its finalizer ran)",
     )
@@ -321,12 +313,10 @@ def test_an_incident_deleted_and_applied_again_captures_again(loop: Loop, namesp
 
     assert second["metadata"]["uid"] != first["metadata"]["uid"]
     assert second["status"]["phase"] == "Collected", second["status"]
-    names = [
-        c.name
-        for c in client.CoreV1Api(loop.kube)
-        .read_namespaced_pod(pod, namespace)
-        .spec.ephemeral_containers
-    ]
+    debug = (
+        client.CoreV1Api(loop.kube).read_namespaced_pod(pod, namespace).spec.ephemeral_containers
+    )
+    names = [c.name for c in debug]
     assert names == [first["status"]["ephemeralContainer"], second["status"]["ephemeralContainer"]]
     assert second["status"]["bundleSha256"] != first["status"]["bundleSha256"]
 
