@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 
 from memwarden_testing.cluster import events_on, wait_for
-from memwarden_testing.evidence import grant_evidence_reader
+from memwarden_testing.evidence import evidence_reader_token
 from memwarden_testing.loop import (
     ALERTED_PREFIX,
     LIMIT_MI,
@@ -58,12 +58,7 @@ def when(text: str | None) -> dt.datetime:
 
 def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
     """The bundle through the evidence API, as a user granted `get` on it would."""
-    core = client.CoreV1Api(loop.kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
-    grant_evidence_reader(loop.kube, namespace, "sre")
-    token = core.create_namespaced_service_account_token(
-        "sre", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
+    token = evidence_reader_token(loop.kube, namespace)
     out = tmp_path / f"{name}.tar.gz"
     result = subprocess.run(
         [

@@ -23,7 +23,7 @@ from memwarden.capture.plan import ENV_UPLOAD_TOKEN
 from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden_testing.builders import make_container, make_pod
 from memwarden_testing.cluster import apiserver_requests, wait_for
-from memwarden_testing.evidence import grant_evidence_reader, make_bundle, make_incident
+from memwarden_testing.evidence import evidence_reader_token, make_bundle, make_incident
 from memwarden_testing.flood import Flood
 from memwarden_testing.loop import (
     LocalLoop,
@@ -233,12 +233,7 @@ def test_junk_tokens_cost_few_token_reviews_and_captures_and_the_risk_loop_go_on
     assert reviews_made(operator) - reviews == 1
 
     # A reader with a real token, from another address, is served at once.
-    core = client.CoreV1Api(loop.kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
-    grant_evidence_reader(loop.kube, namespace, "sre")
-    token = core.create_namespaced_service_account_token(
-        "sre", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
+    token = evidence_reader_token(loop.kube, namespace)
     reader = Flood(url=listing, source="127.0.0.1", senders=1, limit=1, token=lambda _: token)
     assert reader.run().statuses == {200: 1}
 

@@ -135,3 +135,15 @@ def grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) 
         resources=["memoryincidents", "memoryincidents/evidence"],
         verbs=["get", "list"],
     )
+
+
+def evidence_reader_token(kube: client.ApiClient, namespace: str, account: str = "sre") -> str:
+    """A new ServiceAccount ``account`` holding the evidence-reader Role; a token of it,
+    as a person or a CI job would pass to ``memwarden incidents download --token``."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    grant_evidence_reader(kube, namespace, account)
+    request = {"spec": {"expirationSeconds": 600}}
+    return str(
+        core.create_namespaced_service_account_token(account, namespace, request).status.token
+    )
