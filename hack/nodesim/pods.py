@@ -566,6 +566,9 @@ class PodWorker:
         forced = {"MEMWARDEN_TERMINATION_LOG": str(slot.termination_file)}
         if slot.kind is Kind.EPHEMERAL:
             forced["MEMWARDEN_PPROF_HOST"] = self.pod_ip
+            # The pod's "network namespace": uploads leave from the pod's address, as
+            # they would on a real node (the evidence API checks it).
+            forced["MEMWARDEN_UPLOAD_SOURCE_ADDRESS"] = self.pod_ip
             target = self._slots.get(str(container.get("targetContainerName", "")))
             if target is not None and target.proc is not None:
                 forced["MEMWARDEN_TARGET_PID"] = str(target.proc.pid)

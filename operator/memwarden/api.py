@@ -486,6 +486,11 @@ class MemoryIncidentStatus(_Model):
     bundleBytes: int | None = None
     bundleSha256: str | None = None
     analysis: Analysis | None = None
+    analysisAttempts: int | None = Field(
+        default=None,
+        description="Analyses of the bundle started (recorded before each starts): after "
+        "two that never finished, memwarden stops trying and says why.",
+    )
     observedGeneration: int | None = None
 
 

@@ -116,6 +116,21 @@ WEBHOOK_CA_ROTATIONS = Counter(
     registry=REGISTRY,
 )
 
+EVIDENCE_TOKEN_REVIEWS = Counter(
+    "memwarden_evidence_token_reviews",
+    "TokenReviews sent to the API server for evidence reads, by result (authenticated, "
+    "unauthenticated, error). Cached answers send none.",
+    ["result"],
+    registry=REGISTRY,
+)
+EVIDENCE_AUTH_THROTTLED = Counter(
+    "memwarden_evidence_auth_throttled",
+    "Evidence reads answered without a review because the client started too many "
+    "(reason rate: 429) or too many reviews were in flight (reason busy: 503).",
+    ["reason"],
+    registry=REGISTRY,
+)
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -141,6 +156,8 @@ def reconciled(kind: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
 __all__ = [
     "BUNDLE_BYTES",
     "CAPTURE_SECONDS",
+    "EVIDENCE_AUTH_THROTTLED",
+    "EVIDENCE_TOKEN_REVIEWS",
     "INCIDENTS_OPENED",
     "INCIDENT_PHASES",
     "PROMETHEUS_QUERY_SECONDS",

@@ -304,8 +304,15 @@ class Settings(BaseModel):
     )
     evidence_upload_token_ttl_seconds: float = Field(
         default=3600.0,
-        description="Upload tokens expire after an hour: far longer than any capture, short "
-        "enough that a token read from a pod spec later is useless.",
+        description="Upload tokens expire after an hour, or with the capture "
+        "(capture_timeout_seconds) if sooner: a token read from a pod spec is useless once "
+        "its capture is over.",
+    )
+    evidence_upload_source_check: bool = Field(
+        default=True,
+        description="Accept an upload only from the target pod's own addresses (the debug "
+        "container shares its network namespace), so a copied token is useless elsewhere. "
+        "Turn off only where a proxy in front of the operator hides client addresses.",
     )
     capture_timeout_seconds: float = Field(
         default=300.0,

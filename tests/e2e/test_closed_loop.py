@@ -18,103 +18,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from memwarden_testing.cluster import events_on, kubectl, wait_for
-from memwarden_testing.evidence import grant_evidence_reader
-from memwarden_testing.loop import ALERTED_PREFIX, LocalLoop, Loop
+from memwarden_testing.cluster import events_on, wait_for
+from memwarden_testing.evidence import evidence_reader_token
+from memwarden_testing.loop import (
+    ALERTED_PREFIX,
+    LIMIT_MI,
+    POLICY_RATIO,
+    LocalLoop,
+    Loop,
+    apply,
+    collected,
+    deployment,
+    incidents,
+    policy,
+    running_pod,
+)
 
-LIMIT_MI = 200
-POLICY_RATIO = 0.5
-LEAK_RATE = "3Mi"
 LEAKING_FUNCTION = "main.retainSessionBuffers"
-
-
-def apply(loop: Loop, obj: dict[str, Any]) -> None:
-    kubectl(loop.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
-
-
-def policy(
-    namespace: str, *, oom_risk: bool, artifacts: list[str], trace_seconds: int = 1
-) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "selector": {"matchLabels": {"tier": "go"}},
-        "memory": {"request": "64Mi", "limit": f"{LIMIT_MI}Mi"},
-        "runtime": {"go": {"memoryLimit": "90%", "gogc": "100"}},
-        "capture": {"artifacts": artifacts, "traceSeconds": trace_seconds, "cooldown": "30m"},
-    }
-    if oom_risk:
-        spec["oomRisk"] = {"usageRatio": POLICY_RATIO, "timeToLimit": "0s", "for": "3s"}
-    return {
-        "apiVersion": "memwarden.dev/v1alpha1",
-        "kind": "MemoryPolicy",
-        "metadata": {"name": "go-services", "namespace": namespace},
-        "spec": spec,
-    }
-
-
-def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
-    labels = {"app": name, "tier": "go"}
-    pod_spec = loop.pin(
-        {
-            "terminationGracePeriodSeconds": 2,
-            "containers": [
-                {
-                    "name": "app",
-                    "image": loop.leaky_image,
-                    "ports": [{"containerPort": 6060, "name": "pprof"}],
-                    "env": [
-                        {"name": "LEAKY_RATE", "value": LEAK_RATE},
-                        {"name": "LEAKY_PATTERN", "value": pattern},
-                    ],
-                }
-            ],
-        }
-    )
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-        },
-    }
-
-
-def running_pod(loop: Loop, namespace: str, app: str) -> dict[str, Any]:
-    core = client.CoreV1Api(loop.kube)
-
-    def ready() -> dict[str, Any] | None:
-        for pod in core.list_namespaced_pod(namespace, label_selector=f"app={app}").items:
-            if pod.status.phase == "Running" and pod.status.pod_ip:
-                return dict(loop.kube.sanitize_for_serialization(pod))
-        return None
-
-    return wait_for(ready, timeout=90, what=f"{app} pod running")
-
-
-def incidents(loop: Loop, namespace: str) -> list[dict[str, Any]]:
-    items = client.CustomObjectsApi(loop.kube).list_namespaced_custom_object(
-        "memwarden.dev", "v1alpha1", namespace, "memoryincidents"
-    )["items"]
-    return list(items)
-
-
-def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        for incident in incidents(loop, namespace):
-            if incident["spec"]["pod"] != pod:
-                continue
-            phase = (incident.get("status") or {}).get("phase")
-            assert phase != "Failed", incident["status"]
-            if phase == "Collected":
-                return incident
-        return None
-
-    return wait_for(done, timeout=timeout, interval=0.5, what=f"a Collected incident for {pod}")
 
 
 def gomemlimit_of(loop: Loop, pod: dict[str, Any]) -> float:
@@ -136,12 +58,7 @@ def when(text: str | None) -> dt.datetime:
 
 def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
     """The bundle through the evidence API, as a user granted `get` on it would."""
-    core = client.CoreV1Api(loop.kube)
-    core.create_namespaced_service_account(namespace, {"metadata": {"name": "sre"}})
-    grant_evidence_reader(loop.kube, namespace, "sre")
-    token = core.create_namespaced_service_account_token(
-        "sre", namespace, {"spec": {"expirationSeconds": 600}}
-    ).status.token
+    token = evidence_reader_token(loop.kube, namespace)
     out = tmp_path / f"{name}.tar.gz"
     result = subprocess.run(
         [

@@ -35,6 +35,7 @@ RESTRICTED_CONTAINER_SECURITY = {
 def plan(incident: str, *, ptrace_allowed: bool) -> dict[str, Any]:
     return plan_ephemeral_container(
         incident=incident,
+        incident_uid=f"uid-of-{incident}",
         target_container="app",
         image="example.com/memwarden-toolbox:0.1.0",
         upload_url="https://memwarden.memwarden-system.svc:8443/v1/upload/x",

@@ -2,7 +2,9 @@
 
 The app runs over TLS on loopback with the real :class:`KubeAuthorizer`; the operator's
 identity is the admin kubeconfig. The test stands in for the operator's wiring:
-``incident_uid`` reads the MemoryIncident, ``on_stored`` records the bundle in its status.
+``incident`` reads the MemoryIncident, ``pod_addresses`` its pod, ``on_stored`` records the
+bundle in its status. There is no node: a test plays the capture by setting the pod's
+address (its own, 127.0.0.1) and the incident's ``Capturing`` phase through the API.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import http.client
 import json
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -26,10 +31,12 @@ from kubernetes.client.exceptions import ApiException
 
 from memwarden import cli
 from memwarden.api import GROUP, VERSION
-from memwarden.evidence.api import bundle_url, make_evidence_app
+from memwarden.capture.incident import pod_ips
+from memwarden.evidence.api import LiveIncident, bundle_url, make_evidence_app
 from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
 from memwarden.evidence.store import BundleMeta, EvidenceStore
 from memwarden.evidence.tokens import issue_upload_token
+from memwarden_testing.builders import make_pod
 from memwarden_testing.cluster import kubectl, wait_for
 from memwarden_testing.evidence import (
     KEY,
@@ -86,14 +93,24 @@ def evidence(
     store = EvidenceStore(workdir / "store")
     stored: list[tuple[str, str, BundleMeta]] = []
 
-    def incident_uid(namespace: str, name: str) -> str | None:
+    def incident(namespace: str, name: str) -> LiveIncident | None:
         try:
             obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
-        return str(obj["metadata"]["uid"])
+        phase = (obj.get("status") or {}).get("phase")
+        return LiveIncident(uid=str(obj["metadata"]["uid"]), phase=phase, pod=obj["spec"]["pod"])
+
+    def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
+        try:
+            obj = client.CoreV1Api(kube).read_namespaced_pod(pod, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return frozenset()
+            raise
+        return pod_ips(kube.sanitize_for_serialization(obj))
 
     async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
         status = {
@@ -121,7 +138,8 @@ def evidence(
         authorizer=KubeAuthorizer(kube),
         upload_key=KEY,
         max_bundle_bytes=MAX_BUNDLE,
-        incident_uid=incident_uid,
+        incident=incident,
+        pod_addresses=pod_addresses,
         on_stored=on_stored,
         idle_timeout=5,
     )
@@ -138,6 +156,31 @@ def _create_incident(kube: client.ApiClient, namespace: str, name: str) -> str:
         GROUP, VERSION, namespace, PLURAL, make_incident(name)
     )
     return str(obj["metadata"]["uid"])
+
+
+def _set_phase(kube: client.ApiClient, namespace: str, name: str, phase: str) -> None:
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, name, {"status": {"phase": phase}}
+    )
+
+
+def _capturing_incident(
+    kube: client.ApiClient, namespace: str, name: str, *, pod_ip: str = "127.0.0.1"
+) -> str:
+    """An incident in its ``Capturing`` phase whose pod ``checkout-1`` has ``pod_ip``: by
+    default the test's own address, so its uploads come "from the debug container"."""
+    core = client.CoreV1Api(kube)
+    try:
+        core.create_namespaced_pod(namespace, make_pod("checkout-1", namespace=namespace))
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    core.patch_namespaced_pod_status(
+        "checkout-1", namespace, {"status": {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}}
+    )
+    uid = _create_incident(kube, namespace, name)
+    _set_phase(kube, namespace, name, "Capturing")
+    return uid
 
 
 def _token(
@@ -189,7 +232,7 @@ def _error(response: requests.Response) -> str:
 def test_an_upload_is_stored_once_and_recorded(
     evidence: Evidence, kube: client.ApiClient, namespace: str
 ) -> None:
-    uid = _create_incident(kube, namespace, "checkout-1")
+    uid = _capturing_incident(kube, namespace, "checkout-1")
     token = _token(namespace, "checkout-1", uid)
     data = make_bundle(padding=300 * 1024)
 
@@ -265,7 +308,7 @@ def test_an_upload_with_a_wrong_token_is_refused(
 def test_a_second_upload_while_one_is_in_flight_gets_409(
     evidence: Evidence, kube: client.ApiClient, namespace: str
 ) -> None:
-    uid = _create_incident(kube, namespace, "checkout-1")
+    uid = _capturing_incident(kube, namespace, "checkout-1")
     token = _token(namespace, "checkout-1", uid)
     data = make_bundle(padding=100 * 1024)
     started, release = threading.Event(), threading.Event()
@@ -304,6 +347,72 @@ def test_a_token_for_a_missing_incident_gets_404(evidence: Evidence, namespace: 
     response = _upload(evidence, namespace, "gone", _token(namespace, "gone", "uid"), make_bundle())
     assert response.status_code == 404
     assert "not found" in _error(response)
+
+
+def _put_from(
+    evidence: Evidence, source: str, url: str, token: str, data: bytes
+) -> tuple[int, dict[str, Any]]:
+    """A PUT whose connection leaves from ``source``: every 127/8 address is this host's,
+    so a test can upload as another pod would."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    context = ssl.create_default_context(cafile=str(evidence.server.ca_file))
+    connection = http.client.HTTPSConnection(
+        parts.hostname, parts.port, context=context, source_address=(source, 0), timeout=30
+    )
+    try:
+        connection.request(
+            "PUT", parts.path, body=data, headers={"Authorization": f"Bearer {token}"}
+        )
+        response = connection.getresponse()
+        return response.status, json.loads(response.read() or b"{}")
+    finally:
+        connection.close()
+
+
+def test_a_copied_token_is_refused_from_another_address_and_the_real_upload_lands(
+    evidence: Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    """The token is in the pod spec for any viewer to copy; only the pod may use it."""
+    uid = _capturing_incident(kube, namespace, "checkout-1")  # the pod's address is ours
+    token = _token(namespace, "checkout-1", uid)
+    url = evidence.url(namespace, "checkout-1", bundle=True)
+
+    status, body = _put_from(evidence, "127.0.0.2", url, token, make_bundle({"heap.pb.gz": b"x"}))
+
+    assert status == 403, body
+    assert "accepted only from pod checkout-1, not from 127.0.0.2" in body["message"]
+    assert not evidence.store.exists(namespace, "checkout-1")
+    real = make_bundle(padding=10 * 1024)
+    assert _upload(evidence, namespace, "checkout-1", token, real).status_code == 201
+    assert evidence.store.bundle_path(namespace, "checkout-1").read_bytes() == real
+
+
+@pytest.mark.parametrize(
+    ("phase", "status", "message"),
+    [
+        pytest.param("Pending", 409, "not capturing yet; retry", id="before-the-capture"),
+        pytest.param("Failed", 403, "is Failed: its capture is over", id="after-the-capture"),
+    ],
+)
+def test_an_upload_outside_the_capture_is_refused(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    phase: str,
+    status: int,
+    message: str,
+) -> None:
+    uid = _capturing_incident(kube, namespace, "checkout-1")
+    _set_phase(kube, namespace, "checkout-1", phase)
+
+    response = _upload(
+        evidence, namespace, "checkout-1", _token(namespace, "checkout-1", uid), make_bundle()
+    )
+
+    assert response.status_code == status
+    assert message in _error(response)
+    assert not evidence.store.exists(namespace, "checkout-1")
 
 
 GARBAGE = [
@@ -378,7 +487,7 @@ def test_a_bad_body_is_refused_and_leaves_nothing(
     with_length: bool,
     status: int,
 ) -> None:
-    uid = _create_incident(kube, namespace, "checkout-1")
+    uid = _capturing_incident(kube, namespace, "checkout-1")
     token = _token(namespace, "checkout-1", uid)
     response = evidence.request(
         "PUT",
@@ -400,7 +509,7 @@ def test_a_bad_body_is_refused_and_leaves_nothing(
 @pytest.fixture
 def stored_incident(evidence: Evidence, kube: client.ApiClient, namespace: str) -> bytes:
     """``checkout-1`` in ``namespace`` with an uploaded bundle, recorded in its status."""
-    uid = _create_incident(kube, namespace, "checkout-1")
+    uid = _capturing_incident(kube, namespace, "checkout-1")
     data = make_bundle(padding=200 * 1024)
     response = _upload(
         evidence, namespace, "checkout-1", _token(namespace, "checkout-1", uid), data
@@ -458,6 +567,31 @@ def test_reads_need_an_rbac_grant(
     assert other.status_code == 403, "the grant is per namespace"
     missing = evidence.request("GET", evidence.url(namespace, "nope"), headers=auth)
     assert missing.status_code == 404
+
+
+def test_a_recreated_incident_does_not_inherit_the_earlier_ones_bundle(
+    evidence: Evidence, kube: client.ApiClient, namespace: str, stored_incident: bytes
+) -> None:
+    auth = {"Authorization": f"Bearer {_service_account_token(kube, namespace, 'sre')}"}
+    grant_evidence_reader(kube, namespace, "sre")
+    meta_url = evidence.url(namespace, "checkout-1")
+    bundle = evidence.url(namespace, "checkout-1", bundle=True)
+    assert evidence.request("GET", meta_url, headers=auth).status_code == 200
+    custom = client.CustomObjectsApi(kube)
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "checkout-1")
+    uid = _create_incident(kube, namespace, "checkout-1")  # no operator here: nothing deleted
+
+    for url in (meta_url, bundle):
+        refused = evidence.request("GET", url, headers=auth)
+        assert refused.status_code == 404, url
+        assert "belongs to an earlier incident" in _error(refused)
+
+    # The new incident's own capture replaces the stale bundle.
+    _set_phase(kube, namespace, "checkout-1", "Capturing")
+    data = make_bundle(padding=50 * 1024)
+    upload = _upload(evidence, namespace, "checkout-1", _token(namespace, "checkout-1", uid), data)
+    assert upload.status_code == 201, upload.text
+    assert evidence.request("GET", bundle, headers=auth).content == data
 
 
 def test_allowed_decisions_are_cached_briefly(

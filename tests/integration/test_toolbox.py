@@ -8,6 +8,7 @@ the leaky process's whole address space, ~1.3 GiB on disk, mostly zeros).
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -26,6 +27,9 @@ from memwarden.capture.analysis import summarize
 from memwarden.capture.analysis_cli import load_evidence
 from memwarden.capture.plan import PTRACE_SKIPPED_REASON
 from memwarden.capture.toolbox import CGROUP_FILES, MANIFEST_MEMBER, SUMMARY_LIMIT
+from memwarden.evidence.tokens import issue_upload_token
+from memwarden_testing.cluster import wait_for
+from memwarden_testing.evidence import KEY
 from memwarden_testing.leaky import (
     LEAK_FUNCTION,
     Leaky,
@@ -33,6 +37,7 @@ from memwarden_testing.leaky import (
     run_leaky,
     wait_leaked,
 )
+from memwarden_testing.operator import free_port
 from memwarden_testing.upload import upload_sink
 
 pytestmark = pytest.mark.integration
@@ -341,6 +346,53 @@ def test_upload_retries_and_recognises_its_own_stored_bundle(
     stored = sink.stored["/v1/namespaces/shop/incidents/x/bundle"]
     assert result.summary["bundle"]["sha256"] == stored.sha256
     assert result.summary["bundle"]["httpStatus"] == final
+
+
+def test_upload_is_retried_until_the_token_expires(leaky: Leaky, tmp_path: Path) -> None:
+    """The evidence API is down longer than a few retries (an operator restarting): the
+    toolbox backs off and keeps trying while its token is valid, then delivers."""
+    port = free_port()  # nothing listens there yet
+    token = issue_upload_token(
+        key=KEY,
+        namespace="shop",
+        incident="x",
+        uid="uid-x",
+        expires_at=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=2),
+    )
+    log = tmp_path / "capture.log"
+    with log.open("w") as stderr:
+        toolbox = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "memwarden.cli",
+                "capture",
+                f"--pid={leaky.pid}",
+                f"--pprof-port={leaky.port}",
+                "--artifacts=heap,smaps",
+                f"--upload=http://127.0.0.1:{port}/v1/namespaces/shop/incidents/x/bundle",
+            ],
+            env={**os.environ, "MEMWARDEN_UPLOAD_TOKEN": token},
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+
+    def failed_three_times() -> bool:
+        assert toolbox.poll() is None, f"the toolbox gave up: {log.read_text()}"
+        return "upload attempt 3 failed" in log.read_text()
+
+    try:
+        wait_for(failed_three_times, timeout=60, what="three failed upload attempts")
+        with upload_sink(tmp_path, token=token, port=port) as sink:
+            out, _ = toolbox.communicate(timeout=60)
+    finally:
+        toolbox.kill()
+        toolbox.wait(timeout=10)
+
+    assert toolbox.returncode == 0, log.read_text()
+    (stored,) = sink.stored.values()
+    assert json.loads(out.strip().splitlines()[-1])["bundle"]["sha256"] == stored.sha256
 
 
 def test_unreachable_pprof_fails_profiles_but_not_the_other_steps(

@@ -155,3 +155,27 @@ def stop_process_group(process: subprocess.Popen[bytes] | None, *, grace: float 
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+def apiserver_requests(kube: client.ApiClient, *, resource: str, verb: str) -> float:
+    """How many ``verb`` requests on ``resource`` the API server has served since it
+    started (``apiserver_request_total``, every code): to count what a client really sent."""
+    # The admin kubeconfig authenticates with a client certificate: no header to add.
+    response = kube.call_api("GET", f"{kube.configuration.host}/metrics")
+    assert response.status == 200, response.status
+    text = bytes(response.read()).decode()
+    return metric_sum(text, "apiserver_request_total", resource=resource, verb=verb)
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric ``name`` (exactly) whose labels include ``labels``,
+    in a Prometheus text exposition."""
+    total = 0.0
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if series.split("{", 1)[0] == name and all(w in series for w in wanted):
+            total += float(value)
+    return total

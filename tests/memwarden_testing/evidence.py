@@ -47,15 +47,23 @@ def make_bundle(members: dict[str, bytes] | None = None, *, padding: int = 0) ->
 
 
 def make_incident(
-    name: str, *, pod: str = "checkout-1", signal: str = "usageRatio"
+    name: str,
+    *,
+    pod: str = "checkout-1",
+    signal: str = "usageRatio",
+    namespace: str | None = None,
+    artifacts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """A MemoryIncident object to create."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "MemoryIncident",
-        "metadata": {"name": name},
-        "spec": {"pod": pod, "container": "app", "trigger": {"source": "manual", "signal": signal}},
+    """A MemoryIncident object to create (a hand-made one: trigger source ``manual``)."""
+    spec: dict[str, Any] = {
+        "pod": pod,
+        "container": "app",
+        "trigger": {"source": "manual", "signal": signal},
     }
+    if artifacts is not None:
+        spec["artifacts"] = artifacts
+    metadata = {"name": name, **({"namespace": namespace} if namespace else {})}
+    return {"apiVersion": API_VERSION, "kind": "MemoryIncident", "metadata": metadata, "spec": spec}
 
 
 def make_entry(
@@ -126,4 +134,16 @@ def grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) 
         group=GROUP,
         resources=["memoryincidents", "memoryincidents/evidence"],
         verbs=["get", "list"],
+    )
+
+
+def evidence_reader_token(kube: client.ApiClient, namespace: str, account: str = "sre") -> str:
+    """A new ServiceAccount ``account`` holding the evidence-reader Role; a token of it,
+    as a person or a CI job would pass to ``memwarden incidents download --token``."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+    grant_evidence_reader(kube, namespace, account)
+    request = {"spec": {"expirationSeconds": 600}}
+    return str(
+        core.create_namespaced_service_account_token(account, namespace, request).status.token
     )

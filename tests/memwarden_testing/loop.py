@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from memwarden_testing.alertmanager import AlertmanagerProcess
-from memwarden_testing.cluster import REPO
+from memwarden_testing.cluster import REPO, kubectl, wait_for
 from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import PrometheusServer
@@ -107,3 +107,105 @@ def alert_rule() -> dict[str, object]:
     expr = expr.replace("> 0.9", f"> {ALERT_RATIO}")
     assert f"> {ALERT_RATIO}" in expr and ALERTED_PREFIX in expr, expr
     return {**rule, "expr": expr, "for": "2s"}
+
+
+# --- scenario helpers, shared by the tests/e2e modules ------------------------------
+
+
+#: The scenarios' policy: a 200Mi limit, risk at half of it, a leak of 3Mi/s.
+LIMIT_MI = 200
+POLICY_RATIO = 0.5
+LEAK_RATE = "3Mi"
+
+
+def apply(loop: Loop, obj: dict[str, Any]) -> None:
+    """``kubectl apply`` an object, as a user (or GitOps) would."""
+    kubectl(loop.kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
+
+
+def policy(
+    namespace: str, *, oom_risk: bool, artifacts: list[str], trace_seconds: int = 1
+) -> dict[str, Any]:
+    """The scenarios' MemoryPolicy for pods labelled ``tier: go``."""
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": {"tier": "go"}},
+        "memory": {"request": "64Mi", "limit": f"{LIMIT_MI}Mi"},
+        "runtime": {"go": {"memoryLimit": "90%", "gogc": "100"}},
+        "capture": {"artifacts": artifacts, "traceSeconds": trace_seconds, "cooldown": "30m"},
+    }
+    if oom_risk:
+        spec["oomRisk"] = {"usageRatio": POLICY_RATIO, "timeToLimit": "0s", "for": "3s"}
+    return {
+        "apiVersion": "memwarden.dev/v1alpha1",
+        "kind": "MemoryPolicy",
+        "metadata": {"name": "go-services", "namespace": namespace},
+        "spec": spec,
+    }
+
+
+def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
+    """One replica of the leaky workload (``pattern`` none, steady...) where the loop runs."""
+    labels = {"app": name, "tier": "go"}
+    pod_spec = loop.pin(
+        {
+            "terminationGracePeriodSeconds": 2,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": loop.leaky_image,
+                    "ports": [{"containerPort": 6060, "name": "pprof"}],
+                    "env": [
+                        {"name": "LEAKY_RATE", "value": LEAK_RATE},
+                        {"name": "LEAKY_PATTERN", "value": pattern},
+                    ],
+                }
+            ],
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+def running_pod(loop: Loop, namespace: str, app: str) -> dict[str, Any]:
+    """The Running pod labelled ``app``, once it has an address."""
+    core = client.CoreV1Api(loop.kube)
+
+    def ready() -> dict[str, Any] | None:
+        for pod in core.list_namespaced_pod(namespace, label_selector=f"app={app}").items:
+            if pod.status.phase == "Running" and pod.status.pod_ip:
+                return dict(loop.kube.sanitize_for_serialization(pod))
+        return None
+
+    return wait_for(ready, timeout=90, what=f"{app} pod running")
+
+
+def incidents(loop: Loop, namespace: str) -> list[dict[str, Any]]:
+    """Every MemoryIncident of the namespace."""
+    items = client.CustomObjectsApi(loop.kube).list_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memoryincidents"
+    )["items"]
+    return list(items)
+
+
+def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[str, Any]:
+    """The pod's incident once Collected; fails at once if it Failed."""
+
+    def done() -> dict[str, Any] | None:
+        for incident in incidents(loop, namespace):
+            if incident["spec"]["pod"] != pod:
+                continue
+            phase = (incident.get("status") or {}).get("phase")
+            assert phase != "Failed", incident["status"]
+            if phase == "Collected":
+                return incident
+        return None
+
+    return wait_for(done, timeout=timeout, interval=0.5, what=f"a Collected incident for {pod}")

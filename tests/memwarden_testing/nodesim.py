@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import urllib.request
@@ -34,6 +35,14 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 TAINT_KEY = "memwarden.dev/nodesim-test"
 
 
+def _pod_cidr() -> str:
+    """A loopback /24 of its own for each simulator, away from nodesim's default
+    127.100.0.0/16 (a simulator run by hand): simulators of concurrent sessions (other
+    worktrees, other clusters, the demo) then do not hand out the same pod address, on
+    which workloads bind their ports."""
+    return f"127.{random.randint(101, 199)}.{random.randint(0, 255)}.0/24"
+
+
 @dataclass
 class NodeSimulator:
     """One simulator process and its Node; a context manager."""
@@ -42,6 +51,7 @@ class NodeSimulator:
     state_dir: Path
     node_name: str = field(default_factory=lambda: unique_name("memwarden-sim"))
     taint: bool = False
+    pod_cidr: str = field(default_factory=_pod_cidr)
     #: Stop when the starting process goes away (tests); False for the demo, which
     #: leaves the simulator running and stops it later with ``stop_detached``.
     exit_with_parent: bool = True
@@ -81,6 +91,7 @@ class NodeSimulator:
             f"--node-name={self.node_name}",
             f"--state-dir={self.state_dir}",
             "--metrics-port=0",
+            f"--pod-cidr={self.pod_cidr}",
         ]
         if self.delete_node_on_exit:
             args.append("--delete-node-on-exit")

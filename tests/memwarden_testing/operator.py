@@ -24,7 +24,7 @@ import yaml
 
 from memwarden import certs
 from memwarden.manifests import mutating_webhook_configuration
-from memwarden_testing.cluster import REPO, kubectl, stop_process_group, wait_for
+from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
 
 OPERATOR_NAMESPACE = "memwarden-system"
 
@@ -162,6 +162,26 @@ class OperatorProcess:
             return self.log_path.read_text(errors="replace")[-size:]
         except OSError:
             return ""
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the operator's ``name`` samples with these labels, from /metrics."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return metric_sum(response.read().decode(), name, **labels)
+
+    def memory(self) -> dict[str, int]:
+        """The operator process's ``VmRSS`` and ``VmHWM`` (its peak RSS), in bytes."""
+        assert self.process is not None and self.process.poll() is None, "operator not running"
+        sizes: dict[str, int] = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                sizes[key] = int(value.split()[0]) * 1024
+        return sizes
+
+    def healthy(self) -> bool:
+        """The liveness endpoint answers (the process is up and its event loop turns)."""
+        return self._healthy()
 
 
 @contextmanager

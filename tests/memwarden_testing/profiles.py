@@ -13,6 +13,7 @@ Equal frames share one location, as in real profiles.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -174,3 +175,34 @@ def make_profile(
 def make_goroutine_profile(stacks: Iterable[tuple[Sequence[Frame], int]]) -> bytes:
     """A goroutine profile: each stack with the number of goroutines parked on it."""
     return make_profile(stacks, sample_type=GOROUTINE_TYPES[0])
+
+
+# --- hostile profiles: what a tenant's own process could serve at /debug/pprof/heap ----
+
+
+def sample_flood(samples: int, *, function: str = "main.flood") -> bytes:
+    """A heap profile of ``samples`` identical one-frame samples, gzip-compressed: tens of
+    KiB on the wire, one Python object (and more) per sample once decoded."""
+    builder = ProfileBuilder(sample_types=HEAP_TYPES)
+    builder.sample([function], 1, 1024, 1, 1024)
+    sample = field_bytes(2, builder._samples.pop())  # repeated below; the rest is the head
+    head = builder.encode()
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(head)]
+    block = sample * 65536
+    for _ in range(samples // 65536):
+        out.append(compressor.compress(block))
+    out.append(compressor.compress(sample * (samples % 65536)))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def gzip_bomb(decompressed: int) -> bytes:
+    """gzip of ``decompressed`` zero bytes (about 1000:1): not a profile, but a reader must
+    inflate it to find out."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(2**20)
+    out = [compressor.compress(zeros) for _ in range(decompressed // len(zeros))]
+    out.append(compressor.compress(bytes(decompressed % len(zeros))))
+    out.append(compressor.flush())
+    return b"".join(out)

@@ -121,11 +121,13 @@ def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def upload_sink(
-    directory: Path, *, token: str, script: tuple[str, ...] = ()
+    directory: Path, *, token: str, script: tuple[str, ...] = (), port: int = 0
 ) -> Iterator[UploadSink]:
-    """A running sink on a kernel-chosen loopback port for the ``with`` block."""
+    """A running sink on a loopback port (kernel-chosen unless given) for the ``with``
+    block; a given port lets a test start the sink after its client (a server that was
+    down)."""
     sink = UploadSink(directory=directory, token=token, script=script)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(sink))
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(sink))
     sink.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -31,6 +31,7 @@ FORBIDDEN = ("ports", "resources", "livenessProbe", "readinessProbe", "startupPr
 def plan(**overrides: Any) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "incident": "checkout-7f9c-20261125-1812",
+        "incident_uid": "3b1f0c52-6f2e-4d7a-9a57-0c9e8d1f2a44",
         "target_container": "app",
         "image": "ghcr.io/memwarden/toolbox:0.1.0",
         "upload_url": UPLOAD_URL,
@@ -106,27 +107,35 @@ def test_command_is_what_the_toolbox_parses(ptrace_allowed: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    "incident",
+    "uid",
     [
         pytest.param("a", id="short"),
-        pytest.param("checkout-7f9c-20261125-1812", id="typical"),
-        pytest.param("x" * 253, id="longest-object-name"),
+        pytest.param("3b1f0c52-6f2e-4d7a-9a57-0c9e8d1f2a44", id="typical"),
+        pytest.param("x" * 253, id="long"),
         pytest.param("shop/Checkout_UPPER.case", id="not-a-dns-label"),
     ],
 )
-def test_name_is_a_stable_dns_label(incident: str) -> None:
-    name = ephemeral_container_name(incident)
+def test_name_is_a_stable_dns_label(uid: str) -> None:
+    name = ephemeral_container_name(uid)
 
     assert len(name) <= 63
     assert DNS_LABEL.match(name)
     assert name.startswith("memwarden-")
-    assert name == ephemeral_container_name(incident)  # e.g. after an operator restart
-    assert plan(incident=incident)["name"] == name
+    assert name == ephemeral_container_name(uid)  # e.g. after an operator restart
+    assert plan(incident_uid=uid)["name"] == name
 
 
 def test_names_differ_between_incidents() -> None:
-    names = {ephemeral_container_name(f"checkout-{i}") for i in range(1000)}
+    names = {ephemeral_container_name(f"uid-{i}") for i in range(1000)}
     assert len(names) == 1000
+
+
+def test_an_incident_created_again_under_its_name_gets_a_new_container() -> None:
+    """Deleted and re-applied, an incident has a new UID: its toolbox must not be mistaken
+    for the one that already ran (ephemeral containers stay in the pod for good)."""
+    first = plan(incident="checkout-1", incident_uid="uid-first")
+    again = plan(incident="checkout-1", incident_uid="uid-again")
+    assert first["name"] != again["name"]
 
 
 def test_plan_is_deterministic() -> None:
@@ -141,6 +150,7 @@ def test_plan_is_deterministic() -> None:
     ("overrides", "field"),
     [
         pytest.param({"incident": ""}, "incident", id="empty-incident"),
+        pytest.param({"incident_uid": ""}, "incident_uid", id="empty-incident-uid"),
         pytest.param({"target_container": ""}, "target_container", id="empty-target"),
         pytest.param({"image": ""}, "image", id="empty-image"),
         pytest.param({"pprof_port": 0}, "pprof_port", id="port-zero"),
@@ -262,6 +272,7 @@ def test_the_evidence_ca_is_passed_as_text_only_when_given() -> None:
 
     common = {
         "incident": "inc-1",
+        "incident_uid": "uid-1",
         "target_container": "app",
         "image": "img",
         "upload_url": "https://e/x",

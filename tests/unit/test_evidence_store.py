@@ -147,8 +147,23 @@ def test_an_abort_keeps_other_incidents(store: EvidenceStore) -> None:
 def test_uploads_are_write_once(store: EvidenceStore) -> None:
     _store(store, "shop", "checkout-1", b"first")
     with pytest.raises(AlreadyStored):
-        store.open_upload("shop", "checkout-1", uid="u", max_bytes=MAX)
+        store.open_upload("shop", "checkout-1", uid="uid-checkout-1", max_bytes=MAX)
     assert store.bundle_path("shop", "checkout-1").read_bytes() == b"first"
+
+
+def test_an_earlier_incidents_bundle_is_replaced_by_the_new_ones(store: EvidenceStore) -> None:
+    """Deleted and created again under its name, an incident has a new UID: the stale
+    bundle (its deletion missed, say the operator was down) is not its evidence."""
+    _store(store, "shop", "checkout-1", b"first")
+    assert store.holds("shop", "checkout-1", uid="uid-checkout-1")
+    assert not store.holds("shop", "checkout-1", uid="uid-again")
+
+    with store.open_upload("shop", "checkout-1", uid="uid-again", max_bytes=MAX) as writer:
+        writer.write(b"again")
+        writer.commit(now=T0)
+
+    assert store.holds("shop", "checkout-1", uid="uid-again")
+    assert store.bundle_path("shop", "checkout-1").read_bytes() == b"again"
 
 
 def test_of_two_concurrent_uploads_the_first_commit_wins(store: EvidenceStore) -> None:

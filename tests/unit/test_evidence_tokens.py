@@ -7,7 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
-from memwarden.evidence.tokens import TokenError, issue_upload_token, verify_upload_token
+from memwarden.evidence.tokens import (
+    TokenError,
+    issue_upload_token,
+    token_expiry,
+    verify_upload_token,
+)
 from memwarden_testing.evidence import KEY, T0
 
 UID = "5b0c7a52-63a3-4c4b-9d51-0e1f4c2a7d10"
@@ -114,3 +119,10 @@ def test_issuing_refuses_programming_errors(overrides: dict[str, object]) -> Non
 
 def test_tokens_for_different_incidents_differ() -> None:
     assert _token() != _token(incident="checkout-2") != _token(uid="another")
+
+
+def test_the_toolbox_reads_the_expiry_without_the_key() -> None:
+    token = _token()
+    assert token_expiry(token) == int(EXPIRES.timestamp())
+    assert token_expiry("not.a.token") is None
+    assert token_expiry("mw1.dWlk.soon.mac") is None

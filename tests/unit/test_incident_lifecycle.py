@@ -82,7 +82,7 @@ def test_capture_artifacts(
 
 def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> dict[str, Any]:
     return {
-        "name": ephemeral_container_name("inc-1"),
+        "name": ephemeral_container_name("uid-1"),
         "state": {
             "terminated": {
                 "exitCode": exit_code,
@@ -138,7 +138,7 @@ def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> d
 )
 def test_follow_capture(kwargs: dict[str, Any], action: str, reason: str) -> None:
     arguments = {
-        "incident": "inc-1",
+        "incident_uid": "uid-1",
         "started": NOW,
         "now": NOW,
         "timeout": dt.timedelta(minutes=5),
@@ -168,9 +168,7 @@ def test_collected_status_records_artifacts_and_errors() -> None:
         bundle="evidence://ns/inc",
         bundle_bytes=99,
         bundle_sha256="cd",
-        manifest=manifest,
-        summary=None,
-        analysis_error=None,
+        outcome=lifecycle.AnalysisOutcome(artifacts=tuple(lifecycle.artifact_records(manifest))),
         now=NOW,
     )
     assert status["phase"] == "Collected"
@@ -192,14 +190,62 @@ def test_collected_status_names_the_top_function_first_in_readable_units() -> No
         total=160 * 2**20,
         functions=(FunctionStat("main.retainSessionBuffers", 155236116, 155236116),),
     )
+    manifest = {"artifacts": [{"name": "heap", "bytes": 10, "sha256": "ab"}]}
     status = lifecycle.collected_status(
         bundle="evidence://ns/inc",
         bundle_bytes=99,
         bundle_sha256="cd",
-        manifest={"artifacts": [{"name": "heap", "bytes": 10, "sha256": "ab"}]},
-        summary=Summary(top=top, goroutines=8),
-        analysis_error=None,
+        outcome=lifecycle.AnalysisOutcome(
+            analysis=lifecycle.analysis_of(Summary(top=top, goroutines=8)),
+            artifacts=tuple(lifecycle.artifact_records(manifest)),
+        ),
         now=NOW,
     )
     assert status["message"] == "top in-use function main.retainSessionBuffers (148Mi in use)"
     assert status["analysis"]["top"][0]["flatBytes"] == 155236116  # exact in the status
+
+
+@pytest.mark.parametrize(
+    ("outcome", "message"),
+    [
+        pytest.param(
+            lifecycle.AnalysisOutcome(refused="heap.pb.gz: more than 500000 samples"),
+            "analysis refused: heap.pb.gz: more than 500000 samples",
+            id="refused",
+        ),
+        pytest.param(
+            lifecycle.AnalysisOutcome(failed="heap.pb.gz: truncated varint"),
+            "heap analysis failed: heap.pb.gz: truncated varint",
+            id="failed",
+        ),
+    ],
+)
+def test_collected_status_says_why_there_is_no_analysis(
+    outcome: lifecycle.AnalysisOutcome, message: str
+) -> None:
+    status = lifecycle.collected_status(
+        bundle="evidence://ns/inc", bundle_bytes=99, bundle_sha256="cd", outcome=outcome, now=NOW
+    )
+    assert status["phase"] == "Collected"
+    assert status["message"] == message
+    assert "analysis" not in status
+
+
+@pytest.mark.parametrize(
+    ("attempts", "refused"),
+    [
+        pytest.param(0, None, id="first"),
+        pytest.param(1, None, id="one-unfinished-gets-another-chance"),
+        pytest.param(2, "2 earlier attempts did not finish", id="then-no-more"),
+    ],
+)
+def test_analysis_is_not_retried_forever(attempts: int, refused: str | None) -> None:
+    assert lifecycle.analysis_refusal(attempts) == refused
+
+
+def test_text_from_a_bundle_is_clipped_for_the_status() -> None:
+    manifest = {"artifacts": [{"name": "n" * 100_000, "error": "e" * 100_000, "bytes": "x"}] * 99}
+    records = lifecycle.artifact_records(manifest)
+    assert len(records) == 32
+    assert len(records[0].name) <= 512 and len(records[0].error or "") <= 512
+    assert records[0].bytes == 0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from memwarden.capture.profile import (
     Profile,
     ProfileError,
+    ProfileTooLarge,
     ValueType,
     decode_profile,
     parse_profile,
@@ -25,6 +26,7 @@ from memwarden_testing.profiles import (
     field_varint,
     key,
     make_profile,
+    sample_flood,
     varint,
 )
 
@@ -197,8 +199,16 @@ def test_garbage_raises_profile_error(data: bytes, message: str) -> None:
 
 
 def test_decompression_is_capped() -> None:
-    with pytest.raises(ProfileError, match="larger than"):
+    with pytest.raises(ProfileTooLarge, match="larger than"):
         parse_profile(gzip.compress(b"\x00" * 10_000), max_bytes=1000)
+
+
+def test_entries_are_capped_before_they_are_decoded() -> None:
+    flood = sample_flood(5000)
+    assert len(flood) < 2000, "a few KiB of gzip..."
+    assert len(parse_profile(flood, max_entries=5000).samples) == 5000
+    with pytest.raises(ProfileTooLarge, match="more than 4999 samples"):
+        parse_profile(flood, max_entries=4999)
 
 
 @settings(max_examples=300, deadline=None)

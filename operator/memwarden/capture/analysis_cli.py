@@ -18,10 +18,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from memwarden.capture.analysis import DEFAULT_TOP, HeapDiff, Summary, TopReport, summarize
-from memwarden.capture.profile import DEFAULT_MAX_BYTES, Profile, ProfileError, parse_profile
+from memwarden.capture.profile import (
+    DEFAULT_MAX_BYTES,
+    Profile,
+    ProfileError,
+    ProfileTooLarge,
+    parse_profile,
+)
 from memwarden.quantity import approximate_bytes
 
-__all__ = ["Evidence", "add_arguments", "load_evidence", "run"]
+__all__ = ["Evidence", "EvidenceError", "EvidenceTooLarge", "add_arguments", "load_evidence", "run"]
 
 #: Bundle members this command reads; anything else (trace, core, smaps) is skipped
 #: without being read, so a multi-GiB core costs no memory here.
@@ -35,6 +41,10 @@ _MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 
 class EvidenceError(Exception):
     """A file that is neither a readable profile nor a readable evidence bundle."""
+
+
+class EvidenceTooLarge(EvidenceError):
+    """A profile in the file exceeds a size limit: refused, not analysed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +76,7 @@ def _read_member(archive: tarfile.TarFile, member: tarfile.TarInfo, *, limit: in
     return stream.read()
 
 
-def _load_bundle(path: Path) -> Evidence:
+def _load_bundle(path: Path, *, max_entries: int | None) -> Evidence:
     members: dict[str, bytes] = {}
     wanted = {
         HEAP_MEMBER: DEFAULT_MAX_BYTES,
@@ -92,8 +102,10 @@ def _load_bundle(path: Path) -> Evidence:
             raise EvidenceError(f"{MANIFEST_MEMBER} is not valid JSON: {exc}") from exc
         manifest = loaded if isinstance(loaded, dict) else None
     return Evidence(
-        heap=_parse(members[HEAP_MEMBER], what=f"{path}:{HEAP_MEMBER}"),
-        goroutine=_parse(members[GOROUTINE_MEMBER], what=f"{path}:{GOROUTINE_MEMBER}")
+        heap=_parse(members[HEAP_MEMBER], what=f"{path}:{HEAP_MEMBER}", max_entries=max_entries),
+        goroutine=_parse(
+            members[GOROUTINE_MEMBER], what=f"{path}:{GOROUTINE_MEMBER}", max_entries=max_entries
+        )
         if GOROUTINE_MEMBER in members
         else None,
         manifest=manifest,
@@ -101,19 +113,22 @@ def _load_bundle(path: Path) -> Evidence:
     )
 
 
-def _parse(data: bytes, *, what: str) -> Profile:
+def _parse(data: bytes, *, what: str, max_entries: int | None) -> Profile:
     try:
-        return parse_profile(data)
+        return parse_profile(data, max_entries=max_entries)
+    except ProfileTooLarge as exc:
+        raise EvidenceTooLarge(f"{what}: {exc}") from exc
     except ProfileError as exc:
         raise EvidenceError(f"{what}: {exc}") from exc
 
 
-def load_evidence(path: Path) -> Evidence:
-    """Read a heap profile (``.pb.gz``) or an evidence bundle (``.tar.gz``) from disk."""
+def load_evidence(path: Path, *, max_entries: int | None = None) -> Evidence:
+    """Read a heap profile (``.pb.gz``) or an evidence bundle (``.tar.gz``) from disk;
+    ``max_entries`` bounds each table of each profile (see ``parse_profile``)."""
     try:
         if _is_tar_gz(path):
-            return _load_bundle(path)
-        return Evidence(heap=_parse(path.read_bytes(), what=str(path)))
+            return _load_bundle(path, max_entries=max_entries)
+        return Evidence(heap=_parse(path.read_bytes(), what=str(path), max_entries=max_entries))
     except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise EvidenceError(f"{path}: {exc}") from exc
 

@@ -78,6 +78,20 @@ def capture_artifacts(*, capture: CaptureSpec, requested: Sequence[str] | None) 
     return [a for a in ALL_ARTIFACTS if a in chosen]
 
 
+def pod_ips(pod: Mapping[str, Any]) -> frozenset[str]:
+    """Every address of a pod (``status.podIP`` and ``status.podIPs``, for dual-stack):
+    the sources the evidence API accepts the pod's debug container's upload from."""
+    status = pod.get("status") or {}
+    listed = [entry.get("ip") for entry in status.get("podIPs") or [] if isinstance(entry, Mapping)]
+    return frozenset(str(ip) for ip in (status.get("podIP"), *listed) if ip)
+
+
+def upload_token_lifetime(*, ttl: dt.timedelta, capture_timeout: dt.timedelta) -> dt.timedelta:
+    """An upload token lives no longer than its capture may: once the incident has failed
+    for want of a bundle, a token copied from the pod spec must be worth nothing."""
+    return min(ttl, capture_timeout)
+
+
 @dataclass(frozen=True)
 class Progress:
     """What to do with a Capturing incident now."""
@@ -87,11 +101,11 @@ class Progress:
     message: str = ""
 
 
-def ephemeral_status(pod: Mapping[str, Any] | None, incident: str) -> Mapping[str, Any] | None:
+def ephemeral_status(pod: Mapping[str, Any] | None, incident_uid: str) -> Mapping[str, Any] | None:
     """The status of the incident's debug container in ``pod``, if reported."""
     if pod is None:
         return None
-    name = ephemeral_container_name(incident)
+    name = ephemeral_container_name(incident_uid)
     for entry in (pod.get("status") or {}).get("ephemeralContainerStatuses") or []:
         if entry.get("name") == name:
             return dict(entry)
@@ -100,7 +114,7 @@ def ephemeral_status(pod: Mapping[str, Any] | None, incident: str) -> Mapping[st
 
 def follow_capture(
     *,
-    incident: str,
+    incident_uid: str,
     pod: Mapping[str, Any] | None,
     bundle_stored: bool,
     started: dt.datetime | None,
@@ -110,7 +124,7 @@ def follow_capture(
     """Decide the fate of a Capturing incident from the store and the pod."""
     if bundle_stored:
         return Progress(action="complete")
-    state = (ephemeral_status(pod, incident) or {}).get("state") or {}
+    state = (ephemeral_status(pod, incident_uid) or {}).get("state") or {}
     terminated = state.get("terminated")
     if terminated:
         finished = parse_time(terminated.get("finishedAt")) or now
@@ -136,37 +150,80 @@ def follow_capture(
     return Progress(action="wait")
 
 
+#: Longest text copied from a bundle into the status: names and errors come from tenant
+#: data, and the whole object must stay far below etcd's 1.5 MiB.
+_MAX_TEXT = 512
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
 def artifact_records(manifest: Mapping[str, Any] | None) -> list[ArtifactRecord]:
     """The manifest's per-artifact lines as status records."""
     records: list[ArtifactRecord] = []
-    for entry in (manifest or {}).get("artifacts") or []:
+    entries = (manifest or {}).get("artifacts") or []
+    for entry in entries if isinstance(entries, list) else []:
         if not isinstance(entry, Mapping):
             continue
         error = entry.get("error") or entry.get("skipped")
+        sha256 = entry.get("sha256")
+        duration = entry.get("durationSeconds")
+        try:
+            size = int(entry.get("bytes") or 0)
+        except (TypeError, ValueError):
+            size = 0
         records.append(
             ArtifactRecord(
-                name=str(entry.get("name") or entry.get("file") or "?"),
-                bytes=int(entry.get("bytes") or 0),
-                sha256=entry.get("sha256"),
-                durationSeconds=entry.get("durationSeconds"),
-                error=str(error) if error else None,
+                name=_clip(str(entry.get("name") or entry.get("file") or "?")),
+                bytes=size,
+                sha256=_clip(sha256) if isinstance(sha256, str) else None,
+                durationSeconds=float(duration) if isinstance(duration, int | float) else None,
+                error=_clip(str(error)) if error else None,
             )
         )
-    return records[:32]
+        if len(records) == 32:
+            break
+    return records
 
 
 def analysis_of(summary: Summary, *, limit: int = 10) -> Analysis:
     """The heap summary as the incident's status records it."""
     top = summary.top
     return Analysis(
-        sampleType=top.sample_type,
+        sampleType=_clip(top.sample_type),
         totalBytes=top.total,
         top=[
-            FunctionUsage(function=f.function, flatBytes=f.flat, cumBytes=f.cum)
+            FunctionUsage(function=_clip(f.function), flatBytes=f.flat, cumBytes=f.cum)
             for f in top.functions[:limit]
         ],
         goroutines=summary.goroutines,
     )
+
+
+@dataclass(frozen=True)
+class AnalysisOutcome:
+    """What analysing a stored bundle gave: the heap summary, or why there is none."""
+
+    analysis: Analysis | None = None
+    artifacts: tuple[ArtifactRecord, ...] = ()
+    failed: str | None = None
+    """The heap profile could not be read (missing, malformed)."""
+    refused: str | None = None
+    """A limit stopped the analysis (size, memory, CPU, time): the bundle may be hostile."""
+
+
+#: Analyses started for one incident before memwarden gives up on it. An attempt that never
+#: finished (the operator restarted or died during it) gets one more chance, no more: a
+#: bundle that kills whatever analyses it must not make the operator crash-loop.
+MAX_ANALYSIS_ATTEMPTS = 2
+
+
+def analysis_refusal(attempts: int) -> str | None:
+    """Why no further analysis is started after ``attempts`` unfinished ones, or None."""
+    if attempts >= MAX_ANALYSIS_ATTEMPTS:
+        return f"{attempts} earlier attempts did not finish"
+    return None
 
 
 def collected_status(
@@ -174,22 +231,23 @@ def collected_status(
     bundle: str,
     bundle_bytes: int,
     bundle_sha256: str,
-    manifest: Mapping[str, Any] | None,
-    summary: Summary | None,
-    analysis_error: str | None,
+    outcome: AnalysisOutcome,
     now: dt.datetime,
 ) -> dict[str, Any]:
     """Status fields for an incident whose bundle is stored."""
-    records = artifact_records(manifest)
+    records = list(outcome.artifacts)
     failed = [r.name for r in records if r.error]
     notes = []
     if failed:
         notes.append(f"not collected: {', '.join(failed)}")
-    if analysis_error:
-        notes.append(f"heap analysis failed: {analysis_error}")
-    if summary is not None and summary.top.functions:
-        first = summary.top.functions[0]
-        flat = approximate_bytes(first.flat)
+    if outcome.refused:
+        notes.append(f"analysis refused: {outcome.refused}")
+    elif outcome.failed:
+        notes.append(f"heap analysis failed: {outcome.failed}")
+    analysis = outcome.analysis
+    if analysis is not None and analysis.top:
+        first = analysis.top[0]
+        flat = approximate_bytes(first.flatBytes)
         notes.insert(0, f"top in-use function {first.function} ({flat} in use)")
     status: dict[str, Any] = {
         "phase": "Collected",
@@ -201,6 +259,6 @@ def collected_status(
         "bundleSha256": bundle_sha256,
         "artifacts": [r.model_dump(exclude_none=True) for r in records],
     }
-    if summary is not None:
-        status["analysis"] = analysis_of(summary).model_dump(exclude_none=True)
+    if analysis is not None:
+        status["analysis"] = analysis.model_dump(exclude_none=True)
     return status

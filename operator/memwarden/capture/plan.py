@@ -53,9 +53,10 @@ PTRACE_SKIPPED_REASON = "SYS_PTRACE not granted (Pod Security)"
 
 POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 
-#: The ephemeral container's name is this prefix and a hash of the incident: readable in
-#: ``kubectl describe``, and the same after an operator restart, so a retried capture finds
-#: the container it already added instead of adding a second one (they cannot be removed).
+#: The ephemeral container's name is this prefix and a hash of the incident's UID: the same
+#: after an operator restart, so a retried capture finds the container it already added
+#: instead of adding a second one (they cannot be removed); and new for an incident deleted
+#: and created again under the same name, whose capture must run a toolbox of its own.
 NAME_PREFIX = "memwarden-"
 _HASH_CHARS = 12  # 48 bits: no collision among the handful of incidents one pod ever has
 
@@ -67,11 +68,12 @@ class PlanError(ValueError):
     """The plan cannot be made from these inputs; the message names the offending input."""
 
 
-def ephemeral_container_name(incident: str) -> str:
-    """``memwarden-<12 hex>``: stable for one incident, a valid DNS label (22 characters)."""
-    if not incident:
-        raise PlanError("incident: must not be empty")
-    digest = hashlib.sha256(incident.encode("utf-8")).hexdigest()[:_HASH_CHARS]
+def ephemeral_container_name(incident_uid: str) -> str:
+    """``memwarden-<12 hex>`` from the incident's UID: stable for one incident, a valid DNS
+    label (22 characters)."""
+    if not incident_uid:
+        raise PlanError("incident_uid: must not be empty")
+    digest = hashlib.sha256(incident_uid.encode("utf-8")).hexdigest()[:_HASH_CHARS]
     name = NAME_PREFIX + digest
     assert len(name) <= _MAX_NAME
     return name
@@ -97,6 +99,7 @@ def ptrace_allowed_by_pod_security(namespace_labels: Mapping[str, str]) -> tuple
 
 def _validate(
     *,
+    incident: str,
     target_container: str,
     image: str,
     pprof_port: int,
@@ -104,6 +107,8 @@ def _validate(
     artifacts: Sequence[str],
     max_core_bytes: int,
 ) -> None:
+    if not incident:
+        raise PlanError("incident: must not be empty")
     if not target_container:
         raise PlanError("target_container: must not be empty")
     if not image:
@@ -124,6 +129,7 @@ def _validate(
 def plan_ephemeral_container(
     *,
     incident: str,
+    incident_uid: str,
     target_container: str,
     image: str,
     upload_url: str,
@@ -145,6 +151,7 @@ def plan_ephemeral_container(
     containers (and the toolbox's memory counts against the pod, so it streams).
     """
     _validate(
+        incident=incident,
         target_container=target_container,
         image=image,
         pprof_port=pprof_port,
@@ -179,7 +186,7 @@ def plan_ephemeral_container(
         # process's smaps_rollup and /proc/PID/root needs ptrace read access.
         capabilities["add"] = ["SYS_PTRACE"]
     return {
-        "name": ephemeral_container_name(incident),
+        "name": ephemeral_container_name(incident_uid),
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "targetContainerName": target_container,

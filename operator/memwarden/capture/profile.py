@@ -22,6 +22,7 @@ __all__ = [
     "Mapping",
     "Profile",
     "ProfileError",
+    "ProfileTooLarge",
     "Sample",
     "ValueType",
     "decode_profile",
@@ -39,6 +40,11 @@ _I64_MIN_UNSIGNED = 1 << 63
 
 class ProfileError(ValueError):
     """The input is not a readable pprof profile; the message says why."""
+
+
+class ProfileTooLarge(ProfileError):
+    """The profile exceeds a size limit (decompressed bytes, entries of a table): refused
+    unread, since decoding it would cost more memory or time than any real profile."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,15 +166,21 @@ class Profile:
         )
 
 
-def parse_profile(data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Profile:
-    """Decode a gzip-compressed profile, as served by ``/debug/pprof/*`` with ``debug=0``."""
-    return decode_profile(_gunzip(data, max_bytes=max_bytes))
+def parse_profile(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES, max_entries: int | None = None
+) -> Profile:
+    """Decode a gzip-compressed profile, as served by ``/debug/pprof/*`` with ``debug=0``.
+
+    ``max_entries`` bounds every table (samples, locations, functions, mappings, strings):
+    a few KiB of gzip can hold millions of tiny samples, each a Python object here.
+    """
+    return decode_profile(_gunzip(data, max_bytes=max_bytes), max_entries=max_entries)
 
 
-def decode_profile(raw: bytes) -> Profile:
+def decode_profile(raw: bytes, *, max_entries: int | None = None) -> Profile:
     """Decode an uncompressed ``profile.proto`` message."""
     try:
-        return _decode_profile(memoryview(raw))
+        return _decode_profile(memoryview(raw), max_entries=max_entries)
     except ProfileError:
         raise
     except (ValueError, IndexError, KeyError, UnicodeError) as exc:  # defence in depth
@@ -190,7 +202,7 @@ def _gunzip(data: bytes, *, max_bytes: int) -> bytes:
         except zlib.error as exc:
             raise ProfileError(f"corrupt gzip stream: {exc}") from exc
         if len(out) > max_bytes:
-            raise ProfileError(f"profile larger than {max_bytes} bytes once decompressed")
+            raise ProfileTooLarge(f"profile larger than {max_bytes} bytes once decompressed")
         if not inflater.eof:
             raise ProfileError("truncated gzip stream")
         rest = inflater.unused_data
@@ -380,7 +392,19 @@ def _decode_ints(buf: memoryview, *, known: range, signed: tuple[int, ...] = ())
     return out
 
 
-def _decode_profile(buf: memoryview) -> Profile:
+#: Names of the repeated top-level fields of profile.proto, for limit messages.
+_TABLES = {
+    1: "sample types",
+    2: "samples",
+    3: "mappings",
+    4: "locations",
+    5: "functions",
+    6: "strings",
+    13: "comments",
+}
+
+
+def _decode_profile(buf: memoryview, *, max_entries: int | None) -> Profile:
     sample_types: list[tuple[int, int]] = []
     raw_samples: list[_RawSample] = []
     raw_mappings: list[dict[int, int]] = []
@@ -391,7 +415,14 @@ def _decode_profile(buf: memoryview) -> Profile:
     comments: list[int] = []
     period_type: tuple[int, int] | None = None
 
+    counts = [0] * 16
     for number, value in _fields(buf):
+        if max_entries is not None and number < len(counts):
+            # Counted before decoding: the refusal costs no object of the oversized table.
+            counts[number] += 1
+            if counts[number] > max_entries:
+                what = _TABLES.get(number, f"field {number}")
+                raise ProfileTooLarge(f"more than {max_entries} {what}")
         if number == 1:
             sample_types.append(_decode_value_type(_message(number, value)))
         elif number == 2:

@@ -56,6 +56,7 @@ from memwarden.capture.plan import (
     ENV_UPLOAD_URL,
     PTRACE_SKIPPED_REASON,
 )
+from memwarden.evidence.tokens import token_expiry
 from memwarden.quantity import QuantityError, parse_bytes
 
 __all__ = [
@@ -96,8 +97,16 @@ CGROUP_FILES = (
 #: first of all; the trace takes --trace-seconds, and gcore last because it stops the
 #: process while it writes the core.
 COLLECTION_ORDER = ("heap", "goroutine", "smaps", "cgroup", "allocs", "trace", "gcore")
-#: Upload attempts: the bundle is regenerated from the temp files, so a retry is cheap.
-UPLOAD_ATTEMPTS = 3
+#: Upload retries back off from 1 s, doubling to at most 30 s apart, for as long as the
+#: upload token is valid: the evidence API may be restarting or failing over, and the
+#: bundle is regenerated from the temp files, so a retry is cheap. A token without a
+#: readable expiry (or none): 5 minutes, the operator's default capture timeout.
+UPLOAD_BACKOFF_FIRST = 1.0
+UPLOAD_BACKOFF_MAX = 30.0
+UPLOAD_RETRY_WITHOUT_EXPIRY = 300.0
+#: Node simulator only (hack/nodesim): the address uploads leave from, standing in for
+#: the pod's network namespace. On a real node the kernel gives the pod's IP by itself.
+ENV_UPLOAD_SOURCE_ADDRESS = "MEMWARDEN_UPLOAD_SOURCE_ADDRESS"
 _GCORE_GRACE_SECONDS = 5.0
 _PROFILES: dict[str, tuple[tuple[str, str, str], ...]] = {
     # artifact -> (entry name, bundle member, pprof path)
@@ -661,6 +670,8 @@ def _connection(url: str, *, ca_file: str | None, timeout: float) -> http.client
     parts = urlsplit(url)
     if parts.hostname is None:
         raise DeliveryError(f"upload URL has no host: {url!r}")
+    source = os.environ.get(ENV_UPLOAD_SOURCE_ADDRESS) or None
+    bind = (source, 0) if source else None
     if parts.scheme == "https":
         # The CA comes as a file path, or as PEM text in the env (the capture plan's way:
         # an ephemeral container cannot mount a new volume).
@@ -669,10 +680,12 @@ def _connection(url: str, *, ca_file: str | None, timeout: float) -> http.client
         else:
             context = ssl.create_default_context(cafile=ca_file or None)
         return http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=timeout, context=context
+            parts.hostname, parts.port, timeout=timeout, context=context, source_address=bind
         )
     if parts.scheme == "http":
-        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        return http.client.HTTPConnection(
+            parts.hostname, parts.port, timeout=timeout, source_address=bind
+        )
     raise DeliveryError(f"upload URL must be http(s): {url!r}")
 
 
@@ -735,6 +748,12 @@ def _file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
+def upload_deadline(token: str | None, *, now: float) -> float:
+    """Until when (Unix seconds) to retry an upload: the token's expiry, read from it."""
+    expiry = token_expiry(token) if token else None
+    return float(expiry) if expiry is not None else now + UPLOAD_RETRY_WITHOUT_EXPIRY
+
+
 def _upload(
     make_chunks: Callable[[], Iterable[bytes]],
     url: str,
@@ -742,9 +761,13 @@ def _upload(
     token: str | None,
     ca_file: str | None,
     timeout: float,
+    deadline: float,
 ) -> tuple[_Tally, int]:
     sent: _Tally | None = None  # an attempt whose whole body went out
-    for attempt in range(1, UPLOAD_ATTEMPTS + 1):
+    delay = UPLOAD_BACKOFF_FIRST
+    attempt = 0
+    while True:
+        attempt += 1
         tally = _Tally()
         try:
             status = _put(
@@ -758,13 +781,13 @@ def _upload(
                 # exactly our bundle (it is deterministic, so every attempt hashes alike).
                 log.info("upload: already stored with our sha256 %s", sent.sha256)
                 return sent, 409
-            if attempt == UPLOAD_ATTEMPTS or not _retryable(exc):
+            if not _retryable(exc) or time.time() + delay >= deadline:
                 raise
-            log.warning("upload attempt %d failed, retrying: %s", attempt, exc)
-            time.sleep(attempt)  # 1 s, then 2 s: the evidence store may be restarting
+            log.warning("upload attempt %d failed, retrying in %.0fs: %s", attempt, delay, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, UPLOAD_BACKOFF_MAX)
             continue
         return tally, status
-    raise AssertionError("unreachable")
 
 
 def deliver(
@@ -793,7 +816,14 @@ def deliver(
             written = out
             source = lambda: _file_chunks(written)  # noqa: E731
         if upload is not None:
-            tally, status = _upload(source, upload, token=token, ca_file=ca_file, timeout=timeout)
+            tally, status = _upload(
+                source,
+                upload,
+                token=token,
+                ca_file=ca_file,
+                timeout=timeout,
+                deadline=upload_deadline(token, now=time.time()),
+            )
     except (DeliveryError, OSError) as exc:
         status = exc.status if isinstance(exc, DeliveryError) else None
         return Delivery(destination=destination, http_status=status, error=str(exc))

@@ -12,9 +12,17 @@ names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 alr
 stored (a token cannot be replayed), 413 too big, 503 when the API server cannot be
 asked. Bad input never yields a 500.
 
+An upload needs more than its token, which anyone who may read the pod can copy from the
+debug container's environment: the incident must be ``Capturing`` (409 while it is not
+yet, 403 once its capture is over), and the request must come from one of the target
+pod's addresses (the debug container shares the pod's network namespace). Reads serve a
+bundle only while it belongs to the live incident (same UID): an incident deleted and
+created again under its name does not inherit the earlier one's evidence.
+
 This module wires HTTP to the store, the tokens and the authorizer; it makes no decision
-of its own. It knows nothing of kopf: the operator injects how to find an incident's UID
-(``incident_uid``) and what to do when a bundle lands (``on_stored``).
+of its own. It knows nothing of kopf: the operator injects how to find an incident
+(``incident``) and its pod's addresses (``pod_addresses``), and what to do when a bundle
+lands (``on_stored``).
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any, NoReturn, TypeAlias, cast
+from typing import Any, NoReturn, TypeAlias
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -50,8 +60,10 @@ from memwarden.evidence.tokens import TokenError, verify_upload_token
 
 __all__ = [
     "BUNDLE_CONTENT_TYPE",
-    "IncidentUidLookup",
+    "IncidentLookup",
+    "LiveIncident",
     "OnStored",
+    "PodAddressLookup",
     "bundle_url",
     "make_evidence_app",
 ]
@@ -61,9 +73,27 @@ log = logging.getLogger(__name__)
 BUNDLE_CONTENT_TYPE = "application/gzip"
 PREFIX = "/v1/namespaces/{namespace}/incidents"
 
-#: A sync lookup runs in a thread (it may call the kubernetes client); an async one is awaited.
-IncidentUidLookup: TypeAlias = (
-    Callable[[str, str], str | None] | Callable[[str, str], Awaitable[str | None]]
+
+@dataclass(frozen=True, slots=True)
+class LiveIncident:
+    """An incident as the API server has it now: what uploads and reads are checked against."""
+
+    uid: str
+    phase: str | None = None
+    pod: str | None = None
+
+
+#: The phase in which an incident's bundle may be uploaded.
+CAPTURING = "Capturing"
+
+#: Lookups by (namespace, name): a sync one runs in a thread (it may call the kubernetes
+#: client); an async one is awaited. ``incident`` gives None when there is no incident,
+#: ``pod_addresses`` an empty set when there is no pod (or it has no address yet).
+IncidentLookup: TypeAlias = (
+    Callable[[str, str], LiveIncident | None] | Callable[[str, str], Awaitable[LiveIncident | None]]
+)
+PodAddressLookup: TypeAlias = (
+    Callable[[str, str], frozenset[str]] | Callable[[str, str], Awaitable[frozenset[str]]]
 )
 OnStored: TypeAlias = Callable[[str, str, BundleMeta], Awaitable[None]]
 
@@ -159,6 +189,18 @@ def _bearer(request: web.Request) -> str:
     return token
 
 
+def _client_address(request: web.Request) -> str:
+    """The peer's address as a pod IP is written (an IPv4-mapped IPv6 peer in its IPv4 form)."""
+    remote = request.remote or ""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
 def _meta_json(namespace: str, name: str, meta: BundleMeta) -> dict[str, Any]:
     return {
         "namespace": namespace,
@@ -180,7 +222,8 @@ class _Evidence:
         authorizer: Authorizer,
         upload_key: bytes,
         max_bundle_bytes: int,
-        incident_uid: IncidentUidLookup,
+        incident: IncidentLookup,
+        pod_addresses: PodAddressLookup | None,
         on_stored: OnStored | None,
         clock: Callable[[], dt.datetime],
         idle_timeout: float,
@@ -189,7 +232,8 @@ class _Evidence:
         self.authorizer = authorizer
         self.upload_key = upload_key
         self.max_bundle_bytes = max_bundle_bytes
-        self.incident_uid = incident_uid
+        self.incident = incident
+        self.pod_addresses = pod_addresses
         self.on_stored = on_stored
         self.clock = clock
         self.idle_timeout = idle_timeout
@@ -213,29 +257,68 @@ class _Evidence:
         token = _bearer(request)
         try:
             decision = await self.authorizer.authorize(
-                token=token, verb=verb, namespace=namespace, name=name
+                token=token,
+                verb=verb,
+                namespace=namespace,
+                name=name,
+                client=_client_address(request),
             )
         except AuthUnavailable as exc:
             log.warning("evidence API: cannot authorise a request: %s", exc)
             _fail(503, "cannot reach the Kubernetes API to authorise", headers={"Retry-After": "5"})
         if isinstance(decision, Denied):
-            _fail(decision.status, decision.reason)
+            retry = {"Retry-After": str(decision.retry_after)} if decision.retry_after else None
+            _fail(decision.status, decision.reason, headers=retry)
 
-    async def _lookup_uid(self, namespace: str, name: str) -> str | None:
-        """The live incident's UID; a failing lookup is the operator's outage, not bad
-        input, so it becomes a 503 the toolbox retries."""
-        lookup = self.incident_uid
+    async def _lookup(
+        self, lookup: Callable[..., Any], namespace: str, name: str, *, what: str
+    ) -> Any:
+        """Ask the operator's lookup; its failure is the operator's outage, not bad input,
+        so it becomes a 503 the caller retries."""
         try:
             if inspect.iscoroutinefunction(lookup):
-                lookup_async = cast(Callable[[str, str], Awaitable[str | None]], lookup)
-                return await lookup_async(namespace, name)
-            lookup_sync = cast(Callable[[str, str], str | None], lookup)
-            return await asyncio.to_thread(lookup_sync, namespace, name)
+                return await lookup(namespace, name)
+            return await asyncio.to_thread(lookup, namespace, name)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("evidence API: looking up incident %s/%s failed", namespace, name)
-            _fail(503, "cannot look up the incident now", headers={"Retry-After": "5"})
+            log.exception("evidence API: looking up %s %s/%s failed", what, namespace, name)
+            _fail(503, f"cannot look up the {what} now", headers={"Retry-After": "5"})
+
+    async def _live(self, namespace: str, name: str) -> LiveIncident | None:
+        live: LiveIncident | None = await self._lookup(
+            self.incident, namespace, name, what="incident"
+        )
+        return live
+
+    async def _check_uploader(
+        self, request: web.Request, live: LiveIncident, *, namespace: str, name: str
+    ) -> None:
+        """Only the incident's own debug container may upload, and only during the capture:
+        the token alone is readable by anyone who may read the pod."""
+        if live.phase != CAPTURING:
+            if live.phase in (None, "", "Pending"):
+                _fail(409, f"incident {namespace}/{name} is not capturing yet; retry")
+            _fail(403, f"incident {namespace}/{name} is {live.phase}: its capture is over")
+        if self.pod_addresses is None:
+            return
+        addresses: frozenset[str] = await self._lookup(
+            self.pod_addresses, namespace, live.pod or "", what="pod"
+        )
+        client = _client_address(request)
+        if client not in addresses:
+            log.warning(
+                "evidence API: upload for %s/%s from %s refused: not an address of pod %s",
+                namespace,
+                name,
+                client,
+                live.pod,
+            )
+            _fail(
+                403,
+                f"uploads for {namespace}/{name} are accepted only from pod {live.pod}, "
+                f"not from {client}",
+            )
 
     # --- upload -------------------------------------------------------------------
 
@@ -252,11 +335,17 @@ class _Evidence:
             )
         except TokenError as exc:
             _fail(401, str(exc))
-        live_uid = await self._lookup_uid(namespace, name)
-        if live_uid is None:
+        live = await self._live(namespace, name)
+        if live is None:
             _fail(404, f"incident {namespace}/{name} not found")
-        if live_uid != token_uid:
+        if live.uid != token_uid:
             _fail(403, f"the token was issued for an earlier incident named {namespace}/{name}")
+        if await asyncio.to_thread(self.store.holds, namespace, name, uid=live.uid):
+            # Before the phase check: a toolbox whose answer was lost learns its bundle
+            # landed even when the incident was completed meanwhile.
+            await self._already_stored(namespace, name)
+        await self._check_uploader(request, live, namespace=namespace, name=name)
+        live_uid = live.uid
         length = request.content_length
         if length is not None and length > self.max_bundle_bytes:
             _fail(413, f"bundle of {length} bytes exceeds the limit of {self.max_bundle_bytes}")
@@ -352,26 +441,38 @@ class _Evidence:
         items = [_meta_json(e.namespace, e.incident, e.meta) for e in entries]
         return _json(200, {"namespace": namespace, "items": items})
 
-    async def meta(self, request: web.Request) -> web.StreamResponse:
-        namespace, name = self._names(request)
-        await self._authorize(request, verb="get", namespace=namespace, name=name)
+    async def _stored_meta(self, namespace: str, name: str) -> BundleMeta:
+        """The stored bundle's meta, if it belongs to the live incident (same UID)."""
         try:
             meta = await asyncio.to_thread(self.store.meta, namespace, name)
-        except NotStored:
-            _fail(404, f"no bundle stored for {namespace}/{name}")
-        return _json(200, _meta_json(namespace, name, meta))
-
-    async def download(self, request: web.Request) -> web.StreamResponse:
-        namespace, name = self._names(request)
-        await self._authorize(request, verb="get", namespace=namespace, name=name)
-        try:
-            meta = await asyncio.to_thread(self.store.meta, namespace, name)
-            path = await asyncio.to_thread(self.store.bundle_path, namespace, name)
         except NotStored:
             _fail(404, f"no bundle stored for {namespace}/{name}")
         except StoreError as exc:
             log.error("evidence %s/%s unreadable: %s", namespace, name, exc)
             _fail(500, f"the bundle of {namespace}/{name} is unreadable")
+        live = await self._live(namespace, name)
+        if live is None or live.uid != meta.uid:
+            _fail(
+                404,
+                f"no bundle stored for {namespace}/{name} (the stored one belongs to an "
+                "earlier incident of that name)",
+            )
+        return meta
+
+    async def meta(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = self._names(request)
+        await self._authorize(request, verb="get", namespace=namespace, name=name)
+        meta = await self._stored_meta(namespace, name)
+        return _json(200, _meta_json(namespace, name, meta))
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = self._names(request)
+        await self._authorize(request, verb="get", namespace=namespace, name=name)
+        meta = await self._stored_meta(namespace, name)
+        try:
+            path = await asyncio.to_thread(self.store.bundle_path, namespace, name)
+        except NotStored:
+            _fail(404, f"no bundle stored for {namespace}/{name}")
         return web.FileResponse(
             path,
             headers={
@@ -388,18 +489,21 @@ def make_evidence_app(
     authorizer: Authorizer,
     upload_key: bytes,
     max_bundle_bytes: int,
-    incident_uid: IncidentUidLookup,
+    incident: IncidentLookup,
+    pod_addresses: PodAddressLookup | None,
     on_stored: OnStored | None = None,
     clock: Callable[[], dt.datetime] | None = None,
     idle_timeout: float = 60.0,
 ) -> web.Application:
     """The evidence API as an aiohttp application, to run or mount under the operator.
 
-    ``incident_uid(namespace, name)`` returns the live incident's UID or None (tokens
-    of deleted or recreated incidents are refused); ``on_stored`` runs as a task after
-    a bundle is committed (the upload's response does not wait for it); ``idle_timeout``
-    abandons an upload that sends nothing for that long, so a stalled toolbox cannot
-    hold an incident's upload slot forever.
+    ``incident(namespace, name)`` returns the live incident or None (tokens of deleted or
+    recreated incidents are refused, and so are uploads outside its ``Capturing`` phase);
+    ``pod_addresses(namespace, pod)`` the pod's IPs, the only sources an upload is
+    accepted from (None: from anywhere, for a proxy that hides them); ``on_stored`` runs
+    as a task after a bundle is committed (the upload's response does not wait for it);
+    ``idle_timeout`` abandons an upload that sends nothing for that long, so a stalled
+    toolbox cannot hold an incident's upload slot forever.
     """
     if max_bundle_bytes <= 0:
         raise ValueError("max_bundle_bytes must be positive")
@@ -408,7 +512,8 @@ def make_evidence_app(
         authorizer=authorizer,
         upload_key=upload_key,
         max_bundle_bytes=max_bundle_bytes,
-        incident_uid=incident_uid,
+        incident=incident,
+        pod_addresses=pod_addresses,
         on_stored=on_stored,
         clock=clock or (lambda: dt.datetime.now(dt.UTC)),
         idle_timeout=idle_timeout,

@@ -23,8 +23,14 @@ The operator's ServiceAccount needs this RBAC (a ClusterRole) to ask those quest
 
 Allowed decisions are cached briefly (keyed by a hash of the token, the verb, the
 namespace and the name), so a download's retries or a script's loop cost one review;
-refusals are never cached, so a fresh RoleBinding works at once. A revoked grant
+RBAC refusals are never cached, so a fresh RoleBinding works at once. A revoked grant
 stays effective for at most the cache's TTL.
+
+Tokens cost the API server a review each, whoever sends them, so reviews are bounded:
+a token the API server did not authenticate is remembered (by its hash) for a few
+seconds; each client address may start ``rate`` reviews a second after a burst (429
+beyond); at most ``max_concurrent`` run at once, and a request that cannot start one
+within ``queue_seconds`` gets 503. Cached answers cost nothing and are never throttled.
 
 An adapter: it returns :class:`Identity` or :class:`Denied` and turns every client failure
 into :class:`AuthUnavailable` (raised from the cause). The kubernetes client is
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +52,9 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from memwarden import metrics
 from memwarden.api import GROUP
+from memwarden.evidence.ratelimit import RateLimiter
 
 __all__ = [
     "EVIDENCE_RESOURCE",
@@ -78,10 +87,16 @@ class Identity:
 
 @dataclass(frozen=True, slots=True)
 class Denied:
-    """Not allowed: 401 when the token did not authenticate, 403 when RBAC said no."""
+    """Not allowed: 401 when the token did not authenticate, 403 when RBAC said no; 429
+    when the client started too many reviews, 503 when too many are in flight (both with
+    ``retry_after`` seconds)."""
 
-    status: Literal[401, 403]
+    status: Literal[401, 403, 429, 503]
     reason: str
+    retry_after: int | None = None
+
+
+_UNAUTHENTICATED = Denied(401, "the bearer token did not authenticate")
 
 
 class AuthUnavailable(Exception):
@@ -92,7 +107,7 @@ class Authorizer(Protocol):
     """What the evidence API needs to decide a read."""
 
     async def authorize(
-        self, *, token: str, verb: Verb, namespace: str, name: str | None = None
+        self, *, token: str, verb: Verb, namespace: str, name: str | None = None, client: str = ""
     ) -> Identity | Denied: ...
 
 
@@ -105,44 +120,81 @@ class KubeAuthorizer:
         *,
         cache_ttl: float = 10.0,
         cache_size: int = 4096,
+        negative_ttl: float = 5.0,
+        rate: float = 2.0,
+        burst: int = 20,
+        max_concurrent: int = 4,
+        queue_seconds: float = 2.0,
         audiences: Sequence[str] = (),
         request_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``audiences`` empty means the API server's own (a user's kubeconfig token);
-        ``clock`` is monotonic seconds, injectable for tests of the cache."""
+        ``clock`` is monotonic seconds, injectable for tests of the cache.
+
+        The defaults: ``negative_ttl`` 5 s (a rejected token stays rejected; a mistyped
+        one is retried soon), ``rate`` 2/s after a ``burst`` of 20 per client (a person
+        or a script downloading bundles needs a review per token, then the cache serves),
+        ``max_concurrent`` 4 (the operator's worker threads are shared with the risk loop
+        and uploads: reviews never take more than these), ``queue_seconds`` 2 (a waiting
+        reader is answered well inside any client's timeout)."""
         self._authn = client.AuthenticationV1Api(api_client)
         self._authz = client.AuthorizationV1Api(api_client)
         self._ttl = cache_ttl
         self._size = cache_size
+        self._negative_ttl = negative_ttl
+        self._limiter = RateLimiter(rate=rate, burst=burst)
+        self._reviews = asyncio.Semaphore(max_concurrent)
+        self._queue_seconds = queue_seconds
         self._audiences = list(audiences)
         self._timeout = request_timeout
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str], tuple[float, Identity]] = {}
+        self._cache: dict[tuple[str, str, str, str], tuple[float, Identity | Denied]] = {}
 
     async def authorize(
-        self, *, token: str, verb: Verb, namespace: str, name: str | None = None
+        self, *, token: str, verb: Verb, namespace: str, name: str | None = None, client: str = ""
     ) -> Identity | Denied:
-        key = (hashlib.sha256(token.encode()).hexdigest(), verb, namespace, name or "")
+        """``client`` (the caller's address) is what the rate limit counts against."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        key = (digest, verb, namespace, name or "")
+        unauthenticated = (digest, "", "", "")
         now = self._clock()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        self._cache.pop(key, None)
-        decision = await asyncio.to_thread(
-            self._review, token=token, verb=verb, namespace=namespace, name=name
-        )
+        for entry in (key, unauthenticated):
+            cached = self._cache.get(entry)
+            if cached is not None and cached[0] > now:
+                return cached[1]
+            self._cache.pop(entry, None)
+        wait = self._limiter.take(client, now=now)
+        if wait > 0:
+            metrics.EVIDENCE_AUTH_THROTTLED.labels(reason="rate").inc()
+            return Denied(429, f"too many reviews for {client or 'this client'}", math.ceil(wait))
+        try:
+            await asyncio.wait_for(self._reviews.acquire(), self._queue_seconds)
+        except TimeoutError:
+            metrics.EVIDENCE_AUTH_THROTTLED.labels(reason="busy").inc()
+            return Denied(503, "too many reviews in flight", math.ceil(self._queue_seconds))
+        try:
+            decision = await asyncio.to_thread(
+                self._review, token=token, verb=verb, namespace=namespace, name=name
+            )
+        finally:
+            self._reviews.release()
         if isinstance(decision, Identity) and self._ttl > 0:
-            self._remember(key, decision, now=now)
+            self._remember(key, decision, until=now + self._ttl)
+        elif decision is _UNAUTHENTICATED and self._negative_ttl > 0:
+            self._remember(unauthenticated, decision, until=now + self._negative_ttl)
         return decision
 
-    def _remember(self, key: tuple[str, str, str, str], identity: Identity, *, now: float) -> None:
+    def _remember(
+        self, key: tuple[str, str, str, str], decision: Identity | Denied, *, until: float
+    ) -> None:
+        now = self._clock()
         if len(self._cache) >= self._size:
-            for stale in [k for k, (until, _) in self._cache.items() if until <= now]:
+            for stale in [k for k, (expiry, _) in self._cache.items() if expiry <= now]:
                 del self._cache[stale]
         while len(self._cache) >= self._size:
             del self._cache[next(iter(self._cache))]  # the oldest insertion
-        self._cache[key] = (now + self._ttl, identity)
+        self._cache[key] = (until, decision)
 
     def _review(
         self, *, token: str, verb: Verb, namespace: str, name: str | None
@@ -183,12 +235,18 @@ class KubeAuthorizer:
         review = client.V1TokenReview(
             spec=client.V1TokenReviewSpec(token=token, audiences=self._audiences or None)
         )
-        result = self._call("TokenReview", self._authn.create_token_review, review)
+        try:
+            result = self._call("TokenReview", self._authn.create_token_review, review)
+        except AuthUnavailable:
+            metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="error").inc()
+            raise
         status = result.status
         if status is None or not status.authenticated or status.user is None:
+            metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="unauthenticated").inc()
             if status is not None and status.error:
                 log.info("TokenReview refused a token: %.200s", status.error)
-            return Denied(401, "the bearer token did not authenticate")
+            return _UNAUTHENTICATED
+        metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="authenticated").inc()
         user = status.user
         return Identity(
             username=user.username or "",

@@ -341,15 +341,27 @@ class EvidenceStore:
     def open_upload(
         self, namespace: str, incident: str, *, uid: str, max_bytes: int
     ) -> BundleWriter:
-        """Start an upload (check :meth:`exists` first to refuse early)."""
+        """Start an upload for the incident with UID ``uid``. A bundle stored for an
+        earlier incident of the same name (another UID) is stale, and deleted first."""
         if self.exists(namespace, incident):
-            raise AlreadyStored(f"{namespace}/{incident} is already stored")
+            if self.meta(namespace, incident).uid == uid:
+                raise AlreadyStored(f"{namespace}/{incident} is already stored")
+            log.info("deleting the stale bundle of an earlier %s/%s", namespace, incident)
+            self.delete(namespace, incident)
         return BundleWriter(
             store=self, namespace=namespace, incident=incident, uid=uid, max_bytes=max_bytes
         )
 
     def exists(self, namespace: str, incident: str) -> bool:
         return (self.incident_dir(namespace, incident) / META_FILE).is_file()
+
+    def holds(self, namespace: str, incident: str, *, uid: str) -> bool:
+        """Whether the bundle of the incident with UID ``uid`` is stored (not the bundle of
+        an earlier incident of the same name)."""
+        try:
+            return self.meta(namespace, incident).uid == uid
+        except NotStored:
+            return False
 
     def meta(self, namespace: str, incident: str) -> BundleMeta:
         """The stored bundle's meta; :class:`NotStored` if there is none."""

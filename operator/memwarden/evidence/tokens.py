@@ -25,7 +25,13 @@ import hmac
 import json
 import re
 
-__all__ = ["MIN_KEY_BYTES", "TokenError", "issue_upload_token", "verify_upload_token"]
+__all__ = [
+    "MIN_KEY_BYTES",
+    "TokenError",
+    "issue_upload_token",
+    "token_expiry",
+    "verify_upload_token",
+]
 
 _VERSION = "mw1"
 #: A shorter key would make the MAC guessable; 32 bytes is SHA-256's block-safe size.
@@ -77,6 +83,19 @@ def issue_upload_token(
     expiry = int(expires_at.timestamp())
     mac = _mac(key=key, namespace=namespace, incident=incident, uid=uid, expiry=expiry)
     return f"{_VERSION}.{_b64encode(uid.encode('utf-8'))}.{expiry}.{_b64encode(mac)}"
+
+
+def token_expiry(token: str) -> int | None:
+    """When ``token`` expires (Unix seconds), read without verifying it; None if it is not
+    one of ours. For the toolbox, which holds no key: it retries an upload while the token
+    is worth something."""
+    parts = token.split(".")
+    if len(parts) != 4 or parts[0] != _VERSION:
+        return None
+    text = parts[2]
+    if not text.isascii() or not text.isdigit() or len(text) > 12:
+        return None
+    return int(text)
 
 
 def verify_upload_token(

@@ -24,7 +24,8 @@ import prometheus_client
 from aiohttp import web
 
 from memwarden import health, metrics
-from memwarden.evidence.api import make_evidence_app
+from memwarden.capture import incident as lifecycle
+from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.handlers import alerts, incidents, state
 from memwarden.kube import NotFound
@@ -86,19 +87,33 @@ def evidence_app(settings: Settings) -> web.Application:
     """The evidence API: uploads from debug containers, downloads for authorised users."""
     evidence = state.evidence()
 
-    def incident_uid(namespace: str, name: str) -> str | None:
+    def incident(namespace: str, name: str) -> LiveIncident | None:
         try:
             obj = state.kube().get(incidents.INCIDENTS, namespace=namespace, name=name)
         except NotFound:
             return None
-        return str((obj.get("metadata") or {}).get("uid") or "") or None
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        if not uid:
+            return None
+        return LiveIncident(
+            uid=uid,
+            phase=(obj.get("status") or {}).get("phase"),
+            pod=(obj.get("spec") or {}).get("pod"),
+        )
+
+    def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
+        try:
+            return lifecycle.pod_ips(state.kube().read_pod(namespace=namespace, name=pod))
+        except NotFound:
+            return frozenset()
 
     return make_evidence_app(
         store=evidence.store,
         authorizer=KubeAuthorizer(state.kube().api_client),
         upload_key=evidence.upload_key,
         max_bundle_bytes=settings.evidence_max_bundle_bytes,
-        incident_uid=incident_uid,
+        incident=incident,
+        pod_addresses=pod_addresses if settings.evidence_upload_source_check else None,
         on_stored=incidents.on_stored,
     )
 

@@ -21,9 +21,8 @@ import kopf
 
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
+from memwarden.capture import analysis_worker
 from memwarden.capture import incident as lifecycle
-from memwarden.capture.analysis import summarize
-from memwarden.capture.analysis_cli import EvidenceError, load_evidence
 from memwarden.capture.plan import (
     PlanError,
     ephemeral_container_patch,
@@ -134,7 +133,11 @@ async def start_capture(
         namespace=namespace,
         incident=name,
         uid=uid,
-        expires_at=now + dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
+        expires_at=now
+        + lifecycle.upload_token_lifetime(
+            ttl=dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
+            capture_timeout=dt.timedelta(seconds=settings.capture_timeout_seconds),
+        ),
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
     pod_name = str(spec["pod"])
@@ -144,6 +147,7 @@ async def start_capture(
     def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         container = plan_ephemeral_container(
             incident=name,
+            incident_uid=uid,
             target_container=str(target.container),
             image=settings.capture_toolbox_image,
             upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
@@ -262,27 +266,55 @@ def _finish(
         _count_phase(phase, spec)
 
 
-def _collect(namespace: str, name: str) -> dict[str, Any]:
-    """Status of a Collected incident, from its stored bundle (runs in a thread)."""
-    store = state.evidence().store
-    meta = store.meta(namespace, name)
-    path = store.bundle_path(namespace, name)
-    summary, manifest, error = None, None, None
+#: Incidents this process is analysing now: the evidence API's callback and the follow-up
+#: timer may both try to complete one; one analysis is enough.
+_analysing: set[tuple[str, str]] = set()
+
+
+async def _complete(namespace: str, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The incident and its Collected status, its stored bundle analysed out of process;
+    None when there is nothing to complete (no longer Capturing, already being completed
+    here, or the stored bundle is an earlier incident's)."""
+    key = (namespace, name)
+    if key in _analysing:
+        return None
+    _analysing.add(key)
     try:
-        loaded = load_evidence(path)
-        summary = summarize(loaded.heap, goroutine=loaded.goroutine)
-        manifest = loaded.manifest
-    except EvidenceError as exc:
-        error = str(exc)
-    return lifecycle.collected_status(
-        bundle=f"evidence://{namespace}/{name}",
-        bundle_bytes=meta.bytes,
-        bundle_sha256=meta.sha256,
-        manifest=manifest,
-        summary=summary,
-        analysis_error=error,
-        now=_now(),
-    )
+        # Read now, not from a handler's snapshot: the other path may have completed it.
+        incident = await asyncio.to_thread(
+            state.kube().get, INCIDENTS, namespace=namespace, name=name
+        )
+        status = incident.get("status") or {}
+        if status.get("phase") != "Capturing":
+            return None
+        store = state.evidence().store
+        meta = await asyncio.to_thread(store.meta, namespace, name)
+        if meta.uid != (incident.get("metadata") or {}).get("uid"):
+            return None  # an earlier incident's bundle; this one's upload replaces it
+        attempts = int(status.get("analysisAttempts") or 0)
+        refused = lifecycle.analysis_refusal(attempts)
+        if refused is not None:
+            outcome = lifecycle.AnalysisOutcome(refused=refused)
+        else:
+            # Recorded before starting: an attempt that never finishes is not retried forever.
+            await state.kube().apatch_status(
+                INCIDENTS,
+                namespace=namespace,
+                name=name,
+                patch={"status": {"analysisAttempts": attempts + 1}},
+            )
+            path = await asyncio.to_thread(store.bundle_path, namespace, name)
+            outcome = await asyncio.to_thread(analysis_worker.run, path)
+        collected = lifecycle.collected_status(
+            bundle=f"evidence://{namespace}/{name}",
+            bundle_bytes=meta.bytes,
+            bundle_sha256=meta.sha256,
+            outcome=outcome,
+            now=_now(),
+        )
+        return incident, collected
+    finally:
+        _analysing.discard(key)
 
 
 async def _collected(incident: Mapping[str, Any], collected: Mapping[str, Any]) -> None:
@@ -305,12 +337,10 @@ async def _collected(incident: Mapping[str, Any], collected: Mapping[str, Any]) 
 async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
     """A bundle landed (called by the evidence API): analyse it and complete the incident."""
     try:
-        incident = await asyncio.to_thread(
-            state.kube().get, INCIDENTS, namespace=namespace, name=name
-        )
-        if (incident.get("status") or {}).get("phase") != "Capturing":
-            return  # already completed by the timer, or not ours to complete
-        status = await asyncio.to_thread(_collect, namespace, name)
+        completed = await _complete(namespace, name)
+        if completed is None:
+            return  # completed by the timer, being completed, or not ours to complete
+        incident, status = completed
         await state.kube().apatch_status(
             INCIDENTS, namespace=namespace, name=name, patch={"status": status}
         )
@@ -337,6 +367,7 @@ async def follow_capture(
     *,
     namespace: str | None,
     name: str | None,
+    uid: str | None,
     spec: kopf.Spec,
     status: kopf.Status,
     body: kopf.Body,
@@ -345,12 +376,12 @@ async def follow_capture(
     **_: Any,
 ) -> None:
     """Complete, fail or keep waiting on a capture: covers restarts and lost callbacks."""
-    if namespace is None or name is None:
+    if namespace is None or name is None or uid is None:
         return
-    stored = state.evidence().store.exists(namespace, name)
+    stored = await asyncio.to_thread(state.evidence().store.holds, namespace, name, uid=uid)
     pod = None if stored else await _read_pod(namespace, str(spec.get("pod")))
     progress = lifecycle.follow_capture(
-        incident=name,
+        incident_uid=uid,
         pod=pod,
         bundle_stored=stored,
         started=lifecycle.parse_time(status.get("captureStartedAt")),
@@ -358,9 +389,15 @@ async def follow_capture(
         timeout=dt.timedelta(seconds=state.settings().capture_timeout_seconds),
     )
     if progress.action == "complete":
-        collected = await asyncio.to_thread(_collect, namespace, name)
+        try:
+            completed = await _complete(namespace, name)
+        except KubeError as exc:
+            raise kopf.TemporaryError(str(exc), delay=5) from exc
+        if completed is None:
+            return  # the evidence API's callback completes it
+        incident, collected = completed
         patch.status.update(collected)
-        await _collected(body, collected)
+        await _collected(incident, collected)
     elif progress.action == "fail":
         _finish(
             patch,
