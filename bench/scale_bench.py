@@ -151,6 +151,12 @@ def matched(custom: client.CustomObjectsApi, namespace: str, name: str) -> int:
     return int((obj.get("status") or {}).get("matchedPods") or 0)
 
 
+def scheduler_tried(core: client.CoreV1Api, namespace: str) -> bool:
+    """Every pod of ``namespace`` has the scheduler's PodScheduled condition."""
+    pods = core.list_namespaced_pod(namespace).items
+    return all(any(c.type == "PodScheduled" for c in (p.status.conditions or [])) for p in pods)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.monotonic()
     result = fn()
@@ -198,7 +204,9 @@ def delete_namespaces(core: client.CoreV1Api, namespaces: list[str]) -> None:
     wait_for(gone, timeout=900, interval=2, what="bench namespaces deleted")
 
 
-def run(*, pods: int, namespace_count: int, profile: str | None = None) -> dict[str, Any]:
+def run(
+    *, pods: int, namespace_count: int, profile: str | None = None, extra_env: dict[str, str]
+) -> dict[str, Any]:
     layout = devcluster.default_layout()
     devcluster.up(layout)
     kubeconfig = layout.kubeconfig
@@ -218,7 +226,7 @@ def run(*, pods: int, namespace_count: int, profile: str | None = None) -> dict[
         "pods": pods,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        operator = OperatorProcess(kubeconfig=kubeconfig, workdir=Path(tmp))
+        operator = OperatorProcess(kubeconfig=kubeconfig, workdir=Path(tmp), extra_env=extra_env)
         ca = operator.make_certificates()
         started = time.monotonic()
         operator.start()
@@ -288,7 +296,17 @@ def run(*, pods: int, namespace_count: int, profile: str | None = None) -> dict[
             result["creates"]["last_create_to_all_counted_s"] = round(waited, 1)
             result["creates"]["rss_peak_mib"] = round(peak.stop(), 1)
 
-            # -- at rest -------------------------------------------------------------------
+            # -- at rest: once the scheduler has tried every pod (until then it writes
+            # each pod's PodScheduled condition, and those events are not rest) ----------
+            settled, _ = timed(
+                lambda: wait_for(
+                    lambda: all(scheduler_tried(core, ns) for ns in namespaces),
+                    timeout=900,
+                    interval=5,
+                    what="the scheduler to try every pod",
+                )
+            )
+            result["creates"]["scheduler_settled_after_s"] = round(settled, 1)
             cpu_before, lines_before = sampler.cpu_seconds(), log_lines(operator)
             rest_started = time.monotonic()
             if profile is not None:  # py-spy (not a dependency): collapsed stacks at rest
@@ -352,8 +370,15 @@ def main() -> None:
     parser.add_argument(
         "--profile", default=None, help="py-spy's collapsed stacks of the rest phase to this file"
     )
+    parser.add_argument(
+        "--env", action="append", default=[], help="NAME=VALUE for the operator (repeatable)"
+    )
     args = parser.parse_args()
-    result = run(pods=args.pods, namespace_count=args.namespaces, profile=args.profile)
+    extra_env = dict(item.split("=", 1) for item in args.env)
+    result = run(
+        pods=args.pods, namespace_count=args.namespaces, profile=args.profile, extra_env=extra_env
+    )
+    result["operator_env"] = extra_env
     result.update({"python": platform.python_version(), "cpus": os.cpu_count()})
     print(json.dumps(result, indent=2))
     Path(args.out).parent.mkdir(exist_ok=True)
