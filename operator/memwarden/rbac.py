@@ -53,8 +53,8 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memorypolicies",),
-        ("list", "watch", "patch"),
-        "kopf watches policies (index, events, timers) and patches its progress annotations",
+        ("list", "watch"),
+        "kopf watches policies (index, events); memwarden never writes a policy, only its status",
     ),
     Rule(
         "memwarden.dev",

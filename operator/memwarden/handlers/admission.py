@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 from typing import Any
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 _SERVER = "webhook_server"
 _SUMMARY = "admission_summary"
+_FREEZE = "heap_freeze"
 
 
 async def prime_policies() -> int:
@@ -56,6 +58,24 @@ async def prime_policies() -> int:
     ]
     state.policies().replace_all(candidates)
     return len(candidates)
+
+
+def _freeze_heap() -> None:
+    """Leave the objects alive now out of every later garbage collection.
+
+    A full collection walks every tracked object: with kopf, the clients and 10,000 pod
+    views that is tens of milliseconds of the event loop, a stall every review waiting at
+    that moment pays (p99). What exists after start-up lives as long as the process.
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def _freeze_when_pods_listed() -> None:
+    """Again once the pod index holds the first list: most of the heap is there."""
+    await state.pods().listed.wait()
+    await asyncio.sleep(0)
+    _freeze_heap()
 
 
 async def _summarise(tally: AdmissionTally, every: float) -> None:
@@ -96,6 +116,8 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
             interval=settings.webhook_file_check_seconds,
         ),
     )
+    _freeze_heap()
+    memo[_FREEZE] = asyncio.create_task(_freeze_when_pods_listed())
     try:
         await server.start()
     except OSError as exc:  # a port in use will not free itself: say so and stop
@@ -136,11 +158,12 @@ def _admit_with(
 
 @kopf.on.cleanup()
 async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
-    summary: asyncio.Task[None] | None = memo.get(_SUMMARY)
-    if summary is not None:
-        summary.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await summary
+    for key in (_SUMMARY, _FREEZE):
+        task: asyncio.Task[None] | None = memo.get(key)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     server: WebhookServer | None = memo.get(_SERVER)
     if server is not None:
         await server.stop()

@@ -7,6 +7,7 @@ Admission and status read these, never the API: a pod creation costs no API call
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,9 +16,12 @@ from pydantic import ValidationError
 
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
+from memwarden.kube import KubeError
 from memwarden.podwatch import PodWatcher
 from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate
+
+logger = logging.getLogger(__name__)
 
 
 def governed_namespace(namespace: str | None, **_: Any) -> bool:
@@ -103,8 +107,50 @@ async def mirror_policy(
     book.touch(namespace)
     if type == "DELETED":
         book.forget(namespace=namespace, name=name)
-    else:
-        book.observe(body)
+        _invalid.pop((namespace, name), None)
+        return
+    book.observe(body)
+    await _tell_if_invalid(body)
+
+
+#: Policies found invalid, by (namespace, name): the generation told about.
+_invalid: dict[tuple[str, str], int | None] = {}
+
+
+def first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"spec.{where}: {error['msg']}"
+
+
+async def _tell_if_invalid(body: kopf.Body) -> None:
+    """The CRD's schema and CEL rules refuse bad input at apply time; this catches what
+    slips past them (a CRD older than the operator) and says which field, once per
+    generation: a warning Event ``InvalidSpec``. Such a policy is in no index (it governs
+    nothing). Not a kopf change handler: those patch progress annotations on every
+    policy at every start (1,000 writes for 1,000 policies) and need ``patch``."""
+    key = (str(body.meta.get("namespace")), str(body.meta.get("name")))
+    generation = body.meta.get("generation")
+    try:
+        MemoryPolicySpec.model_validate(dict(body.spec))
+    except ValidationError as exc:
+        if key in _invalid and _invalid[key] == generation:
+            return
+        _invalid[key] = generation
+        message = first_error(exc)
+        logger.warning("policy %s/%s is invalid and governs nothing: %s", *key, message)
+        try:
+            await asyncio.to_thread(
+                state.kube().post_event,
+                body,
+                type="Warning",
+                reason="InvalidSpec",
+                message=message,
+            )
+        except KubeError as exc:
+            logger.debug("InvalidSpec Event not posted: %s", exc)
+        return
+    _invalid.pop(key, None)
 
 
 _mirrored_all = False

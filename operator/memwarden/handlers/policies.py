@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from memwarden.api import GROUP, VERSION, MemoryPolicySpec, MemoryPolicyStatus
+from memwarden.api import MemoryPolicyStatus
 from memwarden.handlers import state
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
 from memwarden.mutation import PlanCache
@@ -35,25 +35,6 @@ logger = logging.getLogger(__name__)
 _STATUS_TASK = "status_loop"
 #: Plans of pod views by shape: a namespace's pass re-plans only pods unlike the others.
 _plans = PlanCache()
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"spec.{where}: {error['msg']}"
-
-
-@kopf.on.resume(GROUP, VERSION, "memorypolicies")
-@kopf.on.create(GROUP, VERSION, "memorypolicies")
-@kopf.on.update(GROUP, VERSION, "memorypolicies", field="spec")
-def validate_policy(*, spec: kopf.Spec, logger: kopf.Logger, **_: Any) -> None:
-    """The CRD's schema and CEL rules refuse bad input at apply time; this catches what
-    slips past them (a CRD older than the operator) and says which field."""
-    try:
-        MemoryPolicySpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        raise kopf.PermanentError(_first_error(exc)) from exc
-    logger.debug("policy spec is valid")
 
 
 def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
