@@ -289,8 +289,9 @@ async def risk_loop(
 ) -> None:
     """Every ``risk_interval``: each namespace with a watching policy, a few at a time.
 
-    When Prometheus fails, every watching policy says so (``RiskEvaluation=False``) and
-    the loop backs off (Prometheus is one for all namespaces); admission never waits on it.
+    When Prometheus fails (or lacks the recording rules ``risk_recording_rules=on``
+    requires), every watching policy says so (``RiskEvaluation=False``) and the loop
+    backs off (Prometheus is one for all namespaces); admission never waits on it.
     """
     settings = state.settings()
     failures = 0
