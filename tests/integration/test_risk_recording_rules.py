@@ -40,7 +40,7 @@ PROMTOOL = Path(os.environ.get("MEMWARDEN_TEST_PROMTOOL", "/usr/bin/promtool"))
 GI = 2**30
 MI = 2**20
 BY = "max by (namespace, pod, container)"
-NAMES = RecordedNames(RuleSet().windows)
+NAMES = RecordedNames.for_windows(RuleSet().windows)
 
 
 def promtool_case(expr: str, *, at: str, expected: list[tuple[str, float]]) -> dict[str, object]:
@@ -185,7 +185,7 @@ def test_recorded_prediction_equals_the_raw_one_at_its_evaluation_times(
 ) -> None:
     series_exporter.set(ContainerSeries(ns, "leaky", "app", working_set=rising(GI / 2, MI)))
     client = PrometheusClient(prometheus.url, timeout=5)
-    names = RecordedNames(FAST_WINDOWS)
+    names = RecordedNames.for_windows(FAST_WINDOWS)
     recorded = f'{names.predict_linear}{{namespace="{ns}",horizon="10m"}}'
     raw = f'{BY} (predict_linear(container_memory_working_set_bytes{{namespace="{ns}"}}[10s], 600))'
 

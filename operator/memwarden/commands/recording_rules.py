@@ -40,26 +40,24 @@ def _duration(text: str) -> str:
     return text
 
 
+#: ``Windows`` field -> the operator's setting it must equal; one ``--<field>-window`` each.
+WINDOW_SETTINGS = {
+    "regression": "risk_regression_window",
+    "rate": "risk_rate_window",
+    "oom": "risk_oom_window",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Windows()
-    parser.add_argument(
-        "--regression-window",
-        type=_duration,
-        default=defaults.regression,
-        help=f"the operator's risk_regression_window (default {defaults.regression})",
-    )
-    parser.add_argument(
-        "--rate-window",
-        type=_duration,
-        default=defaults.rate,
-        help=f"the operator's risk_rate_window (default {defaults.rate})",
-    )
-    parser.add_argument(
-        "--oom-window",
-        type=_duration,
-        default=defaults.oom,
-        help=f"the operator's risk_oom_window (default {defaults.oom})",
-    )
+    for field, setting in WINDOW_SETTINGS.items():
+        default = getattr(defaults, field)
+        parser.add_argument(
+            f"--{field}-window",
+            type=_duration,
+            default=default,
+            help=f"the operator's {setting} (default {default})",
+        )
     parser.add_argument(
         "--horizon",
         dest="horizons",
@@ -77,21 +75,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    windows = {field: getattr(args, f"{field}_window") for field in WINDOW_SETTINGS}
     rules = RuleSet(
-        windows=Windows(
-            regression=args.regression_window, rate=args.rate_window, oom=args.oom_window
-        ),
+        windows=Windows(**windows),
         horizons=tuple(dict.fromkeys(args.horizons or DEFAULT_HORIZONS)),
         interval=args.interval,
     )
+    defaults = Windows()
     given = [
-        f"--{flag} {value}"
-        for flag, value, default in (
-            ("regression-window", args.regression_window, Windows().regression),
-            ("rate-window", args.rate_window, Windows().rate),
-            ("oom-window", args.oom_window, Windows().oom),
-        )
-        if value != default
+        f"--{field}-window {value}"
+        for field, value in windows.items()
+        if value != getattr(defaults, field)
     ]
     given += [f"--horizon {h}" for h in args.horizons or ()]
     given += [f"--interval {args.interval}"] if args.interval else []

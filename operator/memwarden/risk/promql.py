@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final, Literal
+from typing import Final, Literal
 
 from memwarden.api import OomRiskSpec
 from memwarden.quantity import parse_duration
@@ -75,35 +75,31 @@ class Windows:
 
 @dataclass(frozen=True)
 class RecordedNames:
-    """Names of the series memwarden's recording rules keep, for one set of ``Windows``.
+    """Names of the series memwarden's recording rules keep, for one set of ``Windows``
+    (``for_windows``).
 
     Each has only the ``JOIN_LABELS`` (the prediction also ``horizon``). The window is in
     the name, so rules recorded over another window are never read by mistake.
     """
 
-    windows: Windows
+    working_set: str
+    deriv: str
+    predict_linear: str
+    major_faults: str
+    pressure: str
+    oom_events: str
 
-    working_set: ClassVar[str] = "memwarden:container_memory_working_set_bytes"
-
-    @property
-    def deriv(self) -> str:
-        return f"{self.working_set}:deriv{self.windows.regression}"
-
-    @property
-    def predict_linear(self) -> str:
-        return f"{self.working_set}:predict_linear{self.windows.regression}"
-
-    @property
-    def major_faults(self) -> str:
-        return f"memwarden:container_memory_major_faults:rate{self.windows.rate}"
-
-    @property
-    def pressure(self) -> str:
-        return f"memwarden:container_pressure_memory_waiting_seconds:rate{self.windows.rate}"
-
-    @property
-    def oom_events(self) -> str:
-        return f"memwarden:container_oom_events:increase{self.windows.oom}"
+    @classmethod
+    def for_windows(cls, windows: Windows) -> RecordedNames:
+        ws = "memwarden:container_memory_working_set_bytes"
+        return cls(
+            working_set=ws,
+            deriv=f"{ws}:deriv{windows.regression}",
+            predict_linear=f"{ws}:predict_linear{windows.regression}",
+            major_faults=f"memwarden:container_memory_major_faults:rate{windows.rate}",
+            pressure=f"memwarden:container_pressure_memory_waiting_seconds:rate{windows.rate}",
+            oom_events=f"memwarden:container_oom_events:increase{windows.oom}",
+        )
 
 
 @dataclass(frozen=True)
@@ -123,7 +119,7 @@ class Recorded:
 
     @property
     def names(self) -> RecordedNames:
-        return RecordedNames(self.windows)
+        return RecordedNames.for_windows(self.windows)
 
     def covers(self, for_: str) -> bool:
         return self.seconds >= parse_duration(for_)
@@ -317,21 +313,27 @@ def _min_rate_query(
     signal: Signal,
     *,
     series: str,
+    recorded_as: Callable[[RecordedNames], str],
+    namespace: str,
+    containers: Sequence[str] | None,
     threshold: float,
     for_: str,
     windows: Windows,
-    recorded: str | None,
+    recorded: Recorded | None,
 ) -> Query:
-    """Lowest rate of ``series`` over ``for``; ``recorded``: the recorded rate's selector
-    (its lowest over ``for``, no subquery)."""
-    if recorded is None:
+    """Lowest rate of ``series`` over ``for``; when the rules serve it, the lowest of the
+    recorded rate (``recorded_as``) over ``for``, no subquery."""
+    rules = _usable(recorded, for_)
+    if rules is None:
         step = subquery_step(parse_duration(for_))
         lowest, existed = f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}])", series
     else:
-        lowest, existed = f"min_over_time({recorded}[{for_}])", recorded
+        rate = recorded_as(rules.names)
+        existed = recorded_selector(rate, namespace=namespace, containers=containers)
+        lowest = f"min_over_time({existed}[{for_}])"
     expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_)
     return Query(
-        signal=signal, expr=by_container(expr), threshold=threshold, recorded=recorded is not None
+        signal=signal, expr=by_container(expr), threshold=threshold, recorded=rules is not None
     )
 
 
@@ -345,19 +347,16 @@ def major_faults_query(
     recorded: Recorded | None = None,
 ) -> Query:
     """Lowest major-fault rate (faults/s) over ``for``: the page cache is being thrashed."""
-    rules = _usable(recorded, for_)
-    series = selector(FAILURES, namespace=namespace, containers=containers, extra=MAJOR_FAULTS)
     return _min_rate_query(
         "majorFaultsPerSecond",
-        series=series,
+        series=selector(FAILURES, namespace=namespace, containers=containers, extra=MAJOR_FAULTS),
+        recorded_as=lambda names: names.major_faults,
+        namespace=namespace,
+        containers=containers,
         threshold=threshold,
         for_=for_,
         windows=windows,
-        recorded=None
-        if rules is None
-        else recorded_selector(
-            rules.names.major_faults, namespace=namespace, containers=containers
-        ),
+        recorded=recorded,
     )
 
 
@@ -375,17 +374,16 @@ def pressure_query(
     The series exist only where cAdvisor reads PSI (cgroup v2, kernel PSI on); elsewhere
     the query returns nothing and the signal stays silent.
     """
-    rules = _usable(recorded, for_)
-    series = selector(PSI_WAITING, namespace=namespace, containers=containers)
     return _min_rate_query(
         "pressureRatio",
-        series=series,
+        series=selector(PSI_WAITING, namespace=namespace, containers=containers),
+        recorded_as=lambda names: names.pressure,
+        namespace=namespace,
+        containers=containers,
         threshold=threshold,
         for_=for_,
         windows=windows,
-        recorded=None
-        if rules is None
-        else recorded_selector(rules.names.pressure, namespace=namespace, containers=containers),
+        recorded=recorded,
     )
 
 

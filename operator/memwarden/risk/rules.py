@@ -85,7 +85,7 @@ class RuleSet:
 
     def group(self) -> dict[str, Any]:
         """The rule group, as a Prometheus rules file or a PrometheusRule spec holds it."""
-        names = RecordedNames(self.windows)
+        names = RecordedNames.for_windows(self.windows)
         ws = selector(WORKING_SET, namespace=None)
         labels = self.marker_labels()
         matchers = ",".join(f'{k}="{v}"' for k, v in labels.items())
