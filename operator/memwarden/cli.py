@@ -16,6 +16,10 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("memwarden.commands.run", "run the operator (kopf, by module)"),
     "crds": ("memwarden.commands.crds", "print or write the CRDs generated from the API models"),
+    "recording-rules": (
+        "memwarden.commands.recording_rules",
+        "print or write the risk queries' recording rules (a Prometheus rules file)",
+    ),
     "explain": ("memwarden.commands.explain", "offline: what a policy does to a pod, and why"),
     "capture": ("memwarden.capture.toolbox", "collect evidence from a Go process (the toolbox)"),
     "analyze": ("memwarden.capture.analysis_cli", "summarise a heap profile or an evidence bundle"),

@@ -33,6 +33,12 @@ RISK_QUERIES = Counter(
     "PromQL queries sent by the risk loop.",
     registry=REGISTRY,
 )
+RISK_RECORDED_QUERIES = Counter(
+    "memwarden_risk_recorded_queries",
+    "PromQL queries of the risk loop that read memwarden's recording rules, not the raw "
+    "cAdvisor series (a part of memwarden_risk_queries).",
+    registry=REGISTRY,
+)
 RISK_EVALUATION_FAILURES = Counter(
     "memwarden_risk_evaluation_failures",
     "Policy evaluation cycles that failed because Prometheus was unavailable.",

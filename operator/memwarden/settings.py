@@ -243,6 +243,23 @@ class Settings(BaseModel):
         "counts for this long: covers an operator restart, and stays below any sensible "
         "cooldown so one kill opens one incident.",
     )
+    risk_recording_rules: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Whether the risk queries read memwarden's recording rules "
+        "(docs/risk.md) instead of the raw cAdvisor series. auto: when Prometheus has them "
+        "for the windows above, else the raw series (nothing to install for small "
+        "clusters); on: required, and without them risk evaluation fails loudly "
+        "(RecordingRulesMissing) instead of loading Prometheus with raw queries; off: raw "
+        "series only.",
+    )
+    risk_recording_rules_check_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often auto/on look for the recording rules: one instant query of "
+        "one series per rule set. Five minutes: rules installed later are used soon enough, "
+        "and rules removed are noticed within five minutes (their signals are silent "
+        "meanwhile, as with any missing series).",
+    )
     max_concurrent_captures: int = Field(
         default=3,
         ge=1,

@@ -24,6 +24,8 @@ from kubernetes.client.rest import ApiException
 from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.manifests import mutating_webhook_configuration
+from memwarden.risk.promql import Windows
+from memwarden.risk.rules import RuleSet
 from memwarden.settings import Settings
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
 from memwarden_testing.cluster import REPO, kubectl, unique_name, wait_for
@@ -232,6 +234,15 @@ INVALID = [
         id="renew-before-validity",
     ),
     pytest.param({"alertmanager": {"receiver": {"token": "short"}}}, "token", id="weak-token"),
+    pytest.param(
+        {"prometheus": {"recordingRules": "always"}}, "recordingRules", id="bad-recording-mode"
+    ),
+    pytest.param({"prometheus": {"rateWindow": "1.5m"}}, "rateWindow", id="fractional-window"),
+    pytest.param(
+        {"prometheusRule": {"recordingRules": {"horizons": ["600"]}}},
+        "horizons",
+        id="horizon-without-unit",
+    ),
 ]
 
 
@@ -240,6 +251,65 @@ def test_invalid_values_are_refused(helm: Path, values: dict[str, Any], field: s
     result = template(helm, namespace="memwarden-system", values=values)
     assert result.returncode != 0, f"accepted: {values}"
     assert field in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("values", "rules"),
+    [
+        pytest.param({}, RuleSet(), id="defaults"),
+        pytest.param(
+            {
+                "prometheus": {
+                    "regressionWindow": "10m",
+                    "rateWindow": "2m",
+                    "oomWindow": "15m",
+                    "recordingRules": "on",
+                },
+                "prometheusRule": {
+                    "recordingRules": {"interval": "30s", "horizons": ["5m", "1h30m"]},
+                },
+            },
+            RuleSet(
+                windows=Windows(regression="10m", rate="2m", oom="15m"),
+                horizons=("5m", "1h30m"),
+                interval="30s",
+            ),
+            id="windows-horizons-interval",
+        ),
+    ],
+)
+def test_rendered_recording_rules_are_the_operators(
+    helm: Path, values: dict[str, Any], rules: RuleSet, tmp_path: Path
+) -> None:
+    """The chart's recording rules are RuleSet's for the windows it gives the operator."""
+    values = {**values, "prometheusRule": {"enabled": True, **values.get("prometheusRule", {})}}
+    docs = render(helm, namespace="ops", values=values)
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    (group,) = [g for g in groups if g["name"] == "memwarden-risk"]
+    assert group == rules.group()
+    settings = Settings.from_env(container_env(docs, "ops"))
+    operator_windows = Windows(
+        regression=settings.risk_regression_window,
+        rate=settings.risk_rate_window,
+        oom=settings.risk_oom_window,
+    )
+    assert operator_windows == rules.windows
+    assert settings.risk_recording_rules == values.get("prometheus", {}).get(
+        "recordingRules", "auto"
+    )
+    # Prometheus' own checker accepts the rendered group.
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(yaml.safe_dump({"groups": groups}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_recording_rules_can_be_left_out(helm: Path) -> None:
+    values = {"prometheusRule": {"enabled": True, "recordingRules": {"enabled": False}}}
+    groups = one(render(helm, namespace="ops", values=values), "PrometheusRule")["spec"]["groups"]
+    assert [g["name"] for g in groups] == ["memwarden"]
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

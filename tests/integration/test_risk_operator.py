@@ -19,6 +19,7 @@ from memwarden_testing.builders import make_container, make_policy, make_policy_
 from memwarden_testing.cluster import events_on, kubectl, wait_for
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import (
+    FAST_WINDOWS,
     ContainerSeries,
     PrometheusServer,
     SeriesExporter,
@@ -30,14 +31,17 @@ GI = 2**30
 MI = 2**20
 LABELS = {"app": "checkout"}
 
-#: A Prometheus scraping every second lets the operator use short windows and cycles.
+#: A Prometheus scraping every second lets the operator use short windows and cycles. The
+#: session's Prometheus records memwarden's rules for these windows: the operator reads
+#: them (risk_recording_rules=auto, looked up every 5 s here instead of 5 min).
 RISK_ENV = {
     "MEMWARDEN_RISK_INTERVAL_SECONDS": "1",
     "MEMWARDEN_RISK_BACKOFF_MAX_SECONDS": "2",
     "MEMWARDEN_PROMETHEUS_TIMEOUT_SECONDS": "2",
-    "MEMWARDEN_RISK_REGRESSION_WINDOW": "10s",
-    "MEMWARDEN_RISK_RATE_WINDOW": "5s",
-    "MEMWARDEN_RISK_OOM_WINDOW": "1m",
+    "MEMWARDEN_RISK_REGRESSION_WINDOW": FAST_WINDOWS.regression,
+    "MEMWARDEN_RISK_RATE_WINDOW": FAST_WINDOWS.rate,
+    "MEMWARDEN_RISK_OOM_WINDOW": FAST_WINDOWS.oom,
+    "MEMWARDEN_RISK_RECORDING_RULES_CHECK_SECONDS": "5",
     # Incidents stay Pending here (no node to capture on): the cap must not get in the way.
     "MEMWARDEN_MAX_CONCURRENT_CAPTURES": "1000",
 }
@@ -192,6 +196,12 @@ def test_rising_series_opens_one_incident_and_cooldown_survives_a_restart(
     assert incident["metadata"]["labels"]["memwarden.dev/pod"] == "leaky"
     assert incident["metadata"]["name"].startswith("leaky-")
     assert wait_risk(kube, namespace, "True")["reason"] == "Evaluated"
+    # Usage, time to limit and OOM events: all three read the recording rules.
+    wait_for(
+        lambda: "(3 on recording rules)" in (risk_condition(kube, namespace) or {})["message"],
+        timeout=20,
+        what="queries on recording rules",
+    )
     wait_for(
         lambda: policy_status(kube, namespace).get("lastIncident") == incident["metadata"]["name"],
         timeout=10,

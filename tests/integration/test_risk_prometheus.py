@@ -13,10 +13,12 @@ import pytest
 
 from memwarden.api import OomRiskSpec
 from memwarden.risk.prometheus import PrometheusClient, PrometheusUnavailable
-from memwarden.risk.promql import Windows, policy_queries
+from memwarden.risk.promql import Recorded, policy_queries
 from memwarden.risk.signals import Governed, evaluate
 from memwarden_testing.cluster import wait_for
 from memwarden_testing.prometheus import (
+    FAST_WINDOWS,
+    TEST_RULES,
     ContainerSeries,
     PrometheusServer,
     SeriesExporter,
@@ -26,8 +28,9 @@ from memwarden_testing.prometheus import (
 
 GI = 2**30
 MI = 2**20
-#: Short windows for a Prometheus scraping every second.
-FAST = Windows(regression="10s", rate="5s", oom="1m")
+#: Short windows for a Prometheus scraping every second; no recording rules given to the
+#: builders: these tests cover the raw queries (test_risk_recording_rules the recorded ones).
+FAST = FAST_WINDOWS
 
 
 @pytest.fixture
@@ -41,14 +44,21 @@ def governed(ns: str, *pods: str) -> dict[tuple[str, str, str], Governed]:
     }
 
 
-def test_every_builder_is_valid_promql(prometheus: PrometheusServer, ns: str) -> None:
+def test_every_builder_raw_and_recorded_is_valid_promql(
+    prometheus: PrometheusServer, ns: str
+) -> None:
     risk = OomRiskSpec.model_validate(
         {"majorFaultsPerSecond": 1, "pressureRatio": 0.1, "for": "5s"}
     )
     client = PrometheusClient(prometheus.url, timeout=5)
-    for query in policy_queries(risk, namespace=ns, containers=["app", "side-car"], windows=FAST):
-        assert client.query(query.expr) == [], query.signal
-    assert client.queries == 5
+    recorded = Recorded(windows=FAST, horizons=TEST_RULES.horizons)
+    for rules in (None, recorded):
+        for query in policy_queries(
+            risk, namespace=ns, containers=["app", "side-car"], windows=FAST, recorded=rules
+        ):
+            assert query.recorded == (rules is not None)
+            assert client.query(query.expr) == [], query.signal
+    assert client.queries == 10
 
 
 def test_rising_series_holds_and_flat_one_does_not(

@@ -6,6 +6,10 @@ set as a curve over time, fault and PSI counters as rates, OOM events as a count
 Prometheus fixture scrapes any ``ScrapeTarget`` (anything with a ``target`` ``host:port``
 serving ``/metrics``), so the node simulator can take the exporter's place later
 without touching the Prometheus side.
+
+The session's Prometheus evaluates memwarden's recording rules (``TEST_RULES``, over the
+short windows the tests use), so integration tests exercise them; the raw queries are
+exercised by the tests that build them without ``recorded``.
 """
 
 from __future__ import annotations
@@ -28,10 +32,17 @@ from typing import Any, Protocol
 import pytest
 import yaml
 
+from memwarden.risk.promql import Windows
+from memwarden.risk.rules import RuleSet
 from memwarden_testing.cluster import stop_process_group, wait_for
 from memwarden_testing.operator import free_port
 
 PROMETHEUS = Path(os.environ.get("MEMWARDEN_TEST_PROMETHEUS", "/usr/bin/prometheus"))
+
+#: Windows for a Prometheus scraping every second (the tests' operator uses the same).
+FAST_WINDOWS = Windows(regression="10s", rate="5s", oom="1m")
+#: The recording rules of the session's Prometheus: the tests' windows, the default horizon.
+TEST_RULES = RuleSet(windows=FAST_WINDOWS, horizons=("10m",))
 
 #: Working set in bytes, as a function of seconds since the series was set.
 Curve = Callable[[float], float]
@@ -182,6 +193,8 @@ class PrometheusServer:
     metrics_path: str = "/metrics"
     """``/metrics/cadvisor`` for the node simulator."""
     rule_files: Sequence[Path] = ()
+    recording: RuleSet | None = None
+    """memwarden's recording rules to evaluate (written beside the configuration)."""
     alertmanagers: Sequence[str] = ()
     """``host:port`` of Alertmanagers that alerts from ``rule_files`` go to."""
     port: int = field(default_factory=free_port)
@@ -211,8 +224,13 @@ class PrometheusServer:
                 }
             ],
         }
-        if self.rule_files:
-            config["rule_files"] = [str(path) for path in self.rule_files]
+        rule_files = [str(path) for path in self.rule_files]
+        if self.recording is not None:
+            recording = self.workdir / "memwarden-recording-rules.yml"
+            recording.write_text(yaml.safe_dump(self.recording.document(), sort_keys=False))
+            rule_files.append(str(recording))
+        if rule_files:
+            config["rule_files"] = rule_files
         if self.alertmanagers:
             config["alerting"] = {
                 "alertmanagers": [{"static_configs": [{"targets": list(self.alertmanagers)}]}]
@@ -296,11 +314,14 @@ def series_exporter() -> Iterator[SeriesExporter]:
 def prometheus_server(
     series_exporter: SeriesExporter, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[PrometheusServer]:
-    """A real Prometheus scraping the exporter every second; stopped and waited for."""
+    """A real Prometheus scraping the exporter every second and evaluating memwarden's
+    recording rules (``TEST_RULES``); stopped and waited for."""
     if shutil.which(str(PROMETHEUS)) is None:
         pytest.fail(f"{PROMETHEUS} is not installed: run hack/bootstrap.sh")
     server = PrometheusServer(
-        workdir=tmp_path_factory.mktemp("prometheus"), targets=[series_exporter.target]
+        workdir=tmp_path_factory.mktemp("prometheus"),
+        targets=[series_exporter.target],
+        recording=TEST_RULES,
     )
     server.start()
     yield server

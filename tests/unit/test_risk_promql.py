@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from memwarden.api import OomRiskSpec
 from memwarden.risk.promql import (
     PolicyRisk,
+    Recorded,
     Windows,
     duration,
     major_faults_query,
@@ -60,17 +62,18 @@ def test_time_to_limit_query() -> None:
     query = time_to_limit_query(
         namespace="shop", containers=None, for_="2m", horizon="10m", windows=W
     )
-    assert (query.signal, query.threshold, query.parts) == (
+    assert (query.signal, query.threshold, query.parts, query.recorded) == (
         "timeToLimit",
         600.0,
-        ("held", "now", "slope"),
+        ("held", "predicted", "slope"),
+        False,
     )
     by = "max by (namespace, pod, container)"
     assert query.expr == (
         f"label_replace({by} (min_over_time(predict_linear({WS}[5m], 600)[2m:12s]) "
         f'and {WS} offset 2m), "memwarden_part", "held", "", "") '
-        f"or label_replace({by} (predict_linear({WS}[5m], 0)), "
-        f'"memwarden_part", "now", "", "") '
+        f"or label_replace({by} (predict_linear({WS}[5m], 600)), "
+        f'"memwarden_part", "predicted", "", "") '
         f'or label_replace({by} (deriv({WS}[5m])), "memwarden_part", "slope", "", "")'
     )
 
@@ -87,13 +90,13 @@ def test_time_to_limit_query_leaves_out_what_cannot_reach_the_smallest_limit() -
         namespace="shop", containers=None, for_="2m", horizon="10m", windows=W, min_limit=1000
     )
     by = "max by (namespace, pod, container)"
-    reaching = f"and predict_linear({WS}[5m], 600) >= 1000"
+    reaching = f"predict_linear({WS}[5m], 600) >= 1000"
     assert query.expr == (
         f"label_replace({by} (min_over_time(predict_linear({WS}[5m], 600)[2m:12s]) >= 1000 "
         f'and {WS} offset 2m), "memwarden_part", "held", "", "") '
-        f"or label_replace({by} (predict_linear({WS}[5m], 0) {reaching}), "
-        f'"memwarden_part", "now", "", "") '
-        f"or label_replace({by} (deriv({WS}[5m]) {reaching}), "
+        f"or label_replace({by} ({reaching}), "
+        f'"memwarden_part", "predicted", "", "") '
+        f"or label_replace({by} (deriv({WS}[5m]) and {reaching}), "
         f'"memwarden_part", "slope", "", "")'
     )
 
@@ -183,7 +186,7 @@ def test_subquery_step(for_seconds: float, step: str) -> None:
     assert subquery_step(for_seconds) == step
 
 
-PURE = ("promql", "signals", "opening", "findings")
+PURE = ("promql", "rules", "signals", "opening", "findings")
 FORBIDDEN = {
     "kubernetes",
     "kopf",
@@ -244,3 +247,130 @@ def test_container_lists_are_unioned_and_other_rules_get_their_own_query() -> No
     # Time to limit and OOM events do not depend on usageRatio: all three share them, over
     # every container (one of them names none).
     assert "container=~" not in by_readers[("oomKilled", ("a", "b", "strict"))].expr
+
+
+# -- the recorded forms: the same signals over memwarden's recording rules (rules.py) ------
+
+#: Rules recorded for ten minutes, over the operator's windows, predicting at 10m.
+REC = Recorded(windows=W, horizons=("10m",), seconds=600)
+RWS = 'memwarden:container_memory_working_set_bytes{namespace="shop"}'
+BY = "max by (namespace, pod, container)"
+
+
+def test_recorded_usage_query() -> None:
+    query = usage_query(
+        namespace="shop", containers=None, for_="2m", threshold=0.9, min_limit=1000, recorded=REC
+    )
+    assert query.recorded
+    assert query.expr == f"{BY} (min_over_time({RWS}[2m]) >= 900 and {RWS} offset 2m)"
+
+
+def test_recorded_time_to_limit_query_reads_the_recorded_prediction() -> None:
+    query = time_to_limit_query(
+        namespace="shop",
+        containers=["app"],
+        for_="2m",
+        horizon="600s",
+        windows=W,
+        min_limit=1000,
+        recorded=REC,
+    )
+    assert (query.recorded, query.parts, query.threshold) == (
+        True,
+        ("held", "predicted", "slope"),
+        600.0,
+    )
+    app = 'namespace="shop",container=~"app"'
+    ws = f"memwarden:container_memory_working_set_bytes{{{app}}}"
+    predicted = (
+        f'memwarden:container_memory_working_set_bytes:predict_linear5m{{{app},horizon="10m"}}'
+    )
+    deriv = f"memwarden:container_memory_working_set_bytes:deriv5m{{{app}}}"
+    on = "on (namespace, pod, container)"
+    # No regression, rate or subquery at query time: the rules fitted once per evaluation.
+    assert query.expr == (
+        f"label_replace({BY} (min_over_time({predicted}[2m]) >= 1000 and {on} {ws} offset 2m), "
+        '"memwarden_part", "held", "", "") '
+        f'or label_replace({BY} ({predicted} >= 1000), "memwarden_part", "predicted", "", "") '
+        f"or label_replace({BY} ({deriv} and {on} {predicted} >= 1000), "
+        '"memwarden_part", "slope", "", "")'
+    )
+
+
+def test_recorded_rate_and_oom_queries() -> None:
+    faults = major_faults_query(
+        namespace="shop", containers=None, for_="2m", threshold=50, windows=W, recorded=REC
+    )
+    rate = 'memwarden:container_memory_major_faults:rate1m{namespace="shop"}'
+    assert faults.expr == f"{BY} (min_over_time({rate}[2m]) >= 50 and {rate} offset 2m)"
+    psi = pressure_query(
+        namespace="shop", containers=None, for_="30s", threshold=0.2, windows=W, recorded=REC
+    )
+    stall = 'memwarden:container_pressure_memory_waiting_seconds:rate1m{namespace="shop"}'
+    assert psi.expr == f"{BY} (min_over_time({stall}[30s]) >= 0.2 and {stall} offset 30s)"
+    oom = oom_events_query(namespace="shop", containers=None, windows=W, recorded=REC)
+    assert oom.expr == f'{BY} (memwarden:container_oom_events:increase5m{{namespace="shop"}}) > 0'
+    assert faults.recorded and psi.recorded and oom.recorded
+
+
+def test_recorded_names_carry_the_rules_spelling_of_the_windows() -> None:
+    spelled = Recorded(windows=Windows(regression="300s", rate="1m", oom="5m"), horizons=("600s",))
+    query = time_to_limit_query(
+        namespace="shop", containers=None, for_="2m", horizon="10m", windows=W, recorded=spelled
+    )
+    assert 'predict_linear300s{namespace="shop",horizon="600s"}' in query.expr
+
+
+@pytest.mark.parametrize(
+    ("recorded", "risk_fields", "expected"),
+    [
+        pytest.param(None, {}, [False, False, False], id="no-rules"),
+        pytest.param(REC, {}, [True, True, True], id="rules-cover-for"),
+        pytest.param(
+            Recorded(windows=W, horizons=("10m",), seconds=119),
+            {},
+            [False, False, True],
+            id="rules-younger-than-for",
+        ),
+        pytest.param(REC, {"timeToLimit": "30m"}, [True, False, True], id="horizon-not-recorded"),
+        pytest.param(
+            Recorded(windows=W, horizons=(), seconds=math.inf),
+            {},
+            [True, False, True],
+            id="no-horizons",
+        ),
+    ],
+)
+def test_each_query_reads_the_rules_only_where_they_serve_it(
+    recorded: Recorded | None, risk_fields: dict[str, object], expected: list[bool]
+) -> None:
+    """Younger than ``for``, the recorded series would shorten it: raw until they are old
+    enough (OOM events have no ``for``); a horizon without a recorded prediction: raw."""
+    queries = policy_queries(
+        risk(**risk_fields), namespace="shop", containers=None, windows=W, recorded=recorded
+    )
+    assert [q.signal for q in queries] == ["usageRatio", "timeToLimit", "oomKilled"]
+    assert [q.recorded for q in queries] == expected
+    assert all(("memwarden:" in q.expr) == q.recorded for q in queries)
+
+
+def test_policies_share_recorded_queries_and_split_where_the_forms_differ() -> None:
+    policies = [
+        PolicyRisk(name="a", risk=risk(), containers=("app",), min_limit=2 * 2**30),
+        PolicyRisk(name="b", risk=risk(), containers=("worker",), min_limit=2**30),
+        # Its 30m horizon is not recorded: its timeToLimit reads raw series, alone.
+        PolicyRisk(name="far", risk=risk(timeToLimit="30m"), containers=None, min_limit=None),
+    ]
+    batched = namespace_queries(policies, namespace="shop", windows=W, recorded=REC)
+    by_readers = {(q.signal, readers): q for q, readers in batched}
+    assert sorted(by_readers) == [
+        ("oomKilled", ("a", "b", "far")),
+        ("timeToLimit", ("a", "b")),
+        ("timeToLimit", ("far",)),
+        ("usageRatio", ("a", "b", "far")),
+    ]
+    shared = by_readers[("timeToLimit", ("a", "b"))]
+    assert shared.recorded and 'container=~"app|worker"' in shared.expr
+    assert f">= {2**30}" in shared.expr  # the smallest limit of its readers
+    assert not by_readers[("timeToLimit", ("far",))].recorded
+    assert by_readers[("usageRatio", ("a", "b", "far"))].recorded

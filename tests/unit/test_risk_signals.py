@@ -64,14 +64,16 @@ def test_usage_ratio(samples: list[Sample], expected: list[tuple[str, str, float
     assert run(USAGE, samples) == expected
 
 
-TTL = Query(signal="timeToLimit", expr="", threshold=600.0, parts=("held", "now", "slope"))
+TTL = Query(signal="timeToLimit", expr="", threshold=600.0, parts=("held", "predicted", "slope"))
 MIB = 2**20
 
 
 def ttl(held: float, now: float, slope: float) -> list[Sample]:
+    """The parts for a fit at ``now`` rising by ``slope``: Prometheus sends the prediction
+    at the horizon (600 s), ``now + 600 × slope``."""
     return [
         sample(held, memwarden_part="held"),
-        sample(now, memwarden_part="now"),
+        sample(now + 600 * slope, memwarden_part="predicted"),
         sample(slope, memwarden_part="slope"),
     ]
 

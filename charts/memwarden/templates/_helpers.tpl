@@ -51,3 +51,14 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- fail "replicas > 1 needs evidence.persistence.accessMode ReadWriteMany (or an existingClaim that allows it)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Seconds in a duration such as 10m or 1h30m (no ms: the schema allows none here). */}}
+{{- define "memwarden.seconds" -}}
+{{- $units := dict "s" 1 "m" 60 "h" 3600 -}}
+{{- $total := 0 -}}
+{{- range regexFindAll "[0-9]+[smh]" . -1 -}}
+{{- $number := regexFind "^[0-9]+" . -}}
+{{- $total = add $total (mul ($number | int) (get $units (trimPrefix $number .))) -}}
+{{- end -}}
+{{- $total -}}
+{{- end -}}

@@ -9,6 +9,11 @@ suppressed triggers are counted and announced on the policy (an Event, rate-limi
 pod and reason). When Prometheus fails every watching policy says so
 (``RiskEvaluation=False``) and the loop backs off; admission never depends on it. Not a
 kopf timer per policy: 1,000 policies would be 1,000 timers and their queries.
+
+The queries read memwarden's recording rules where Prometheus has them
+(``risk_recording_rules``): every ``risk_recording_rules_check_seconds`` the loop reads
+their marker (one series per rule set), and each cycle asks the pure ``find_recorded``
+what they serve at that moment.
 """
 
 from __future__ import annotations
@@ -31,8 +36,9 @@ from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view, rfc3339
-from memwarden.risk.prometheus import PrometheusClient, PrometheusError
-from memwarden.risk.promql import PolicyRisk, Windows, namespace_queries
+from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
+from memwarden.risk.promql import PolicyRisk, Recorded, Sample, Windows, namespace_queries
+from memwarden.risk.rules import MARKER, describe, find_recorded
 from memwarden.risk.signals import (
     evaluate,
     governed_by_policy,
@@ -83,6 +89,61 @@ def _windows() -> Windows:
         rate=settings.risk_rate_window,
         oom=settings.risk_oom_window,
     )
+
+
+class RecordingRules:
+    """What the last look for memwarden's recording rules found: their markers, and when
+    it ran (monotonic seconds). One per process; the loop refreshes it."""
+
+    def __init__(self) -> None:
+        self.markers: list[Sample] | None = None
+        self.checked: float | None = None
+
+    async def refresh(self, client: PrometheusClient, *, now: float) -> None:
+        """Read the markers when the last look is older than the check interval at ``now``
+        (monotonic seconds); off the event loop, through the adapter: a failure is the
+        cycle's failure."""
+        settings = state.settings()
+        if settings.risk_recording_rules == "off":
+            return
+        if self.checked is not None and (
+            now - self.checked < settings.risk_recording_rules_check_seconds
+        ):
+            return
+        markers = await client.aquery(MARKER)
+        before = None if self.markers is None else describe(self.markers)
+        self.markers, self.checked = markers, now
+        if describe(markers) != before:
+            windows = _windows()
+            use = find_recorded(markers, windows=windows, now=0.0) is not None
+            logger.info(
+                "recording rules in Prometheus: %s; the risk queries (windows: regression "
+                "%s, rate %s, oom %s) read %s",
+                describe(markers),
+                windows.regression,
+                windows.rate,
+                windows.oom,
+                "them where they serve" if use else "the raw series (no rules for these windows)",
+            )
+
+    def current(self, now: dt.datetime) -> Recorded | None:
+        """The recording rules the queries may read at ``now``; raises
+        ``RecordingRulesMissing`` when they are required and absent."""
+        mode = state.settings().risk_recording_rules
+        if mode == "off":
+            return None
+        windows = _windows()
+        found = find_recorded(self.markers or [], windows=windows, now=now.timestamp())
+        if found is None and mode == "on":
+            raise RecordingRulesMissing(
+                f"risk_recording_rules=on but Prometheus has no memwarden recording rules "
+                f"for regression {windows.regression}, rate {windows.rate}, oom "
+                f"{windows.oom} (found: {describe(self.markers or [])}); see docs/risk.md"
+            )
+        return found
+
+
+_recording_rules = RecordingRules()
 
 
 def _policy_ref(policy: Candidate) -> dict[str, Any]:
@@ -173,6 +234,7 @@ async def evaluate_namespace(
     client = prometheus()
     sent = 0
     if client is not None:
+        recorded = _recording_rules.current(now)
         risks = [
             PolicyRisk(
                 name=p.name,
@@ -183,9 +245,13 @@ async def evaluate_namespace(
             for p in watching
             if p.spec.oomRisk is not None and governed[p.name]
         ]
-        batched = namespace_queries(risks, namespace=namespace, windows=_windows())
+        batched = namespace_queries(
+            risks, namespace=namespace, windows=_windows(), recorded=recorded
+        )
         sent = len(batched)
+        on_rules = sum(1 for query, _ in batched if query.recorded)
         metrics.RISK_QUERIES.inc(sent)
+        metrics.RISK_RECORDED_QUERIES.inc(on_rules)
         results = await asyncio.gather(*(client.aquery(q.expr) for q, _ in batched))
         for risk in risks:
             mine = [
@@ -200,8 +266,8 @@ async def evaluate_namespace(
                 policy,
                 ok=True,
                 reason="Evaluated",
-                message=f"evaluated with the namespace's {sent} queries over {count} "
-                "governed containers",
+                message=f"evaluated with the namespace's {sent} queries ({on_rules} on "
+                f"recording rules) over {count} governed containers",
                 now=now,
             )
     for policy in watching:
@@ -224,8 +290,9 @@ async def risk_loop(
 ) -> None:
     """Every ``risk_interval``: each namespace with a watching policy, a few at a time.
 
-    When Prometheus fails, every watching policy says so (``RiskEvaluation=False``) and
-    the loop backs off (Prometheus is one for all namespaces); admission never waits on it.
+    When Prometheus fails (or lacks the recording rules ``risk_recording_rules=on``
+    requires), every watching policy says so (``RiskEvaluation=False``) and the loop
+    backs off (Prometheus is one for all namespaces); admission never waits on it.
     """
     settings = state.settings()
     failures = 0
@@ -251,7 +318,15 @@ async def risk_loop(
             if ns not in settings.never_governed
             and any(c.spec.oomRisk is not None for c in policy_index.get(ns, []))
         ]
-        outcomes = await asyncio.gather(*(one(ns) for ns in namespaces), return_exceptions=True)
+        client = prometheus()
+        outcomes: list[BaseException | None]
+        try:
+            if client is not None and namespaces:
+                await _recording_rules.refresh(client, now=time.monotonic())
+        except PrometheusError as exc:
+            outcomes = [exc]
+        else:
+            outcomes = await asyncio.gather(*(one(ns) for ns in namespaces), return_exceptions=True)
         failed = [o for o in outcomes if isinstance(o, PrometheusError)]
         for other in outcomes:
             if isinstance(other, BaseException) and not isinstance(other, PrometheusError):
@@ -272,7 +347,7 @@ async def risk_loop(
                     await write_risk_condition(
                         policy,
                         ok=False,
-                        reason="PrometheusUnavailable",
+                        reason=failed[0].reason,
                         message=f"{failed[0]} (next attempt in {delay:g}s)",
                         now=now,
                     )

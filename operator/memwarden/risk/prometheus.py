@@ -29,9 +29,19 @@ MAX_MESSAGE = 300
 class PrometheusError(Exception):
     """Base of the adapter's errors."""
 
+    #: The reason of the RiskEvaluation condition a failed cycle writes.
+    reason = "PrometheusUnavailable"
+
 
 class PrometheusUnavailable(PrometheusError):
     """Prometheus did not answer, answered too slowly, or refused the query."""
+
+
+class RecordingRulesMissing(PrometheusError):
+    """Recording rules are required (``risk_recording_rules=on``) and Prometheus has none
+    for the operator's windows."""
+
+    reason = "RecordingRulesMissing"
 
 
 def _short(text: str) -> str:
@@ -107,4 +117,9 @@ def _samples(result: Any) -> list[Sample]:
     return samples
 
 
-__all__ = ["PrometheusClient", "PrometheusError", "PrometheusUnavailable"]
+__all__ = [
+    "PrometheusClient",
+    "PrometheusError",
+    "PrometheusUnavailable",
+    "RecordingRulesMissing",
+]

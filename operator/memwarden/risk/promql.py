@@ -8,13 +8,18 @@ kube-state-metrics). The number of queries depends only on the enabled signals.
 ``for`` is evaluated by Prometheus (``min_over_time`` over a range or a subquery), so a
 restarted operator loses nothing. A series must also have existed ``for`` ago (``and
 ... offset``): a container that has just started cannot have held anything for ``for``.
+
+Each builder has two forms with the same meaning: over the raw cAdvisor series, or over
+the per-container series memwarden's recording rules keep (``rules.py``; ``Recorded``
+says which are there). The recorded form needs no regression, rate or subquery at query
+time: Prometheus did that work once per rule evaluation, for every namespace at once.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -25,11 +30,15 @@ WORKING_SET: Final = "container_memory_working_set_bytes"
 FAILURES: Final = "container_memory_failures_total"
 OOM_EVENTS: Final = "container_oom_events_total"
 PSI_WAITING: Final = "container_pressure_memory_waiting_seconds_total"
+#: Matchers that pick major faults among ``FAILURES``.
+MAJOR_FAULTS: Final = ('failure_type="pgmajfault"', 'scope="container"')
 
 #: The keys a result is joined on: everything else (id, image, instance...) is dropped.
 JOIN_LABELS: Final = ("namespace", "pod", "container")
 #: The label that tells apart the parts of a multi-part query (timeToLimit).
 PART_LABEL: Final = "memwarden_part"
+#: The label of a recorded prediction that says its horizon (``10m``).
+HORIZON_LABEL: Final = "horizon"
 
 Signal = Literal["usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "oomKilled"]
 #: Signal order for findings on one container: the most certain first.
@@ -65,6 +74,63 @@ class Windows:
 
 
 @dataclass(frozen=True)
+class RecordedNames:
+    """Names of the series memwarden's recording rules keep, for one set of ``Windows``
+    (``for_windows``).
+
+    Each has only the ``JOIN_LABELS`` (the prediction also ``horizon``). The window is in
+    the name, so rules recorded over another window are never read by mistake.
+    """
+
+    working_set: str
+    deriv: str
+    predict_linear: str
+    major_faults: str
+    pressure: str
+    oom_events: str
+
+    @classmethod
+    def for_windows(cls, windows: Windows) -> RecordedNames:
+        ws = "memwarden:container_memory_working_set_bytes"
+        return cls(
+            working_set=ws,
+            deriv=f"{ws}:deriv{windows.regression}",
+            predict_linear=f"{ws}:predict_linear{windows.regression}",
+            major_faults=f"memwarden:container_memory_major_faults:rate{windows.rate}",
+            pressure=f"memwarden:container_pressure_memory_waiting_seconds:rate{windows.rate}",
+            oom_events=f"memwarden:container_oom_events:increase{windows.oom}",
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Recording rules the queries may read (``rules.py`` makes them; the operator finds
+    them): ``windows`` and ``horizons`` spelled as the rules spell them, and how long
+    they have been recorded.
+
+    A query reads them only when they cover its ``for`` (series that began less than
+    ``for`` ago would shorten it) and, for timeToLimit, when its horizon is recorded;
+    otherwise it reads the raw series.
+    """
+
+    windows: Windows
+    horizons: tuple[str, ...] = ()
+    seconds: float = math.inf
+
+    @property
+    def names(self) -> RecordedNames:
+        return RecordedNames.for_windows(self.windows)
+
+    def covers(self, for_: str) -> bool:
+        return self.seconds >= parse_duration(for_)
+
+    def horizon(self, horizon: str) -> str | None:
+        """The recorded horizon equal to ``horizon`` (``600s`` is ``10m``), as labelled."""
+        seconds = parse_duration(horizon)
+        return next((h for h in self.horizons if parse_duration(h) == seconds), None)
+
+
+@dataclass(frozen=True)
 class Query:
     """One PromQL expression and the signal it measures."""
 
@@ -72,6 +138,8 @@ class Query:
     expr: str
     threshold: float | None = None
     parts: tuple[str, ...] = field(default=())
+    recorded: bool = False
+    """Reads the recording rules' series (``Recorded``), not the raw ones."""
 
 
 def duration(seconds: float) -> str:
@@ -90,29 +158,57 @@ def subquery_step(for_seconds: float) -> str:
     return duration(min(60.0, max(1.0, math.floor(for_seconds / 10))))
 
 
-def selector(metric: str, *, namespace: str, containers: Sequence[str] | None = None) -> str:
-    """``metric{namespace="NS",container!="",container!="POD"}`` (+ a container regex).
+def selector(
+    metric: str,
+    *,
+    namespace: str | None,
+    containers: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+) -> str:
+    """``metric{namespace="NS",container!="",container!="POD"}`` (+ a container regex and
+    ``extra`` matchers); ``namespace=None``: every namespace (the recording rules).
 
     ``container!=""`` drops the pod-level cgroup series and ``POD`` the pause container.
     """
-    matchers = [f'namespace="{_escape(namespace)}"', 'container!=""', 'container!="POD"']
-    if containers:
-        alternatives = "|".join(re.escape(name) for name in sorted(set(containers)))
-        matchers.append(f'container=~"{_escape(alternatives)}"')
+    matchers = [] if namespace is None else [f'namespace="{_escape(namespace)}"']
+    matchers += ['container!=""', 'container!="POD"', *_containers(containers), *extra]
     return f"{metric}{{{','.join(matchers)}}}"
+
+
+def recorded_selector(
+    metric: str, *, namespace: str, containers: Sequence[str] | None, extra: Sequence[str] = ()
+) -> str:
+    """``metric{namespace="NS"}`` (+ a container regex): a recorded series has neither the
+    pod-level nor the pause container, the rules left them out."""
+    matchers = [f'namespace="{_escape(namespace)}"', *_containers(containers), *extra]
+    return f"{metric}{{{','.join(matchers)}}}"
+
+
+def _containers(containers: Sequence[str] | None) -> list[str]:
+    if not containers:
+        return []
+    alternatives = "|".join(re.escape(name) for name in sorted(set(containers)))
+    return [f'container=~"{_escape(alternatives)}"']
 
 
 def _escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _by_container(expr: str) -> str:
+def by_container(expr: str) -> str:
+    """``max by (namespace, pod, container) (expr)``: one series per container."""
     return f"max by ({', '.join(JOIN_LABELS)}) ({expr})"
 
 
-def _held(expr: str, *, series: str, for_: str) -> str:
-    """``expr`` only for series that already existed ``for`` ago."""
-    return f"{expr} and {series} offset {for_}"
+def _held(expr: str, *, series: str, for_: str, on: bool = False) -> str:
+    """``expr`` only for series that already existed ``for`` ago (``on``: matched on the
+    ``JOIN_LABELS`` only, for ``expr`` with more labels than ``series``)."""
+    matching = f"on ({', '.join(JOIN_LABELS)}) " if on else ""
+    return f"{expr} and {matching}{series} offset {for_}"
+
+
+def _usable(recorded: Recorded | None, for_: str) -> Recorded | None:
+    return recorded if recorded is not None and recorded.covers(for_) else None
 
 
 def usage_query(
@@ -122,6 +218,7 @@ def usage_query(
     for_: str,
     threshold: float,
     min_limit: int | None = None,
+    recorded: Recorded | None = None,
 ) -> Query:
     """Lowest working set over ``for`` (bytes); the ratio to the limit is taken client-side.
 
@@ -129,12 +226,21 @@ def usage_query(
     returns only series at or above ``threshold × min_limit``: a superset of those that
     can hold, so a namespace of idle pods costs almost no transfer.
     """
-    ws = selector(WORKING_SET, namespace=namespace, containers=containers)
+    rules = _usable(recorded, for_)
+    if rules is None:
+        ws = selector(WORKING_SET, namespace=namespace, containers=containers)
+    else:
+        ws = recorded_selector(rules.names.working_set, namespace=namespace, containers=containers)
     lowest = f"min_over_time({ws}[{for_}])"
     if min_limit is not None:
         lowest += f" >= {math.floor(threshold * min_limit)}"
     expr = _held(lowest, series=ws, for_=for_)
-    return Query(signal="usageRatio", expr=_by_container(expr), threshold=threshold)
+    return Query(
+        signal="usageRatio",
+        expr=by_container(expr),
+        threshold=threshold,
+        recorded=rules is not None,
+    )
 
 
 def time_to_limit_query(
@@ -145,36 +251,53 @@ def time_to_limit_query(
     horizon: str,
     windows: Windows,
     min_limit: int | None = None,
+    recorded: Recorded | None = None,
 ) -> Query:
     """Three parts per container, in one query, told apart by ``memwarden_part``:
 
-    - ``held``: lowest ``predict_linear(ws, horizon)`` over ``for`` (a subquery); at or
-      above the limit means the limit was predicted within ``horizon`` all along;
-    - ``now`` and ``slope``: the same fit at the evaluation time, so the operator can
-      say how many seconds are left: ``(limit - now) / slope``.
+    - ``held``: lowest ``predict_linear(ws, horizon)`` over ``for``; at or above the limit
+      means the limit was predicted within ``horizon`` all along;
+    - ``predicted`` and ``slope``: the prediction and ``deriv`` at the evaluation time,
+      so the operator can say how many seconds are left (the fit now is ``predicted -
+      slope × horizon``; ``predict_linear(v, h)`` is the fit at the evaluation time plus
+      ``deriv(v) × h``, the same regression).
 
     With ``min_limit``, every part is limited to series whose prediction reaches it (a
     superset of those that can hold): the rest are not worth sending.
+
+    Raw, ``held`` is a subquery that fits a line at every step. Recorded (when the rules
+    record this horizon), it is ``min_over_time`` over the recorded prediction: the rules
+    fitted once per evaluation.
     """
-    ws = selector(WORKING_SET, namespace=namespace, containers=containers)
-    seconds = _seconds_literal(parse_duration(horizon))
-    window = windows.regression
-    step = subquery_step(parse_duration(for_))
+    seconds = seconds_literal(parse_duration(horizon))
     bound = "" if min_limit is None else f" >= {min_limit}"
-    held = _held(
-        f"min_over_time(predict_linear({ws}[{window}], {seconds})[{for_}:{step}]){bound}",
-        series=ws,
-        for_=for_,
-    )
-    # Same selector on both sides of ``and``: the label sets match one to one.
-    reaching = "" if min_limit is None else f" and predict_linear({ws}[{window}], {seconds}){bound}"
-    parts = {
-        "held": held,
-        "now": f"predict_linear({ws}[{window}], 0){reaching}",
-        "slope": f"deriv({ws}[{window}]){reaching}",
-    }
+    rules = _usable(recorded, for_)
+    label = None if rules is None else rules.horizon(horizon)
+    if rules is None or label is None:
+        ws = selector(WORKING_SET, namespace=namespace, containers=containers)
+        window = windows.regression
+        step = subquery_step(parse_duration(for_))
+        predicted = f"predict_linear({ws}[{window}], {seconds})"
+        held = _held(f"min_over_time({predicted}[{for_}:{step}]){bound}", series=ws, for_=for_)
+        # Same selector on both sides of ``and``: the label sets match one to one.
+        reaching = "" if min_limit is None else f" and {predicted}{bound}"
+        slope = f"deriv({ws}[{window}]){reaching}"
+    else:
+        names = rules.names
+        ws = recorded_selector(names.working_set, namespace=namespace, containers=containers)
+        predicted = recorded_selector(
+            names.predict_linear,
+            namespace=namespace,
+            containers=containers,
+            extra=[f'{HORIZON_LABEL}="{_escape(label)}"'],
+        )
+        derived = recorded_selector(names.deriv, namespace=namespace, containers=containers)
+        held = _held(f"min_over_time({predicted}[{for_}]){bound}", series=ws, for_=for_, on=True)
+        on = f"on ({', '.join(JOIN_LABELS)}) "  # the prediction has a horizon label
+        slope = derived + ("" if min_limit is None else f" and {on}{predicted}{bound}")
+    parts = {"held": held, "predicted": f"{predicted}{bound}", "slope": slope}
     expr = " or ".join(
-        f'label_replace({_by_container(e)}, "{PART_LABEL}", "{name}", "", "")'
+        f'label_replace({by_container(e)}, "{PART_LABEL}", "{name}", "", "")'
         for name, e in parts.items()
     )
     return Query(
@@ -182,19 +305,36 @@ def time_to_limit_query(
         expr=expr,
         threshold=parse_duration(horizon),
         parts=tuple(parts),
+        recorded=label is not None,
     )
 
 
 def _min_rate_query(
-    signal: Signal, *, series: str, threshold: float, for_: str, windows: Windows
+    signal: Signal,
+    *,
+    series: str,
+    recorded_as: Callable[[RecordedNames], str],
+    namespace: str,
+    containers: Sequence[str] | None,
+    threshold: float,
+    for_: str,
+    windows: Windows,
+    recorded: Recorded | None,
 ) -> Query:
-    step = subquery_step(parse_duration(for_))
-    expr = _held(
-        f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}]) >= {_number(threshold)}",
-        series=series,
-        for_=for_,
+    """Lowest rate of ``series`` over ``for``; when the rules serve it, the lowest of the
+    recorded rate (``recorded_as``) over ``for``, no subquery."""
+    rules = _usable(recorded, for_)
+    if rules is None:
+        step = subquery_step(parse_duration(for_))
+        lowest, existed = f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}])", series
+    else:
+        rate = recorded_as(rules.names)
+        existed = recorded_selector(rate, namespace=namespace, containers=containers)
+        lowest = f"min_over_time({existed}[{for_}])"
+    expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_)
+    return Query(
+        signal=signal, expr=by_container(expr), threshold=threshold, recorded=rules is not None
     )
-    return Query(signal=signal, expr=_by_container(expr), threshold=threshold)
 
 
 def major_faults_query(
@@ -204,12 +344,19 @@ def major_faults_query(
     for_: str,
     threshold: float,
     windows: Windows,
+    recorded: Recorded | None = None,
 ) -> Query:
     """Lowest major-fault rate (faults/s) over ``for``: the page cache is being thrashed."""
-    base = selector(FAILURES, namespace=namespace, containers=containers)
-    series = base[:-1] + ',failure_type="pgmajfault",scope="container"}'
     return _min_rate_query(
-        "majorFaultsPerSecond", series=series, threshold=threshold, for_=for_, windows=windows
+        "majorFaultsPerSecond",
+        series=selector(FAILURES, namespace=namespace, containers=containers, extra=MAJOR_FAULTS),
+        recorded_as=lambda names: names.major_faults,
+        namespace=namespace,
+        containers=containers,
+        threshold=threshold,
+        for_=for_,
+        windows=windows,
+        recorded=recorded,
     )
 
 
@@ -220,25 +367,51 @@ def pressure_query(
     for_: str,
     threshold: float,
     windows: Windows,
+    recorded: Recorded | None = None,
 ) -> Query:
     """Lowest PSI memory "some" stall ratio over ``for`` (seconds stalled per second).
 
     The series exist only where cAdvisor reads PSI (cgroup v2, kernel PSI on); elsewhere
     the query returns nothing and the signal stays silent.
     """
-    series = selector(PSI_WAITING, namespace=namespace, containers=containers)
     return _min_rate_query(
-        "pressureRatio", series=series, threshold=threshold, for_=for_, windows=windows
+        "pressureRatio",
+        series=selector(PSI_WAITING, namespace=namespace, containers=containers),
+        recorded_as=lambda names: names.pressure,
+        namespace=namespace,
+        containers=containers,
+        threshold=threshold,
+        for_=for_,
+        windows=windows,
+        recorded=recorded,
     )
 
 
 def oom_events_query(
-    *, namespace: str, containers: Sequence[str] | None, windows: Windows
+    *,
+    namespace: str,
+    containers: Sequence[str] | None,
+    windows: Windows,
+    recorded: Recorded | None = None,
 ) -> Query:
-    """Containers the kernel OOM-killed within ``windows.oom`` (count of kills)."""
-    series = selector(OOM_EVENTS, namespace=namespace, containers=containers)
-    expr = f"{_by_container(f'increase({series}[{windows.oom}])')} > 0"
-    return Query(signal="oomKilled", expr=expr, threshold=0.0)
+    """Containers the kernel OOM-killed within ``windows.oom`` (count of kills).
+
+    The recorded increase is usable as soon as it exists: the rule reads the raw counter
+    over the whole window from its first evaluation, and there is no ``for``.
+    """
+    if recorded is None:
+        series = selector(OOM_EVENTS, namespace=namespace, containers=containers)
+        increase = f"increase({series}[{windows.oom}])"
+    else:
+        increase = recorded_selector(
+            recorded.names.oom_events, namespace=namespace, containers=containers
+        )
+    return Query(
+        signal="oomKilled",
+        expr=f"{by_container(increase)} > 0",
+        threshold=0.0,
+        recorded=recorded is not None,
+    )
 
 
 def policy_queries(
@@ -248,14 +421,17 @@ def policy_queries(
     containers: Sequence[str] | None,
     windows: Windows,
     min_limit: int | None = None,
+    recorded: Recorded | None = None,
 ) -> list[Query]:
     """Every query of one policy's evaluation cycle: one per enabled signal, plus OOM events.
 
     ``min_limit``: the smallest memory limit among the governed containers (None: not
-    known), so Prometheus leaves out series that cannot reach any limit.
+    known), so Prometheus leaves out series that cannot reach any limit. ``recorded``:
+    the recording rules found (None: raw series only); each query reads them when they
+    serve it.
     """
     for_ = duration(parse_duration(risk.for_))
-    ns, names = namespace, containers
+    ns, names, rules = namespace, containers, recorded
     queries: list[Query] = []
     if risk.usageRatio is not None:
         queries.append(
@@ -265,6 +441,7 @@ def policy_queries(
                 for_=for_,
                 threshold=risk.usageRatio,
                 min_limit=min_limit,
+                recorded=rules,
             )
         )
     if risk.timeToLimit is not None:
@@ -277,6 +454,7 @@ def policy_queries(
                 horizon=horizon,
                 windows=windows,
                 min_limit=min_limit,
+                recorded=rules,
             )
         )
     if risk.majorFaultsPerSecond is not None:
@@ -287,6 +465,7 @@ def policy_queries(
                 for_=for_,
                 threshold=risk.majorFaultsPerSecond,
                 windows=windows,
+                recorded=rules,
             )
         )
     if risk.pressureRatio is not None:
@@ -297,9 +476,12 @@ def policy_queries(
                 for_=for_,
                 threshold=risk.pressureRatio,
                 windows=windows,
+                recorded=rules,
             )
         )
-    queries.append(oom_events_query(namespace=ns, containers=names, windows=windows))
+    queries.append(
+        oom_events_query(namespace=ns, containers=names, windows=windows, recorded=rules)
+    )
     return queries
 
 
@@ -314,7 +496,11 @@ class PolicyRisk:
 
 
 def namespace_queries(
-    policies: Sequence[PolicyRisk], *, namespace: str, windows: Windows
+    policies: Sequence[PolicyRisk],
+    *,
+    namespace: str,
+    windows: Windows,
+    recorded: Recorded | None = None,
 ) -> list[tuple[Query, tuple[str, ...]]]:
     """The queries of a namespace's cycle, each with the policies that read its result.
 
@@ -322,12 +508,14 @@ def namespace_queries(
     limit share one: it selects the union of their containers and the smallest of their
     limits, so its result holds every series each of them would have got (a superset;
     the signal maths joins results to each policy's own containers and thresholds). Ten
-    policies with the default rule cost the queries of one.
+    policies with the default rule cost the queries of one. With ``recorded``, a query
+    reads the recorded series where they serve it (its ``for``, its horizon), so two
+    policies share a query only when they would read the same series.
     """
     groups: dict[tuple[Signal, str, float | None], list[PolicyRisk]] = {}
     for policy in policies:
         for query in policy_queries(
-            policy.risk, namespace=namespace, containers=None, windows=windows
+            policy.risk, namespace=namespace, containers=None, windows=windows, recorded=recorded
         ):
             groups.setdefault((query.signal, query.expr, query.threshold), []).append(policy)
     batched: list[tuple[Query, tuple[str, ...]]] = []
@@ -348,6 +536,7 @@ def namespace_queries(
                 containers=names,
                 windows=windows,
                 min_limit=min_limit,
+                recorded=recorded,
             )
             if q.signal == signal
         )
@@ -360,13 +549,16 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _seconds_literal(seconds: float) -> str:
+def seconds_literal(seconds: float) -> str:
+    """A PromQL number of seconds: ``600``, ``1.5``."""
     return str(int(seconds)) if float(seconds).is_integer() else repr(seconds)
 
 
 __all__ = [
     "FAILURES",
+    "HORIZON_LABEL",
     "JOIN_LABELS",
+    "MAJOR_FAULTS",
     "OOM_EVENTS",
     "PART_LABEL",
     "PSI_WAITING",
@@ -374,15 +566,20 @@ __all__ = [
     "WORKING_SET",
     "PolicyRisk",
     "Query",
+    "Recorded",
+    "RecordedNames",
     "Sample",
     "Signal",
     "Windows",
+    "by_container",
     "duration",
     "major_faults_query",
     "namespace_queries",
     "oom_events_query",
     "policy_queries",
     "pressure_query",
+    "recorded_selector",
+    "seconds_literal",
     "selector",
     "subquery_step",
     "time_to_limit_query",

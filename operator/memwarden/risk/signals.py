@@ -217,7 +217,8 @@ def _time_to_limit(
     query: Query, samples: Sequence[Sample], *, governed: Mapping[Key, Governed], policy: str
 ) -> list[Finding]:
     """Holds when the lowest prediction over ``for`` reached the limit; the value is the
-    seconds left according to the fit at evaluation time."""
+    seconds left according to the fit at evaluation time (``predicted - slope × horizon``,
+    the line ``predict_linear`` extrapolated from)."""
     parts: dict[Key, dict[str, float]] = {}
     for key, sample in _finite(samples):
         parts.setdefault(key, {})[sample.labels.get(PART_LABEL, "")] = sample.value
@@ -229,13 +230,15 @@ def _time_to_limit(
         if values["held"] < target.limit_bytes:
             continue
         horizon = query.threshold if query.threshold is not None else math.inf
-        if "now" in values and "slope" in values:
+        if "predicted" in values and "slope" in values and math.isfinite(horizon):
             seconds = seconds_to_limit(
-                fitted_now=values["now"], slope=values["slope"], limit=target.limit_bytes
+                fitted_now=values["predicted"] - values["slope"] * horizon,
+                slope=values["slope"],
+                limit=target.limit_bytes,
             )
-        else:  # the fit dipped since the last subquery step: all we know is "within"
+        else:  # the prediction dipped since ``held``'s last point: all we know is "within"
             seconds = horizon
-        # The fit moved between the subquery's last step and now: never report more
+        # The fit moved between held's last point and now: never report more
         # than the horizon for a signal that held.
         found.append(
             _finding(
