@@ -38,10 +38,16 @@ MAX_BACKOFF_SECONDS = 30.0
 
 
 class PodIndex:
-    """namespace -> {pod name -> view}. Updated on the event loop only (see module doc)."""
+    """namespace -> {pod name -> view}. Updated on the event loop only (see module doc).
+
+    Each view is kept encoded (orjson bytes, keys sorted): a few hundred bytes a pod
+    instead of a few kilobytes of dicts, and comparing two encodings tells whether a pod
+    changed in a way policies see. Decoding a namespace's views for a pass costs ~5 µs
+    a pod.
+    """
 
     def __init__(self, *, book: StatusBook, governed: Callable[[str], bool]) -> None:
-        self._by_namespace: dict[str, dict[str, View]] = {}
+        self._by_namespace: dict[str, dict[str, bytes]] = {}
         self._book = book
         self._governed = governed
         self.listed = asyncio.Event()
@@ -49,7 +55,9 @@ class PodIndex:
 
     def get(self, namespace: str, default: list[View] | None = None) -> list[View]:
         pods = self._by_namespace.get(namespace)
-        return list(pods.values()) if pods else list(default or [])
+        if not pods:
+            return list(default or [])
+        return [orjson.loads(encoded) for encoded in list(pods.values())]
 
     def __getitem__(self, namespace: str) -> list[View]:
         return self.get(namespace)
@@ -64,17 +72,19 @@ class PodIndex:
         """One watch event: the pod's new view, or None when it is gone or done."""
         if not self._governed(namespace):
             return
-        self._book.pod_seen(namespace=namespace, name=name, view=view)
         pods = self._by_namespace.get(namespace)
         if view is None:
-            if pods is not None:
-                pods.pop(name, None)
+            if pods is not None and pods.pop(name, None) is not None:
+                self._book.touch(namespace)
                 if not pods:
                     del self._by_namespace[namespace]
             return
+        encoded = orjson.dumps(view, option=orjson.OPT_SORT_KEYS)
         if pods is None:
             pods = self._by_namespace[namespace] = {}
-        pods[name] = view
+        if pods.get(name) != encoded:  # the scheduler's status updates change no view
+            pods[name] = encoded
+            self._book.touch(namespace)
 
     def replace_all(self, views: Mapping[str, Mapping[str, View]]) -> None:
         """A complete list (at start, or after the watch lost its place)."""

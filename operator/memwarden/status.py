@@ -10,8 +10,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
 from memwarden.mutation import PlanCache, PodShapeError, plan_pod
 from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
@@ -293,24 +291,9 @@ class StatusBook:
         would count pods not yet listed."""
         self.current: dict[tuple[str, str], Observed] = {}
         """(namespace, name) -> the policy as last seen or written."""
-        self._pods: dict[tuple[str, str], int] = {}
-        """(namespace, name) -> a hash of the pod's view, to tell a change that matters."""
 
     def touch(self, namespace: str) -> None:
         self._dirty.add(namespace)
-
-    def pod_seen(self, *, namespace: str, name: str, view: Mapping[str, Any] | None) -> None:
-        """A pod event: its namespace is due only if the pod's view changed (None: the
-        pod is gone or no longer runs)."""
-        key = (namespace, name)
-        if view is None:
-            if self._pods.pop(key, None) is not None:
-                self._dirty.add(namespace)
-            return
-        fingerprint = hash(orjson.dumps(view, option=orjson.OPT_SORT_KEYS))
-        if self._pods.get(key) != fingerprint:
-            self._pods[key] = fingerprint
-            self._dirty.add(namespace)
 
     def touch_all(self, namespaces: Iterable[str]) -> None:
         self._dirty.update(namespaces)

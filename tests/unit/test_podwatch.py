@@ -48,3 +48,19 @@ def test_a_new_list_replaces_everything_and_marks_the_index_listed() -> None:
     assert [p["metadata"]["name"] for p in pods.get("shop")] == ["new"]
     assert pods.listed.is_set() and book.ready
     assert book.take() == ["bank", "shop"]
+
+
+def test_a_pod_makes_its_namespace_due_only_when_its_view_changes() -> None:
+    pods, book = index()
+    pods.apply("shop", "p", view("p"))
+    assert book.take() == ["shop"]
+    # The scheduler's or kubelet's status updates do not change the view: nothing is due.
+    pods.apply("shop", "p", view("p"))
+    assert book.take() == []
+    pods.apply("shop", "p", view("p", app="other"))
+    assert book.take() == ["shop"]
+    assert pods.get("shop")[0]["metadata"]["labels"] == {"app": "other"}
+    pods.apply("shop", "p", None)
+    assert book.take() == ["shop"]
+    pods.apply("shop", "p", None)  # gone twice: once is enough
+    assert book.take() == []

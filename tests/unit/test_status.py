@@ -133,21 +133,3 @@ def test_index_swaps_a_whole_namespace_at_once() -> None:
     index.swap_namespace("shop", [])
     assert index.namespaces() == ["bank"]
     assert len(index) == 1
-
-
-def test_a_pod_makes_its_namespace_due_only_when_its_view_changes() -> None:
-    book = StatusBook()
-    view = {"metadata": {"name": "p", "labels": {"app": "checkout"}}, "spec": {"containers": []}}
-    book.pod_seen(namespace="shop", name="p", view=view)
-    assert book.take() == ["shop"]
-    # The scheduler's or kubelet's status updates do not change the view: nothing is due.
-    book.pod_seen(namespace="shop", name="p", view=copy.deepcopy(view))
-    assert book.take() == []
-    changed = copy.deepcopy(view)
-    changed["metadata"]["labels"]["app"] = "other"
-    book.pod_seen(namespace="shop", name="p", view=changed)
-    assert book.take() == ["shop"]
-    book.pod_seen(namespace="shop", name="p", view=None)
-    assert book.take() == ["shop"]
-    book.pod_seen(namespace="shop", name="p", view=None)  # gone twice: once is enough
-    assert book.take() == []
