@@ -7,7 +7,13 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("selection_bench.py", "admission_bench.py", "risk_bench.py", "capture_bench.py")
+BENCHMARKS = (
+    "selection_bench.py",
+    "admission_bench.py",
+    "scale_bench.py",
+    "risk_bench.py",
+    "capture_bench.py",
+)
 
 
 def main() -> int:
