@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from memwarden.mutation import PlanCache, PodShapeError, admission_ops, plan_pod
+from memwarden.mutation import PlanCache, PodShapeError, admission_ops, planned
 from memwarden.selection import PolicyIndex, Selection, container_names
 from memwarden.sizing import KubeletProfile
 
@@ -84,10 +84,7 @@ def _planned(
     winner = selection.winner
     assert winner is not None
     try:
-        if cache is None:
-            plan = plan_pod(pod=pod, selection=selection, profile=profile)
-        else:
-            plan = cache.plan(pod=pod, selection=selection, profile=profile)
+        plan = planned(pod=pod, selection=selection, profile=profile, cache=cache)
     except PodShapeError as exc:
         return Decision("unchanged", policy=winner.key, detail=f"pod not readable: {exc}")
     if plan.infeasible:

@@ -422,6 +422,19 @@ class PlanCache:
         return result
 
 
+def planned(
+    *,
+    pod: Mapping[str, Any],
+    selection: Selection,
+    profile: KubeletProfile,
+    cache: PlanCache | None = None,
+) -> PodPlan:
+    """``plan_pod``, through ``cache`` when there is one."""
+    if cache is None:
+        return plan_pod(pod=pod, selection=selection, profile=profile)
+    return cache.plan(pod=pod, selection=selection, profile=profile)
+
+
 def _same_policies(a: Selection, b: Selection) -> bool:
     return (
         a.winner is b.winner

@@ -162,6 +162,24 @@ class NamespacePolicies:
             unanchored=tuple(unanchored),
         )
 
+    def candidates_for(self, labels: Mapping[str, str]) -> list[Candidate]:
+        """The policies that may select a pod with these labels (a superset, never less)."""
+        found = list(self.unanchored)
+        for pair in labels.items():
+            found.extend(self.anchored.get(pair, ()))
+        return found
+
+    def select_pod(self, pod: Mapping[str, Any]) -> Selection:
+        """The policy of this namespace that governs ``pod`` (a pod dict or view), and why."""
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        regular, sidecars = container_names(pod)
+        return select_policy(
+            labels=labels,
+            container_names=regular,
+            sidecar_names=sidecars,
+            candidates=self.candidates_for(labels),
+        )
+
 
 class PolicyIndex:
     """Policies by namespace, label-anchored, so that finding a pod's candidates costs a
@@ -213,12 +231,7 @@ class PolicyIndex:
     def candidates_for(self, *, namespace: str, labels: Mapping[str, str]) -> list[Candidate]:
         """The policies that may select a pod with these labels (a superset, never less)."""
         table = self._namespaces.get(namespace)
-        if table is None:
-            return []
-        found = list(table.unanchored)
-        for pair in labels.items():
-            found.extend(table.anchored.get(pair, ()))
-        return found
+        return [] if table is None else table.candidates_for(labels)
 
     def select(
         self,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
-from memwarden.mutation import PlanCache, PodShapeError, plan_pod
-from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
+from memwarden.mutation import PlanCache, PodShapeError, planned
+from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.sizing import KubeletProfile
 
 #: Lists in status are cut to this many entries: status is for people, not an inventory.
@@ -118,16 +118,8 @@ def _count_pod(
     profile: KubeletProfile,
     cache: PlanCache | None,
 ) -> None:
-    metadata = pod.get("metadata") or {}
-    name = str(metadata.get("name"))
-    labels = metadata.get("labels") or {}
-    regular, sidecars = container_names(pod)
-    candidates = list(table.unanchored)
-    for pair in labels.items():
-        candidates.extend(table.anchored.get(pair, ()))
-    selection = select_policy(
-        labels=labels, container_names=regular, sidecar_names=sidecars, candidates=candidates
-    )
+    name = str((pod.get("metadata") or {}).get("name"))
+    selection = table.select_pod(pod)
     winner = selection.winner
     if winner is None:
         return
@@ -143,10 +135,7 @@ def _count_pod(
     tally = tallies[winner.name]
     tally.matched += 1
     try:
-        if cache is None:
-            plan = plan_pod(pod=pod, selection=selection, profile=profile)
-        else:
-            plan = cache.plan(pod=pod, selection=selection, profile=profile)
+        plan = planned(pod=pod, selection=selection, profile=profile, cache=cache)
     except PodShapeError as exc:
         tally.infeasible.append(f"{name}: {exc}")
         tally.drifted.append(name)

@@ -10,7 +10,6 @@ its policy, never admitted against a half-loaded index.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
@@ -20,7 +19,7 @@ from typing import Any
 import kopf
 
 from memwarden import admission
-from memwarden.handlers import certificates, state
+from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
@@ -117,7 +116,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
         ),
     )
     _freeze_heap()
-    memo[_FREEZE] = asyncio.create_task(_freeze_when_pods_listed())
+    background.start(memo, _FREEZE, _freeze_when_pods_listed())
     try:
         await server.start()
     except OSError as exc:  # a port in use will not free itself: say so and stop
@@ -125,7 +124,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
             f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
         ) from exc
     memo[_SERVER] = server
-    memo[_SUMMARY] = asyncio.create_task(_summarise(tally, settings.admission_summary_seconds))
+    background.start(memo, _SUMMARY, _summarise(tally, settings.admission_summary_seconds))
     logger.info(
         "webhook on https://%s:%s/%s: %d policies indexed, listening %.2fs after start",
         settings.webhook_host,
@@ -159,11 +158,7 @@ def _admit_with(
 @kopf.on.cleanup()
 async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
     for key in (_SUMMARY, _FREEZE):
-        task: asyncio.Task[None] | None = memo.get(key)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await background.stop(memo, key)
     server: WebhookServer | None = memo.get(_SERVER)
     if server is not None:
         await server.stop()

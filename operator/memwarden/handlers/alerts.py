@@ -14,7 +14,6 @@ loop does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -25,7 +24,7 @@ from typing import Any
 import kopf
 
 from memwarden import metrics
-from memwarden.handlers import risk
+from memwarden.handlers import background, risk
 from memwarden.podwatch import PodIndex
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
@@ -89,9 +88,7 @@ class AlertIntake:
     async def stop(self) -> None:
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await background.cancel(self._task)
         self._task = None
 
     async def _consume(self) -> None:

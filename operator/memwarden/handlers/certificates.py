@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
@@ -34,7 +33,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from memwarden import certrotation, certs, health, metrics
 from memwarden.certrotation import CaStep, Cert
-from memwarden.handlers import state
+from memwarden.handlers import background, state
 from memwarden.kube import Conflict, KubeError, NotFound, Transient, error_from
 from memwarden.settings import Settings
 
@@ -436,8 +435,4 @@ async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop_rotation(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get(_TASK)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await background.stop(memo, _TASK)

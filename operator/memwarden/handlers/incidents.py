@@ -32,7 +32,7 @@ from memwarden.capture.plan import (
 from memwarden.evidence.api import bundle_url
 from memwarden.evidence.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
-from memwarden.handlers import state
+from memwarden.handlers import background, state
 from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
 from memwarden.quantity import parse_bytes
 from memwarden.selection import Candidate
@@ -446,13 +446,9 @@ _RETENTION = "evidence_retention"
 
 @kopf.on.startup()
 async def start_retention(memo: kopf.Memo, **_: Any) -> None:
-    memo[_RETENTION] = asyncio.create_task(_retention_loop())
+    background.start(memo, _RETENTION, _retention_loop())
 
 
 @kopf.on.cleanup()
 async def stop_retention(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get(_RETENTION)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await background.stop(memo, _RETENTION)

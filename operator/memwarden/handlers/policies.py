@@ -12,7 +12,6 @@ annotations under ``memwarden.dev/``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -23,7 +22,7 @@ import kopf
 from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicyStatus
-from memwarden.handlers import state
+from memwarden.handlers import background, state
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
 from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
@@ -135,15 +134,11 @@ async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
 
 @kopf.on.startup()
 async def start_status_loop(memo: kopf.Memo, **kwargs: Any) -> None:
-    memo[_STATUS_TASK] = asyncio.create_task(
-        status_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
+    background.start(
+        memo, _STATUS_TASK, status_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
     )
 
 
 @kopf.on.cleanup()
 async def stop_status_loop(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get(_STATUS_TASK)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await background.stop(memo, _STATUS_TASK)

@@ -19,7 +19,6 @@ what they serve at that moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -29,7 +28,7 @@ import kopf
 
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
-from memwarden.handlers import state
+from memwarden.handlers import background, state
 from memwarden.kube import INCIDENTS, POLICIES, Conflict, Kube, KubeError, NotFound
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
@@ -355,22 +354,20 @@ async def risk_loop(
 
 @kopf.on.startup()
 async def start_risk_loop(memo: kopf.Memo, **kwargs: Any) -> None:
-    memo[_RISK_TASK] = asyncio.create_task(
+    background.start(
+        memo,
+        _RISK_TASK,
         risk_loop(
             policy_index=kwargs["policy_index"],
             pod_index=state.pods(),
             incident_index=kwargs["incident_index"],
-        )
+        ),
     )
 
 
 @kopf.on.cleanup()
 async def stop_risk_loop(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get(_RISK_TASK)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await background.stop(memo, _RISK_TASK)
 
 
 def _known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:

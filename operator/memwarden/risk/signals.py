@@ -77,14 +77,7 @@ def governed_by_policy(
     found: dict[str, dict[Key, Governed]] = {name: {} for name in table.by_name}
     for pod in pods:
         metadata = pod.get("metadata") or {}
-        labels = metadata.get("labels") or {}
-        regular, sidecars = container_names(pod)
-        candidates = list(table.unanchored)
-        for pair in labels.items():
-            candidates.extend(table.anchored.get(pair, ()))
-        selection = select_policy(
-            labels=labels, container_names=regular, sidecar_names=sidecars, candidates=candidates
-        )
+        selection = table.select_pod(pod)
         if selection.winner is None:
             continue
         limits = _limits(pod)
