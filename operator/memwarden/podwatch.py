@@ -14,6 +14,7 @@ namespaces.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -86,11 +87,16 @@ class PodIndex:
             pods[name] = encoded
             self._book.touch(namespace)
 
-    def replace_all(self, views: Mapping[str, Mapping[str, View]]) -> None:
-        """A complete list (at start, or after the watch lost its place)."""
+    def replace_all(
+        self, views: Mapping[str, Mapping[str, View]], *, namespace: str | None = None
+    ) -> None:
+        """A complete list (at start, or after the watch lost its place) of the cluster,
+        or of ``namespace`` only: with a watcher per namespace, one's list must not drop
+        the pods of the others."""
         gone = [
             (ns, name)
             for ns, pods in self._by_namespace.items()
+            if namespace is None or ns == namespace
             for name in pods
             if name not in views.get(ns, {})
         ]
@@ -159,7 +165,9 @@ class PodWatcher(threading.Thread):
             metadata = page.get("metadata") or {}
             token = metadata.get("continue")
             if not token:
-                self._loop.call_soon_threadsafe(self._index.replace_all, views)
+                self._loop.call_soon_threadsafe(
+                    functools.partial(self._index.replace_all, views, namespace=self._namespace)
+                )
                 return str(metadata.get("resourceVersion") or "")
 
     def _watch(self, version: str) -> str | None:

@@ -50,6 +50,19 @@ def test_a_new_list_replaces_everything_and_marks_the_index_listed() -> None:
     assert book.take() == ["bank", "shop"]
 
 
+def test_one_namespaces_list_keeps_the_other_namespaces_pods() -> None:
+    """With a watcher per watched namespace (``--namespace``, repeated), each lists its
+    own: the second list must not drop the first one's pods."""
+    pods, _ = index()
+    pods.replace_all({"shop": {"a": view("a"), "gone": view("gone")}}, namespace="shop")
+    pods.replace_all({"bank": {"c": view("c", namespace="bank")}}, namespace="bank")
+    pods.replace_all({"shop": {"a": view("a")}}, namespace="shop")  # relisted after a 410
+    assert {ns: sorted(p["metadata"]["name"] for p in pods.get(ns)) for ns in pods} == {
+        "shop": ["a"],
+        "bank": ["c"],
+    }
+
+
 def test_a_pod_makes_its_namespace_due_only_when_its_view_changes() -> None:
     pods, book = index()
     pods.apply("shop", "p", view("p"))
