@@ -10,6 +10,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     "selection_bench.py",
     "admission_bench.py",
+    "admission_busy_bench.py",
     "scale_bench.py",
     "risk_bench.py",
     "capture_bench.py",

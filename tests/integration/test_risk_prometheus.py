@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,27 @@ def test_slow_prometheus_times_out(silent_server: str) -> None:
     with pytest.raises(PrometheusUnavailable, match=r"no answer within 0\.5s"):
         asyncio.run(client.aquery("up"))
     assert time.monotonic() - started < 3
+
+
+def test_queries_go_one_at_a_time_off_the_event_loop(prometheus: PrometheusServer) -> None:
+    """A cycle's queries share one thread: a burst of them in several threads held the
+    GIL away from the event loop that serves admission."""
+    client = PrometheusClient(prometheus.url, timeout=5)
+    threads: set[str] = set()
+    query = client.query
+
+    def recording(expr: str, **kwargs: Any) -> Any:
+        threads.add(threading.current_thread().name)
+        return query(expr, **kwargs)
+
+    client.query = recording  # type: ignore[method-assign]
+
+    async def burst() -> list[Any]:
+        return await asyncio.gather(*(client.aquery("up") for _ in range(12)))
+
+    assert len(asyncio.run(burst())) == 12
+    assert len(threads) == 1 and threading.main_thread().name not in threads, threads
+    client.close()
 
 
 def test_refused_query_is_reported_short(prometheus: PrometheusServer) -> None:

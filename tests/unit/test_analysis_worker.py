@@ -7,12 +7,14 @@ with its real rlimits; nothing here is mocked.
 from __future__ import annotations
 
 import functools
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from memwarden.capture.analysis_worker import Limits, run
+from memwarden.capture.analysis_worker import ANALYSIS_NICENESS, Limits, run
 from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden_testing.evidence import make_bundle
 from memwarden_testing.profiles import gzip_bomb, make_goroutine_profile, make_profile, sample_flood
@@ -41,6 +43,43 @@ def test_a_real_bundle_is_summarised(tmp_path: Path) -> None:
     assert outcome.analysis.top[0].flatBytes == 150 * MI
     assert outcome.analysis.goroutines == 7
     assert {a.name for a in outcome.artifacts} == {"heap.pb.gz", "goroutine.pb.gz"}
+
+
+def analysers_niceness() -> set[int]:
+    """The niceness of this process's analysis children running now (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if (
+                int(fields[1]) == os.getpid()
+                and b"analysis_worker" in (entry / "cmdline").read_bytes()
+            ):
+                found.add(int(fields[16]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_the_analyser_yields_the_cpu_to_the_operator(tmp_path: Path) -> None:
+    """Background work: when the CPU is short, the event loop serving admission goes first."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(analysers_niceness())
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        outcome = run(bundle(tmp_path, make_profile([([LEAK], MI)])))
+    finally:
+        done.set()
+        watcher.join()
+    assert outcome.analysis is not None
+    assert ANALYSIS_NICENESS in seen, seen
 
 
 @functools.cache

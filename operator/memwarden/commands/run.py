@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 
 from memwarden.settings import Settings
+
+#: How long a thread may keep the GIL once the event loop asks for it (Python's default
+#: is 5 ms): admission answers in ~1.5 ms, so a 5 ms wait was a review's p99.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     )
     namespaces = args.namespaces or []
     state.watch_namespaces(namespaces or None)
+    # Work sent to threads (evidence retention, the Kubernetes client) still holds the
+    # GIL: each time the event loop wants it back it waits up to the switch interval,
+    # 5 ms by default, and a review waits several times (bench/admission_busy_bench.py).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # uvloop: the loop that kopf's watches and the admission webhook share answers
     # reviews about twice as fast as asyncio's own (bench/admission_bench.py).
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

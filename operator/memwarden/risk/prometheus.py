@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter  # `time` is query()'s parameter
 from typing import Any
 
@@ -63,6 +65,11 @@ class PrometheusClient:
         self._connect = PrometheusConnect(url=self.url, retry=Retry(total=False), timeout=timeout)
         self._lock = threading.Lock()
         self._queries = 0
+        # One query at a time, on a thread of its own: a query costs a few ms of Python
+        # (requests, JSON) holding the GIL, and a cycle's dozens at once in the default
+        # executor starved the event loop, so admission, for the length of the burst
+        # (bench/admission_busy_bench.py: p99 4 ms -> 48 ms).
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prometheus")
 
     @property
     def queries(self) -> int:
@@ -95,10 +102,14 @@ class PrometheusClient:
         return _samples(result)
 
     async def aquery(self, expr: str, *, time: dt.datetime | None = None) -> list[Sample]:
-        """``query`` off the event loop."""
-        return await asyncio.to_thread(self.query, expr, time=time)
+        """``query`` off the event loop, one at a time (see ``__init__``)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self.query, expr, time=time)
+        )
 
     def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
         self._connect.close()
 
 
