@@ -52,7 +52,11 @@ class PodIndex:
         self._book = book
         self._governed = governed
         self.listed = asyncio.Event()
-        """Set once the first complete list is in: before that, the index is partial."""
+        """Set once every watcher's first complete list is in: before, the index is partial."""
+        self.expected_scopes: set[str | None] | None = None
+        """The namespaces listed separately (None: the cluster, one list); set by whoever
+        starts the watchers."""
+        self._listed_scopes: set[str | None] = set()
 
     def get(self, namespace: str, default: list[View] | None = None) -> list[View]:
         pods = self._by_namespace.get(namespace)
@@ -105,8 +109,10 @@ class PodIndex:
         for ns, pods in views.items():
             for name, view in pods.items():
                 self.apply(ns, name, view)
-        self._book.ready = True
-        self.listed.set()
+        self._listed_scopes.add(namespace)
+        if self.expected_scopes is None or self._listed_scopes >= self.expected_scopes:
+            self._book.ready = True
+            self.listed.set()
 
 
 def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:

@@ -77,3 +77,15 @@ def test_a_pod_makes_its_namespace_due_only_when_its_view_changes() -> None:
     assert book.take() == ["shop"]
     pods.apply("shop", "p", None)  # gone twice: once is enough
     assert book.take() == []
+
+
+def test_the_index_is_listed_only_once_every_watched_namespace_is() -> None:
+    pods, book = index()
+    pods.expected_scopes = {"shop", "bank"}
+    pods.apply("bank", "c", view("c", namespace="bank"))
+    pods.replace_all({"shop": {"a": view("a")}}, namespace="shop")
+    assert not pods.listed.is_set() and not book.ready
+    # The shop list leaves the bank pods alone: they are another watcher's.
+    assert [p["metadata"]["name"] for p in pods.get("bank")] == ["c"]
+    pods.replace_all({"bank": {"c": view("c", namespace="bank")}}, namespace="bank")
+    assert pods.listed.is_set() and book.ready

@@ -58,6 +58,7 @@ async def start_pod_watch(memo: kopf.Memo, **_: Any) -> None:
     loop = asyncio.get_running_loop()
     namespaces = state.watched_namespaces()
     scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
+    state.pods().expected_scopes = set(scopes)
     watchers = [
         PodWatcher(
             api_client=state.kube().api_client,
