@@ -411,7 +411,7 @@ def make_pod(name: str, namespace: str, owner: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def review(pod: dict[str, Any]) -> dict[str, Any]:
+def review(pod: dict[str, Any], uid: str | None = None) -> dict[str, Any]:
     """A complete AdmissionReview, as the API server sends one for a pod create (VPA's
     webhook dereferences ``requestKind`` and crashes on a review without it)."""
     gvk = {"group": "", "version": "v1", "kind": "Pod"}
@@ -420,7 +420,7 @@ def review(pod: dict[str, Any]) -> dict[str, Any]:
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
-            "uid": str(uuid.uuid4()),
+            "uid": uid or str(uuid.uuid4()),
             "kind": gvk,
             "resource": gvr,
             "requestKind": gvk,

@@ -56,6 +56,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack")]
 
 import yaml  # noqa: E402
+from admission_bench import percentile, review  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
@@ -97,37 +98,7 @@ WINDOWS = {"regression": "10s", "rate": "5s", "oom": "1m"}
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
-
-
 # --- the load: a process of its own, so this one's threads do not disturb it -----------
-
-
-def review(pod: dict[str, Any], uid: str) -> dict[str, Any]:
-    """A complete AdmissionReview for a pod create, as the API server sends it."""
-    gvk = {"group": "", "version": "v1", "kind": "Pod"}
-    gvr = {"group": "", "version": "v1", "resource": "pods"}
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": gvk,
-            "resource": gvr,
-            "requestKind": gvk,
-            "requestResource": gvr,
-            "name": pod["metadata"]["name"],
-            "namespace": pod["metadata"]["namespace"],
-            "operation": "CREATE",
-            "userInfo": {"username": "bench", "groups": ["system:authenticated"]},
-            "object": pod,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
 
 
 async def _load(url: str, ca: str, *, rate: float, seconds: float) -> dict[str, Any]:

@@ -39,6 +39,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack")]
 
 import devcluster  # noqa: E402
 import yaml  # noqa: E402
+from admission_bench import percentile  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
@@ -52,11 +53,6 @@ CLIENT_THREADS = 16
 BURST_PODS, BURST_CLIENTS = 2_000, 20
 REST_SECONDS = 60.0
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 class ProcessSampler:
