@@ -172,7 +172,12 @@ def test_the_marker_keeps_the_time_of_the_first_evaluation(prometheus: Prometheu
     client = PrometheusClient(prometheus.url, timeout=5)
     wait_for(lambda: client.query(MARKER), timeout=20, what="the recording rules' marker")
     (first,) = client.query(MARKER)
-    time.sleep(2.5)  # two evaluations later
+    (evaluated,) = client.query(f"timestamp({MARKER})")
+    wait_for(  # two evaluations later
+        lambda: client.query(f"timestamp({MARKER})")[0].value >= evaluated.value + 2,
+        timeout=20,
+        what="two more evaluations of the recording rules",
+    )
     (again,) = client.query(MARKER)
     assert again.value == first.value <= time.time()
     found = recorded_rules(client)
