@@ -7,8 +7,10 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
-helm_version="$(awk '$1 == "require" && $2 == "helm.sh/helm/v3" {print $3; exit} $1 == "helm.sh/helm/v3" {print $2; exit}' "$here/go.mod")"
-key="$(cat "$here/go.sum" "$here/go.mod" | sha256sum | cut -c1-12)"
+# shellcheck source=../lib/gobuild.sh
+source "$here/../lib/gobuild.sh"
+helm_version="$(gobuild_version "helm.sh/helm/v3")"
+key="$(gobuild_key)"
 dir="$cache/helm/${helm_version}_${key}"
 bin="$dir/helm"
 
@@ -17,10 +19,7 @@ if [[ -x "$bin" ]]; then
     exit 0
 fi
 
-mkdir -p "$dir"
-tmp="$(mktemp -d "$dir/build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-start=$(date +%s)
+gobuild_scratch "$dir"
 echo "building helm ${helm_version} (a cold build takes minutes; cached at $dir)" >&2
 # The version stamps that helm's own Makefile sets: `helm version` reports the release,
 # and `helm template`/`helm lint` default .Capabilities.KubeVersion to the minor of the

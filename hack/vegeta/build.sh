@@ -7,9 +7,11 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
+# shellcheck source=../lib/gobuild.sh
+source "$here/../lib/gobuild.sh"
 module=github.com/tsenart/vegeta/v12
-vegeta_version="$(awk -v m="$module" '$1 == "require" && $2 == m {print $3; exit} $1 == m {print $2; exit}' "$here/go.mod")"
-key="$(cat "$here/go.sum" "$here/go.mod" | sha256sum | cut -c1-12)"
+vegeta_version="$(gobuild_version "$module")"
+key="$(gobuild_key)"
 dir="$cache/vegeta-${vegeta_version}_${key}"
 bin="$dir/vegeta"
 
@@ -18,10 +20,7 @@ if [[ -x "$bin" ]]; then
     exit 0
 fi
 
-mkdir -p "$dir"
-tmp="$(mktemp -d "$dir/build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-start=$(date +%s)
+gobuild_scratch "$dir"
 echo "building vegeta ${vegeta_version} (cached at $dir)" >&2
 # The version stamp vegeta's own Makefile sets, so `vegeta -version` reports the release.
 (cd "$here" && CGO_ENABLED=0 go build -mod=readonly -trimpath \

@@ -15,9 +15,11 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
+# shellcheck source=../lib/gobuild.sh
+source "$here/../lib/gobuild.sh"
 module=k8s.io/autoscaler/vertical-pod-autoscaler
-vpa_version="$(awk -v m="$module" '$1 == "require" && $2 == m {print $3; exit} $1 == m {print $2; exit}' "$here/go.mod")"
-key="$(cat "$here/go.sum" "$here/go.mod" | sha256sum | cut -c1-12)"
+vpa_version="$(gobuild_version "$module")"
+key="$(gobuild_key)"
 dir="$cache/vpa-${vpa_version}_${key}"
 bin="$dir/admission-controller"
 crds="$dir/vpa-v1-crd-gen.yaml"
@@ -27,10 +29,7 @@ if [[ -x "$bin" && -f "$crds" ]]; then
     exit 0
 fi
 
-mkdir -p "$dir"
-tmp="$(mktemp -d "$dir/build.XXXXXX")"
-trap 'rm -rf "$tmp"' EXIT
-start=$(date +%s)
+gobuild_scratch "$dir"
 echo "building the VPA admission-controller ${vpa_version} (a cold build takes minutes; cached at $dir)" >&2
 (cd "$here" && go mod download "$module")
 src="$(cd "$here" && go list -mod=readonly -m -f '{{.Dir}}' "$module")"
