@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import json
 import os
 import platform
@@ -55,7 +54,6 @@ import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.utils.quantity import parse_quantity  # noqa: E402
 
-from memwarden import certs  # noqa: E402
 from memwarden.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
 from memwarden_testing.cluster import (  # noqa: E402
@@ -66,6 +64,7 @@ from memwarden_testing.cluster import (  # noqa: E402
     wait_for,
 )
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess, free_port  # noqa: E402
+from memwarden_testing.tls import loopback_certificates  # noqa: E402
 
 VPA_BUILD = REPO / "hack" / "vpa" / "build.sh"
 VEGETA_BUILD = REPO / "hack" / "vegeta" / "build.sh"
@@ -200,17 +199,12 @@ class CpuWatch:
 
 def tls_files(workdir: Path) -> Path:
     """A CA and a serving certificate for 127.0.0.1 (as OperatorProcess makes them)."""
-    now = dt.datetime.now(dt.UTC)
-    ca = certs.make_ca(common_name="bench-webhook-ca", now=now, valid_for=dt.timedelta(days=1))
-    leaf = certs.issue(
-        ca=ca,
-        common_name="127.0.0.1",
-        now=now,
-        valid_for=dt.timedelta(days=1),
-        server_names=("127.0.0.1", "localhost"),
+    loopback_certificates(
+        ca_name="bench-webhook-ca",
+        ca_file=workdir / "ca.crt",
+        cert_file=workdir / "tls.crt",
+        key_file=workdir / "tls.key",
     )
-    certs.write_pem(leaf, cert_path=workdir / "tls.crt", key_path=workdir / "tls.key")
-    (workdir / "ca.crt").write_bytes(ca.cert_pem)
     return workdir / "ca.crt"
 
 

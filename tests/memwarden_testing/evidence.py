@@ -16,10 +16,10 @@ from typing import Any
 from aiohttp import web
 from kubernetes import client
 
-from memwarden import certs
 from memwarden.api import API_VERSION, GROUP
 from memwarden.evidence.store import BundleMeta, Entry
 from memwarden_testing.cluster import grant_in_namespace
+from memwarden_testing.tls import loopback_certificates
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 KEY = b"k" * 32
@@ -84,19 +84,11 @@ class EvidenceServer:
     its own event loop, so synchronous tests (and the CLI) can call it."""
 
     def __init__(self, app: web.Application, *, workdir: Path) -> None:
-        now = dt.datetime.now(dt.UTC)
-        ca = certs.make_ca(common_name="test-evidence-ca", now=now, valid_for=dt.timedelta(days=1))
-        leaf = certs.issue(
-            ca=ca,
-            common_name="127.0.0.1",
-            now=now,
-            valid_for=dt.timedelta(days=1),
-            server_names=("127.0.0.1", "localhost"),
-        )
         self.ca_file = workdir / "evidence-ca.crt"
-        self.ca_file.write_bytes(ca.cert_pem)
         cert_file, key_file = workdir / "evidence.crt", workdir / "evidence.key"
-        certs.write_pem(leaf, cert_path=cert_file, key_path=key_file)
+        loopback_certificates(
+            ca_name="test-evidence-ca", ca_file=self.ca_file, cert_file=cert_file, key_file=key_file
+        )
         self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ssl.load_cert_chain(cert_file, key_file)
         self._app = app

@@ -6,7 +6,6 @@ port and registers the MutatingWebhookConfiguration that memwarden ships, pointi
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import secrets
 import socket
@@ -22,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from memwarden import certs
 from memwarden.manifests import mutating_webhook_configuration
 from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
+from memwarden_testing.tls import loopback_certificates
 
 OPERATOR_NAMESPACE = "memwarden-system"
 
@@ -75,18 +74,12 @@ class OperatorProcess:
         return self.workdir / "operator.log"
 
     def make_certificates(self) -> bytes:
-        now = dt.datetime.now(dt.UTC)
-        ca = certs.make_ca(common_name="test-webhook-ca", now=now, valid_for=dt.timedelta(days=1))
-        leaf = certs.issue(
-            ca=ca,
-            common_name="127.0.0.1",
-            now=now,
-            valid_for=dt.timedelta(days=1),
-            server_names=("127.0.0.1", "localhost"),
+        return loopback_certificates(
+            ca_name="test-webhook-ca",
+            ca_file=self.workdir / "ca.crt",
+            cert_file=self.workdir / "tls.crt",
+            key_file=self.workdir / "tls.key",
         )
-        certs.write_pem(leaf, cert_path=self.workdir / "tls.crt", key_path=self.workdir / "tls.key")
-        (self.workdir / "ca.crt").write_bytes(ca.cert_pem)
-        return ca.cert_pem
 
     def register_webhook(self, ca_pem: bytes) -> None:
         config = mutating_webhook_configuration(
