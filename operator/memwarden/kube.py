@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ REQUEST_TIMEOUT = 10.0
 #: the adapter posts them; the instance is the pod (its hostname).
 EVENT_COMPONENT = "memwarden"
 EVENT_INSTANCE = socket.gethostname()
+
+
+_log = logging.getLogger(__name__)
 
 
 class KubeError(Exception):
@@ -284,6 +288,16 @@ class Kube:
         return await asyncio.to_thread(
             self.patch_status, resource, namespace=namespace, name=name, patch=patch
         )
+
+    async def apost_event(
+        self, obj: Mapping[str, Any], *, type: str, reason: str, message: str
+    ) -> None:
+        """``post_event`` off the event loop, best effort: a refused Event is logged at
+        DEBUG and dropped (the object's status is the record; the Event tells it)."""
+        try:
+            await asyncio.to_thread(self.post_event, obj, type=type, reason=reason, message=message)
+        except KubeError as exc:
+            _log.debug("%s Event not posted: %s", reason, exc)
 
     async def alist_objects(
         self, resource: CustomResource, *, namespace: str | None = None

@@ -10,7 +10,6 @@ Deleting an incident deletes its evidence (a finalizer).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 from collections.abc import Mapping
@@ -324,14 +323,9 @@ async def _collected(incident: Mapping[str, Any], collected: Mapping[str, Any]) 
     _count_phase("Collected", incident.get("spec") or {})
     _observe_capture(incident.get("status") or {}, outcome="collected")
     metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])
-    with contextlib.suppress(KubeError):  # the story is in the status; the Event is a bonus
-        await asyncio.to_thread(
-            state.kube().post_event,
-            incident,
-            type="Normal",
-            reason="EvidenceCollected",
-            message=str(collected.get("message")),
-        )
+    await state.kube().apost_event(
+        incident, type="Normal", reason="EvidenceCollected", message=str(collected.get("message"))
+    )
 
 
 async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:

@@ -16,7 +16,6 @@ from pydantic import ValidationError
 
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
-from memwarden.kube import KubeError
 from memwarden.podwatch import PodWatcher
 from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate
@@ -140,16 +139,7 @@ async def _tell_if_invalid(body: kopf.Body) -> None:
         _invalid[key] = generation
         message = first_error(exc)
         logger.warning("policy %s/%s is invalid and governs nothing: %s", *key, message)
-        try:
-            await asyncio.to_thread(
-                state.kube().post_event,
-                body,
-                type="Warning",
-                reason="InvalidSpec",
-                message=message,
-            )
-        except KubeError as exc:
-            logger.debug("InvalidSpec Event not posted: %s", exc)
+        await state.kube().apost_event(body, type="Warning", reason="InvalidSpec", message=message)
         return
     _invalid.pop(key, None)
 

@@ -98,17 +98,10 @@ async def refresh_namespace(
         change = describe_change(old, new)
         if change:
             logger.info("policy %s/%s status: %s", namespace, name, change)
-            await _post_event(updated, message=change)
+            await state.kube().apost_event(
+                updated, type="Normal", reason="StatusChanged", message=change
+            )
     return written
-
-
-async def _post_event(policy: Mapping[str, Any], *, message: str) -> None:
-    try:
-        await asyncio.to_thread(
-            state.kube().post_event, policy, type="Normal", reason="StatusChanged", message=message
-        )
-    except KubeError as exc:
-        logger.debug("StatusChanged Event not posted: %s", exc)
 
 
 async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex) -> None:

@@ -161,12 +161,7 @@ def _policy_ref(policy: Candidate) -> dict[str, Any]:
 
 async def post_event(policy: Candidate, *, type: str, reason: str, message: str) -> None:
     """An Event on the policy, from outside any kopf handler (the loops here)."""
-    try:
-        await asyncio.to_thread(
-            state.kube().post_event, _policy_ref(policy), type=type, reason=reason, message=message
-        )
-    except KubeError as exc:
-        logger.debug("%s Event on policy %s not posted: %s", reason, policy.key, exc)
+    await state.kube().apost_event(_policy_ref(policy), type=type, reason=reason, message=message)
 
 
 async def write_risk_condition(
