@@ -29,7 +29,7 @@ if [[ ! -x "$uv" ]]; then
     python3 -m venv "$cache/uv-$uv_version"
     "$cache/uv-$uv_version/bin/pip" install -q "uv==$uv_version"
 fi
-(cd "$repo" && UV_PYTHON_DOWNLOADS=never "$uv" sync --locked --quiet)
+(cd "$repo" && UV_PYTHON_DOWNLOADS=never "$uv" sync --locked --quiet --compile-bytecode)
 
 bash "$repo/hack/controlplane/build.sh" >/dev/null
 bash "$repo/hack/helm/build.sh" >/dev/null
