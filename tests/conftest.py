@@ -12,10 +12,13 @@ from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import REPO, api_client, ensure_namespace, kubectl, unique_name
 from memwarden_testing.leaky import build_leaky, find_go
+from memwarden_testing.loop import TOOLBOX_IMAGE
 from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    install_reach_policy,
     least_privilege_kubeconfig,
+    uninstall_reach_policy,
 )
 
 #: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
@@ -89,11 +92,22 @@ def crds(devcluster: Path) -> Path:
 def operator(
     crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """The operator as a process, with its webhook registered; stopped at the end."""
+    """The operator as a process, with its webhook registered; stopped at the end.
+
+    It runs as a ServiceAccount with the chart's RBAC, and under the chart's operator-reach
+    policy: the debug containers it adds must be toolbox-shaped, as in a cluster."""
     ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
     workdir = tmp_path_factory.mktemp("operator")
     identity = least_privilege_kubeconfig(kube, admin_kubeconfig=crds, workdir=workdir)
-    process = OperatorProcess(kubeconfig=crds, workdir=workdir, identity=identity)
+    process = OperatorProcess(
+        kubeconfig=crds,
+        workdir=workdir,
+        identity=identity,
+        extra_env={"MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE},
+    )
+    install_reach_policy(
+        crds, toolbox_image=TOOLBOX_IMAGE, evidence_authority=process.evidence_authority
+    )
     ca_pem = process.make_certificates()
     process.start()
     process.register_webhook(ca_pem)
@@ -102,6 +116,7 @@ def operator(
     kubectl(
         crds, "delete", "mutatingwebhookconfiguration", process.webhook_name, "--ignore-not-found"
     )
+    uninstall_reach_policy(crds)
 
 
 @pytest.fixture

@@ -8,7 +8,9 @@ compares the rendered chart with these rules.
 
 Least privilege: Secrets only in the operator's own namespace (a Role), the webhook
 configuration only by name, no ``pods/resize`` or ``pods/eviction`` until the code
-resizes or evicts (``update`` modes other than ``Initial`` do not exist yet).
+resizes or evicts (``update`` modes other than ``Initial`` do not exist yet). The rules
+on tenants' pods (``watched``) are bound cluster-wide only when memwarden watches the
+whole cluster; with a list of namespaces, by a Role in each of them and nowhere else.
 """
 
 from __future__ import annotations
@@ -20,7 +22,11 @@ from typing import Any, Literal
 WEBHOOK_CONFIGURATION = "<webhook-configuration>"
 CA_SECRET = "<webhook-ca-secret>"
 
-Scope = Literal["cluster", "namespace"]
+#: ``cluster``: the ClusterRole. ``namespace``: a Role in the operator's own namespace.
+#: ``watched``: what memwarden may do to tenants' pods and namespaces: the ClusterRole when
+#: it watches the whole cluster, else a Role in each watched namespace (a leaked token then
+#: reaches no pod elsewhere).
+Scope = Literal["cluster", "namespace", "watched"]
 #: When a rule applies: always, or only when memwarden makes its own webhook certificates.
 Condition = Literal["always", "selfSigned"]
 
@@ -76,30 +82,6 @@ RULES: tuple[Rule, ...] = (
         "incident phase, artifacts and analysis are written to the status",
     ),
     Rule(
-        "",
-        ("pods",),
-        ("get", "list", "watch"),
-        "the pod index behind policy status and alerts; a capture reads its target pod",
-    ),
-    Rule(
-        "",
-        ("namespaces",),
-        ("get",),
-        "a capture reads the pod's namespace labels: may its Pod Security level add SYS_PTRACE",
-    ),
-    Rule(
-        "",
-        ("pods/ephemeralcontainers",),
-        ("patch",),
-        "a capture adds the toolbox as an ephemeral container (never the pod's spec)",
-    ),
-    Rule(
-        "",
-        ("events",),
-        ("create",),
-        "handler outcomes, status changes and captures are told as Events on the objects",
-    ),
-    Rule(
         "authentication.k8s.io",
         ("tokenreviews",),
         ("create",),
@@ -121,6 +103,34 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "",
+        ("pods",),
+        ("get", "list", "watch"),
+        "the pod index behind policy status and alerts; a capture reads its target pod",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("namespaces",),
+        ("get",),
+        "a capture reads the pod's namespace labels: may its Pod Security level add SYS_PTRACE",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("pods/ephemeralcontainers",),
+        ("patch",),
+        "a capture adds the toolbox as an ephemeral container (never the pod's spec)",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("events",),
+        ("create",),
+        "handler outcomes, status changes and captures are told as Events on the objects",
+        scope="watched",
+    ),
+    Rule(
+        "",
         ("secrets",),
         ("create",),
         "the webhook CA is kept in a Secret shared by replicas (create has no name to pin)",
@@ -139,12 +149,17 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def rules(*, scope: Scope, self_signed: bool = True) -> tuple[Rule, ...]:
-    """The rules of one scope, as they apply in the given certificate mode."""
+def rules(
+    *, scope: Scope, self_signed: bool = True, namespaced_watch: bool = False
+) -> tuple[Rule, ...]:
+    """The rules of one scope, as they apply in the given certificate mode. The ClusterRole
+    (``cluster``) holds the ``watched`` rules too, unless memwarden watches a list of
+    namespaces (``namespaced_watch``): then each of them gets a Role with those."""
+    scopes = {scope} | ({"watched"} if scope == "cluster" and not namespaced_watch else set())
     return tuple(
         rule
         for rule in RULES
-        if rule.scope == scope and (self_signed or rule.condition == "always")
+        if rule.scope in scopes and (self_signed or rule.condition == "always")
     )
 
 
@@ -152,12 +167,15 @@ def policy_rules(
     *,
     scope: Scope,
     self_signed: bool = True,
+    namespaced_watch: bool = False,
     webhook_configuration: str = "memwarden",
     ca_secret: str = "memwarden-webhook-ca",
 ) -> list[dict[str, Any]]:
-    """The PolicyRules of the ClusterRole (``cluster``) or the Role (``namespace``)."""
+    """The PolicyRules of the ClusterRole (``cluster``), the Role in the operator's namespace
+    (``namespace``) or the Role in each watched namespace (``watched``)."""
     names = {WEBHOOK_CONFIGURATION: webhook_configuration, CA_SECRET: ca_secret}
-    return [rule.policy_rule(names=names) for rule in rules(scope=scope, self_signed=self_signed)]
+    chosen = rules(scope=scope, self_signed=self_signed, namespaced_watch=namespaced_watch)
+    return [rule.policy_rule(names=names) for rule in chosen]
 
 
 def permissions(*, self_signed: bool = True) -> frozenset[tuple[str, str, str]]:

@@ -12,6 +12,7 @@ import re
 import ssl
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ from kubernetes.client.rest import ApiException
 
 from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
+from memwarden.capture.plan import ALL_ARTIFACTS, plan_ephemeral_container
+from memwarden.evidence.api import bundle_url
 from memwarden.manifests import mutating_webhook_configuration
+from memwarden.reach import operator_reach_policy
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet
 from memwarden.settings import Settings
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import REPO, kubectl, unique_name, wait_for
+from memwarden_testing.cluster import REPO, ensure_namespace, kubectl, unique_name, wait_for
 from memwarden_testing.operator import OperatorProcess
 
 CHART = REPO / "charts" / "memwarden"
@@ -152,6 +156,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     )
     docs = render(helm, namespace=namespace, values=values, release="mw")
     ours = [d for d in docs if not d["apiVersion"].startswith(FOREIGN_GROUPS)]
+    for watched in values.get("namespaces", {}).get("watch", []):  # their Roles go there
+        ensure_namespace(client.CoreV1Api(kube), watched)
     applied = kubectl(
         devcluster,
         "apply",
@@ -347,19 +353,84 @@ def test_rendered_webhook_is_what_manifests_py_makes(helm: Path, values: dict[st
     assert expected["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
 
 
+@pytest.mark.parametrize(
+    "watch", [pytest.param([], id="cluster"), pytest.param(["shop", "pay"], id="watched")]
+)
 @pytest.mark.parametrize("mode", ["selfSigned", "certManager"])
-def test_rendered_roles_are_rbac_py(helm: Path, mode: str) -> None:
-    docs = render(helm, namespace="ops", values={"webhook": {"certs": {"mode": mode}}})
+def test_rendered_roles_are_rbac_py(helm: Path, mode: str, watch: list[str]) -> None:
+    values = {"webhook": {"certs": {"mode": mode}}, "namespaces": {"watch": watch}}
+    docs = render(helm, namespace="ops", values=values)
     self_signed = mode == "selfSigned"
     names = {"webhook_configuration": "memwarden", "ca_secret": "memwarden-webhook-ca"}
-    assert one(docs, "ClusterRole")["rules"] == rbac.policy_rules(
-        scope="cluster", self_signed=self_signed, **names
+    cluster = one(docs, "ClusterRole")["rules"]
+    assert cluster == rbac.policy_rules(
+        scope="cluster", self_signed=self_signed, namespaced_watch=bool(watch), **names
     )
-    roles = [d for d in docs if d["kind"] == "Role"]
+    assert (
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]} in cluster
+    ) == (not watch)
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["namespace"] == "ops"]
     expected = rbac.policy_rules(scope="namespace", self_signed=self_signed, **names)
     assert [r["rules"] for r in roles] == ([expected] if expected else [])
-    for role in roles:
-        assert role["metadata"]["namespace"] == "ops"
+    # With a watch list, the pod-level rules are bound in each listed namespace, and only there.
+    watched = {
+        d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role" and d not in roles
+    }
+    assert sorted(watched) == sorted(watch)
+    for role in watched.values():
+        assert role["rules"] == rbac.policy_rules(scope="watched", self_signed=self_signed)
+    bindings = [
+        d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] in watch
+    ]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == sorted(watch)
+    for binding in bindings:
+        assert (
+            binding["roleRef"]["name"]
+            == watched[binding["metadata"]["namespace"]]["metadata"]["name"]
+        )
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "memwarden", "namespace": "ops"}
+        ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="defaults"),
+        pytest.param(
+            {
+                "capture": {"toolboxImage": "registry.example/tools:1"},
+                "http": {"port": 9443, "tlsSecretName": "memwarden-http-tls"},
+                "serviceAccount": {"name": "warden"},
+            },
+            id="toolbox-port-and-service-account",
+        ),
+    ],
+)
+def test_rendered_reach_policy_is_what_reach_py_makes(helm: Path, values: dict[str, Any]) -> None:
+    """The chart's policy is memwarden.reach's, for the toolbox image and evidence address
+    the chart gives the operator: it admits the debug containers this operator plans."""
+    docs = render(helm, namespace="ops", values=values)
+    settings = Settings.from_env(container_env(docs, "ops"))
+    assert settings.evidence_base_url
+    expected = operator_reach_policy(
+        service_account=values.get("serviceAccount", {}).get("name", "memwarden"),
+        namespace="ops",
+        toolbox_image=settings.capture_toolbox_image,
+        evidence_authority=urllib.parse.urlsplit(settings.evidence_base_url).netloc,
+        name="memwarden-operator-reach",
+    )
+    for kind, want in zip(
+        ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
+    ):
+        rendered = one(docs, kind)
+        assert rendered["spec"] == want["spec"]
+        assert rendered["metadata"]["name"] == want["metadata"]["name"]
+        assert want["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+    off = render(helm, namespace="ops", values={"operatorReachPolicy": {"enabled": False}})
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & {
+        d["kind"] for d in off
+    }
 
 
 # -- least privilege, on the real API server ---------------------------------------------
@@ -513,6 +584,119 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
                 doc["metadata"]["name"],
                 "--ignore-not-found",
             )
+
+
+def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
+    helm: Path,
+    devcluster: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    other_namespace: str,
+) -> None:
+    """namespaces.watch: the pod-level rules are bound in the watched namespace alone, and
+    there the chart's operator-reach policy admits the toolbox as planned and no other."""
+    core = client.CoreV1Api(kube)
+    watched = unique_name("t-watched")
+    ensure_namespace(core, watched)
+    release = unique_name("reach")
+    values = {
+        "namespaces": {"watch": [watched]},
+        "capture": {"toolboxImage": "registry.example/tools:1"},
+    }
+    docs = render(helm, namespace=namespace, release=release, values=values)
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    kinds |= {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    applied = [d for d in docs if d["kind"] in kinds]
+    cluster_scoped = [
+        d for d in applied if "namespace" not in d["metadata"] and d["kind"] != "ServiceAccount"
+    ]
+    try:
+        kubectl(devcluster, "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(applied))
+        sa = one(docs, "ServiceAccount")["metadata"]["name"]
+        token = core.create_namespaced_service_account_token(
+            sa,
+            namespace,
+            client.AuthenticationV1TokenRequest(
+                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+            ),
+        ).status.token
+        as_sa = client.CoreV1Api(_as_token(kube, token))
+        for ns in (watched, other_namespace):
+            core.create_namespaced_pod(ns, make_pod_body("target"))
+        wait_for(
+            lambda: _status(lambda: as_sa.list_namespaced_pod(watched)) == 200,
+            timeout=30,
+            what="the RoleBinding in the watched namespace in effect",
+        )
+        # Pods, their namespace and Events: in the watched namespace, not elsewhere.
+        assert _status(lambda: as_sa.list_namespaced_pod(other_namespace)) == 403
+        assert _status(lambda: as_sa.list_pod_for_all_namespaces(limit=1)) == 403
+        assert _status(lambda: as_sa.read_namespaced_pod("target", other_namespace)) == 403
+        assert _status(lambda: as_sa.read_namespace(watched)) == 200
+        assert _status(lambda: as_sa.read_namespace(other_namespace)) == 403
+
+        def event(ns: str) -> int:
+            body = {
+                "metadata": {"generateName": "target."},
+                "involvedObject": {"kind": "Pod", "name": "target", "namespace": ns},
+                "reason": "Test",
+                "message": "reach",
+            }
+            return _status(lambda: as_sa.create_namespaced_event(ns, body, dry_run="All"))
+
+        assert event(watched) == 200
+        assert event(other_namespace) == 403
+        settings = Settings.from_env(container_env(docs, namespace))
+        assert settings.evidence_base_url
+
+        def toolbox(ns: str, **changes: Any) -> dict[str, Any]:
+            container = plan_ephemeral_container(
+                incident="leak-1",
+                incident_uid=f"uid-{ns}",
+                target_container="app",
+                image=settings.capture_toolbox_image,
+                upload_url=bundle_url(str(settings.evidence_base_url), namespace=ns, name="leak-1"),
+                upload_token="token",
+                pprof_port=6060,
+                trace_seconds=5,
+                artifacts=ALL_ARTIFACTS,
+                max_core_bytes=2 << 30,
+                ptrace_allowed=True,
+            )
+            return {"spec": {"ephemeralContainers": [{**container, **changes}]}}
+
+        def add(ns: str, body: dict[str, Any]) -> int:
+            return _status(
+                lambda: as_sa.patch_namespaced_pod_ephemeralcontainers(
+                    "target", ns, body, dry_run="All"
+                )
+            )
+
+        refused = f"ValidatingAdmissionPolicy '{release}-memwarden-operator-reach'"
+        other_image = toolbox(watched, image="docker.io/library/busybox:1")
+
+        def refused_by_policy() -> bool:
+            try:
+                as_sa.patch_namespaced_pod_ephemeralcontainers(
+                    "target", watched, other_image, dry_run="All"
+                )
+            except ApiException as exc:
+                return exc.status == 403 and refused in str(exc.body)
+            return False
+
+        wait_for(refused_by_policy, timeout=30, what="the chart's operator-reach policy in effect")
+        assert add(watched, toolbox(watched)) == 200
+        assert add(other_namespace, toolbox(other_namespace)) == 403
+    finally:
+        for doc in cluster_scoped:
+            kubectl(
+                devcluster,
+                "delete",
+                doc["kind"].lower(),
+                doc["metadata"]["name"],
+                "--ignore-not-found",
+            )
+        core.delete_namespace(watched)
 
 
 def make_pod_body(name: str) -> dict[str, Any]:

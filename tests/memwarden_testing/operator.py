@@ -12,6 +12,7 @@ import socket
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from typing import Any
 import yaml
 
 from memwarden.manifests import mutating_webhook_configuration
+from memwarden.reach import operator_reach_policy
 from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
 from memwarden_testing.tls import loopback_certificates
 
@@ -68,6 +70,12 @@ class OperatorProcess:
     def alertmanager_url(self) -> str:
         """The operator's Alertmanager receiver (plain HTTP on loopback)."""
         return f"http://127.0.0.1:{self.http_port}/alertmanager/v4"
+
+    @property
+    def evidence_authority(self) -> str:
+        """host:port of the evidence API in the upload URLs this operator plans."""
+        base = self.extra_env.get("MEMWARDEN_EVIDENCE_BASE_URL")
+        return urllib.parse.urlsplit(base).netloc if base else f"127.0.0.1:{self.http_port}"
 
     @property
     def log_path(self) -> Path:
@@ -198,8 +206,35 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+#: The ServiceAccount the test operator runs as (``least_privilege_kubeconfig``).
+OPERATOR_SERVICE_ACCOUNT = "memwarden-test-operator"
+#: The test cluster's copy of the chart's operator-reach policy.
+REACH_POLICY = "memwarden-test-operator-reach"
+
+
+def install_reach_policy(
+    kubeconfig: Path, *, toolbox_image: str, evidence_authority: str
+) -> list[dict[str, Any]]:
+    """memwarden's operator-reach ValidatingAdmissionPolicy (``memwarden.reach``, as the
+    chart installs it) for the test operator's ServiceAccount; returns the manifests."""
+    docs = operator_reach_policy(
+        service_account=OPERATOR_SERVICE_ACCOUNT,
+        namespace=OPERATOR_NAMESPACE,
+        toolbox_image=toolbox_image,
+        evidence_authority=evidence_authority,
+        name=REACH_POLICY,
+    )
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+    return docs
+
+
+def uninstall_reach_policy(kubeconfig: Path) -> None:
+    for kind in ("validatingadmissionpolicybinding", "validatingadmissionpolicy"):
+        kubectl(kubeconfig, "delete", kind, REACH_POLICY, "--ignore-not-found")
+
+
 def least_privilege_kubeconfig(
-    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = "memwarden-test-operator"
+    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = OPERATOR_SERVICE_ACCOUNT
 ) -> Path:
     """A kubeconfig for a ServiceAccount holding exactly ``memwarden.rbac``'s rules (the
     chart's), so the operator under test runs as it would in a cluster, not as admin."""

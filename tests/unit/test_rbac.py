@@ -369,3 +369,19 @@ def test_a_method_name_in_two_api_classes_resolves_by_the_class_the_module_names
         assert request[0] == AMBIGUOUS
     else:
         assert permission_of(*request) == expected
+
+
+def test_pod_level_rules_leave_the_cluster_role_when_namespaces_are_watched() -> None:
+    """With ``namespaces.watch``, pods, their namespaces, ephemeral containers and Events
+    are granted by a Role in each watched namespace; nothing of them stays cluster-wide."""
+    pod_level = {("", "pods"), ("", "namespaces"), ("", "pods/ephemeralcontainers"), ("", "events")}
+
+    def resources(rules: tuple[rbac.Rule, ...]) -> set[tuple[str, str]]:
+        return {(rule.api_group, r) for rule in rules for r in rule.resources}
+
+    everywhere = rbac.rules(scope="cluster")
+    watched_only = rbac.rules(scope="cluster", namespaced_watch=True)
+    assert pod_level <= resources(everywhere)
+    assert not pod_level & resources(watched_only)
+    assert resources(rbac.rules(scope="watched")) == pod_level
+    assert set(everywhere) == set(watched_only) | set(rbac.rules(scope="watched"))

@@ -62,3 +62,29 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- $total -}}
 {{- end -}}
+
+{{/* rbac.py's "watched" rules: what memwarden may do to tenants' pods and namespaces. */}}
+{{- define "memwarden.watchedRules" -}}
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [pods/ephemeralcontainers]
+  verbs: [patch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
+
+{{/* The debug container's image, and the evidence API's host:port as debug containers reach
+  it: the operator gets both through its env (deployment.yaml), and the operator-reach
+  policy admits only that image, uploading only there. */}}
+{{- define "memwarden.toolboxImage" -}}
+{{- default (include "memwarden.image" .) .Values.capture.toolboxImage -}}
+{{- end -}}
+{{- define "memwarden.evidenceAuthority" -}}
+{{- printf "%s.%s.svc:%v" (include "memwarden.fullname" .) .Release.Namespace .Values.http.port -}}
+{{- end -}}

@@ -23,6 +23,10 @@ __all__ = [
     "NAME_PREFIX",
     "POD_SECURITY_ENFORCE_LABEL",
     "PTRACE_SKIPPED_REASON",
+    "TERMINATION_MESSAGE_PATH",
+    "TOOLBOX_COMMAND",
+    "TOOLBOX_ENV",
+    "TOOLBOX_FLAGS",
     "PlanError",
     "ephemeral_container_name",
     "ephemeral_container_patch",
@@ -48,6 +52,22 @@ ENV_UPLOAD_TOKEN = "MEMWARDEN_UPLOAD_TOKEN"
 ENV_UPLOAD_CA = "MEMWARDEN_UPLOAD_CA"
 ENV_TARGET_PID = "MEMWARDEN_TARGET_PID"
 
+#: What the plan gives the toolbox, and all that memwarden's own service account may give
+#: it (:mod:`memwarden.reach` admits nothing else): the command, the flags it passes (each
+#: with a value, except ``--no-ptrace``) and the environment. A flag or variable the plan
+#: starts passing goes here too, or the API server refuses the debug container.
+TOOLBOX_COMMAND: tuple[str, str] = ("memwarden", "capture")
+TOOLBOX_FLAGS: tuple[str, ...] = (
+    "--incident",
+    "--pprof-port",
+    "--trace-seconds",
+    "--artifacts",
+    "--max-core-bytes",
+    "--termination-log",
+    "--no-ptrace",
+)
+TOOLBOX_ENV: tuple[str, ...] = (ENV_UPLOAD_URL, ENV_UPLOAD_TOKEN, ENV_UPLOAD_CA)
+
 #: Recorded for gcore whenever ptrace is not available, by plan or by the kernel's EPERM.
 PTRACE_SKIPPED_REASON = "SYS_PTRACE not granted (Pod Security)"
 
@@ -60,7 +80,7 @@ POD_SECURITY_ENFORCE_LABEL = "pod-security.kubernetes.io/enforce"
 NAME_PREFIX = "memwarden-"
 _HASH_CHARS = 12  # 48 bits: no collision among the handful of incidents one pod ever has
 
-_TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 _MAX_NAME = 63  # a DNS label
 
 
@@ -163,8 +183,7 @@ def plan_ephemeral_container(
     if not chosen:
         raise PlanError(f"artifacts: only gcore was asked for, and {PTRACE_SKIPPED_REASON}")
     command = [
-        "memwarden",
-        "capture",
+        *TOOLBOX_COMMAND,
         "--incident",
         incident,
         "--pprof-port",
@@ -176,7 +195,7 @@ def plan_ephemeral_container(
         "--max-core-bytes",
         str(max_core_bytes),
         "--termination-log",
-        _TERMINATION_MESSAGE_PATH,
+        TERMINATION_MESSAGE_PATH,
     ]
     if not ptrace_allowed:
         command.append("--no-ptrace")
@@ -210,7 +229,7 @@ def plan_ephemeral_container(
             # ptrace(2) when CAP_SYS_PTRACE is held.
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationMessagePath": _TERMINATION_MESSAGE_PATH,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
         "terminationMessagePolicy": "File",
         "stdin": False,
         "tty": False,
