@@ -15,6 +15,7 @@ from memwarden_testing.leaky import build_leaky, find_go
 from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    install_incident_policy,
     least_privilege_kubeconfig,
 )
 
@@ -72,7 +73,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def crds(devcluster: Path) -> Path:
-    """memwarden's CRDs, applied from crds/ and established."""
+    """memwarden's CRDs, applied from crds/ and established, and the admission policy
+    memwarden ships for MemoryIncidents (who may ask for a capture)."""
     kubectl(devcluster, "apply", "-f", str(REPO / "crds"))
     kubectl(
         devcluster,
@@ -82,6 +84,7 @@ def crds(devcluster: Path) -> Path:
         "crd/memorypolicies.memwarden.dev",
         "crd/memoryincidents.memwarden.dev",
     )
+    install_incident_policy(devcluster)
     return devcluster
 
 

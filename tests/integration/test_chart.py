@@ -23,12 +23,16 @@ from kubernetes.client.rest import ApiException
 
 from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
-from memwarden.manifests import mutating_webhook_configuration
+from memwarden.manifests import (
+    incident_admission_policy,
+    mutating_webhook_configuration,
+    service_account_username,
+)
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet
 from memwarden.settings import Settings
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import REPO, kubectl, unique_name, wait_for
+from memwarden_testing.cluster import REPO, as_token, kubectl, unique_name, wait_for
 from memwarden_testing.operator import OperatorProcess
 
 CHART = REPO / "charts" / "memwarden"
@@ -347,6 +351,34 @@ def test_rendered_webhook_is_what_manifests_py_makes(helm: Path, values: dict[st
     assert expected["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
 
 
+@pytest.mark.parametrize(
+    ("values", "account"),
+    [
+        pytest.param({}, "memwarden", id="chart-made-service-account"),
+        pytest.param(
+            {"serviceAccount": {"create": False, "name": "shared-sa"}}, "shared-sa", id="named"
+        ),
+    ],
+)
+def test_rendered_incident_policy_is_what_manifests_py_makes(
+    helm: Path, values: dict[str, Any], account: str
+) -> None:
+    docs = render(helm, namespace="ops", values=values)
+    expected = incident_admission_policy(
+        operator_username=service_account_username(namespace="ops", name=account),
+        name="memwarden-incidents",
+    )
+    for kind, made in zip(
+        ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
+    ):
+        rendered = [
+            d for d in docs if d["kind"] == kind and d["metadata"]["name"] == "memwarden-incidents"
+        ]
+        assert len(rendered) == 1, f"{len(rendered)} {kind} memwarden-incidents"
+        assert rendered[0]["spec"] == made["spec"]
+        assert made["metadata"]["labels"].items() <= rendered[0]["metadata"]["labels"].items()
+
+
 @pytest.mark.parametrize("mode", ["selfSigned", "certManager"])
 def test_rendered_roles_are_rbac_py(helm: Path, mode: str) -> None:
     docs = render(helm, namespace="ops", values={"webhook": {"certs": {"mode": mode}}})
@@ -372,16 +404,6 @@ def other_namespace(kube: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
-
-
-def _as_token(kube: client.ApiClient, token: str) -> client.ApiClient:
-    admin = kube.configuration
-    configuration = client.Configuration()
-    configuration.host = admin.host
-    configuration.ssl_ca_cert = admin.ssl_ca_cert
-    configuration.verify_ssl = admin.verify_ssl
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    return client.ApiClient(configuration)
 
 
 def _status(call: Any) -> int:
@@ -435,7 +457,7 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
             )
         pod = make_pod_body("target")
         core.create_namespaced_pod(other_namespace, pod)
-        as_sa = client.CoreV1Api(_as_token(kube, token))
+        as_sa = client.CoreV1Api(as_token(kube, token))
 
         # RBAC is evaluated as soon as the bindings exist; the token's user is known at once.
         wait_for(

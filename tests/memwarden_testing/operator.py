@@ -21,11 +21,19 @@ from typing import Any
 
 import yaml
 
-from memwarden.manifests import mutating_webhook_configuration
+from memwarden.manifests import (
+    incident_admission_policy,
+    mutating_webhook_configuration,
+    service_account_username,
+)
 from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
 from memwarden_testing.tls import loopback_certificates
 
 OPERATOR_NAMESPACE = "memwarden-system"
+#: The ServiceAccount the test operator runs as (``least_privilege_kubeconfig``).
+OPERATOR_ACCOUNT = "memwarden-test-operator"
+#: The ValidatingAdmissionPolicy (and binding) memwarden ships, as the test cluster has it.
+INCIDENT_POLICY = "memwarden-test-incidents"
 
 #: Operator processes this test session started and has not stopped, by ``id``.
 _running: dict[int, OperatorProcess] = {}
@@ -198,8 +206,21 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def install_incident_policy(kubeconfig: Path) -> None:
+    """memwarden's ValidatingAdmissionPolicy for MemoryIncidents, excepting the test
+    operator's ServiceAccount as the chart excepts the release's; idempotent (every
+    session of the cluster applies the same)."""
+    docs = incident_admission_policy(
+        operator_username=service_account_username(
+            namespace=OPERATOR_NAMESPACE, name=OPERATOR_ACCOUNT
+        ),
+        name=INCIDENT_POLICY,
+    )
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
 def least_privilege_kubeconfig(
-    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = "memwarden-test-operator"
+    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = OPERATOR_ACCOUNT
 ) -> Path:
     """A kubeconfig for a ServiceAccount holding exactly ``memwarden.rbac``'s rules (the
     chart's), so the operator under test runs as it would in a cluster, not as admin."""

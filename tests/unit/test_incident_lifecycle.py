@@ -347,6 +347,13 @@ EARLIER = NOW - dt.timedelta(minutes=1)
         ),
         pytest.param(
             [SLOW],
+            [hand_made("zzz", created=NOW, phase="Capturing")],
+            9,
+            "Cooldown",
+            id="a-started-capture-counts-however-it-sorts",
+        ),
+        pytest.param(
+            [SLOW],
             [hand_made(f"busy-{i}", pod=f"other-{i}", phase="Capturing") for i in range(2)],
             2,
             "ConcurrencyLimit",

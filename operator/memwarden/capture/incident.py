@@ -117,7 +117,9 @@ def gate_capture(
     ``incidents`` are the cluster's (full objects or ``incident_view``s), this one
     among them or not. Incidents are ordered by ``creationTimestamp`` (the API server's,
     not an annotation the creator chose), then name: an earlier incident is never
-    refused because of a later one, and decides the same way each time it is asked.
+    refused because of a later one that has not started, and decides the same way each
+    time it is asked. One that has started capturing (or ended) counts whenever it was
+    created: it did capture.
     """
     metadata = incident.get("metadata") or {}
     namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
@@ -167,7 +169,7 @@ def gate_capture(
         and k.phase != "Skipped"  # captured nothing: it does not start a cooldown
         and k.opened is not None
         and (now - k.opened).total_seconds() < cooldown
-        and earlier(k)
+        and (k.phase not in ACTIVE_PHASES or k.phase == "Capturing" or earlier(k))
     ]
     if recent:
         last = max(recent, key=lambda k: k.opened or now)
