@@ -104,6 +104,41 @@ def test_creating_an_incident_needs_the_right_to_debug_the_pod(
     assert created["metadata"]["name"] == "allowed"
 
 
+def test_pointing_an_incident_at_another_pod_needs_the_same_right(
+    crds: Any, kube: client.ApiClient, namespace: str
+) -> None:
+    editor = client.CustomObjectsApi(service_account_client(kube, namespace, "editor"))
+    grant_in_namespace(
+        kube,
+        namespace,
+        name="editor",
+        account="editor",
+        group=GROUP,
+        resources=[PLURAL],
+        verbs=["patch", "get"],
+    )
+    _create(kube, namespace, make_incident("retarget", pod="checkout-1"))
+
+    def retarget() -> str | None:
+        try:
+            editor.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, "retarget", {"spec": {"pod": "checkout-2"}}
+            )
+        except ApiException as exc:
+            if exc.status == 403:
+                return str(exc.body)
+            raise
+        raise AssertionError("an incident was pointed at another pod without the right")
+
+    refusal = wait_for(retarget, timeout=30, what="the policy to refuse the new pod")
+    assert REFUSAL in refusal and "pod checkout-2" in refusal, refusal
+    # Changes that leave spec.pod alone are not the policy's business.
+    labelled = editor.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "retarget", {"metadata": {"labels": {"team": "a"}}}
+    )
+    assert labelled["spec"]["pod"] == "checkout-1"
+
+
 def test_memwardens_own_identity_opens_incidents(
     operator: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
