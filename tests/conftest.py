@@ -16,6 +16,7 @@ from memwarden_testing.loop import TOOLBOX_IMAGE
 from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
+    install_incident_policy,
     install_reach_policy,
     least_privilege_kubeconfig,
     uninstall_reach_policy,
@@ -75,7 +76,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def crds(devcluster: Path) -> Path:
-    """memwarden's CRDs, applied from crds/ and established."""
+    """memwarden's CRDs, applied from crds/ and established, and the admission policy
+    memwarden ships for MemoryIncidents (who may ask for a capture)."""
     kubectl(devcluster, "apply", "-f", str(REPO / "crds"))
     kubectl(
         devcluster,
@@ -85,6 +87,7 @@ def crds(devcluster: Path) -> Path:
         "crd/memorypolicies.memwarden.dev",
         "crd/memoryincidents.memwarden.dev",
     )
+    install_incident_policy(devcluster)
     return devcluster
 
 

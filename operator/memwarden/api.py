@@ -256,6 +256,7 @@ class OomRiskSpec(_Model):
     Each signal is evaluated by Prometheus over ``for`` (so an operator restart loses no
     state); any one holding opens an incident. usageRatio (0.9) and timeToLimit (10m) are
     on by default: set them to 0 / "0s" to turn them off. The others are off unless set.
+    Alertmanager pushes open incidents only for policies with ``alerts: true``.
     """
 
     usageRatio: float | None = Field(
@@ -282,6 +283,12 @@ class OomRiskSpec(_Model):
         le=1,
         description="PSI memory 'some' stall ratio (waiting seconds per second) at or above "
         "this (off by default).",
+    )
+    alerts: bool = Field(
+        default=False,
+        description="Accept Alertmanager pushes for the pods this policy governs: an alert "
+        "naming such a pod (in its own namespace) may open an incident. Off by default, so "
+        "an alert's labels cannot choose the pod whose memory is dumped.",
     )
     for_: str = Field(
         default="2m",

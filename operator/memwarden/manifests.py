@@ -1,4 +1,5 @@
-"""Manifests memwarden ships besides its CRDs: the MutatingWebhookConfiguration.
+"""Manifests memwarden ships besides its CRDs: the MutatingWebhookConfiguration, and the
+ValidatingAdmissionPolicy that keeps MemoryIncidents from being a way around RBAC.
 
 Pure. kopf could manage a webhook configuration itself, but it fixes ``timeoutSeconds``
 at 30, and a pod creation that waits 30 s on a slow operator is exactly what users
@@ -77,3 +78,84 @@ def mutating_webhook_configuration(
             }
         ],
     }
+
+
+# --- who may cause a capture (issue 12 item 1) -----------------------------------------
+
+#: CEL: the requester may add ephemeral containers to the incident's pod, which is what a
+#: capture does on their behalf (``kubectl debug`` needs the same permission).
+MAY_PATCH_EPHEMERAL_CONTAINERS = (
+    "authorizer.group('').resource('pods').subresource('ephemeralcontainers')"
+    ".namespace(request.namespace).name(object.spec.pod).check('patch').allowed()"
+)
+
+
+def service_account_username(*, namespace: str, name: str) -> str:
+    """The user name the API server gives a ServiceAccount's tokens."""
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def incident_admission_policy(
+    *, operator_username: str, name: str = "memwarden-incidents"
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: a MemoryIncident is admitted only from
+    someone who may ``patch pods/ephemeralcontainers`` on the pod it names.
+
+    Without it, ``create memoryincidents`` would be a way around RBAC: memwarden adds a
+    ``SYS_PTRACE`` debug container and dumps the pod's memory for whoever asks. Checked on
+    CREATE, and on UPDATE when ``spec.pod`` changes. memwarden's own ServiceAccount
+    (``operator_username``) is excepted: it opens incidents for the pods its policies
+    govern. ``failurePolicy: Fail``: if the check cannot run, nobody gets a capture.
+    """
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["memwarden.dev"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["memoryincidents"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "not-memwarden",
+                    "expression": f"request.userInfo.username != {_cel_string(operator_username)}",
+                },
+                {
+                    "name": "new-or-retargeted",
+                    "expression": "request.operation == 'CREATE' || "
+                    "object.spec.pod != oldObject.spec.pod",
+                },
+            ],
+            "validations": [
+                {
+                    "expression": MAY_PATCH_EPHEMERAL_CONTAINERS,
+                    "reason": "Forbidden",
+                    "messageExpression": (
+                        "'a MemoryIncident makes memwarden add a debug container to pod ' + "
+                        "object.spec.pod + ': ' + request.userInfo.username + ' may not patch "
+                        "pods/ephemeralcontainers on it in namespace ' + request.namespace"
+                    ),
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
+def _cel_string(text: str) -> str:
+    """A CEL string literal (user names are DNS labels and colons; quote defensively)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -18,7 +18,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 SUPPRESSED_TRIGGERS = Counter(
     "memwarden_suppressed_triggers",
     "Findings that held but opened no incident, by reason (cooldown, budget, concurrency, "
-    "capture disabled, no policy).",
+    "capture disabled, no policy; for pushed alerts also alerts not accepted, namespace "
+    "mismatch, unknown pod, ...).",
     ["reason"],
     registry=REGISTRY,
 )

@@ -186,7 +186,7 @@ def test_a_leak_is_captured_before_the_oom_kill_and_a_flat_workload_is_left_alon
 
 
 def test_an_alert_routed_by_alertmanager_opens_a_capture(loop: Loop, namespace: str) -> None:
-    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap", "goroutine"]))
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap", "goroutine"], alerts=True))
     client.AppsV1Api(loop.kube).create_namespaced_deployment(
         namespace, deployment(loop, f"{ALERTED_PREFIX}checkout", pattern="steady")
     )

@@ -39,6 +39,8 @@ from memwarden_testing.storm import StormProcess
 
 GI = 2**30
 PLAIN = {"request": "512Mi", "limit": "1Gi"}
+#: Policies accept Alertmanager pushes only when they say so.
+ACCEPTS_ALERTS = {"alerts": True}
 ALERT = "MemwardenNearMemoryLimit"
 PROMTOOL = Path("/usr/bin/promtool")
 AMTOOL = Path("/usr/bin/amtool")
@@ -183,9 +185,8 @@ def test_prometheus_rule_fires_alertmanager_routes_it_and_one_incident_opens(
     alerting_stack: tuple[PrometheusServer, AlertmanagerProcess],
 ) -> None:
     prometheus, alertmanager = alerting_stack
-    apply(
-        memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))
-    )
+    spec = make_policy_spec(memory=PLAIN, oomRisk=ACCEPTS_ALERTS)
+    apply(memwarden.kubeconfig, make_policy(namespace=namespace, spec=spec))
     create_pods(kube, namespace, ["checkout-1", "checkout-2"])
     wait_pods_governed(kube, namespace, 2)
 
@@ -225,6 +226,75 @@ def test_prometheus_rule_fires_alertmanager_routes_it_and_one_incident_opens(
     assert any(a["labels"].get("pod") == "checkout-1" for a in alertmanager.alerts())
 
 
+# --- alert labels choose no victim (issue 12 item 2) -----------------------------------
+
+
+def push(memwarden: OperatorProcess, alerts: list[dict[str, Any]]) -> dict[str, Any]:
+    """POST one notification to the operator's receiver, as Alertmanager does."""
+    request = urllib.request.Request(
+        memwarden.alertmanager_url,
+        data=json.dumps(make_payload(alerts)).encode(),
+        headers={
+            "Authorization": f"Bearer {memwarden.alertmanager_token}",
+            "Content-Type": "application/json",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("oom_risk", "labels", "reason"),
+    [
+        pytest.param({}, {}, "alerts not accepted", id="policy-did-not-opt-in"),
+        pytest.param(
+            ACCEPTS_ALERTS,
+            {"exported_namespace": "kube-system"},
+            "namespace mismatch",
+            id="labels-name-another-namespace",
+        ),
+    ],
+)
+def test_an_alert_opens_nothing_unless_the_pods_policy_accepts_it(
+    memwarden: OperatorProcess,
+    kube: client.ApiClient,
+    namespace: str,
+    oom_risk: dict[str, Any],
+    labels: dict[str, str],
+    reason: str,
+) -> None:
+    policy = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, oomRisk=oom_risk))
+    apply(memwarden.kubeconfig, policy)
+    create_pods(kube, namespace, ["checkout-1"])
+    wait_pods_governed(kube, namespace, 1)
+    metrics = f"http://127.0.0.1:{memwarden.http_port}/metrics"
+    before = suppressed_counts(scrape(metrics)).get(reason, 0)
+
+    alert = make_alert(pod="checkout-1", namespace=namespace, value="0.95")
+    alert["labels"].update(labels)
+    assert push(memwarden, [alert])["accepted"] == 1
+    wait_for(
+        lambda: suppressed_counts(scrape(metrics)).get(reason, 0) > before,
+        timeout=30,
+        what=f"the alert counted as suppressed ({reason})",
+    )
+    assert never_more_than(lambda: len(incidents(kube, namespace)), 0, seconds=3) == 0
+
+    # The same pod, once its policy accepts alerts and the labels agree, gets its incident.
+    policy["spec"]["oomRisk"] = ACCEPTS_ALERTS
+    apply(memwarden.kubeconfig, policy)
+    clean = make_alert(pod="checkout-1", namespace=namespace, value="0.95")
+    opened = wait_for(
+        lambda: push(memwarden, [clean]) and incidents(kube, namespace),
+        timeout=30,
+        interval=1,
+        what="an incident once the policy accepts alerts",
+    )
+    assert [i["spec"]["pod"] for i in opened] == ["checkout-1"]
+
+
 # --- alert storm ------------------------------------------------------------------------
 
 STORM_ALERTS = 300
@@ -256,7 +326,8 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     capture = {"cooldown": "30m", "maxIncidentsPerHour": BUDGET}
-    policy = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, capture=capture))
+    spec = make_policy_spec(memory=PLAIN, capture=capture, oomRisk=ACCEPTS_ALERTS)
+    policy = make_policy(namespace=namespace, spec=spec)
     apply(memwarden.kubeconfig, policy)
     create_pods(kube, namespace, STORM_PODS)
     wait_pods_governed(kube, namespace, len(STORM_PODS))

@@ -26,13 +26,24 @@ from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.capture.plan import ALL_ARTIFACTS, plan_ephemeral_container
 from memwarden.evidence.api import bundle_url
-from memwarden.manifests import mutating_webhook_configuration
+from memwarden.manifests import (
+    incident_admission_policy,
+    mutating_webhook_configuration,
+    service_account_username,
+)
 from memwarden.reach import operator_reach_policy
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet
 from memwarden.settings import Settings
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import REPO, ensure_namespace, kubectl, unique_name, wait_for
+from memwarden_testing.cluster import (
+    REPO,
+    as_token,
+    ensure_namespace,
+    kubectl,
+    unique_name,
+    wait_for,
+)
 from memwarden_testing.operator import OperatorProcess
 
 CHART = REPO / "charts" / "memwarden"
@@ -73,9 +84,9 @@ def render(
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"{len(found)} {kind}"
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"].get("name"))]
+    assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
     return found[0]
 
 
@@ -354,6 +365,31 @@ def test_rendered_webhook_is_what_manifests_py_makes(helm: Path, values: dict[st
 
 
 @pytest.mark.parametrize(
+    ("values", "account"),
+    [
+        pytest.param({}, "memwarden", id="chart-made-service-account"),
+        pytest.param(
+            {"serviceAccount": {"create": False, "name": "shared-sa"}}, "shared-sa", id="named"
+        ),
+    ],
+)
+def test_rendered_incident_policy_is_what_manifests_py_makes(
+    helm: Path, values: dict[str, Any], account: str
+) -> None:
+    docs = render(helm, namespace="ops", values=values)
+    expected = incident_admission_policy(
+        operator_username=service_account_username(namespace="ops", name=account),
+        name="memwarden-incidents",
+    )
+    for kind, made in zip(
+        ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
+    ):
+        rendered = one(docs, kind, "memwarden-incidents")
+        assert rendered["spec"] == made["spec"]
+        assert made["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(
     "watch", [pytest.param([], id="cluster"), pytest.param(["shop", "pay"], id="watched")]
 )
 @pytest.mark.parametrize("mode", ["selfSigned", "certManager"])
@@ -423,14 +459,11 @@ def test_rendered_reach_policy_is_what_reach_py_makes(helm: Path, values: dict[s
     for kind, want in zip(
         ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
     ):
-        rendered = one(docs, kind)
+        rendered = one(docs, kind, want["metadata"]["name"])
         assert rendered["spec"] == want["spec"]
-        assert rendered["metadata"]["name"] == want["metadata"]["name"]
         assert want["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
     off = render(helm, namespace="ops", values={"operatorReachPolicy": {"enabled": False}})
-    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & {
-        d["kind"] for d in off
-    }
+    assert "memwarden-operator-reach" not in {d["metadata"]["name"] for d in off}
 
 
 # -- least privilege, on the real API server ---------------------------------------------
@@ -443,16 +476,6 @@ def other_namespace(kube: client.ApiClient) -> Iterator[str]:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     yield name
     core.delete_namespace(name)
-
-
-def _as_token(kube: client.ApiClient, token: str) -> client.ApiClient:
-    admin = kube.configuration
-    configuration = client.Configuration()
-    configuration.host = admin.host
-    configuration.ssl_ca_cert = admin.ssl_ca_cert
-    configuration.verify_ssl = admin.verify_ssl
-    configuration.api_key = {"authorization": f"Bearer {token}"}
-    return client.ApiClient(configuration)
 
 
 def _status(call: Any) -> int:
@@ -506,7 +529,7 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
             )
         pod = make_pod_body("target")
         core.create_namespaced_pod(other_namespace, pod)
-        as_sa = client.CoreV1Api(_as_token(kube, token))
+        as_sa = client.CoreV1Api(as_token(kube, token))
 
         # RBAC is evaluated as soon as the bindings exist; the token's user is known at once.
         wait_for(
@@ -620,7 +643,7 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
                 spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
             ),
         ).status.token
-        as_sa = client.CoreV1Api(_as_token(kube, token))
+        as_sa = client.CoreV1Api(as_token(kube, token))
         for ns in (watched, other_namespace):
             core.create_namespaced_pod(ns, make_pod_body("target"))
         wait_for(

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 #: Kinds in the docs that need CRDs memwarden does not own (the Prometheus Operator's).
 #: Every other manifest goes to the API server: a new kind needs no change here.
-UNSERVED = {"PrometheusRule"}
+UNSERVED = {"PrometheusRule", "Prometheus"}
 _FENCED_YAML = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 

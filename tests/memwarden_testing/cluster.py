@@ -43,6 +43,31 @@ def api_client(kubeconfig: Path) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
+def as_token(kube: client.ApiClient, token: str) -> client.ApiClient:
+    """An ApiClient for the same API server as ``kube`` that authenticates with ``token``."""
+    admin = kube.configuration
+    configuration = client.Configuration()
+    configuration.host = admin.host
+    configuration.ssl_ca_cert = admin.ssl_ca_cert
+    configuration.verify_ssl = admin.verify_ssl
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def service_account_client(kube: client.ApiClient, namespace: str, name: str) -> client.ApiClient:
+    """A new ServiceAccount ``name`` in ``namespace`` and an ApiClient acting as it (a
+    10-minute token): a real identity for RBAC and admission to judge."""
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+    )
+    token = core.create_namespaced_service_account_token(name, namespace, request).status.token
+    return as_token(kube, str(token))
+
+
 def kubectl(
     kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

@@ -124,9 +124,15 @@ def apply(loop: Loop, obj: dict[str, Any]) -> None:
 
 
 def policy(
-    namespace: str, *, oom_risk: bool, artifacts: list[str], trace_seconds: int = 1
+    namespace: str,
+    *,
+    oom_risk: bool,
+    artifacts: list[str],
+    trace_seconds: int = 1,
+    alerts: bool = False,
 ) -> dict[str, Any]:
-    """The scenarios' MemoryPolicy for pods labelled ``tier: go``."""
+    """The scenarios' MemoryPolicy for pods labelled ``tier: go``; ``alerts`` accepts
+    Alertmanager pushes for them (without ``oom_risk``: with memwarden's own signals off)."""
     spec: dict[str, Any] = {
         "selector": {"matchLabels": {"tier": "go"}},
         "memory": {"request": "64Mi", "limit": f"{LIMIT_MI}Mi"},
@@ -135,6 +141,9 @@ def policy(
     }
     if oom_risk:
         spec["oomRisk"] = {"usageRatio": POLICY_RATIO, "timeToLimit": "0s", "for": "3s"}
+    if alerts:
+        spec["oomRisk"] = {"usageRatio": 0, "timeToLimit": "0s", **spec.get("oomRisk", {})}
+        spec["oomRisk"]["alerts"] = True
     return {
         "apiVersion": "memwarden.dev/v1alpha1",
         "kind": "MemoryPolicy",

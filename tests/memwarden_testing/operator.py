@@ -22,12 +22,20 @@ from typing import Any
 
 import yaml
 
-from memwarden.manifests import mutating_webhook_configuration
+from memwarden.manifests import (
+    incident_admission_policy,
+    mutating_webhook_configuration,
+    service_account_username,
+)
 from memwarden.reach import operator_reach_policy
 from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
 from memwarden_testing.tls import loopback_certificates
 
 OPERATOR_NAMESPACE = "memwarden-system"
+#: The ServiceAccount the test operator runs as (``least_privilege_kubeconfig``).
+OPERATOR_ACCOUNT = "memwarden-test-operator"
+#: The ValidatingAdmissionPolicy (and binding) memwarden ships, as the test cluster has it.
+INCIDENT_POLICY = "memwarden-test-incidents"
 
 #: Operator processes this test session started and has not stopped, by ``id``.
 _running: dict[int, OperatorProcess] = {}
@@ -206,8 +214,6 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-#: The ServiceAccount the test operator runs as (``least_privilege_kubeconfig``).
-OPERATOR_SERVICE_ACCOUNT = "memwarden-test-operator"
 #: The test cluster's copy of the chart's operator-reach policy.
 REACH_POLICY = "memwarden-test-operator-reach"
 
@@ -218,7 +224,7 @@ def install_reach_policy(
     """memwarden's operator-reach ValidatingAdmissionPolicy (``memwarden.reach``, as the
     chart installs it) for the test operator's ServiceAccount; returns the manifests."""
     docs = operator_reach_policy(
-        service_account=OPERATOR_SERVICE_ACCOUNT,
+        service_account=OPERATOR_ACCOUNT,
         namespace=OPERATOR_NAMESPACE,
         toolbox_image=toolbox_image,
         evidence_authority=evidence_authority,
@@ -233,8 +239,21 @@ def uninstall_reach_policy(kubeconfig: Path) -> None:
         kubectl(kubeconfig, "delete", kind, REACH_POLICY, "--ignore-not-found")
 
 
+def install_incident_policy(kubeconfig: Path) -> None:
+    """memwarden's ValidatingAdmissionPolicy for MemoryIncidents, excepting the test
+    operator's ServiceAccount as the chart excepts the release's; idempotent (every
+    session of the cluster applies the same)."""
+    docs = incident_admission_policy(
+        operator_username=service_account_username(
+            namespace=OPERATOR_NAMESPACE, name=OPERATOR_ACCOUNT
+        ),
+        name=INCIDENT_POLICY,
+    )
+    kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
+
+
 def least_privilege_kubeconfig(
-    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = OPERATOR_SERVICE_ACCOUNT
+    kube: Any, *, admin_kubeconfig: Path, workdir: Path, name: str = OPERATOR_ACCOUNT
 ) -> Path:
     """A kubeconfig for a ServiceAccount holding exactly ``memwarden.rbac``'s rules (the
     chart's), so the operator under test runs as it would in a cluster, not as admin."""

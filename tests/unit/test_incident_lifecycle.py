@@ -11,6 +11,8 @@ from memwarden.api import CaptureSpec
 from memwarden.capture import incident as lifecycle
 from memwarden.capture.analysis import FunctionStat, Summary, TopReport
 from memwarden.capture.plan import ephemeral_container_name
+from memwarden.risk.opening import OPENED_AT_ANNOTATION
+from memwarden_testing.builders import make_candidate, make_pod
 
 pytestmark = pytest.mark.unit
 
@@ -249,3 +251,206 @@ def test_text_from_a_bundle_is_clipped_for_the_status() -> None:
     assert len(records) == 32
     assert len(records[0].name) <= 512 and len(records[0].error or "") <= 512
     assert records[0].bytes == 0
+
+
+# --- the gate: who may capture what (issue 12 item 1) ----------------------------------
+
+GATE_NS = "shop"
+
+
+def gated_pod(labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return make_pod("checkout-1", namespace=GATE_NS, labels=labels or {"app": "checkout"})
+
+
+def hand_made(
+    name: str = "mine",
+    *,
+    pod: str = "checkout-1",
+    created: dt.datetime = NOW,
+    phase: str | None = None,
+    policy: str | None = None,
+    opened_at: str | None = None,
+    deleting: bool = False,
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": GATE_NS,
+        "creationTimestamp": lifecycle.rfc3339(created),
+    }
+    if opened_at:
+        metadata["annotations"] = {OPENED_AT_ANNOTATION: opened_at}
+    if deleting:
+        metadata["deletionTimestamp"] = lifecycle.rfc3339(created)
+    return {
+        "metadata": metadata,
+        "spec": {"pod": pod, **({"policy": policy} if policy else {})},
+        "status": {"phase": phase} if phase else {},
+    }
+
+
+PERMISSIVE = make_candidate("permissive", namespace=GATE_NS, match_labels={"app": "other"})
+STRICT = make_candidate(
+    "checkout", namespace=GATE_NS, capture={"enabled": False}, match_labels={"app": "checkout"}
+)
+SLOW = make_candidate("checkout", namespace=GATE_NS, capture={"cooldown": "10m", "traceSeconds": 9})
+EARLIER = NOW - dt.timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("policies", "others", "max_concurrent", "reason"),
+    [
+        pytest.param([SLOW], [], 3, None, id="governed-and-free"),
+        pytest.param([PERMISSIVE], [], 3, "NoGoverningPolicy", id="no-policy-selects-the-pod"),
+        pytest.param([], [], 3, "NoGoverningPolicy", id="no-policy-in-the-namespace"),
+        pytest.param([STRICT, PERMISSIVE], [], 3, "CaptureDisabled", id="capture-disabled"),
+        pytest.param(
+            [SLOW],
+            [hand_made("before", created=EARLIER, phase="Collected")],
+            3,
+            "Cooldown",
+            id="cooldown-after-an-earlier-capture",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("before", created=NOW - dt.timedelta(minutes=11))],
+            3,
+            None,
+            id="cooldown-over",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("before", created=EARLIER, phase="Skipped")],
+            3,
+            None,
+            id="a-skipped-incident-starts-no-cooldown",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("before", created=EARLIER, deleting=True)],
+            3,
+            None,
+            id="a-deleted-incident-starts-no-cooldown",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("later", created=NOW + dt.timedelta(seconds=1))],
+            3,
+            None,
+            id="a-later-incident-never-refuses-an-earlier-one",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("zzz", created=NOW), hand_made("aaa", created=NOW)],
+            9,
+            "Cooldown",
+            id="same-second-the-smaller-name-goes-first",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("zzz", created=NOW, phase="Capturing")],
+            9,
+            "Cooldown",
+            id="a-started-capture-counts-however-it-sorts",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made(f"busy-{i}", pod=f"other-{i}", phase="Capturing") for i in range(2)],
+            2,
+            "ConcurrencyLimit",
+            id="cluster-cap-reached",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("busy", pod="other", created=NOW + dt.timedelta(1), phase="Capturing")],
+            1,
+            "ConcurrencyLimit",
+            id="a-running-capture-holds-a-slot-whenever-it-started",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("queued", pod="other", created=NOW + dt.timedelta(1), phase="Pending")],
+            1,
+            None,
+            id="a-later-waiting-incident-does-not-hold-our-slot",
+        ),
+        pytest.param(
+            [SLOW],
+            [hand_made("done", pod="other", created=EARLIER, phase="Collected")],
+            1,
+            None,
+            id="finished-captures-free-their-slot",
+        ),
+    ],
+)
+def test_gate_capture(
+    policies: list[Any], others: list[dict[str, Any]], max_concurrent: int, reason: str | None
+) -> None:
+    incident = hand_made()
+    gate = lifecycle.gate_capture(
+        incident=incident,
+        pod=gated_pod(),
+        policies=policies,
+        incidents=[incident, *others],
+        now=NOW,
+        max_concurrent=max_concurrent,
+    )
+    if reason is None:
+        assert gate.refused is None, gate.refused
+        assert gate.policy is not None and gate.policy.name == "checkout"
+    else:
+        assert gate.refused is not None and gate.refused[0] == reason, gate.refused
+        assert "checkout-1" in gate.refused[1] or reason == "ConcurrencyLimit"
+
+
+def test_a_hand_made_incident_takes_the_governing_policys_settings_whatever_it_names() -> None:
+    gate = lifecycle.gate_capture(
+        incident=hand_made(policy="permissive"),
+        pod=gated_pod(),
+        policies=[SLOW, PERMISSIVE],
+        incidents=[],
+        now=NOW,
+        max_concurrent=3,
+    )
+    assert gate.refused is None
+    assert gate.capture == CaptureSpec(cooldown="10m", traceSeconds=9)
+    named = lifecycle.gate_capture(
+        incident=hand_made(policy="permissive"),
+        pod=gated_pod(),
+        policies=[STRICT, PERMISSIVE],
+        incidents=[],
+        now=NOW,
+        max_concurrent=3,
+    )
+    assert named.refused is not None and named.refused[0] == "CaptureDisabled"
+
+
+def test_an_opened_at_annotation_does_not_jump_the_queue() -> None:
+    """The order is the API server's creationTimestamp, not an annotation the creator set."""
+    earlier = hand_made("first", created=EARLIER, phase="Pending")
+    forged = hand_made("second", pod="other", opened_at="2020-01-01T00:00:00Z")
+    gate = lifecycle.gate_capture(
+        incident=forged,
+        pod=gated_pod(),
+        policies=[SLOW],
+        incidents=[earlier, forged],
+        now=NOW,
+        max_concurrent=1,
+    )
+    assert gate.refused is not None and gate.refused[0] == "ConcurrencyLimit"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "refused"),
+    [
+        pytest.param("kube-system", True, id="kube-system"),
+        pytest.param("memwarden-system", True, id="memwardens-own"),
+        pytest.param("shop", False, id="a-tenant-namespace"),
+    ],
+)
+def test_never_governed_namespaces_get_no_capture(namespace: str, refused: bool) -> None:
+    why = lifecycle.ungoverned_namespace(
+        namespace, never_governed=frozenset({"kube-system", "memwarden-system"})
+    )
+    assert (why is not None) == refused
+    if why:
+        assert namespace in why

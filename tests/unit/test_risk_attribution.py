@@ -44,17 +44,22 @@ PODS = {
             )
         ),
         pod_view(make_pod("other-1", namespace=NS, labels={"app": "other"})),
+        pod_view(make_pod("lonely-1", namespace=NS, labels={"app": "lonely"})),
     ]
 }
+#: Alerts are accepted only for pods whose policy opted in.
+ACCEPTS_ALERTS = {"alerts": True}
 POLICIES = {
     NS: [
-        make_candidate("checkout", namespace=NS, containers=["app"]),
+        make_candidate("checkout", namespace=NS, containers=["app"], oomRisk=ACCEPTS_ALERTS),
         make_candidate(
             "checkout-urgent",
             namespace=NS,
             match_labels={"app": "checkout", "tier": "gold"},
             priority=10,
+            oomRisk=ACCEPTS_ALERTS,
         ),
+        make_candidate("other", namespace=NS, match_labels={"app": "other"}, oomRisk={}),
     ]
 }
 
@@ -66,7 +71,20 @@ CASES = [
     ),
     pytest.param(finding(pod="gone-1"), None, "unknown pod", id="pod-not-in-index"),
     pytest.param(finding(namespace="elsewhere"), None, "unknown pod", id="other-namespace"),
-    pytest.param(finding(pod="other-1"), None, "no policy", id="no-policy-selects-pod"),
+    pytest.param(finding(pod="lonely-1"), None, "no policy", id="no-policy-selects-pod"),
+    pytest.param(finding(pod="other-1"), None, "alerts not accepted", id="policy-did-not-opt-in"),
+    pytest.param(
+        finding(labels={"namespace": NS, "exported_namespace": "payments"}),
+        None,
+        "namespace mismatch",
+        id="labels-name-another-namespace",
+    ),
+    pytest.param(
+        finding(labels={"namespace": NS, "exported_namespace": NS}),
+        ("checkout", "app"),
+        None,
+        id="labels-agree-on-the-namespace",
+    ),
 ]
 
 
@@ -89,9 +107,19 @@ def test_attribution(
         assert result.captures == {(NS, "checkout"): CaptureSpec()}
 
 
+def test_no_policy_accepts_alerts_unless_it_says_so() -> None:
+    """Off by default: an alert author must not choose whose memory is dumped."""
+    policies = {NS: [make_candidate("checkout", namespace=NS, oomRisk={"usageRatio": 0.8})]}
+    result = attribute([finding()], pods=PODS, policies=policies)
+    assert [a.reason for a in result.unattributed] == ["alerts not accepted"]
+    assert "oomRisk.alerts" in result.unattributed[0].message
+
+
 def test_attribution_keeps_order_and_each_policy_capture() -> None:
     capture = {"cooldown": "5m", "maxIncidentsPerHour": 2}
-    policies = {NS: [make_candidate("checkout", namespace=NS, capture=capture)]}
+    policies = {
+        NS: [make_candidate("checkout", namespace=NS, capture=capture, oomRisk=ACCEPTS_ALERTS)]
+    }
     findings = [finding(), finding(pod="gone"), finding(container="proxy"), finding()]
     result = attribute(findings, pods=PODS, policies=policies)
     assert [(f.pod, f.container) for f in result.findings] == [

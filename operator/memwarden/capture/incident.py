@@ -9,14 +9,16 @@ is always passed in. Nothing here imports a client.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from memwarden.api import ALL_ARTIFACTS, Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
 from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
-from memwarden.quantity import approximate_bytes
+from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
+from memwarden.risk.opening import ACTIVE_PHASES, Known
+from memwarden.selection import Candidate, container_names, select_policy
 
 TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
 #: After the debug container ended, how long to wait for its upload to be seen stored.
@@ -70,6 +72,144 @@ def choose_target(
     if waited > pod_wait:
         return Target(fail=("PodNotRunning", f"container {name} was not running for {pod_wait}"))
     return Target(wait=f"container {name} is not running yet")
+
+
+def ungoverned_namespace(namespace: str, *, never_governed: frozenset[str]) -> str | None:
+    """Why no incident captures in ``namespace`` (kube-system, memwarden's own, the
+    excluded ones), or None. memwarden's own pods hold its token and the upload key."""
+    if namespace in never_governed:
+        return (
+            f"namespace {namespace} is never governed by memwarden (excluded, or its own): "
+            "no capture runs there"
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Whether an incident may capture now, and with which policy's settings."""
+
+    policy: Candidate | None = None
+    """The policy governing the pod: its ``capture`` section is the capture's settings."""
+    refused: tuple[str, str] | None = None
+    """(reason, message): the incident ends ``Skipped`` with these."""
+
+    @property
+    def capture(self) -> CaptureSpec:
+        return (self.policy.spec.capture if self.policy else None) or CaptureSpec()
+
+
+def gate_capture(
+    *,
+    incident: Mapping[str, Any],
+    pod: Mapping[str, Any],
+    policies: Sequence[Candidate],
+    incidents: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+    max_concurrent: int,
+) -> Gate:
+    """The rules memwarden's own openings obey (``risk/opening.py``), for any incident,
+    hand-made ones included: a policy must govern the pod and allow captures, the pod's
+    cooldown and the cluster-wide cap on concurrent captures hold.
+
+    The settings are always the governing policy's, whatever ``spec.policy`` names: a
+    hand-made incident cannot pick a more permissive policy, nor fall back on defaults.
+    ``incidents`` are the cluster's (full objects or ``incident_view``s), this one
+    among them or not. Incidents are ordered by ``creationTimestamp`` (the API server's,
+    not an annotation the creator chose), then name: an earlier incident is never
+    refused because of a later one that has not started, and decides the same way each
+    time it is asked. One that has started capturing (or ended) counts whenever it was
+    created: it did capture.
+    """
+    metadata = incident.get("metadata") or {}
+    namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+    pod_name = str((incident.get("spec") or {}).get("pod"))
+    regular, sidecars = container_names(pod)
+    selection = select_policy(
+        labels=dict((pod.get("metadata") or {}).get("labels") or {}),
+        container_names=regular,
+        sidecar_names=sidecars,
+        candidates=policies,
+    )
+    policy = selection.winner
+    if policy is None:
+        return Gate(
+            refused=(
+                "NoGoverningPolicy",
+                f"no MemoryPolicy governs pod {pod_name} ({selection.reason}): a capture "
+                "takes its settings from the pod's policy",
+            )
+        )
+    capture = policy.spec.capture or CaptureSpec()
+    if not capture.enabled:
+        return Gate(
+            policy=policy,
+            refused=(
+                "CaptureDisabled",
+                f"policy {policy.name}, which governs pod {pod_name}, has capture.enabled false",
+            ),
+        )
+    me = Known.of(incident)
+    mine = _order(me.created if me else None, name)
+    others = [
+        k
+        for k in map(Known.of, incidents)
+        if k is not None and not k.deleting and (k.namespace, k.name) != (namespace, name)
+    ]
+
+    def earlier(known: Known) -> bool:
+        return _order(known.created, known.name) < mine
+
+    cooldown = _cooldown_seconds(capture.cooldown)
+    recent = [
+        k
+        for k in others
+        if k.namespace == namespace
+        and k.pod == pod_name
+        and k.phase != "Skipped"  # captured nothing: it does not start a cooldown
+        and k.opened is not None
+        and (now - k.opened).total_seconds() < cooldown
+        and (k.phase not in ACTIVE_PHASES or k.phase == "Capturing" or earlier(k))
+    ]
+    if recent:
+        last = max(recent, key=lambda k: k.opened or now)
+        age = int((now - (last.opened or now)).total_seconds())
+        return Gate(
+            policy=policy,
+            refused=(
+                "Cooldown",
+                f"incident {last.name} for pod {pod_name} opened {age}s ago; policy "
+                f"{policy.name} has capture.cooldown {capture.cooldown}",
+            ),
+        )
+    # Running captures hold a slot whenever they started; waiting ones only ahead of us.
+    active = [
+        k for k in others if k.phase == "Capturing" or (k.phase in ACTIVE_PHASES and earlier(k))
+    ]
+    if len(active) >= max_concurrent:
+        return Gate(
+            policy=policy,
+            refused=(
+                "ConcurrencyLimit",
+                f"{len(active)} captures pending or running in the cluster (cap {max_concurrent})",
+            ),
+        )
+    return Gate(policy=policy)
+
+
+_LATEST = dt.datetime.max.replace(tzinfo=dt.UTC)
+
+
+def _order(created: dt.datetime | None, name: str | None) -> tuple[dt.datetime, str]:
+    """Creation order; an incident without a creation time counts as the latest."""
+    return (created or _LATEST, name or "")
+
+
+def _cooldown_seconds(duration: str) -> float:
+    try:
+        return parse_duration(duration)
+    except QuantityError:  # the CRD pattern forbids it; never cool down less than default
+        return parse_duration(CaptureSpec().cooldown)
 
 
 def capture_artifacts(*, capture: CaptureSpec, requested: Sequence[str] | None) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 import kopf
 
 from memwarden import metrics
-from memwarden.api import GROUP, VERSION, CaptureSpec
+from memwarden.api import GROUP, VERSION
 from memwarden.capture import analysis_worker
 from memwarden.capture import incident as lifecycle
 from memwarden.capture.plan import (
@@ -31,10 +31,9 @@ from memwarden.capture.plan import (
 from memwarden.evidence.api import bundle_url
 from memwarden.evidence.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
-from memwarden.handlers import background, state
+from memwarden.handlers import background, risk, state
 from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
 from memwarden.quantity import parse_bytes
-from memwarden.selection import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ WAITING = "waiting: "
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _capture_spec(policy: str | None, namespace: str, policies: Any) -> CaptureSpec:
-    """The governing policy's capture section; defaults when there is none."""
-    for candidate in policies.get(namespace, []) if policies is not None else []:
-        if isinstance(candidate, Candidate) and candidate.name == policy and candidate.spec.capture:
-            return candidate.spec.capture
-    return CaptureSpec()
 
 
 async def _read_pod(namespace: str, name: str) -> dict[str, Any] | None:
@@ -91,6 +82,11 @@ async def start_capture(
     settings, now = state.settings(), _now()
     if not status.get("openedAt"):
         patch.status["openedAt"] = lifecycle.rfc3339(now)
+    ungoverned = lifecycle.ungoverned_namespace(namespace, never_governed=settings.never_governed)
+    if ungoverned is not None:
+        _skip(patch, reason="NamespaceNotGoverned", message=ungoverned, now=now, spec=spec)
+        logger.info("capture skipped: %s", ungoverned)
+        return
     pod = await _read_pod(namespace, str(spec.get("pod")))
     target = lifecycle.choose_target(
         pod=pod,
@@ -110,17 +106,20 @@ async def start_capture(
         patch.status["message"] = target.wait
         raise kopf.TemporaryError(WAITING + (target.wait or "for the pod"), delay=3)
 
-    capture = _capture_spec(spec.get("policy"), namespace, kwargs.get("policy_index"))
-    if not capture.enabled:
-        _finish(
-            patch,
-            phase="Skipped",
-            reason="CaptureDisabled",
-            message=f"policy {spec.get('policy')} has capture.enabled false",
-            now=now,
-            spec=spec,
-        )
+    gate = lifecycle.gate_capture(
+        incident=body,
+        pod=pod,
+        policies=list(kwargs["policy_index"].get(namespace, [])),
+        incidents=risk.known_incidents(kwargs["incident_index"]),
+        now=now,
+        max_concurrent=settings.max_concurrent_captures,
+    )
+    if gate.refused is not None:
+        reason, message = gate.refused
+        _skip(patch, reason=reason, message=message, now=now, spec=spec)
+        logger.info("capture skipped (%s): %s", reason, message)
         return
+    capture = gate.capture
     try:
         labels = await asyncio.to_thread(state.kube().namespace_labels, namespace)
     except KubeError as exc:
@@ -210,6 +209,13 @@ async def start_capture(
     )
     logger.info(message)
     kopf.event(body, type="Normal", reason="CaptureStarted", message=message)
+
+
+def _skip(
+    patch: kopf.Patch, *, reason: str, message: str, now: dt.datetime, spec: kopf.Spec
+) -> None:
+    """``Skipped``: memwarden decided not to capture; the reason is in the status."""
+    _finish(patch, phase="Skipped", reason=reason, message=message, now=now, spec=spec)
 
 
 async def _read_optional(path: str | None) -> str | None:

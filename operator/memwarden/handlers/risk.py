@@ -365,7 +365,7 @@ async def stop_risk_loop(memo: kopf.Memo, **_: Any) -> None:
     await background.stop(memo, _RISK_TASK)
 
 
-def _known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every incident of the cluster: the index, plus what this process just created."""
     indexed: list[dict[str, Any]] = [view for key in incident_index for view in incident_index[key]]
     names = {(v["metadata"]["namespace"], v["metadata"]["name"]) for v in indexed}
@@ -404,7 +404,7 @@ async def open_incidents(
                 (policy.namespace, policy.name): policy.spec.capture
                 or CaptureSpec(cooldown=settings.capture_default_cooldown)
             },
-            incidents=_known_incidents(incident_index),
+            incidents=known_incidents(incident_index),
             now=now,
             max_concurrent=settings.max_concurrent_captures,
         )

@@ -5,6 +5,10 @@ an incident can be opened it needs the policy that governs that pod and a contai
 policy governs. The pods and policies come in (the operator's in-memory indexes); a
 finding about a pod memwarden does not know or does not govern is set aside with a
 reason, so it is counted and logged rather than silently dropped.
+
+An alert's labels are written by whoever writes alerting rules, not by the pod's owner:
+they choose no victim. The pod's governing policy must accept alerts
+(``oomRisk.alerts: true``), and every namespace the alert names must be the pod's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,18 @@ from memwarden.api import CaptureSpec
 from memwarden.risk.findings import Finding
 from memwarden.selection import Candidate, container_names, select_policy
 
-UnattributedReason = Literal["unknown pod", "no policy", "container not governed"]
+UnattributedReason = Literal[
+    "unknown pod",
+    "namespace mismatch",
+    "no policy",
+    "alerts not accepted",
+    "container not governed",
+]
+
+#: Labels that name a namespace in an alert. ``namespace`` names the pod's; Prometheus
+#: renames a scraped series' own ``namespace`` to ``exported_namespace`` when the target's
+#: wins (``honor_labels: false``), so when both are present they must agree.
+NAMESPACE_LABELS = ("namespace", "exported_namespace")
 
 
 @dataclass(frozen=True)
@@ -67,11 +82,25 @@ def attribute(
                 str((p.get("metadata") or {}).get("name")): p
                 for p in pods.get(finding.namespace, ())
             }
+        named = {finding.labels[k] for k in NAMESPACE_LABELS if finding.labels.get(k)}
+        if named - {finding.namespace}:
+            aside.append(
+                Unattributed(
+                    finding,
+                    "namespace mismatch",
+                    f"{where}: the alert also names namespace(s) "
+                    f"{', '.join(sorted(named - {finding.namespace}))[:200]}",
+                )
+            )
+            continue
         pod = by_name[finding.namespace].get(finding.pod)
         if pod is None:
             aside.append(
                 Unattributed(finding, "unknown pod", f"{where}: no such running pod is governed")
             )
+            continue
+        if (pod.get("metadata") or {}).get("namespace") not in (None, finding.namespace):
+            aside.append(Unattributed(finding, "namespace mismatch", f"{where}: not this pod's"))
             continue
         regular, sidecars = container_names(pod)
         selection = select_policy(
@@ -84,6 +113,15 @@ def attribute(
             aside.append(Unattributed(finding, "no policy", f"{where}: {selection.reason}"))
             continue
         policy = selection.winner
+        if policy.spec.oomRisk is None or not policy.spec.oomRisk.alerts:
+            aside.append(
+                Unattributed(
+                    finding,
+                    "alerts not accepted",
+                    f"{where}: policy {policy.name} does not accept alerts (oomRisk.alerts)",
+                )
+            )
+            continue
         container = finding.container or selection.governed[0]
         if container not in selection.governed:
             aside.append(

@@ -84,7 +84,7 @@ def decide(
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    known = [k for k in map(_Known.of, incidents) if k is not None and not k.deleting]
+    known = [k for k in map(Known.of, incidents) if k is not None and not k.deleting]
     opened_now: set[tuple[str, str]] = set()
     decisions: list[Decision] = []
     for finding in findings:
@@ -99,7 +99,7 @@ def decide(
         if isinstance(decision, Open):
             opened_now.add((finding.namespace, finding.pod))
             known.append(
-                _Known(
+                Known(
                     namespace=decision.namespace,
                     pod=finding.pod,
                     policy=finding.policy,
@@ -116,7 +116,7 @@ def _decide_one(
     finding: Finding,
     *,
     capture: CaptureSpec | None,
-    known: Sequence[_Known],
+    known: Sequence[Known],
     opened_now: set[tuple[str, str]],
     now: dt.datetime,
     max_concurrent: int,
@@ -263,8 +263,9 @@ def parse_time(text: object) -> dt.datetime | None:
 
 
 @dataclass(frozen=True)
-class _Known:
-    """An existing incident, as far as opening decisions care."""
+class Known:
+    """An existing incident, as far as opening decisions (and the gate of an incident's
+    own capture, ``capture/incident.py``) care."""
 
     namespace: str
     pod: str
@@ -272,9 +273,13 @@ class _Known:
     opened: dt.datetime | None
     phase: str
     deleting: bool
+    name: str | None = None
+    created: dt.datetime | None = None
+    """``creationTimestamp``: set by the API server, so it orders incidents even when a
+    hand-made one carries an ``opened-at`` annotation of its own choosing."""
 
     @classmethod
-    def of(cls, obj: Mapping[str, Any]) -> _Known | None:
+    def of(cls, obj: Mapping[str, Any]) -> Known | None:
         metadata = obj.get("metadata") or {}
         spec = obj.get("spec") or {}
         status = obj.get("status") or {}
@@ -294,6 +299,8 @@ class _Known:
             opened=opened,
             phase=str(status.get("phase") or "Pending"),
             deleting=bool(metadata.get("deletionTimestamp")),
+            name=metadata.get("name"),
+            created=parse_time(metadata.get("creationTimestamp")),
         )
 
 
@@ -325,6 +332,7 @@ __all__ = [
     "POLICY_LABEL",
     "SOURCE_LABEL",
     "Decision",
+    "Known",
     "Open",
     "Suppressed",
     "SuppressionReason",
