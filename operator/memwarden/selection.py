@@ -8,7 +8,7 @@ report it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,6 +192,12 @@ class PolicyIndex:
 
     def __init__(self) -> None:
         self._namespaces: dict[str, NamespacePolicies] = {}
+        self._listeners: list[Callable[[str | None], None]] = []
+
+    def subscribe(self, listener: Callable[[str | None], None]) -> None:
+        """Call ``listener(namespace)`` after each change (``None``: the whole index), so
+        a copy elsewhere (the admission worker's) follows this one."""
+        self._listeners.append(listener)
 
     def swap_namespace(self, namespace: str, candidates: Iterable[Candidate]) -> None:
         """Make ``candidates`` the namespace's whole set of policies."""
@@ -200,6 +206,8 @@ class PolicyIndex:
             self._namespaces[namespace] = table
         else:
             self._namespaces.pop(namespace, None)
+        for listener in self._listeners:
+            listener(namespace)
 
     def replace_all(self, candidates: Iterable[Candidate]) -> None:
         """Make ``candidates`` the whole index (a fresh listing of every policy)."""
@@ -207,6 +215,11 @@ class PolicyIndex:
         for candidate in candidates:
             grouped.setdefault(candidate.namespace, []).append(candidate)
         self._namespaces = {ns: NamespacePolicies.build(found) for ns, found in grouped.items()}
+        for listener in self._listeners:
+            listener(None)
+
+    def all_candidates(self) -> list[Candidate]:
+        return [c for table in list(self._namespaces.values()) for c in table.by_name.values()]
 
     def upsert(self, candidate: Candidate) -> None:
         current = self._namespaces.get(candidate.namespace)

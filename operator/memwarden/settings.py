@@ -162,6 +162,12 @@ class Settings(BaseModel):
         "seen (a safety net: writes happen only on change). 10 min costs one pass over the "
         "pod index, about 1 s of CPU for 10,000 pods.",
     )
+    admission_process: Literal["worker", "inline"] = Field(
+        default="worker",
+        description="worker: the webhook answers from a process of its own "
+        "(admission_worker.py), so the operator's other work never delays a pod create; "
+        "inline: on the operator's event loop (one process, ~40 MiB less).",
+    )
     admission_summary_seconds: float = Field(
         default=60.0,
         gt=0,

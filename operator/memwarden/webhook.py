@@ -19,7 +19,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -102,16 +102,32 @@ Admit = Callable[[Mapping[str, Any], str | None], Decision]
 
 
 class AdmissionTally:
-    """Counts admissions between two INFO lines: one line a minute instead of one a pod."""
+    """Counts admissions between two INFO lines (one line a minute instead of one a pod),
+    and keeps the webhook's metrics."""
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
         self.infeasible: Counter[str] = Counter()
 
-    def add(self, decision: Decision) -> None:
-        self.outcomes[decision.outcome] += 1
+    def add(self, decision: Decision, seconds: float) -> None:
+        infeasible = {}
         if decision.outcome == "infeasible" and decision.policy:
-            self.infeasible[decision.policy] += 1
+            infeasible[decision.policy] = 1
+        self.merge({decision.outcome: 1}, infeasible, [seconds])
+
+    def merge(
+        self,
+        outcomes: Mapping[str, int],
+        infeasible: Mapping[str, int],
+        seconds: Iterable[float],
+    ) -> None:
+        """Count reviews answered here or by the admission worker (its reports)."""
+        self.outcomes.update(outcomes)
+        self.infeasible.update({p: n for p, n in infeasible.items() if p})
+        for outcome, n in outcomes.items():
+            metrics.WEBHOOK_REQUESTS.labels(outcome=outcome).inc(n)
+        for value in seconds:
+            metrics.WEBHOOK_SECONDS.observe(value)
 
     def flush(self) -> str | None:
         """The summary since the last flush (None when nothing was admitted)."""
@@ -150,9 +166,7 @@ def make_webhook_app(*, path: str, admit: Admit, tally: AdmissionTally) -> aioht
             logger.warning("refused a malformed admission request from %s: %s", request.remote, exc)
             return aiohttp.web.json_response({"error": str(exc)}, status=400)
         decision = _decide(review, admit)
-        tally.add(decision)
-        metrics.WEBHOOK_REQUESTS.labels(outcome=decision.outcome).inc()
-        metrics.WEBHOOK_SECONDS.observe(time.perf_counter() - started)
+        tally.add(decision, time.perf_counter() - started)
         return aiohttp.web.Response(
             body=orjson.dumps(review_response(review, decision, dumps=orjson.dumps)),
             content_type="application/json",

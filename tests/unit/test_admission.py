@@ -167,7 +167,7 @@ def test_tally_summarises_then_starts_again() -> None:
         Decision("infeasible", policy="shop/big"),
         Decision("unchanged"),
     ):
-        tally.add(decision)
+        tally.add(decision, 0.001)
     line = tally.flush()
     assert (
         line

@@ -19,11 +19,13 @@ from typing import Any
 import kopf
 
 from memwarden import admission
+from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PlanCache
+from memwarden.settings import Settings
 from memwarden.sizing import KubeletProfile
 from memwarden.tlsreload import CertificateReloader
 from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
@@ -97,6 +99,67 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     except KubeError as exc:
         raise kopf.TemporaryError(f"policies not listed: {exc}", delay=5) from exc
     profile = settings.kubelet.profile()
+    tally = AdmissionTally()
+    _freeze_heap()
+    background.start(memo, _FREEZE, _freeze_when_pods_listed())
+    try:
+        if settings.admission_process == "worker":
+            memo[_SERVER] = await _start_worker(settings, cert_file, key_file, profile, tally)
+        else:
+            memo[_SERVER] = await _start_inline(settings, cert_file, key_file, profile, tally)
+    except OSError as exc:  # a port in use will not free itself: say so and stop
+        raise kopf.PermanentError(
+            f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
+        ) from exc
+    except WorkerError as exc:
+        raise kopf.TemporaryError(str(exc), delay=5) from exc
+    background.start(memo, _SUMMARY, _summarise(tally, settings.admission_summary_seconds))
+    logger.info(
+        "webhook on https://%s:%s/%s (%s): %d policies indexed, listening %.2fs after start",
+        settings.webhook_host,
+        settings.webhook_port,
+        POD_HANDLER_ID,
+        settings.admission_process,
+        loaded,
+        time.monotonic() - started,
+    )
+
+
+async def _start_worker(
+    settings: Settings,
+    cert_file: str,
+    key_file: str,
+    profile: KubeletProfile,
+    tally: AdmissionTally,
+) -> AdmissionWorker:
+    """The webhook in its own process (``admission_worker.py``), fed the policy index."""
+    worker = AdmissionWorker(
+        config=WorkerConfig(
+            host=settings.webhook_host,
+            port=settings.webhook_port,
+            path=f"/{POD_HANDLER_ID}",
+            certfile=cert_file,
+            keyfile=key_file,
+            file_check_seconds=settings.webhook_file_check_seconds,
+            profile=profile,
+            never_governed=settings.never_governed,
+            dry_run=settings.dry_run,
+        ),
+        index=state.policies(),
+        tally=tally,
+    )
+    await worker.start()
+    return worker
+
+
+async def _start_inline(
+    settings: Settings,
+    cert_file: str,
+    key_file: str,
+    profile: KubeletProfile,
+    tally: AdmissionTally,
+) -> WebhookServer:
+    """The webhook on the operator's own event loop."""
     admit = functools.partial(
         _admit_with,
         cache=PlanCache(),
@@ -104,35 +167,16 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
         never_governed=settings.never_governed,
         dry_run=settings.dry_run,
     )
-    tally = AdmissionTally()
     server = WebhookServer(
         app=make_webhook_app(path=f"/{POD_HANDLER_ID}", admit=admit, tally=tally),
         host=settings.webhook_host,
         port=settings.webhook_port,
         certificates=CertificateReloader(
-            certfile=cert_file,
-            keyfile=key_file,
-            interval=settings.webhook_file_check_seconds,
+            certfile=cert_file, keyfile=key_file, interval=settings.webhook_file_check_seconds
         ),
     )
-    _freeze_heap()
-    background.start(memo, _FREEZE, _freeze_when_pods_listed())
-    try:
-        await server.start()
-    except OSError as exc:  # a port in use will not free itself: say so and stop
-        raise kopf.PermanentError(
-            f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
-        ) from exc
-    memo[_SERVER] = server
-    background.start(memo, _SUMMARY, _summarise(tally, settings.admission_summary_seconds))
-    logger.info(
-        "webhook on https://%s:%s/%s: %d policies indexed, listening %.2fs after start",
-        settings.webhook_host,
-        settings.webhook_port,
-        POD_HANDLER_ID,
-        loaded,
-        time.monotonic() - started,
-    )
+    await server.start()
+    return server
 
 
 def _admit_with(
@@ -159,7 +203,7 @@ def _admit_with(
 async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
     for key in (_SUMMARY, _FREEZE):
         await background.stop(memo, key)
-    server: WebhookServer | None = memo.get(_SERVER)
+    server: WebhookServer | AdmissionWorker | None = memo.get(_SERVER)
     if server is not None:
         await server.stop()
 
