@@ -597,6 +597,19 @@ def run(kubeconfig: Path, *, profile: str | None, work: Sequence[str]) -> dict[s
                     ),
                 ),
             )
+            # Hand-made incidents capture only a pod a policy governs with capture on, outside
+            # its cooldown (issue 12): one incident every few seconds on the same pod.
+            apply(
+                kubeconfig,
+                make_policy(
+                    namespace=NS_CAPTURE,
+                    spec=make_policy_spec(
+                        match_labels=LABELS,
+                        capture={"cooldown": "0s", "maxIncidentsPerHour": 1000},
+                        oomRisk={"usageRatio": 0, "timeToLimit": "0s"},
+                    ),
+                ),
+            )
             series = []
             for namespace in risk_namespaces():
                 for i in range(RISK_PODS_PER_NAMESPACE):
