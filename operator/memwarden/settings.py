@@ -312,9 +312,20 @@ class Settings(BaseModel):
         description="Bundles older than a week are deleted: long enough to investigate an "
         "incident, short enough that cores (which hold process memory) do not linger.",
     )
-    evidence_max_total_bytes: int = Field(
-        default=16 * 2**30,
-        description="Oldest bundles are deleted above this total; keep it below the PVC size.",
+    evidence_max_total_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Uploads are refused (507) when stored plus in-flight bytes would exceed "
+        "this; nothing is deleted to make room. None: 80% of the evidence volume's size "
+        "(statvfs at start), leaving the rest for partial files and the filesystem.",
+    )
+    evidence_namespace_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Per-namespace quota of the evidence store: one namespace's captures "
+        "cannot take the whole volume from the others. Retention deletes a namespace's "
+        "oldest bundles when it is over (after the quota was lowered). None: no quota "
+        "beyond the total cap.",
     )
     evidence_retention_interval_seconds: float = Field(
         default=600.0, description="How often retention runs; deletion is cheap, ten minutes."
@@ -349,6 +360,19 @@ class Settings(BaseModel):
     def _blank_is_none(cls, value: object) -> object:
         """``MEMWARDEN_PROMETHEUS_URL=`` (a chart value left empty) turns risk evaluation off."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
+        "evidence_max_bundle_bytes",
+        "evidence_max_total_bytes",
+        "evidence_namespace_max_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _bytes(cls, value: object) -> object:
+        """Byte sizes also as quantities (``16Gi``); an empty value is None (the default)."""
+        if isinstance(value, str):
+            return parse_bytes(value) if value.strip() else None
+        return value
 
     @field_validator("excluded_namespaces", mode="before")
     @classmethod

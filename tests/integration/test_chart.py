@@ -124,7 +124,11 @@ VALUE_SETS = [
         {
             "replicas": 0,
             "updateStrategy": "RollingUpdate",
-            "evidence": {"existingClaim": "shared-evidence"},
+            "evidence": {
+                "existingClaim": "shared-evidence",
+                "maxTotal": "10Gi",
+                "namespaceQuota": "2Gi",
+            },
             "namespaces": {"watch": ["shop", "payments"]},
             "serviceAccount": {"create": True, "name": "warden"},
             "podDisruptionBudget": {"enabled": False},
@@ -197,6 +201,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     if "evidence" in values:
         claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
         assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
+        assert settings.evidence_max_total_bytes == 10 * 2**30
+        assert settings.evidence_namespace_max_bytes == 2 * 2**30
         assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" not in kinds
         args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args == ["run", "--namespace=shop", "--namespace=payments"]
@@ -226,6 +232,7 @@ INVALID = [
         id="bad-reservation-policy",
     ),
     pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
+    pytest.param({"evidence": {"namespaceQuota": "2 GB"}}, "namespaceQuota", id="bad-quota"),
     pytest.param({"kubelet": {"throttlingFactor": 1.5}}, "throttlingFactor", id="factor-above-1"),
     pytest.param({"webhook": {"certs": {"mode": "vault"}}}, "mode", id="unknown-cert-mode"),
     pytest.param(

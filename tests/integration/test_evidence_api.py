@@ -34,10 +34,10 @@ from memwarden.api import GROUP, VERSION
 from memwarden.capture.incident import pod_ips
 from memwarden.evidence.api import LiveIncident, bundle_url, make_evidence_app
 from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
-from memwarden.evidence.store import BundleMeta, EvidenceStore
-from memwarden.evidence.tokens import issue_upload_token
+from memwarden.evidence.store import BundleMeta, DiskLimits, EvidenceStore, apply_retention
+from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, issue_upload_token
 from memwarden_testing.builders import make_pod
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import ensure_namespace, kubectl, wait_for
 from memwarden_testing.evidence import (
     KEY,
     EvidenceServer,
@@ -83,13 +83,11 @@ def no_operator() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def evidence(
-    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Evidence]:
-    kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+def _serve_evidence(
+    kube: client.ApiClient, workdir: Path, *, disk: DiskLimits | None = None
+) -> Evidence:
+    """The evidence API over TLS, wired as the operator wires it (``disk``: its caps)."""
     custom = client.CustomObjectsApi(kube)
-    workdir = tmp_path_factory.mktemp("evidence")
     store = EvidenceStore(workdir / "store")
     stored: list[tuple[str, str, BundleMeta]] = []
 
@@ -142,13 +140,23 @@ def evidence(
         pod_addresses=pod_addresses,
         on_stored=on_stored,
         idle_timeout=5,
+        disk=disk,
     )
     # Mounted as the operator's HTTP server mounts its sub-apps (handlers/http.py).
     root = web.Application()
     root.add_subapp(PREFIX, app)
     server = EvidenceServer(root, workdir=workdir).start()
-    yield Evidence(server=server, store=store, stored=stored)
-    server.stop()
+    return Evidence(server=server, store=store, stored=stored)
+
+
+@pytest.fixture(scope="module")
+def evidence(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Evidence]:
+    kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    served = _serve_evidence(kube, tmp_path_factory.mktemp("evidence"))
+    yield served
+    served.server.stop()
 
 
 def _create_incident(kube: client.ApiClient, namespace: str, name: str) -> str:
@@ -501,6 +509,133 @@ def test_a_bad_body_is_refused_and_leaves_nothing(
 
     retry = _upload(evidence, namespace, "checkout-1", token, make_bundle())
     assert retry.status_code == 201, "a refused upload does not use the token up"
+
+
+# --- disk: the total cap and the namespace quota ---------------------------------------
+
+KIB = 1024
+DISK = DiskLimits(total_bytes=700 * KIB, namespace_bytes=400 * KIB)
+
+
+@pytest.fixture
+def capped_evidence(crds: Path, kube: client.ApiClient, tmp_path: Path) -> Iterator[Evidence]:
+    """An evidence API whose store holds 700 KiB in all and 400 KiB per namespace."""
+    served = _serve_evidence(kube, tmp_path, disk=DISK)
+    yield served
+    served.server.stop()
+
+
+@pytest.fixture
+def second_namespace(kube: client.ApiClient, namespace: str) -> Iterator[str]:
+    name = f"{namespace}-b"
+    ensure_namespace(client.CoreV1Api(kube), name)
+    yield name
+    client.CoreV1Api(kube).delete_namespace(name)
+
+
+def _stored_bytes(evidence: Evidence) -> dict[tuple[str, str], bytes]:
+    return {
+        (e.namespace, e.incident): evidence.store.bundle_path(e.namespace, e.incident).read_bytes()
+        for e in evidence.store.entries()
+    }
+
+
+def test_uploads_that_together_exceed_the_cap_are_refused_and_nothing_stored_is_lost(
+    capped_evidence: Evidence, kube: client.ApiClient, namespace: str, second_namespace: str
+) -> None:
+    """Space is reserved before the first byte: while one upload declaring 350 KiB is in
+    flight, another of 360 KiB in another namespace does not fit the 700 KiB cap; a
+    namespace at its quota is refused while another namespace still uploads; retention
+    then deletes nothing to make room."""
+    evidence = capped_evidence
+    first = make_bundle(padding=340 * KIB)
+    uid = _capturing_incident(kube, namespace, "big")
+    token = _token(namespace, "big", uid)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield first[:1024]
+        started.set()
+        assert release.wait(timeout=30), "the test never released the first upload"
+        yield first[1024:]
+
+    other_uid = _capturing_incident(kube, second_namespace, "rival")
+    rival = make_bundle(padding=350 * KIB)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(
+            evidence.request,
+            "PUT",
+            evidence.url(namespace, "big", bundle=True),
+            data=slow_body(),  # chunked: the toolbox declares its most
+            headers={"Authorization": f"Bearer {token}", UPLOAD_SIZE_HEADER: str(350 * KIB)},
+        )
+        assert started.wait(timeout=30)
+        wait_for(
+            lambda: list((evidence.store.root / namespace / "big").glob(".upload-*")),
+            what="the first upload to hold its reservation (its partial file exists)",
+        )
+        refused = evidence.request(
+            "PUT",
+            evidence.url(second_namespace, "rival", bundle=True),
+            data=rival,  # with a Content-Length
+            headers={"Authorization": f"Bearer {_token(second_namespace, 'rival', other_uid)}"},
+        )
+        assert refused.status_code == 507, refused.text
+        assert "evidence store is full" in _error(refused)
+        assert refused.headers["Retry-After"]
+        release.set()
+        landed = in_flight.result(timeout=30)
+    assert landed.status_code == 201, landed.text
+    assert not evidence.store.exists(second_namespace, "rival"), "a refusal leaves nothing"
+
+    # The first namespace is at its 400 KiB quota; the second one still uploads.
+    more_uid = _capturing_incident(kube, namespace, "more")
+    over_quota = evidence.request(
+        "PUT",
+        evidence.url(namespace, "more", bundle=True),
+        data=make_bundle(padding=80 * KIB),
+        headers={"Authorization": f"Bearer {_token(namespace, 'more', more_uid)}"},
+    )
+    assert over_quota.status_code == 507
+    assert f"namespace {namespace} is over its evidence quota" in _error(over_quota)
+    small = make_bundle(padding=100 * KIB)
+    accepted = evidence.request(
+        "PUT",
+        evidence.url(second_namespace, "rival", bundle=True),
+        data=small,
+        headers={"Authorization": f"Bearer {_token(second_namespace, 'rival', other_uid)}"},
+    )
+    assert accepted.status_code == 201, accepted.text
+
+    before = _stored_bytes(evidence)
+    assert before == {(namespace, "big"): first, (second_namespace, "rival"): small}
+    deleted = apply_retention(
+        evidence.store,
+        now=dt.datetime.now(dt.UTC),
+        max_age=dt.timedelta(days=7),
+        namespace_max_bytes=DISK.namespace_bytes,
+    )
+    assert deleted == [] and _stored_bytes(evidence) == before, "nothing stored is lost"
+
+
+def test_a_declared_size_is_enforced(
+    capped_evidence: Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    """An upload may not send more than it reserved: the declaration is not a way round
+    the caps."""
+    uid = _capturing_incident(kube, namespace, "liar")
+    response = capped_evidence.request(
+        "PUT",
+        capped_evidence.url(namespace, "liar", bundle=True),
+        data=_chunks(make_bundle(padding=50 * KIB)),
+        headers={
+            "Authorization": f"Bearer {_token(namespace, 'liar', uid)}",
+            UPLOAD_SIZE_HEADER: str(10 * KIB),
+        },
+    )
+    assert response.status_code == 413, response.text
+    assert "exceeds the limit of 10240" in _error(response)
+    assert not capped_evidence.store.exists(namespace, "liar")
 
 
 # --- reads: TokenReview + SubjectAccessReview -------------------------------------------

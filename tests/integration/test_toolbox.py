@@ -308,6 +308,8 @@ def test_upload_streams_the_bundle_with_a_bearer_token(
     assert "Content-Length" not in received.headers
     if status == 201:
         assert received.file is not None
+        # The most it could send, declared so the store reserves the disk beforehand.
+        assert 0 < received.size <= int(received.headers["X-Bundle-Max-Bytes"])
         assert received.sha256 == result.summary["bundle"]["sha256"]
         assert received.size == result.summary["bundle"]["bytes"]
         uploaded = unpack(received.file, tmp_path / "unpacked")

@@ -27,6 +27,7 @@ from memwarden import health, metrics
 from memwarden.capture import incident as lifecycle
 from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
+from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, incidents, state
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
@@ -108,6 +109,7 @@ def evidence_app(settings: Settings) -> web.Application:
             return frozenset()
 
     return make_evidence_app(
+        disk=disk_limits(settings, evidence.store.root),
         store=evidence.store,
         authorizer=KubeAuthorizer(state.kube().api_client),
         upload_key=evidence.upload_key,
@@ -116,6 +118,16 @@ def evidence_app(settings: Settings) -> web.Application:
         pod_addresses=pod_addresses if settings.evidence_upload_source_check else None,
         on_stored=incidents.on_stored,
     )
+
+
+def disk_limits(settings: Settings, root: Path) -> DiskLimits:
+    """The caps uploads must fit under: configured, else from the volume's size."""
+    total = settings.evidence_max_total_bytes
+    if total is None:
+        volume = volume_bytes(root)
+        total = default_total_cap(volume)
+        logger.info("evidence store cap: %d bytes (80%% of the %d-byte volume)", total, volume)
+    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence_namespace_max_bytes)
 
 
 @kopf.on.startup()

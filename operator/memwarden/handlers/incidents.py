@@ -428,7 +428,7 @@ async def _retention_loop() -> None:
                 state.evidence().store,
                 now=_now(),
                 max_age=dt.timedelta(seconds=settings.evidence_max_age_seconds),
-                max_total_bytes=settings.evidence_max_total_bytes,
+                namespace_max_bytes=settings.evidence_namespace_max_bytes,
             )
         except OSError as exc:
             logger.warning("evidence retention failed: %s", exc)
