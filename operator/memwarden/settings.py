@@ -183,11 +183,17 @@ class Settings(BaseModel):
     )
     http_cert_file: str | None = Field(
         default=None,
-        description="TLS certificate of the HTTP API; None = plain HTTP (loopback, tests, "
-        "or a mesh that encrypts). Production should mount one: the bearer token of "
-        "Alertmanager and evidence uploads cross this port.",
+        description="TLS certificate of the HTTP API (with http_key_file), reloaded in place "
+        "when it changes. None: the webhook's serving certificate (self-made and rotated, or "
+        "cert-manager's): one Service carries both, so its names are the same.",
     )
     http_key_file: str | None = Field(default=None, description="Its private key.")
+    http_insecure: bool = Field(
+        default=False,
+        description="Serve the HTTP API in plain HTTP: an explicit opt-out, for a mesh that "
+        "encrypts or a loopback-only setup. Off by default: Alertmanager's bearer token, "
+        "upload tokens, evidence readers' tokens and the bundles (core dumps) cross it.",
+    )
     alertmanager_token_file: str | None = Field(
         default=None,
         description="File holding the bearer token Alertmanager must send (a mounted "
@@ -299,8 +305,19 @@ class Settings(BaseModel):
     )
     evidence_upload_ca_file: str | None = Field(
         default=None,
-        description="CA certificate (PEM) the debug containers trust for uploads to an "
-        "HTTPS evidence_base_url; passed to them as text. None: the system trust store.",
+        description="CA bundle (PEM) the debug containers trust for uploads, passed to them "
+        "as text (an ephemeral container cannot mount a volume). None: with self-made "
+        "certificates, their CA bundle (current and next CA, kept current by the rotation); "
+        "else the system trust store.",
+    )
+    evidence_token_audiences: tuple[str, ...] = Field(
+        default=("memwarden",),
+        min_length=1,
+        description="Audiences a reader's token must carry (TokenReview): a dedicated one, so "
+        "a token sent to memwarden is useless against the API server and tokens made for "
+        "other services are refused here. Add the API server's audience (e.g. "
+        "https://kubernetes.default.svc.cluster.local) to accept kubeconfig tokens as they "
+        "are, at the cost of that protection.",
     )
     evidence_max_bundle_bytes: int = Field(
         default=3 * 2**30,
@@ -374,7 +391,7 @@ class Settings(BaseModel):
             return parse_bytes(value) if value.strip() else None
         return value
 
-    @field_validator("excluded_namespaces", mode="before")
+    @field_validator("excluded_namespaces", "evidence_token_audiences", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

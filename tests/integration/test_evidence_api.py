@@ -48,6 +48,8 @@ from memwarden_testing.evidence import (
 from memwarden_testing.operator import operators_paused
 
 MAX_BUNDLE = 1024 * 1024
+#: The operator's default (settings.evidence_token_audiences).
+AUDIENCES = ("memwarden",)
 PLURAL = "memoryincidents"
 PREFIX = "/evidence"
 
@@ -133,7 +135,7 @@ def _serve_evidence(
 
     app = make_evidence_app(
         store=store,
-        authorizer=KubeAuthorizer(kube),
+        authorizer=KubeAuthorizer(kube, audiences=AUDIENCES),
         upload_key=KEY,
         max_bundle_bytes=MAX_BUNDLE,
         incident=incident,
@@ -217,13 +219,21 @@ def _upload(
     )
 
 
-def _service_account_token(kube: client.ApiClient, namespace: str, name: str) -> str:
+def _service_account_token(
+    kube: client.ApiClient, namespace: str, name: str, *, audiences: tuple[str, ...] = AUDIENCES
+) -> str:
+    """A token of ServiceAccount ``name`` (made if missing) for ``audiences`` (empty: the
+    API server's own, as a kubeconfig token is)."""
     core = client.CoreV1Api(kube)
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
+    try:
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        spec=client.V1TokenRequestSpec(audiences=list(audiences), expiration_seconds=600)
     )
     return str(core.create_namespaced_service_account_token(name, namespace, request).status.token)
 
@@ -704,6 +714,38 @@ def test_reads_need_an_rbac_grant(
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "audiences",
+    [
+        pytest.param(("other",), id="another-service"),
+        pytest.param((), id="the-api-servers-own"),
+    ],
+)
+def test_a_token_for_another_audience_is_refused(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    stored_incident: bytes,
+    audiences: tuple[str, ...],
+) -> None:
+    """Readers' tokens are for memwarden's audience: one made for another service (or the
+    API server's, which memwarden could replay there) does not authenticate, even for an
+    identity RBAC allows."""
+    grant_evidence_reader(kube, namespace, "sre")
+    url = evidence.url(namespace, "checkout-1", bundle=True)
+    ours = {"Authorization": f"Bearer {_service_account_token(kube, namespace, 'sre')}"}
+    wait_for(
+        lambda: evidence.request("GET", url, headers=ours).status_code == 200,
+        what="the grant, with a token for memwarden",
+    )
+    theirs = _service_account_token(kube, namespace, "sre", audiences=audiences)
+
+    refused = evidence.request("GET", url, headers={"Authorization": f"Bearer {theirs}"})
+
+    assert refused.status_code == 401
+    assert "did not authenticate" in _error(refused)
+
+
 def test_a_recreated_incident_does_not_inherit_the_earlier_ones_bundle(
     evidence: Evidence, kube: client.ApiClient, namespace: str, stored_incident: bytes
 ) -> None:
@@ -735,7 +777,7 @@ def test_allowed_decisions_are_cached_briefly(
     token = _service_account_token(kube, namespace, "sre")
     grant_evidence_reader(kube, namespace, "sre")
     now = [0.0]
-    authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0])
+    authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0], audiences=AUDIENCES)
 
     def decide() -> Identity | Denied:
         return asyncio.run(authorizer.authorize(token=token, verb="list", namespace=namespace))
@@ -768,7 +810,8 @@ def test_the_cli_lists_gets_and_downloads(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    token = _service_account_token(kube, namespace, "sre")
+    # The Kubernetes API with the ServiceAccount's own (API server audience) token.
+    token = _service_account_token(kube, namespace, "sre", audiences=())
     grant_evidence_reader(kube, namespace, "sre")
     connection = ["--kubeconfig", str(devcluster), "-n", namespace, "--token", token]
 
@@ -790,23 +833,29 @@ def test_the_cli_lists_gets_and_downloads(
     assert code == 0, err
     assert "name: checkout-1" in out
 
-    target = tmp_path / "evidence.tar.gz"
-    code, out, err = _cli(
-        capsys,
-        "download",
-        "checkout-1",
-        *connection,
-        "-o",
-        str(target),
-        "--evidence-url",
-        evidence.base,
-        "--evidence-ca",
-        str(evidence.server.ca_file),
-    )
-    assert code == 0, err
-    assert target.read_bytes() == stored_incident
-    assert "verified" in out
-    assert [p.name for p in tmp_path.iterdir()] == ["evidence.tar.gz"], "no partial file left"
+    server = ["--evidence-url", evidence.base, "--evidence-ca", str(evidence.server.ca_file)]
+    # The admin's kubeconfig holds a client certificate: it asks the API server for a
+    # token of the reader ServiceAccount, for memwarden's audience.
+    admin = ["--kubeconfig", str(devcluster), "-n", namespace]
+    for how, credentials in {
+        "service-account": [*admin, "--service-account", "sre"],
+        "evidence-token": [
+            *connection,
+            "--evidence-token",
+            _service_account_token(kube, namespace, "sre"),
+        ],
+    }.items():
+        target = tmp_path / f"{how}.tar.gz"
+        code, out, err = _cli(
+            capsys, "download", "checkout-1", *credentials, "-o", str(target), *server
+        )
+        assert code == 0, (how, err)
+        assert target.read_bytes() == stored_incident
+        assert "verified" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "evidence-token.tar.gz",
+        "service-account.tar.gz",
+    ], "no partial file left"
 
 
 def test_the_cli_fails_in_one_line(
@@ -823,11 +872,21 @@ def test_the_cli_fails_in_one_line(
     monkeypatch.setenv("MEMWARDEN_EVIDENCE_CA", str(evidence.server.ca_file))
     monkeypatch.chdir(tmp_path)
     admin = ["--kubeconfig", str(devcluster), "-n", namespace]
-    unprivileged = [*admin, "--token", _service_account_token(kube, namespace, "nobody")]
+    unprivileged = [*admin, "--evidence-token", _service_account_token(kube, namespace, "nobody")]
+    grant_evidence_reader(kube, namespace, "sre")
+    kubernetes_token = _service_account_token(kube, namespace, "sre", audiences=())
 
     cases = {
-        "client-certificate": (["download", "checkout-1", *admin], "pass --token"),
+        "client-certificate": (["download", "checkout-1", *admin], "pass --service-account"),
         "forbidden": (["download", "checkout-1", *unprivileged], "403"),
+        "kubernetes-audience": (
+            ["download", "checkout-1", *admin, "--token", kubernetes_token],
+            "401 Unauthorized: the bearer token did not authenticate (the Kubernetes token",
+        ),
+        "no-such-service-account": (
+            ["download", "checkout-1", *admin, "--service-account", "ghost"],
+            "token for serviceaccount",
+        ),
         "no-such-incident": (["get", "nope", *admin], 'memoryincident "nope" not found'),
         "plain-http": (
             ["download", "checkout-1", *unprivileged, "--evidence-url", "http://192.0.2.1"],
@@ -844,8 +903,7 @@ def test_the_cli_fails_in_one_line(
 
     # The bundle changed on disk after the incident recorded its sha256: refused, and
     # the file already at the destination is left as it was.
-    grant_evidence_reader(kube, namespace, "sre")
-    granted = [*admin, "--token", _service_account_token(kube, namespace, "sre")]
+    granted = [*admin, "--service-account", "sre"]
     (tmp_path / "checkout-1.tar.gz").write_bytes(b"old")
     evidence.store.bundle_path(namespace, "checkout-1").write_bytes(b"\x1f\x8b tampered")
     code, _, err = _cli(capsys, "download", "checkout-1", *granted)

@@ -129,14 +129,21 @@ class _Skip(Exception):
 
 
 class DeliveryError(Exception):
-    """The bundle could not be written or uploaded; ``status`` is the HTTP answer if any."""
+    """The bundle could not be written or uploaded; ``status`` is the HTTP answer if any,
+    ``final`` when retrying cannot help (an untrusted server certificate)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, stored_sha256: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        stored_sha256: str | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.stored_sha256 = stored_sha256
+        self.final = final
 
 
 @dataclass(frozen=True, slots=True)
@@ -734,6 +741,14 @@ def _put(
             connection.request("PUT", target, body=chunks, headers=headers, encode_chunked=True)
         response = connection.getresponse()
         detail = response.read(1000).decode("utf-8", "replace").strip()
+    except ssl.SSLCertVerificationError as exc:
+        # Final: the CA the plan gave us will not start trusting this server on a retry,
+        # and a bundle (a core dump) never goes to a server we cannot verify.
+        raise DeliveryError(
+            f"{where}: the evidence API's certificate is not trusted ({exc.verify_message}); "
+            "nothing was sent",
+            final=True,
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise DeliveryError(f"{where}: {exc}") from exc
     finally:
@@ -764,7 +779,9 @@ def _redact(url: str) -> str:
 
 def _retryable(error: DeliveryError) -> bool:
     """Connection failures, 5xx, 408, 429 and a 409 "upload in flight" (no stored bundle
-    yet) may pass next time; other 4xx will not."""
+    yet) may pass next time; other 4xx will not, nor an untrusted server certificate."""
+    if error.final:
+        return False
     if error.status == 409:
         return error.stored_sha256 is None
     return error.status is None or error.status >= 500 or error.status in (408, 429)
