@@ -8,9 +8,9 @@ them; the webhook server reloads them when they change). Otherwise memwarden:
 - signs its own serving certificate with it into ``webhook_cert_dir`` (the webhook
   server reloads it in place, see ``tlsreload.py``);
 - publishes the CA(s) in the ``webhook_configuration_name`` MutatingWebhookConfiguration,
-  and writes them (current and next) to ``ca.crt`` beside the serving certificate: the
-  HTTP API serves the same certificate, and debug containers are given that bundle to
-  trust for their uploads;
+  and keeps the bundle its clients trust (current, next, earlier CAs until they expire) in
+  ``ca.crt`` beside the serving certificate and in the Secret's ``ca-bundle.crt``: the HTTP
+  API serves the same certificate, debug containers and Alertmanager verify it with that;
 - rotates both on a loop, as ``certrotation.py`` decides, logging each expiry.
 
 The kubernetes client is synchronous: the loop runs each step in a worker thread.
@@ -44,8 +44,8 @@ logger = logging.getLogger(__name__)
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 NEXT_CERT, NEXT_KEY = "next-ca.crt", "next-ca.key"
-#: The CAs a client of the HTTP API trusts: current and next. Public; Alertmanager's
-#: configuration (the chart's AlertmanagerConfig) reads this one key of the Secret.
+#: The CAs a client of the HTTP API trusts (current, next, earlier ones until they expire).
+#: Public; Alertmanager's configuration (the chart's AlertmanagerConfig) reads this one key.
 TRUST_BUNDLE = "ca-bundle.crt"
 #: When the next CA was first seen in the caBundle: it signs ``propagation`` after that.
 PUBLISHED_ANNOTATION = "memwarden.dev/next-ca-published-at"
@@ -475,8 +475,8 @@ def http_serving_files(settings: Settings) -> tuple[str, str] | None:
 
 
 def upload_ca_file(settings: Settings) -> str | None:
-    """The CA bundle debug containers trust for uploads: configured, else the self-made
-    CAs (current and next) when the HTTP API serves the self-made certificate."""
+    """The CA bundle debug containers trust for uploads: configured, else the rotation's
+    trust bundle when the HTTP API serves the self-made certificate."""
     if settings.evidence_upload_ca_file:
         return settings.evidence_upload_ca_file
     if settings.http_insecure or settings.http_cert_file or not self_signed(settings):

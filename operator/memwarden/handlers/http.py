@@ -1,12 +1,12 @@
 """The operator's HTTP API: one aiohttp server, sub-apps mounted under prefixes.
 
 Started by an ``on.startup`` handler on ``settings.http_host:http_port`` and stopped by
-``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out): with its own
-certificate files, else the webhook's (self-made and rotated, or cert-manager's), and the
-certificate is reloaded in place as the webhook's is (``tlsreload.py``): bearer tokens,
-upload tokens and core dumps cross this port. It shares
-kopf's event loop, so every sub-app must keep requests short and push slow work
-(Kubernetes calls) to queues or threads: the admission webhook runs on this loop too.
+``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out), since bearer tokens,
+upload tokens and core dumps cross it: with its own certificate files, else the webhook's
+(self-made and rotated, or cert-manager's), reloaded in place as the webhook's are
+(``tlsreload.py``). It shares kopf's event loop, so every sub-app must keep requests short
+and push slow work (Kubernetes calls) to queues or threads: the admission webhook runs on
+this loop too.
 
 Mounted today: ``/metrics`` (memwarden's own registry), ``/healthz`` and ``/readyz``
 (``health.py``), and the Alertmanager receiver at
