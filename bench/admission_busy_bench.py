@@ -303,8 +303,9 @@ class Uploads(threading.Thread):
     """Captures one after another: open an incident, wait for the operator's debug
     container, upload the bundle with its token as the toolbox would, wait for Collected."""
 
-    def __init__(self, kube: client.ApiClient, bundle: bytes) -> None:
+    def __init__(self, kube: client.ApiClient, bundle: bytes, *, ca_file: Path) -> None:
         super().__init__(daemon=True)
+        self.ca_file = ca_file  # the operator's HTTP API is HTTPS
         self.custom = client.CustomObjectsApi(kube)
         self.core = client.CoreV1Api(kube)
         self.bundle = bundle
@@ -354,6 +355,7 @@ class Uploads(threading.Thread):
                 "Content-Type": "application/gzip",
             },
             timeout=60,
+            verify=str(self.ca_file),
         )
         if reply.status_code != 201:
             raise RuntimeError(f"upload of {name}: {reply.status_code} {reply.text[:200]}")
@@ -668,7 +670,7 @@ def run(kubeconfig: Path, *, profile: str | None, work: Sequence[str]) -> dict[s
                 for directory in staging.iterdir():
                     directory.rename(store_root / directory.name)
                 expired.start()
-            uploads = Uploads(kube, bundle)
+            uploads = Uploads(kube, bundle, ca_file=operator.ca_file)
             if "captures" in work:
                 uploads.start()
             first = metrics(operator)

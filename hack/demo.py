@@ -103,6 +103,7 @@ def up() -> None:
         workdir=STATE,
         receiver_url=operator.alertmanager_url,
         token_file=operator.alertmanager_token_file,
+        ca_file=operator.ca_file,
     )
     prometheus = PrometheusServer(
         workdir=STATE / "prometheus",
@@ -140,7 +141,7 @@ def up() -> None:
             {
                 "prometheus": prometheus.url,
                 "alertmanager": alertmanager.url,
-                "evidence": f"http://127.0.0.1:{operator.http_port}/evidence",
+                "evidence": operator.evidence_url,
             }
         )
     )
@@ -234,15 +235,15 @@ def up() -> None:
     )
 
     say("Explore")
-    evidence = f"http://127.0.0.1:{operator.http_port}/evidence"
+    evidence = operator.evidence_url
     print(f"""    export KUBECONFIG={kubeconfig}
     {KUBECTL} get mpol,minc -n {NAMESPACE}
     {KUBECTL} describe memoryincident -n {NAMESPACE} {collected["metadata"]["name"]}
     {KUBECTL} get events -n {NAMESPACE}
     {MEMWARDEN} incidents list -n {NAMESPACE}
     {MEMWARDEN} incidents download {collected["metadata"]["name"]} -n {NAMESPACE} \\
-        --evidence-url {evidence} -o bundle.tar.gz \\
-        --token "$({KUBECTL} create token sre -n {NAMESPACE})"
+        --evidence-url {evidence} --evidence-ca {operator.ca_file} -o bundle.tar.gz \\
+        --service-account sre
     {MEMWARDEN} analyze bundle.tar.gz
     make demo-down""")
 

@@ -38,6 +38,9 @@ echo "==> memwarden (chart)"
     --create-namespace --values "$here/values.yaml" --wait --timeout 5m
 token="$("$kubectl" -n memwarden-system get secret memwarden-alertmanager \
     -o jsonpath='{.data.token}' | base64 -d)"
+# The HTTP API serves the webhook's self-made certificate: trust its CA (the public half).
+"$kubectl" -n memwarden-system get secret memwarden-webhook-ca \
+    -o jsonpath='{.data.ca\.crt}' | base64 -d > "$work/evidence-ca.crt"
 
 echo "==> Prometheus and Alertmanager"
 rules="$("$repo/.venv/bin/python" - <<'PY'
@@ -47,12 +50,15 @@ from memwarden_testing.loop import alert_rule
 print(yaml.safe_dump({"groups": [{"name": "memwarden-e2e", "rules": [alert_rule()]}]}))
 PY
 )"
-"$repo/.venv/bin/python" - "$here/monitoring.yaml" "$token" "$rules" > "$work/monitoring.yaml" <<'PY'
+"$repo/.venv/bin/python" - "$here/monitoring.yaml" "$token" "$rules" "$work/evidence-ca.crt" \
+    > "$work/monitoring.yaml" <<'PY'
 import sys
 text, token, rules = open(sys.argv[1]).read(), sys.argv[2], sys.argv[3]
 rules = rules.replace("\n", "\n    ")
-url = "http://memwarden.memwarden-system.svc:8443/alertmanager/v4"  # values.yaml: no http TLS
-print(text.replace("RULES", rules).replace("RECEIVER_TOKEN", token).replace("RECEIVER_URL", url))
+ca = open(sys.argv[4]).read().strip().replace("\n", "\n    ")
+url = "https://memwarden.memwarden-system.svc:8443/alertmanager/v4"
+text = text.replace("RULES", rules).replace("RECEIVER_TOKEN", token).replace("RECEIVER_CA", ca)
+print(text.replace("RECEIVER_URL", url))
 PY
 "$kubectl" apply -f "$work/monitoring.yaml"
 "$kubectl" -n memwarden-e2e-monitoring rollout status deploy/prometheus deploy/alertmanager --timeout=3m
@@ -66,7 +72,8 @@ echo "==> scenarios"
 cd "$repo"
 MEMWARDEN_E2E_TARGET=kind \
 MEMWARDEN_E2E_PROMETHEUS_URL=http://127.0.0.1:19090 \
-MEMWARDEN_E2E_EVIDENCE_URL=http://127.0.0.1:18443/evidence \
+MEMWARDEN_E2E_EVIDENCE_URL=https://127.0.0.1:18443/evidence \
+MEMWARDEN_E2E_EVIDENCE_CA="$work/evidence-ca.crt" \
 MEMWARDEN_E2E_LEAKY_IMAGE="$image_prefix/leaky:dev" \
 MEMWARDEN_E2E_KIND_CLUSTER="$cluster" \
     .venv/bin/python -m pytest tests/e2e -m "e2e or kind" -p no:cacheprovider -v

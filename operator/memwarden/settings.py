@@ -189,11 +189,17 @@ class Settings(BaseModel):
     )
     http_cert_file: str | None = Field(
         default=None,
-        description="TLS certificate of the HTTP API; None = plain HTTP (loopback, tests, "
-        "or a mesh that encrypts). Production should mount one: the bearer token of "
-        "Alertmanager and evidence uploads cross this port.",
+        description="TLS certificate of the HTTP API (with http_key_file), reloaded in place "
+        "when it changes. None: the webhook's serving certificate (self-made and rotated, or "
+        "cert-manager's): one Service carries both, so its names are the same.",
     )
     http_key_file: str | None = Field(default=None, description="Its private key.")
+    http_insecure: bool = Field(
+        default=False,
+        description="Serve the HTTP API in plain HTTP: an explicit opt-out, for a mesh that "
+        "encrypts or a loopback-only setup. Off by default: Alertmanager's bearer token, "
+        "upload tokens, evidence readers' tokens and the bundles (core dumps) cross it.",
+    )
     alertmanager_token_file: str | None = Field(
         default=None,
         description="File holding the bearer token Alertmanager must send (a mounted "
@@ -305,8 +311,19 @@ class Settings(BaseModel):
     )
     evidence_upload_ca_file: str | None = Field(
         default=None,
-        description="CA certificate (PEM) the debug containers trust for uploads to an "
-        "HTTPS evidence_base_url; passed to them as text. None: the system trust store.",
+        description="CA bundle (PEM) the debug containers trust for uploads, passed to them "
+        "as text (an ephemeral container cannot mount a volume). None: with self-made "
+        "certificates, their CA bundle (current and next CA, kept current by the rotation); "
+        "else the system trust store.",
+    )
+    evidence_token_audiences: tuple[str, ...] = Field(
+        default=("memwarden",),
+        min_length=1,
+        description="Audiences a reader's token must carry (TokenReview): a dedicated one, so "
+        "a token sent to memwarden is useless against the API server and tokens made for "
+        "other services are refused here. Add the API server's audience (e.g. "
+        "https://kubernetes.default.svc.cluster.local) to accept kubeconfig tokens as they "
+        "are, at the cost of that protection.",
     )
     evidence_max_bundle_bytes: int = Field(
         default=3 * 2**30,
@@ -318,9 +335,20 @@ class Settings(BaseModel):
         description="Bundles older than a week are deleted: long enough to investigate an "
         "incident, short enough that cores (which hold process memory) do not linger.",
     )
-    evidence_max_total_bytes: int = Field(
-        default=16 * 2**30,
-        description="Oldest bundles are deleted above this total; keep it below the PVC size.",
+    evidence_max_total_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Uploads are refused (507) when stored plus in-flight bytes would exceed "
+        "this; nothing is deleted to make room. None: 80% of the evidence volume's size "
+        "(statvfs at start), leaving the rest for partial files and the filesystem.",
+    )
+    evidence_namespace_max_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="Per-namespace quota of the evidence store: one namespace's captures "
+        "cannot take the whole volume from the others. Retention deletes a namespace's "
+        "oldest bundles when it is over (after the quota was lowered). None: no quota "
+        "beyond the total cap.",
     )
     evidence_retention_interval_seconds: float = Field(
         default=600.0, description="How often retention runs; deletion is cheap, ten minutes."
@@ -356,7 +384,20 @@ class Settings(BaseModel):
         """``MEMWARDEN_PROMETHEUS_URL=`` (a chart value left empty) turns risk evaluation off."""
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("excluded_namespaces", mode="before")
+    @field_validator(
+        "evidence_max_bundle_bytes",
+        "evidence_max_total_bytes",
+        "evidence_namespace_max_bytes",
+        mode="before",
+    )
+    @classmethod
+    def _bytes(cls, value: object) -> object:
+        """Byte sizes also as quantities (``16Gi``); an empty value is None (the default)."""
+        if isinstance(value, str):
+            return parse_bytes(value) if value.strip() else None
+        return value
+
+    @field_validator("excluded_namespaces", "evidence_token_audiences", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):

@@ -1,4 +1,5 @@
-"""The webhook server that takes renewed certificates without ever closing its port.
+"""Servers that take renewed certificates without ever closing their port (the webhook's
+and the HTTP API's).
 
 A server that restarts to take a new certificate closes its port for a moment and drops
 keep-alive connections: with ``failurePolicy: Ignore`` the pods created in that moment
@@ -44,11 +45,15 @@ def matching_pair(cert_pem: bytes, key_pem: bytes) -> bool:
 class CertificateReloader:
     """A server ``SSLContext`` whose certificate is renewed in place (see module doc)."""
 
-    def __init__(self, *, certfile: str, keyfile: str, interval: float) -> None:
+    def __init__(
+        self, *, certfile: str, keyfile: str, interval: float, name: str = "webhook"
+    ) -> None:
+        """``name`` says whose certificate it is in logs (the webhook, the HTTP API)."""
         self.certfile, self.keyfile, self.interval = certfile, keyfile, interval
+        self.name = name
         first = self._read_pair()
         if first is None:
-            raise OSError(f"webhook certificate {certfile} or key {keyfile} not readable")
+            raise OSError(f"{name} certificate {certfile} or key {keyfile} not readable")
         self._loaded, cert_pem, key_pem = first
         self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._load(self.context, cert_pem=cert_pem, key_pem=key_pem)
@@ -69,13 +74,14 @@ class CertificateReloader:
             return False
         digest, cert_pem, key_pem = current
         if not matching_pair(cert_pem, key_pem):
-            logger.info("webhook certificate files are being replaced; retrying the reload")
+            logger.info("%s certificate files are being replaced; retrying the reload", self.name)
             return False
         self._load(self.context, cert_pem=cert_pem, key_pem=key_pem)
         self._loaded = digest
         not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
         logger.info(
-            "webhook serving certificate reloaded in place from %s (valid until %s)",
+            "%s serving certificate reloaded in place from %s (valid until %s)",
+            self.name,
             self.certfile,
             not_after.isoformat(),
         )

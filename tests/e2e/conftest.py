@@ -51,6 +51,7 @@ def local_loop(
         workdir=workdir,
         receiver_url=operator.alertmanager_url,
         token_file=operator.alertmanager_token_file,
+        ca_file=operator.ca_file,
     )
     prometheus = PrometheusServer(
         workdir=workdir / "prometheus",
@@ -77,7 +78,8 @@ def local_loop(
             kubeconfig=operator.kubeconfig,
             kube=kube,
             prometheus_url=prometheus.url,
-            evidence_url=f"http://127.0.0.1:{operator.http_port}/evidence",
+            evidence_url=operator.evidence_url,
+            evidence_ca=operator.ca_file,
             sim=sim,
             prometheus=prometheus,
             alertmanager=alertmanager,

@@ -9,7 +9,6 @@ process run on the local loop only. docs/security.md names them.
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,7 @@ from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden_testing.builders import make_container, make_pod
 from memwarden_testing.cluster import apiserver_requests, wait_for
 from memwarden_testing.evidence import evidence_reader_token, make_bundle, make_incident
-from memwarden_testing.flood import Flood
+from memwarden_testing.flood import Flood, connect
 from memwarden_testing.loop import (
     LocalLoop,
     Loop,
@@ -200,7 +199,7 @@ def test_junk_tokens_cost_few_token_reviews_and_captures_and_the_risk_loop_go_on
     )
     risk_queries = operator.metric("memwarden_risk_queries_total")
 
-    flood = Flood(url=listing, source="127.0.0.77").start()
+    flood = Flood(url=listing, source="127.0.0.77", ca_file=loop.evidence_ca).start()
     try:
         wait_for(lambda: flood.sent >= 200, timeout=30, what="the flood under way")
         capture(loop, namespace, "during-flood", pod=pod, artifacts=["heap"])
@@ -228,26 +227,39 @@ def test_junk_tokens_cost_few_token_reviews_and_captures_and_the_risk_loop_go_on
 
     # The same junk token over and over costs one review: refusals are remembered.
     reviews = reviews_made(operator)
-    again = Flood(url=listing, source="127.0.0.88", senders=1, limit=50, token=lambda _: "junk")
+    again = Flood(
+        url=listing,
+        source="127.0.0.88",
+        senders=1,
+        limit=50,
+        token=lambda _: "junk",
+        ca_file=loop.evidence_ca,
+    )
     assert again.run().statuses == {401: 50}
     assert reviews_made(operator) - reviews == 1
 
     # A reader with a real token, from another address, is served at once.
     token = evidence_reader_token(loop.kube, namespace)
-    reader = Flood(url=listing, source="127.0.0.1", senders=1, limit=1, token=lambda _: token)
+    reader = Flood(
+        url=listing,
+        source="127.0.0.1",
+        senders=1,
+        limit=1,
+        token=lambda _: token,
+        ca_file=loop.evidence_ca,
+    )
     assert reader.run().statuses == {200: 1}
 
 
 # --- item 4: an upload token copied from the pod spec is worthless ----------------------
 
 
-def upload_from(url: str, *, source: str, token: str, body: bytes) -> tuple[int, str]:
+def upload_from(
+    url: str, *, source: str, token: str, body: bytes, ca_file: Path | None
+) -> tuple[int, str]:
     """A PUT of ``body`` whose connection leaves from ``source`` (any 127/8 address)."""
     parts = urlsplit(url)
-    assert parts.hostname is not None
-    connection = http.client.HTTPConnection(
-        parts.hostname, parts.port, timeout=30, source_address=(source, 0)
-    )
+    connection = connect(url, source=source, ca_file=ca_file)
     try:
         connection.request(
             "PUT", parts.path, body=body, headers={"Authorization": f"Bearer {token}"}
@@ -272,7 +284,9 @@ def test_a_copied_upload_token_is_refused_and_the_real_bundle_lands(
     env = {e.name: e.value for e in debug.env}
     url, token = env["MEMWARDEN_UPLOAD_URL"], env[ENV_UPLOAD_TOKEN]
     forged = make_bundle({"heap.pb.gz": b"\x1f\x8b forged"})
-    status, body = upload_from(url, source="127.0.0.1", token=token, body=forged)
+    status, body = upload_from(
+        url, source="127.0.0.1", token=token, body=forged, ca_file=loop.evidence_ca
+    )
     assert status == 403, body
     assert "accepted only from pod" in json.loads(body)["message"]
 
@@ -280,7 +294,9 @@ def test_a_copied_upload_token_is_refused_and_the_real_bundle_lands(
     assert collected["phase"] == "Collected", collected
     assert collected["analysis"]["top"], "the toolbox's real bundle was stored and analysed"
 
-    status, body = upload_from(url, source="127.0.0.1", token=token, body=forged)
+    status, body = upload_from(
+        url, source="127.0.0.1", token=token, body=forged, ca_file=loop.evidence_ca
+    )
     assert status == 409, "after the capture: refused, the stored bundle kept"
     assert json.loads(body)["details"]["sha256"] == collected["bundleSha256"]
 

@@ -87,8 +87,10 @@ def wait_pods_governed(kube: client.ApiClient, namespace: str, count: int) -> No
     wait_for(matched, timeout=30, what=f"{count} pods matched by the policy")
 
 
-def scrape(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
+def scrape(operator: OperatorProcess) -> str:
+    """The operator's /metrics page, over its HTTPS API."""
+    url = f"{operator.http_url}/metrics"
+    with urllib.request.urlopen(url, timeout=5, context=operator.tls_context()) as response:
         text: str = response.read().decode()
     return text
 
@@ -157,6 +159,7 @@ def alerting_stack(
         workdir=tmp_path,
         receiver_url=memwarden.alertmanager_url,
         token_file=memwarden.alertmanager_token_file,
+        ca_file=memwarden.ca_file,
     )
     alertmanager.start()
     rule = {**documented_rule(), "for": "2s"}  # the documented rule, with a test's "for"
@@ -331,7 +334,7 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
     apply(memwarden.kubeconfig, policy)
     create_pods(kube, namespace, STORM_PODS)
     wait_pods_governed(kube, namespace, len(STORM_PODS))
-    before = suppressed_counts(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+    before = suppressed_counts(scrape(memwarden))
 
     for _ in range(5):  # warm the connections and the webhook's path
         dry_run_latency(kube, namespace)
@@ -354,6 +357,7 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
         senders=SENDERS,
         pace=PACE,
         workdir=tmp_path,
+        ca_file=memwarden.ca_file,
     )
     during: list[float] = []
     while storm.running():
@@ -370,7 +374,7 @@ def test_alert_storm_opens_at_most_the_budget_and_admission_stays_fast(
     assert 1 <= count <= BUDGET, opened
     assert {i["spec"]["trigger"]["source"] for i in incidents(kube, namespace)} == {"alertmanager"}
 
-    after = suppressed_counts(scrape(f"http://127.0.0.1:{memwarden.http_port}/metrics"))
+    after = suppressed_counts(scrape(memwarden))
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     # Every alert but the ones that opened an incident was counted, with a reason.
     assert sum(delta.values()) >= STORM_ALERTS - count, delta

@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import json
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -139,7 +140,11 @@ VALUE_SETS = [
         {
             "replicas": 0,
             "updateStrategy": "RollingUpdate",
-            "evidence": {"existingClaim": "shared-evidence"},
+            "evidence": {
+                "existingClaim": "shared-evidence",
+                "maxTotal": "10Gi",
+                "namespaceQuota": "2Gi",
+            },
             "namespaces": {"watch": ["shop", "payments"]},
             "serviceAccount": {"create": True, "name": "warden"},
             "podDisruptionBudget": {"enabled": False},
@@ -214,6 +219,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     if "evidence" in values:
         claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
         assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
+        assert settings.evidence_max_total_bytes == 10 * 2**30
+        assert settings.evidence_namespace_max_bytes == 2 * 2**30
         assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" not in kinds
         args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args == ["run", "--namespace=shop", "--namespace=payments"]
@@ -232,6 +239,72 @@ def test_the_operator_pod_is_restricted_and_probed(helm: Path) -> None:
     assert container["resources"]["limits"]["memory"]
 
 
+@pytest.mark.parametrize(
+    ("values", "scheme"),
+    [
+        pytest.param({}, "https", id="https-by-default"),
+        pytest.param({"webhook": {"certs": {"mode": "certManager"}}}, "https", id="cert-manager"),
+        pytest.param({"http": {"insecure": True}}, "http", id="plain-http-opt-out"),
+    ],
+)
+def test_the_http_api_is_https_unless_opted_out(
+    helm: Path, values: dict[str, Any], scheme: str
+) -> None:
+    docs = render(helm, namespace="memwarden-system", values=values)
+    settings = Settings.from_env(container_env(docs, "memwarden-system"))
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert settings.http_insecure is (scheme == "http")
+    assert settings.evidence_base_url == (
+        f"{scheme}://memwarden.memwarden-system.svc:8443/evidence"
+    )
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == scheme.upper()
+    if values.get("webhook"):  # cert-manager's Secret carries the CA debug containers trust
+        assert settings.evidence_upload_ca_file == "/etc/memwarden/webhook/ca.crt"
+    else:  # self-made: the rotation's bundle (or nothing to trust when insecure)
+        assert settings.evidence_upload_ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("values", "secret", "key"),
+    [
+        pytest.param({}, "memwarden-webhook-ca", "ca-bundle.crt", id="self-made-cas"),
+        pytest.param(
+            {"webhook": {"certs": {"mode": "certManager"}}},
+            "memwarden-webhook-tls",
+            "ca.crt",
+            id="cert-manager",
+        ),
+        pytest.param({"http": {"tlsSecretName": "api-tls"}}, "api-tls", "ca.crt", id="own-secret"),
+    ],
+)
+def test_the_alertmanager_config_trusts_the_http_apis_ca(
+    helm: Path, values: dict[str, Any], secret: str, key: str
+) -> None:
+    """Alertmanager (through the Prometheus Operator) sends the token over HTTPS and
+    verifies the certificate with the CA that signs it, not insecureSkipVerify."""
+    docs = render(
+        helm,
+        namespace="memwarden-system",
+        values={**values, "alertmanager": {"config": {"enabled": True}}},
+    )
+    config = one(docs, "AlertmanagerConfig")
+    (webhook,) = config["spec"]["receivers"][0]["webhookConfigs"]
+    assert webhook["url"] == "https://memwarden.memwarden-system.svc:8443/alertmanager/v4"
+    http = webhook["httpConfig"]
+    assert http["authorization"]["credentials"] == {
+        "name": "memwarden-alertmanager",
+        "key": "token",
+    }
+    assert http["tlsConfig"] == {
+        "serverName": "memwarden.memwarden-system.svc",
+        "ca": {"secret": {"name": secret, "key": key}},
+    }
+    assert config["spec"]["route"]["matchers"] == [
+        {"name": "memwarden", "value": "capture", "matchType": "="}
+    ]
+
+
 INVALID = [
     pytest.param({"replicas": "two"}, "replicas", id="wrong-type"),
     pytest.param({"webhook": {"timeout": 3}}, "timeout", id="unknown-key"),
@@ -243,6 +316,7 @@ INVALID = [
         id="bad-reservation-policy",
     ),
     pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
+    pytest.param({"evidence": {"namespaceQuota": "2 GB"}}, "namespaceQuota", id="bad-quota"),
     pytest.param({"kubelet": {"throttlingFactor": 1.5}}, "throttlingFactor", id="factor-above-1"),
     pytest.param({"webhook": {"certs": {"mode": "vault"}}}, "mode", id="unknown-cert-mode"),
     pytest.param(
@@ -739,12 +813,27 @@ def _served_certificate(port: int) -> bytes:
     return pem.encode()
 
 
+def _verifies(port: int, ca_file: Path) -> bool:
+    """Whether ``ca_file`` verifies what ``port`` serves (a TLS handshake as a client)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1"),
+        ):
+            return True
+    except ssl.SSLCertVerificationError:
+        return False
+
+
 def test_the_webhook_keeps_mutating_while_its_certificates_rotate(
     crds: Path, kube: client.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     """Validity 20 s, renewal 10 s ahead, files checked each second: a rotation every
     ~10 s. Pods created meanwhile (server-side dry run, through the API server and its
-    webhook call) must all be mutated: none admitted unmutated because TLS failed."""
+    webhook call) must all be mutated: none admitted unmutated because TLS failed. The
+    HTTP API serves the same certificates, reloaded in place, and the CA bundle that
+    debug containers and Alertmanager trust verifies them throughout."""
     core = client.CoreV1Api(kube)
     admission = client.AdmissionregistrationV1Api(kube)
     test_id = unique_name("rot")
@@ -816,10 +905,13 @@ def test_the_webhook_keeps_mutating_while_its_certificates_rotate(
         wait_for(lambda: APPLIED_ANNOTATION in create_pod(), timeout=60, what="first mutation")
 
         bundles, served = {bundle()}, {_served_certificate(process.webhook_port)}
+        http_served = {_served_certificate(process.http_port)}
+        trust = tmp_path / "certs" / "ca.crt"
+        untrusted = 0
         created = unmutated = 0
         deadline = time.monotonic() + 90
         last_probe = 0.0
-        while time.monotonic() < deadline and (len(served) < 3 or len(bundles) < 3):
+        while time.monotonic() < deadline and min(len(served), len(bundles), len(http_served)) < 3:
             created += 1
             if APPLIED_ANNOTATION not in create_pod():
                 unmutated += 1
@@ -827,10 +919,16 @@ def test_the_webhook_keeps_mutating_while_its_certificates_rotate(
                 last_probe = time.monotonic()
                 bundles.add(bundle())
                 served.add(_served_certificate(process.webhook_port))
+                http_served.add(_served_certificate(process.http_port))
+                if not _verifies(process.http_port, trust):
+                    untrusted += 1
         log = process.log_tail(200_000)
         assert len(served) >= 3, f"the serving certificate rotated {len(served) - 1} time(s)"
         assert len(bundles) >= 3, "the caBundle did not change with the rotations"
         assert unmutated == 0, f"{unmutated} of {created} pods admitted unmutated"
+        assert len(http_served) >= 3, "the HTTP API's certificate rotated with the webhook's"
+        assert untrusted == 0, "the trust bundle (current, next, earlier CAs) verified it"
+        assert "HTTP API serving certificate reloaded in place" in process.log_tail(200_000)
         assert created >= 30
         # Never silently: each renewal logs the new expiry.
         assert re.search(r"webhook serving certificate renewed .* valid until", log), log[-3000:]
@@ -839,6 +937,9 @@ def test_the_webhook_keeps_mutating_while_its_certificates_rotate(
         ca = core.read_namespaced_secret("webhook-ca", namespace)
         assert "ca.crt" in (ca.data or {})
         current_ca = base64.b64decode(ca.data["ca.crt"])
+        assert base64.b64decode(ca.data["ca-bundle.crt"]).startswith(current_ca), (
+            "the public trust bundle the chart's AlertmanagerConfig reads"
+        )
         assert current_ca in base64.b64decode(bundle())
         not_after = ssl_not_after(_served_certificate(process.webhook_port))
         assert not_after > dt.datetime.now(dt.UTC)

@@ -34,10 +34,10 @@ from memwarden.api import GROUP, VERSION
 from memwarden.capture.incident import pod_ips
 from memwarden.evidence.api import LiveIncident, bundle_url, make_evidence_app
 from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
-from memwarden.evidence.store import BundleMeta, EvidenceStore
-from memwarden.evidence.tokens import issue_upload_token
+from memwarden.evidence.store import BundleMeta, DiskLimits, EvidenceStore, apply_retention
+from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, issue_upload_token
 from memwarden_testing.builders import make_pod
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import ensure_namespace, kubectl, wait_for
 from memwarden_testing.evidence import (
     KEY,
     EvidenceServer,
@@ -48,6 +48,8 @@ from memwarden_testing.evidence import (
 from memwarden_testing.operator import operators_paused
 
 MAX_BUNDLE = 1024 * 1024
+#: The operator's default (settings.evidence_token_audiences).
+AUDIENCES = ("memwarden",)
 PLURAL = "memoryincidents"
 PREFIX = "/evidence"
 
@@ -83,13 +85,11 @@ def no_operator() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="module")
-def evidence(
-    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Evidence]:
-    kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+def _serve_evidence(
+    kube: client.ApiClient, workdir: Path, *, disk: DiskLimits | None = None
+) -> Evidence:
+    """The evidence API over TLS, wired as the operator wires it (``disk``: its caps)."""
     custom = client.CustomObjectsApi(kube)
-    workdir = tmp_path_factory.mktemp("evidence")
     store = EvidenceStore(workdir / "store")
     stored: list[tuple[str, str, BundleMeta]] = []
 
@@ -135,20 +135,30 @@ def evidence(
 
     app = make_evidence_app(
         store=store,
-        authorizer=KubeAuthorizer(kube),
+        authorizer=KubeAuthorizer(kube, audiences=AUDIENCES),
         upload_key=KEY,
         max_bundle_bytes=MAX_BUNDLE,
         incident=incident,
         pod_addresses=pod_addresses,
         on_stored=on_stored,
         idle_timeout=5,
+        disk=disk,
     )
     # Mounted as the operator's HTTP server mounts its sub-apps (handlers/http.py).
     root = web.Application()
     root.add_subapp(PREFIX, app)
     server = EvidenceServer(root, workdir=workdir).start()
-    yield Evidence(server=server, store=store, stored=stored)
-    server.stop()
+    return Evidence(server=server, store=store, stored=stored)
+
+
+@pytest.fixture(scope="module")
+def evidence(
+    crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Evidence]:
+    kubectl(crds, "wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    served = _serve_evidence(kube, tmp_path_factory.mktemp("evidence"))
+    yield served
+    served.server.stop()
 
 
 def _create_incident(kube: client.ApiClient, namespace: str, name: str) -> str:
@@ -209,13 +219,21 @@ def _upload(
     )
 
 
-def _service_account_token(kube: client.ApiClient, namespace: str, name: str) -> str:
+def _service_account_token(
+    kube: client.ApiClient, namespace: str, name: str, *, audiences: tuple[str, ...] = AUDIENCES
+) -> str:
+    """A token of ServiceAccount ``name`` (made if missing) for ``audiences`` (empty: the
+    API server's own, as a kubeconfig token is)."""
     core = client.CoreV1Api(kube)
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
+    try:
+        core.create_namespaced_service_account(
+            namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+        )
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
     request = client.AuthenticationV1TokenRequest(
-        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        spec=client.V1TokenRequestSpec(audiences=list(audiences), expiration_seconds=600)
     )
     return str(core.create_namespaced_service_account_token(name, namespace, request).status.token)
 
@@ -503,6 +521,133 @@ def test_a_bad_body_is_refused_and_leaves_nothing(
     assert retry.status_code == 201, "a refused upload does not use the token up"
 
 
+# --- disk: the total cap and the namespace quota ---------------------------------------
+
+KIB = 1024
+DISK = DiskLimits(total_bytes=700 * KIB, namespace_bytes=400 * KIB)
+
+
+@pytest.fixture
+def capped_evidence(crds: Path, kube: client.ApiClient, tmp_path: Path) -> Iterator[Evidence]:
+    """An evidence API whose store holds 700 KiB in all and 400 KiB per namespace."""
+    served = _serve_evidence(kube, tmp_path, disk=DISK)
+    yield served
+    served.server.stop()
+
+
+@pytest.fixture
+def second_namespace(kube: client.ApiClient, namespace: str) -> Iterator[str]:
+    name = f"{namespace}-b"
+    ensure_namespace(client.CoreV1Api(kube), name)
+    yield name
+    client.CoreV1Api(kube).delete_namespace(name)
+
+
+def _stored_bytes(evidence: Evidence) -> dict[tuple[str, str], bytes]:
+    return {
+        (e.namespace, e.incident): evidence.store.bundle_path(e.namespace, e.incident).read_bytes()
+        for e in evidence.store.entries()
+    }
+
+
+def test_uploads_that_together_exceed_the_cap_are_refused_and_nothing_stored_is_lost(
+    capped_evidence: Evidence, kube: client.ApiClient, namespace: str, second_namespace: str
+) -> None:
+    """Space is reserved before the first byte: while one upload declaring 350 KiB is in
+    flight, another of 360 KiB in another namespace does not fit the 700 KiB cap; a
+    namespace at its quota is refused while another namespace still uploads; retention
+    then deletes nothing to make room."""
+    evidence = capped_evidence
+    first = make_bundle(padding=340 * KIB)
+    uid = _capturing_incident(kube, namespace, "big")
+    token = _token(namespace, "big", uid)
+    started, release = threading.Event(), threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield first[:1024]
+        started.set()
+        assert release.wait(timeout=30), "the test never released the first upload"
+        yield first[1024:]
+
+    other_uid = _capturing_incident(kube, second_namespace, "rival")
+    rival = make_bundle(padding=350 * KIB)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        in_flight = pool.submit(
+            evidence.request,
+            "PUT",
+            evidence.url(namespace, "big", bundle=True),
+            data=slow_body(),  # chunked: the toolbox declares its most
+            headers={"Authorization": f"Bearer {token}", UPLOAD_SIZE_HEADER: str(350 * KIB)},
+        )
+        assert started.wait(timeout=30)
+        wait_for(
+            lambda: list((evidence.store.root / namespace / "big").glob(".upload-*")),
+            what="the first upload to hold its reservation (its partial file exists)",
+        )
+        refused = evidence.request(
+            "PUT",
+            evidence.url(second_namespace, "rival", bundle=True),
+            data=rival,  # with a Content-Length
+            headers={"Authorization": f"Bearer {_token(second_namespace, 'rival', other_uid)}"},
+        )
+        assert refused.status_code == 507, refused.text
+        assert "evidence store is full" in _error(refused)
+        assert refused.headers["Retry-After"]
+        release.set()
+        landed = in_flight.result(timeout=30)
+    assert landed.status_code == 201, landed.text
+    assert not evidence.store.exists(second_namespace, "rival"), "a refusal leaves nothing"
+
+    # The first namespace is at its 400 KiB quota; the second one still uploads.
+    more_uid = _capturing_incident(kube, namespace, "more")
+    over_quota = evidence.request(
+        "PUT",
+        evidence.url(namespace, "more", bundle=True),
+        data=make_bundle(padding=80 * KIB),
+        headers={"Authorization": f"Bearer {_token(namespace, 'more', more_uid)}"},
+    )
+    assert over_quota.status_code == 507
+    assert f"namespace {namespace} is over its evidence quota" in _error(over_quota)
+    small = make_bundle(padding=100 * KIB)
+    accepted = evidence.request(
+        "PUT",
+        evidence.url(second_namespace, "rival", bundle=True),
+        data=small,
+        headers={"Authorization": f"Bearer {_token(second_namespace, 'rival', other_uid)}"},
+    )
+    assert accepted.status_code == 201, accepted.text
+
+    before = _stored_bytes(evidence)
+    assert before == {(namespace, "big"): first, (second_namespace, "rival"): small}
+    deleted = apply_retention(
+        evidence.store,
+        now=dt.datetime.now(dt.UTC),
+        max_age=dt.timedelta(days=7),
+        namespace_max_bytes=DISK.namespace_bytes,
+    )
+    assert deleted == [] and _stored_bytes(evidence) == before, "nothing stored is lost"
+
+
+def test_a_declared_size_is_enforced(
+    capped_evidence: Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    """An upload may not send more than it reserved: the declaration is not a way round
+    the caps."""
+    uid = _capturing_incident(kube, namespace, "liar")
+    response = capped_evidence.request(
+        "PUT",
+        capped_evidence.url(namespace, "liar", bundle=True),
+        data=_chunks(make_bundle(padding=50 * KIB)),
+        headers={
+            "Authorization": f"Bearer {_token(namespace, 'liar', uid)}",
+            UPLOAD_SIZE_HEADER: str(10 * KIB),
+        },
+    )
+    assert response.status_code == 413, response.text
+    assert "exceeds the limit of 10240" in _error(response)
+    assert not capped_evidence.store.exists(namespace, "liar")
+
+
 # --- reads: TokenReview + SubjectAccessReview -------------------------------------------
 
 
@@ -569,6 +714,38 @@ def test_reads_need_an_rbac_grant(
     assert missing.status_code == 404
 
 
+@pytest.mark.parametrize(
+    "audiences",
+    [
+        pytest.param(("other",), id="another-service"),
+        pytest.param((), id="the-api-servers-own"),
+    ],
+)
+def test_a_token_for_another_audience_is_refused(
+    evidence: Evidence,
+    kube: client.ApiClient,
+    namespace: str,
+    stored_incident: bytes,
+    audiences: tuple[str, ...],
+) -> None:
+    """Readers' tokens are for memwarden's audience: one made for another service (or the
+    API server's, which memwarden could replay there) does not authenticate, even for an
+    identity RBAC allows."""
+    grant_evidence_reader(kube, namespace, "sre")
+    url = evidence.url(namespace, "checkout-1", bundle=True)
+    ours = {"Authorization": f"Bearer {_service_account_token(kube, namespace, 'sre')}"}
+    wait_for(
+        lambda: evidence.request("GET", url, headers=ours).status_code == 200,
+        what="the grant, with a token for memwarden",
+    )
+    theirs = _service_account_token(kube, namespace, "sre", audiences=audiences)
+
+    refused = evidence.request("GET", url, headers={"Authorization": f"Bearer {theirs}"})
+
+    assert refused.status_code == 401
+    assert "did not authenticate" in _error(refused)
+
+
 def test_a_recreated_incident_does_not_inherit_the_earlier_ones_bundle(
     evidence: Evidence, kube: client.ApiClient, namespace: str, stored_incident: bytes
 ) -> None:
@@ -600,7 +777,7 @@ def test_allowed_decisions_are_cached_briefly(
     token = _service_account_token(kube, namespace, "sre")
     grant_evidence_reader(kube, namespace, "sre")
     now = [0.0]
-    authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0])
+    authorizer = KubeAuthorizer(kube, cache_ttl=10, clock=lambda: now[0], audiences=AUDIENCES)
 
     def decide() -> Identity | Denied:
         return asyncio.run(authorizer.authorize(token=token, verb="list", namespace=namespace))
@@ -633,7 +810,8 @@ def test_the_cli_lists_gets_and_downloads(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    token = _service_account_token(kube, namespace, "sre")
+    # The Kubernetes API with the ServiceAccount's own (API server audience) token.
+    token = _service_account_token(kube, namespace, "sre", audiences=())
     grant_evidence_reader(kube, namespace, "sre")
     connection = ["--kubeconfig", str(devcluster), "-n", namespace, "--token", token]
 
@@ -655,23 +833,29 @@ def test_the_cli_lists_gets_and_downloads(
     assert code == 0, err
     assert "name: checkout-1" in out
 
-    target = tmp_path / "evidence.tar.gz"
-    code, out, err = _cli(
-        capsys,
-        "download",
-        "checkout-1",
-        *connection,
-        "-o",
-        str(target),
-        "--evidence-url",
-        evidence.base,
-        "--evidence-ca",
-        str(evidence.server.ca_file),
-    )
-    assert code == 0, err
-    assert target.read_bytes() == stored_incident
-    assert "verified" in out
-    assert [p.name for p in tmp_path.iterdir()] == ["evidence.tar.gz"], "no partial file left"
+    server = ["--evidence-url", evidence.base, "--evidence-ca", str(evidence.server.ca_file)]
+    # The admin's kubeconfig holds a client certificate: it asks the API server for a
+    # token of the reader ServiceAccount, for memwarden's audience.
+    admin = ["--kubeconfig", str(devcluster), "-n", namespace]
+    for how, credentials in {
+        "service-account": [*admin, "--service-account", "sre"],
+        "evidence-token": [
+            *connection,
+            "--evidence-token",
+            _service_account_token(kube, namespace, "sre"),
+        ],
+    }.items():
+        target = tmp_path / f"{how}.tar.gz"
+        code, out, err = _cli(
+            capsys, "download", "checkout-1", *credentials, "-o", str(target), *server
+        )
+        assert code == 0, (how, err)
+        assert target.read_bytes() == stored_incident
+        assert "verified" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "evidence-token.tar.gz",
+        "service-account.tar.gz",
+    ], "no partial file left"
 
 
 def test_the_cli_fails_in_one_line(
@@ -688,11 +872,21 @@ def test_the_cli_fails_in_one_line(
     monkeypatch.setenv("MEMWARDEN_EVIDENCE_CA", str(evidence.server.ca_file))
     monkeypatch.chdir(tmp_path)
     admin = ["--kubeconfig", str(devcluster), "-n", namespace]
-    unprivileged = [*admin, "--token", _service_account_token(kube, namespace, "nobody")]
+    unprivileged = [*admin, "--evidence-token", _service_account_token(kube, namespace, "nobody")]
+    grant_evidence_reader(kube, namespace, "sre")
+    kubernetes_token = _service_account_token(kube, namespace, "sre", audiences=())
 
     cases = {
-        "client-certificate": (["download", "checkout-1", *admin], "pass --token"),
+        "client-certificate": (["download", "checkout-1", *admin], "pass --service-account"),
         "forbidden": (["download", "checkout-1", *unprivileged], "403"),
+        "kubernetes-audience": (
+            ["download", "checkout-1", *admin, "--token", kubernetes_token],
+            "401 Unauthorized: the bearer token did not authenticate (the Kubernetes token",
+        ),
+        "no-such-service-account": (
+            ["download", "checkout-1", *admin, "--service-account", "ghost"],
+            "token for serviceaccount",
+        ),
         "no-such-incident": (["get", "nope", *admin], 'memoryincident "nope" not found'),
         "plain-http": (
             ["download", "checkout-1", *unprivileged, "--evidence-url", "http://192.0.2.1"],
@@ -709,8 +903,7 @@ def test_the_cli_fails_in_one_line(
 
     # The bundle changed on disk after the incident recorded its sha256: refused, and
     # the file already at the destination is left as it was.
-    grant_evidence_reader(kube, namespace, "sre")
-    granted = [*admin, "--token", _service_account_token(kube, namespace, "sre")]
+    granted = [*admin, "--service-account", "sre"]
     (tmp_path / "checkout-1.tar.gz").write_bytes(b"old")
     evidence.store.bundle_path(namespace, "checkout-1").write_bytes(b"\x1f\x8b tampered")
     code, _, err = _cli(capsys, "download", "checkout-1", *granted)

@@ -38,6 +38,7 @@ from memwarden_testing.leaky import (
     wait_leaked,
 )
 from memwarden_testing.operator import free_port
+from memwarden_testing.tls import loopback_certificates
 from memwarden_testing.upload import upload_sink
 
 pytestmark = pytest.mark.integration
@@ -308,6 +309,8 @@ def test_upload_streams_the_bundle_with_a_bearer_token(
     assert "Content-Length" not in received.headers
     if status == 201:
         assert received.file is not None
+        # The most it could send, declared so the store reserves the disk beforehand.
+        assert 0 < received.size <= int(received.headers["X-Bundle-Max-Bytes"])
         assert received.sha256 == result.summary["bundle"]["sha256"]
         assert received.size == result.summary["bundle"]["bytes"]
         uploaded = unpack(received.file, tmp_path / "unpacked")
@@ -316,6 +319,42 @@ def test_upload_streams_the_bundle_with_a_bearer_token(
     else:
         assert "HTTP 401" in result.summary["bundle"]["error"]
         assert token not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "trusted", [pytest.param(True, id="trusted-ca"), pytest.param(False, id="untrusted")]
+)
+def test_upload_over_https_verifies_the_server(leaky: Leaky, tmp_path: Path, trusted: bool) -> None:
+    """The toolbox sends a bundle (a core dump) only to a server whose certificate the CA
+    of its plan vouches for; an untrusted one is refused at once, not retried."""
+    other_ca = tmp_path / "other-ca.crt"
+    loopback_certificates(
+        ca_name="someone-else",
+        ca_file=other_ca,
+        cert_file=tmp_path / "unused.crt",
+        key_file=tmp_path / "unused.key",
+    )
+    with upload_sink(tmp_path, token="s3cret", tls=True) as sink:
+        assert sink.ca_file is not None
+        ca = sink.ca_file if trusted else other_ca
+        result = capture(
+            f"--pid={leaky.pid}",
+            f"--pprof-port={leaky.port}",
+            "--artifacts=heap,smaps",
+            f"--upload={sink.url}/v1/namespaces/shop/incidents/x/bundle",
+            env={"MEMWARDEN_UPLOAD_TOKEN": "s3cret", "MEMWARDEN_UPLOAD_CA": ca.read_text()},
+        )
+
+    if trusted:
+        assert result.returncode == 0, result.stderr
+        (received,) = sink.received
+        assert received.status == 201 and received.sha256 == result.summary["bundle"]["sha256"]
+    else:
+        assert result.returncode == 1
+        assert sink.received == (), "not one byte reached the untrusted server"
+        error = result.summary["bundle"]["error"]
+        assert "certificate is not trusted" in error and "nothing was sent" in error
+        assert "upload attempt" not in result.stderr, "no retry: a retry cannot help"
 
 
 @pytest.mark.parametrize(

@@ -73,8 +73,16 @@ def make_payload(alerts: list[dict[str, Any]], *, receiver: str = RECEIVER) -> d
     }
 
 
-def alertmanager_config(*, receiver_url: str, token_file: Path) -> dict[str, Any]:
-    """The route documented in docs/alerting.md, with test timings."""
+def alertmanager_config(
+    *, receiver_url: str, token_file: Path, ca_file: Path | None = None
+) -> dict[str, Any]:
+    """The route documented in docs/alerting.md, with test timings; ``ca_file`` is the CA
+    Alertmanager trusts for the operator's HTTPS receiver."""
+    http_config: dict[str, Any] = {
+        "authorization": {"type": "Bearer", "credentials_file": str(token_file)}
+    }
+    if ca_file is not None:
+        http_config["tls_config"] = {"ca_file": str(ca_file)}
     return {
         "route": {
             "receiver": RECEIVER,
@@ -90,12 +98,7 @@ def alertmanager_config(*, receiver_url: str, token_file: Path) -> dict[str, Any
                     {
                         "url": receiver_url,
                         "send_resolved": True,
-                        "http_config": {
-                            "authorization": {
-                                "type": "Bearer",
-                                "credentials_file": str(token_file),
-                            }
-                        },
+                        "http_config": http_config,
                     }
                 ],
             }
@@ -110,6 +113,7 @@ class AlertmanagerProcess:
     workdir: Path
     receiver_url: str
     token_file: Path
+    ca_file: Path | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -125,7 +129,11 @@ class AlertmanagerProcess:
         config = self.workdir / "alertmanager.yml"
         config.write_text(
             yaml.safe_dump(
-                alertmanager_config(receiver_url=self.receiver_url, token_file=self.token_file)
+                alertmanager_config(
+                    receiver_url=self.receiver_url,
+                    token_file=self.token_file,
+                    ca_file=self.ca_file,
+                )
             )
         )
         storage = self.workdir / "data"

@@ -129,13 +129,16 @@ def grant_evidence_reader(kube: client.ApiClient, namespace: str, account: str) 
     )
 
 
-def evidence_reader_token(kube: client.ApiClient, namespace: str, account: str = "sre") -> str:
-    """A new ServiceAccount ``account`` holding the evidence-reader Role; a token of it,
-    as a person or a CI job would pass to ``memwarden incidents download --token``."""
+def evidence_reader_token(
+    kube: client.ApiClient, namespace: str, account: str = "sre", *, audience: str = "memwarden"
+) -> str:
+    """A new ServiceAccount ``account`` holding the evidence-reader Role; a token of it for
+    the evidence API's audience, as ``kubectl create token sre --audience memwarden``
+    makes one for ``memwarden incidents download --evidence-token``."""
     core = client.CoreV1Api(kube)
     core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
     grant_evidence_reader(kube, namespace, account)
-    request = {"spec": {"expirationSeconds": 600}}
+    request = {"spec": {"expirationSeconds": 600, "audiences": [audience]}}
     return str(
         core.create_namespaced_service_account_token(account, namespace, request).status.token
     )

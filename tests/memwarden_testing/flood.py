@@ -3,18 +3,20 @@
 Every 127/8 address is this host's, so the flood leaves from ``source`` (the evidence API
 rate-limits per client address) while the test's own requests leave from 127.0.0.1.
 Each sender keeps its connection alive and sends as fast as it is answered, as a
-determined client would. Plain HTTP: the local loop's evidence API.
+determined client would. HTTPS when the URL says so, trusting ``ca_file``.
 """
 
 from __future__ import annotations
 
 import http.client
 import secrets
+import ssl
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -32,6 +34,7 @@ class Flood:
     senders: int = 16
     token: Callable[[int], str] = junk_token
     limit: int | None = None
+    ca_file: Path | None = None
     statuses: Counter[int] = field(default_factory=Counter)
     """HTTP statuses answered; 0 for a request that got no answer."""
     started: float = 0.0
@@ -90,9 +93,7 @@ class Flood:
         connection: http.client.HTTPConnection | None = None
         while (n := self._claim()) is not None:
             if connection is None:
-                connection = http.client.HTTPConnection(
-                    parts.hostname, parts.port, timeout=30, source_address=(self.source, 0)
-                )
+                connection = connect(self.url, source=self.source, ca_file=self.ca_file)
             try:
                 connection.request(
                     "GET", parts.path, headers={"Authorization": f"Bearer {self.token(n)}"}
@@ -107,3 +108,20 @@ class Flood:
                 self.statuses[status] += 1
         if connection is not None:
             connection.close()
+
+
+def connect(
+    url: str, *, source: str, ca_file: Path | None, timeout: float = 30
+) -> http.client.HTTPConnection:
+    """A connection to ``url``'s host leaving from ``source``; HTTPS for an https URL,
+    verified against ``ca_file``."""
+    parts = urlsplit(url)
+    assert parts.hostname is not None
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        return http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout, source_address=(source, 0), context=context
+        )
+    return http.client.HTTPConnection(
+        parts.hostname, parts.port, timeout=timeout, source_address=(source, 0)
+    )

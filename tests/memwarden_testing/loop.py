@@ -41,6 +41,8 @@ class Loop:
     prometheus_url: str
     evidence_url: str
     leaky_image: str = LEAKY_IMAGE
+    evidence_ca: Path | None = None
+    """The CA of the evidence API's certificate (None: the system's trust store)."""
 
     def pin(self, spec: dict[str, Any]) -> dict[str, Any]:
         """The pod spec, placed where this loop runs its workloads."""
@@ -92,6 +94,7 @@ def kind_loop(kube: client.ApiClient, kubeconfig: Path) -> Loop:
         kube=kube,
         prometheus_url=os.environ["MEMWARDEN_E2E_PROMETHEUS_URL"],
         evidence_url=os.environ["MEMWARDEN_E2E_EVIDENCE_URL"],
+        evidence_ca=Path(ca) if (ca := os.environ.get("MEMWARDEN_E2E_EVIDENCE_CA")) else None,
         leaky_image=os.environ.get("MEMWARDEN_E2E_LEAKY_IMAGE", LEAKY_IMAGE),
     )
 

@@ -2,6 +2,8 @@
 
 The fixture makes the webhook's certificates, starts the operator on a free loopback
 port and registers the MutatingWebhookConfiguration that memwarden ships, pointing at it.
+The HTTP API (evidence, Alertmanager receiver, /metrics) serves the same certificate over
+HTTPS, as it does by default; ``ca_file`` is the CA to trust it with.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -75,9 +78,27 @@ class OperatorProcess:
         return self.workdir / "alertmanager-token"
 
     @property
+    def http_url(self) -> str:
+        """The operator's HTTP API (HTTPS, the default): ``ca_file`` verifies it."""
+        return f"https://127.0.0.1:{self.http_port}"
+
+    @property
     def alertmanager_url(self) -> str:
-        """The operator's Alertmanager receiver (plain HTTP on loopback)."""
-        return f"http://127.0.0.1:{self.http_port}/alertmanager/v4"
+        """The operator's Alertmanager receiver."""
+        return f"{self.http_url}/alertmanager/v4"
+
+    @property
+    def evidence_url(self) -> str:
+        return f"{self.http_url}/evidence"
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA of the webhook's and the HTTP API's certificate (``make_certificates``)."""
+        return self.workdir / "ca.crt"
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client context trusting ``ca_file`` only."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     @property
     def evidence_authority(self) -> str:
@@ -129,6 +150,7 @@ class OperatorProcess:
             "MEMWARDEN_ALERTMANAGER_TOKEN_FILE": str(self.alertmanager_token_file),
             "MEMWARDEN_EVIDENCE_DIR": str(self.workdir / "evidence"),
             "MEMWARDEN_EVIDENCE_KEY_FILE": str(self.evidence_key_file),
+            "MEMWARDEN_EVIDENCE_UPLOAD_CA_FILE": str(self.ca_file),
             **self.extra_env,
         }
         log = self.log_path.open("ab")
@@ -174,8 +196,8 @@ class OperatorProcess:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of the operator's ``name`` samples with these labels, from /metrics."""
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
+        url = f"{self.http_url}/metrics"
+        with urllib.request.urlopen(url, timeout=10, context=self.tls_context()) as response:
             return metric_sum(response.read().decode(), name, **labels)
 
     def memory(self) -> dict[str, int]:

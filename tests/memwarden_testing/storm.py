@@ -9,6 +9,7 @@ sending, then one JSON line: the HTTP statuses and how long the storm lasted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -70,7 +71,10 @@ class StormProcess:
         senders: int,
         pace: float,
         workdir: Path,
+        ca_file: Path | None = None,
     ) -> None:
+        """``ca_file``: the CA the child trusts for an https ``url`` (its default context
+        reads ``SSL_CERT_FILE``)."""
         spec = workdir / "storm.json"
         spec.write_text(
             json.dumps(
@@ -86,6 +90,7 @@ class StormProcess:
         self.process = subprocess.Popen(
             # -P: not the script's folder first on sys.path (it holds an operator.py).
             [sys.executable, "-P", __file__, str(spec)],
+            env={**os.environ, **({"SSL_CERT_FILE": str(ca_file)} if ca_file else {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -5,13 +5,15 @@ Test infrastructure, deliberately dumber than the evidence store, but answering 
 where the toolbox cares: 201 when stored, 401 for a wrong token, 409 with the stored
 ``bytes``/``sha256`` in ``details`` when a bundle is already there. A ``script`` makes
 the first requests fail on purpose: ``"503"`` answers 503 without storing,
-``"lose-answer"`` stores the body and hangs up without answering.
+``"lose-answer"`` stores the body and hangs up without answering. ``tls`` serves HTTPS
+with a loopback certificate of a CA of its own (``UploadSink.ca_file``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
+
+from memwarden_testing.tls import loopback_certificates
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class UploadSink:
     token: str
     script: tuple[str, ...] = ()
     url: str = ""
+    ca_file: Path | None = None
     received: tuple[Received, ...] = ()
     stored: dict[str, Received] = field(default_factory=dict)
 
@@ -121,14 +126,30 @@ def _handler(sink: UploadSink) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def upload_sink(
-    directory: Path, *, token: str, script: tuple[str, ...] = (), port: int = 0
+    directory: Path,
+    *,
+    token: str,
+    script: tuple[str, ...] = (),
+    port: int = 0,
+    tls: bool = False,
 ) -> Iterator[UploadSink]:
     """A running sink on a loopback port (kernel-chosen unless given) for the ``with``
     block; a given port lets a test start the sink after its client (a server that was
-    down)."""
+    down). ``tls``: HTTPS, its CA in ``ca_file``."""
     sink = UploadSink(directory=directory, token=token, script=script)
     server = ThreadingHTTPServer(("127.0.0.1", port), _handler(sink))
-    sink.url = f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "http"
+    if tls:
+        sink.ca_file = directory / "sink-ca.crt"
+        cert, key = directory / "sink.crt", directory / "sink.key"
+        loopback_certificates(
+            ca_name="upload-sink-ca", ca_file=sink.ca_file, cert_file=cert, key_file=key
+        )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    sink.url = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

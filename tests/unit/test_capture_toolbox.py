@@ -20,6 +20,7 @@ from memwarden.capture.toolbox import (
     DeliveryError,
     Entry,
     StepError,
+    bundle_size_bound,
     iter_bundle,
     render_summary,
     resolve_cgroup_dir,
@@ -160,6 +161,30 @@ def test_bundle_is_a_tar_gz_of_manifest_and_members(tmp_path: Path) -> None:
     assert b"".join(iter_bundle(manifest, entries, mtime=1_700_000_000)) == b"".join(
         iter_bundle(manifest, entries, mtime=1_700_000_000)
     )
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        pytest.param({"core": random.Random(1).randbytes(2 * CHUNK + 333)}, id="incompressible"),
+        pytest.param({"core": bytes(3 * CHUNK)}, id="zeros"),
+        pytest.param({"heap.pb.gz": b"", "proc/status": b"x" * 511}, id="tiny-members"),
+        pytest.param({f"cgroup/memory.{'x' * 120}": b"1\n"}, id="long-name-pax-header"),
+    ],
+)
+def test_the_declared_size_bounds_the_bundle(tmp_path: Path, files: dict[str, bytes]) -> None:
+    """The store reserves what the toolbox declares and refuses a byte more: the bound must
+    hold for any content, and stay close for incompressible data (cores of random heaps)."""
+    entries = collected(tmp_path, files)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"artifacts": list(files)}))
+
+    size = len(b"".join(iter_bundle(manifest, entries, mtime=1_700_000_000)))
+    bound = bundle_size_bound(manifest, entries, mtime=1_700_000_000)
+
+    assert size <= bound
+    raw = sum(len(data) for data in files.values())
+    assert bound <= raw * 1.001 + 64 * 1024, "a loose bound would waste the store's space"
 
 
 def test_bundle_refuses_a_file_that_shrank(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Retention: everything too old, then the oldest until the rest fits the byte cap."""
+"""Retention: everything too old, then a namespace's oldest until it fits its quota."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ PLANS = [
         None,
         900,
         ["a"],
-        id="oldest-first-until-under-the-cap",
+        id="oldest-first-until-the-namespace-fits-its-quota",
     ),
     pytest.param(
         [
@@ -52,10 +52,10 @@ PLANS = [
         None,
         799,
         ["a", "b"],
-        id="cap-needs-two",
+        id="quota-needs-two",
     ),
     pytest.param(
-        [make_entry("a", age=H, size=500)], None, 500, [], id="exactly-at-the-cap-is-kept"
+        [make_entry("a", age=H, size=500)], None, 500, [], id="exactly-at-the-quota-is-kept"
     ),
     pytest.param(
         [
@@ -66,52 +66,52 @@ PLANS = [
         7 * DAY,
         1000,
         ["ancient", "mid"],
-        id="age-and-cap-together",
-    ),
-    pytest.param(
-        [make_entry("huge", age=H, size=5000)],
-        None,
-        1000,
-        ["huge"],
-        id="a-single-bundle-over-the-cap",
+        id="age-and-quota-together",
     ),
     pytest.param(
         [make_entry("a", age=30 * DAY, size=10**9)], None, None, [], id="no-limits-keep-all"
     ),
     pytest.param(
         [
-            make_entry("x", namespace="b", age=H, size=600),
-            make_entry("x", namespace="a", age=H, size=600),
+            make_entry("old", namespace="quiet", age=5 * DAY, size=600),
+            make_entry("x", namespace="busy", age=2 * H, size=600),
+            make_entry("y", namespace="busy", age=H, size=600),
         ],
         None,
         1000,
         ["x"],
-        id="same-age-ties-by-namespace",
+        id="only-the-namespace-over-its-quota-loses-bundles",
     ),
 ]
 
 
-@pytest.mark.parametrize(("entries", "max_age", "max_total", "expected"), PLANS)
+@pytest.mark.parametrize(("entries", "max_age", "quota", "expected"), PLANS)
 def test_retention_plan(
-    entries: list[Entry], max_age: dt.timedelta | None, max_total: int | None, expected: list[str]
+    entries: list[Entry], max_age: dt.timedelta | None, quota: int | None, expected: list[str]
 ) -> None:
-    plan = retention_plan(entries, now=T0, max_age=max_age, max_total_bytes=max_total)
+    plan = retention_plan(entries, now=T0, max_age=max_age, namespace_max_bytes=quota)
     assert _names(plan) == expected
     assert [e.stored_at for e in plan] == sorted(e.stored_at for e in plan), "oldest first"
 
 
-def test_ties_are_broken_by_namespace() -> None:
+def test_a_namespace_under_its_quota_keeps_every_bundle_whatever_the_total() -> None:
+    """Retention never deletes one namespace's evidence to make room for another's: no
+    total cap is applied here (uploads that do not fit are refused instead)."""
     entries = [
-        make_entry("x", namespace="b", age=H, size=600),
-        make_entry("x", namespace="a", age=H, size=600),
+        make_entry(f"i{n}", namespace=f"ns{n % 5}", age=n * H, size=10**9) for n in range(40)
     ]
-    plan = retention_plan(entries, now=T0, max_age=None, max_total_bytes=1000)
-    assert [e.namespace for e in plan] == ["a"]
+    assert retention_plan(entries, now=T0, max_age=None, namespace_max_bytes=8 * 10**9) == []
 
 
-def test_the_plan_leaves_the_rest_under_the_cap() -> None:
-    entries = [make_entry(f"i{n}", age=n * H, size=100 + 37 * n) for n in range(40)]
-    plan = retention_plan(entries, now=T0, max_age=None, max_total_bytes=3000)
+def test_the_plan_leaves_each_namespace_under_its_quota() -> None:
+    entries = [
+        make_entry(f"i{n}", namespace=f"ns{n % 3}", age=n * H, size=100 + 37 * n) for n in range(40)
+    ]
+    plan = retention_plan(entries, now=T0, max_age=None, namespace_max_bytes=3000)
     kept = [e for e in entries if e not in plan]
-    assert sum(e.bytes for e in kept) <= 3000
-    assert min(e.stored_at for e in kept) > max(e.stored_at for e in plan), "newest are kept"
+    for namespace in {e.namespace for e in entries}:
+        mine = [e for e in kept if e.namespace == namespace]
+        gone = [e for e in plan if e.namespace == namespace]
+        assert sum(e.bytes for e in mine) <= 3000
+        if gone:
+            assert min(e.stored_at for e in mine) > max(e.stored_at for e in gone), "newest kept"

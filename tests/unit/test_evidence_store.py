@@ -223,7 +223,7 @@ def test_apply_retention_deletes_the_plan(store: EvidenceStore) -> None:
     _store(store, "shop", "old", b"o" * 10, at=T0 - dt.timedelta(days=10))
     _store(store, "shop", "mid", b"m" * 600, at=T0 - dt.timedelta(hours=2))
     _store(store, "shop", "new", b"n" * 600, at=T0 - dt.timedelta(hours=1))
-    deleted = apply_retention(store, now=T0, max_age=dt.timedelta(days=7), max_total_bytes=1000)
+    deleted = apply_retention(store, now=T0, max_age=dt.timedelta(days=7), namespace_max_bytes=1000)
     assert [e.incident for e in deleted] == ["old", "mid"]
     assert [e.incident for e in store.list("shop")] == ["new"]
 

@@ -56,7 +56,7 @@ from memwarden.capture.plan import (
     ENV_UPLOAD_URL,
     PTRACE_SKIPPED_REASON,
 )
-from memwarden.evidence.tokens import token_expiry
+from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, token_expiry
 from memwarden.quantity import QuantityError, parse_bytes
 
 __all__ = [
@@ -129,14 +129,21 @@ class _Skip(Exception):
 
 
 class DeliveryError(Exception):
-    """The bundle could not be written or uploaded; ``status`` is the HTTP answer if any."""
+    """The bundle could not be written or uploaded; ``status`` is the HTTP answer if any,
+    ``final`` when retrying cannot help (an untrusted server certificate)."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, stored_sha256: str | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        stored_sha256: str | None = None,
+        final: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.stored_sha256 = stored_sha256
+        self.final = final
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,10 +635,30 @@ def _tar_stream(members: Sequence[tuple[str, Path, int]], *, mtime: int) -> Iter
     yield tarfile.NUL * end
 
 
-def iter_bundle(manifest: Path, entries: Sequence[Entry], *, mtime: int) -> Iterator[bytes]:
-    """The tar.gz bundle as gzip chunks: ``manifest.json`` first, then each collected file."""
+def _members(manifest: Path, entries: Sequence[Entry]) -> list[tuple[str, Path, int]]:
     members = [(MANIFEST_MEMBER, manifest, manifest.stat().st_size)]
     members += [(e.file, e.path, e.size) for e in entries if e.path is not None and e.file]
+    return members
+
+
+def bundle_size_bound(manifest: Path, entries: Sequence[Entry], *, mtime: int) -> int:
+    """The most bytes :func:`iter_bundle` can produce: the tar's exact size, plus zlib's
+    worst case for incompressible input (``deflateBound``) and gzip's wrapper. Declared to
+    the evidence store (``X-Bundle-Max-Bytes``), which reserves that much disk."""
+    tar = 0
+    for name, _, size in _members(manifest, entries):
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = size, mtime, 0o644
+        tar += len(info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict"))
+        tar += -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    tar += 2 * tarfile.BLOCKSIZE
+    tar += -tar % tarfile.RECORDSIZE
+    return tar + (tar >> 12) + (tar >> 14) + (tar >> 25) + 7 + 18 + 64
+
+
+def iter_bundle(manifest: Path, entries: Sequence[Entry], *, mtime: int) -> Iterator[bytes]:
+    """The tar.gz bundle as gzip chunks: ``manifest.json`` first, then each collected file."""
+    members = _members(manifest, entries)
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     for raw in _tar_stream(members, mtime=mtime):
         if out := compressor.compress(raw):
@@ -690,7 +717,13 @@ def _connection(url: str, *, ca_file: str | None, timeout: float) -> http.client
 
 
 def _put(
-    url: str, chunks: Iterable[bytes], *, token: str | None, ca_file: str | None, timeout: float
+    url: str,
+    chunks: Iterable[bytes],
+    *,
+    token: str | None,
+    ca_file: str | None,
+    timeout: float,
+    size_bound: int | None = None,
 ) -> int:
     """One chunked, streaming PUT; the HTTP status. Raises DeliveryError on failure."""
     parts = urlsplit(url)
@@ -698,6 +731,8 @@ def _put(
     headers = {"Content-Type": "application/gzip", "User-Agent": f"memwarden-capture/{_version()}"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    if size_bound is not None:
+        headers[UPLOAD_SIZE_HEADER] = str(size_bound)
     where = f"PUT {_redact(url)}"
     connection = _connection(url, ca_file=ca_file, timeout=timeout)
     try:
@@ -706,6 +741,14 @@ def _put(
             connection.request("PUT", target, body=chunks, headers=headers, encode_chunked=True)
         response = connection.getresponse()
         detail = response.read(1000).decode("utf-8", "replace").strip()
+    except ssl.SSLCertVerificationError as exc:
+        # Final: the CA the plan gave us will not start trusting this server on a retry,
+        # and a bundle (a core dump) never goes to a server we cannot verify.
+        raise DeliveryError(
+            f"{where}: the evidence API's certificate is not trusted ({exc.verify_message}); "
+            "nothing was sent",
+            final=True,
+        ) from exc
     except (OSError, http.client.HTTPException) as exc:
         raise DeliveryError(f"{where}: {exc}") from exc
     finally:
@@ -736,7 +779,9 @@ def _redact(url: str) -> str:
 
 def _retryable(error: DeliveryError) -> bool:
     """Connection failures, 5xx, 408, 429 and a 409 "upload in flight" (no stored bundle
-    yet) may pass next time; other 4xx will not."""
+    yet) may pass next time; other 4xx will not, nor an untrusted server certificate."""
+    if error.final:
+        return False
     if error.status == 409:
         return error.stored_sha256 is None
     return error.status is None or error.status >= 500 or error.status in (408, 429)
@@ -762,6 +807,7 @@ def _upload(
     ca_file: str | None,
     timeout: float,
     deadline: float,
+    size_bound: int | None = None,
 ) -> tuple[_Tally, int]:
     sent: _Tally | None = None  # an attempt whose whole body went out
     delay = UPLOAD_BACKOFF_FIRST
@@ -771,7 +817,12 @@ def _upload(
         tally = _Tally()
         try:
             status = _put(
-                url, tally.wrap(make_chunks()), token=token, ca_file=ca_file, timeout=timeout
+                url,
+                tally.wrap(make_chunks()),
+                token=token,
+                ca_file=ca_file,
+                timeout=timeout,
+                size_bound=size_bound,
             )
         except DeliveryError as exc:
             if tally.complete:
@@ -798,12 +849,14 @@ def deliver(
     token: str | None,
     ca_file: str | None,
     timeout: float,
+    size_bound: int | None = None,
 ) -> Delivery:
     """Write the bundle to ``out`` and/or PUT it to ``upload``; streamed, never held.
 
     ``make_chunks`` regenerates the bundle (from the temp files) for each upload attempt,
     so a retry needs nothing kept in memory. With both, the file is written first and
-    then uploaded from disk.
+    then uploaded from disk. ``size_bound`` (the most bytes the bundle can take) is
+    declared to the evidence store, which reserves that much disk before the first byte.
     """
     if out is None and upload is None:
         raise ValueError("deliver: give out, upload or both")
@@ -823,6 +876,7 @@ def deliver(
                 ca_file=ca_file,
                 timeout=timeout,
                 deadline=upload_deadline(token, now=time.time()),
+                size_bound=size_bound,
             )
     except (DeliveryError, OSError) as exc:
         status = exc.status if isinstance(exc, DeliveryError) else None
@@ -1058,6 +1112,7 @@ def run(args: argparse.Namespace) -> int:
             token=os.environ.get(ENV_UPLOAD_TOKEN) or None,
             ca_file=os.environ.get(ENV_UPLOAD_CA) or None,
             timeout=max(args.timeout, 60.0),
+            size_bound=bundle_size_bound(manifest, collection.entries, mtime=mtime),
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

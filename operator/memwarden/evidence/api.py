@@ -10,7 +10,14 @@ Routes, under ``/v1/namespaces/{namespace}/incidents``:
 Every refusal is JSON ``{"status": "Failure", "code", "reason", "message"}``: 400 bad
 names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 already
 stored (a token cannot be replayed), 413 too big, 503 when the API server cannot be
-asked. Bad input never yields a 500.
+asked, 507 when the bundle does not fit the store's cap or its namespace's quota. Bad
+input never yields a 500.
+
+Disk space is reserved before the first byte is read: an upload's declared size (its
+``Content-Length``, else the toolbox's ``X-Bundle-Max-Bytes``, else the per-bundle cap)
+must fit under the caps together with what is stored and what other uploads in flight
+reserved; the stream may not exceed it, and the reservation is released when the upload
+is committed or fails.
 
 An upload needs more than its token, which anyone who may read the pod can copy from the
 debug container's environment: the incident must be ``Capturing`` (409 while it is not
@@ -47,16 +54,19 @@ from memwarden.evidence.store import (
     AlreadyStored,
     BundleMeta,
     BundleWriter,
+    DiskLimits,
     Entry,
     EvidenceStore,
     InvalidName,
     NotStored,
+    Reservations,
     StoreError,
     TooLarge,
+    admit_upload,
     validate_incident_name,
     validate_namespace,
 )
-from memwarden.evidence.tokens import TokenError, verify_upload_token
+from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, TokenError, verify_upload_token
 
 __all__ = [
     "BUNDLE_CONTENT_TYPE",
@@ -227,6 +237,7 @@ class _Evidence:
         on_stored: OnStored | None,
         clock: Callable[[], dt.datetime],
         idle_timeout: float,
+        disk: DiskLimits | None,
     ) -> None:
         self.store = store
         self.authorizer = authorizer
@@ -237,6 +248,8 @@ class _Evidence:
         self.on_stored = on_stored
         self.clock = clock
         self.idle_timeout = idle_timeout
+        self.disk = disk
+        self.reservations = Reservations()
         self.uploading: set[tuple[str, str]] = set()
         self.hooks: set[asyncio.Task[None]] = set()
 
@@ -346,26 +359,23 @@ class _Evidence:
             await self._already_stored(namespace, name)
         await self._check_uploader(request, live, namespace=namespace, name=name)
         live_uid = live.uid
-        length = request.content_length
-        if length is not None and length > self.max_bundle_bytes:
-            _fail(413, f"bundle of {length} bytes exceeds the limit of {self.max_bundle_bytes}")
+        size = self._declared_size(request)
         key = (namespace, name)
         if key in self.uploading:
             _fail(409, f"an upload for {namespace}/{name} is already in progress")
         self.uploading.add(key)
+        ticket = self.reservations.hold(namespace, size)
         try:
+            await self._check_space(namespace, size, ticket=ticket)
             try:
                 writer = await asyncio.to_thread(
-                    self.store.open_upload,
-                    namespace,
-                    name,
-                    uid=live_uid,
-                    max_bytes=self.max_bundle_bytes,
+                    self.store.open_upload, namespace, name, uid=live_uid, max_bytes=size
                 )
             except AlreadyStored:
                 await self._already_stored(namespace, name)
             meta = await self._receive(request, writer, namespace=namespace, name=name)
         finally:
+            self.reservations.release(ticket)
             self.uploading.discard(key)
         log.info(
             "evidence %s/%s stored: %d bytes, sha256 %s", namespace, name, meta.bytes, meta.sha256
@@ -376,6 +386,45 @@ class _Evidence:
             task.add_done_callback(self.hooks.discard)
         location = f"/v1/namespaces/{namespace}/incidents/{name}"
         return _json(201, _meta_json(namespace, name, meta), headers={hdrs.LOCATION: location})
+
+    def _declared_size(self, request: web.Request) -> int:
+        """The most bytes this upload may send: what is reserved, and enforced."""
+        length = request.content_length
+        header = request.headers.get(UPLOAD_SIZE_HEADER)
+        declared: int | None = None
+        if header is not None:
+            try:
+                declared = int(header)
+            except ValueError:
+                declared = -1
+            if declared <= 0:
+                _fail(400, f"{UPLOAD_SIZE_HEADER} must be a positive number of bytes")
+        for value, what in ((length, "Content-Length"), (declared, UPLOAD_SIZE_HEADER)):
+            if value is not None and value > self.max_bundle_bytes:
+                _fail(
+                    413,
+                    f"bundle of {value} bytes ({what}) exceeds the limit of "
+                    f"{self.max_bundle_bytes}",
+                )
+        if length is not None:
+            return length
+        return declared if declared is not None else self.max_bundle_bytes
+
+    async def _check_space(self, namespace: str, size: int, *, ticket: int) -> None:
+        """507 unless ``size`` fits beside what is stored and what others reserved.
+
+        Others' reservations are read before the stored sizes: an upload that finishes
+        in between is then counted twice (refusing early), never missed."""
+        if self.disk is None:
+            return
+        in_flight = self.reservations.by_namespace(excluding=ticket)
+        stored = await asyncio.to_thread(self.store.usage)
+        why = admit_upload(
+            namespace=namespace, size=size, stored=stored, in_flight=in_flight, limits=self.disk
+        )
+        if why is not None:
+            log.warning("evidence API: upload to %s refused: %s", namespace, why)
+            _fail(507, why, headers={"Retry-After": "60"})
 
     async def _receive(
         self, request: web.Request, writer: BundleWriter, *, namespace: str, name: str
@@ -494,6 +543,7 @@ def make_evidence_app(
     on_stored: OnStored | None = None,
     clock: Callable[[], dt.datetime] | None = None,
     idle_timeout: float = 60.0,
+    disk: DiskLimits | None = None,
 ) -> web.Application:
     """The evidence API as an aiohttp application, to run or mount under the operator.
 
@@ -503,7 +553,8 @@ def make_evidence_app(
     accepted from (None: from anywhere, for a proxy that hides them); ``on_stored`` runs
     as a task after a bundle is committed (the upload's response does not wait for it);
     ``idle_timeout`` abandons an upload that sends nothing for that long, so a stalled
-    toolbox cannot hold an incident's upload slot forever.
+    toolbox cannot hold an incident's upload slot forever; ``disk`` caps what the store
+    may hold in all and per namespace (None: only the per-bundle cap).
     """
     if max_bundle_bytes <= 0:
         raise ValueError("max_bundle_bytes must be positive")
@@ -517,6 +568,7 @@ def make_evidence_app(
         on_stored=on_stored,
         clock=clock or (lambda: dt.datetime.now(dt.UTC)),
         idle_timeout=idle_timeout,
+        disk=disk,
     )
     app = web.Application(middlewares=[_errors])
     app.router.add_put(PREFIX + "/{name}/bundle", state.upload)

@@ -12,6 +12,11 @@ The evidence API never decides access on its own. A caller's bearer token goes t
 So access to evidence is granted with plain RBAC, separately from access to the
 MemoryIncident objects (a core dump holds secrets; reading an incident's status does not).
 
+Tokens are reviewed for the operator's audiences (``memwarden`` by default): a token made
+for memwarden (``kubectl create token SA --audience memwarden``) is refused by the API
+server, so the operator could not replay it there, and a token made for anything else
+(the API server's own included, unless configured) is refused here.
+
 The operator's ServiceAccount needs this RBAC (a ClusterRole) to ask those questions::
 
     - apiGroups: ["authentication.k8s.io"]
@@ -129,8 +134,9 @@ class KubeAuthorizer:
         request_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``audiences`` empty means the API server's own (a user's kubeconfig token);
-        ``clock`` is monotonic seconds, injectable for tests of the cache.
+        """``audiences``: what a token must be for (the operator's: ``memwarden``); empty
+        means the API server's own (a kubeconfig token as it is). ``clock`` is monotonic
+        seconds, injectable for tests of the cache.
 
         The defaults: ``negative_ttl`` 5 s (a rejected token stays rejected; a mistyped
         one is retried soon), ``rate`` 2/s after a ``burst`` of 20 per client (a person
@@ -245,6 +251,11 @@ class KubeAuthorizer:
             metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="unauthenticated").inc()
             if status is not None and status.error:
                 log.info("TokenReview refused a token: %.200s", status.error)
+            return _UNAUTHENTICATED
+        if self._audiences and not set(status.audiences or ()) & set(self._audiences):
+            # The API's contract: a client must check the audiences it was answered with.
+            metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="unauthenticated").inc()
+            log.info("TokenReview: the token is not for %s", ", ".join(self._audiences))
             return _UNAUTHENTICATED
         metrics.EVIDENCE_TOKEN_REVIEWS.labels(result="authenticated").inc()
         user = status.user

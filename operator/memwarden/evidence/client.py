@@ -4,11 +4,14 @@
 would. ``download`` fetches the bundle from the evidence API and checks its sha256
 against the incident's ``status.bundleSha256`` before the file appears.
 
-The evidence API authenticates callers with a TokenReview, so it needs a bearer token:
-the kubeconfig's (a ``token:`` entry or an exec plugin such as a cloud login), or
-``--token``. Like kubectl's, ``--token`` replaces the kubeconfig's credentials for every
-call. A kubeconfig that authenticates with a client certificate has no token to send:
-pass ``--token`` (e.g. ``--token "$(kubectl create token my-sa)"``).
+The evidence API authenticates callers with a TokenReview for its own audience
+(``memwarden``), so ``download`` sends a token made for it: ``--service-account
+[NS/]NAME`` asks the API server (TokenRequest, with the kubeconfig's credentials, a client
+certificate included) for a 10-minute token of that ServiceAccount for the audience;
+``--evidence-token`` passes one made elsewhere (``kubectl create token SA --audience
+memwarden``). Without either, the Kubernetes token is sent as it is, which an operator
+accepts only if configured to accept the API server's audience too. ``--token`` is for
+the Kubernetes API and, like kubectl's, replaces the kubeconfig's credentials.
 
 Errors are one line on stderr and exit code 2; never a traceback.
 """
@@ -40,6 +43,8 @@ from memwarden.api import GROUP, VERSION
 from memwarden.quantity import approximate_bytes
 
 __all__ = [
+    "DEFAULT_AUDIENCE",
+    "EVIDENCE_AUDIENCE_ENV",
     "EVIDENCE_CA_ENV",
     "EVIDENCE_URL_ENV",
     "IncidentRow",
@@ -53,6 +58,11 @@ __all__ = [
 
 EVIDENCE_URL_ENV = "MEMWARDEN_EVIDENCE_URL"
 EVIDENCE_CA_ENV = "MEMWARDEN_EVIDENCE_CA"
+EVIDENCE_AUDIENCE_ENV = "MEMWARDEN_EVIDENCE_AUDIENCE"
+#: The evidence API's audience by default (the operator's ``evidence_token_audiences``).
+DEFAULT_AUDIENCE = "memwarden"
+#: Tokens asked for a download live this long: a download, not a session.
+_TOKEN_SECONDS = 600
 PLURAL = "memoryincidents"
 #: Connect / read timeouts: a download may pause while the server reads a cold PVC.
 _HTTP_TIMEOUT = (10.0, 120.0)
@@ -272,12 +282,8 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
     if not url:
         raise IncidentsError(f"no evidence API: pass --evidence-url or set {EVIDENCE_URL_ENV}")
     base = _check_evidence_url(url)
-    if not kube.token:
-        raise IncidentsError(
-            "the evidence API needs a bearer token (it authenticates with TokenReview), but "
-            "the kubeconfig user has none (a client certificate?): pass --token"
-        )
     incident = _incident(kube, args.name)
+    token, kubernetes_token = _evidence_token(args, kube)
     status = incident.get("status") or {}
     expected = status.get("bundleSha256")
     if not expected:
@@ -291,7 +297,7 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
     try:
         response = requests.get(
             base + path,
-            headers={"Authorization": f"Bearer {kube.token}"},
+            headers={"Authorization": f"Bearer {token}"},
             stream=True,
             timeout=_HTTP_TIMEOUT,
             verify=ca or True,
@@ -300,7 +306,13 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
         raise IncidentsError(f"evidence API at {base}: {exc}") from exc
     with response:
         if response.status_code != 200:
-            raise IncidentsError(_http_message(response))
+            hint = ""
+            if response.status_code == 401 and kubernetes_token:
+                hint = (
+                    " (the Kubernetes token was sent; the evidence API wants one for its own "
+                    "audience: pass --service-account or --evidence-token)"
+                )
+            raise IncidentsError(_http_message(response) + hint)
         size, digest = _save(response, output)
     if digest != expected:
         _partial(output).unlink(missing_ok=True)
@@ -313,6 +325,41 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
         raise IncidentsError(f"cannot write {output}: {exc}") from exc
     print(f"{output} ({size} bytes, sha256 {digest} verified)")
     return 0
+
+
+def _evidence_token(args: argparse.Namespace, kube: _Kube) -> tuple[str, bool]:
+    """The token for the evidence API, and whether it is the Kubernetes one as it is."""
+    if args.evidence_token:
+        return args.evidence_token, False
+    if args.service_account:
+        return _request_token(kube, args.service_account, audience=args.audience), False
+    if kube.token:
+        return kube.token, True
+    raise IncidentsError(
+        f"the evidence API needs a token for its audience ({args.audience}): pass "
+        "--service-account NAME (a ServiceAccount allowed to read the evidence) or "
+        "--evidence-token"
+    )
+
+
+def _request_token(kube: _Kube, account: str, *, audience: str) -> str:
+    """A short-lived token of ServiceAccount ``[namespace/]name`` for ``audience``."""
+    namespace, _, name = account.rpartition("/")
+    namespace = namespace or kube.namespace
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=_TOKEN_SECONDS)
+    )
+    try:
+        answer = client.CoreV1Api(kube.api).create_namespaced_service_account_token(
+            name, namespace, request, _request_timeout=_KUBE_TIMEOUT
+        )
+    except ApiException as exc:
+        raise IncidentsError(
+            f"token for serviceaccount {namespace}/{name}: {_api_message(exc)}"
+        ) from exc
+    if answer.status is None or not answer.status.token:
+        raise IncidentsError(f"token for serviceaccount {namespace}/{name}: empty answer")
+    return str(answer.status.token)
 
 
 def _partial(output: Path) -> Path:
@@ -375,9 +422,9 @@ def _get(args: argparse.Namespace, kube: _Kube) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``list``, ``get`` and ``download`` sub-commands; connection flags on each."""
     parser.epilog = (
-        "The evidence API authenticates with a Kubernetes bearer token (TokenReview) and "
-        "authorises with RBAC: 'get'/'list' on memoryincidents/evidence (memwarden.dev). "
-        "A kubeconfig user with a client certificate has no token: pass --token."
+        "The evidence API authenticates with a Kubernetes bearer token for its audience "
+        "(TokenReview) and authorises with RBAC: 'get'/'list' on memoryincidents/evidence "
+        "(memwarden.dev). download --service-account NAME asks for such a token."
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -408,8 +455,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parents=[common],
         help="download an incident's evidence bundle (sha256 checked)",
         description="Download the bundle from the evidence API and check it against the "
-        "incident's status.bundleSha256. The evidence API authenticates with TokenReview: "
-        "a client-certificate kubeconfig must pass --token.",
+        "incident's status.bundleSha256. The evidence API accepts tokens made for its own "
+        "audience: pass --service-account or --evidence-token.",
     )
     downloading.add_argument("name", help="the MemoryIncident's name")
     downloading.add_argument(
@@ -423,6 +470,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help=f"CA bundle of the evidence API's certificate (default: ${EVIDENCE_CA_ENV}, "
         "else the system's)",
+    )
+    downloading.add_argument(
+        "--service-account",
+        metavar="[NS/]NAME",
+        help="ask the API server for a 10-minute token of this ServiceAccount (one allowed to "
+        "read the evidence) for the evidence API's audience; the namespace defaults to -n",
+    )
+    downloading.add_argument(
+        "--evidence-token",
+        metavar="TOKEN",
+        help="a token for the evidence API's audience "
+        "(kubectl create token SA --audience memwarden)",
+    )
+    downloading.add_argument(
+        "--audience",
+        default=os.environ.get(EVIDENCE_AUDIENCE_ENV, DEFAULT_AUDIENCE),
+        help=f"the evidence API's audience (default: ${EVIDENCE_AUDIENCE_ENV}, else "
+        f"{DEFAULT_AUDIENCE})",
     )
     downloading.set_defaults(_action=_download)
 

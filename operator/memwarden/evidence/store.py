@@ -10,9 +10,15 @@ renamed into place only when complete and within the size cap; a refused or fail
 leaves nothing behind. Reads hand out a path, never the bundle's bytes: a bundle can be
 gigabytes (a core dump).
 
-What this module must not do: know about HTTP, tokens or Kubernetes. ``retention_plan``
-and the name checks are pure; only :class:`EvidenceStore` and ``apply_retention`` touch
-the disk.
+Disk space is accounted before an upload starts: ``admit_upload`` (pure) decides whether
+its declared size fits under the total cap and its namespace's quota, counting what is
+stored and what other uploads have reserved (:class:`Reservations`). Retention deletes by
+age, and within a namespace over its own quota; it never deletes one namespace's bundle to
+make room for another's (a full store refuses uploads instead).
+
+What this module must not do: know about HTTP, tokens or Kubernetes. ``retention_plan``,
+``admit_upload``, :class:`Reservations` and the name checks are pure; only
+:class:`EvidenceStore`, ``volume_bytes`` and ``apply_retention`` touch the disk.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -40,16 +46,21 @@ __all__ = [
     "AlreadyStored",
     "BundleMeta",
     "BundleWriter",
+    "DiskLimits",
     "Entry",
     "EvidenceStore",
     "InvalidName",
     "NotStored",
+    "Reservations",
     "StoreError",
     "TooLarge",
+    "admit_upload",
     "apply_retention",
+    "default_total_cap",
     "retention_plan",
     "validate_incident_name",
     "validate_namespace",
+    "volume_bytes",
 ]
 
 log = logging.getLogger(__name__)
@@ -159,12 +170,15 @@ def retention_plan(
     *,
     now: dt.datetime,
     max_age: dt.timedelta | None,
-    max_total_bytes: int | None,
+    namespace_max_bytes: int | None = None,
 ) -> list[Entry]:
-    """The entries to delete, oldest first: every one older than ``max_age``, then more of
-    the oldest until the rest fits in ``max_total_bytes``. ``None`` disables a limit.
+    """The entries to delete, oldest first: every one older than ``max_age``, then, in each
+    namespace holding more than ``namespace_max_bytes``, that namespace's oldest until the
+    rest fits. ``None`` disables a limit.
 
-    Pure. Ties in age are broken by namespace and name, so the plan is deterministic.
+    Pure. There is no total cap here on purpose: a namespace's bundles are never deleted
+    to make room for another namespace's (uploads that do not fit are refused instead,
+    see :func:`admit_upload`). Ties in age are broken by namespace and name.
     """
     ordered = sorted(entries, key=lambda e: (e.stored_at, e.namespace, e.incident))
     doomed: list[Entry] = []
@@ -174,14 +188,94 @@ def retention_plan(
             doomed.append(entry)
         else:
             kept.append(entry)
-    if max_total_bytes is not None:
-        total = sum(e.bytes for e in kept)
+    if namespace_max_bytes is not None:
+        totals: dict[str, int] = {}
         for entry in kept:
-            if total <= max_total_bytes:
-                break
-            doomed.append(entry)
-            total -= entry.bytes
+            totals[entry.namespace] = totals.get(entry.namespace, 0) + entry.bytes
+        for entry in kept:
+            if totals[entry.namespace] > namespace_max_bytes:
+                doomed.append(entry)
+                totals[entry.namespace] -= entry.bytes
     return sorted(doomed, key=lambda e: (e.stored_at, e.namespace, e.incident))
+
+
+@dataclass(frozen=True, slots=True)
+class DiskLimits:
+    """What the store may hold: ``total_bytes`` in all, ``namespace_bytes`` per namespace
+    (None: no quota beyond the total)."""
+
+    total_bytes: int
+    namespace_bytes: int | None = None
+
+
+def default_total_cap(volume: int, *, fraction: float = 0.8) -> int:
+    """The total cap when none is configured: ``fraction`` of the evidence volume, so the
+    filesystem never fills (partial files, ``meta.json`` and the filesystem's own
+    reserve live in the rest)."""
+    return int(volume * fraction)
+
+
+def admit_upload(
+    *,
+    namespace: str,
+    size: int,
+    stored: Mapping[str, int],
+    in_flight: Mapping[str, int],
+    limits: DiskLimits,
+) -> str | None:
+    """Why an upload of ``size`` bytes to ``namespace`` cannot be accepted now, or None.
+
+    ``stored`` and ``in_flight`` are bytes per namespace: stored bundles, and what other
+    uploads have reserved (not this one). Pure.
+    """
+    if limits.namespace_bytes is not None:
+        mine = stored.get(namespace, 0) + in_flight.get(namespace, 0)
+        if mine + size > limits.namespace_bytes:
+            return (
+                f"namespace {namespace} is over its evidence quota: {mine} bytes stored or "
+                f"being uploaded, {size} more would exceed {limits.namespace_bytes}"
+            )
+    held = sum(stored.values()) + sum(in_flight.values())
+    if held + size > limits.total_bytes:
+        return (
+            f"the evidence store is full: {held} bytes stored or being uploaded, "
+            f"{size} more would exceed its cap of {limits.total_bytes}"
+        )
+    return None
+
+
+class Reservations:
+    """Bytes reserved by uploads in flight, per namespace: an upload holds its declared
+    size from before its first byte until it is committed or fails, so concurrent uploads
+    cannot together overrun the caps. Pure bookkeeping; not thread-safe (the evidence API
+    uses it from its event loop only)."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, tuple[str, int]] = {}
+        self._next = 0
+
+    def hold(self, namespace: str, size: int) -> int:
+        """Reserve ``size`` bytes; returns the ticket to :meth:`release`."""
+        self._next += 1
+        self._held[self._next] = (namespace, size)
+        return self._next
+
+    def release(self, ticket: int) -> None:
+        self._held.pop(ticket, None)
+
+    def by_namespace(self, *, excluding: int | None = None) -> dict[str, int]:
+        """Reserved bytes per namespace, without the ticket ``excluding``."""
+        totals: dict[str, int] = {}
+        for ticket, (namespace, size) in self._held.items():
+            if ticket != excluding:
+                totals[namespace] = totals.get(namespace, 0) + size
+        return totals
+
+
+def volume_bytes(path: Path) -> int:
+    """The size of the filesystem holding ``path`` (statvfs): the evidence volume's."""
+    stats = os.statvfs(path)
+    return stats.f_blocks * stats.f_frsize
 
 
 def _fsync_dir(path: Path) -> None:
@@ -414,6 +508,13 @@ class EvidenceStore:
                 continue
         return result
 
+    def usage(self) -> dict[str, int]:
+        """Stored bytes per namespace (what :func:`admit_upload` counts)."""
+        totals: dict[str, int] = {}
+        for entry in self.entries():
+            totals[entry.namespace] = totals.get(entry.namespace, 0) + entry.bytes
+        return totals
+
     def delete(self, namespace: str, incident: str) -> bool:
         """Delete the incident's bundle; False if there was none."""
         directory = self.incident_dir(namespace, incident)
@@ -454,13 +555,13 @@ def apply_retention(
     *,
     now: dt.datetime,
     max_age: dt.timedelta | None,
-    max_total_bytes: int | None,
+    namespace_max_bytes: int | None = None,
     partial_max_age: dt.timedelta = dt.timedelta(hours=1),
 ) -> list[Entry]:
     """Delete what :func:`retention_plan` says, and stale partial uploads; returns the
     deleted entries. Blocking I/O: call it from a thread in async code."""
     plan = retention_plan(
-        store.entries(), now=now, max_age=max_age, max_total_bytes=max_total_bytes
+        store.entries(), now=now, max_age=max_age, namespace_max_bytes=namespace_max_bytes
     )
     deleted = [e for e in plan if store.delete(e.namespace, e.incident)]
     for entry in deleted:

@@ -27,6 +27,7 @@ import re
 
 __all__ = [
     "MIN_KEY_BYTES",
+    "UPLOAD_SIZE_HEADER",
     "TokenError",
     "issue_upload_token",
     "token_expiry",
@@ -34,6 +35,9 @@ __all__ = [
 ]
 
 _VERSION = "mw1"
+#: The upload protocol's one header besides the token: the most bytes a chunked upload
+#: will send, so the store can reserve that much before the first byte (and refuse more).
+UPLOAD_SIZE_HEADER = "X-Bundle-Max-Bytes"
 #: A shorter key would make the MAC guessable; 32 bytes is SHA-256's block-safe size.
 MIN_KEY_BYTES = 32
 #: Tokens are ~110 characters; anything much longer is not one of ours.

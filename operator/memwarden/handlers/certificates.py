@@ -7,7 +7,10 @@ them; the webhook server reloads them when they change). Otherwise memwarden:
   restarts share one CA and the caBundle stays short;
 - signs its own serving certificate with it into ``webhook_cert_dir`` (the webhook
   server reloads it in place, see ``tlsreload.py``);
-- publishes the CA(s) in the ``webhook_configuration_name`` MutatingWebhookConfiguration;
+- publishes the CA(s) in the ``webhook_configuration_name`` MutatingWebhookConfiguration,
+  and keeps the bundle its clients trust (current, next, earlier CAs until they expire) in
+  ``ca.crt`` beside the serving certificate and in the Secret's ``ca-bundle.crt``: the HTTP
+  API serves the same certificate, debug containers and Alertmanager verify it with that;
 - rotates both on a loop, as ``certrotation.py`` decides, logging each expiry.
 
 The kubernetes client is synchronous: the loop runs each step in a worker thread.
@@ -41,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 CA_CERT, CA_KEY = "ca.crt", "ca.key"
 NEXT_CERT, NEXT_KEY = "next-ca.crt", "next-ca.key"
+#: The CAs a client of the HTTP API trusts (current, next, earlier ones until they expire).
+#: Public; Alertmanager's configuration (the chart's AlertmanagerConfig) reads this one key.
+TRUST_BUNDLE = "ca-bundle.crt"
 #: When the next CA was first seen in the caBundle: it signs ``propagation`` after that.
 PUBLISHED_ANNOTATION = "memwarden.dev/next-ca-published-at"
 REQUEST_TIMEOUT = 10.0
@@ -53,10 +59,19 @@ def self_signed(settings: Settings) -> bool:
 
 
 def timing(settings: Settings) -> certrotation.Timing:
+    """The rotation's timing. A new CA waits at least a capture's length (up to half the
+    renew-before) before it signs: a debug container planned just before the new CA was
+    published trusts only the current one, and must still verify the HTTP API when it
+    uploads, up to ``capture_timeout_seconds`` later."""
+    renew_before = settings.webhook_cert_renew_before_seconds
+    propagation = max(
+        settings.webhook_ca_propagation_seconds,
+        min(settings.capture_timeout_seconds, renew_before / 2),
+    )
     return certrotation.Timing(
         validity=dt.timedelta(seconds=settings.webhook_cert_validity_seconds),
-        renew_before=dt.timedelta(seconds=settings.webhook_cert_renew_before_seconds),
-        propagation=dt.timedelta(seconds=settings.webhook_ca_propagation_seconds),
+        renew_before=dt.timedelta(seconds=renew_before),
+        propagation=dt.timedelta(seconds=propagation),
     )
 
 
@@ -68,6 +83,21 @@ class CaState:
     next: certs.KeyPair | None = None
     next_published_at: dt.datetime | None = None
     resource_version: str | None = None
+    trust_bundle: bytes | None = None
+
+    def wanted_trust_bundle(self, now: dt.datetime) -> bytes | None:
+        """What a client of the HTTP API must trust through a rotation: as the caBundle,
+        the current CA, the next one once prepared, and earlier ones until they expire
+        (a server reloads its files a few seconds after they change)."""
+        if self.current is None:
+            return None
+        bundle = certrotation.desired_bundle(
+            current=Cert.parse(self.current.cert_pem),
+            next_ca=Cert.parse(self.next.cert_pem) if self.next else None,
+            published=certrotation.split_bundle(self.trust_bundle or b""),
+            now=now,
+        )
+        return certrotation.join_bundle(bundle)
 
 
 def _api_client() -> client.ApiClient:
@@ -141,6 +171,7 @@ class CertificateRotation:
             next=_pair(data, NEXT_CERT, NEXT_KEY),
             next_published_at=dt.datetime.fromisoformat(published) if published else None,
             resource_version=secret.metadata.resource_version,
+            trust_bundle=base64.b64decode(data[TRUST_BUNDLE]) if TRUST_BUNDLE in data else None,
         )
 
     def write_ca(self, new: CaState) -> None:
@@ -154,6 +185,8 @@ class CertificateRotation:
             if pair is not None:
                 data[cert_key] = base64.b64encode(pair.cert_pem).decode("ascii")
                 data[key_key] = base64.b64encode(pair.key_pem).decode("ascii")
+        if new.trust_bundle is not None:
+            data[TRUST_BUNDLE] = base64.b64encode(new.trust_bundle).decode("ascii")
         annotations = {}
         if new.next_published_at is not None:
             annotations[PUBLISHED_ANNOTATION] = new.next_published_at.isoformat()
@@ -245,6 +278,22 @@ class CertificateRotation:
         if ca.current is None:
             raise Transient("the webhook CA Secret has no CA; retrying")
         self._renew_leaf(ca.current, now)
+        bundle = ca.wanted_trust_bundle(now)
+        assert bundle is not None
+        self._write_trust_bundle(bundle)
+        if ca.trust_bundle != bundle:
+            try:
+                self.write_ca(dataclasses.replace(ca, trust_bundle=bundle))
+            except Conflict:
+                logger.info("webhook CA changed by another replica; trust bundle next time")
+
+    def _write_trust_bundle(self, bundle: bytes) -> None:
+        """``ca.crt`` beside the serving certificate: what debug containers are given to
+        trust (see :meth:`CaState.wanted_trust_bundle`)."""
+        path = self.directory / "ca.crt"
+        if not path.exists() or path.read_bytes() != bundle:
+            self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _write_atomically(path, bundle, mode=0o644)
 
     def _advance_ca(self, ca: CaState, now: dt.datetime) -> CaState:
         current = certrotation.Cert.parse(ca.current.cert_pem) if ca.current else None
@@ -259,11 +308,19 @@ class CertificateRotation:
         if decision is CaStep.KEEP:
             return ca
         if decision is CaStep.REPLACE:
-            new = CaState(current=self._make_ca(now), resource_version=ca.resource_version)
+            new = CaState(
+                current=self._make_ca(now),
+                resource_version=ca.resource_version,
+                trust_bundle=ca.trust_bundle,
+            )
         elif decision is CaStep.PREPARE:
             new = dataclasses.replace(ca, next=self._make_ca(now), next_published_at=None)
         else:  # PROMOTE
-            new = CaState(current=ca.next, resource_version=ca.resource_version)
+            new = CaState(
+                current=ca.next,
+                resource_version=ca.resource_version,
+                trust_bundle=ca.trust_bundle,
+            )
         try:
             self.write_ca(new)
         except Conflict:
@@ -357,7 +414,6 @@ class CertificateRotation:
         # Key first: the server loads a pair only once the key matches the certificate.
         _write_atomically(self.key_path, new.key_pem, mode=0o600)
         _write_atomically(self.cert_path, new.cert_pem, mode=0o644)
-        _write_atomically(self.directory / "ca.crt", ca.cert_pem, mode=0o644)
         _record_expiry(new.not_after)
         logger.info(
             "webhook serving certificate renewed (%s): %s",
@@ -404,6 +460,28 @@ def serving_files(settings: Settings) -> tuple[str, str]:
         certrotation.describe_expiry(cert, now=_now(), timing=rotation.timing),
     )
     return str(rotation.cert_path), str(rotation.key_path)
+
+
+def http_serving_files(settings: Settings) -> tuple[str, str] | None:
+    """The HTTP API's certificate and key, or None for plain HTTP (``http_insecure``).
+
+    Its own files when given; else the webhook's (the Service names both), made first if
+    memwarden makes them. Either way the server reloads them in place."""
+    if settings.http_insecure:
+        return None
+    if settings.http_cert_file and settings.http_key_file:
+        return settings.http_cert_file, settings.http_key_file
+    return serving_files(settings)
+
+
+def upload_ca_file(settings: Settings) -> str | None:
+    """The CA bundle debug containers trust for uploads: configured, else the rotation's
+    trust bundle when the HTTP API serves the self-made certificate."""
+    if settings.evidence_upload_ca_file:
+        return settings.evidence_upload_ca_file
+    if settings.http_insecure or settings.http_cert_file or not self_signed(settings):
+        return None
+    return str(Path(settings.webhook_cert_dir) / "ca.crt")
 
 
 async def _rotate_forever(rotation: CertificateRotation, interval: float) -> None:

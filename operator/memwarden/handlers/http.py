@@ -1,9 +1,12 @@
 """The operator's HTTP API: one aiohttp server, sub-apps mounted under prefixes.
 
-Started by an ``on.startup`` handler on ``settings.http_host:http_port`` (TLS when
-``http_cert_file``/``http_key_file`` are set) and stopped by ``on.cleanup``. It shares
-kopf's event loop, so every sub-app must keep requests short and push slow work
-(Kubernetes calls) to queues or threads: the admission webhook runs on this loop too.
+Started by an ``on.startup`` handler on ``settings.http_host:http_port`` and stopped by
+``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out), since bearer tokens,
+upload tokens and core dumps cross it: with its own certificate files, else the webhook's
+(self-made and rotated, or cert-manager's), reloaded in place as the webhook's are
+(``tlsreload.py``). It shares kopf's event loop, so every sub-app must keep requests short
+and push slow work (Kubernetes calls) to queues or threads: the admission webhook runs on
+this loop too.
 
 Mounted today: ``/metrics`` (memwarden's own registry), ``/healthz`` and ``/readyz``
 (``health.py``), and the Alertmanager receiver at
@@ -13,6 +16,7 @@ evidence API) are added in :func:`operator_subapps`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Mapping
@@ -27,15 +31,18 @@ from memwarden import health, metrics
 from memwarden.capture import incident as lifecycle
 from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
-from memwarden.handlers import alerts, incidents, state
+from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
+from memwarden.handlers import alerts, background, certificates, incidents, state
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
 from memwarden.settings import Settings
+from memwarden.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
 _RUNNER = "http_runner"
 _INTAKE = "alert_intake"
+_RELOAD = "http_certificate_reload"
 
 
 def build_operator_app(subapps: Mapping[str, web.Application]) -> web.Application:
@@ -60,12 +67,17 @@ def metrics_app() -> web.Application:
     return app
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if not (settings.http_cert_file and settings.http_key_file):
+def _certificates(settings: Settings) -> CertificateReloader | None:
+    """The HTTP API's TLS, reloaded in place; None only when ``http_insecure``."""
+    files = certificates.http_serving_files(settings)
+    if files is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.http_cert_file, settings.http_key_file)
-    return context
+    return CertificateReloader(
+        certfile=files[0],
+        keyfile=files[1],
+        interval=settings.webhook_file_check_seconds,
+        name="HTTP API",
+    )
 
 
 def operator_subapps(
@@ -108,8 +120,11 @@ def evidence_app(settings: Settings) -> web.Application:
             return frozenset()
 
     return make_evidence_app(
+        disk=disk_limits(settings, evidence.store.root),
         store=evidence.store,
-        authorizer=KubeAuthorizer(state.kube().api_client),
+        authorizer=KubeAuthorizer(
+            state.kube().api_client, audiences=settings.evidence_token_audiences
+        ),
         upload_key=evidence.upload_key,
         max_bundle_bytes=settings.evidence_max_bundle_bytes,
         incident=incident,
@@ -118,14 +133,25 @@ def evidence_app(settings: Settings) -> web.Application:
     )
 
 
+def disk_limits(settings: Settings, root: Path) -> DiskLimits:
+    """The caps uploads must fit under: configured, else from the volume's size."""
+    total = settings.evidence_max_total_bytes
+    if total is None:
+        volume = volume_bytes(root)
+        total = default_total_cap(volume)
+        logger.info("evidence store cap: %d bytes (80%% of the %d-byte volume)", total, volume)
+    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence_namespace_max_bytes)
+
+
 @kopf.on.startup()
 async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the alert intake and the HTTP server; stop the operator if it cannot listen."""
     settings = state.settings()
     try:
-        tls = _ssl_context(settings)
+        reloader = await asyncio.to_thread(_certificates, settings)
     except (OSError, ssl.SSLError) as exc:
         raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
+    tls = reloader.context if reloader is not None else None
     intake: alerts.AlertIntake | None = None
     if settings.alertmanager_token_file:
         intake = alerts.AlertIntake(
@@ -147,6 +173,12 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
             f"HTTP API cannot listen on {settings.http_host}:{settings.http_port}: {exc}"
         ) from exc
     memo[_RUNNER] = runner
+    if reloader is not None:
+        background.start(memo, _RELOAD, reloader.reload_forever())
+    else:
+        logger.warning(
+            "HTTP API in plain HTTP (http_insecure): tokens and bundles cross it in clear"
+        )
     if intake is not None:
         intake.start()
         memo[_INTAKE] = intake
@@ -163,6 +195,7 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
 async def stop_http(memo: kopf.Memo, **_: Any) -> None:
     """Stop accepting requests first, then the intake (pending findings are dropped:
     Alertmanager re-sends firing alerts every repeat_interval)."""
+    await background.stop(memo, _RELOAD)
     runner: web.AppRunner | None = memo.get(_RUNNER)
     if runner is not None:
         await runner.cleanup()

@@ -31,7 +31,7 @@ from memwarden.capture.plan import (
 from memwarden.evidence.api import bundle_url
 from memwarden.evidence.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
-from memwarden.handlers import background, risk, state
+from memwarden.handlers import background, certificates, risk, state
 from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
 from memwarden.quantity import parse_bytes
 
@@ -139,8 +139,7 @@ async def start_capture(
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
     pod_name = str(spec["pod"])
-    ca_file = settings.evidence_upload_ca_file
-    upload_ca = await _read_optional(ca_file)
+    upload_ca = await _read_optional(certificates.upload_ca_file(settings))
 
     def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
         container = plan_ephemeral_container(
@@ -434,7 +433,7 @@ async def _retention_loop() -> None:
                 state.evidence().store,
                 now=_now(),
                 max_age=dt.timedelta(seconds=settings.evidence_max_age_seconds),
-                max_total_bytes=settings.evidence_max_total_bytes,
+                namespace_max_bytes=settings.evidence_namespace_max_bytes,
             )
         except OSError as exc:
             logger.warning("evidence retention failed: %s", exc)

@@ -93,7 +93,8 @@ def evidence() -> Evidence:
             key = Path(s.evidence_key_file).read_bytes().strip()
         else:  # development only: tokens do not survive a restart (settings.py says so)
             key = secrets.token_bytes(32)
-        base = s.evidence_base_url or f"http://{s.http_host}:{s.http_port}/evidence"
+        scheme = "http" if s.http_insecure else "https"
+        base = s.evidence_base_url or f"{scheme}://{s.http_host}:{s.http_port}/evidence"
         _evidence = Evidence(
             store=EvidenceStore(Path(s.evidence_dir)), upload_key=key, base_url=base
         )
