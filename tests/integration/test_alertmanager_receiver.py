@@ -243,7 +243,7 @@ def push(memwarden: OperatorProcess, alerts: list[dict[str, Any]]) -> dict[str, 
         },
         method="POST",
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=10, context=memwarden.tls_context()) as response:
         answer: dict[str, Any] = json.loads(response.read())
     return answer
 
@@ -272,14 +272,13 @@ def test_an_alert_opens_nothing_unless_the_pods_policy_accepts_it(
     apply(memwarden.kubeconfig, policy)
     create_pods(kube, namespace, ["checkout-1"])
     wait_pods_governed(kube, namespace, 1)
-    metrics = f"http://127.0.0.1:{memwarden.http_port}/metrics"
-    before = suppressed_counts(scrape(metrics)).get(reason, 0)
+    before = suppressed_counts(scrape(memwarden)).get(reason, 0)
 
     alert = make_alert(pod="checkout-1", namespace=namespace, value="0.95")
     alert["labels"].update(labels)
     assert push(memwarden, [alert])["accepted"] == 1
     wait_for(
-        lambda: suppressed_counts(scrape(metrics)).get(reason, 0) > before,
+        lambda: suppressed_counts(scrape(memwarden)).get(reason, 0) > before,
         timeout=30,
         what=f"the alert counted as suppressed ({reason})",
     )
