@@ -215,7 +215,7 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
             "spec": {
                 "pod": pod["metadata"]["name"],
                 "container": "app",
-                "artifacts": ["heap", "goroutine", "gcore"],
+                "artifacts": ["heap", "goroutine", "trace", "smaps", "gcore"],
             },
         },
     )
@@ -225,6 +225,12 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     assert incident["spec"].get("trigger", {}).get("source", "manual") == "manual"
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
+    # The workload runs as 65532; the toolbox, as root with only SYS_PTRACE (a non-root
+    # toolbox would have no effective capability), read its /proc and dumped its core.
+    for artifact in ("heap", "trace", "proc/smaps_rollup"):
+        assert records[artifact].get("error") is None and records[artifact]["bytes"] > 0
+    identity = incident["status"]["debugIdentity"]
+    assert identity["runAsUser"] == 0 and identity["capabilities"] == ["SYS_PTRACE"]
 
     story = {"CaptureStarted", "EvidenceCollected"}
 
