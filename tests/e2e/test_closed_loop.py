@@ -288,3 +288,37 @@ def test_an_operator_restart_mid_capture_neither_duplicates_nor_loses_it(
         "memwarden.dev", "v1alpha1", namespace, "memoryincidents", "restarted"
     )
     wait_for(lambda: not evidence.exists(), timeout=30, what="the evidence deleted with it")
+
+
+def test_a_core_that_would_pass_the_pods_ephemeral_storage_limit_is_skipped(
+    loop: Loop, namespace: str
+) -> None:
+    """gcore writes into the pod's writable layer: past the pod's ephemeral-storage limit the
+    kubelet would evict the pod, so the core is skipped (saying why) and the rest collected."""
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap"]))
+    body = deployment(loop, "small-disk", pattern="none")
+    app = body["spec"]["template"]["spec"]["containers"][0]
+    # The request is the owner's estimate of the container's own use (without one, the API
+    # server copies the limit, leaving the capture no room at all).
+    app["resources"] = {
+        "requests": {"ephemeral-storage": "64Mi"},
+        "limits": {"ephemeral-storage": "256Mi"},
+    }
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(namespace, body)
+    pod = running_pod(loop, namespace, "small-disk")
+    apply(
+        loop,
+        {
+            "apiVersion": "memwarden.dev/v1alpha1",
+            "kind": "MemoryIncident",
+            "metadata": {"name": "small-disk", "namespace": namespace},
+            "spec": {"pod": pod["metadata"]["name"], "artifacts": ["heap", "gcore"]},
+        },
+    )
+
+    incident = collected(loop, namespace, pod["metadata"]["name"], timeout=150)
+
+    records = {a["name"]: a for a in incident["status"]["artifacts"]}
+    assert records["heap"].get("error") is None and records["heap"]["bytes"] > 0
+    assert "ephemeral-storage allowance is 201326592 bytes" in records["gcore"]["error"]
+    assert "evicted" in records["gcore"]["error"]

@@ -436,6 +436,12 @@ SETPRIV_WITHOUT_PTRACE = ("setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-
             "is above --max-core-bytes 1048576",
             id="rss-above-max-core-bytes",
         ),
+        pytest.param(
+            ("--ephemeral-storage-allowance=64Mi",),
+            (),
+            "the pod's ephemeral-storage allowance is 67108864 bytes",
+            id="core-above-the-pods-ephemeral-storage-allowance",
+        ),
     ],
 )
 def test_gcore_is_skipped_with_the_reason(

@@ -17,6 +17,7 @@ from memwarden.capture.plan import (
     PlanError,
     ephemeral_container_name,
     ephemeral_container_patch,
+    ephemeral_storage_allowance,
     plan_debug_identity,
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
@@ -432,3 +433,74 @@ def test_an_identity_decides_ptrace_within_what_is_allowed() -> None:
     command = plan(ptrace_allowed=True, identity=target)["command"]
     assert "--no-ptrace" in command
     assert "gcore" not in flag(command, "--artifacts")
+
+
+# --- ephemeral storage (issue 12 item 13) ------------------------------------------------
+
+
+def _storage(limit: str | None = None, request: str | None = None) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    if limit:
+        resources["limits"] = {"ephemeral-storage": limit}
+    if request:
+        resources["requests"] = {"ephemeral-storage": request}
+    return resources
+
+
+def _pod_with(
+    containers: list[dict[str, Any]],
+    init: list[dict[str, Any]] | None = None,
+    overhead: str | None = None,
+) -> dict[str, Any]:
+    built = [make_container(f"c{i}") | {"resources": r} for i, r in enumerate(containers)]
+    pod = make_pod("target", containers=built)
+    if init:
+        pod["spec"]["initContainers"] = [
+            make_container(f"i{i}") | extra for i, extra in enumerate(init)
+        ]
+    if overhead:
+        pod["spec"]["overhead"] = {"ephemeral-storage": overhead}
+    return pod
+
+
+GiB = 1 << 30
+
+ALLOWANCES = [
+    pytest.param(_pod_with([_storage()]), None, id="no-limit"),
+    pytest.param(_pod_with([_storage("2Gi")]), 2 * GiB, id="one-limit"),
+    pytest.param(
+        _pod_with([_storage("2Gi", "512Mi"), _storage("1Gi", "512Mi")]),
+        2 * GiB,
+        id="sum-of-limits-less-requests",
+    ),
+    pytest.param(
+        _pod_with([_storage("1Gi")], init=[{"resources": _storage("4Gi")}]),
+        4 * GiB,
+        id="a-larger-init-container",
+    ),
+    pytest.param(
+        _pod_with(
+            [_storage("1Gi")], init=[{"resources": _storage("1Gi"), "restartPolicy": "Always"}]
+        ),
+        2 * GiB,
+        id="a-sidecar-adds",
+    ),
+    pytest.param(_pod_with([_storage("1Gi")], overhead="1Gi"), 2 * GiB, id="overhead"),
+    pytest.param(_pod_with([_storage("1Gi", "2Gi")]), 0, id="requests-above-limits"),
+]
+
+
+@pytest.mark.parametrize(("pod", "allowance"), ALLOWANCES)
+def test_ephemeral_storage_allowance(pod: dict[str, Any], allowance: int | None) -> None:
+    found, why = ephemeral_storage_allowance(pod)
+
+    assert found == allowance
+    assert "ephemeral-storage" in why
+
+
+def test_the_allowance_reaches_the_toolbox() -> None:
+    command = plan(ephemeral_storage_allowance=3 * GiB)["command"]
+    args = cli.build_parser(only="capture").parse_args(command[1:])
+
+    assert args.ephemeral_storage_allowance == 3 * GiB
+    assert "--ephemeral-storage-allowance" not in plan()["command"]

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memwarden.quantity import QuantityError, parse_bytes
+
 __all__ = [
     "ALL_ARTIFACTS",
     "ENV_TARGET_PID",
@@ -28,6 +30,7 @@ __all__ = [
     "PlanError",
     "ephemeral_container_name",
     "ephemeral_container_patch",
+    "ephemeral_storage_allowance",
     "plan_debug_identity",
     "plan_ephemeral_container",
     "ptrace_allowed_by_pod_security",
@@ -231,6 +234,47 @@ def ptrace_allowed_by_pod_security(namespace_labels: Mapping[str, str]) -> tuple
     return False, f"Pod Security level {level!r} is not valid and is enforced as 'restricted'"
 
 
+def _resource(container: Mapping[str, Any], kind: str) -> int | None:
+    value = ((container.get("resources") or {}).get(kind) or {}).get("ephemeral-storage")
+    if value is None:
+        return None
+    try:
+        return parse_bytes(value)
+    except QuantityError:
+        return None
+
+
+def ephemeral_storage_allowance(pod: Mapping[str, Any]) -> tuple[int | None, str]:
+    """Bytes a capture may write into the pod's writable layers, and how that was reckoned;
+    None when the pod has no ephemeral-storage limit (then only the node's disk bounds it).
+
+    The kubelet evicts a pod whose disk use (every container's writable layer, the debug
+    container's included, plus logs and disk-backed emptyDirs) passes its limit: the sum
+    of its containers' ``ephemeral-storage`` limits (regular containers and sidecars, or
+    the largest init container's if more) plus the pod's overhead. The real use is visible
+    neither through the API nor from inside the pod, so each container is counted as using
+    its ``ephemeral-storage`` request, its owner's own estimate (0 without one): the gap
+    between requests and limits is the headroom a capture may take. A container that sets
+    only a limit gets a request equal to it (API defaulting), which leaves none.
+    """
+    spec = pod.get("spec") or {}
+    running = [*(spec.get("containers") or [])]
+    running += [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    limits = [_resource(c, "limits") for c in running]
+    init = [_resource(c, "limits") for c in spec.get("initContainers") or []]
+    if all(limit is None for limit in (*limits, *init)):
+        return None, "the pod sets no ephemeral-storage limit"
+    total = max(sum(v or 0 for v in limits), max((v or 0 for v in init), default=0))
+    overhead = _resource({"resources": {"limits": spec.get("overhead") or {}}}, "limits") or 0
+    total += overhead
+    requested = sum(_resource(c, "requests") or 0 for c in running)
+    allowance = max(0, total - requested)
+    return allowance, (
+        f"the pod's ephemeral-storage limit {total} bytes less its containers' requests "
+        f"{requested} bytes"
+    )
+
+
 def _validate(
     *,
     incident: str,
@@ -275,6 +319,7 @@ def plan_ephemeral_container(
     ptrace_allowed: bool,
     upload_ca_pem: str | None = None,
     identity: DebugIdentity | None = None,
+    ephemeral_storage_allowance: int | None = None,
 ) -> dict[str, Any]:
     """The toolbox container for ``incident``, as a ``V1EphemeralContainer`` dict.
 
@@ -325,6 +370,8 @@ def plan_ephemeral_container(
     ]
     if not ptrace_allowed:
         command.append("--no-ptrace")
+    if ephemeral_storage_allowance is not None:
+        command += ["--ephemeral-storage-allowance", str(ephemeral_storage_allowance)]
     security: dict[str, Any] = {
         "privileged": False,
         "allowPrivilegeEscalation": False,

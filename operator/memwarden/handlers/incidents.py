@@ -26,6 +26,7 @@ from memwarden.capture.plan import (
     DebugIdentity,
     PlanError,
     ephemeral_container_patch,
+    ephemeral_storage_allowance,
     plan_debug_identity,
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
@@ -166,6 +167,7 @@ async def start_capture(
             ptrace_allowed=ptrace,
             upload_ca_pem=upload_ca,
             identity=identity,
+            ephemeral_storage_allowance=ephemeral_storage_allowance(pod or {})[0],
         )
         return container, ephemeral_container_patch(pod or {}, container), identity
 
