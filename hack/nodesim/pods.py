@@ -129,6 +129,8 @@ class Slot:
     termination_file: Path
     log_path: Path
     proc: Proc | None = None
+    #: (uid, gid) its current process runs as.
+    user: tuple[int, int] | None = None
     container_id: str | None = None
     state: ContainerState = field(default_factory=lambda: Waiting(reason="ContainerCreating"))
     last_state: Terminated | None = None
@@ -159,6 +161,7 @@ class Slot:
             last_state=self.last_state,
             restart_count=self.restart_count,
             container_id=self.container_id,
+            user=self.user,
             resources=(
                 {k: v for k, v in resources.items() if k in ("requests", "limits")}
                 if resources
@@ -669,6 +672,7 @@ class PodWorker:
             return
         with self._lock:
             slot.proc = proc
+            slot.user = (identity.uid, identity.gid)
             slot.container_id = f"nodesim://{uuid.uuid4().hex}"
             slot.started_wall = started
             slot.started_mono = time.monotonic()

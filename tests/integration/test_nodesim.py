@@ -393,8 +393,11 @@ def test_containers_run_as_their_user_with_the_runtimes_capabilities(
         "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]}},
     }
     spec = {"containers": [nonroot, root]}
+    spec["containers"].append(
+        {"name": "image-user", "image": "memwarden/toolbox:dev", "command": ["sleep", "3600"]}
+    )
     core.create_namespaced_pod(namespace, pod_body(sim, "identity", spec))
-    running_pod(core, namespace, "identity")
+    pod = running_pod(core, namespace, "identity")
     pids = sim.pod_pids(namespace, "identity")
 
     app = _status_fields(pids["app"][0])
@@ -408,11 +411,14 @@ def test_containers_run_as_their_user_with_the_runtimes_capabilities(
     assert other["Uid"].split() == ["0"] * 4
     assert int(other["CapEff"], 16) == CAP_SYS_PTRACE
     assert other["NSpid"].split()[-1] == "1"
-    assert other["NSpid"] != app["NSpid"] or pids["root"][0] != pids["app"][0]
-    assert (
-        Path(f"/proc/{pids['app'][0]}/ns/pid").resolve()
-        != Path(f"/proc/{pids['root'][0]}/ns/pid").resolve()
-    )
+    assert _pid_namespace(pids["app"][0]) != _pid_namespace(pids["root"][0])
+    # The image's default user (memwarden's: 65532), and the kubelet-style report of each.
+    assert _status_fields(pids["image-user"][0])["Uid"].split() == ["65532"] * 4
+    reported = {
+        s["name"]: (s["user"]["linux"]["uid"], s["user"]["linux"]["gid"])
+        for s in pod["status"]["containerStatuses"]
+    }
+    assert reported == {"app": (65532, 65532), "root": (0, 0), "image-user": (65532, 65532)}
 
 
 DEBUGGERS = [
