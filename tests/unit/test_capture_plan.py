@@ -504,3 +504,17 @@ def test_the_allowance_reaches_the_toolbox() -> None:
 
     assert args.ephemeral_storage_allowance == 3 * GiB
     assert "--ephemeral-storage-allowance" not in plan()["command"]
+
+
+def test_a_long_reason_is_cut_to_what_the_crd_admits() -> None:
+    refusal = "refused by the API server: " + "x" * 5000
+    identity = plan_debug_identity(
+        pod=_pod(container=NONROOT),
+        target_container="app",
+        ptrace_allowed=False,
+        ptrace_why=refusal,
+    )
+
+    reason = identity.status()["reason"]
+    assert len(reason) == 1024
+    assert reason.startswith("the target's user 65532")

@@ -70,6 +70,10 @@ _TERMINATION_MESSAGE_PATH = "/dev/termination-log"
 _MAX_NAME = 63  # a DNS label
 
 
+#: ``status.debugIdentity.reason``'s maxLength in the CRD.
+_MAX_REASON = 1024
+
+
 class PlanError(ValueError):
     """The plan cannot be made from these inputs; the message names the offending input."""
 
@@ -94,9 +98,12 @@ class DebugIdentity:
 
     def status(self) -> dict[str, Any]:
         """The incident's ``status.debugIdentity``."""
+        reason = (
+            self.reason if len(self.reason) <= _MAX_REASON else self.reason[: _MAX_REASON - 1] + "…"
+        )
         out: dict[str, Any] = {
             "capabilities": list(self.capabilities.get("add") or []),
-            "reason": self.reason,
+            "reason": reason,  # may quote an API server refusal: the CRD caps it
         }
         if self.user is not None:
             out["runAsUser"] = self.user
