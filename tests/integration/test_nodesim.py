@@ -9,6 +9,7 @@ process behind.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.request
@@ -508,3 +509,54 @@ def test_share_process_namespace_pods_share_one_held_by_a_pause_process(
     # PID 1 of that namespace is the pause process (uid 65535), as in a real pod.
     assert _status_fields(app)["NSpid"].split()[-1] != "1"
     assert _status_fields(sidecar)["NSpid"].split()[-1] != "1"
+
+
+TOOLBOXES = [
+    pytest.param({}, False, id="the-images-user-65532-adding-SYS_PTRACE"),
+    pytest.param({"runAsUser": 0}, True, id="root-with-only-SYS_PTRACE"),
+]
+
+
+@pytest.mark.parametrize(("identity", "readable"), TOOLBOXES)
+def test_the_toolbox_reads_a_root_targets_proc_only_with_an_effective_sys_ptrace(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    namespace: str,
+    identity: dict[str, Any],
+    readable: bool,
+) -> None:
+    """The real toolbox (``memwarden capture``) as a debug container of a root workload:
+    as its image's user (65532), ``add: [SYS_PTRACE]`` is not effective and the kernel
+    refuses ``smaps_rollup``; as root with only SYS_PTRACE it reads it."""
+    core = client.CoreV1Api(kube)
+    target = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    core.create_namespaced_pod(namespace, pod_body(sim, "target", {"containers": [target]}))
+    running_pod(core, namespace, "target")
+    toolbox = {
+        "name": "toolbox",
+        "image": "memwarden/toolbox:dev",
+        "targetContainerName": "app",
+        "command": ["memwarden", "capture", "--artifacts", "smaps", "--out", "bundle.tar.gz"],
+        "securityContext": {
+            **identity,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]},
+        },
+        "terminationMessagePolicy": "File",
+    }
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target", namespace, {"spec": {"ephemeralContainers": [toolbox]}}
+    )
+
+    def terminated() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "target")["status"].get(
+            "ephemeralContainerStatuses"
+        ) or [{}]
+        return (statuses[0].get("state") or {}).get("terminated")
+
+    state = wait_for(terminated, timeout=60, what="the toolbox to finish")
+    summary = json.loads(state["message"])
+    if readable:
+        assert "proc/smaps_rollup" in summary["ok"], summary
+    else:
+        assert "Permission denied" in summary["failed"]["proc/smaps_rollup"], summary
