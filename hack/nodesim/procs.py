@@ -88,7 +88,9 @@ def wrap_argv(
     argv = list(launch.argv)
     if launch.identity is None:
         return argv
-    inner = [python, "-I", "-S", shim, *(a for p in launch.reach for a in ("--reach", p)), "--"]
+    identity = launch.identity
+    inner = [python, "-I", "-S", shim, "--user", f"{identity.uid}:{identity.gid}"]
+    inner += [*(a for p in launch.reach for a in ("--reach", p)), "--"]
     inner += setpriv_argv(setpriv, launch.identity) + argv
     namespace = launch.pid_namespace
     if namespace == NEW_PID_NAMESPACE:

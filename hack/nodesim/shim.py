@@ -1,4 +1,4 @@
-"""The container's filesystem view, then exec: ``shim.py --reach PATH ... -- ARGV``.
+"""The container's filesystem view, then exec: ``shim.py --user UID:GID --reach PATH ... -- ARGV``.
 
 Test infrastructure (the node simulator), run as root inside the container's own mount
 namespace, before ``setpriv`` switches to the container's user. There are no images here:
@@ -39,13 +39,20 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(errno, f"mount {source} on {target}: {os.strerror(errno)}")
 
 
-def _traversable(path: Path) -> bool:
-    """Whether any user may search the directory (others have x)."""
-    return bool(path.stat().st_mode & stat.S_IXOTH)
+def _traversable(path: Path, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` may search the directory (by its owner, group or others bit)."""
+    info = path.stat()
+    if info.st_uid == uid:
+        return bool(info.st_mode & stat.S_IXUSR)
+    if info.st_gid == gid:
+        return bool(info.st_mode & stat.S_IXGRP)
+    return bool(info.st_mode & stat.S_IXOTH)
 
 
-def reach(paths: list[str]) -> None:
-    """Make every directory on the way to each of ``paths`` searchable by any user."""
+def reach(paths: list[str], *, uid: int, gid: int) -> None:
+    """Make every directory on the way to each of ``paths`` searchable by ``uid``/``gid``.
+    Entries of a covered directory that are on none of the paths disappear from this
+    mount namespace: the user could not have reached them anyway."""
     covered: dict[Path, int] = {}  # covered directory -> O_PATH fd of the original
     for text in paths:
         current = Path("/")
@@ -63,7 +70,7 @@ def reach(paths: list[str]) -> None:
                 _mount(source, str(child), None, MS_BIND | MS_REC, None)
             if not child.is_dir() or child.is_symlink():
                 break
-            if child not in covered and not _traversable(child):
+            if child not in covered and not _traversable(child, uid, gid):
                 covered[child] = os.open(child, os.O_PATH | os.O_DIRECTORY)
                 _mount("nodesim", str(child), "tmpfs", 0, "mode=0755")
             current = child
@@ -71,14 +78,19 @@ def reach(paths: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     paths: list[str] = []
-    while argv and argv[0] == "--reach":
-        paths.append(argv[1])
+    uid = gid = 0
+    while argv and argv[0] in ("--reach", "--user"):
+        if argv[0] == "--user":
+            uid, gid = (int(n) for n in argv[1].split(":"))
+        else:
+            paths.append(argv[1])
         argv = argv[2:]
     if not argv or argv[0] != "--":
-        sys.exit("usage: shim.py [--reach PATH]... -- PROGRAM [ARG]...")
+        sys.exit("usage: shim.py [--user UID:GID] [--reach PATH]... -- PROGRAM [ARG]...")
     argv = argv[1:]
     try:
-        reach(paths)
+        if uid != 0:  # root enters root's directories as it is
+            reach(paths, uid=uid, gid=gid)
     except OSError as exc:
         sys.exit(f"nodesim shim: {exc}")
     os.execvp(argv[0], argv)

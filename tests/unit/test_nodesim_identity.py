@@ -142,7 +142,7 @@ def _launch(namespace: str | int | None) -> Launch:
 
 
 TOOLS = {"setpriv": "SP", "unshare": "US", "nsenter": "NS", "python": "PY", "shim": "SHIM"}
-INNER = ["PY", "-I", "-S", "SHIM", "--reach", "/root/prog", "--", "SP"]
+INNER = ["PY", "-I", "-S", "SHIM", "--user", "1:2", "--reach", "/root/prog", "--", "SP"]
 
 WRAPS = [
     pytest.param(
