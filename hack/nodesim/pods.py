@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import enum
 import logging
+import os
 import shutil
 import signal
 import threading
@@ -30,11 +31,12 @@ from typing import Any
 
 from memwarden.quantity import QuantityError, parse_bytes, parse_millicores
 from nodesim import env as envres
-from nodesim.images import container_program, listen_address, map_path
+from nodesim.identity import ROOT, Identity, effective_identity
+from nodesim.images import PLACEHOLDER_CODE, container_program, listen_address, map_path
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Conflict, Kube, NotFound, namespaced_path, pod_path
 from nodesim.metrics import ContainerSample, LogRange
-from nodesim.procs import Launch, Proc, StartFailed, Supervisor
+from nodesim.procs import NEW_PID_NAMESPACE, Launch, Proc, StartFailed, Supervisor, reach_paths
 from nodesim.settings import Settings
 from nodesim.status import (
     TERMINAL_PHASES,
@@ -57,6 +59,8 @@ log = logging.getLogger("nodesim.pods")
 
 #: How much of a log the FallbackToLogsOnError policy reads.
 _LOG_TAIL_BYTES = 8192
+#: The pause container's user in the Kubernetes image (registry.k8s.io/pause).
+_PAUSE_IDENTITY = Identity(uid=65535, gid=65535, capabilities=frozenset(), no_new_privs=True)
 
 
 def _utcnow() -> dt.datetime:
@@ -125,6 +129,8 @@ class Slot:
     termination_file: Path
     log_path: Path
     proc: Proc | None = None
+    #: (uid, gid) its current process runs as.
+    user: tuple[int, int] | None = None
     container_id: str | None = None
     state: ContainerState = field(default_factory=lambda: Waiting(reason="ContainerCreating"))
     last_state: Terminated | None = None
@@ -155,6 +161,7 @@ class Slot:
             last_state=self.last_state,
             restart_count=self.restart_count,
             container_id=self.container_id,
+            user=self.user,
             resources=(
                 {k: v for k, v in resources.items() if k in ("requests", "limits")}
                 if resources
@@ -193,6 +200,8 @@ class PodWorker:
         self._last_written: dict[str, Any] | None = None
         self._status_failures = 0
         self._status_retry_at = 0.0
+        #: The pause process holding the pod's shared PID namespace (shareProcessNamespace).
+        self._pause: Proc | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"pod-{self.namespace}/{self.name}", daemon=True
         )
@@ -269,7 +278,7 @@ class PodWorker:
                 {
                     "name": s.name,
                     "kind": s.kind.value,
-                    "pid": s.proc.pid if s.proc else None,
+                    "pid": s.proc.init_pid(wait=0) if s.proc else None,
                     "pids": list(s.proc.usage.pids) if s.proc else [],
                     "rssBytes": s.proc.usage.rss_bytes if s.proc else 0,
                     "state": type(s.state).__name__,
@@ -295,6 +304,7 @@ class PodWorker:
         finally:
             self._stopping_all = True
             self._stop_processes(grace=0)
+            self._stop_pause()
             if self.pod_ip and self.pod_ip != self._rt.settings.host_ip:
                 self._rt.addresses.release(self.pod_ip)
             shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -347,7 +357,50 @@ class PodWorker:
                 self.pod_ip = self._rt.addresses.allocate()
         self._start_time = _parse_time(status.get("startTime")) or _utcnow()
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        if spec.get("shareProcessNamespace") and not spec.get("hostPID"):
+            self._start_pause()
         log.info("pod %s/%s: sandbox ready, pod IP %s", self.namespace, self.name, self.pod_ip)
+
+    def _start_pause(self) -> None:
+        """The pod's shared PID namespace, held by a pause process (its PID 1), as the
+        runtime's sandbox does; containers join it."""
+        argv = (self._rt.python, "-c", PLACEHOLDER_CODE)
+        env = dict(self._rt.base_env)
+        launch = Launch(
+            argv=argv,
+            env=env,
+            cwd=self._run_dir,
+            log_path=self._rt.log_path(self.namespace, self.name, "POD"),
+            identity=_PAUSE_IDENTITY,
+            pid_namespace=NEW_PID_NAMESPACE,
+            reach=reach_paths(argv[0], env=env, files=()),
+        )
+        self._pause = self._rt.supervisor.start(
+            launch, key=f"{self.namespace}/{self.name}/POD", limit_bytes=None
+        )
+
+    def _stop_pause(self) -> None:
+        pause, self._pause = self._pause, None
+        if pause is None:
+            return
+        self._rt.supervisor.signal(pause, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            pause.popen.wait(timeout=10)
+        self._rt.supervisor.release(pause)
+
+    def _pid_namespace(self, pod: Mapping[str, Any], slot: Slot) -> str | int | None:
+        """Where the container's processes live: the host's (``hostPID``), the pod's shared
+        one, its target's (an ephemeral container with ``targetContainerName``), or its own."""
+        spec = pod.get("spec") or {}
+        if spec.get("hostPID"):
+            return None
+        if slot.kind is Kind.EPHEMERAL:
+            target = self._slots.get(str(slot.spec.get("targetContainerName") or ""))
+            if target is not None and target.proc is not None:
+                return target.proc.init_pid()
+        if self._pause is not None:
+            return self._pause.init_pid()
+        return NEW_PID_NAMESPACE
 
     def _refresh_slots(self, pod: Mapping[str, Any]) -> None:
         spec = pod.get("spec") or {}
@@ -406,7 +459,7 @@ class PodWorker:
 
     def _record_exit(self, slot: Slot, proc: Proc, returncode: int, pod: Mapping[str, Any]) -> None:
         self._rt.supervisor.release(proc)
-        exit_code = exit_code_of(returncode)
+        exit_code = 137 if proc.sigkilled else exit_code_of(returncode)
         oom = proc.oom_killed
         if oom:
             exit_code = 137  # SIGKILL, whatever the process made of it
@@ -569,20 +622,31 @@ class PodWorker:
             # The pod's "network namespace": uploads leave from the pod's address, as
             # they would on a real node (the evidence API checks it).
             forced["MEMWARDEN_UPLOAD_SOURCE_ADDRESS"] = self.pod_ip
-            target = self._slots.get(str(container.get("targetContainerName", "")))
-            if target is not None and target.proc is not None:
-                forced["MEMWARDEN_TARGET_PID"] = str(target.proc.pid)
         process_env = envres.runtime_env(
             base=self._rt.base_env, own=own, defaults=defaults, forced=forced
         )
+        identity = effective_identity(
+            pod_spec=pod.get("spec") or {},
+            container=container,
+            image_user=program.rule.user if program.rule is not None else ROOT,
+        )
+        cwd = self._run_dir / slot.name
+        cwd.mkdir(parents=True, exist_ok=True)
         slot.termination_file.parent.mkdir(parents=True, exist_ok=True)
         slot.termination_file.write_bytes(b"")
+        # The container's "writable layer" and its termination message belong to its user.
+        for owned in (cwd, slot.termination_file):
+            os.chown(owned, identity.uid, identity.gid)
         message_path = str(container.get("terminationMessagePath") or "/dev/termination-log")
+        argv = map_path(program.argv, path=message_path, host_path=str(slot.termination_file))
         launch = Launch(
-            argv=map_path(program.argv, path=message_path, host_path=str(slot.termination_file)),
+            argv=argv,
             env=process_env,
-            cwd=self._run_dir / slot.name,
+            cwd=cwd,
             log_path=slot.log_path,
+            identity=identity,
+            pid_namespace=self._pid_namespace(pod, slot),
+            reach=reach_paths(argv[0], env=process_env, files=(cwd, slot.termination_file)),
         )
         started = _utcnow()
         try:
@@ -608,6 +672,7 @@ class PodWorker:
             return
         with self._lock:
             slot.proc = proc
+            slot.user = (identity.uid, identity.gid)
             slot.container_id = f"nodesim://{uuid.uuid4().hex}"
             slot.started_wall = started
             slot.started_mono = time.monotonic()

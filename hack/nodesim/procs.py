@@ -1,9 +1,14 @@
 """Process supervision for the node simulator: start, measure, OOM-kill and stop.
 
-Test infrastructure, not a container runtime: no cgroups, no namespaces; processes share
-the host with the simulator. A "container" is a process started in its own session;
-its members are the processes of that session plus the descendants of its leader, so
-``sh -c`` children count too. A sampler thread reads ``/proc`` every ``interval``:
+Test infrastructure, not a container runtime: no cgroups, no images. A "container" is a
+process started in its own session, with the container's uid, gid and capabilities
+(``identity``, through ``setpriv``), in a PID namespace of its own or one it joins (an
+ephemeral container joins its target's, as ``targetContainerName`` does), and a mount
+namespace in which ``shim.py`` lets it reach the host files it runs (``wrap_argv``).
+Its members are the processes of that session plus the descendants of its leader, so
+``sh -c`` children count too; the leader is the namespace tool (``unshare``/``nsenter``)
+and the container's own first process (PID 1 in its namespace) is its child. A sampler
+thread reads ``/proc`` every ``interval``:
 RSS (``VmRSS`` of every member), page faults (``/proc/PID/stat``), and kills the whole
 container with SIGKILL when its RSS exceeds its memory limit, as the kernel's cgroup OOM
 killer would (``memory.oom.group``).
@@ -22,16 +27,25 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nodesim.identity import Identity, setpriv_argv
+
 log = logging.getLogger("nodesim.procs")
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 SETPRIV = shutil.which("setpriv")
+UNSHARE = shutil.which("unshare")
+NSENTER = shutil.which("nsenter")
+SHIM = Path(__file__).with_name("shim.py")
+
+#: ``Launch.pid_namespace``: a PID namespace of the container's own.
+NEW_PID_NAMESPACE = "new"
 
 
 class StartFailed(Exception):
@@ -46,6 +60,75 @@ class Launch:
     env: Mapping[str, str]
     cwd: Path
     log_path: Path
+    #: Run as this (uid, gid, capabilities); None: as the simulator (no isolation).
+    identity: Identity | None = None
+    #: ``NEW_PID_NAMESPACE``, the host pid of a process whose PID namespace to join, or
+    #: None for the host's (``hostPID``).
+    pid_namespace: str | int | None = None
+    #: Host paths the container must reach (its program, its files): see ``shim.py``.
+    reach: tuple[str, ...] = ()
+
+
+def wrap_argv(
+    launch: Launch,
+    *,
+    setpriv: str,
+    unshare: str,
+    nsenter: str,
+    python: str,
+    shim: str,
+) -> list[str]:
+    """The command line that starts ``launch.argv`` as its container. Pure.
+
+    ``unshare --pid --fork --mount-proc`` (own PID namespace: the program is its PID 1) or
+    ``nsenter --target PID --pid`` + ``unshare --mount-proc`` (joined: ``/proc`` shows the
+    joined namespace), then the shim (file view), then ``setpriv`` (identity), then the
+    program. Without an identity, the program as it is.
+    """
+    argv = list(launch.argv)
+    if launch.identity is None:
+        return argv
+    identity = launch.identity
+    inner = [python, "-I", "-S", shim, "--user", f"{identity.uid}:{identity.gid}"]
+    inner += [*(a for p in launch.reach for a in ("--reach", p)), "--"]
+    inner += setpriv_argv(setpriv, launch.identity) + argv
+    namespace = launch.pid_namespace
+    if namespace == NEW_PID_NAMESPACE:
+        # --kill-child: the container dies with its leader, as with the runtime's shim.
+        return [unshare, "--pid", "--fork", "--mount-proc", "--kill-child", "--", *inner]
+    if isinstance(namespace, int):
+        return [
+            nsenter,
+            f"--target={namespace}",
+            "--pid",
+            "--",
+            unshare,
+            "--mount-proc",
+            "--",
+            *inner,
+        ]
+    return [unshare, "--mount", "--", *inner]
+
+
+def reach_paths(argv0: str, *, env: Mapping[str, str], files: Iterable[Path]) -> tuple[str, ...]:
+    """What a container must reach to run ``argv0``: the program (symlinks resolved), its
+    script interpreter, Python's prefixes (the toolbox is a Python program), PYTHONPATH,
+    and ``files`` (its working directory, its termination message)."""
+    program = argv0 if os.sep in argv0 else shutil.which(argv0, path=env.get("PATH")) or argv0
+    paths = [program, os.path.realpath(program)]
+    with contextlib.suppress(OSError):
+        with open(program, "rb") as handle:
+            head = handle.read(256)
+        if head.startswith(b"#!"):
+            interpreter = head[2:].split(b"\n", 1)[0].split()[0].decode()
+            paths += [interpreter, os.path.realpath(interpreter)]
+    paths += [sys.prefix, sys.base_prefix, *filter(None, env.get("PYTHONPATH", "").split(":"))]
+    paths += [str(f) for f in files]
+    seen: list[str] = []
+    for path in paths:
+        if path.startswith(os.sep) and path not in seen:
+            seen.append(path)
+    return tuple(seen)
 
 
 @dataclass(frozen=True)
@@ -147,6 +230,13 @@ class Proc:
     starttime: int
     limit_bytes: int | None = None
     oom_killed: bool = False
+    #: The supervisor sent SIGKILL: util-linux 2.38's ``unshare`` and ``nsenter`` exit 1,
+    #: not by the signal, when their child is SIGKILLed, so the exit code is ours to tell.
+    sigkilled: bool = False
+    #: Started under a namespace tool (``wrap_argv``): the program is the leader's child.
+    wrapped: bool = False
+    #: The container's own first process (PID 1 of its namespace), once seen.
+    _init_pid: int | None = None
     usage: Usage = field(default_factory=Usage)
     #: Called from the sampler thread after an OOM kill (the pod worker wakes up).
     notify: Callable[[], None] | None = None
@@ -160,6 +250,24 @@ class Proc:
 
     def poll(self) -> int | None:
         return self.popen.poll()
+
+    def init_pid(self, *, wait: float = 2.0) -> int:
+        """The host pid of the container's first process: the leader's child when the
+        leader is a namespace tool (the child is in the container's PID namespace from its
+        fork; what it exec's later keeps that pid), else the leader itself."""
+        if self._init_pid is not None:
+            return self._init_pid
+        if not self.wrapped:
+            return self.pid
+        deadline = time.monotonic() + wait
+        while True:
+            children = sorted(pid for pid, entry in _scan().items() if entry.ppid == self.pid)
+            if children:
+                self._init_pid = children[0]
+                return children[0]
+            if time.monotonic() > deadline or self.poll() is not None:
+                return self.pid
+            time.sleep(0.01)
 
 
 class Supervisor:
@@ -200,7 +308,16 @@ class Supervisor:
                 raise StartFailed(f'exec: "{program}": executable file not found in $PATH')
         elif not os.access(program, os.X_OK):
             raise StartFailed(f'exec: "{program}": not an executable file')
-        argv = list(launch.argv)
+        if launch.identity is not None and None in (SETPRIV, UNSHARE, NSENTER):
+            raise StartFailed("setpriv, unshare and nsenter (util-linux) are needed")
+        argv = wrap_argv(
+            launch,
+            setpriv=str(SETPRIV),
+            unshare=str(UNSHARE),
+            nsenter=str(NSENTER),
+            python=sys.executable,
+            shim=str(SHIM),
+        )
         if SETPRIV is not None:
             # The process dies with the thread that started it (a pod worker, which always
             # outlives its processes), so a crashed simulator leaves no leaking workload.
@@ -228,6 +345,7 @@ class Supervisor:
             starttime=stat.starttime if stat else 0,
             limit_bytes=limit_bytes,
             notify=notify,
+            wrapped=launch.identity is not None,
         )
         (self._registry / str(popen.pid)).write_text(f"{proc.starttime} {key}\n")
         with self._lock:
@@ -238,6 +356,8 @@ class Supervisor:
 
     def signal(self, proc: Proc, sig: signal.Signals) -> None:
         """Signal every member of the container (its session and descendants)."""
+        if sig == signal.SIGKILL:
+            proc.sigkilled = True
         _signal_all(_members(proc.pid, _scan()), proc.pid, sig)
 
     def release(self, proc: Proc) -> None:
@@ -298,6 +418,7 @@ class Supervisor:
             limit = proc.limit_bytes
             if limit is not None and members and rss > limit and not proc.oom_killed:
                 proc.oom_killed = True
+                proc.sigkilled = True
                 log.warning(
                     "OOM: %s rss %d > limit %d bytes: SIGKILL pids %s",
                     proc.key,

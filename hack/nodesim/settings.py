@@ -30,6 +30,9 @@ class ImageRule:
     #: The port used in ``listen_env`` when the container declares no ``containerPort``:
     #: 6060 is memwarden's default ``capture.pprofPort``.
     default_port: int = 6060
+    #: The image's default user (uid, gid), its ``USER``: what the container runs as when
+    #: neither it nor its pod sets ``runAsUser``. Images no rule matches run as root.
+    user: tuple[int, int] = (0, 0)
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,11 @@ def find_leaky() -> str:
 
 def default_images(*, leaky: str, memwarden: str) -> tuple[ImageRule, ...]:
     """The built-in image mapping; anything unmatched runs a placeholder process."""
+    # Users as in e2e/kind: leaky's image is distroless/static (root by default), memwarden's
+    # (operator and toolbox) says USER 65532:65532.
+    nonroot = (65532, 65532)
     return (
         ImageRule(pattern="memwarden/leaky", entrypoint=(leaky,), listen_env="LEAKY_LISTEN"),
-        ImageRule(pattern="memwarden/toolbox", entrypoint=(memwarden,)),
-        ImageRule(pattern="memwarden/memwarden", entrypoint=(memwarden,)),
+        ImageRule(pattern="memwarden/toolbox", entrypoint=(memwarden,), user=nonroot),
+        ImageRule(pattern="memwarden/memwarden", entrypoint=(memwarden,), user=nonroot),
     )

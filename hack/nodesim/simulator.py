@@ -56,7 +56,9 @@ def base_env(settings: Settings) -> dict[str, str]:
         if directory and directory not in seen:
             seen.append(directory)
     env = {"PATH": ":".join(seen)}
-    for name in ("HOME", "LANG", "LC_ALL", "TZ"):
+    # PYTHONPATH: the toolbox "image" is the code under test (a worktree's, not the
+    # editable install's), as a real toolbox image is built from the operator's version.
+    for name in ("HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH"):
         if name in os.environ:
             env[name] = os.environ[name]
     return env

@@ -95,6 +95,8 @@ class ContainerView:
     image_id: str = ""
     #: The resources in effect (``containerStatuses[].resources``), for running containers.
     resources: Mapping[str, Any] | None = None
+    #: (uid, gid) of its process, reported as ``user.linux`` (KEP-3619) while it runs.
+    user: tuple[int, int] | None = None
 
     @property
     def running(self) -> bool:
@@ -281,6 +283,9 @@ def container_status(view: ContainerView, *, ephemeral: bool = False) -> dict[st
         out["containerID"] = view.container_id
     if view.resources and view.running and not ephemeral:
         out["resources"] = dict(view.resources)
+    if view.user is not None and view.running:
+        uid, gid = view.user
+        out["user"] = {"linux": {"uid": uid, "gid": gid, "supplementalGroups": [gid]}}
     return out
 
 

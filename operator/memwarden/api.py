@@ -480,6 +480,17 @@ class Analysis(_Model):
     goroutines: int | None = None
 
 
+class DebugIdentity(_Model):
+    """Who the debug container runs as, and why (docs/capture.md)."""
+
+    runAsUser: int | None = Field(default=None, description="Unset: the toolbox image's user.")
+    runAsGroup: int | None = None
+    capabilities: list[str] = Field(
+        default_factory=list, max_length=64, description="Capabilities added."
+    )
+    reason: str = Field(default="", max_length=1024)
+
+
 class MemoryIncidentStatus(_Model):
     phase: IncidentPhase = "Pending"
     reason: str | None = None
@@ -488,6 +499,9 @@ class MemoryIncidentStatus(_Model):
     captureStartedAt: str | None = None
     completedAt: str | None = None
     ephemeralContainer: str | None = None
+    debugIdentity: DebugIdentity | None = Field(
+        default=None, description="The debug container's user and capabilities, and why."
+    )
     artifacts: list[ArtifactRecord] = Field(default_factory=list, max_length=32)
     bundle: str | None = Field(default=None, description="Where the evidence bundle is stored.")
     bundleBytes: int | None = None

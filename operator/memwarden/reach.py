@@ -141,9 +141,15 @@ def _validations(*, toolbox_image: str, evidence_authority: str) -> list[dict[st
             f"has({sc})",
             f"(!has({sc}.privileged) || !{sc}.privileged)",
             f"has({sc}.allowPrivilegeEscalation) && !{sc}.allowPrivilegeEscalation",
-            f"has({sc}.capabilities) && has({sc}.capabilities.drop)",
-            f"'ALL' in {sc}.capabilities.drop",
-            f"(!has({sc}.capabilities.add) || {sc}.capabilities.add.all(x, x == {_cel(PTRACE)}))",
+            # SYS_PTRACE at most, or exactly the target's own capabilities (a root target's:
+            # the kernel wants a reader's capabilities to cover its target's).
+            f"((has({sc}.capabilities) && has({sc}.capabilities.drop)"
+            f" && 'ALL' in {sc}.capabilities.drop && (!has({sc}.capabilities.add)"
+            f" || {sc}.capabilities.add.all(x, x == {_cel(PTRACE)})))"
+            f" || object.spec.containers.exists(t, t.name == c.targetContainerName"
+            f" && (has(t.securityContext) && has(t.securityContext.capabilities)"
+            f" ? (has({sc}.capabilities) && {sc}.capabilities == t.securityContext.capabilities)"
+            f" : !has({sc}.capabilities))))",
             f"has({sc}.seccompProfile) && {sc}.seccompProfile.type == 'RuntimeDefault'",
             *(f"!has({sc}.{field})" for field in SECURITY_CONTEXT_FORBIDDEN),
         ]
@@ -180,7 +186,8 @@ def _validations(*, toolbox_image: str, evidence_authority: str) -> list[dict[st
         {
             "expression": each.format(security),
             "message": f"{who}: securityContext must be the plan's: not privileged, "
-            f"allowPrivilegeEscalation false, capabilities drop ALL and add at most {PTRACE}, "
+            f"allowPrivilegeEscalation false, capabilities drop ALL and add at most {PTRACE} "
+            f"(or exactly the target container's own), "
             f"seccompProfile RuntimeDefault, nothing but runAsUser/runAsGroup/runAsNonRoot "
             f"besides",
             "reason": "Forbidden",

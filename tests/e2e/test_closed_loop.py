@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from memwarden.capture.plan import POD_SECURITY_ENFORCE_LABEL
 from memwarden_testing.cluster import events_on, wait_for
 from memwarden_testing.evidence import evidence_reader_token
 from memwarden_testing.loop import (
@@ -216,7 +217,7 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
             "spec": {
                 "pod": pod["metadata"]["name"],
                 "container": "app",
-                "artifacts": ["heap", "goroutine", "gcore"],
+                "artifacts": ["heap", "goroutine", "trace", "smaps", "gcore"],
             },
         },
     )
@@ -226,6 +227,12 @@ def test_an_on_demand_incident_applied_with_kubectl_collects_a_core(
     assert incident["spec"].get("trigger", {}).get("source", "manual") == "manual"
     records = {a["name"]: a for a in incident["status"]["artifacts"]}
     assert records["gcore"].get("error") is None and records["gcore"]["bytes"] > 0
+    # The workload runs as 65532; the toolbox, as root with only SYS_PTRACE (a non-root
+    # toolbox would have no effective capability), read its /proc and dumped its core.
+    for artifact in ("heap", "trace", "proc/smaps_rollup"):
+        assert records[artifact].get("error") is None and records[artifact]["bytes"] > 0
+    identity = incident["status"]["debugIdentity"]
+    assert identity["runAsUser"] == 0 and identity["capabilities"] == ["SYS_PTRACE"]
 
     story = {"CaptureStarted", "EvidenceCollected"}
 
@@ -283,3 +290,74 @@ def test_an_operator_restart_mid_capture_neither_duplicates_nor_loses_it(
         "memwarden.dev", "v1alpha1", namespace, "memoryincidents", "restarted"
     )
     wait_for(lambda: not evidence.exists(), timeout=30, what="the evidence deleted with it")
+
+
+def test_a_core_that_would_pass_the_pods_ephemeral_storage_limit_is_skipped(
+    loop: Loop, namespace: str
+) -> None:
+    """gcore writes into the pod's writable layer: past the pod's ephemeral-storage limit the
+    kubelet would evict the pod, so the core is skipped (saying why) and the rest collected."""
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap"]))
+    body = deployment(loop, "small-disk", pattern="none")
+    app = body["spec"]["template"]["spec"]["containers"][0]
+    # The request is the owner's estimate of the container's own use (without one, the API
+    # server copies the limit, leaving the capture no room at all).
+    app["resources"] = {
+        "requests": {"ephemeral-storage": "64Mi"},
+        "limits": {"ephemeral-storage": "256Mi"},
+    }
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(namespace, body)
+    pod = running_pod(loop, namespace, "small-disk")
+    apply(
+        loop,
+        {
+            "apiVersion": "memwarden.dev/v1alpha1",
+            "kind": "MemoryIncident",
+            "metadata": {"name": "small-disk", "namespace": namespace},
+            "spec": {"pod": pod["metadata"]["name"], "artifacts": ["heap", "gcore"]},
+        },
+    )
+
+    incident = collected(loop, namespace, pod["metadata"]["name"], timeout=150)
+
+    records = {a["name"]: a for a in incident["status"]["artifacts"]}
+    assert records["heap"].get("error") is None and records["heap"]["bytes"] > 0
+    assert "ephemeral-storage allowance is 201326592 bytes" in records["gcore"]["error"]
+    assert "evicted" in records["gcore"]["error"]
+
+
+def test_where_pod_security_forbids_sys_ptrace_the_toolbox_reads_proc_as_the_targets_user(
+    loop: Loop, namespace: str
+) -> None:
+    """``baseline`` forbids SYS_PTRACE: the toolbox runs as the workload's own uid and gid
+    (here 1000, not the toolbox image's 65532), so the kernel lets it read the workload's
+    ``smaps_rollup``; gcore is not planned, and ``debugIdentity`` says why."""
+    client.CoreV1Api(loop.kube).patch_namespace(
+        namespace, {"metadata": {"labels": {POD_SECURITY_ENFORCE_LABEL: "baseline"}}}
+    )
+    apply(loop, policy(namespace, oom_risk=False, artifacts=["heap"]))
+    body = deployment(loop, "baseline", pattern="none")
+    app = body["spec"]["template"]["spec"]["containers"][0]
+    app["securityContext"] = {**app["securityContext"], "runAsUser": 1000, "runAsGroup": 1000}
+    client.AppsV1Api(loop.kube).create_namespaced_deployment(namespace, body)
+    pod = running_pod(loop, namespace, "baseline")
+    apply(
+        loop,
+        {
+            "apiVersion": "memwarden.dev/v1alpha1",
+            "kind": "MemoryIncident",
+            "metadata": {"name": "baseline", "namespace": namespace},
+            "spec": {"pod": pod["metadata"]["name"], "artifacts": ["heap", "smaps", "gcore"]},
+        },
+    )
+
+    incident = collected(loop, namespace, pod["metadata"]["name"], timeout=150)
+
+    identity = incident["status"]["debugIdentity"]
+    assert (identity["runAsUser"], identity["runAsGroup"]) == (1000, 1000)
+    assert identity["capabilities"] == []
+    assert "baseline" in identity["reason"]
+    records = {a["name"]: a for a in incident["status"]["artifacts"]}
+    smaps = records["proc/smaps_rollup"]
+    assert smaps.get("error") is None and smaps["bytes"] > 0, smaps
+    assert "gcore" not in records  # not planned without SYS_PTRACE

@@ -16,6 +16,7 @@ from memwarden.capture.plan import (
     ALL_ARTIFACTS,
     POD_SECURITY_ENFORCE_LABEL,
     ephemeral_container_patch,
+    plan_debug_identity,
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
 )
@@ -26,13 +27,21 @@ pytestmark = pytest.mark.integration
 
 STRATEGIC = "application/strategic-merge-patch+json"
 RESTRICTED_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+NON_ROOT = {"runAsUser": 65532, "runAsGroup": 65532}
 RESTRICTED_CONTAINER_SECURITY = {
     "allowPrivilegeEscalation": False,
     "capabilities": {"drop": ["ALL"]},
 }
 
 
-def plan(incident: str, *, ptrace_allowed: bool) -> dict[str, Any]:
+def plan(
+    incident: str, *, ptrace_allowed: bool, pod: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    identity = None
+    if pod is not None:
+        identity = plan_debug_identity(
+            pod=pod, target_container="app", ptrace_allowed=ptrace_allowed
+        )
     return plan_ephemeral_container(
         incident=incident,
         incident_uid=f"uid-of-{incident}",
@@ -45,15 +54,20 @@ def plan(incident: str, *, ptrace_allowed: bool) -> dict[str, Any]:
         artifacts=ALL_ARTIFACTS,
         max_core_bytes=2 << 30,
         ptrace_allowed=ptrace_allowed,
+        identity=identity,
     )
 
 
-def create_pod(kube: client.ApiClient, namespace: str, *, restricted: bool = False) -> str:
+def create_pod(
+    kube: client.ApiClient, namespace: str, *, restricted: bool = False, non_root: bool = False
+) -> str:
     container = make_container("app")
     pod = make_pod("target", namespace=namespace, containers=[container])
     if restricted:
         pod["spec"]["securityContext"] = RESTRICTED_POD_SECURITY
         container["securityContext"] = RESTRICTED_CONTAINER_SECURITY
+    if non_root:
+        container.setdefault("securityContext", {}).update(NON_ROOT)
     client.CoreV1Api(kube).create_namespaced_pod(namespace, pod)
     return "target"
 
@@ -139,14 +153,15 @@ def test_patch_planned_on_a_stale_pod_keeps_the_other_container(
 
 
 @pytest.mark.parametrize("level", ["baseline", "restricted"])
-def test_pod_security_refuses_ptrace_and_admits_the_no_ptrace_plan(
+def test_pod_security_refuses_ptrace_and_admits_the_targets_identity(
     kube: client.ApiClient, namespace: str, level: str
 ) -> None:
     labels = enforce(kube, namespace, level)
     allowed, reason = ptrace_allowed_by_pod_security(labels)
     assert not allowed
     assert level in reason
-    name = create_pod(kube, namespace, restricted=level == "restricted")
+    name = create_pod(kube, namespace, restricted=level == "restricted", non_root=True)
+    pod = read_pod(kube, namespace, name)
 
     with pytest.raises(ApiException) as raised:
         add(kube, namespace, name, plan("incident-ptrace", ptrace_allowed=True))
@@ -154,8 +169,32 @@ def test_pod_security_refuses_ptrace_and_admits_the_no_ptrace_plan(
     assert raised.value.status == 403
     assert "capabilities" in str(raised.value.body)
     assert "SYS_PTRACE" in str(raised.value.body)
-    container = plan("incident-no-ptrace", ptrace_allowed=False)
+    # The fallback: no SYS_PTRACE, as the target's own user (it reads the target's /proc).
+    container = plan("incident-no-ptrace", ptrace_allowed=False, pod=pod)
     add(kube, namespace, name, container)
     added = ephemeral(read_pod(kube, namespace, name))
     assert list(added) == [container["name"]]
-    assert added[container["name"]]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    security = added[container["name"]]["securityContext"]
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert (security["runAsUser"], security["runAsGroup"]) == (65532, 65532)
+    assert "gcore" not in container["command"][container["command"].index("--artifacts") + 1]
+
+
+@pytest.mark.parametrize("level", [None, "privileged"], ids=["no-label", "privileged"])
+def test_root_with_only_sys_ptrace_is_admitted_where_pod_security_allows_it(
+    kube: client.ApiClient, namespace: str, level: str | None
+) -> None:
+    labels = {POD_SECURITY_ENFORCE_LABEL: level} if level else {}
+    if level:
+        client.CoreV1Api(kube).patch_namespace(namespace, {"metadata": {"labels": labels}})
+    allowed, _ = ptrace_allowed_by_pod_security(labels)
+    assert allowed
+    name = create_pod(kube, namespace, non_root=True)
+
+    container = plan("incident-ptrace", ptrace_allowed=True, pod=read_pod(kube, namespace, name))
+    add(kube, namespace, name, container)
+
+    security = ephemeral(read_pod(kube, namespace, name))[container["name"]]["securityContext"]
+    assert security["runAsUser"] == 0
+    assert security["runAsNonRoot"] is False
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}

@@ -9,6 +9,8 @@ process behind.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import urllib.request
 from collections.abc import Iterator
@@ -213,10 +215,12 @@ def test_ephemeral_container_sees_its_target(
         "name": "debugger",
         "image": "busybox:1.36",
         "targetContainerName": "app",
+        # In the target's PID namespace, where the target is PID 1 (cmdline: world-readable).
         "command": [
             "sh",
             "-c",
-            "echo -n $MEMWARDEN_TARGET_PID $MEMWARDEN_PPROF_HOST > $MEMWARDEN_TERMINATION_LOG",
+            'echo -n "$(tr "\\0" " " < /proc/1/cmdline)$MEMWARDEN_PPROF_HOST"'
+            " > $MEMWARDEN_TERMINATION_LOG",
         ],
         "terminationMessagePolicy": "File",
     }
@@ -232,8 +236,9 @@ def test_ephemeral_container_sees_its_target(
 
     state = wait_for(terminated, timeout=30, what="the ephemeral container to finish")
     assert state["exitCode"] == 0
-    assert state["message"] == f"{leaky_pid} {pod['status']['podIP']}"
     assert Path(f"/proc/{leaky_pid}/exe").resolve().name == "leaky"
+    leaky_argv0 = Path(f"/proc/{leaky_pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert state["message"] == f"{leaky_argv0} {pod['status']['podIP']}"
     # It never restarts, and the target kept running.
     after = read_pod(core, namespace, "target")["status"]
     assert after["ephemeralContainerStatuses"][0]["restartCount"] == 0
@@ -356,3 +361,202 @@ def test_in_place_resize_changes_the_enforced_limit(
     labels = {"namespace": namespace, "pod": "resized", "container": "app"}
     limit = metric_value(sim.cadvisor(), "container_spec_memory_limit_bytes", **labels)
     assert limit == 128 * MiB
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def _pid_namespace(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+CAP_SYS_PTRACE = 1 << 19
+NONROOT = {"runAsUser": 65532, "runAsGroup": 65532}
+
+
+def test_containers_run_as_their_user_with_the_runtimes_capabilities(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    """The kernel sees the identity a runtime would give: a non-root container has no
+    effective capability even when ``add`` lists one (kubernetes issue 56374); root gets
+    the default set plus ``add``; each container is PID 1 of its own PID namespace."""
+    core = client.CoreV1Api(kube)
+    nonroot = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    nonroot["securityContext"] = {**NONROOT, "capabilities": {"add": ["SYS_PTRACE"]}}
+    root = {
+        "name": "root",
+        "image": "example.com/anything:1",
+        "securityContext": {"capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]}},
+    }
+    spec = {"containers": [nonroot, root]}
+    spec["containers"].append(
+        {"name": "image-user", "image": "memwarden/toolbox:dev", "command": ["sleep", "3600"]}
+    )
+    core.create_namespaced_pod(namespace, pod_body(sim, "identity", spec))
+    pod = running_pod(core, namespace, "identity")
+    pids = sim.pod_pids(namespace, "identity")
+
+    app = _status_fields(pids["app"][0])
+    assert app["Uid"].split() == ["65532"] * 4
+    assert app["Gid"].split() == ["65532"] * 4
+    assert int(app["CapEff"], 16) == 0
+    assert int(app["CapPrm"], 16) == 0
+    assert int(app["CapBnd"], 16) & CAP_SYS_PTRACE  # bounded, never effective
+    assert app["NSpid"].split()[-1] == "1"
+    other = _status_fields(pids["root"][0])
+    assert other["Uid"].split() == ["0"] * 4
+    assert int(other["CapEff"], 16) == CAP_SYS_PTRACE
+    assert other["NSpid"].split()[-1] == "1"
+    assert _pid_namespace(pids["app"][0]) != _pid_namespace(pids["root"][0])
+    # The image's default user (memwarden's: 65532), and the kubelet-style report of each.
+    assert _status_fields(pids["image-user"][0])["Uid"].split() == ["65532"] * 4
+    reported = {
+        s["name"]: (s["user"]["linux"]["uid"], s["user"]["linux"]["gid"])
+        for s in pod["status"]["containerStatuses"]
+    }
+    assert reported == {"app": (65532, 65532), "root": (0, 0), "image-user": (65532, 65532)}
+
+
+DEBUGGERS = [
+    pytest.param({"runAsUser": 1000, "capabilities": {"drop": ["ALL"]}}, False, id="other-user"),
+    pytest.param(
+        {"runAsUser": 1000, "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]}},
+        False,
+        id="other-user-adding-SYS_PTRACE",
+    ),
+    pytest.param({**NONROOT, "capabilities": {"drop": ["ALL"]}}, True, id="the-targets-user"),
+    pytest.param(
+        {"runAsUser": 0, "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]}},
+        True,
+        id="root-with-SYS_PTRACE",
+    ),
+    pytest.param(
+        {"runAsUser": 0, "capabilities": {"drop": ["ALL"]}}, False, id="root-without-caps"
+    ),
+]
+
+
+@pytest.mark.parametrize(("security", "readable"), DEBUGGERS)
+def test_the_kernel_decides_whether_a_debug_container_reads_its_targets_smaps(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    namespace: str,
+    security: dict[str, Any],
+    readable: bool,
+) -> None:
+    core = client.CoreV1Api(kube)
+    target = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    target["securityContext"] = {**NONROOT, "capabilities": {"drop": ["ALL"]}}
+    core.create_namespaced_pod(namespace, pod_body(sim, "target", {"containers": [target]}))
+    running_pod(core, namespace, "target")
+    debug = {
+        "name": "debugger",
+        "image": "busybox:1.36",
+        "targetContainerName": "app",
+        "securityContext": security,
+        "command": [
+            "sh",
+            "-c",
+            "id -u > $MEMWARDEN_TERMINATION_LOG; "
+            "head -n 2 /proc/1/smaps_rollup >> $MEMWARDEN_TERMINATION_LOG 2>&1",
+        ],
+        "terminationMessagePolicy": "File",
+    }
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target", namespace, {"spec": {"ephemeralContainers": [debug]}}
+    )
+
+    def terminated() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "target")["status"].get(
+            "ephemeralContainerStatuses"
+        ) or [{}]
+        return (statuses[0].get("state") or {}).get("terminated")
+
+    state = wait_for(terminated, timeout=30, what="the debug container to finish")
+    message = state["message"]
+    assert message.splitlines()[0] == str(security["runAsUser"])
+    if readable:
+        assert state["exitCode"] == 0, message
+        assert "Rss:" in message
+    else:
+        assert state["exitCode"] != 0, message
+        assert "Permission denied" in message
+
+
+def test_share_process_namespace_pods_share_one_held_by_a_pause_process(
+    sim: NodeSimulator, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    spec = {
+        "shareProcessNamespace": True,
+        "containers": [
+            leaky_container(env={"LEAKY_RATE": "64Ki"}),
+            {"name": "sidecar", "image": "example.com/anything:1"},
+        ],
+    }
+    core.create_namespaced_pod(namespace, pod_body(sim, "shared", spec))
+    running_pod(core, namespace, "shared")
+    pids = sim.pod_pids(namespace, "shared")
+
+    app, sidecar = pids["app"][0], pids["sidecar"][0]
+    namespaces = {_pid_namespace(pid) for pid in (app, sidecar)}
+    assert len(namespaces) == 1
+    # PID 1 of that namespace is the pause process (uid 65535), as in a real pod.
+    assert _status_fields(app)["NSpid"].split()[-1] != "1"
+    assert _status_fields(sidecar)["NSpid"].split()[-1] != "1"
+
+
+TOOLBOXES = [
+    pytest.param({}, False, id="the-images-user-65532-adding-SYS_PTRACE"),
+    pytest.param({"runAsUser": 0}, True, id="root-with-only-SYS_PTRACE"),
+]
+
+
+@pytest.mark.parametrize(("identity", "readable"), TOOLBOXES)
+def test_the_toolbox_reads_a_root_targets_proc_only_with_an_effective_sys_ptrace(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    namespace: str,
+    identity: dict[str, Any],
+    readable: bool,
+) -> None:
+    """The real toolbox (``memwarden capture``) as a debug container of a root workload:
+    as its image's user (65532), ``add: [SYS_PTRACE]`` is not effective and the kernel
+    refuses ``smaps_rollup``; as root with only SYS_PTRACE it reads it."""
+    core = client.CoreV1Api(kube)
+    target = leaky_container(env={"LEAKY_RATE": "64Ki"})
+    core.create_namespaced_pod(namespace, pod_body(sim, "target", {"containers": [target]}))
+    running_pod(core, namespace, "target")
+    toolbox = {
+        "name": "toolbox",
+        "image": "memwarden/toolbox:dev",
+        "targetContainerName": "app",
+        "command": ["memwarden", "capture", "--artifacts", "smaps", "--out", "bundle.tar.gz"],
+        "securityContext": {
+            **identity,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["SYS_PTRACE"]},
+        },
+        "terminationMessagePolicy": "File",
+    }
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target", namespace, {"spec": {"ephemeralContainers": [toolbox]}}
+    )
+
+    def terminated() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "target")["status"].get(
+            "ephemeralContainerStatuses"
+        ) or [{}]
+        return (statuses[0].get("state") or {}).get("terminated")
+
+    state = wait_for(terminated, timeout=60, what="the toolbox to finish")
+    summary = json.loads(state["message"])
+    if readable:
+        assert "proc/smaps_rollup" in summary["ok"], summary
+    else:
+        assert "Permission denied" in summary["failed"]["proc/smaps_rollup"], summary

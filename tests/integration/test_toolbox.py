@@ -32,6 +32,7 @@ from memwarden_testing.cluster import wait_for
 from memwarden_testing.evidence import KEY
 from memwarden_testing.leaky import (
     LEAK_FUNCTION,
+    NONROOT,
     Leaky,
     MiB,
     run_leaky,
@@ -120,9 +121,23 @@ def capture(*args: str, prefix: Sequence[str] = (), env: dict[str, str] | None =
 def leaky(leaky_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Leaky]:
     if shutil.which("gcore") is None:
         pytest.fail("gdb (gcore) is required: apt-get install gdb")
-    with run_leaky(leaky_binary, workdir=tmp_path_factory.mktemp("leaky"), env=ENV) as running:
+    # Non-root, as production Go services: the toolbox (root here) must still read its /proc
+    # and dump its core; without CAP_SYS_PTRACE it cannot (another user's process).
+    user = NONROOT if os.geteuid() == 0 else None
+    workdir = tmp_path_factory.mktemp("leaky")
+    with run_leaky(leaky_binary, workdir=workdir, env=ENV, user=user) as running:
         wait_leaked(running, LEAK_BYTES)
         yield running
+
+
+def test_the_target_is_another_users_process(leaky: Leaky) -> None:
+    """What the rest of this module captures from: a non-root process (when tests run as
+    root), so the toolbox's /proc reads and gcore need its CAP_SYS_PTRACE for real."""
+    if os.geteuid() != 0:
+        pytest.skip("tests do not run as root: leaky runs as the test's user")
+    status = Path(f"/proc/{leaky.pid}/status").read_text()
+    uid = next(line for line in status.splitlines() if line.startswith("Uid:"))
+    assert uid.split()[1:] == [str(NONROOT[0])] * 4
 
 
 @pytest.fixture(scope="module")
@@ -474,6 +489,12 @@ SETPRIV_WITHOUT_PTRACE = ("setpriv", "--bounding-set=-sys_ptrace", "--inh-caps=-
             (),
             "is above --max-core-bytes 1048576",
             id="rss-above-max-core-bytes",
+        ),
+        pytest.param(
+            ("--ephemeral-storage-allowance=64Mi",),
+            (),
+            "the pod's ephemeral-storage allowance is 67108864 bytes",
+            id="core-above-the-pods-ephemeral-storage-allowance",
         ),
     ],
 )

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -74,12 +75,55 @@ def build_leaky(go: str) -> Path:
     return Path(built.stdout.strip().splitlines()[-1])
 
 
-def start_leaky(binary: Path, *, workdir: Path, env: Mapping[str, str]) -> subprocess.Popen[bytes]:
-    """Start leaky on a kernel-chosen loopback port; its address is logged on stderr."""
+#: The user production Go services (and the e2e workload) run as: distroless's ``nonroot``.
+NONROOT = (65532, 65532)
+
+
+def as_user(argv: list[str], user: tuple[int, int]) -> list[str]:
+    """``argv`` run as ``user`` (uid, gid) with no capability, as a container's process
+    would be: the node simulator's own wrapping (needs root, setpriv, unshare; the shim
+    lets the user reach the binary under root's home). The pid stays the same (exec)."""
+    from nodesim.identity import Identity
+    from nodesim.procs import NSENTER, SETPRIV, SHIM, UNSHARE, Launch, reach_paths, wrap_argv
+
+    launch = Launch(
+        argv=argv,
+        env={},
+        cwd=Path("/"),
+        log_path=Path("/dev/null"),
+        identity=Identity(uid=user[0], gid=user[1], capabilities=frozenset()),
+        reach=reach_paths(argv[0], env={}, files=()),
+    )
+    tools = {"setpriv": SETPRIV, "unshare": UNSHARE, "nsenter": NSENTER}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing or os.geteuid() != 0:
+        raise AssertionError(f"running as another user needs root and {missing}")
+    return wrap_argv(
+        launch,
+        setpriv=str(SETPRIV),
+        unshare=str(UNSHARE),
+        nsenter=str(NSENTER),
+        python=sys.executable,
+        shim=str(SHIM),
+    )
+
+
+def start_leaky(
+    binary: Path,
+    *,
+    workdir: Path,
+    env: Mapping[str, str],
+    user: tuple[int, int] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start leaky on a kernel-chosen loopback port; its address is logged on stderr.
+    With ``user``, as that (uid, gid) and no capability (see :func:`as_user`)."""
+    argv = [str(binary), "-listen", "127.0.0.1:0"]
+    if user is not None:
+        argv = as_user(argv, user)
     stderr = (workdir / "leaky.stderr").open("wb")
     try:
         return subprocess.Popen(
-            [str(binary), "-listen", "127.0.0.1:0"],
+            argv,
             env={"PATH": os.environ.get("PATH", ""), **env},
             stdout=subprocess.DEVNULL,
             stderr=stderr,
@@ -114,9 +158,15 @@ def listening_url(stderr: Path, process: subprocess.Popen[bytes]) -> str:
 
 
 @contextmanager
-def run_leaky(binary: Path, *, workdir: Path, env: Mapping[str, str]) -> Iterator[Leaky]:
-    """A running leaky for the ``with`` block; stopped after it."""
-    process = start_leaky(binary, workdir=workdir, env=env)
+def run_leaky(
+    binary: Path,
+    *,
+    workdir: Path,
+    env: Mapping[str, str],
+    user: tuple[int, int] | None = None,
+) -> Iterator[Leaky]:
+    """A running leaky for the ``with`` block (as ``user`` if given); stopped after it."""
+    process = start_leaky(binary, workdir=workdir, env=env, user=user)
     try:
         url = listening_url(workdir / "leaky.stderr", process)
         yield Leaky(url=url, process=process, stderr=workdir / "leaky.stderr")

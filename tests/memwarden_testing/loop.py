@@ -27,6 +27,13 @@ from memwarden_testing.prometheus import PrometheusServer
 
 #: The image names the node simulator maps to local programs; kind loads images so named.
 LEAKY_IMAGE = "registry.example.com/memwarden/leaky:dev"
+#: The workload's user: distroless's ``nonroot``.
+NON_ROOT_WORKLOAD = {
+    "runAsUser": 65532,
+    "runAsGroup": 65532,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
 TOOLBOX_IMAGE = "registry.example.com/memwarden/toolbox:dev"
 ALERTED_PREFIX = "alerted-"
 ALERT_RATIO = 0.5
@@ -170,6 +177,9 @@ def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
                         {"name": "LEAKY_RATE", "value": LEAK_RATE},
                         {"name": "LEAKY_PATTERN", "value": pattern},
                     ],
+                    # Non-root, as production Go services run: the capture must still get
+                    # /proc files and a core (issue 12 items 11 and 12).
+                    "securityContext": NON_ROOT_WORKLOAD,
                 }
             ],
         }

@@ -17,6 +17,8 @@ from memwarden.capture.plan import (
     PlanError,
     ephemeral_container_name,
     ephemeral_container_patch,
+    ephemeral_storage_allowance,
+    plan_debug_identity,
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
 )
@@ -290,3 +292,229 @@ def test_the_evidence_ca_is_passed_as_text_only_when_given() -> None:
         e["name"]: e["value"] for e in plan_ephemeral_container(**common, upload_ca_pem=pem)["env"]
     }
     assert env[ENV_UPLOAD_CA] == pem
+
+
+# --- the debug container's identity (issue 12 item 11) ----------------------------------
+
+NONROOT = {"runAsUser": 65532, "runAsGroup": 65532}
+
+
+def _pod(
+    *,
+    container: dict[str, Any] | None = None,
+    pod: dict[str, Any] | None = None,
+    reported: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    app = make_container("app")
+    if container is not None:
+        app["securityContext"] = container
+    body = make_pod("target", containers=[app])
+    if pod is not None:
+        body["spec"]["securityContext"] = pod
+    if reported is not None:
+        body["status"] = {"containerStatuses": [{"name": "app", "user": {"linux": reported}}]}
+    return body
+
+
+IDENTITIES = [
+    pytest.param(
+        _pod(container=NONROOT),
+        True,
+        (0, 0, {"drop": ["ALL"], "add": ["SYS_PTRACE"]}, True),
+        "root with only SYS_PTRACE",
+        id="ptrace-allowed-root-with-SYS_PTRACE-whatever-the-target",
+    ),
+    pytest.param(
+        _pod(container=NONROOT, pod={"runAsNonRoot": True}),
+        True,
+        (65532, 65532, {"drop": ["ALL"]}, False),
+        "the pod requires runAsNonRoot",
+        id="ptrace-allowed-but-pod-requires-non-root",
+    ),
+    pytest.param(
+        _pod(container=NONROOT),
+        False,
+        (65532, 65532, {"drop": ["ALL"]}, False),
+        "the target's user 65532 (from its securityContext)",
+        id="target-container-user",
+    ),
+    pytest.param(
+        _pod(container={"runAsUser": 1000}, pod={"runAsUser": 7, "runAsGroup": 8}),
+        False,
+        (1000, 8, {"drop": ["ALL"]}, False),
+        "from its securityContext",
+        id="container-user-pod-group",
+    ),
+    pytest.param(
+        _pod(pod={"runAsUser": 7}),
+        False,
+        (7, None, {"drop": ["ALL"]}, False),
+        "its group is unknown",
+        id="pod-user-group-unknown",
+    ),
+    pytest.param(
+        _pod(reported={"uid": 65532, "gid": 65532}),
+        False,
+        (65532, 65532, {"drop": ["ALL"]}, False),
+        "the user its status reports",
+        id="user-reported-by-the-kubelet",
+    ),
+    pytest.param(
+        _pod(),
+        False,
+        (None, None, {"drop": ["ALL"]}, False),
+        "the target's user is unknown (its image's default)",
+        id="image-default-unknown",
+    ),
+    pytest.param(
+        _pod(container={"runAsUser": 0, "capabilities": {"drop": ["NET_RAW"]}}),
+        False,
+        (0, None, {"drop": ["NET_RAW"]}, False),
+        "the target's own capabilities",
+        id="root-target-gets-its-own-capabilities",
+    ),
+]
+
+
+@pytest.mark.parametrize(("pod", "ptrace", "expected", "reason"), IDENTITIES)
+def test_debug_identity(
+    pod: dict[str, Any],
+    ptrace: bool,
+    expected: tuple[int | None, int | None, dict[str, list[str]], bool],
+    reason: str,
+) -> None:
+    identity = plan_debug_identity(
+        pod=pod, target_container="app", ptrace_allowed=ptrace, ptrace_why="because"
+    )
+
+    assert (identity.user, identity.group, identity.capabilities, identity.ptrace) == expected
+    assert reason in identity.reason
+
+
+def test_the_plan_carries_the_identity_into_the_security_context() -> None:
+    pod = _pod(container=NONROOT)
+    target = plan_debug_identity(pod=pod, target_container="app", ptrace_allowed=False)
+    root = plan_debug_identity(pod=pod, target_container="app", ptrace_allowed=True)
+
+    as_target = plan(ptrace_allowed=False, identity=target)["securityContext"]
+    as_root = plan(ptrace_allowed=True, identity=root)["securityContext"]
+
+    assert as_target["runAsUser"] == 65532
+    assert as_target["runAsGroup"] == 65532
+    assert as_target["capabilities"] == {"drop": ["ALL"]}
+    assert "runAsNonRoot" not in as_target
+    assert as_root["runAsUser"] == 0
+    assert as_root["runAsNonRoot"] is False  # a pod-level runAsNonRoot would refuse root
+    assert as_root["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
+    assert as_root["allowPrivilegeEscalation"] is False
+    assert root.status() == {
+        "runAsUser": 0,
+        "runAsGroup": 0,
+        "capabilities": ["SYS_PTRACE"],
+        "reason": root.reason,
+    }
+
+
+def test_without_an_identity_ptrace_means_root_not_the_images_non_root_user() -> None:
+    """A non-root toolbox with SYS_PTRACE added has no effective capability: root it is."""
+    security = plan(ptrace_allowed=True)["securityContext"]
+
+    assert security["runAsUser"] == 0
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["SYS_PTRACE"]}
+
+
+def test_an_identity_decides_ptrace_within_what_is_allowed() -> None:
+    root = plan_debug_identity(pod=_pod(), target_container="app", ptrace_allowed=True)
+    non_root_pod = _pod(container=NONROOT, pod={"runAsNonRoot": True})
+    target = plan_debug_identity(pod=non_root_pod, target_container="app", ptrace_allowed=True)
+
+    with pytest.raises(PlanError, match="identity"):
+        plan(ptrace_allowed=False, identity=root)
+    command = plan(ptrace_allowed=True, identity=target)["command"]
+    assert "--no-ptrace" in command
+    assert "gcore" not in flag(command, "--artifacts")
+
+
+# --- ephemeral storage (issue 12 item 13) ------------------------------------------------
+
+
+def _storage(limit: str | None = None, request: str | None = None) -> dict[str, Any]:
+    resources: dict[str, Any] = {}
+    if limit:
+        resources["limits"] = {"ephemeral-storage": limit}
+    if request:
+        resources["requests"] = {"ephemeral-storage": request}
+    return resources
+
+
+def _pod_with(
+    containers: list[dict[str, Any]],
+    init: list[dict[str, Any]] | None = None,
+    overhead: str | None = None,
+) -> dict[str, Any]:
+    built = [make_container(f"c{i}") | {"resources": r} for i, r in enumerate(containers)]
+    pod = make_pod("target", containers=built)
+    if init:
+        pod["spec"]["initContainers"] = [
+            make_container(f"i{i}") | extra for i, extra in enumerate(init)
+        ]
+    if overhead:
+        pod["spec"]["overhead"] = {"ephemeral-storage": overhead}
+    return pod
+
+
+GiB = 1 << 30
+
+ALLOWANCES = [
+    pytest.param(_pod_with([_storage()]), None, id="no-limit"),
+    pytest.param(_pod_with([_storage("2Gi")]), 2 * GiB, id="one-limit"),
+    pytest.param(
+        _pod_with([_storage("2Gi", "512Mi"), _storage("1Gi", "512Mi")]),
+        2 * GiB,
+        id="sum-of-limits-less-requests",
+    ),
+    pytest.param(
+        _pod_with([_storage("1Gi")], init=[{"resources": _storage("4Gi")}]),
+        4 * GiB,
+        id="a-larger-init-container",
+    ),
+    pytest.param(
+        _pod_with(
+            [_storage("1Gi")], init=[{"resources": _storage("1Gi"), "restartPolicy": "Always"}]
+        ),
+        2 * GiB,
+        id="a-sidecar-adds",
+    ),
+    pytest.param(_pod_with([_storage("1Gi")], overhead="1Gi"), 2 * GiB, id="overhead"),
+    pytest.param(_pod_with([_storage("1Gi", "2Gi")]), 0, id="requests-above-limits"),
+]
+
+
+@pytest.mark.parametrize(("pod", "allowance"), ALLOWANCES)
+def test_ephemeral_storage_allowance(pod: dict[str, Any], allowance: int | None) -> None:
+    found, why = ephemeral_storage_allowance(pod)
+
+    assert found == allowance
+    assert "ephemeral-storage" in why
+
+
+def test_the_allowance_reaches_the_toolbox() -> None:
+    command = plan(ephemeral_storage_allowance=3 * GiB)["command"]
+    args = cli.build_parser(only="capture").parse_args(command[1:])
+
+    assert args.ephemeral_storage_allowance == 3 * GiB
+    assert "--ephemeral-storage-allowance" not in plan()["command"]
+
+
+def test_a_long_reason_is_cut_to_what_the_crd_admits() -> None:
+    refusal = "refused by the API server: " + "x" * 5000
+    identity = plan_debug_identity(
+        pod=_pod(container=NONROOT),
+        target_container="app",
+        ptrace_allowed=False,
+        ptrace_why=refusal,
+    )
+
+    reason = identity.status()["reason"]
+    assert len(reason) == 1024
+    assert reason.startswith("the target's user 65532")

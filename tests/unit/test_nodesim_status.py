@@ -369,3 +369,21 @@ def test_termination_message(
         policy=policy, file_bytes=file_bytes, log_tail=log_tail, exit_code=code
     )
     assert got == message
+
+
+def test_a_running_container_reports_its_user_as_the_kubelet_does() -> None:
+    """``containerStatuses[].user.linux`` (KEP-3619): the identity its process runs with,
+    the image's default user included, which the API shows nowhere else."""
+
+    def entry(view: ContainerView) -> dict[str, Any]:
+        pod_view = PodView(
+            host_ip="127.0.0.1", pod_ip="127.100.0.2", start_time=T0, containers=(view,)
+        )
+        status = build_pod_status(pod=scheduled_pod(), view=pod_view, previous=None, now=NOW)
+        first: dict[str, Any] = status["containerStatuses"][0]
+        return first
+
+    assert entry(running(user=(65532, 65532)))["user"] == {
+        "linux": {"uid": 65532, "gid": 65532, "supplementalGroups": [65532]}
+    }
+    assert "user" not in entry(stopped(user=(65532, 65532)))

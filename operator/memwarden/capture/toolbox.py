@@ -155,6 +155,8 @@ class Options:
     artifacts: tuple[str, ...] = ALL_ARTIFACTS
     trace_seconds: int = 5
     max_core_bytes: int = 2 << 30
+    #: Bytes the capture may write to the pod's writable layer (None: no pod limit).
+    ephemeral_storage_allowance: int | None = None
     ptrace: bool = True
     cgroup_dir: Path | None = None
     timeout: float = 30.0
@@ -476,6 +478,16 @@ def _vm_sizes(pid: int) -> tuple[int, int]:
     return found["VmRSS"], found["VmSize"]
 
 
+def _bytes_under(directory: Path) -> int:
+    """Bytes of the files under ``directory`` (the capture's own temp files)."""
+    total = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
     """SIGTERM gcore's process group (gdb detaches on it), then SIGKILL if it lingers."""
     for sig, wait in ((signal.SIGTERM, _GCORE_GRACE_SECONDS), (signal.SIGKILL, None)):
@@ -539,6 +551,17 @@ def _gcore_step(ctx: _Context) -> list[Entry]:
         free = shutil.disk_usage(ctx.workdir).free
         if size > free:
             raise _Skip(f"the core may take VmSize {size} bytes; {free} free in the workdir")
+        allowance = ctx.options.ephemeral_storage_allowance
+        if allowance is not None:
+            # The node's free disk is not the pod's: past its ephemeral-storage limit the
+            # kubelet evicts the pod, and the core sits in our writable layer.
+            written = _bytes_under(ctx.workdir)
+            if size + written > allowance:
+                raise _Skip(
+                    f"the core may take VmSize {size} bytes; the pod's ephemeral-storage "
+                    f"allowance is {allowance} bytes, {written} already written by this "
+                    "capture: writing it could get the pod evicted"
+                )
         return _run_gcore(ctx, dest)
 
     return [_step(artifact="gcore", name="gcore", member="core", ctx=ctx, produce=produce)]
@@ -594,6 +617,7 @@ def build_manifest(options: Options, collection: Collection) -> dict[str, Any]:
         "requested": list(options.artifacts),
         "traceSeconds": options.trace_seconds,
         "maxCoreBytes": options.max_core_bytes,
+        "ephemeralStorageAllowance": options.ephemeral_storage_allowance,
         "ptrace": options.ptrace,
         "startedAt": collection.started_at,
         "finishedAt": collection.finished_at,
@@ -1012,6 +1036,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip gcore above this VmRSS; bytes or a quantity like 2Gi (default 2Gi)",
     )
     parser.add_argument(
+        "--ephemeral-storage-allowance",
+        type=_byte_size,
+        default=None,
+        help="skip gcore when the core (about VmSize) and the capture's other files would "
+        "pass this many bytes: the pod's ephemeral-storage limit less its containers' "
+        "requests (default: no pod limit)",
+    )
+    parser.add_argument(
         "--no-ptrace",
         dest="ptrace",
         action="store_false",
@@ -1058,6 +1090,7 @@ def _options(args: argparse.Namespace) -> Options:
         artifacts=tuple(args.artifacts),
         trace_seconds=args.trace_seconds,
         max_core_bytes=args.max_core_bytes,
+        ephemeral_storage_allowance=args.ephemeral_storage_allowance,
         ptrace=args.ptrace,
         cgroup_dir=args.cgroup_dir,
         timeout=args.timeout,

@@ -23,8 +23,11 @@ from memwarden.api import GROUP, VERSION
 from memwarden.capture import analysis_worker
 from memwarden.capture import incident as lifecycle
 from memwarden.capture.plan import (
+    DebugIdentity,
     PlanError,
     ephemeral_container_patch,
+    ephemeral_storage_allowance,
+    plan_debug_identity,
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
 )
@@ -141,7 +144,13 @@ async def start_capture(
     pod_name = str(spec["pod"])
     upload_ca = await _read_optional(certificates.upload_ca_file(settings))
 
-    def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def plan(ptrace: bool) -> tuple[dict[str, Any], dict[str, Any] | None, DebugIdentity]:
+        identity = plan_debug_identity(
+            pod=pod or {},
+            target_container=str(target.container),
+            ptrace_allowed=ptrace,
+            ptrace_why=why,
+        )
         container = plan_ephemeral_container(
             incident=name,
             incident_uid=uid,
@@ -155,11 +164,13 @@ async def start_capture(
             max_core_bytes=parse_bytes(capture.maxCoreBytes),
             ptrace_allowed=ptrace,
             upload_ca_pem=upload_ca,
+            identity=identity,
+            ephemeral_storage_allowance=ephemeral_storage_allowance(pod or {})[0],
         )
-        return container, ephemeral_container_patch(pod or {}, container)
+        return container, ephemeral_container_patch(pod or {}, container), identity
 
     try:
-        container, addition = plan(allowed)
+        container, addition, identity = plan(allowed)
         if addition is not None and not settings.dry_run:
             try:
                 await _add_debug_container(namespace, pod_name, addition)
@@ -169,9 +180,11 @@ async def start_capture(
                 if not allowed or exc.status != 403:
                     raise
                 allowed, why = False, f"refused by the API server: {exc}"
-                container, addition = plan(False)
+                container, addition, identity = plan(False)
                 if addition is not None:
                     await _add_debug_container(namespace, pod_name, addition)
+        if allowed and not identity.ptrace:
+            allowed, why = False, identity.reason
     except PlanError as exc:
         _finish(
             patch, phase="Skipped", reason="NothingToCapture", message=str(exc), now=now, spec=spec
@@ -199,6 +212,7 @@ async def start_capture(
             + ("" if allowed else f"; gcore skipped: {why}"),
             "captureStartedAt": lifecycle.rfc3339(now),
             "ephemeralContainer": container["name"],
+            "debugIdentity": identity.status(),
         }
     )
     _count_phase("Capturing", spec)
