@@ -24,6 +24,7 @@ import contextlib
 import gc
 import logging
 import pickle
+import signal
 import struct
 import sys
 import time
@@ -188,6 +189,11 @@ async def _report(tally: _ReportingTally, out: asyncio.WriteTransport) -> None:
 
 
 def main() -> None:
+    # The operator decides when the worker stops (it closes stdin): a SIGTERM to the
+    # operator's process group must not take admission down before the operator's own
+    # shutdown does, nor make it look like a crash to restart.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.INFO,

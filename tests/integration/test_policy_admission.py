@@ -12,7 +12,13 @@ from kubernetes import client
 
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
-from memwarden_testing.cluster import kubectl, wait_for
+from memwarden_testing.cluster import (
+    create_pod,
+    kubectl,
+    policy_status,
+    wait_for,
+    wait_policy_indexed,
+)
 from memwarden_testing.operator import OperatorProcess
 
 PLAIN = {"request": "512Mi", "limit": "1Gi"}
@@ -21,43 +27,6 @@ GO = {"memoryLimit": "90%", "gogc": "100"}
 
 def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
     kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump(obj))
-
-
-def policy_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    obj = client.CustomObjectsApi(kube).get_namespaced_custom_object(
-        "memwarden.dev", "v1alpha1", namespace, "memorypolicies", name
-    )
-    return dict(obj.get("status") or {})
-
-
-def create_pod(
-    kube: client.ApiClient,
-    namespace: str,
-    name: str,
-    *,
-    labels: dict[str, str],
-    containers: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"containers": containers or [make_container()]},
-    }
-    created = client.CoreV1Api(kube).create_namespaced_pod(namespace, body)
-    return dict(client.ApiClient().sanitize_for_serialization(created))
-
-
-def wait_policy_indexed(kube: client.ApiClient, namespace: str, name: str) -> None:
-    """The operator has seen the policy once its status carries the Ready condition."""
-    wait_for(
-        lambda: any(
-            c.get("type") == "Ready"
-            for c in policy_status(kube, namespace, name).get("conditions", [])
-        ),
-        timeout=30,
-        what=f"policy {name} reconciled",
-    )
 
 
 def env_of(pod: dict[str, Any]) -> dict[str, str]:

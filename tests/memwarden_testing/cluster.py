@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client, config
 
+from memwarden_testing.builders import make_container
+
 REPO = Path(__file__).resolve().parents[2]
 KUBECTL = REPO / ".venv" / "bin" / "kubectl"
 
@@ -204,3 +206,43 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
         if series.split("{", 1)[0] == name and all(w in series for w in wanted):
             total += float(value)
     return total
+
+
+# -- MemoryPolicies and pods, as the admission tests use them ----------------------------
+
+
+def policy_status(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+        "memwarden.dev", "v1alpha1", namespace, "memorypolicies", name
+    )
+    return dict(obj.get("status") or {})
+
+
+def create_pod(
+    kube: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    labels: dict[str, str],
+    containers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": containers or [make_container()]},
+    }
+    created = client.CoreV1Api(kube).create_namespaced_pod(namespace, body)
+    return dict(client.ApiClient().sanitize_for_serialization(created))
+
+
+def wait_policy_indexed(kube: client.ApiClient, namespace: str, name: str) -> None:
+    """The operator has seen the policy once its status carries the Ready condition."""
+    wait_for(
+        lambda: any(
+            c.get("type") == "Ready"
+            for c in policy_status(kube, namespace, name).get("conditions", [])
+        ),
+        timeout=30,
+        what=f"policy {name} reconciled",
+    )
