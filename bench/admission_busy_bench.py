@@ -466,6 +466,10 @@ class CpuWatch:
         self.operator = process_cpu(operator_pid)
         self.machine = machine_busy()
         self.processes = all_cpu()
+        #: The webhook's own process (admission_process: worker), if there is one.
+        self.worker = next(
+            (pid for pid, (cmd, _) in self.processes.items() if "admission_worker" in cmd), None
+        )
 
     def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self.started
@@ -475,12 +479,16 @@ class CpuWatch:
             (
                 (total - self.processes[pid][1], cmd)
                 for pid, (cmd, total) in after.items()
-                if pid in self.processes and pid not in (self.pid, os.getpid())
+                if pid in self.processes and pid not in (self.pid, os.getpid(), self.worker)
             ),
             reverse=True,
         )
+        worker_cpu = 0.0
+        if self.worker is not None and self.worker in after:
+            worker_cpu = after[self.worker][1] - self.processes[self.worker][1]
         return {
             "operator_cores": round((own - self.operator[0]) / wall, 2),
+            "admission_worker_cores": round(worker_cpu / wall, 2),
             "operator_children_cores": round((children - self.operator[1]) / wall, 2),
             "machine_busy_cores": round((machine_busy() - self.machine) / wall, 2),
             # this benchmark's own threads (uploads, expired bundles; not the load process)
@@ -542,7 +550,7 @@ def print_phase(label: str, row: dict[str, Any]) -> None:
         f"{label:12} p50 {row['p50_ms']:>7} ms  p90 {row['p90_ms']:>7}  p99 {row['p99_ms']:>7}"
         f"  max {row['max_ms']:>8}  ok {row['ok']}/{row['sent']} mutated {row['mutated']}"
         f"  | operator {cpu['operator_cores']} cores (+{cpu['operator_children_cores']}"
-        f" analysis), machine {cpu['machine_busy_cores']}, load lag p99"
+        f" analysis, {cpu['admission_worker_cores']} admission worker), machine {cpu['machine_busy_cores']}, load lag p99"
         f" {row['send_lateness_p99_ms']} ms",
         flush=True,
     )
