@@ -550,7 +550,8 @@ def print_phase(label: str, row: dict[str, Any]) -> None:
         f"{label:12} p50 {row['p50_ms']:>7} ms  p90 {row['p90_ms']:>7}  p99 {row['p99_ms']:>7}"
         f"  max {row['max_ms']:>8}  ok {row['ok']}/{row['sent']} mutated {row['mutated']}"
         f"  | operator {cpu['operator_cores']} cores (+{cpu['operator_children_cores']}"
-        f" analysis, {cpu['admission_worker_cores']} admission worker), machine {cpu['machine_busy_cores']}, load lag p99"
+        f" analysis, {cpu['admission_worker_cores']} admission worker),"
+        f" machine {cpu['machine_busy_cores']}, load lag p99"
         f" {row['send_lateness_p99_ms']} ms",
         flush=True,
     )
