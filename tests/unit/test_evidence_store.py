@@ -311,3 +311,29 @@ def test_list_refuses_invalid_namespaces(store: EvidenceStore, namespace: str, _
 def test_valid_kubernetes_names_are_accepted(store: EvidenceStore, incident: str) -> None:
     _store(store, "shop", incident, b"ok")
     assert store.meta("shop", incident).bytes == 2
+
+
+def test_an_upload_survives_retention_removing_its_emptied_directories(
+    store: EvidenceStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention removes the directories it empties; a new upload into the same namespace
+    at that moment finds them gone between its ``mkdir`` and its file: it makes them again."""
+    import memwarden.evidence.store as module
+
+    real_mkstemp = module.tempfile.mkstemp
+    removed: list[Path] = []
+
+    def racing_mkstemp(*, dir: Path, **kwargs: object) -> tuple[int, str]:
+        if not removed:  # as retention's _rmdir_if_empty would, right before the file
+            Path(dir).rmdir()
+            Path(dir).parent.rmdir()
+            removed.append(Path(dir))
+        return real_mkstemp(dir=dir, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    monkeypatch.setattr(module.tempfile, "mkstemp", racing_mkstemp)
+    data = make_bundle()
+    with store.open_upload("shop", "oom-1", uid="u-1", max_bytes=len(data)) as writer:
+        writer.write(data)
+        writer.commit(now=T0)
+    assert removed == [store.incident_dir("shop", "oom-1")]
+    assert store.holds("shop", "oom-1", uid="u-1")

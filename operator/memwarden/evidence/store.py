@@ -331,12 +331,24 @@ class BundleWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         self._directory = store.incident_dir(namespace, incident)
-        _make_private_dir(store.root / namespace)
-        _make_private_dir(self._directory)
-        fd, name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self._directory)
+        fd, name = self._temporary_file(store.root / namespace)
         self._tmp = Path(name)  # mkstemp creates it 0600
         self._file = os.fdopen(fd, "wb")
         self._done = False
+
+    def _temporary_file(self, namespace_dir: Path) -> tuple[int, str]:
+        """The upload's file in its incident's directory. Retention removes directories
+        it empties (``_rmdir_if_empty``), so one can vanish between the ``mkdir`` here and
+        the file's creation: make them again, a few times."""
+        for attempt in range(3):
+            try:
+                _make_private_dir(namespace_dir)
+                _make_private_dir(self._directory)
+                return tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self._directory)
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     @property
     def bytes_written(self) -> int:
