@@ -45,7 +45,13 @@ from kubernetes.client.rest import ApiException  # noqa: E402
 
 from memwarden.api import APPLIED_ANNOTATION  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
-from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
+from memwarden_testing.cluster import (  # noqa: E402
+    api_client,
+    child_pids,
+    ensure_namespace,
+    kubectl,
+    wait_for,
+)
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess  # noqa: E402
 
 POLICIES_PER_NAMESPACE = 10
@@ -63,20 +69,8 @@ class ProcessSampler:
         self.pid = pid
 
     def worker_pid(self) -> int | None:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if (
-                int(stat.rsplit(")", 1)[1].split()[1]) == self.pid
-                and b"admission_worker" in cmdline
-            ):
-                return int(entry.name)
-        return None
+        found = child_pids(self.pid, b"admission_worker")
+        return found[0] if found else None
 
     def _pids(self) -> list[int]:
         worker = self.worker_pid()

@@ -14,7 +14,13 @@ import yaml
 from kubernetes import client
 
 from memwarden_testing.builders import make_policy, make_policy_spec
-from memwarden_testing.cluster import create_pod, kubectl, wait_for, wait_policy_indexed
+from memwarden_testing.cluster import (
+    child_pids,
+    create_pod,
+    kubectl,
+    wait_for,
+    wait_policy_indexed,
+)
 from memwarden_testing.operator import OperatorProcess
 
 GO = {"memoryLimit": "90%", "gogc": "100"}
@@ -27,19 +33,7 @@ def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
 def workers(operator: OperatorProcess) -> list[int]:
     """The operator's children running the admission worker."""
     assert operator.process is not None
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == operator.process.pid and b"memwarden.admission_worker" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return child_pids(operator.process.pid, b"memwarden.admission_worker")
 
 
 def listening(port: int) -> bool:

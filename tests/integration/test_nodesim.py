@@ -65,6 +65,24 @@ def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any
     return dict(core.api_client.sanitize_for_serialization(pod))
 
 
+def run_to_completion(
+    core: client.CoreV1Api, namespace: str, debug: dict[str, Any], *, timeout: float, what: str
+) -> dict[str, Any]:
+    """Add ``debug`` as the only ephemeral container of pod ``target``; its terminated state."""
+    core.patch_namespaced_pod_ephemeralcontainers(
+        "target", namespace, {"spec": {"ephemeralContainers": [debug]}}
+    )
+
+    def terminated() -> dict[str, Any] | None:
+        statuses = read_pod(core, namespace, "target")["status"].get(
+            "ephemeralContainerStatuses"
+        ) or [{}]
+        return (statuses[0].get("state") or {}).get("terminated")
+
+    state: dict[str, Any] = wait_for(terminated, timeout=timeout, what=what)
+    return state
+
+
 def running_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
     def ready() -> dict[str, Any] | None:
         pod = read_pod(core, namespace, name)
@@ -224,17 +242,9 @@ def test_ephemeral_container_sees_its_target(
         ],
         "terminationMessagePolicy": "File",
     }
-    core.patch_namespaced_pod_ephemeralcontainers(
-        "target", namespace, {"spec": {"ephemeralContainers": [debug]}}
+    state = run_to_completion(
+        core, namespace, debug, timeout=30, what="the ephemeral container to finish"
     )
-
-    def terminated() -> dict[str, Any] | None:
-        statuses = read_pod(core, namespace, "target")["status"].get(
-            "ephemeralContainerStatuses"
-        ) or [{}]
-        return (statuses[0].get("state") or {}).get("terminated")
-
-    state = wait_for(terminated, timeout=30, what="the ephemeral container to finish")
     assert state["exitCode"] == 0
     assert Path(f"/proc/{leaky_pid}/exe").resolve().name == "leaky"
     leaky_argv0 = Path(f"/proc/{leaky_pid}/cmdline").read_bytes().split(b"\0")[0].decode()
@@ -467,17 +477,9 @@ def test_the_kernel_decides_whether_a_debug_container_reads_its_targets_smaps(
         ],
         "terminationMessagePolicy": "File",
     }
-    core.patch_namespaced_pod_ephemeralcontainers(
-        "target", namespace, {"spec": {"ephemeralContainers": [debug]}}
+    state = run_to_completion(
+        core, namespace, debug, timeout=30, what="the debug container to finish"
     )
-
-    def terminated() -> dict[str, Any] | None:
-        statuses = read_pod(core, namespace, "target")["status"].get(
-            "ephemeralContainerStatuses"
-        ) or [{}]
-        return (statuses[0].get("state") or {}).get("terminated")
-
-    state = wait_for(terminated, timeout=30, what="the debug container to finish")
     message = state["message"]
     assert message.splitlines()[0] == str(security["runAsUser"])
     if readable:
@@ -544,17 +546,7 @@ def test_the_toolbox_reads_a_root_targets_proc_only_with_an_effective_sys_ptrace
         },
         "terminationMessagePolicy": "File",
     }
-    core.patch_namespaced_pod_ephemeralcontainers(
-        "target", namespace, {"spec": {"ephemeralContainers": [toolbox]}}
-    )
-
-    def terminated() -> dict[str, Any] | None:
-        statuses = read_pod(core, namespace, "target")["status"].get(
-            "ephemeralContainerStatuses"
-        ) or [{}]
-        return (statuses[0].get("state") or {}).get("terminated")
-
-    state = wait_for(terminated, timeout=60, what="the toolbox to finish")
+    state = run_to_completion(core, namespace, toolbox, timeout=60, what="the toolbox to finish")
     summary = json.loads(state["message"])
     if readable:
         assert "proc/smaps_rollup" in summary["ok"], summary

@@ -246,3 +246,19 @@ def wait_policy_indexed(kube: client.ApiClient, namespace: str, name: str) -> No
         timeout=30,
         what=f"policy {name} reconciled",
     )
+
+
+def child_pids(parent: int, marker: bytes) -> list[int]:
+    """The live children of ``parent`` whose command line contains ``marker``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
+            found.append(int(entry.name))
+    return found
