@@ -22,14 +22,16 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
 logger = logging.getLogger(__name__)
 
 
 def matching_pair(cert_pem: bytes, key_pem: bytes) -> bool:
     """Whether the key belongs to the (first) certificate."""
+    # Imported here: the admission worker loads this module and would pay ~16 MiB for a
+    # library it needs only when a certificate is renewed.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
@@ -78,6 +80,8 @@ class CertificateReloader:
             return False
         self._load(self.context, cert_pem=cert_pem, key_pem=key_pem)
         self._loaded = digest
+        from cryptography import x509
+
         not_after = x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
         logger.info(
             "%s serving certificate reloaded in place from %s (valid until %s)",

@@ -25,7 +25,6 @@ from typing import Any
 import aiohttp.web
 import orjson
 
-from memwarden import metrics
 from memwarden.admission import Decision, pod_label, review_response
 from memwarden.tlsreload import CertificateReloader
 
@@ -102,8 +101,8 @@ Admit = Callable[[Mapping[str, Any], str | None], Decision]
 
 
 class AdmissionTally:
-    """Counts admissions between two INFO lines (one line a minute instead of one a pod),
-    and keeps the webhook's metrics."""
+    """Counts admissions between two INFO lines: one line a minute instead of one a pod
+    (``handlers/admission.py`` adds the metrics; the admission worker, its reports)."""
 
     def __init__(self) -> None:
         self.outcomes: Counter[str] = Counter()
@@ -124,10 +123,6 @@ class AdmissionTally:
         """Count reviews answered here or by the admission worker (its reports)."""
         self.outcomes.update(outcomes)
         self.infeasible.update({p: n for p, n in infeasible.items() if p})
-        for outcome, n in outcomes.items():
-            metrics.WEBHOOK_REQUESTS.labels(outcome=outcome).inc(n)
-        for value in seconds:
-            metrics.WEBHOOK_SECONDS.observe(value)
 
     def flush(self) -> str | None:
         """The summary since the last flush (None when nothing was admitted)."""

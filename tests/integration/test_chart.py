@@ -39,7 +39,7 @@ from memwarden.settings import Settings
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
 from memwarden_testing.cluster import (
     REPO,
-    as_token,
+    acting_as,
     ensure_namespace,
     kubectl,
     unique_name,
@@ -582,13 +582,6 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
         )
         core = client.CoreV1Api(kube)
         sa = one(docs, "ServiceAccount")["metadata"]["name"]
-        token = core.create_namespaced_service_account_token(
-            sa,
-            namespace,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-            ),
-        ).status.token
         core.create_namespaced_secret(
             other_namespace,
             client.V1Secret(
@@ -603,7 +596,7 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
             )
         pod = make_pod_body("target")
         core.create_namespaced_pod(other_namespace, pod)
-        as_sa = client.CoreV1Api(as_token(kube, token))
+        as_sa = client.CoreV1Api(acting_as(kube, namespace, sa))
 
         # RBAC is evaluated as soon as the bindings exist; the token's user is known at once.
         wait_for(
@@ -710,14 +703,7 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
     try:
         kubectl(devcluster, "apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(applied))
         sa = one(docs, "ServiceAccount")["metadata"]["name"]
-        token = core.create_namespaced_service_account_token(
-            sa,
-            namespace,
-            client.AuthenticationV1TokenRequest(
-                spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
-            ),
-        ).status.token
-        as_sa = client.CoreV1Api(as_token(kube, token))
+        as_sa = client.CoreV1Api(acting_as(kube, namespace, sa))
         for ns in (watched, other_namespace):
             core.create_namespaced_pod(ns, make_pod_body("target"))
         wait_for(

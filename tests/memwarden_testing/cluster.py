@@ -56,18 +56,23 @@ def as_token(kube: client.ApiClient, token: str) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def service_account_client(kube: client.ApiClient, namespace: str, name: str) -> client.ApiClient:
-    """A new ServiceAccount ``name`` in ``namespace`` and an ApiClient acting as it (a
-    10-minute token): a real identity for RBAC and admission to judge."""
-    core = client.CoreV1Api(kube)
-    core.create_namespaced_service_account(
-        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
-    )
+def acting_as(kube: client.ApiClient, namespace: str, name: str) -> client.ApiClient:
+    """An ApiClient acting as the existing ServiceAccount ``name`` (a 10-minute token)."""
     request = client.AuthenticationV1TokenRequest(
         spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
     )
+    core = client.CoreV1Api(kube)
     token = core.create_namespaced_service_account_token(name, namespace, request).status.token
     return as_token(kube, str(token))
+
+
+def service_account_client(kube: client.ApiClient, namespace: str, name: str) -> client.ApiClient:
+    """A new ServiceAccount ``name`` in ``namespace`` and an ApiClient acting as it: a real
+    identity for RBAC and admission to judge."""
+    client.CoreV1Api(kube).create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=name))
+    )
+    return acting_as(kube, namespace, name)
 
 
 def kubectl(

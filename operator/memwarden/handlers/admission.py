@@ -14,11 +14,12 @@ import functools
 import gc
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
 
-from memwarden import admission
+from memwarden import admission, metrics
 from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
@@ -79,6 +80,22 @@ async def _freeze_when_pods_listed() -> None:
     _freeze_heap()
 
 
+class MeteredTally(AdmissionTally):
+    """The tally, and the webhook's metrics from the same counts."""
+
+    def merge(
+        self,
+        outcomes: Mapping[str, int],
+        infeasible: Mapping[str, int],
+        seconds: Iterable[float],
+    ) -> None:
+        super().merge(outcomes, infeasible, seconds)
+        for outcome, n in outcomes.items():
+            metrics.WEBHOOK_REQUESTS.labels(outcome=outcome).inc(n)
+        for value in seconds:
+            metrics.WEBHOOK_SECONDS.observe(value)
+
+
 async def _summarise(tally: AdmissionTally, every: float) -> None:
     """One INFO line per interval with what admission did (per pod: DEBUG)."""
     while True:
@@ -99,7 +116,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     except KubeError as exc:
         raise kopf.TemporaryError(f"policies not listed: {exc}", delay=5) from exc
     profile = settings.kubelet.profile()
-    tally = AdmissionTally()
+    tally = MeteredTally()
     _freeze_heap()
     background.start(memo, _FREEZE, _freeze_when_pods_listed())
     try:
