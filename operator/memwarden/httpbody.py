@@ -1,0 +1,54 @@
+"""Request bodies on memwarden's HTTP servers: read as sent, under a limit, never inflated.
+
+Shared by the admission webhook (``webhook.py``) and the operator's HTTP API
+(``handlers/http.py``: the Alertmanager receiver, the evidence API). Both are reachable by
+anything that can open a connection to the operator's pod, so what a body costs is bounded
+here, not by the client's good manners:
+
+- No request body is decompressed. None of memwarden's clients compresses one (the API
+  server's admission requests, Alertmanager's notifications, the toolbox's uploads, whose
+  ``application/gzip`` bundle is data, not a ``Content-Encoding``), and aiohttp by default
+  inflates a ``Content-Encoding: gzip`` body as it arrives: 64 KiB of gzip became up to
+  64 MiB in the operator per request, kept until the garbage collector ran (seen by
+  ``tests/integration/test_http_fuzz.py``). Such a body now reaches the handler as the
+  bytes sent, and is refused as what it is (not JSON, or a bundle like any other).
+- :func:`read_limited` stops at the limit and returns None, instead of raising from a
+  frame that holds the bytes read so far: aiohttp's ``request.read()`` does the latter,
+  and the traceback keeps each refused 8 MiB body alive until a collection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+#: Keyword arguments for every ``aiohttp.web.AppRunner`` memwarden starts (see module doc).
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+
+_CHUNK = 64 * 1024
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is larger than ``limit`` (also for chunked bodies); a body
+    announced larger than ``limit`` is not read at all.
+
+    A body cut short (the client hung up, a broken chunk) raises ``HTTPBadRequest``: a 400
+    if anyone is still listening, and no traceback in the log for a client's mistake."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.content.iter_chunked(_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+    except (ConnectionError, HttpProcessingError) as exc:
+        raise web.HTTPBadRequest(text=f"body not read: {exc}"[:300]) from None
+    return b"".join(chunks)
+
+
+__all__ = ["SERVER_OPTIONS", "read_limited"]
