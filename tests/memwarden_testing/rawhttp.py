@@ -14,6 +14,7 @@ evidence API and the Alertmanager receiver to HTTPS changes nothing here.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.client
 import socket
 import ssl
@@ -44,6 +45,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     timed_out: bool = False
+    sent: bool = True
+    """The whole request was written (False: the server closed before it had all of it)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,11 @@ class RawClient:
         request = b"\r\n".join(lines) + b"\r\n\r\n" + payload
         with self._connect() as sock:
             sock.settimeout(self.unowed_wait if framing in ("long", "badchunk") else self.timeout)
+            sent = False
             with contextlib.suppress(OSError):  # refused early and closed: read its answer
                 sock.sendall(request)
-            return _read_answer(sock, head=method == b"HEAD")
+                sent = True
+            return dataclasses.replace(_read_answer(sock, head=method == b"HEAD"), sent=sent)
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout)

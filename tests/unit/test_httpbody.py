@@ -29,8 +29,6 @@ from memwarden_testing.rawhttp import Answer, RawClient
 pytestmark = pytest.mark.unit
 
 PATH = "/memwarden-pods"
-#: 64 MiB of zeros in about 64 KiB.
-BOMB = gzip.compress(b"\0" * 64 * 2**20, compresslevel=9)
 
 
 def unchanged(pod: object, namespace: object) -> Decision:
@@ -74,7 +72,8 @@ def test_a_gzip_encoded_review_is_read_as_sent_not_inflated(
 ) -> None:
     """A body with Content-Encoding: gzip is the bytes sent (not JSON: 400); inflated,
     it was 64 MiB (413 after inflating 8 MiB of it, and up to 64 MiB kept in memory)."""
-    answer = webhook(b"POST", PATH.encode(), headers=[(b"Content-Encoding", b"gzip")], body=BOMB)
+    bomb = gzip.compress(b"\0" * 64 * 2**20, compresslevel=9)
+    answer = webhook(b"POST", PATH.encode(), headers=[(b"Content-Encoding", b"gzip")], body=bomb)
     assert answer.status == 400, answer
     assert "not JSON" in json.loads(answer.body)["error"]
 
