@@ -15,17 +15,42 @@ here, not by the client's good manners:
 - :func:`read_limited` stops at the limit and returns None, instead of raising from a
   frame that holds the bytes read so far: aiohttp's ``request.read()`` does the latter,
   and the traceback keeps each refused 8 MiB body alive until a collection.
+- A request aiohttp cannot parse (a bad header, a control byte in the path, a broken
+  chunk) is answered 400 by aiohttp and logged as one WARNING line, not at ERROR with a
+  traceback: a client's mistake, and anyone who can connect could otherwise fill the
+  operator's log with tracebacks at will.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+
+class _ClientMistakes(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a request it could not parse (a 4xx
+    ``HttpProcessingError``) into one WARNING line naming the client and the mistake."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= (exc.code or 0) < 500:
+            client = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg = "refused a malformed HTTP request from %s: %s"
+            record.args = (client, " ".join(str(exc.message).split())[:200])
+            record.exc_info = record.exc_text = None
+        return True
+
+
+#: aiohttp's server logger for memwarden's servers (it logs what it could not serve).
+SERVER_LOGGER = logging.getLogger("memwarden.http")
+SERVER_LOGGER.addFilter(_ClientMistakes())
+
 #: Keyword arguments for every ``aiohttp.web.AppRunner`` memwarden starts (see module doc).
-SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False}
+SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False, "logger": SERVER_LOGGER}
 
 _CHUNK = 64 * 1024
 
@@ -51,4 +76,4 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-__all__ = ["SERVER_OPTIONS", "read_limited"]
+__all__ = ["SERVER_LOGGER", "SERVER_OPTIONS", "read_limited"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
 import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -88,6 +89,23 @@ def test_an_announced_oversize_review_is_refused_before_it_is_read(
         sock.sendall(head.encode() + b"{")
         status_line = sock.makefile("rb").readline()
     assert status_line.split()[1] == b"413", status_line
+
+
+def test_a_request_aiohttp_cannot_parse_is_one_warning_not_a_traceback(
+    webhook: Callable[..., Answer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client's malformed request is a 400 and one WARNING line (aiohttp logged it at
+    ERROR with a traceback: anyone who can connect could fill the log with them)."""
+    with caplog.at_level(logging.DEBUG):
+        answer = webhook(b"POST", PATH.encode(), headers=[(b"Bad Header", b"x")], body=b"{}")
+    assert answer.status == 400, answer
+    records = [r for r in caplog.records if r.name == "memwarden.http"]
+    assert [(r.levelname, r.exc_info) for r in records] == [("WARNING", None)], records
+    assert "malformed HTTP request from 127.0.0.1: Invalid header token" in records[0].getMessage()
+    servers = ("aiohttp", "memwarden")
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(servers)
+    ]
 
 
 def serve_evidence(tmp_path: Path, test: Callable[[RawClient], Awaitable[None]]) -> None:
