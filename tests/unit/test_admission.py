@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
 
 from memwarden.admission import Decision, admit, review_response
 from memwarden.api import APPLIED_ANNOTATION
@@ -17,6 +18,7 @@ from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
 from memwarden.webhook import AdmissionTally
 from memwarden_testing.builders import make_candidate, make_container, make_pod
+from memwarden_testing.fuzzing import garbled_pods
 
 pytestmark = pytest.mark.unit
 
@@ -216,3 +218,24 @@ def test_the_cache_stays_within_its_size() -> None:
         pod = make_pod(labels={"app": "checkout"}, containers=[make_container(f"c{i}")])
         decide(pod, index, cache=cache)
     assert len(cache) == 3
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(pod=garbled_pods("shop"))
+def test_any_pod_gets_a_decision_not_an_exception(pod: dict[str, Any]) -> None:
+    """A forged review can hold any pod: the core says what it does with it (a pod it
+    cannot read is left unchanged, saying why) and never raises, through the plan cache
+    too. An exception would admit the pod unchanged all the same, as outcome ``error``,
+    with a traceback in the log per request."""
+    index = index_of(make_candidate(memory=PLAIN, go={"memoryLimit": "90%"}))
+    for cache in (None, PlanCache()):
+        decision = admit(
+            pod=pod,
+            namespace="shop",
+            index=index,
+            profile=PROFILE,
+            never_governed=frozenset(),
+            dry_run=False,
+            cache=cache,
+        )
+        assert decision.outcome in ("mutated", "unchanged", "audit", "infeasible")
