@@ -21,6 +21,7 @@ import functools
 import gzip
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,13 +42,20 @@ from memwarden.webhook import MAX_REVIEW_BYTES
 from memwarden_testing.alertmanager import make_alert, make_payload, suppressed_counts
 from memwarden_testing.builders import (
     make_admission_review,
-    make_container,
     make_pod,
     make_policy,
     make_policy_spec,
 )
-from memwarden_testing.cluster import create_running_pod, wait_for
+from memwarden_testing.cluster import create_running_pod, metric_sum, wait_for
 from memwarden_testing.evidence import evidence_reader_token, make_bundle, make_incident
+from memwarden_testing.fuzzing import (
+    DELETE,
+    GARBAGE_VALUES,
+    JSON,
+    POD_PATHS,
+    governed_pod,
+    mutate,
+)
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.rawhttp import (
     FRAMINGS,
@@ -157,60 +165,6 @@ JUNK_BEARER = rarely(_PRINTABLE, _NO_BREAKS).map(lambda b: b"Bearer " + b)
 FRAMING: st.SearchStrategy[Framing] = st.sampled_from(
     ["length"] * 5 + ["chunked"] * 2 + [*FRAMINGS]
 )
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40),
-    lambda inner: (
-        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
-    ),
-    max_leaves=25,
-)
-#: Values a field of a well-formed object is replaced with: wrong types, huge, deep.
-GARBAGE_VALUES = st.one_of(
-    JSON,
-    st.sampled_from(
-        [
-            "x" * 300_000,
-            10**400,
-            -1,
-            1e308,
-            "",
-            "\u0000",
-            "\ud800",  # a lone surrogate: json.dumps escapes it, not every parser takes it
-            "☃" * 1000,
-            {"": {"": {"": None}}},
-        ]
-    ),
-    st.integers(min_value=1, max_value=900).map(
-        lambda depth: json.loads("[" * depth + "]" * depth)
-    ),
-)
-_DELETE = object()
-
-
-def mutate(obj: dict[str, Any], path: tuple[str | int, ...], value: Any) -> None:
-    """Set (or with :data:`_DELETE` remove) ``path`` in ``obj``, creating nothing: a path
-    whose parent is missing or not a container is left alone."""
-    parent: Any = obj
-    for key in path[:-1]:
-        try:
-            parent = parent[key]
-        except (KeyError, IndexError, TypeError):
-            return
-    last = path[-1]
-    if isinstance(parent, dict) or (isinstance(parent, list) and isinstance(last, int)):
-        try:
-            if value is _DELETE:
-                del parent[last]
-            else:
-                parent[last] = value
-        except (KeyError, IndexError, TypeError):
-            return
-
-
 GZIPPED = [(b"Content-Encoding", b"gzip")]
 
 
@@ -236,23 +190,36 @@ class Baseline:
     """The operator's RSS once warmed up."""
     peak: int
     """Its peak RSS before the warm-up."""
+    log_offset: int
+    """Where its log stood before the warm-up."""
+
+
+#: Loggers of the servers under test: nothing a client sends is an ERROR of theirs.
+SERVER_LOGGERS = re.compile(
+    r" ERROR +(aiohttp\.|memwarden\.(http|webhook|risk\.receiver|evidence)\b)"
+)
 
 
 def warmed_up(memwarden: OperatorProcess, warm: Callable[[], None]) -> Baseline:
     """Run ``warm`` (each kind of request, the largest included) twice: allocator arenas
     and caches grown once are not growth."""
-    peak = memwarden.memory()["VmHWM"]
+    peak, offset = memwarden.memory()["VmHWM"], memwarden.log_path.stat().st_size
     warm()
     warm()
-    return Baseline(rss=memwarden.memory()["VmRSS"], peak=peak)
+    return Baseline(rss=memwarden.memory()["VmRSS"], peak=peak, log_offset=offset)
 
 
 def assert_flat_and_alive(
     memwarden: OperatorProcess, baseline: Baseline, seen: Counter[str]
 ) -> None:
-    """Alive; RSS back within :data:`RSS_BOUND` of the baseline, and no request (warm-up
-    included) pushed the peak further than that."""
+    """Alive; RSS back within :data:`RSS_BOUND` of the baseline, no request (warm-up
+    included) pushed the peak further than that, and none made the servers log an ERROR."""
     assert memwarden.healthy(), memwarden.log_tail()
+    with memwarden.log_path.open("rb") as log:
+        log.seek(baseline.log_offset)
+        lines = log.read().decode(errors="replace").splitlines()
+    errors = [line for line in lines if SERVER_LOGGERS.search(line)]
+    assert not errors, f"{len(errors)} ERROR lines, the first: {errors[0]}"
     memory = memwarden.memory()
     print(
         f"operator RSS {baseline.rss / 2**20:.1f} -> {memory['VmRSS'] / 2**20:.1f} MiB, peak "
@@ -296,32 +263,8 @@ REVIEW_PATHS: list[tuple[str | int, ...]] = [
     ("request", "subResource"),
     ("request", "oldObject"),
     ("request", "object"),
-    ("request", "object", "metadata"),
-    ("request", "object", "metadata", "name"),
-    ("request", "object", "metadata", "namespace"),
-    ("request", "object", "metadata", "labels"),
-    ("request", "object", "metadata", "labels", "app"),
-    ("request", "object", "metadata", "annotations"),
-    ("request", "object", "spec"),
-    ("request", "object", "spec", "containers"),
-    ("request", "object", "spec", "containers", 0),
-    ("request", "object", "spec", "containers", 0, "name"),
-    ("request", "object", "spec", "containers", 0, "resources"),
-    ("request", "object", "spec", "containers", 0, "resources", "limits"),
-    ("request", "object", "spec", "containers", 0, "resources", "limits", "memory"),
-    ("request", "object", "spec", "containers", 0, "resources", "requests", "memory"),
-    ("request", "object", "spec", "containers", 0, "env"),
-    ("request", "object", "spec", "containers", 0, "env", 0),
-    ("request", "object", "spec", "containers", 0, "env", 0, "value"),
-    ("request", "object", "spec", "initContainers"),
-    ("request", "object", "spec", "overhead"),
-    ("request", "object", "spec", "resources"),
+    *(("request", "object", *path) for path in POD_PATHS),
 ]
-
-
-def governed_pod(namespace: str, name: str = "fuzzed") -> dict[str, Any]:
-    container = make_container(memory_request="1Mi", env={"GOGC": "50", "LOG": "info"})
-    return make_pod(name, namespace=namespace, labels={"app": "checkout"}, containers=[container])
 
 
 @st.composite
@@ -334,7 +277,7 @@ def admission_requests(draw: st.DrawFn, namespace: str) -> tuple[bytes, bytes, l
         )
         for path, value in draw(
             st.lists(
-                st.tuples(st.sampled_from(REVIEW_PATHS), st.just(_DELETE) | GARBAGE_VALUES),
+                st.tuples(st.sampled_from(REVIEW_PATHS), st.just(DELETE) | GARBAGE_VALUES),
                 max_size=4,
             )
         ):
@@ -354,13 +297,21 @@ def admission_requests(draw: st.DrawFn, namespace: str) -> tuple[bytes, bytes, l
 def test_admission_webhook_survives_fuzzing(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    """No 5xx, no hang; a 200 is always an allowed review of the request's uid."""
+    """No 5xx, no hang; a 200 is always an allowed review of the request's uid, and the
+    core decided every pod (none admitted as outcome ``error``: the core raised)."""
     _policy(memwarden, kube, namespace)
-    webhook = admission_webhook(memwarden)
+    webhook, api = admission_webhook(memwarden), operator_api(memwarden)
     path = f"/{POD_HANDLER_ID}".encode()
     good = json.dumps(make_admission_review(governed_pod(namespace))).encode()
-
     oversize = b"{" * (MAX_REVIEW_BYTES + 1)
+
+    def garbled(where: tuple[str | int, ...], value: Any) -> bytes:
+        """A review of the governed pod with one field replaced."""
+        review = make_admission_review(governed_pod(namespace))
+        mutate(review, ("request", "object", *where), value)
+        return json.dumps(review).encode()
+
+    errors = metric_sum(metrics_page(api), "memwarden_webhook_requests_total", outcome="error")
 
     def warm() -> None:
         for body, headers in ((good, []), (b"{", []), (oversize, []), (bomb(), GZIPPED)):
@@ -371,6 +322,12 @@ def test_admission_webhook_survives_fuzzing(
 
     @fuzz_settings()
     @given(request=admission_requests(namespace), framing=FRAMING)
+    @example(
+        request=(b"POST", path, [], garbled(("spec", "containers", 0), "app")), framing="length"
+    )
+    @example(
+        request=(b"POST", path, [], garbled(("metadata", "labels", "app"), [1])), framing="length"
+    )
     @example(request=(b"POST", path, [], oversize), framing="length")
     @example(request=(b"POST", path, [], b"[" * (MAX_REVIEW_BYTES + 1)), framing="chunked")
     @example(request=(b"POST", path, GZIPPED, bomb()), framing="length")
@@ -387,6 +344,8 @@ def test_admission_webhook_survives_fuzzing(
 
     fuzz()
     assert_flat_and_alive(memwarden, baseline, seen)
+    now = metric_sum(metrics_page(api), "memwarden_webhook_requests_total", outcome="error")
+    assert now == errors, f"{now - errors} pods admitted because the core raised: see the log"
 
     # A well-formed review is still mutated, and so is a pod created through the API server.
     answer = webhook.send(
@@ -439,7 +398,7 @@ def alerts(draw: st.DrawFn, namespace: str, pod: str) -> dict[str, Any]:
     alert["annotations"]["threshold"] = draw(NUMBERS)
     for key, value in draw(
         st.lists(
-            st.tuples(st.sampled_from(sorted(alert)), st.just(_DELETE) | GARBAGE_VALUES), max_size=2
+            st.tuples(st.sampled_from(sorted(alert)), st.just(DELETE) | GARBAGE_VALUES), max_size=2
         )
     ):
         mutate(alert, (key,), value)
@@ -468,7 +427,7 @@ def alertmanager_requests(
         payload = make_payload(draw(st.lists(alerts(namespace, pod), max_size=4)))
         for key, value in draw(
             st.lists(
-                st.tuples(st.sampled_from(PAYLOAD_KEYS), st.just(_DELETE) | GARBAGE_VALUES),
+                st.tuples(st.sampled_from(PAYLOAD_KEYS), st.just(DELETE) | GARBAGE_VALUES),
                 max_size=2,
             )
         ):
