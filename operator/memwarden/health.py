@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from memwarden.httpbody import expect_handler
+
 _certificate_not_after: float | None = None
 
 
@@ -33,7 +35,7 @@ def readiness(now: float) -> str | None:
 
 def _app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
     app = web.Application()
-    app.router.add_get("", handler)
+    app.router.add_get("", handler, expect_handler=expect_handler)
     return app
 
 

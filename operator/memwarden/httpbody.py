@@ -15,6 +15,9 @@ here, not by the client's good manners:
 - :func:`read_limited` stops at the limit and returns None, instead of raising from a
   frame that holds the bytes read so far: aiohttp's ``request.read()`` does the latter,
   and the traceback keeps each refused 8 MiB body alive until a collection.
+- Every route takes :func:`expect_handler`: aiohttp's own answered an ``Expect`` header it
+  does not know with a 417 whose text quoted it, and raised (a 500) when its bytes were
+  not UTF-8.
 - A request aiohttp cannot parse (a bad header, a control byte in the path, a broken
   chunk) is answered 400 by aiohttp and logged as one WARNING line, not at ERROR with a
   traceback: a client's mistake, and anyone who can connect could otherwise fill the
@@ -26,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 
@@ -55,6 +58,18 @@ SERVER_OPTIONS: dict[str, Any] = {"auto_decompress": False, "logger": SERVER_LOG
 _CHUNK = 64 * 1024
 
 
+async def expect_handler(request: web.Request) -> None:
+    """``expect_handler`` of every route: aiohttp's behaviour (``100-continue`` answered,
+    any other expectation 417) without quoting the header back (see module doc)."""
+    if request.version != HttpVersion11:
+        return
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's: the response has not started
+        return
+    raise web.HTTPExpectationFailed(text="unknown Expect header: only 100-continue is")
+
+
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
     """The body, or None when it is larger than ``limit`` (also for chunked bodies); a body
     announced larger than ``limit`` is not read at all.
@@ -76,4 +91,4 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-__all__ = ["SERVER_LOGGER", "SERVER_OPTIONS", "read_limited"]
+__all__ = ["SERVER_LOGGER", "SERVER_OPTIONS", "expect_handler", "read_limited"]

@@ -91,6 +91,18 @@ def test_an_announced_oversize_review_is_refused_before_it_is_read(
     assert status_line.split()[1] == b"413", status_line
 
 
+def test_an_unknown_expectation_is_417_however_it_is_written(
+    webhook: Callable[..., Answer],
+) -> None:
+    """aiohttp's own 417 quoted the header and raised on bytes that are not UTF-8 (a 500);
+    ``100-continue`` is still honoured."""
+    body = json.dumps({"kind": "AdmissionReview"}).encode()
+    answer = webhook(b"POST", PATH.encode(), headers=[(b"Expect", b"\xff\xfe")], body=body)
+    assert answer.status == 417, answer
+    answer = webhook(b"POST", PATH.encode(), headers=[(b"Expect", b"100-continue")], body=body)
+    assert answer.status == 400, answer  # read, parsed, refused as no AdmissionReview
+
+
 def test_a_request_aiohttp_cannot_parse_is_one_warning_not_a_traceback(
     webhook: Callable[..., Answer], caplog: pytest.LogCaptureFixture
 ) -> None:
