@@ -392,13 +392,40 @@ class PlanCache:
     object, so its old entries are never served) and an equal kubelet profile.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 4 * 2**20) -> None:
+        """``max_bytes`` bounds the keys and error texts held, as ``size`` bounds their
+        number: a real pod's key is about a kilobyte (4 MiB holds the 4,096 of them), but
+        a forged review's pod can be megabytes, and 4,096 of those would be gigabytes (the
+        HTTP fuzz tests' distinct large pods). A key over ``max_bytes`` alone is planned
+        and not kept."""
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: dict[bytes, tuple[Selection, KubeletProfile, PodPlan | str]] = {}
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @staticmethod
+    def _cost(key: bytes, result: PodPlan | str) -> int:
+        return len(key) + (len(result) if isinstance(result, str) else 0)
+
+    def _keep(self, key: bytes, entry: tuple[Selection, KubeletProfile, PodPlan | str]) -> None:
+        """Store ``entry``, evicting the oldest until it fits in ``size`` and ``max_bytes``."""
+        cost = self._cost(key, entry[2])
+        stale = self._entries.pop(key, None)
+        if stale is not None:
+            self.bytes -= self._cost(key, stale[2])
+        if cost > self.max_bytes:
+            return
+        while self._entries and (
+            len(self._entries) >= self.size or self.bytes + cost > self.max_bytes
+        ):
+            oldest = next(iter(self._entries))
+            self.bytes -= self._cost(oldest, self._entries.pop(oldest)[2])
+        self._entries[key] = entry
+        self.bytes += cost
 
     @staticmethod
     def shape_of(pod: Mapping[str, Any]) -> bytes:
@@ -443,9 +470,7 @@ class PlanCache:
                 result = plan_pod(pod=pod, selection=selection, profile=profile)
             except PodShapeError as exc:
                 result = str(exc)  # a fresh error each time: a re-raised one grows its traceback
-            if len(self._entries) >= self.size:
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = (selection, profile, result)
+            self._keep(key, (selection, profile, result))
         if isinstance(result, str):
             raise PodShapeError(result)
         return result

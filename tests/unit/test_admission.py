@@ -220,6 +220,22 @@ def test_the_cache_stays_within_its_size() -> None:
     assert len(cache) == 3
 
 
+def test_the_cache_stays_within_its_bytes() -> None:
+    """Distinct large pods (a forged review's) do not pile up: 20 of 200 KB each, a
+    1 MB budget."""
+    cache = PlanCache(max_bytes=1_000_000)
+    index = index_of(make_candidate(memory=PLAIN))
+    for i in range(20):
+        big = make_container(env={"BLOB": f"{i}" + "x" * 200_000})
+        assert decide(make_pod(labels={"app": "checkout"}, containers=[big]), index, cache=cache)
+        assert cache.bytes <= 1_000_000
+    assert 1 <= len(cache) <= 5
+    huge = make_container(env={"BLOB": "y" * 2_000_000})
+    decision = decide(make_pod(labels={"app": "checkout"}, containers=[huge]), index, cache=cache)
+    assert decision.outcome == "mutated"  # planned, not kept
+    assert cache.bytes <= 1_000_000
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(pod=garbled_pods("shop"))
 def test_any_pod_gets_a_decision_not_an_exception(pod: dict[str, Any]) -> None:
