@@ -78,6 +78,8 @@ EXAMPLES = int(os.environ.get("MEMWARDEN_FUZZ_EXAMPLES", "60"))
 #: found by these tests, three gzip bodies took the webhook run's peak from 101 to 293 MiB.
 RSS_BOUND = 30 * 2**20
 PLAIN = {"request": "64Mi", "limit": "128Mi"}
+#: Governed pods of 512 KiB each, all different, sent to the webhook after its fuzzing.
+LARGE_PODS = 120
 PLURAL = "memoryincidents"
 
 
@@ -329,6 +331,7 @@ def test_admission_webhook_survives_fuzzing(
         request=(b"POST", path, [], garbled(("metadata", "labels", "app"), [1])), framing="length"
     )
     @example(request=(b"POST", path, [], oversize), framing="length")
+    @example(request=(b"POST", path, [(b"Expect", b"\xff")], good), framing="length")
     @example(request=(b"POST", path, [], b"[" * (MAX_REVIEW_BYTES + 1)), framing="chunked")
     @example(request=(b"POST", path, GZIPPED, bomb()), framing="length")
     @example(request=(b"POST", path, [], b"[" * 100_000 + b"]" * 100_000), framing="length")
@@ -343,6 +346,13 @@ def test_admission_webhook_survives_fuzzing(
             assert response["uid"] == json.loads(body)["request"]["uid"], what
 
     fuzz()
+    # Distinct large governed pods (60 MiB in all): what the webhook keeps of them (its plan
+    # cache) is bounded in bytes, not only in entries.
+    for n in range(LARGE_PODS):
+        pod = governed_pod(namespace)
+        pod["spec"]["containers"][0]["env"].append({"name": "BLOB", "value": f"{n:x}" * 2**17})
+        answer = webhook.send(b"POST", path, body=json.dumps(make_admission_review(pod)).encode())
+        assert answer.status == 200, answer
     assert_flat_and_alive(memwarden, baseline, seen)
     now = metric_sum(metrics_page(api), "memwarden_webhook_requests_total", outcome="error")
     assert now == errors, f"{now - errors} pods admitted because the core raised: see the log"
@@ -489,6 +499,7 @@ def test_alertmanager_receiver_survives_fuzzing(
         request=(b"POST", auth, b'{"version": "4", "n": ' + b"1" * 5000 + b"}"), framing="length"
     )
     @example(request=(b"POST", [(b"Authorization", b"Bearer \xff\xfe")], valid), framing="length")
+    @example(request=(b"POST", [*auth, (b"Expect", b"\xff")], valid), framing="length")
     @example(request=(b"POST", auth, deep), framing="length")
     @example(request=(b"POST", auth, b" " * (2**20 + 1)), framing="chunked")
     @example(request=(b"POST", [*auth, *GZIPPED], bomb()), framing="length")
@@ -652,6 +663,7 @@ def test_evidence_api_survives_fuzzing(
     )
     @example(request=(b"PUT", bundle_url, up, b"\x1f\x8b" + b"\0" * (2 * 2**20)), framing="long")
     @example(request=(b"PUT", bundle_url, up, b"PK\x03\x04"), framing="chunked")
+    @example(request=(b"PUT", bundle_url, [*up, (b"Expect", b"\xff")], b"\x1f"), framing="length")
     @example(
         request=(b"GET", listing.replace(namespace.encode(), b"..%2f.."), read, b""),
         framing="length",
