@@ -13,8 +13,6 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from memwarden.httpbody import expect_handler
-
 _certificate_not_after: float | None = None
 
 
@@ -35,7 +33,7 @@ def readiness(now: float) -> str | None:
 
 def _app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
     app = web.Application()
-    app.router.add_get("", handler, expect_handler=expect_handler)
+    app.router.add_get("", handler)
     return app
 
 

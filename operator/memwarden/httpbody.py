@@ -15,9 +15,11 @@ here, not by the client's good manners:
 - :func:`read_limited` stops at the limit and returns None, instead of raising from a
   frame that holds the bytes read so far: aiohttp's ``request.read()`` does the latter,
   and the traceback keeps each refused 8 MiB body alive until a collection.
-- Every route takes :func:`expect_handler`: aiohttp's own answered an ``Expect`` header it
-  does not know with a 417 whose text quoted it, and raised (a 500) when its bytes were
-  not UTF-8.
+- ``Expect`` is handled by :func:`expect_handler`: aiohttp's own answered an expectation
+  it does not know with a 417 whose text quoted it, and raised (a 500) when its bytes
+  were not UTF-8. It is installed as aiohttp's default (a private name, checked at
+  import) because routes are not the only users: a request that matches no route (404,
+  405) is handled by a route aiohttp makes on the spot, with the default.
 - A request aiohttp cannot parse (a bad header, a control byte in the path, a broken
   chunk) is answered 400 by aiohttp and logged as one WARNING line, not at ERROR with a
   traceback: a client's mistake, and anyone who can connect could otherwise fill the
@@ -26,10 +28,11 @@ here, not by the client's good manners:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import HttpVersion11, hdrs, web, web_urldispatcher
 from aiohttp.http_exceptions import HttpProcessingError
 
 
@@ -59,8 +62,8 @@ _CHUNK = 64 * 1024
 
 
 async def expect_handler(request: web.Request) -> None:
-    """``expect_handler`` of every route: aiohttp's behaviour (``100-continue`` answered,
-    any other expectation 417) without quoting the header back (see module doc)."""
+    """aiohttp's ``Expect`` handling (``100-continue`` answered, any other expectation
+    417) without quoting the header back (see module doc)."""
     if request.version != HttpVersion11:
         return
     if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
@@ -68,6 +71,17 @@ async def expect_handler(request: web.Request) -> None:
         request.writer.output_size = 0  # as aiohttp's: the response has not started
         return
     raise web.HTTPExpectationFailed(text="unknown Expect header: only 100-continue is")
+
+
+def _install_expect_handler() -> None:
+    """Make :func:`expect_handler` aiohttp's default (see module doc)."""
+    if not inspect.iscoroutinefunction(getattr(web_urldispatcher, _DEFAULT_EXPECT, None)):
+        raise ImportError(f"aiohttp.web_urldispatcher.{_DEFAULT_EXPECT} is gone: see httpbody")
+    setattr(web_urldispatcher, _DEFAULT_EXPECT, expect_handler)
+
+
+_DEFAULT_EXPECT = "_default_expect_handler"
+_install_expect_handler()
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:

@@ -27,7 +27,7 @@ import orjson
 
 from memwarden import metrics
 from memwarden.admission import Decision, pod_label, review_response
-from memwarden.httpbody import SERVER_OPTIONS, expect_handler, read_limited
+from memwarden.httpbody import SERVER_OPTIONS, read_limited
 from memwarden.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ def make_webhook_app(*, path: str, admit: Admit, tally: AdmissionTally) -> aioht
         )
 
     app = aiohttp.web.Application(client_max_size=MAX_REVIEW_BYTES)
-    app.router.add_post(path, serve, expect_handler=expect_handler)
+    app.router.add_post(path, serve)
     return app
 
 

@@ -94,11 +94,14 @@ def test_an_announced_oversize_review_is_refused_before_it_is_read(
 def test_an_unknown_expectation_is_417_however_it_is_written(
     webhook: Callable[..., Answer],
 ) -> None:
-    """aiohttp's own 417 quoted the header and raised on bytes that are not UTF-8 (a 500);
-    ``100-continue`` is still honoured."""
+    """aiohttp's own 417 quoted the header and raised on bytes that are not UTF-8 (a 500),
+    on a route and on a request that matches none (404, 405); ``100-continue`` is still
+    honoured."""
     body = json.dumps({"kind": "AdmissionReview"}).encode()
-    answer = webhook(b"POST", PATH.encode(), headers=[(b"Expect", b"\xff\xfe")], body=body)
-    assert answer.status == 417, answer
+    for method, path in ((b"POST", PATH), (b"POST", "/nowhere"), (b"GET", PATH)):
+        headers = [(b"Expect", b"\xff\xfe")]
+        answer = webhook(method, path.encode(), headers=headers, body=body)
+        assert answer.status == 417, (method, path, answer)
     answer = webhook(b"POST", PATH.encode(), headers=[(b"Expect", b"100-continue")], body=body)
     assert answer.status == 400, answer  # read, parsed, refused as no AdmissionReview
 

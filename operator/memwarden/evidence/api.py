@@ -57,7 +57,6 @@ from memwarden.evidence.store import (
     validate_namespace,
 )
 from memwarden.evidence.tokens import TokenError, verify_upload_token
-from memwarden.httpbody import expect_handler
 
 __all__ = [
     "BUNDLE_CONTENT_TYPE",
@@ -524,12 +523,11 @@ def make_evidence_app(
         idle_timeout=idle_timeout,
     )
     app = web.Application(middlewares=[_errors])
-    router, expect = app.router, expect_handler
-    router.add_put(PREFIX + "/{name}/bundle", state.upload, expect_handler=expect)
-    router.add_get(PREFIX, state.list, allow_head=False, expect_handler=expect)
-    router.add_get(PREFIX + "/", state.list, allow_head=False, expect_handler=expect)
-    router.add_get(PREFIX + "/{name}", state.meta, allow_head=False, expect_handler=expect)
-    router.add_get(PREFIX + "/{name}/bundle", state.download, expect_handler=expect)
+    app.router.add_put(PREFIX + "/{name}/bundle", state.upload)
+    app.router.add_get(PREFIX, state.list, allow_head=False)
+    app.router.add_get(PREFIX + "/", state.list, allow_head=False)
+    app.router.add_get(PREFIX + "/{name}", state.meta, allow_head=False)
+    app.router.add_get(PREFIX + "/{name}/bundle", state.download)
 
     async def _drain_hooks(_: web.Application) -> None:
         if state.hooks:

@@ -28,7 +28,7 @@ from memwarden.capture import incident as lifecycle
 from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.handlers import alerts, incidents, state
-from memwarden.httpbody import SERVER_OPTIONS, expect_handler
+from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
 from memwarden.settings import Settings
@@ -57,7 +57,7 @@ def metrics_app() -> web.Application:
         )
 
     app = web.Application()
-    app.router.add_get("", serve, expect_handler=expect_handler)
+    app.router.add_get("", serve)
     return app
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from memwarden.httpbody import expect_handler, read_limited
+from memwarden.httpbody import read_limited
 from memwarden.risk.alertmanager import AlertBatch, PayloadError, parse_payload
 from memwarden.risk.findings import Finding
 
@@ -159,5 +159,5 @@ def make_alertmanager_app(
         )
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    app.router.add_post(ROUTE, receive, expect_handler=expect_handler)
+    app.router.add_post(ROUTE, receive)
     return app
