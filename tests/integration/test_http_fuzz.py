@@ -232,9 +232,8 @@ def assert_flat_and_alive(
     assert memory["VmHWM"] - baseline.peak < RSS_BOUND, (baseline, memory)
 
 
-def _policy(
-    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str, **spec: Any
-) -> None:
+def _policy(kube: client.ApiClient, namespace: str, **spec: Any) -> None:
+    """The namespace's policy ``checkout``, once the operator has seen it."""
     custom = client.CustomObjectsApi(kube)
     body = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, **spec))
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "memorypolicies", body)
@@ -301,7 +300,7 @@ def test_admission_webhook_survives_fuzzing(
 ) -> None:
     """No 5xx, no hang; a 200 is always an allowed review of the request's uid, and the
     core decided every pod (none admitted as outcome ``error``: the core raised)."""
-    _policy(memwarden, kube, namespace)
+    _policy(kube, namespace)
     webhook, api = admission_webhook(memwarden), operator_api(memwarden)
     path = f"/{POD_HANDLER_ID}".encode()
     good = json.dumps(make_admission_review(governed_pod(namespace))).encode()
@@ -332,6 +331,7 @@ def test_admission_webhook_survives_fuzzing(
     )
     @example(request=(b"POST", path, [], oversize), framing="length")
     @example(request=(b"POST", path, [(b"Expect", b"\xff")], good), framing="length")
+    @example(request=(b"GET", path, [(b"Expect", b"\xff")], b""), framing="length")
     @example(request=(b"POST", path, [], b"[" * (MAX_REVIEW_BYTES + 1)), framing="chunked")
     @example(request=(b"POST", path, GZIPPED, bomb()), framing="length")
     @example(request=(b"POST", path, [], b"[" * 100_000 + b"]" * 100_000), framing="length")
@@ -461,26 +461,23 @@ def alertmanager_requests(
     return method, headers, body
 
 
-def incidents_in(kube: client.ApiClient, namespace: str | None = None) -> list[dict[str, Any]]:
-    custom = client.CustomObjectsApi(kube)
-    if namespace is None:
-        listed = custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)
-    else:
-        listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
-    return list(listed["items"])
+def incident_uids(kube: client.ApiClient) -> set[str]:
+    """Every MemoryIncident's UID, in every namespace."""
+    listed = client.CustomObjectsApi(kube).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    return {item["metadata"]["uid"] for item in listed["items"]}
 
 
 def test_alertmanager_receiver_survives_fuzzing(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
     """No 5xx, no hang; no incident opens for the pod, whose policy did not opt in."""
-    _policy(memwarden, kube, namespace)
+    _policy(kube, namespace)
     create_running_pod(kube, namespace, "checkout-1", labels={"app": "checkout"})
     api = operator_api(memwarden)
     path = api.alertmanager_path.encode()
     auth = [(b"Authorization", f"Bearer {memwarden.alertmanager_token}".encode())]
     valid = json.dumps(make_payload([make_alert(pod="checkout-1", namespace=namespace)])).encode()
-    before = {i["metadata"]["uid"] for i in incidents_in(kube)}
+    before = incident_uids(kube)
 
     def warm() -> None:
         for body, headers in ((valid, []), (b"{", []), (b"x" * 2**20, []), (bomb(), GZIPPED)):
@@ -500,6 +497,7 @@ def test_alertmanager_receiver_survives_fuzzing(
     )
     @example(request=(b"POST", [(b"Authorization", b"Bearer \xff\xfe")], valid), framing="length")
     @example(request=(b"POST", [*auth, (b"Expect", b"\xff")], valid), framing="length")
+    @example(request=(b"GET", [*auth, (b"Expect", b"\x80")], b""), framing="length")
     @example(request=(b"POST", auth, deep), framing="length")
     @example(request=(b"POST", auth, b" " * (2**20 + 1)), framing="chunked")
     @example(request=(b"POST", [*auth, *GZIPPED], bomb()), framing="length")
@@ -525,13 +523,11 @@ def test_alertmanager_receiver_survives_fuzzing(
         timeout=30,
         what="the valid alert counted as not accepted",
     )
-    opened = [i for i in incidents_in(kube) if i["metadata"]["uid"] not in before]
-    assert opened == [], [(i["metadata"]["namespace"], i["spec"]) for i in opened]
+    assert incident_uids(kube) - before == set(), "the fuzzing opened incidents"
 
 
 def metrics_page(api: OperatorApi) -> str:
-    root = api.alertmanager_path.rsplit("/alertmanager", 1)[0]
-    answer = api.client.send(b"GET", (root + "/metrics").encode())
+    answer = api.client.send(b"GET", api.metrics_path.encode())
     assert answer.status == 200
     return str(answer.body.decode())
 
@@ -612,9 +608,10 @@ def tree(root: Path) -> set[Path]:
 def test_evidence_api_survives_fuzzing(
     memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
 ) -> None:
-    """No 5xx, no hang; nothing written outside the incident's own directory of the store,
-    and every 2xx read is the namespace's listing, its incident's meta or its bundle."""
-    _policy(memwarden, kube, namespace, capture={"artifacts": ["heap"]})
+    """No 5xx, no hang; nothing written outside the incident's own directory of the store
+    (no partial upload left in it), and every 2xx read is the namespace's listing, its
+    incident's meta or its bundle."""
+    _policy(kube, namespace, capture={"artifacts": ["heap"]})
     create_running_pod(
         kube, namespace, "checkout-1", labels={"app": "checkout"}, pod_ip="127.0.0.1"
     )
@@ -642,6 +639,7 @@ def test_evidence_api_survives_fuzzing(
     workdir = memwarden.workdir
     store = workdir / "evidence"
     outside_before = tree(workdir) - {p for p in tree(workdir) if p.parts[:1] == ("evidence",)}
+    stored_before = tree(store) if store.exists() else set()  # other tests' bundles
 
     def warm() -> None:
         for target, headers in ((listing, read), (listing, []), (listing + b"/x/bundle", read)):
@@ -665,6 +663,10 @@ def test_evidence_api_survives_fuzzing(
     @example(request=(b"PUT", bundle_url, up, b"PK\x03\x04"), framing="chunked")
     @example(request=(b"PUT", bundle_url, [*up, (b"Expect", b"\xff")], b"\x1f"), framing="length")
     @example(
+        request=(b"GET", prefix.encode() + b"/nowhere", [(b"Expect", b"\x80")], b""),
+        framing="length",
+    )
+    @example(
         request=(b"GET", listing.replace(namespace.encode(), b"..%2f.."), read, b""),
         framing="length",
     )
@@ -685,10 +687,11 @@ def test_evidence_api_survives_fuzzing(
 
     outside_after = tree(workdir) - {p for p in tree(workdir) if p.parts[:1] == ("evidence",)}
     assert outside_after == outside_before
-    for path in tree(store):
+    for path in tree(store) - stored_before:
         assert path.parts[0] == namespace, path  # nothing for another namespace, or above
         assert len(path.parts) == 1 or path.parts[1] == incident, path
         assert not (store / path).is_symlink(), path
+        assert not path.name.startswith(".upload-"), f"a refused upload left {path}"
 
     # The incident's own upload still lands (unless a generated one already did), and an
     # authorised user still lists it.

@@ -137,6 +137,7 @@ class OperatorApi:
     client: RawClient
     alertmanager_path: str
     evidence_path: str
+    metrics_path: str
 
 
 def operator_api(operator: OperatorProcess) -> OperatorApi:
@@ -149,9 +150,14 @@ def operator_api(operator: OperatorProcess) -> OperatorApi:
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
     client, path = _client(operator.alertmanager_url, tls=unverified)
-    # The operator mounts the receiver at /alertmanager and the evidence API at /evidence.
+    # The operator mounts the receiver at /alertmanager, the evidence API at /evidence.
     root = path.rsplit("/alertmanager", 1)[0]
-    return OperatorApi(client=client, alertmanager_path=path, evidence_path=root + "/evidence")
+    return OperatorApi(
+        client=client,
+        alertmanager_path=path,
+        evidence_path=root + "/evidence",
+        metrics_path=root + "/metrics",
+    )
 
 
 def admission_webhook(operator: OperatorProcess) -> RawClient:
