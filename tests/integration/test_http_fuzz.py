@@ -700,3 +700,13 @@ def test_evidence_api_survives_fuzzing(
     answer = api.client.send(b"GET", listing, headers=read)
     assert answer.status == 200, answer
     assert [item["name"] for item in json.loads(answer.body)["items"]] == [incident]
+
+    def phase() -> str | None:
+        obj = client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, incident
+        )
+        found = (obj.get("status") or {}).get("phase")
+        return found if found != "Capturing" else None
+
+    # The bundle completes the incident, which then holds no capture slot of the cluster's.
+    assert wait_for(phase, timeout=60, what="the incident completed") == "Collected"
