@@ -61,9 +61,14 @@ def admit(
     """
     if namespace is None or namespace in never_governed:
         return Decision("unchanged", detail="namespace not governed")
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    if not isinstance(labels, Mapping):
-        return Decision("unchanged", detail="metadata.labels is not a map")
+    metadata = pod.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        return Decision("unchanged", detail="metadata is not a map")
+    labels = metadata.get("labels") or {}
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        return Decision("unchanged", detail="metadata.labels is not a map of strings")
     regular, sidecars = container_names(pod)
     selection = index.select(
         namespace=namespace, labels=labels, container_names=regular, sidecar_names=sidecars

@@ -55,12 +55,34 @@ def _quantity(value: object, *, where: str, cpu: bool = False) -> int | None:
         raise PodShapeError(f"{where}: {exc}") from exc
 
 
+def _mapping(value: object, *, where: str) -> Mapping[str, Any]:
+    """``value`` if it is a map, ``{}`` if absent; a forged review can hold anything."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise PodShapeError(f"{where}: not a map")
+    return value
+
+
+def _mappings(value: object, *, where: str) -> list[Mapping[str, Any]]:
+    """``value`` if it is a list of maps, ``[]`` if absent."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise PodShapeError(f"{where}: not a list")
+    for i, item in enumerate(value):
+        if not isinstance(item, Mapping):
+            raise PodShapeError(f"{where}[{i}]: not a map")
+    return value
+
+
 def _container_resources(
     container: Mapping[str, Any], *, where: str, sidecar: bool = False
 ) -> ContainerResources:
-    resources = container.get("resources") or {}
-    requests = resources.get("requests") or {}
-    limits = resources.get("limits") or {}
+    resources = _mapping(container.get("resources"), where=f"{where}.resources")
+    requests = _mapping(resources.get("requests"), where=f"{where}.resources.requests")
+    limits = _mapping(resources.get("limits"), where=f"{where}.resources.limits")
+    _mappings(container.get("env"), where=f"{where}.env")  # read by the env ops
     name = container.get("name")
     if not isinstance(name, str) or not name:
         raise PodShapeError(f"{where}.name: missing")
@@ -92,15 +114,18 @@ def pod_shape(pod: Mapping[str, Any]) -> PodShape:
         raise PodShapeError("spec.containers: missing")
     containers = tuple(
         _container_resources(c, where=f"spec.containers[{i}]")
-        for i, c in enumerate(spec["containers"])
+        for i, c in enumerate(_mappings(spec["containers"], where="spec.containers"))
     )
     init = tuple(
         _container_resources(
             c, where=f"spec.initContainers[{i}]", sidecar=c.get("restartPolicy") == "Always"
         )
-        for i, c in enumerate(spec.get("initContainers") or [])
+        for i, c in enumerate(_mappings(spec.get("initContainers"), where="spec.initContainers"))
     )
-    overhead = _quantity((spec.get("overhead") or {}).get("memory"), where="spec.overhead.memory")
+    overhead = _quantity(
+        _mapping(spec.get("overhead"), where="spec.overhead").get("memory"),
+        where="spec.overhead.memory",
+    )
     try:
         return PodShape(containers=containers, init_containers=init, overhead_memory=overhead)
     except ValueError as exc:
@@ -291,6 +316,8 @@ def plan_pod(
         return PodPlan(selection=selection)
     spec = winner.spec
     shape = pod_shape(pod)
+    metadata = _mapping(pod.get("metadata"), where="metadata")
+    annotations = _mapping(metadata.get("annotations"), where="metadata.annotations")
     rule, runtime = memory_rule(spec), go_rule(spec)
     sizing = size_pod(
         pod=shape, governed=selection.governed, rule=rule, runtime=runtime, profile=profile
@@ -326,9 +353,8 @@ def plan_pod(
         notes += [f"{sized.name}: {note}" for note in sized.notes]
 
     record = applied_record(policy=winner.key, generation=generation, sizing=sizing)
-    annotations = (pod.get("metadata") or {}).get("annotations")
     encoded = json.dumps(record, sort_keys=True, separators=(",", ":"))
-    if (annotations or {}).get(APPLIED_ANNOTATION) != encoded:
+    if annotations.get(APPLIED_ANNOTATION) != encoded:
         if not annotations:
             ops.append(
                 {
@@ -366,13 +392,40 @@ class PlanCache:
     object, so its old entries are never served) and an equal kubelet profile.
     """
 
-    def __init__(self, size: int = 4096) -> None:
+    def __init__(self, size: int = 4096, max_bytes: int = 4 * 2**20) -> None:
+        """``max_bytes`` bounds the keys and error texts held, as ``size`` bounds their
+        number: a real pod's key is about a kilobyte (4 MiB holds the 4,096 of them), but
+        a forged review's pod can be megabytes, and 4,096 of those would be gigabytes (the
+        HTTP fuzz tests' distinct large pods). A key over ``max_bytes`` alone is planned
+        and not kept."""
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._entries: dict[bytes, tuple[Selection, KubeletProfile, PodPlan | str]] = {}
         self.hits = self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @staticmethod
+    def _cost(key: bytes, result: PodPlan | str) -> int:
+        return len(key) + (len(result) if isinstance(result, str) else 0)
+
+    def _keep(self, key: bytes, entry: tuple[Selection, KubeletProfile, PodPlan | str]) -> None:
+        """Store ``entry``, evicting the oldest until it fits in ``size`` and ``max_bytes``."""
+        cost = self._cost(key, entry[2])
+        stale = self._entries.pop(key, None)
+        if stale is not None:
+            self.bytes -= self._cost(key, stale[2])
+        if cost > self.max_bytes:
+            return
+        while self._entries and (
+            len(self._entries) >= self.size or self.bytes + cost > self.max_bytes
+        ):
+            oldest = next(iter(self._entries))
+            self.bytes -= self._cost(oldest, self._entries.pop(oldest)[2])
+        self._entries[key] = entry
+        self.bytes += cost
 
     @staticmethod
     def shape_of(pod: Mapping[str, Any]) -> bytes:
@@ -403,7 +456,10 @@ class PlanCache:
         self, *, pod: Mapping[str, Any], selection: Selection, profile: KubeletProfile
     ) -> PodPlan:
         """``plan_pod``, or the plan of an earlier pod of the same shape and selection."""
-        key = self.shape_of(pod)
+        try:
+            key = self.shape_of(pod)
+        except orjson.JSONEncodeError:  # an integer past 64 bits, nesting past 254: no key
+            return plan_pod(pod=pod, selection=selection, profile=profile)
         entry = self._entries.get(key)
         if entry is not None and entry[1] == profile and _same_policies(entry[0], selection):
             self.hits += 1
@@ -414,9 +470,7 @@ class PlanCache:
                 result = plan_pod(pod=pod, selection=selection, profile=profile)
             except PodShapeError as exc:
                 result = str(exc)  # a fresh error each time: a re-raised one grows its traceback
-            if len(self._entries) >= self.size:
-                del self._entries[next(iter(self._entries))]
-            self._entries[key] = (selection, profile, result)
+            self._keep(key, (selection, profile, result))
         if isinstance(result, str):
             raise PodShapeError(result)
         return result

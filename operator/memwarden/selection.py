@@ -49,12 +49,19 @@ def governed_containers(
 
 
 def container_names(pod: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """A pod dict's regular container names and its sidecar names."""
-    spec = pod.get("spec") or {}
-    regular = [str(c.get("name", "")) for c in spec.get("containers") or []]
+    """A pod dict's regular container names and its sidecar names (what is not a
+    container, in a forged review, is not counted: planning refuses such a pod)."""
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+
+    def entries(key: str) -> list[Mapping[str, Any]]:
+        value = spec.get(key)
+        return [c for c in value if isinstance(c, Mapping)] if isinstance(value, list) else []
+
+    regular = [str(c.get("name", "")) for c in entries("containers")]
     sidecars = [
         str(c.get("name", ""))
-        for c in spec.get("initContainers") or []
+        for c in entries("initContainers")
         if c.get("restartPolicy") == "Always"
     ]
     return regular, sidecars

@@ -26,13 +26,14 @@ import aiohttp.web
 import orjson
 
 from memwarden.admission import Decision, pod_label, review_response
+from memwarden.httpbody import SERVER_OPTIONS, read_limited
 from memwarden.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
 #: Refuse absurd bodies before parsing: a pod is well under this; the API server's own
-#: request limit is 3 MiB. Applied as aiohttp's ``client_max_size`` (its default, 1 MiB,
-#: would otherwise win silently).
+#: request limit is 3 MiB. Read with ``httpbody.read_limited``, and also aiohttp's
+#: ``client_max_size`` (its default, 1 MiB, would otherwise win silently).
 MAX_REVIEW_BYTES = 8 * 2**20
 _API_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 _OPERATIONS = ("CREATE", "UPDATE", "DELETE", "CONNECT")
@@ -154,7 +155,11 @@ def make_webhook_app(*, path: str, admit: Admit, tally: AdmissionTally) -> aioht
 
     async def serve(request: aiohttp.web.Request) -> aiohttp.web.Response:
         started = time.perf_counter()
-        body = await request.read()  # over client_max_size: aiohttp answers 413
+        body = await read_limited(request, MAX_REVIEW_BYTES)
+        if body is None:
+            logger.warning("refused an admission request over %d bytes", MAX_REVIEW_BYTES)
+            message = f"body larger than {MAX_REVIEW_BYTES} bytes"
+            return aiohttp.web.json_response({"error": message}, status=413)
         try:
             review = parse_review(body)
         except ReviewError as exc:
@@ -217,7 +222,9 @@ class WebhookServer:
         context: ssl.SSLContext | None = None
         if self._certificates is not None:
             context = self._certificates.context
-        runner = aiohttp.web.AppRunner(self._app, handle_signals=False, access_log=None)
+        runner = aiohttp.web.AppRunner(
+            self._app, handle_signals=False, access_log=None, **SERVER_OPTIONS
+        )
         await runner.setup()
         site = aiohttp.web.TCPSite(
             runner, self._host, self._port, ssl_context=context, reuse_address=True, backlog=1024

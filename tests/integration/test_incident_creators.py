@@ -20,9 +20,10 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from memwarden.api import GROUP, VERSION
-from memwarden_testing.builders import make_pod, make_policy, make_policy_spec
+from memwarden_testing.builders import make_policy, make_policy_spec
 from memwarden_testing.cluster import (
     api_client,
+    create_running_pod,
     grant_in_namespace,
     service_account_client,
     wait_for,
@@ -159,29 +160,7 @@ def test_memwardens_own_identity_opens_incidents(
 
 def _running_pod(kube: client.ApiClient, namespace: str, name: str) -> str:
     """A pod labelled ``app: checkout`` that the operator sees Running (never scheduled)."""
-    pod = make_pod(name, namespace=namespace, labels={"app": "checkout"})
-    pod["spec"]["nodeSelector"] = {"memwarden.dev/test": "no-such-node"}
-    core = client.CoreV1Api(kube)
-    core.create_namespaced_pod(namespace, pod)
-    core.patch_namespaced_pod_status(
-        name,
-        namespace,
-        {
-            "status": {
-                "phase": "Running",
-                "containerStatuses": [
-                    {
-                        "name": "app",
-                        "image": "example.com/app:1",
-                        "imageID": "",
-                        "ready": True,
-                        "restartCount": 0,
-                        "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}},
-                    }
-                ],
-            }
-        },
-    )
+    create_running_pod(kube, namespace, name, labels={"app": "checkout"})
     return name
 
 

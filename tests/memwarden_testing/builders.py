@@ -99,3 +99,29 @@ def make_candidate(
     """A policy as selection sees it."""
     spec = MemoryPolicySpec.model_validate(make_policy_spec(**spec_fields))
     return Candidate(namespace=namespace, name=name, created=created, spec=spec)
+
+
+def make_admission_review(pod: dict[str, Any], *, uid: str = "review-1") -> dict[str, Any]:
+    """A complete AdmissionReview of a pod CREATE, as the API server sends one."""
+    gvk = {"group": "", "version": "v1", "kind": "Pod"}
+    gvr = {"group": "", "version": "v1", "resource": "pods"}
+    metadata = pod.get("metadata") or {}
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": gvk,
+            "resource": gvr,
+            "requestKind": gvk,
+            "requestResource": gvr,
+            "name": metadata.get("name", ""),
+            "namespace": metadata.get("namespace"),
+            "operation": "CREATE",
+            "userInfo": {"username": "fuzz", "groups": ["system:authenticated"]},
+            "object": pod,
+            "oldObject": None,
+            "dryRun": False,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        },
+    }

@@ -267,3 +267,38 @@ def child_pids(parent: int, marker: bytes) -> list[int]:
         if int(stat.rsplit(")", 1)[1].split()[1]) == parent and marker in cmdline:
             found.append(int(entry.name))
     return found
+
+
+def create_running_pod(
+    kube: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    labels: dict[str, str],
+    pod_ip: str | None = None,
+) -> None:
+    """A pod (one container ``app``) that the operator sees Running, with ``pod_ip`` as its
+    address if given, though no node ever runs it: its status is written here, and a
+    node selector no node matches keeps the scheduler away."""
+    from memwarden_testing.builders import make_pod
+
+    pod = make_pod(name, namespace=namespace, labels=labels)
+    pod["spec"]["nodeSelector"] = {"memwarden.dev/test": "no-such-node"}
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_pod(namespace, pod)
+    status: dict[str, Any] = {
+        "phase": "Running",
+        "containerStatuses": [
+            {
+                "name": "app",
+                "image": "example.com/app:1",
+                "imageID": "",
+                "ready": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": "2026-11-25T10:00:00Z"}},
+            }
+        ],
+    }
+    if pod_ip is not None:
+        status |= {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}
+    core.patch_namespaced_pod_status(name, namespace, {"status": status})

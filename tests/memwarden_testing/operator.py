@@ -8,6 +8,7 @@ HTTPS, as it does by default; ``ca_file`` is the CA to trust it with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -31,7 +32,14 @@ from memwarden.manifests import (
     service_account_username,
 )
 from memwarden.reach import operator_reach_policy
-from memwarden_testing.cluster import REPO, kubectl, metric_sum, stop_process_group, wait_for
+from memwarden_testing.cluster import (
+    REPO,
+    child_pids,
+    kubectl,
+    metric_sum,
+    stop_process_group,
+    wait_for,
+)
 from memwarden_testing.tls import loopback_certificates
 
 OPERATOR_NAMESPACE = "memwarden-system"
@@ -201,13 +209,17 @@ class OperatorProcess:
             return metric_sum(response.read().decode(), name, **labels)
 
     def memory(self) -> dict[str, int]:
-        """The operator process's ``VmRSS`` and ``VmHWM`` (its peak RSS), in bytes."""
+        """``VmRSS`` and ``VmHWM`` (peak RSS), in bytes, of the operator process and its
+        admission worker together (the webhook answers from the worker)."""
         assert self.process is not None and self.process.poll() is None, "operator not running"
-        sizes: dict[str, int] = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                sizes[key] = int(value.split()[0]) * 1024
+        sizes = {"VmRSS": 0, "VmHWM": 0}
+        workers = child_pids(self.process.pid, b"memwarden.admission_worker")
+        for pid in (self.process.pid, *workers):
+            with contextlib.suppress(FileNotFoundError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    key, _, value = line.partition(":")
+                    if key in sizes:
+                        sizes[key] += int(value.split()[0]) * 1024
         return sizes
 
     def healthy(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonpatch
 import pytest
+from hypothesis import given, settings
 
 from memwarden.admission import Decision, admit, review_response
 from memwarden.api import APPLIED_ANNOTATION
@@ -17,6 +18,7 @@ from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
 from memwarden.webhook import AdmissionTally
 from memwarden_testing.builders import make_candidate, make_container, make_pod
+from memwarden_testing.fuzzing import garbled_pods
 
 pytestmark = pytest.mark.unit
 
@@ -216,3 +218,40 @@ def test_the_cache_stays_within_its_size() -> None:
         pod = make_pod(labels={"app": "checkout"}, containers=[make_container(f"c{i}")])
         decide(pod, index, cache=cache)
     assert len(cache) == 3
+
+
+def test_the_cache_stays_within_its_bytes() -> None:
+    """Distinct large pods (a forged review's) do not pile up: 20 of 200 KB each, a
+    1 MB budget."""
+    cache = PlanCache(max_bytes=1_000_000)
+    index = index_of(make_candidate(memory=PLAIN))
+    for i in range(20):
+        big = make_container(env={"BLOB": f"{i}" + "x" * 200_000})
+        assert decide(make_pod(labels={"app": "checkout"}, containers=[big]), index, cache=cache)
+        assert cache.bytes <= 1_000_000
+    assert 1 <= len(cache) <= 5
+    huge = make_container(env={"BLOB": "y" * 2_000_000})
+    decision = decide(make_pod(labels={"app": "checkout"}, containers=[huge]), index, cache=cache)
+    assert decision.outcome == "mutated"  # planned, not kept
+    assert cache.bytes <= 1_000_000
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(pod=garbled_pods("shop"))
+def test_any_pod_gets_a_decision_not_an_exception(pod: dict[str, Any]) -> None:
+    """A forged review can hold any pod: the core says what it does with it (a pod it
+    cannot read is left unchanged, saying why) and never raises, through the plan cache
+    too. An exception would admit the pod unchanged all the same, as outcome ``error``,
+    with a traceback in the log per request."""
+    index = index_of(make_candidate(memory=PLAIN, go={"memoryLimit": "90%"}))
+    for cache in (None, PlanCache()):
+        decision = admit(
+            pod=pod,
+            namespace="shop",
+            index=index,
+            profile=PROFILE,
+            never_governed=frozenset(),
+            dry_run=False,
+            cache=cache,
+        )
+        assert decision.outcome in ("mutated", "unchanged", "audit", "infeasible")

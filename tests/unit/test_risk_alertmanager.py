@@ -30,6 +30,7 @@ from memwarden.risk.receiver import (
     make_alertmanager_app,
 )
 from memwarden_testing.alertmanager import make_alert, make_payload, suppressed_counts
+from memwarden_testing.rawhttp import RawClient
 
 pytestmark = pytest.mark.unit
 
@@ -172,6 +173,9 @@ GARBAGE = [
         id="missing-receiver",
     ),
     pytest.param(b"[" * 100_000, "nested too deeply", id="deeply-nested"),
+    pytest.param(
+        b'{"version": "4", "n": ' + b"1" * 5000 + b"}", "not JSON we accept", id="huge-integer"
+    ),
 ]
 
 
@@ -255,6 +259,25 @@ def test_receiver_refuses_without_the_token(
         serve(check, app=make_alertmanager_app(token=TOKEN, on_findings=sink))
     assert sink.received == []
     assert "unauthorized" in caplog.text
+
+
+def test_receiver_refuses_a_token_that_is_not_utf8() -> None:
+    """Header bytes that are not UTF-8 reach the handler as surrogate escapes: a 401, as
+    for any wrong token (a 500 before: encoding them for the comparison raised)."""
+    sink = Sink()
+    body = json.dumps(make_payload([make_alert(pod="a")])).encode()
+
+    async def check(client: TestClient[web.Request, web.Application]) -> None:
+        raw = RawClient("127.0.0.1", client.port)
+        for token in (b"\xff\xfe", TOKEN.encode() + b"\x80"):
+            headers = [(b"Authorization", b"Bearer " + token)]
+            answer = await asyncio.to_thread(
+                raw.send, b"POST", URL.encode(), headers=headers, body=body
+            )
+            assert answer.status == 401, answer
+
+    serve(check, app=make_alertmanager_app(token=TOKEN, on_findings=sink))
+    assert sink.received == []
 
 
 def test_an_empty_configured_token_authorises_nothing() -> None:

@@ -196,6 +196,10 @@ def _bearer(request: web.Request) -> str:
         _fail(401, "missing Authorization: Bearer <token>", headers=challenge)
     if scheme.lower() != "bearer" or not token:
         _fail(401, "the Authorization header must be 'Bearer <token>'", headers=challenge)
+    if not (token.isascii() and token.isprintable()):
+        # No Kubernetes or upload token is anything else; aiohttp hands non-UTF-8 header
+        # bytes over as surrogate escapes, which hashing the token for the cache choked on.
+        _fail(401, "the bearer token must be printable ASCII", headers=challenge)
     return token
 
 

@@ -33,6 +33,7 @@ from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
+from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
 from memwarden.settings import Settings
@@ -162,7 +163,9 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     else:
         logger.info("alertmanager receiver off: alertmanager_token_file is not set")
     subapps = operator_subapps(settings, intake=intake)
-    runner = web.AppRunner(build_operator_app(subapps), access_log=None, handle_signals=False)
+    runner = web.AppRunner(
+        build_operator_app(subapps), access_log=None, handle_signals=False, **SERVER_OPTIONS
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=tls)
     try:

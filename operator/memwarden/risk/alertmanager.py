@@ -163,6 +163,8 @@ def parse_payload(body: bytes | str) -> AlertBatch:
         raise PayloadError(f"body is not JSON: {exc}") from exc
     except RecursionError as exc:  # "[[[[..." a few thousand deep
         raise PayloadError("body is not JSON we accept: nested too deeply") from exc
+    except ValueError as exc:  # an integer of more than 4,300 digits (sys.int_info)
+        raise PayloadError(f"body is not JSON we accept: {str(exc)[:100]}") from exc
     if not isinstance(data, dict):
         raise PayloadError(f"body is a JSON {type(data).__name__}, not an object")
     if data.get("version") != PAYLOAD_VERSION:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from memwarden.httpbody import read_limited
 from memwarden.risk.alertmanager import AlertBatch, PayloadError, parse_payload
 from memwarden.risk.findings import Finding
 
@@ -72,25 +73,14 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 
 def _authorized(header: str, token: str) -> bool:
-    """Constant-time comparison of ``Bearer <token>``; an empty token authorises nothing."""
+    """Constant-time comparison of ``Bearer <token>``; an empty token authorises nothing.
+
+    aiohttp hands over header bytes that are not UTF-8 as surrogate escapes: they are
+    compared as the bytes sent (a plain ``encode()`` raised, and the request got a 500)."""
     scheme, _, given = header.partition(" ")
     if not token or scheme.lower() != "bearer":
         return False
-    return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-async def _read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than ``limit`` (also for chunked bodies)."""
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"), token.encode())
 
 
 def _log_batch(batch: AlertBatch, remote: str | None) -> None:
@@ -134,7 +124,7 @@ def make_alertmanager_app(
         if not _authorized(request.headers.get("Authorization", ""), expected):
             logger.warning("alertmanager receiver: unauthorized request from %s", request.remote)
             return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-        body = await _read_limited(request, MAX_BODY_BYTES)
+        body = await read_limited(request, MAX_BODY_BYTES)
         if body is None:
             logger.warning(
                 "alertmanager receiver: body from %s over %d bytes refused",
