@@ -23,6 +23,7 @@ from memwarden import admission, metrics
 from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
+from memwarden.heap import release_free_memory
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PlanCache
@@ -74,10 +75,20 @@ def _freeze_heap() -> None:
 
 
 async def _freeze_when_pods_listed() -> None:
-    """Again once the pod index holds the first list: most of the heap is there."""
+    """Again once the pod index holds the first list: most of the heap is there. Then,
+    every ``_TRIM_SECONDS``, the C heap's free pages go back to the system (``heap.py``)."""
     await state.pods().listed.wait()
     await asyncio.sleep(0)
     _freeze_heap()
+    while True:
+        if not await asyncio.to_thread(release_free_memory):
+            return  # not glibc: nothing to trim
+        await asyncio.sleep(_TRIM_SECONDS)
+
+
+#: How often free heap pages are handed back: a minute follows a burst of pod events soon
+#: enough, and a trim costs milliseconds of a thread.
+_TRIM_SECONDS = 60.0
 
 
 class MeteredTally(AdmissionTally):
