@@ -168,6 +168,14 @@ class Settings(BaseModel):
         "(admission_worker.py), so the operator's other work never delays a pod create; "
         "inline: on the operator's event loop (one process, ~40 MiB less).",
     )
+    background_nice: int = Field(
+        default=5,
+        ge=0,
+        le=19,
+        description="With admission_process worker: the operator's own process (status, "
+        "risk, captures, uploads) lowers its CPU priority by this much once the worker runs, "
+        "so that on a busy CPU a review waits less for the operator's background work.",
+    )
     admission_summary_seconds: float = Field(
         default=60.0,
         gt=0,

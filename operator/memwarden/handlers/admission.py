@@ -13,6 +13,7 @@ import asyncio
 import functools
 import gc
 import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -177,6 +178,10 @@ async def _start_worker(
         tally=tally,
     )
     await worker.start()
+    if settings.background_nice:
+        # The worker (started above) keeps its priority; what runs here, and the children
+        # started from here later (analysis), yields the CPU to it.
+        os.nice(settings.background_nice)
     return worker
 
 
