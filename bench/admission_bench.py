@@ -58,6 +58,7 @@ from memwarden.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
 from memwarden_testing.cluster import (  # noqa: E402
     api_client,
+    child_pids,
     ensure_namespace,
     kubectl,
     stop_process_group,
@@ -948,10 +949,14 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
                         raise SystemExit(f"{name}'s webhook returned no patch: {sample}")
 
                 assert operator.process is not None and vpa.process is not None
+                # The webhook answers from the operator's admission worker when it has one.
+                workers = child_pids(operator.process.pid, b"memwarden.admission_worker")
+                memwarden_pid = workers[0] if workers else operator.process.pid
                 OURS[operator.process.pid] = "[this bench] memwarden"
+                OURS[memwarden_pid] = "[this bench] memwarden (webhook)"
                 OURS[vpa.process.pid] = "[this bench] vpa admission-controller"
                 print("pod creates through the API server ...", flush=True)
-                watch = CpuWatch(operator.process.pid, vpa.process.pid)
+                watch = CpuWatch(operator.process.pid, memwarden_pid, vpa.process.pid)
                 through_api = pod_create_latency(kube, owners)
                 through_api["machine"] = watch.stop()
                 print("direct webhook throughput (vegeta) ...", flush=True)
@@ -964,7 +969,7 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
                         make_pod(f"v{i}", NS_MEMWARDEN, owners[NS_MEMWARDEN])
                         for i in range(UNIQUE_REVIEWS)
                     ),
-                    webhook_pid=operator.process.pid,
+                    webhook_pid=memwarden_pid,
                     alive=lambda: operator.process is not None and operator.process.poll() is None,
                     workdir=workdir,
                 )
