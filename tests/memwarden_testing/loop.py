@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -88,10 +89,19 @@ class LocalLoop(Loop):
         return self.sim.pin(spec)
 
     def workload_metrics(self, pod: dict[str, Any]) -> str:
-        """Straight from the pod's loopback IP: the API server refuses to proxy to loopback."""
+        """Straight from the pod's loopback IP: the API server refuses to proxy to loopback.
+        Polled: Running (no readiness probe) says the process started, not that it listens."""
         url = f"http://{pod['status']['podIP']}:6060/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
+
+        def read() -> str | None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    return str(response.read().decode())
+            except (urllib.error.URLError, ConnectionError):
+                return None
+
+        text: str = wait_for(read, timeout=30, what=f"the workload's metrics at {url}")
+        return text
 
 
 def kind_loop(kube: client.ApiClient, kubeconfig: Path) -> Loop:
