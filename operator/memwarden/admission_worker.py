@@ -225,12 +225,7 @@ class AdmissionWorker:
         self._process: asyncio.subprocess.Process | None = None
         self._supervising: asyncio.Task[None] | None = None
         self._stopping = False
-        self.starts = 0
         index.subscribe(self._changed)
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     async def start(self) -> int:
         """Start the worker; return the policies it indexed once it listens."""
@@ -247,7 +242,6 @@ class AdmissionWorker:
             stdout=asyncio.subprocess.PIPE,
         )
         self._process = process
-        self.starts += 1
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write(encode(("config", self._config)))
         process.stdin.write(encode(("all", self._index.all_candidates())))

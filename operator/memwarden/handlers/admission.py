@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 _SERVER = "webhook_server"
 _SUMMARY = "admission_summary"
 _FREEZE = "heap_freeze"
+_TRIM = "heap_trim"
 
 
 async def prime_policies() -> int:
@@ -76,11 +77,14 @@ def _freeze_heap() -> None:
 
 
 async def _freeze_when_pods_listed() -> None:
-    """Again once the pod index holds the first list: most of the heap is there. Then,
-    every ``_TRIM_SECONDS``, the C heap's free pages go back to the system (``heap.py``)."""
+    """Again once the pod index holds the first list: most of the heap is there."""
     await state.pods().listed.wait()
     await asyncio.sleep(0)
     _freeze_heap()
+
+
+async def _release_free_memory_forever() -> None:
+    """Every ``_TRIM_SECONDS``, the C heap's free pages go back to the system (``heap.py``)."""
     while True:
         if not await asyncio.to_thread(release_free_memory):
             return  # not glibc: nothing to trim
@@ -131,6 +135,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     tally = MeteredTally()
     _freeze_heap()
     background.start(memo, _FREEZE, _freeze_when_pods_listed())
+    background.start(memo, _TRIM, _release_free_memory_forever())
     try:
         if settings.admission_process == "worker":
             memo[_SERVER] = await _start_worker(settings, cert_file, key_file, profile, tally)
@@ -234,7 +239,7 @@ def _admit_with(
 
 @kopf.on.cleanup()
 async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
-    for key in (_SUMMARY, _FREEZE):
+    for key in (_SUMMARY, _FREEZE, _TRIM):
         await background.stop(memo, key)
     server: WebhookServer | AdmissionWorker | None = memo.get(_SERVER)
     if server is not None:
