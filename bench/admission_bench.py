@@ -59,6 +59,7 @@ from memwarden_testing.builders import make_container, make_policy, make_policy_
 from memwarden_testing.cluster import (  # noqa: E402
     api_client,
     child_pids,
+    delete_namespaces,
     ensure_namespace,
     kubectl,
     stop_process_group,
@@ -340,7 +341,7 @@ def fresh_namespace(
     core: client.CoreV1Api, kubeconfig: Path, name: str, labels: dict[str, str] | None = None
 ) -> None:
     """``name``, new: what an interrupted earlier run left there is deleted first."""
-    kubectl(kubeconfig, "delete", "namespace", name, "--ignore-not-found", "--timeout=120s")
+    delete_namespaces(kubeconfig, name)
     ensure_namespace(core, name, labels=labels)
 
 
@@ -997,15 +998,7 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
                 check=False,
             )
         # Namespaces first (their VPA objects go with them), then VPA's CRDs.
-        kubectl(
-            kubeconfig,
-            "delete",
-            "namespace",
-            *namespaces,
-            "--ignore-not-found",
-            "--timeout=120s",
-            check=False,
-        )
+        delete_namespaces(kubeconfig, *namespaces, check=False)
         kubectl(
             kubeconfig,
             "delete",

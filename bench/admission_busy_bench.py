@@ -56,7 +56,7 @@ REPO = HERE.parent
 sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack")]
 
 import yaml  # noqa: E402
-from admission_bench import percentile, review  # noqa: E402  (bench/ is on sys.path: scripts run from it)
+from admission_bench import fresh_namespace, percentile, review  # noqa: E402  (bench/ is on sys.path: scripts run from it)
 from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
@@ -65,7 +65,13 @@ from memwarden.capture.plan import ENV_UPLOAD_TOKEN, ENV_UPLOAD_URL  # noqa: E40
 from memwarden.evidence.store import EvidenceStore  # noqa: E402
 from memwarden.manifests import POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
-from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for  # noqa: E402
+from memwarden_testing.cluster import (  # noqa: E402
+    api_client,
+    delete_namespaces,
+    ensure_namespace,
+    kubectl,
+    wait_for,
+)
 from memwarden_testing.evidence import make_bundle, make_incident  # noqa: E402
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess  # noqa: E402
 
@@ -588,15 +594,7 @@ def run(kubeconfig: Path, *, profile: str | None, work: Sequence[str]) -> dict[s
             bundle = real_bundle(workdir)
             ensure_namespace(core, OPERATOR_NAMESPACE)
             for namespace in namespaces:
-                kubectl(
-                    kubeconfig,
-                    "delete",
-                    "namespace",
-                    namespace,
-                    "--ignore-not-found",
-                    "--timeout=120s",
-                )
-                ensure_namespace(core, namespace)
+                fresh_namespace(core, kubeconfig, namespace)
             apply(
                 kubeconfig,
                 make_policy(
@@ -750,15 +748,7 @@ def run(kubeconfig: Path, *, profile: str | None, work: Sequence[str]) -> dict[s
                     thread.stop.set()
                     thread.join(timeout=90)
             # Namespaces while the operator runs: it removes its incidents' finalizers.
-            kubectl(
-                kubeconfig,
-                "delete",
-                "namespace",
-                *namespaces,
-                "--ignore-not-found",
-                "--timeout=120s",
-                check=False,
-            )
+            delete_namespaces(kubeconfig, *namespaces, check=False)
             strip_finalizers(kube, NS_CAPTURE)
             operator.stop()
             prometheus.stop()

@@ -69,6 +69,18 @@ class Launch:
     reach: tuple[str, ...] = ()
 
 
+def host_wrap_argv(launch: Launch) -> list[str]:
+    """:func:`wrap_argv` with this host's util-linux tools, interpreter and shim."""
+    return wrap_argv(
+        launch,
+        setpriv=str(SETPRIV),
+        unshare=str(UNSHARE),
+        nsenter=str(NSENTER),
+        python=sys.executable,
+        shim=str(SHIM),
+    )
+
+
 def wrap_argv(
     launch: Launch,
     *,
@@ -310,14 +322,7 @@ class Supervisor:
             raise StartFailed(f'exec: "{program}": not an executable file')
         if launch.identity is not None and None in (SETPRIV, UNSHARE, NSENTER):
             raise StartFailed("setpriv, unshare and nsenter (util-linux) are needed")
-        argv = wrap_argv(
-            launch,
-            setpriv=str(SETPRIV),
-            unshare=str(UNSHARE),
-            nsenter=str(NSENTER),
-            python=sys.executable,
-            shim=str(SHIM),
-        )
+        argv = host_wrap_argv(launch)
         if SETPRIV is not None:
             # The process dies with the thread that started it (a pod worker, which always
             # outlives its processes), so a crashed simulator leaves no leaking workload.

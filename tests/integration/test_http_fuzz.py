@@ -46,7 +46,7 @@ from memwarden_testing.builders import (
     make_policy,
     make_policy_spec,
 )
-from memwarden_testing.cluster import create_running_pod, metric_sum, wait_for
+from memwarden_testing.cluster import create_running_pod, metric_sum, wait_for, wait_policy_indexed
 from memwarden_testing.evidence import evidence_reader_token, make_bundle, make_incident
 from memwarden_testing.fuzzing import (
     DELETE,
@@ -237,16 +237,7 @@ def _policy(kube: client.ApiClient, namespace: str, **spec: Any) -> None:
     custom = client.CustomObjectsApi(kube)
     body = make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN, **spec))
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "memorypolicies", body)
-    wait_for(
-        lambda: (
-            custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "memorypolicies", "checkout"
-            ).get("status")
-            or {}
-        ).get("observedGeneration"),
-        timeout=30,
-        what="the operator to see the policy",
-    )
+    wait_policy_indexed(kube, namespace, "checkout")
 
 
 # --- admission ------------------------------------------------------------------------

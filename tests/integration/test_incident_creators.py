@@ -29,6 +29,7 @@ from memwarden_testing.cluster import (
     grant_in_namespace,
     service_account_client,
     wait_for,
+    wait_policy_indexed,
 )
 from memwarden_testing.evidence import make_incident
 from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
@@ -173,16 +174,7 @@ def _policy(kube: client.ApiClient, namespace: str, **capture: Any) -> None:
     custom.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "memorypolicies", make_policy(namespace=namespace, spec=spec)
     )
-    wait_for(
-        lambda: (
-            custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, "memorypolicies", "checkout"
-            ).get("status")
-            or {}
-        ).get("observedGeneration"),
-        timeout=30,
-        what="the operator to see the policy",
-    )
+    wait_policy_indexed(kube, namespace, "checkout")
 
 
 def _settled(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:

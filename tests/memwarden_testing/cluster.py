@@ -75,6 +75,19 @@ def service_account_client(kube: client.ApiClient, namespace: str, name: str) ->
     return acting_as(kube, namespace, name)
 
 
+def delete_namespaces(kubeconfig: Path, *names: str, check: bool = True) -> None:
+    """``kubectl delete namespace``, waiting up to 2 minutes; a missing one is no error."""
+    kubectl(
+        kubeconfig,
+        "delete",
+        "namespace",
+        *names,
+        "--ignore-not-found",
+        "--timeout=120s",
+        check=check,
+    )
+
+
 def kubectl(
     kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:

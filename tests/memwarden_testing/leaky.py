@@ -11,7 +11,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -84,7 +83,7 @@ def as_user(argv: list[str], user: tuple[int, int]) -> list[str]:
     would be: the node simulator's own wrapping (needs root, setpriv, unshare; the shim
     lets the user reach the binary under root's home). The pid stays the same (exec)."""
     from nodesim.identity import Identity
-    from nodesim.procs import NSENTER, SETPRIV, SHIM, UNSHARE, Launch, reach_paths, wrap_argv
+    from nodesim.procs import NSENTER, SETPRIV, UNSHARE, Launch, host_wrap_argv, reach_paths
 
     launch = Launch(
         argv=argv,
@@ -98,14 +97,7 @@ def as_user(argv: list[str], user: tuple[int, int]) -> list[str]:
     missing = [name for name, path in tools.items() if path is None]
     if missing or os.geteuid() != 0:
         raise AssertionError(f"running as another user needs root and {missing}")
-    return wrap_argv(
-        launch,
-        setpriv=str(SETPRIV),
-        unshare=str(UNSHARE),
-        nsenter=str(NSENTER),
-        python=sys.executable,
-        shim=str(SHIM),
-    )
+    return host_wrap_argv(launch)
 
 
 def start_leaky(
