@@ -85,6 +85,14 @@ def render(
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def delete_all(kubeconfig: Path, docs: list[dict[str, Any]]) -> None:
+    """Delete these (cluster-scoped) objects; those already gone are no error."""
+    for doc in docs:
+        kubectl(
+            kubeconfig, "delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found"
+        )
+
+
 def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
     found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"].get("name"))]
     assert len(found) == 1, f"{len(found)} {kind} {name or ''}"
@@ -666,14 +674,7 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
         assert allowed("create", "authentication.k8s.io", "tokenreviews")
         assert allowed("create", "authorization.k8s.io", "subjectaccessreviews")
     finally:
-        for doc in cluster_scoped:
-            kubectl(
-                devcluster,
-                "delete",
-                doc["kind"].lower(),
-                doc["metadata"]["name"],
-                "--ignore-not-found",
-            )
+        delete_all(devcluster, cluster_scoped)
 
 
 def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
@@ -771,14 +772,7 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
         assert add(watched, toolbox(watched)) == 200
         assert add(other_namespace, toolbox(other_namespace)) == 403
     finally:
-        for doc in cluster_scoped:
-            kubectl(
-                devcluster,
-                "delete",
-                doc["kind"].lower(),
-                doc["metadata"]["name"],
-                "--ignore-not-found",
-            )
+        delete_all(devcluster, cluster_scoped)
         core.delete_namespace(watched)
 
 
