@@ -96,6 +96,17 @@ class ProcessSampler:
     def rss_mib(self) -> float:
         return sum(self.rss_parts_mib().values())
 
+    def pss_mib(self) -> float:
+        """The pair's proportional set size: a page both map (the interpreter, shared
+        libraries) counts half in each, so the sum counts it once, as the container's
+        memory cgroup does; VmRSS's sum counts it twice."""
+        total = 0
+        for pid in self._pids():
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        return round(total / 1024, 1)
+
 
 class PeakRss(threading.Thread):
     """Samples RSS every 0.5 s in the background; ``peak`` is the highest seen."""
@@ -275,6 +286,7 @@ def run(
             sampler = ProcessSampler(operator.process.pid)
             result["rss_after_start_mib"] = round(sampler.rss_mib(), 1)
             result["rss_after_start_parts_mib"] = sampler.rss_parts_mib()
+            result["pss_after_start_mib"] = sampler.pss_mib()
 
             # -- the burst: 2,000 creates, 20 clients, one namespace; then the same into a
             # namespace the webhook skips, for what the API server alone costs here -----
@@ -370,6 +382,7 @@ def run(
                 "log_lines_per_s": round((log_lines(operator) - lines_before) / rest, 3),
                 "rss_mib": round(sampler.rss_mib(), 1),
                 "rss_parts_mib": sampler.rss_parts_mib(),
+                "pss_mib": sampler.pss_mib(),
             }
             before = matched(custom, namespaces[0], "policy-0")
             probe_started = time.monotonic()

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
+from memwarden.heap import compact_json
 from memwarden.quantity import (
     QuantityError,
     format_bytes,
@@ -442,7 +443,7 @@ class PlanCache:
             ]
 
         applied = annotations.get(APPLIED_ANNOTATION) if isinstance(annotations, Mapping) else None
-        return orjson.dumps(
+        return compact_json(
             [
                 read(spec.get("containers")) if isinstance(spec, Mapping) else spec,
                 read(spec.get("initContainers")) if isinstance(spec, Mapping) else None,

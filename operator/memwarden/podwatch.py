@@ -25,6 +25,7 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from memwarden.heap import compact_json
 from memwarden.status import StatusBook, pod_view
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class PodIndex:
                 if not pods:
                     del self._by_namespace[namespace]
             return
-        encoded = orjson.dumps(view, option=orjson.OPT_SORT_KEYS)
+        encoded = compact_json(view, option=orjson.OPT_SORT_KEYS)
         if pods is None:
             pods = self._by_namespace[namespace] = {}
         if pods.get(name) != encoded:  # the scheduler's status updates change no view
