@@ -138,6 +138,15 @@ EVIDENCE_AUTH_THROTTLED = Counter(
     registry=REGISTRY,
 )
 
+EVICTIONS = Counter(
+    "memwarden_evictions",
+    "Evictions of running pods (update Recreate, InPlaceOrRecreate) by outcome: evicted, "
+    "retry_later (429: a PodDisruptionBudget allows none now), gone, failed; and those the "
+    "gate held back: rate_limited, workload_busy, no_controller, not_recreatable.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -163,6 +172,7 @@ def reconciled(kind: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
 __all__ = [
     "BUNDLE_BYTES",
     "CAPTURE_SECONDS",
+    "EVICTIONS",
     "EVIDENCE_AUTH_THROTTLED",
     "EVIDENCE_TOKEN_REVIEWS",
     "INCIDENTS_OPENED",

@@ -382,6 +382,22 @@ class Settings(BaseModel):
         default=120.0,
         description="How long an incident waits for its pod to be Running before it fails.",
     )
+    update_evictions_per_minute: int = Field(
+        default=20,
+        ge=1,
+        description="Cluster-wide cap on evictions (update Recreate, InPlaceOrRecreate) in any "
+        "60 s: every policy changed at once (a GitOps sync) still recreates at most 20 pods a "
+        "minute, which schedulers, image pulls and the webhook absorb; 1,000 pods take under "
+        "an hour.",
+    )
+    update_evictions_per_minute_per_policy: int = Field(
+        default=5,
+        ge=1,
+        description="Cap on evictions one policy causes in any 60 s: what a mistaken or hostile "
+        "policy can do to its namespace is bounded (300 pods an hour at most) while a "
+        "policy over several workloads still proceeds on each; within a workload one pod is "
+        "in flight at a time anyway.",
+    )
     dry_run: bool = Field(
         default=False, description="Compute and log, never write to the cluster (like --dry-run)."
     )
