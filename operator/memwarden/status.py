@@ -92,6 +92,7 @@ def update_view(body: Mapping[str, Any]) -> dict[str, Any]:
         None,
     )
     view: dict[str, Any] = {
+        "uid": metadata.get("uid"),
         "phase": status.get("phase"),
         "node": (body.get("spec") or {}).get("nodeName"),
         "qos": status.get("qosClass"),

@@ -506,10 +506,69 @@ def _record_bytes(text: object) -> int | None:
         return None
 
 
+@dataclass
+class _Retry:
+    failures: int
+    next_at: float
+    message: str
+    refused: bool
+
+
+class RetryBook:
+    """Backoff per pod after a failed resize or a held-back eviction, and the API server's
+    last refusal (which the planner reads: ``UpdateInputs.refused``). Pure: ``now``
+    (monotonic seconds) is passed in.
+
+    In memory only, on purpose: what was done is in the pods themselves (their resources,
+    conditions, or their absence after an eviction), so a restarted operator neither
+    repeats nor forgets work; it only tries a refused resize once more."""
+
+    def __init__(self, *, base: float, cap: float) -> None:
+        self.base, self.cap = base, cap
+        self._entries: dict[tuple[str, str], _Retry] = {}
+
+    def due(self, key: tuple[str, str], now: float) -> bool:
+        entry = self._entries.get(key)
+        return entry is None or now >= entry.next_at
+
+    def failed(
+        self,
+        key: tuple[str, str],
+        *,
+        now: float,
+        message: str,
+        refused: bool = False,
+        after: float | None = None,
+    ) -> float:
+        """Record a failure; returns the delay before the next attempt (doubling, capped,
+        or ``after`` when the API server said how long to wait)."""
+        before = self._entries.get(key)
+        failures = before.failures + 1 if before else 1
+        delay = after if after is not None else min(self.cap, self.base * 2 ** (failures - 1))
+        self._entries[key] = _Retry(failures, now + delay, message, refused)
+        return delay
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        self._entries.pop(key, None)
+
+    def refused(self, key: tuple[str, str], now: float) -> str | None:
+        """The last refusal, while its backoff lasts (then the resize is tried again)."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.refused or now >= entry.next_at:
+            return None
+        return entry.message
+
+    def forget_gone(self, namespace: str, present: set[str]) -> None:
+        """Forget the pods of ``namespace`` that are no longer there."""
+        for key in [k for k in self._entries if k[0] == namespace and k[1] not in present]:
+            del self._entries[key]
+
+
 __all__ = [
     "RESIZE_IN_PROGRESS",
     "RESIZE_PENDING",
     "PodUpdate",
+    "RetryBook",
     "UpdateInputs",
     "decide",
     "parse_go_bytes",

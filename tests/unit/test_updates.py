@@ -13,7 +13,7 @@ from memwarden.mutation import plan_pod
 from memwarden.selection import NamespacePolicies
 from memwarden.sizing import KubeletProfile
 from memwarden.status import namespace_statuses, pod_view
-from memwarden.updates import PodUpdate, UpdateInputs, decide, parse_go_bytes
+from memwarden.updates import PodUpdate, RetryBook, UpdateInputs, decide, parse_go_bytes
 from memwarden_testing.builders import make_candidate, make_container, make_pod
 
 pytestmark = pytest.mark.unit
@@ -338,3 +338,18 @@ def test_status_counts_updated_and_stale_pods() -> None:
 )
 def test_parse_go_bytes(text: str, value: int | None) -> None:
     assert parse_go_bytes(text) == value
+
+
+def test_retry_book_backs_off_and_forgets_a_refusal_when_it_is_due_again() -> None:
+    book = RetryBook(base=5, cap=20)
+    key = ("shop", "pod-1")
+    assert book.due(key, 0)
+    assert book.failed(key, now=0, message="422: no", refused=True) == 5
+    assert (book.due(key, 4), book.refused(key, 4)) == (False, "422: no")
+    assert book.failed(key, now=5, message="422: no", refused=True) == 10
+    assert book.failed(key, now=15, message="422: no", refused=True) == 20
+    assert book.failed(key, now=35, message="422: no", refused=True) == 20  # capped
+    assert (book.due(key, 55), book.refused(key, 55)) == (True, None)
+    assert book.failed(key, now=0, message="429", after=3) == 3  # the server said when
+    book.forget_gone("shop", set())
+    assert book.due(key, 0)
