@@ -669,7 +669,8 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
         webhooks = ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
         assert allowed(*webhooks, f"{release}-memwarden")
         assert not allowed(*webhooks, "someone-elses")
-        assert not allowed("create", "", "pods/eviction")
+        assert allowed("create", "", "pods/eviction")  # update Recreate
+        assert not allowed("delete", "", "pods")  # never a plain delete
         assert not allowed("patch", "", "pods/resize")
         assert allowed("create", "authentication.k8s.io", "tokenreviews")
         assert allowed("create", "authorization.k8s.io", "subjectaccessreviews")

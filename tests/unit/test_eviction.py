@@ -1,0 +1,316 @@
+"""The eviction gate: pure, with the clock passed in (no cluster, no sleeping)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from memwarden.eviction import (
+    Allowed,
+    EvictionGate,
+    NoController,
+    NotRecreatable,
+    Owner,
+    RateLimited,
+    WorkloadBusy,
+    WorkloadState,
+    owner_of,
+    workload_state,
+)
+from memwarden.settings import Settings
+from memwarden_testing.builders import make_pod
+
+pytestmark = pytest.mark.unit
+
+POLICY = "shop/checkout"
+
+
+def owned(
+    name: str,
+    *,
+    kind: str = "ReplicaSet",
+    owner: str = "web-5d8f",
+    namespace: str = "shop",
+    labels: dict[str, str] | None = None,
+    api_version: str = "apps/v1",
+    ready: bool = True,
+    terminating: bool = False,
+) -> dict[str, Any]:
+    """A pod of a controller (by default a Deployment ``web``'s ReplicaSet)."""
+    if labels is None:
+        labels = {"app": "web", "pod-template-hash": "5d8f"}
+    pod = make_pod(name, namespace=namespace, labels=labels)
+    pod["metadata"]["uid"] = f"uid-{name}"
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": api_version, "kind": kind, "name": owner, "uid": "o", "controller": True}
+    ]
+    if terminating:
+        pod["metadata"]["deletionTimestamp"] = "2026-11-30T10:00:00Z"
+    pod["status"] = {
+        "phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    return pod
+
+
+def web_pods(count: int, **kwargs: Any) -> list[dict[str, Any]]:
+    return [owned(f"web-5d8f-{i}", **kwargs) for i in range(count)]
+
+
+def state_of(pod: dict[str, Any], pods: list[dict[str, Any]], **kw: Any) -> WorkloadState:
+    owner = owner_of(pod)
+    assert owner is not None
+    return workload_state(owner, pods=pods, **kw)
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        pytest.param(owned("a"), Owner("Deployment", "web"), id="deployment-replicaset"),
+        pytest.param(
+            owned("a", labels={"app": "web"}), Owner("ReplicaSet", "web-5d8f"), id="bare-rs"
+        ),
+        pytest.param(
+            owned("a", labels={"pod-template-hash": "zzz"}),
+            Owner("ReplicaSet", "web-5d8f"),
+            id="hash-not-in-name",
+        ),
+        pytest.param(
+            owned("db-0", kind="StatefulSet", owner="db", labels={}),
+            Owner("StatefulSet", "db"),
+            id="statefulset",
+        ),
+        pytest.param(make_pod("bare"), None, id="no-owner"),
+    ],
+)
+def test_the_owner_is_the_controller_and_a_replicaset_resolves_to_its_deployment(
+    pod: dict[str, Any], expected: Owner | None
+) -> None:
+    assert owner_of(pod) == expected
+
+
+def test_an_owner_reference_that_is_not_the_controller_is_no_owner() -> None:
+    pod = make_pod("p")
+    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x"}]
+    assert owner_of(pod) is None
+
+
+def test_a_bare_pod_is_refused_for_good_whatever_the_limits() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    decision = gate.admit(make_pod("bare"), policy=POLICY, workload=None, now=0.0)
+    assert decision == NoController()
+    assert decision.permanent and decision.retry_after is None
+    assert "would not come back" in decision.message
+
+
+@pytest.mark.parametrize("kind", ["Job", "Node"])
+def test_pods_their_controller_does_not_bring_back_as_they_were_are_refused(kind: str) -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    pod = owned("p", kind=kind, owner="x", labels={}, api_version="batch/v1")
+    decision = gate.admit(pod, policy=POLICY, workload=state_of(pod, [pod]), now=0.0)
+    assert isinstance(decision, NotRecreatable) and decision.permanent
+    assert decision.owner == Owner(kind, "x")
+
+
+def test_one_pod_of_a_workload_in_flight_until_its_replacement_is_ready() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    pods = web_pods(3)
+    first, second = pods[0], pods[1]
+    assert isinstance(
+        gate.admit(first, policy=POLICY, workload=state_of(first, pods), now=0), Allowed
+    )
+
+    # Evicted, not yet gone: terminating.
+    pods[0] = owned("web-5d8f-0", terminating=True)
+    busy = gate.admit(second, policy=POLICY, workload=state_of(second, pods), now=1)
+    assert isinstance(busy, WorkloadBusy) and not busy.permanent
+    assert busy.owner == Owner("Deployment", "web") and busy.retry_after > 0
+
+    # Gone, the replacement not yet created (the ReplicaSet controller lags): the two
+    # left are Ready, but the gate remembers it let one go.
+    del pods[0]
+    assert isinstance(
+        gate.admit(second, policy=POLICY, workload=state_of(second, pods), now=2), WorkloadBusy
+    )
+    # The replacement exists, not Ready.
+    pods.append(owned("web-5d8f-new", ready=False))
+    assert isinstance(
+        gate.admit(second, policy=POLICY, workload=state_of(second, pods), now=3), WorkloadBusy
+    )
+    # Ready: the next one may go.
+    pods[-1] = owned("web-5d8f-new")
+    assert isinstance(
+        gate.admit(second, policy=POLICY, workload=state_of(second, pods), now=4), Allowed
+    )
+
+
+def test_workloads_are_independent_and_a_rollout_s_two_replicasets_are_one() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    pods = web_pods(2)
+    other = [
+        owned(f"api-77-{i}", owner="api-77", labels={"pod-template-hash": "77"}) for i in range(2)
+    ]
+    everything = pods + other
+    assert isinstance(
+        gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], everything), now=0), Allowed
+    )
+    assert isinstance(
+        gate.admit(other[0], policy=POLICY, workload=state_of(other[0], everything), now=0), Allowed
+    )
+    # A pod of web's new ReplicaSet (a rollout under way) is the same workload.
+    newer = owned(
+        "web-9a9a-0", owner="web-9a9a", labels={"app": "web", "pod-template-hash": "9a9a"}
+    )
+    everything.append(newer)
+    assert isinstance(
+        gate.admit(newer, policy=POLICY, workload=state_of(newer, everything), now=1), WorkloadBusy
+    )
+
+
+def test_an_unready_pod_of_the_workload_holds_others_but_may_itself_go() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    pods = web_pods(3)
+    pods[2] = owned("web-5d8f-2", ready=False)  # crash-looping, say out of memory
+    held = gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], pods), now=0)
+    assert isinstance(held, WorkloadBusy) and "web-5d8f-2 is not Ready" in held.message
+    assert isinstance(
+        gate.admit(pods[2], policy=POLICY, workload=state_of(pods[2], pods), now=0), Allowed
+    )
+
+
+def test_a_budget_decides_how_many_may_be_down_at_once() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    pods = web_pods(4)
+    budget = {
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "maxUnavailable": 2},
+        "status": {"disruptionsAllowed": 2},
+    }
+    state = state_of(pods[0], pods, budgets=[budget])
+    assert state.budget == "web" and state.disruptions_allowed == 2
+    assert isinstance(gate.admit(pods[0], policy=POLICY, workload=state, now=0), Allowed)
+    # Terminating now, and the budget (as the API server updated it) allows one more.
+    pods[0] = owned("web-5d8f-0", terminating=True)
+    budget["status"] = {"disruptionsAllowed": 1}
+    state = state_of(pods[1], pods, budgets=[budget])
+    assert isinstance(gate.admit(pods[1], policy=POLICY, workload=state, now=1), Allowed)
+    budget["status"] = {"disruptionsAllowed": 0}
+    held = gate.admit(
+        pods[2], policy=POLICY, workload=state_of(pods[2], pods, budgets=[budget]), now=2
+    )
+    assert isinstance(held, WorkloadBusy) and "PodDisruptionBudget web allows no" in held.message
+
+
+@pytest.mark.parametrize(
+    ("selector", "selects"),
+    [
+        pytest.param({"matchLabels": {"app": "web"}}, True, id="match"),
+        pytest.param({"matchLabels": {"app": "api"}}, False, id="other-app"),
+        pytest.param({}, True, id="empty-selects-all"),
+        pytest.param(None, False, id="null-selects-none"),
+    ],
+)
+def test_only_budgets_selecting_the_workload_s_pods_count(
+    selector: dict[str, Any] | None, selects: bool
+) -> None:
+    pods = web_pods(2)
+    budget = {"metadata": {"name": "b"}, "spec": {"selector": selector}, "status": {}}
+    state = state_of(pods[0], pods, budgets=[budget])
+    assert (state.budget == "b") is selects
+
+
+def test_the_cluster_limit_holds_over_every_minute_with_fifty_drifted_pods() -> None:
+    """50 drifted pods, each its own workload: never more than the limit in any 60 s."""
+    gate = EvictionGate(per_minute=10, per_policy_per_minute=1000)
+    pods = [owned(f"w{i}-0", owner=f"w{i}-h", labels={"pod-template-hash": "h"}) for i in range(50)]
+    evicted_at: dict[str, float] = {}
+    now = 0.0
+    while len(evicted_at) < 50 and now < 600:
+        for pod in pods:
+            name = pod["metadata"]["name"]
+            if name in evicted_at:
+                continue
+            decision = gate.admit(pod, policy=POLICY, workload=state_of(pod, [pod]), now=now)
+            if isinstance(decision, Allowed):
+                evicted_at[name] = now
+            else:
+                assert isinstance(decision, RateLimited) and decision.scope == "cluster"
+                assert 0 < decision.retry_after <= 60
+        now += 1.0
+    times = sorted(evicted_at.values())
+    assert len(times) == 50
+    for start in times:
+        assert sum(start <= t < start + 60 for t in times) <= 10
+    assert times[-1] >= 4 * 60, "50 pods at 10 a minute take at least four more minutes"
+
+
+def test_the_per_policy_limit_holds_while_other_policies_proceed() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=2)
+    pods = [owned(f"w{i}-0", owner=f"w{i}-h", labels={"pod-template-hash": "h"}) for i in range(4)]
+
+    def admit(pod: dict[str, Any], policy: str, now: float) -> object:
+        return gate.admit(pod, policy=policy, workload=state_of(pod, [pod]), now=now)
+
+    assert isinstance(admit(pods[0], "shop/a", 0), Allowed)
+    assert isinstance(admit(pods[1], "shop/a", 10), Allowed)
+    limited = admit(pods[2], "shop/a", 20)
+    assert isinstance(limited, RateLimited) and limited.scope == "policy"
+    assert limited.retry_after == pytest.approx(40)
+    assert isinstance(admit(pods[3], "shop/b", 20), Allowed), "another policy has its own"
+    assert isinstance(admit(pods[2], "shop/a", 60), Allowed), "the first slot freed at 60 s"
+
+
+def test_a_released_slot_does_not_count_and_frees_the_workload() -> None:
+    """A 429 or a pod already gone disrupted nothing: the limit counts only evictions."""
+    gate = EvictionGate(per_minute=1, per_policy_per_minute=1)
+    pods = web_pods(2)
+    assert isinstance(
+        gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], pods), now=0), Allowed
+    )
+    gate.release(pods[0], policy=POLICY, now=1)
+    assert isinstance(
+        gate.admit(pods[1], policy=POLICY, workload=state_of(pods[1], pods), now=2), Allowed
+    )
+    limited = gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], pods), now=3)
+    assert isinstance(limited, WorkloadBusy | RateLimited)
+
+
+def test_a_scaled_down_workload_is_let_go_after_the_settle_timeout() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100, settle_timeout=600)
+    pods = web_pods(3)
+    assert isinstance(
+        gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], pods), now=0), Allowed
+    )
+    left = pods[1:2]  # evicted, then scaled from 3 to 1: fewer Ready than before, for good
+    assert isinstance(
+        gate.admit(left[0], policy=POLICY, workload=state_of(left[0], left), now=30), WorkloadBusy
+    )
+    assert isinstance(
+        gate.admit(left[0], policy=POLICY, workload=state_of(left[0], left), now=600), Allowed
+    )
+
+
+def test_the_gate_needs_the_workload_of_the_pod_it_judges() -> None:
+    gate = EvictionGate(per_minute=1, per_policy_per_minute=1)
+    pod = owned("a")
+    with pytest.raises(ValueError, match="Deployment/web"):
+        gate.admit(pod, policy=POLICY, workload=None, now=0)
+
+
+def test_limits_come_from_settings_and_the_environment() -> None:
+    defaults = Settings()
+    assert (
+        defaults.update_evictions_per_minute,
+        defaults.update_evictions_per_minute_per_policy,
+    ) == (20, 5)
+    settings = Settings.from_env(
+        {
+            "MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "7",
+            "MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE_PER_POLICY": "2",
+        }
+    )
+    gate = EvictionGate.from_settings(settings)
+    assert (gate.per_minute, gate.per_policy_per_minute) == (7, 2)
+    with pytest.raises(ValueError, match="update_evictions_per_minute"):
+        Settings.from_env({"MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "0"})
