@@ -314,3 +314,39 @@ def test_limits_come_from_settings_and_the_environment() -> None:
     assert (gate.per_minute, gate.per_policy_per_minute) == (7, 2)
     with pytest.raises(ValueError, match="update_evictions_per_minute"):
         Settings.from_env({"MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "0"})
+
+
+def test_hostile_policies_are_bounded_by_their_own_limit_and_together_by_the_cluster_s() -> None:
+    """A policy author who writes many policies over many one-pod workloads (each pod its
+    own workload, so nothing is ever busy) and asks all the time gets at most
+    ``per_policy_per_minute`` per policy and ``per_minute`` for all of them, in every 60 s
+    (docs/security.md)."""
+    gate = EvictionGate(per_minute=20, per_policy_per_minute=5)
+    policies = [f"shop/hostile-{i}" for i in range(10)]
+    pods = {
+        policy: [
+            owned(f"p{i}-{j}-0", owner=f"p{i}-{j}-h", labels={"pod-template-hash": "h"})
+            for j in range(40)
+        ]
+        for i, policy in enumerate(policies)
+    }
+    evicted: list[tuple[float, str]] = []
+    scopes: set[str] = set()
+    for second in range(300):
+        for policy in policies:
+            while pods[policy]:
+                pod = pods[policy][0]
+                decision = gate.admit(pod, policy=policy, workload=state_of(pod, [pod]), now=second)
+                if not isinstance(decision, Allowed):
+                    assert isinstance(decision, RateLimited)
+                    scopes.add(decision.scope)
+                    break
+                evicted.append((float(second), policy))
+                pods[policy].pop(0)
+    assert scopes == {"cluster", "policy"}, "both limits were reached"
+    for start, _ in evicted:
+        window = [(t, p) for t, p in evicted if start <= t < start + 60]
+        assert len(window) <= 20
+        for policy in policies:
+            assert sum(p == policy for _, p in window) <= 5
+    assert len(evicted) == 20 * 5, "300 s hold five windows of 20, and all of them are used"
