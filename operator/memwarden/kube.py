@@ -238,6 +238,26 @@ class Kube:
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Transient(_short(f"patch pod {namespace}/{name}: {exc}")) from exc
 
+    def resize_pod(self, *, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH ``pods/NAME/resize`` (strategic merge: containers merge by name); only
+        container resources change. The pod as the API server returns it (status
+        included). ``Rejected`` when the API server refuses the resize (a QoS class change,
+        a limit below what the node allows...)."""
+        what = f"resize pod {namespace}/{name}"
+        try:
+            result = self._core.patch_namespaced_pod_resize(
+                name,
+                namespace,
+                dict(body),
+                _request_timeout=REQUEST_TIMEOUT,
+                _content_type="application/strategic-merge-patch+json",
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        return dict(self.api_client.sanitize_for_serialization(result))  # type: ignore[no-untyped-call]
+
     def evict_pod(self, *, namespace: str, name: str, uid: str | None = None) -> None:
         """POST a policy/v1 Eviction for the pod (never a plain delete): the API server
         holds it to the pod's PodDisruptionBudgets (429 while one allows no disruption).

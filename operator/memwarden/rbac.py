@@ -7,9 +7,9 @@ call has no rule here or a rule here serves no call; ``tests/integration/test_ch
 compares the rendered chart with these rules.
 
 Least privilege: Secrets only in the operator's own namespace (a Role), the webhook
-configuration only by name, no ``pods/resize`` until the code resizes; pods are
-recreated only through ``pods/eviction`` (which PodDisruptionBudgets hold), never
-``delete`` on pods. The rules
+configuration only by name; pods are changed only through ``pods/resize`` (memory of
+running containers) and recreated only through ``pods/eviction`` (which
+PodDisruptionBudgets hold), never ``update`` or ``delete`` on pods. The rules
 on tenants' pods (``watched``) are bound cluster-wide only when memwarden watches the
 whole cluster; with a list of namespaces, by a Role in each of them and nowhere else.
 """
@@ -121,6 +121,13 @@ RULES: tuple[Rule, ...] = (
         ("pods/ephemeralcontainers",),
         ("patch",),
         "a capture adds the toolbox as an ephemeral container (never the pod's spec)",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("pods/resize",),
+        ("patch",),
+        "update InPlace/InPlaceOrRecreate resizes running containers' memory (nothing else)",
         scope="watched",
     ),
     Rule(

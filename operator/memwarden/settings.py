@@ -382,6 +382,32 @@ class Settings(BaseModel):
         default=120.0,
         description="How long an incident waits for its pod to be Running before it fails.",
     )
+    updates_enabled: bool = Field(
+        default=True,
+        description="The kill switch of the update modes: false, and no running pod is "
+        "resized or evicted, whatever the policies say (status still shows what would be "
+        "done). Policies are a tenant's to write; this is the cluster operator's to pull.",
+    )
+    update_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the update loop looks at the pods of policies with an update "
+        "mode: a resize is one small request, so a rollout follows within seconds; the pass "
+        "reads the in-memory pod index, never the API.",
+    )
+    update_deferred_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a resize the kubelet Deferred may wait for room on its node "
+        "before InPlaceOrRecreate evicts the pod instead: long enough for another pod to "
+        "finish or shrink, short enough that a policy does not stay half-applied.",
+    )
+    update_retry_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A resize the API server refused or failed is retried with backoff "
+        "doubling from update_interval_seconds up to this.",
+    )
     update_evictions_per_minute: int = Field(
         default=20,
         ge=1,

@@ -344,8 +344,23 @@ def test_no_cluster_wide_secrets_and_no_unused_pod_writes() -> None:
     assert ("", "secrets") not in cluster
     granted = rbac.permissions()
     assert ("", "pods", "patch") not in granted  # only the ephemeralcontainers subresource
-    assert ("", "pods/resize", "patch") not in granted
+    assert ("", "pods", "update") not in granted  # resources change only through pods/resize
     assert ("", "pods", "delete") not in granted  # recreate only through evictions
+
+
+def test_resizes_are_granted_where_the_pods_are_and_only_as_resizes() -> None:
+    """InPlace resizes through the pods/resize subresource (container resources only, the
+    API server validates each), in the watched scope; the code really calls it."""
+    watched = {
+        (r.api_group, res, v)
+        for r in rbac.rules(scope="watched")
+        for res in r.resources
+        for v in r.verbs
+    }
+    assert ("", "pods/resize", "patch") in watched
+    narrowed = rbac.rules(scope="cluster", namespaced_watch=True)
+    assert not any("pods/resize" in rule.resources for rule in narrowed)
+    assert ("", "pods/resize", "patch") in used()
 
 
 def test_evictions_are_granted_where_the_pods_are_and_only_as_evictions() -> None:
@@ -403,6 +418,7 @@ def test_pod_level_rules_leave_the_cluster_role_when_namespaces_are_watched() ->
         ("", "pods"),
         ("", "namespaces"),
         ("", "pods/ephemeralcontainers"),
+        ("", "pods/resize"),
         ("", "pods/eviction"),
         ("policy", "poddisruptionbudgets"),
         ("", "events"),
