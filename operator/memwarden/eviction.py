@@ -79,7 +79,8 @@ def owner_of(pod: Mapping[str, Any]) -> Owner | None:
     old and new ReplicaSets count as one workload (no second pod in flight through the
     other one), without reading ReplicaSets (no permission for them). Grouping a bare
     ReplicaSet named that way with a Deployment that does not exist only makes the gate
-    more careful.
+    more careful. A reference without ``apiVersion`` (the update loop's slim pod views keep
+    kind and name only) is taken as ``apps``.
     """
     reference = controller_reference(pod)
     if reference is None:
@@ -88,7 +89,7 @@ def owner_of(pod: Mapping[str, Any]) -> Owner | None:
     template_hash = ((pod.get("metadata") or {}).get("labels") or {}).get("pod-template-hash")
     if (
         kind == "ReplicaSet"
-        and str(reference.get("apiVersion") or "").startswith("apps/")
+        and str(reference.get("apiVersion") or "apps/").startswith("apps/")
         and template_hash
         and name.endswith(f"-{template_hash}")
     ):

@@ -90,6 +90,22 @@ def test_the_owner_is_the_controller_and_a_replicaset_resolves_to_its_deployment
     assert owner_of(pod) == expected
 
 
+def test_the_update_loop_s_slim_pod_and_the_api_s_pod_are_one_workload() -> None:
+    """The update loop hands the gate a pod rebuilt from the pod index (owner kind/name,
+    no apiVersion); observe_workload reads the API's pods. Both must name the same
+    workload, or the gate would see an empty one and never hold a second eviction."""
+    from memwarden.handlers.updates import _pod_ref
+    from memwarden.status import pod_view
+
+    api_pod = owned("web-5d8f-0")
+    view = pod_view(api_pod)
+    assert view is not None
+    slim = _pod_ref(view)
+    assert owner_of(slim) == owner_of(api_pod) == Owner("Deployment", "web")
+    state = workload_state(Owner("Deployment", "web"), pods=[api_pod])
+    assert state.ready == {"web-5d8f-0"}
+
+
 def test_an_owner_reference_that_is_not_the_controller_is_no_owner() -> None:
     pod = make_pod("p")
     pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x"}]
