@@ -19,7 +19,8 @@ Decisions are values with a reason (``Allowed``, ``RateLimited``, ``WorkloadBusy
 ``NoController``, ``NotRecreatable``), never exceptions; refusals are ``permanent``, the
 rest say when to ask again.
 
-``evict`` and ``observe_workload`` are the only I/O: the kube adapter in a worker thread.
+``evict`` and ``observe_workload`` are the only I/O: the kube adapter in a worker thread;
+``recreate`` strings observe, admit, evict and release together for one drifted pod.
 ``evict`` posts a policy/v1 Eviction (never a plain delete) and turns the answer into an
 ``EvictionOutcome``: a 429 (a budget allows no disruption now) is ``retry_later``, not an
 error. Wiring (which pods, when) is the update loop's.
@@ -28,8 +29,9 @@ error. Wiring (which pods, when) is the update loop's.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -77,7 +79,8 @@ def owner_of(pod: Mapping[str, Any]) -> Owner | None:
     old and new ReplicaSets count as one workload (no second pod in flight through the
     other one), without reading ReplicaSets (no permission for them). Grouping a bare
     ReplicaSet named that way with a Deployment that does not exist only makes the gate
-    more careful.
+    more careful. A reference without ``apiVersion`` (the update loop's slim pod views keep
+    kind and name only) is taken as ``apps``.
     """
     reference = controller_reference(pod)
     if reference is None:
@@ -86,7 +89,7 @@ def owner_of(pod: Mapping[str, Any]) -> Owner | None:
     template_hash = ((pod.get("metadata") or {}).get("labels") or {}).get("pod-template-hash")
     if (
         kind == "ReplicaSet"
-        and str(reference.get("apiVersion") or "").startswith("apps/")
+        and str(reference.get("apiVersion") or "apps/").startswith("apps/")
         and template_hash
         and name.endswith(f"-{template_hash}")
     ):
@@ -458,6 +461,36 @@ async def observe_workload(kube: Kube, pod: Mapping[str, Any]) -> WorkloadState 
     return workload_state(owner, pods=pods, budgets=budgets)
 
 
+async def recreate(
+    kube: Kube,
+    gate: EvictionGate,
+    pod: Mapping[str, Any],
+    *,
+    policy: str,
+    clock: Callable[[], float] = time.monotonic,
+) -> Decision | EvictionOutcome:
+    """The Recreate step for one drifted pod: observe its workload, ask the gate, evict
+    if allowed, and give the gate its slot back when the eviction did not happen.
+
+    Returns the gate's decision when it held the pod back (nothing was sent), else what
+    the Eviction API answered. Concurrent calls are safe: ``admit`` counts at once.
+    """
+    workload = await observe_workload(kube, pod)
+    decision = gate.admit(pod, policy=policy, workload=workload, now=clock())
+    if not isinstance(decision, Allowed):
+        return decision
+    metadata = pod.get("metadata") or {}
+    outcome = await evict(
+        kube,
+        namespace=str(metadata.get("namespace")),
+        name=str(metadata.get("name")),
+        uid=metadata.get("uid"),
+    )
+    if outcome.result != "evicted":
+        gate.release(pod, policy=policy, now=clock())
+    return outcome
+
+
 __all__ = [
     "HELD",
     "NOT_RECREATED",
@@ -477,5 +510,6 @@ __all__ = [
     "evict",
     "observe_workload",
     "owner_of",
+    "recreate",
     "workload_state",
 ]

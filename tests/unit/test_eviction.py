@@ -90,6 +90,22 @@ def test_the_owner_is_the_controller_and_a_replicaset_resolves_to_its_deployment
     assert owner_of(pod) == expected
 
 
+def test_the_update_loop_s_slim_pod_and_the_api_s_pod_are_one_workload() -> None:
+    """The update loop hands the gate a pod rebuilt from the pod index (owner kind/name,
+    no apiVersion); observe_workload reads the API's pods. Both must name the same
+    workload, or the gate would see an empty one and never hold a second eviction."""
+    from memwarden.handlers.updates import _pod_ref
+    from memwarden.status import pod_view
+
+    api_pod = owned("web-5d8f-0")
+    view = pod_view(api_pod)
+    assert view is not None
+    slim = _pod_ref(view)
+    assert owner_of(slim) == owner_of(api_pod) == Owner("Deployment", "web")
+    state = workload_state(Owner("Deployment", "web"), pods=[api_pod])
+    assert state.ready == {"web-5d8f-0"}
+
+
 def test_an_owner_reference_that_is_not_the_controller_is_no_owner() -> None:
     pod = make_pod("p")
     pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x"}]
@@ -314,3 +330,39 @@ def test_limits_come_from_settings_and_the_environment() -> None:
     assert (gate.per_minute, gate.per_policy_per_minute) == (7, 2)
     with pytest.raises(ValueError, match="update_evictions_per_minute"):
         Settings.from_env({"MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "0"})
+
+
+def test_hostile_policies_are_bounded_by_their_own_limit_and_together_by_the_cluster_s() -> None:
+    """A policy author who writes many policies over many one-pod workloads (each pod its
+    own workload, so nothing is ever busy) and asks all the time gets at most
+    ``per_policy_per_minute`` per policy and ``per_minute`` for all of them, in every 60 s
+    (docs/security.md)."""
+    gate = EvictionGate(per_minute=20, per_policy_per_minute=5)
+    policies = [f"shop/hostile-{i}" for i in range(10)]
+    pods = {
+        policy: [
+            owned(f"p{i}-{j}-0", owner=f"p{i}-{j}-h", labels={"pod-template-hash": "h"})
+            for j in range(40)
+        ]
+        for i, policy in enumerate(policies)
+    }
+    evicted: list[tuple[float, str]] = []
+    scopes: set[str] = set()
+    for second in range(300):
+        for policy in policies:
+            while pods[policy]:
+                pod = pods[policy][0]
+                decision = gate.admit(pod, policy=policy, workload=state_of(pod, [pod]), now=second)
+                if not isinstance(decision, Allowed):
+                    assert isinstance(decision, RateLimited)
+                    scopes.add(decision.scope)
+                    break
+                evicted.append((float(second), policy))
+                pods[policy].pop(0)
+    assert scopes == {"cluster", "policy"}, "both limits were reached"
+    for start, _ in evicted:
+        window = [(t, p) for t, p in evicted if start <= t < start + 60]
+        assert len(window) <= 20
+        for policy in policies:
+            assert sum(p == policy for _, p in window) <= 5
+    assert len(evicted) == 20 * 5, "300 s hold five windows of 20, and all of them are used"
