@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from memwarden.eviction import (
     EvictionGate,
@@ -34,13 +33,20 @@ from memwarden.kube import Kube
 from memwarden_testing.cluster import api_client, ensure_namespace, wait_for
 from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OPERATOR_NAMESPACE, least_privilege_kubeconfig
+from memwarden_testing.workloads import (
+    create_budget,
+    deploy,
+    disruptions_allowed,
+    evicted,
+    is_ready,
+    make_ready,
+    pods_of,
+    read_pod,
+    running_and_ready,
+    untouched,
+)
 
 pytestmark = pytest.mark.integration
-
-READY_GATE = "memwarden.dev/test-ready"
-#: Ignores SIGTERM (children inherit the ignored signal): terminating for the grace period.
-STUBBORN = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
-GRACE_SECONDS = 3
 
 
 @pytest.fixture(scope="module")
@@ -62,132 +68,18 @@ def warden(
     return Kube(api_client(path))
 
 
-def deploy(
-    kube: client.ApiClient, sim: NodeSimulator, namespace: str, name: str, *, replicas: int
-) -> None:
-    spec = {
-        "terminationGracePeriodSeconds": GRACE_SECONDS,
-        "readinessGates": [{"conditionType": READY_GATE}],
-        "containers": [{"name": "app", "image": "example.com/app:1", "command": STUBBORN}],
-    }
-    client.AppsV1Api(kube).create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {"metadata": {"labels": {"app": name}}, "spec": sim.pin(spec)},
-            },
-        },
-    )
-
-
-def pods_of(kube: client.ApiClient, namespace: str, app: str) -> list[dict[str, Any]]:
-    """The app's pods as plain dicts, oldest first, terminating ones included."""
-    listed = client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=f"app={app}")
-    pods = [kube.sanitize_for_serialization(p) for p in listed.items]
-    return sorted(pods, key=lambda p: (p["metadata"]["creationTimestamp"], p["metadata"]["name"]))
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def make_ready(kube: client.ApiClient, namespace: str, name: str) -> None:
-    """Open the pod's readiness gate, and wait until the pod reports Ready."""
-    core = client.CoreV1Api(kube)
-    condition = {"type": READY_GATE, "status": "True"}
-    core.patch_namespaced_pod_status(name, namespace, {"status": {"conditions": [condition]}})
-
-    def ready() -> bool:
-        pod = kube.sanitize_for_serialization(core.read_namespaced_pod(name, namespace))
-        return is_ready(pod)
-
-    wait_for(ready, timeout=30, what=f"pod {name} Ready")
-
-
-def running_and_ready(
-    kube: client.ApiClient, namespace: str, app: str, count: int
-) -> list[dict[str, Any]]:
-    """Wait for ``count`` running pods of the app, open their gates; the pods, Ready."""
-
-    def running() -> list[dict[str, Any]] | None:
-        pods = [
-            p
-            for p in pods_of(kube, namespace, app)
-            if not p["metadata"].get("deletionTimestamp")
-            and (p.get("status") or {}).get("phase") == "Running"
-        ]
-        return pods if len(pods) == count else None
-
-    for pod in wait_for(running, timeout=60, what=f"{count} running pods of {app}"):
-        if not is_ready(pod):
-            make_ready(kube, namespace, pod["metadata"]["name"])
-    pods = pods_of(kube, namespace, app)
-    assert len(pods) == count and all(map(is_ready, pods))
-    return pods
-
-
-def budget(kube: client.ApiClient, namespace: str, app: str) -> dict[str, Any]:
-    pdb = client.PolicyV1Api(kube).read_namespaced_pod_disruption_budget(app, namespace)
-    return dict(kube.sanitize_for_serialization(pdb))
-
-
-def disruptions_allowed(kube: client.ApiClient, namespace: str, app: str, expected: int) -> None:
-    """Wait for the disruption controller to say ``expected`` disruptions are allowed."""
-
-    def settled() -> bool:
-        status = budget(kube, namespace, app).get("status") or {}
-        return status.get("disruptionsAllowed") == expected
-
-    wait_for(settled, timeout=60, what=f"PodDisruptionBudget {app} allowing {expected}")
-
-
-def read(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        pod = client.CoreV1Api(kube).read_namespaced_pod(name, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return dict(kube.sanitize_for_serialization(pod))
-
-
 def assert_evicted_not_deleted(kube: client.ApiClient, namespace: str, name: str) -> None:
-    """The API server marks a pod it evicts (DisruptionTarget, EvictionByEvictionAPI);
-    a plain delete would not. The pod is still terminating (it ignores SIGTERM)."""
-    pod = read(kube, namespace, name)
+    """Evicted (not deleted), and still terminating: the container ignores SIGTERM."""
+    pod = read_pod(kube, namespace, name)
     assert pod is not None and pod["metadata"].get("deletionTimestamp"), pod
-    conditions = {c["type"]: c for c in pod["status"].get("conditions") or []}
-    assert conditions["DisruptionTarget"]["reason"] == "EvictionByEvictionAPI", conditions
-
-
-def untouched(kube: client.ApiClient, pod: dict[str, Any]) -> bool:
-    now = read(kube, pod["metadata"]["namespace"], pod["metadata"]["name"])
-    return (
-        now is not None
-        and now["metadata"]["uid"] == pod["metadata"]["uid"]
-        and not now["metadata"].get("deletionTimestamp")
-    )
+    assert evicted(pod), pod["status"].get("conditions")
 
 
 def test_a_budget_holds_the_second_eviction_until_the_first_replacement_is_ready(
     sim: NodeSimulator, kube: client.ApiClient, namespace: str, warden: Kube
 ) -> None:
     deploy(kube, sim, namespace, "web", replicas=3)
-    client.PolicyV1Api(kube).create_namespaced_pod_disruption_budget(
-        namespace,
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": {"name": "web"},
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}},
-        },
-    )
+    create_budget(kube, namespace, "web", max_unavailable=1)
     first, second, third = running_and_ready(kube, namespace, "web", 3)
     disruptions_allowed(kube, namespace, "web", 1)
 
@@ -269,11 +161,13 @@ def test_a_bare_pod_is_refused_by_the_gate_with_its_reason_and_never_evicted(
         namespace, {"metadata": {"name": "bare", "labels": {"app": "bare"}}, "spec": sim.pin(spec)}
     )
     wait_for(
-        lambda: (read(kube, namespace, "bare") or {}).get("status", {}).get("phase") == "Running",
+        lambda: (
+            (read_pod(kube, namespace, "bare") or {}).get("status", {}).get("phase") == "Running"
+        ),
         timeout=60,
         what="the bare pod Running",
     )
-    pod = read(kube, namespace, "bare")
+    pod = read_pod(kube, namespace, "bare")
     assert pod is not None
     gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
 
@@ -281,7 +175,9 @@ def test_a_bare_pod_is_refused_by_the_gate_with_its_reason_and_never_evicted(
     assert isinstance(decision, NoController), decision
     assert decision.permanent and "would not come back" in decision.message
     assert untouched(kube, pod)
-    conditions = {c["type"] for c in (read(kube, namespace, "bare") or {})["status"]["conditions"]}
+    conditions = {
+        c["type"] for c in (read_pod(kube, namespace, "bare") or {})["status"]["conditions"]
+    }
     assert "DisruptionTarget" not in conditions
 
 
