@@ -210,7 +210,8 @@ def _count_pod(
         tally.drifted.append(name)
     else:
         tally.compliant += 1
-    _count_update(name, decide(view=pod, plan=plan, inputs=inputs_for(name)), tally)
+    if winner.spec.update != "Initial":  # the status of Initial policies costs what it did
+        _count_update(name, decide(view=pod, plan=plan, inputs=inputs_for(name)), tally)
 
 
 def _count_update(name: str, update: PodUpdate, tally: _Tally) -> None:

@@ -674,7 +674,9 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
         assert not allowed(*webhooks, "someone-elses")
         assert allowed("create", "", "pods/eviction")  # update Recreate
         assert not allowed("delete", "", "pods")  # never a plain delete
-        assert allowed("patch", "", "pods/resize")  # update InPlace
+        assert allowed("patch", "", "pods/resize")  # update InPlace: memory only
+        assert not allowed("patch", "", "pods")  # never the pod itself
+        assert not allowed("update", "", "pods")
         assert allowed("create", "authentication.k8s.io", "tokenreviews")
         assert allowed("create", "authorization.k8s.io", "subjectaccessreviews")
     finally:
