@@ -212,13 +212,14 @@ def update_round(
     kube: client.ApiClient,
     operator: OperatorProcess,
     sampler: ProcessSampler,
+    node: ProcessSampler,
     timeout: float,
 ) -> dict[str, Any]:
     core = client.CoreV1Api(kube)
     size = SIZES[mode]
     names_before = {p.metadata.name for p in fleet(core)}
     requests_before = request_counts(kube)
-    cpu_before = sampler.cpu_seconds()
+    cpu_before, node_cpu_before = sampler.cpu_seconds(), node.cpu_seconds()
     evicted_before = operator.metric("memwarden_evictions_total", outcome="evicted")
     resized_before = operator.metric("memwarden_resizes_total", outcome="accepted")
     OWN.clear()
@@ -246,6 +247,8 @@ def update_round(
         "apply_to_compliant_s": round(to_compliant, 1),
         "apply_to_in_effect_s": round(to_in_effect, 1),
         "operator_cpu_s": round(sampler.cpu_seconds() - cpu_before, 2),
+        # The simulator (test infrastructure, a Python thread per pod) is not memwarden.
+        "node_simulator_cpu_s": round(node.cpu_seconds() - node_cpu_before, 2),
         "restarts": sum(
             s.restart_count for p in after for s in (p.status.container_statuses or [])
         ),
@@ -326,8 +329,9 @@ def run(
                     interval=1,
                     what=f"{pods} pods running, admitted with the policy",
                 )
-                assert operator.process is not None
+                assert operator.process is not None and sim.process is not None
                 sampler = ProcessSampler(operator.process.pid)
+                node = ProcessSampler(sim.process.pid)
                 for mode in modes:
                     result["rounds"].append(
                         update_round(
@@ -336,6 +340,7 @@ def run(
                             kube=kube,
                             operator=operator,
                             sampler=sampler,
+                            node=node,
                             timeout=timeout,
                         )
                     )
