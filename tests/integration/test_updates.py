@@ -98,10 +98,13 @@ def deploy(
     *,
     resources: dict[str, Any] | None = None,
     replicas: int = 3,
+    memory_resize: str | None = None,
 ) -> None:
     container: dict[str, Any] = {"name": "app", "image": "example.com/app:1"}
     if resources:
         container["resources"] = resources
+    if memory_resize:
+        container["resizePolicy"] = [{"resourceName": "memory", "restartPolicy": memory_resize}]
     spec = sim.pin({"terminationGracePeriodSeconds": 1, "containers": [container]})
     client.AppsV1Api(kube).create_namespaced_deployment(
         namespace,
@@ -547,3 +550,39 @@ def test_a_deferred_resize_waits_in_place_and_is_evicted_by_in_place_or_recreate
     assert evicted == [deferred]
     kept = originals - {deferred}
     assert kept <= {p["metadata"]["name"] for p in pods(kube, namespace, "web")}
+
+
+def test_a_restart_container_resize_policy_is_announced_and_the_container_restarts(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator()
+    small = {"requests": {"memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    deploy(
+        kube, sim, namespace, "web", resources=small, replicas=1, memory_resize="RestartContainer"
+    )
+    [pod] = running(kube, namespace, "web", 1)
+    assert restarts(pod) == 0
+    apply_policy(crds, namespace, memory=BIGGER, update="InPlace")
+
+    message = wait_for(
+        lambda: next(
+            (m for reason, _, m in reasons(kube, namespace) if reason == "Resizing"), None
+        ),
+        what="the Resizing Event",
+    )
+    assert "restarts app (resizePolicy RestartContainer)" in message
+    after = wait_for(
+        lambda: (
+            (found := pods(kube, namespace, "web"))
+            and memory(found[0]) == ("128Mi", "256Mi")
+            and restarts(found[0]) == 1
+            and found[0]
+        ),
+        timeout=60,
+        what="resized, the container restarted once by the kubelet",
+    )
+    assert after["metadata"]["name"] == pod["metadata"]["name"]
