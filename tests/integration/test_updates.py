@@ -26,6 +26,12 @@ from memwarden_testing.operator import (
     OperatorProcess,
     least_privilege_kubeconfig,
 )
+from memwarden_testing.prometheus import (
+    ContainerSeries,
+    PrometheusServer,
+    SeriesExporter,
+    flat,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -586,3 +592,63 @@ def test_a_restart_container_resize_policy_is_announced_and_the_container_restar
         what="resized, the container restarted once by the kubelet",
     )
     assert after["metadata"]["name"] == pod["metadata"]["name"]
+
+
+def test_a_limit_is_never_lowered_below_the_working_set_prometheus_reports(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+    prometheus: PrometheusServer,
+    series_exporter: SeriesExporter,
+) -> None:
+    """1Gi -> 256Mi with a working set of 700Mi: the first step stops at the working set
+    (not at the 50% step, 512Mi), and then the update waits, saying why."""
+    deploy(
+        kube,
+        sim,
+        namespace,
+        "web",
+        resources={"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}},
+        replicas=1,
+    )
+    [pod] = running(kube, namespace, "web", 1)
+    name = pod["metadata"]["name"]
+    series_exporter.set(
+        ContainerSeries(
+            namespace=namespace, pod=name, container="app", working_set=flat(700 * 2**20)
+        )
+    )
+    try:
+        prometheus.wait_for_series(f'container_memory_working_set_bytes{{namespace="{namespace}"}}')
+        start_operator(MEMWARDEN_PROMETHEUS_URL=prometheus.url)
+        apply_policy(
+            crds, namespace, memory={"request": "64Mi", "limit": "256Mi"}, update="InPlace"
+        )
+
+        stepped = wait_for(
+            lambda: (
+                (found := pods(kube, namespace, "web"))
+                and memory(found[0])[1] != "1Gi"
+                and found[0]
+            ),
+            timeout=60,
+            what="the first step",
+        )
+        assert memory(stepped) == ("64Mi", "700Mi")
+        status = status_when(
+            kube,
+            namespace,
+            lambda s: any(
+                "below its working set 700Mi (Prometheus)" in p["reason"]
+                for p in s.get("pendingUpdates") or []
+            ),
+            "the wait at the working set reported",
+        )
+        updated = next(c for c in status["conditions"] if c["type"] == "Updated")
+        assert updated["reason"] == "Stuck"
+        [after] = pods(kube, namespace, "web")
+        assert memory(after) == ("64Mi", "700Mi")
+    finally:
+        series_exporter.remove_namespace(namespace)
