@@ -551,7 +551,7 @@ def test_a_deferred_resize_waits_in_place_and_is_evicted_by_in_place_or_recreate
         timeout=60,
         what="the deferred pod evicted",
     )
-    assert "resize deferred for" in message
+    assert "resize deferred for more than 3s (Deferred" in message
     evicted = [pod for reason, pod, _ in reasons(kube, namespace) if reason == "Evicting"]
     assert evicted == [deferred]
     kept = originals - {deferred}
