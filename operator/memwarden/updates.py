@@ -378,7 +378,13 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
         if mode == "InPlaceOrRecreate" and waited >= inputs.deferred_grace_seconds:
             return evict(f"resize deferred for {waited:.0f}s ({why})")
         return outcome("wait", f"resize deferred by the kubelet ({why})")
-    if RESIZE_IN_PROGRESS in conditions and not targets:
+    progress = conditions.get(RESIZE_IN_PROGRESS)
+    if progress is not None and not targets:
+        if progress.get("reason") == "Error":  # e.g. a memory limit below the usage
+            why = f"the kubelet could not apply the resize ({progress.get('message') or 'Error'})"
+            if mode == "InPlaceOrRecreate":
+                return evict(why)
+            return outcome("wait", why, stuck=True)
         return outcome("wait", "resize in progress on the node")
 
     stale_go = []

@@ -468,3 +468,82 @@ def test_the_kill_switch_stops_updates(
         timeout=60,
         what="resized once the switch is on",
     )
+
+
+def test_a_resize_beyond_the_nodes_allocatable_is_refused_reported_and_not_forced(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """The v1.37 API server refuses a resize above the node's allocatable (8Gi): memwarden
+    reports the refusal, backs off, and InPlace never evicts."""
+    warden = start_operator()
+    small = {"requests": {"memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    deploy(kube, sim, namespace, "web", resources=small, replicas=1)
+    [pod] = running(kube, namespace, "web", 1)
+    apply_policy(crds, namespace, memory={"request": "16Gi", "limit": "16Gi"}, update="InPlace")
+
+    status = status_when(
+        kube,
+        namespace,
+        lambda s: any(
+            "the API server refused the resize" in p["reason"] and "allocatable" in p["reason"]
+            for p in s.get("pendingUpdates") or []
+        ),
+        "the refusal reported",
+    )
+    updated = next(c for c in status["conditions"] if c["type"] == "Updated")
+    assert (updated["status"], updated["reason"]) == ("False", "Stuck")
+    passes(warden, 10)
+    refused = warden.metric("memwarden_resizes_total", outcome="refused")
+    assert 1 <= refused <= 4, f"backoff: {refused} attempts in 10 passes of 0.5 s"
+    [after] = pods(kube, namespace, "web")
+    assert after["metadata"]["name"] == pod["metadata"]["name"], "not evicted"
+    assert memory(after) == ("64Mi", "128Mi")
+    assert any(reason == "ResizeRefused" for reason, _, _ in reasons(kube, namespace))
+
+
+def test_a_deferred_resize_waits_in_place_and_is_evicted_by_in_place_or_recreate(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """Two pods asking 5Gi each on an 8Gi node: the kubelet takes one resize and defers
+    the other (PodResizePending, Deferred). InPlace waits and says so; InPlaceOrRecreate
+    evicts the deferred pod once it has waited update_deferred_grace_seconds."""
+    start_operator(MEMWARDEN_UPDATE_DEFERRED_GRACE_SECONDS="3")
+    small = {"requests": {"memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    deploy(kube, sim, namespace, "web", resources=small, replicas=2)
+    originals = {p["metadata"]["name"] for p in running(kube, namespace, "web", 2)}
+    big = {"request": "5Gi", "limit": "5Gi"}
+    apply_policy(crds, namespace, memory=big, update="InPlace")
+
+    status = status_when(
+        kube,
+        namespace,
+        lambda s: any(
+            "resize deferred by the kubelet (Deferred" in p["reason"]
+            for p in s.get("pendingUpdates") or []
+        ),
+        "the deferred resize reported",
+    )
+    [deferred] = [p["pod"] for p in status["pendingUpdates"]]
+    assert not any(reason == "Evicting" for reason, _, _ in reasons(kube, namespace))
+
+    apply_policy(crds, namespace, memory=big, update="InPlaceOrRecreate")
+    message = wait_for(
+        lambda: next(
+            (m for reason, pod, m in reasons(kube, namespace) if reason == "Evicting"), None
+        ),
+        timeout=60,
+        what="the deferred pod evicted",
+    )
+    assert "resize deferred for" in message
+    evicted = [pod for reason, pod, _ in reasons(kube, namespace) if reason == "Evicting"]
+    assert evicted == [deferred]
+    kept = originals - {deferred}
+    assert kept <= {p["metadata"]["name"] for p in pods(kube, namespace, "web")}

@@ -264,6 +264,12 @@ def resize_condition(reason: str, since: str = "2026-11-30T11:59:00Z") -> dict[s
             "wait",
             id="in-progress",
         ),
+        pytest.param(
+            "InPlaceOrRecreate",
+            {"type": "PodResizeInProgress", "status": "True", "reason": "Error", "message": "x"},
+            "evict",
+            id="kubelet-error-or-recreate",
+        ),
     ],
 )
 def test_the_pods_resize_conditions_decide_what_follows(
