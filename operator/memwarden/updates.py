@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
+from memwarden.eviction_gate import not_recreated_why
 from memwarden.mutation import PodPlan, PodShapeError, pod_shape
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.sizing import ContainerResources, ContainerSizing, qos_class
@@ -307,8 +308,12 @@ def _eviction_refusal(
 ) -> str | None:
     """Why a pod must not be evicted to apply the policy, or None."""
     info = view.get("update") or {}
-    if not info.get("owner"):
+    owner = str(info.get("owner") or "")
+    if not owner:
         return "no controller: an evicted pod would not come back (recreate it yourself)"
+    why = not_recreated_why(owner.partition("/")[0])
+    if why is not None:
+        return f"owned by {owner}: {why}"
     for t in targets:
         if _step(t.limit, t.wanted_limit, spec.maxShrinkPercent) != t.wanted_limit:
             return (

@@ -134,6 +134,7 @@ VALUE_SETS = [
             },
             "prometheus": {"url": "http://prometheus.monitoring:9090", "intervalSeconds": 30},
             "capture": {"toolboxImage": "registry.example/tools:1", "maxConcurrent": 5},
+            "updates": {"evictionsPerMinute": 40, "evictionsPerMinutePerPolicy": 8},
             "webhook": {
                 "timeoutSeconds": 5,
                 "certs": {"selfSigned": {"validityDays": 30, "renewBeforeDays": 10}},
@@ -222,6 +223,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         assert settings.prometheus_url == "http://prometheus.monitoring:9090"
         assert settings.capture_toolbox_image == "registry.example/tools:1"
         assert settings.max_concurrent_captures == 5
+        assert settings.update_evictions_per_minute == 40
+        assert settings.update_evictions_per_minute_per_policy == 8
         assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
         assert settings.webhook_cert_validity_seconds == 30 * 86400
     if "evidence" in values:

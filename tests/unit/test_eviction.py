@@ -366,3 +366,42 @@ def test_hostile_policies_are_bounded_by_their_own_limit_and_together_by_the_clu
         for policy in policies:
             assert sum(p == policy for _, p in window) <= 5
     assert len(evicted) == 20 * 5, "300 s hold five windows of 20, and all of them are used"
+
+
+@pytest.mark.parametrize(
+    ("kind", "refused"),
+    [
+        pytest.param("Job", "owned by Job/x: an evicted Job pod fails", id="job"),
+        pytest.param("Node", "owned by Node/x: a mirror (static) pod", id="mirror-pod"),
+        pytest.param("StatefulSet", None, id="statefulset"),
+    ],
+)
+def test_the_planner_never_plans_an_eviction_the_gate_would_refuse(
+    kind: str, refused: str | None
+) -> None:
+    """Status shows a Job's or a static pod's as stuck with the reason (Wait), instead of
+    an Evict that the gate would refuse at every pass."""
+    import datetime as dt
+
+    from memwarden.mutation import plan_pod
+    from memwarden.selection import NamespacePolicies
+    from memwarden.sizing import KubeletProfile
+    from memwarden.status import pod_view
+    from memwarden.updates import UpdateInputs, decide
+    from memwarden_testing.builders import make_candidate
+
+    pod = owned("p", kind=kind, owner="x", labels={"app": "checkout"})
+    pod["spec"]["nodeName"] = "node-1"
+    view = pod_view(pod)
+    assert view is not None
+    memory = {"request": "1Gi", "limit": "2Gi"}
+    selection = NamespacePolicies.build(
+        [make_candidate(memory=memory, update="Recreate")]
+    ).select_pod(view)
+    plan = plan_pod(pod=view, selection=selection, profile=KubeletProfile.defaults_for(37))
+    update = decide(view=view, plan=plan, inputs=UpdateInputs(now=dt.datetime.now(dt.UTC)))
+    if refused is None:
+        assert update.action == "evict", update
+    else:
+        assert update.action == "wait" and update.stuck, update
+        assert refused in update.reason
