@@ -107,6 +107,46 @@ def stays(predicate: Callable[[], bool], *, seconds: float, what: str) -> None:
         time.sleep(0.25)
 
 
+def follow_one_at_a_time(
+    kube: client.ApiClient, namespace: str, app: str, originals: list[dict[str, Any]]
+) -> None:
+    """Watch the operator recreate every pod of ``app``: never two down at once, each an
+    eviction, nothing evicted while a replacement is not Ready (held so for several update
+    passes, then let Ready), each replacement admitted with the policy."""
+    count = len(originals)
+    original_uids = {p["metadata"]["uid"] for p in originals}
+    deadline = time.monotonic() + 60 * count
+    replaced: list[str] = []
+    while time.monotonic() < deadline:
+        pods = pods_of(kube, namespace, app)
+        healthy = [p for p in pods if is_running(p) and is_ready(p)]
+        down = [p["metadata"]["name"] for p in pods if p not in healthy]
+        assert len(healthy) >= count - 1, f"more than one pod of {app} down at once: {down}"
+        for pod in pods:
+            if pod["metadata"]["uid"] in original_uids and pod["metadata"].get("deletionTimestamp"):
+                assert evicted(pod), "an eviction, not a delete"
+        fresh = [p for p in pods if p["metadata"]["uid"] not in original_uids and is_running(p)]
+        waiting = [p for p in fresh if not is_ready(p)]
+        if waiting:
+            (new,) = waiting
+            assert has_policy(new), "the replacement is admitted with the policy"
+            still = [p for p in originals if untouched(kube, p)]
+            stays(
+                lambda still=still: all(untouched(kube, p) for p in still),
+                seconds=3.5,
+                what="a pod was evicted while the last replacement was not Ready",
+            )
+            make_ready(kube, namespace, new["metadata"]["name"])
+            replaced.append(new["metadata"]["name"])
+        if len(pods) == count and len(fresh) == count and all(map(is_ready, fresh)):
+            break
+        time.sleep(0.25)
+    else:
+        raise AssertionError(f"{app} not recreated in time: {pods_of(kube, namespace, app)}")
+    assert len(replaced) == count
+    assert all(map(has_policy, pods_of(kube, namespace, app)))
+
+
 def test_recreate_evicts_one_pod_at_a_time_within_the_budget_and_replacements_get_the_policy(
     sim: NodeSimulator,
     kube: client.ApiClient,
@@ -119,44 +159,28 @@ def test_recreate_evicts_one_pod_at_a_time_within_the_budget_and_replacements_ge
     assert not any(map(has_policy, originals)), "created before the policy: drifted"
     create_budget(kube, namespace, "web", max_unavailable=1)
     disruptions_allowed(kube, namespace, "web", 1)
-    original_uids = {p["metadata"]["uid"] for p in originals}
     apply_policy(devcluster, namespace, "web", match_labels={"app": "web"})
-
-    deadline = time.monotonic() + 180
-    replaced: list[str] = []
-    while time.monotonic() < deadline:
-        pods = pods_of(kube, namespace, "web")
-        healthy = [p for p in pods if is_running(p) and is_ready(p)]
-        assert len(healthy) >= 2, f"more than one pod of web down at once: {pods}"
-        for pod in pods:
-            if pod["metadata"]["uid"] in original_uids and pod["metadata"].get("deletionTimestamp"):
-                assert evicted(pod), "an eviction, not a delete"
-        fresh = [p for p in pods if p["metadata"]["uid"] not in original_uids and is_running(p)]
-        waiting = [p for p in fresh if not is_ready(p)]
-        if waiting:
-            (new,) = waiting
-            assert has_policy(new), "the replacement is admitted with the policy"
-            # While it is not Ready, for several update passes, no other pod goes.
-            still = [p for p in originals if untouched(kube, p)]
-            stays(
-                lambda still=still: all(untouched(kube, p) for p in still),
-                seconds=3.5,
-                what="a pod was evicted while the last replacement was not Ready",
-            )
-            make_ready(kube, namespace, new["metadata"]["name"])
-            replaced.append(new["metadata"]["name"])
-        if len(pods) == 3 and len(fresh) == 3 and all(map(is_ready, fresh)):
-            break
-        time.sleep(0.25)
-    else:
-        raise AssertionError(f"web not recreated in time: {pods_of(kube, namespace, 'web')}")
-    assert len(replaced) == 3
-    assert all(map(has_policy, pods_of(kube, namespace, "web")))
+    follow_one_at_a_time(kube, namespace, "web", originals)
     wait_for(
         lambda: policy_status(kube, namespace, "web").get("compliantPods") == 3,
         timeout=30,
         what="policy web: 3 compliant pods",
     )
+
+
+def test_without_a_budget_recreate_still_replaces_one_pod_of_a_workload_at_a_time(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    devcluster: Path,
+    namespace: str,
+    warden: OperatorProcess,
+) -> None:
+    """No PodDisruptionBudget: the gate's own rule (one pod of the Deployment in flight
+    until its replacement is Ready) is all that holds the second eviction."""
+    deploy(kube, sim, namespace, "api", replicas=3)
+    originals = running_and_ready(kube, namespace, "api", 3)
+    apply_policy(devcluster, namespace, "api", match_labels={"app": "api"})
+    follow_one_at_a_time(kube, namespace, "api", originals)
 
 
 def test_a_bare_pod_under_recreate_is_not_evicted_and_is_reported(
