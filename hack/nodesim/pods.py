@@ -369,8 +369,12 @@ class PodWorker:
         self._refresh_slots(pod)
         self._reap(pod)
         if not self._terminal:
-            self._allocate(pod)
-            self._actuate(pod)
+            if self._allocate(pod):
+                # As the kubelet: the sync that allocates a resize reports it in progress;
+                # the next one actuates it (and a later one reports it done).
+                self._wake.set()
+            else:
+                self._actuate(pod)
             self._start_due(pod)
         self._write_status(pod)
 
@@ -472,11 +476,12 @@ class PodWorker:
             return None
         return self._allocation.containers.get(slot.name)
 
-    def _allocate(self, pod: Mapping[str, Any]) -> None:
-        """Ask the allocation book about a resize; mirror its answer in the conditions."""
+    def _allocate(self, pod: Mapping[str, Any]) -> bool:
+        """Ask the allocation book about a resize; mirror its answer in the conditions.
+        True when a resize was newly allocated."""
         allocation = self._rt.allocations.sync(self.uid, pod)
         if allocation is None:
-            return
+            return False
         self._allocation = allocation
         now = _utcnow()
         pending = allocation.pending
@@ -508,6 +513,8 @@ class PodWorker:
                 last_transition=now,
                 last_probe=now,
             )
+            return True
+        return False
 
     def _actuate(self, pod: Mapping[str, Any]) -> None:
         """Make the allocated resources take effect in the running containers: restart those

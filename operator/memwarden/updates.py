@@ -376,7 +376,10 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
             return outcome("wait", f"resize infeasible on its node ({why})", stuck=True)
         waited = _since(pending.get("since"), inputs.now)
         if mode == "InPlaceOrRecreate" and waited >= inputs.deferred_grace_seconds:
-            return evict(f"resize deferred for {waited:.0f}s ({why})")
+            # The grace, not the time waited: a reason that changed every second would
+            # rewrite the policy's status every pass while the eviction waits its turn.
+            grace = inputs.deferred_grace_seconds
+            return evict(f"resize deferred for more than {grace:.0f}s ({why})")
         return outcome("wait", f"resize deferred by the kubelet ({why})")
     progress = conditions.get(RESIZE_IN_PROGRESS)
     if progress is not None and not targets:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import metric_sum, wait_for
@@ -106,6 +106,26 @@ def rss(sim: NodeSimulator, namespace: str, name: str) -> int:
     return 0
 
 
+def resize_conditions_since(
+    core: client.CoreV1Api, namespace: str, name: str, since: dict[str, Any]
+) -> list[tuple[str, str, int]]:
+    """(type, status, observedGeneration) of every resize condition in the pod's writes
+    after ``since`` (a watch from its resourceVersion replays them)."""
+    stream = watch.Watch().stream(
+        core.list_namespaced_pod,
+        namespace,
+        field_selector=f"metadata.name={name}",
+        resource_version=since["metadata"]["resourceVersion"],
+        timeout_seconds=2,
+    )
+    seen = []
+    for event in stream:
+        for c in event["object"].status.conditions or []:
+            if c.type.startswith("PodResize"):
+                seen.append((c.type, c.status, c.observed_generation))
+    return seen
+
+
 def settled(core: client.CoreV1Api, namespace: str, name: str, limit: str) -> dict[str, Any]:
     """Wait until the resize to memory limit ``limit`` is in effect and reported done."""
 
@@ -128,6 +148,10 @@ def test_not_required_resize_applies_live_and_the_new_limit_kills(
 
     resize(core, namespace, "live", resources(request="64Mi", limit="96Mi"))
     pod = settled(core, namespace, "live", "96Mi")
+    # As a kubelet: one status write says the allocated resize is in progress, a later
+    # one that it is done.
+    seen = resize_conditions_since(core, namespace, "live", before)
+    assert ("PodResizeInProgress", "True", 2) in seen
 
     status = app_status(pod)
     assert status["restartCount"] == 0, "NotRequired: no restart"

@@ -26,6 +26,12 @@ from memwarden_testing.operator import (
     OperatorProcess,
     least_privilege_kubeconfig,
 )
+from memwarden_testing.prometheus import (
+    ContainerSeries,
+    PrometheusServer,
+    SeriesExporter,
+    flat,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -98,10 +104,13 @@ def deploy(
     *,
     resources: dict[str, Any] | None = None,
     replicas: int = 3,
+    memory_resize: str | None = None,
 ) -> None:
     container: dict[str, Any] = {"name": "app", "image": "example.com/app:1"}
     if resources:
         container["resources"] = resources
+    if memory_resize:
+        container["resizePolicy"] = [{"resourceName": "memory", "restartPolicy": memory_resize}]
     spec = sim.pin({"terminationGracePeriodSeconds": 1, "containers": [container]})
     client.AppsV1Api(kube).create_namespaced_deployment(
         namespace,
@@ -239,14 +248,19 @@ def test_in_place_resizes_all_three_without_restarts_and_reports_gomemlimit_stal
         ),
         what="the node reports the new limit",
     )
+    # The node reports a resize in progress (PodResizeInProgress) before it reports it
+    # done, and the operator's status follows: wait for the status after the last one.
     status = status_when(
         kube,
         namespace,
-        lambda s: s.get("updatedPods") == 3 and s.get("staleRuntimePods") == 3,
-        "updated 3, stale runtime 3",
+        lambda s: (
+            s.get("updatedPods") == 3
+            and s.get("staleRuntimePods") == 3
+            and s.get("pendingPods", 0) == 0
+        ),
+        "updated 3, stale runtime 3, none pending",
     )
     assert sorted(status["staleRuntimePodNames"]) == sorted(names)
-    assert status.get("pendingPods", 0) == 0
     updated = next(c for c in status["conditions"] if c["type"] == "Updated")
     assert (updated["status"], updated["reason"]) == ("True", "UpToDate")
     told = wait_for(
@@ -542,8 +556,104 @@ def test_a_deferred_resize_waits_in_place_and_is_evicted_by_in_place_or_recreate
         timeout=60,
         what="the deferred pod evicted",
     )
-    assert "resize deferred for" in message
+    assert "resize deferred for more than 3s (Deferred" in message
     evicted = [pod for reason, pod, _ in reasons(kube, namespace) if reason == "Evicting"]
     assert evicted == [deferred]
     kept = originals - {deferred}
     assert kept <= {p["metadata"]["name"] for p in pods(kube, namespace, "web")}
+
+
+def test_a_restart_container_resize_policy_is_announced_and_the_container_restarts(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    start_operator()
+    small = {"requests": {"memory": "64Mi"}, "limits": {"memory": "128Mi"}}
+    deploy(
+        kube, sim, namespace, "web", resources=small, replicas=1, memory_resize="RestartContainer"
+    )
+    [pod] = running(kube, namespace, "web", 1)
+    assert restarts(pod) == 0
+    apply_policy(crds, namespace, memory=BIGGER, update="InPlace")
+
+    message = wait_for(
+        lambda: next(
+            (m for reason, _, m in reasons(kube, namespace) if reason == "Resizing"), None
+        ),
+        what="the Resizing Event",
+    )
+    assert "restarts app (resizePolicy RestartContainer)" in message
+    after = wait_for(
+        lambda: (
+            (found := pods(kube, namespace, "web"))
+            and memory(found[0]) == ("128Mi", "256Mi")
+            and restarts(found[0]) == 1
+            and found[0]
+        ),
+        timeout=60,
+        what="resized, the container restarted once by the kubelet",
+    )
+    assert after["metadata"]["name"] == pod["metadata"]["name"]
+
+
+def test_a_limit_is_never_lowered_below_the_working_set_prometheus_reports(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+    prometheus: PrometheusServer,
+    series_exporter: SeriesExporter,
+) -> None:
+    """1Gi -> 256Mi with a working set of 700Mi: the first step stops at the working set
+    (not at the 50% step, 512Mi), and then the update waits, saying why."""
+    deploy(
+        kube,
+        sim,
+        namespace,
+        "web",
+        resources={"requests": {"memory": "64Mi"}, "limits": {"memory": "1Gi"}},
+        replicas=1,
+    )
+    [pod] = running(kube, namespace, "web", 1)
+    name = pod["metadata"]["name"]
+    series_exporter.set(
+        ContainerSeries(
+            namespace=namespace, pod=name, container="app", working_set=flat(700 * 2**20)
+        )
+    )
+    try:
+        prometheus.wait_for_series(f'container_memory_working_set_bytes{{namespace="{namespace}"}}')
+        start_operator(MEMWARDEN_PROMETHEUS_URL=prometheus.url)
+        apply_policy(
+            crds, namespace, memory={"request": "64Mi", "limit": "256Mi"}, update="InPlace"
+        )
+
+        stepped = wait_for(
+            lambda: (
+                (found := pods(kube, namespace, "web"))
+                and memory(found[0])[1] != "1Gi"
+                and found[0]
+            ),
+            timeout=60,
+            what="the first step",
+        )
+        assert memory(stepped) == ("64Mi", "700Mi")
+        status = status_when(
+            kube,
+            namespace,
+            lambda s: any(
+                "below its working set 700Mi (Prometheus)" in p["reason"]
+                for p in s.get("pendingUpdates") or []
+            ),
+            "the wait at the working set reported",
+        )
+        updated = next(c for c in status["conditions"] if c["type"] == "Updated")
+        assert updated["reason"] == "Stuck"
+        [after] = pods(kube, namespace, "web")
+        assert memory(after) == ("64Mi", "700Mi")
+    finally:
+        series_exporter.remove_namespace(namespace)
