@@ -142,7 +142,7 @@ def test_not_required_resize_applies_live_and_the_new_limit_kills(
     sim: NodeSimulator, kube: client.ApiClient, namespace: str
 ) -> None:
     core = client.CoreV1Api(kube)
-    app = container(env={"LEAKY_RATE": "8Mi"}, res=resources(request="64Mi", limit="512Mi"))
+    app = container(env={"LEAKY_RATE": "4Mi"}, res=resources(request="64Mi", limit="512Mi"))
     before = create(core, sim, namespace, "live", app)
     pid = sim.pod_pids(namespace, "live")["app"][0]
 
@@ -164,13 +164,13 @@ def test_not_required_resize_applies_live_and_the_new_limit_kills(
     labels = {"namespace": namespace, "pod": "live", "container": "app"}
     assert metric_sum(sim.cadvisor(), "container_spec_memory_limit_bytes", **labels) == 96 * MiB
 
-    # The leak (8 MiB/s) now crosses 96 MiB: the new limit kills it, the old one would not.
+    # The leak (4 MiB/s) now crosses 96 MiB: the new limit kills it, the old one would not.
     def oom_killed() -> dict[str, Any] | None:
         status = app_status(read_pod(core, namespace, "live"))
         terminated = (status.get("lastState") or {}).get("terminated") or {}
         return status if terminated.get("reason") == "OOMKilled" else None
 
-    killed = wait_for(oom_killed, timeout=40, what="an OOM kill at the new limit")
+    killed = wait_for(oom_killed, timeout=60, what="an OOM kill at the new limit")
     assert killed["restartCount"] == 1
     assert killed["lastState"]["terminated"]["exitCode"] == 137
 
