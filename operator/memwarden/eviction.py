@@ -39,8 +39,6 @@ from memwarden.eviction_gate import (
 )
 from memwarden.kube import Conflict, Kube, KubeError, NotFound
 
-# --- the eviction --------------------------------------------------------------------
-
 Result = Literal["evicted", "retry_later", "gone", "failed"]
 
 
@@ -106,12 +104,16 @@ async def recreate(
     policy: str,
     clock: Callable[[], float] = time.monotonic,
 ) -> Decision | EvictionOutcome:
-    """The Recreate step for one drifted pod: observe its workload, ask the gate, evict
-    if allowed, and give the gate its slot back when the eviction did not happen.
+    """The Recreate step for one drifted pod: ask the gate what it can answer alone, else
+    observe the workload and ask it again, evict if allowed, and give the gate its slot
+    back when the eviction did not happen.
 
     Returns the gate's decision when it held the pod back (nothing was sent), else what
     the Eviction API answered. Concurrent calls are safe: ``admit`` counts at once.
     """
+    early = gate.precheck(pod, policy=policy, now=clock())
+    if early is not None:
+        return early
     workload = await observe_workload(kube, pod)
     decision = gate.admit(pod, policy=policy, workload=workload, now=clock())
     if not isinstance(decision, Allowed):

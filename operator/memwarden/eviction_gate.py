@@ -259,13 +259,35 @@ class _InFlight:
     at: float
 
 
+@dataclass(frozen=True)
+class _Busy:
+    """A workload last seen busy: when, why, and the pods that made it so (empty: the
+    whole workload, e.g. a budget that allows no disruption)."""
+
+    at: float
+    why: str
+    blockers: frozenset[str] = frozenset()
+
+
+_IN_FLIGHT = "a pod evicted earlier is still being replaced"
+
+#: Remembered busy workloads and in-flight records beyond this many are pruned of the
+#: stale ones (a cluster's workloads, not its pods: small).
+_PRUNE_ABOVE = 1000
+
+
 @dataclass
 class EvictionGate:
     """Who may be evicted now. Pure: ``now`` (monotonic seconds) is passed in.
 
-    ``admit`` counts an allowed eviction at once (so concurrent callers cannot both pass
-    the last slot); ``release`` gives the slot back when the eviction did not happen
-    (a 429, the pod already gone, an error): only real disruptions count.
+    ``precheck`` answers what needs no look at the workload (refusals, rate limits, a
+    workload seen busy moments ago, or being looked at for another of its pods), so a
+    hundred pods waiting on one Deployment cost one read of their namespace per
+    ``busy_retry``, not a hundred; ``admit`` decides from the workload observed just
+    before. ``admit`` counts an allowed eviction at once (so
+    concurrent callers cannot both pass the last slot); ``release`` gives the slot back
+    when the eviction did not happen (a 429, the pod already gone, an error): only real
+    disruptions count.
     """
 
     per_minute: int
@@ -274,13 +296,15 @@ class EvictionGate:
     #: never got back as many Ready pods (it was scaled down meanwhile); a replacement
     #: still not Ready keeps the workload busy through the observation itself.
     settle_timeout: float = 600.0
-    #: How soon to ask again about a busy workload: a replacement takes seconds.
+    #: How soon to look at a busy workload again: a replacement takes seconds.
     busy_retry: float = 5.0
     _cluster: deque[float] = field(default_factory=deque, init=False, repr=False)
     _policies: dict[str, deque[float]] = field(default_factory=dict, init=False, repr=False)
     _in_flight: dict[tuple[str, Owner], _InFlight] = field(
         default_factory=dict, init=False, repr=False
     )
+    _busy_seen: dict[tuple[str, Owner], _Busy] = field(default_factory=dict, init=False, repr=False)
+    _looking: dict[tuple[str, Owner], float] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.per_minute < 1 or self.per_policy_per_minute < 1:
@@ -292,6 +316,33 @@ class EvictionGate:
             per_minute=settings.update_evictions_per_minute,
             per_policy_per_minute=settings.update_evictions_per_minute_per_policy,
         )
+
+    def precheck(self, pod: Mapping[str, Any], *, policy: str, now: float) -> Decision | None:
+        """A held-back decision that needs no look at the workload, or None: then observe
+        the workload (``observe_workload``) and ``admit``. Never ``Allowed``."""
+        owner = owner_of(pod)
+        refusal = self._refusal(owner)
+        if refusal is not None or owner is None:
+            return self._count(refusal or NoController())
+        metadata = pod.get("metadata") or {}
+        key = (str(metadata.get("namespace")), owner)
+        seen = self._busy_seen.get(key)
+        if (
+            seen is not None
+            and now - seen.at < self.busy_retry
+            and not (seen.blockers and seen.blockers <= {str(metadata.get("name"))})
+        ):
+            wait = seen.at + self.busy_retry - now
+            return self._count(WorkloadBusy(owner=owner, why=seen.why, retry_after=wait))
+        looking = self._looking.get(key)
+        if looking is not None and now - looking < self.busy_retry:
+            why = "another of its pods is being looked at"
+            return self._count(WorkloadBusy(owner=owner, why=why, retry_after=self.busy_retry))
+        limited = self._limited(policy, now)
+        if limited is not None:
+            return self._count(limited)
+        self._looking[key] = now  # until ``admit``: one look per workload at a time
+        return None
 
     def admit(
         self,
@@ -307,37 +358,30 @@ class EvictionGate:
         None only for a pod without an owner. An ``Allowed`` is counted at once.
         """
         owner = owner_of(pod)
-        if owner is None:
-            return self._count(NoController())
-        why = not_recreated_why(owner.kind)
-        if why is not None:
-            return self._count(NotRecreatable(owner=owner, why=why))
+        refusal = self._refusal(owner)
+        if refusal is not None or owner is None:
+            return self._count(refusal or NoController())
         if workload is None or workload.owner != owner:
             raise ValueError(f"admit needs the state of {owner}'s workload")
-        namespace = str((pod.get("metadata") or {}).get("namespace"))
-        name = str((pod.get("metadata") or {}).get("name"))
-        busy = self._busy(
-            candidate=name, namespace=namespace, owner=owner, workload=workload, now=now
-        )
+        metadata = pod.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+        key = (namespace, owner)
+        self._looking.pop(key, None)
+        self._prune_memory(now)
+        busy = self._busy(candidate=name, key=key, workload=workload, now=now)
         if busy is not None:
-            return self._count(WorkloadBusy(owner=owner, why=busy, retry_after=self.busy_retry))
-        cluster = self._prune(self._cluster, now)
-        if len(cluster) >= self.per_minute:
-            wait = cluster[0] + WINDOW_SECONDS - now
-            return self._count(
-                RateLimited(retry_after=wait, scope="cluster", limit=self.per_minute)
-            )
-        mine = self._prune(self._policies.setdefault(policy, deque()), now)
-        if len(mine) >= self.per_policy_per_minute:
-            wait = mine[0] + WINDOW_SECONDS - now
-            limit = self.per_policy_per_minute
-            return self._count(RateLimited(retry_after=wait, scope="policy", limit=limit))
-        cluster.append(now)
-        mine.append(now)
-        uid = str((pod.get("metadata") or {}).get("uid"))
-        self._in_flight[(namespace, owner)] = _InFlight(
-            uid=uid, ready_before=len(workload.ready), at=now
-        )
+            self._busy_seen[key] = busy
+            return self._count(WorkloadBusy(owner=owner, why=busy.why, retry_after=self.busy_retry))
+        self._busy_seen.pop(key, None)
+        limited = self._limited(policy, now)
+        if limited is not None:
+            return self._count(limited)
+        self._cluster.append(now)
+        self._policies.setdefault(policy, deque()).append(now)
+        uid = str(metadata.get("uid"))
+        self._in_flight[key] = _InFlight(uid=uid, ready_before=len(workload.ready), at=now)
+        if workload.budget is None:  # in flight now: no need to look for a while
+            self._busy_seen[key] = _Busy(at=now, why=_IN_FLIGHT)
         return self._count(Allowed())
 
     def release(self, pod: Mapping[str, Any], *, policy: str, now: float) -> None:
@@ -351,21 +395,41 @@ class EvictionGate:
         if record is None or record.uid != uid:
             return
         del self._in_flight[(namespace, owner)]
+        self._busy_seen.pop((namespace, owner), None)
         for window in (self._cluster, self._policies.get(policy)):
             if window is not None and record.at in window:
                 window.remove(record.at)
 
+    @staticmethod
+    def _refusal(owner: Owner | None) -> NoController | NotRecreatable | None:
+        if owner is None:
+            return NoController()
+        why = not_recreated_why(owner.kind)
+        return None if why is None else NotRecreatable(owner=owner, why=why)
+
+    def _limited(self, policy: str, now: float) -> RateLimited | None:
+        cluster = self._prune(self._cluster, now)
+        if len(cluster) >= self.per_minute:
+            wait = cluster[0] + WINDOW_SECONDS - now
+            return RateLimited(retry_after=wait, scope="cluster", limit=self.per_minute)
+        mine = self._prune(self._policies.get(policy, deque()), now)
+        if len(mine) >= self.per_policy_per_minute:
+            wait = mine[0] + WINDOW_SECONDS - now
+            return RateLimited(retry_after=wait, scope="policy", limit=self.per_policy_per_minute)
+        return None
+
     def _busy(
-        self, *, candidate: str, namespace: str, owner: Owner, workload: WorkloadState, now: float
-    ) -> str | None:
+        self, *, candidate: str, key: tuple[str, Owner], workload: WorkloadState, now: float
+    ) -> _Busy | None:
         """Why the workload cannot lose a pod now, or None."""
         if workload.budget is not None:
             # The budget counts unready pods itself, and the API server enforces it.
-            self._in_flight.pop((namespace, owner), None)
+            self._in_flight.pop(key, None)
             if (workload.disruptions_allowed or 0) <= 0:
-                return f"PodDisruptionBudget {workload.budget} allows no disruption now"
+                why = f"PodDisruptionBudget {workload.budget} allows no disruption now"
+                return _Busy(at=now, why=why)
             return None
-        record = self._in_flight.get((namespace, owner))
+        record = self._in_flight.get(key)
         if record is not None:
             replaced = (
                 record.uid not in workload.uids
@@ -373,17 +437,34 @@ class EvictionGate:
                 and len(workload.ready) >= record.ready_before
             )
             if replaced or now - record.at >= self.settle_timeout:
-                del self._in_flight[(namespace, owner)]
+                del self._in_flight[key]
             else:
-                return "a pod evicted earlier is still being replaced"
+                return _Busy(at=now, why=_IN_FLIGHT)
         if workload.terminating:
-            return f"pod {min(workload.terminating)} is terminating"
+            why = f"pod {min(workload.terminating)} is terminating"
+            return _Busy(at=now, why=why, blockers=workload.terminating)
         # An unready pod of its own may go: evicting it costs no availability (a pod
         # crash-looping out of memory is what a new policy is often for).
-        unready = workload.running - workload.ready - {candidate}
-        if unready:
-            return f"pod {min(unready)} is not Ready"
+        unready = workload.running - workload.ready
+        if unready - {candidate}:
+            why = f"pod {min(unready - {candidate})} is not Ready"
+            return _Busy(at=now, why=why, blockers=frozenset(unready))
         return None
+
+    def _prune_memory(self, now: float) -> None:
+        """Forget workloads no longer busy and records past their timeout (rarely run)."""
+        if len(self._looking) > _PRUNE_ABOVE:
+            for key in [k for k, at in self._looking.items() if now - at >= self.busy_retry]:
+                del self._looking[key]
+        if len(self._busy_seen) > _PRUNE_ABOVE:
+            for key in [k for k, b in self._busy_seen.items() if now - b.at >= self.busy_retry]:
+                del self._busy_seen[key]
+        if len(self._in_flight) > _PRUNE_ABOVE:
+            old = [k for k, r in self._in_flight.items() if now - r.at >= self.settle_timeout]
+            for key in old:
+                del self._in_flight[key]
+        for policy in [p for p, w in self._policies.items() if not self._prune(w, now)]:
+            del self._policies[policy]
 
     @staticmethod
     def _prune(window: deque[float], now: float) -> deque[float]:

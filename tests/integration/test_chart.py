@@ -736,6 +736,22 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
 
         assert event(watched) == 200
         assert event(other_namespace) == 403
+
+        # Evictions (update Recreate) and the budgets the gate reads: the same.
+        def evict(ns: str) -> int:
+            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "target"}}
+            return _status(
+                lambda: as_sa.create_namespaced_pod_eviction("target", ns, body, dry_run="All")
+            )
+
+        def budgets(ns: str) -> int:
+            policy_api = client.PolicyV1Api(as_sa.api_client)
+            return _status(lambda: policy_api.list_namespaced_pod_disruption_budget(ns))
+
+        assert evict(watched) == 200
+        assert evict(other_namespace) == 403
+        assert budgets(watched) == 200
+        assert budgets(other_namespace) == 403
         settings = Settings.from_env(container_env(docs, namespace))
         assert settings.evidence_base_url
 

@@ -20,7 +20,7 @@ import yaml
 from kubernetes import client
 
 from memwarden_testing.builders import make_policy, make_policy_spec
-from memwarden_testing.cluster import kubectl, policy_status, wait_for
+from memwarden_testing.cluster import apiserver_requests, kubectl, policy_status, wait_for
 from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.workloads import (
@@ -301,3 +301,78 @@ def test_the_kill_switch_stops_evictions_and_says_so(
         restarted(warden, {"MEMWARDEN_UPDATES_ENABLED": "true"})
     # Switched back on, the same pod is recreated: the switch was what held it.
     wait_for(lambda: not untouched(kube, pod), timeout=60, what="the pod evicted with updates on")
+
+
+def test_pods_waiting_on_one_workload_cost_one_read_of_the_namespace_per_look(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    devcluster: Path,
+    namespace: str,
+    warden: OperatorProcess,
+) -> None:
+    """Ten drifted pods of one Deployment, the first replacement held not Ready: the nine
+    waiting are held by the gate's memory, not by reading their namespace each (each read
+    is a pod list and a budget list; only those reads list budgets, so the API server's
+    count of budget lists is the count of reads)."""
+    deploy(kube, sim, namespace, "many", replicas=10, command=SLEEPER)
+    originals = running_and_ready(kube, namespace, "many", 10)
+    apply_policy(devcluster, namespace, "many", match_labels={"app": "many"})
+    uids = {p["metadata"]["uid"] for p in originals}
+
+    def held_replacement() -> dict[str, Any] | None:
+        fresh = [
+            p
+            for p in pods_of(kube, namespace, "many")
+            if p["metadata"]["uid"] not in uids and is_running(p)
+        ]
+        return fresh[0] if fresh else None
+
+    new = wait_for(held_replacement, timeout=60, what="the first replacement running")
+    assert not is_ready(new)
+    before = apiserver_requests(kube, resource="poddisruptionbudgets", verb="LIST")
+    stays(
+        lambda: sum(untouched(kube, p) for p in originals) == 9,
+        seconds=15,
+        what="another pod evicted while the first replacement was not Ready",
+    )
+    reads = apiserver_requests(kube, resource="poddisruptionbudgets", verb="LIST") - before
+    # A look every busy_retry (5 s) at most, for nine waiting pods over 15 s: about three
+    # (reading for each waiting pod at every retry would be about 27).
+    assert reads <= 6, f"{reads} reads of the namespace in 15 s"
+    make_ready(kube, namespace, new["metadata"]["name"])
+
+
+def test_an_operator_restart_mid_recreate_neither_repeats_nor_forgets(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    devcluster: Path,
+    namespace: str,
+    warden: OperatorProcess,
+) -> None:
+    """Restarted while a replacement is not Ready, the operator (its gate's memory gone)
+    still sees the workload busy in the pods themselves, evicts nothing more until the
+    replacement is Ready, then finishes the rollout: each pod evicted once."""
+    deploy(kube, sim, namespace, "roll", replicas=3)
+    originals = running_and_ready(kube, namespace, "roll", 3)
+    apply_policy(devcluster, namespace, "roll", match_labels={"app": "roll"})
+    uids = {p["metadata"]["uid"] for p in originals}
+
+    def held_replacement() -> dict[str, Any] | None:
+        fresh = [
+            p
+            for p in pods_of(kube, namespace, "roll")
+            if p["metadata"]["uid"] not in uids and is_running(p)
+        ]
+        return fresh[0] if fresh else None
+
+    wait_for(held_replacement, timeout=60, what="the first replacement running")
+    warden.stop()
+    warden.start()
+    still = [p for p in originals if untouched(kube, p)]
+    assert len(still) == 2
+    stays(
+        lambda: all(untouched(kube, p) for p in still),
+        seconds=5,
+        what="evicted after the restart while the replacement was not Ready",
+    )
+    follow_one_at_a_time(kube, namespace, "roll", originals)

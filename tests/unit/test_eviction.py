@@ -405,3 +405,58 @@ def test_the_planner_never_plans_an_eviction_the_gate_would_refuse(
     else:
         assert update.action == "wait" and update.stuck, update
         assert refused in update.reason
+
+
+def test_precheck_spares_the_namespace_read_for_pods_of_a_workload_seen_busy() -> None:
+    """Pods waiting on one workload: one of them looks (precheck None, then admit), the
+    others are held without a read until ``busy_retry`` has passed."""
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100, busy_retry=5)
+    pods = web_pods(4)
+    pods[3] = owned("web-5d8f-3", ready=False)
+    assert gate.precheck(pods[0], policy=POLICY, now=0) is None, "nothing known: look"
+    # Concurrent with that look, another pod of the workload does not look too.
+    looking = gate.precheck(pods[1], policy=POLICY, now=0)
+    assert isinstance(looking, WorkloadBusy) and "being looked at" in looking.message
+    held = gate.admit(pods[0], policy=POLICY, workload=state_of(pods[0], pods), now=0)
+    assert isinstance(held, WorkloadBusy) and "web-5d8f-3 is not Ready" in held.message
+    # Seen busy: the others are held without a look, and told when to ask again.
+    again = gate.precheck(pods[1], policy=POLICY, now=2)
+    assert isinstance(again, WorkloadBusy) and again.retry_after == pytest.approx(3)
+    # The pod that alone makes it busy may still go: it looks.
+    assert gate.precheck(pods[3], policy=POLICY, now=2) is None
+    assert isinstance(
+        gate.admit(pods[3], policy=POLICY, workload=state_of(pods[3], pods), now=2), Allowed
+    )
+    assert gate.precheck(pods[1], policy=POLICY, now=2.5) is not None
+    assert gate.precheck(pods[1], policy=POLICY, now=7) is None, "after busy_retry: look again"
+
+
+@pytest.mark.parametrize(
+    ("pod", "expected"),
+    [
+        pytest.param(make_pod("bare"), NoController, id="bare"),
+        pytest.param(
+            owned("j", kind="Job", owner="x", labels={}, api_version="batch/v1"),
+            NotRecreatable,
+            id="job",
+        ),
+    ],
+)
+def test_precheck_refuses_without_looking(pod: dict[str, Any], expected: type) -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=100)
+    assert isinstance(gate.precheck(pod, policy=POLICY, now=0), expected)
+
+
+def test_precheck_holds_rate_limited_pods_without_looking_and_never_allows() -> None:
+    gate = EvictionGate(per_minute=100, per_policy_per_minute=1)
+    first, second = (
+        owned("a-0", owner="a-h", labels={"pod-template-hash": "h"}),
+        owned("b-0", owner="b-h", labels={"pod-template-hash": "h"}),
+    )
+    assert gate.precheck(first, policy=POLICY, now=0) is None
+    assert isinstance(
+        gate.admit(first, policy=POLICY, workload=state_of(first, [first]), now=0), Allowed
+    )
+    limited = gate.precheck(second, policy=POLICY, now=10)
+    assert isinstance(limited, RateLimited) and limited.retry_after == pytest.approx(50)
+    assert gate.precheck(second, policy="shop/other", now=10) is None

@@ -186,12 +186,16 @@ async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -
     namespace, name = str(metadata["namespace"]), str(metadata["name"])
     key = (namespace, name)
     kube = state.kube()
-    try:
-        workload = await eviction.observe_workload(kube, pod)
-    except KubeError as exc:
-        retries().failed(key, now=time.monotonic(), message=str(exc))
-        return
-    held = gate().admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
+    # Refusals, rate limits and a workload seen busy moments ago need no read of the
+    # namespace: a hundred pods waiting on one Deployment cost one list, not a hundred.
+    held = gate().precheck(pod, policy=policy.key, now=time.monotonic())
+    if held is None:
+        try:
+            workload = await eviction.observe_workload(kube, pod)
+        except KubeError as exc:
+            retries().failed(key, now=time.monotonic(), message=str(exc))
+            return
+        held = gate().admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
     if not isinstance(held, eviction.Allowed):
         if held.permanent:
             await _tell_once(pod, type_="Warning", reason="EvictionRefused", message=held.message)
