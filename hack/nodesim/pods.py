@@ -527,6 +527,8 @@ class PodWorker:
             allocated = self._allocated(slot)
             if allocated is None or slot.proc is None or not isinstance(slot.state, Running):
                 continue
+            if allocated == slot.actuated:  # the common case, without parsing quantities
+                continue
             action = resize.container_action(
                 allocated=Resources.of(allocated),
                 actuated=Resources.of(slot.actuated),
@@ -551,9 +553,9 @@ class PodWorker:
             if s.proc is not None and isinstance(s.state, Running)
         ]
         in_progress = any(
-            Resources.of(self._allocated(s)) != Resources.of(s.actuated)
+            Resources.of(allocated) != Resources.of(s.actuated)
             for s in running
-            if self._allocated(s) is not None
+            if (allocated := self._allocated(s)) is not None and allocated != s.actuated
         )
         if in_progress and self._resize_in_progress is None:
             now = _utcnow()
