@@ -39,8 +39,6 @@ from memwarden.eviction_gate import (
 )
 from memwarden.kube import Conflict, Kube, KubeError, NotFound
 
-# --- the eviction --------------------------------------------------------------------
-
 Result = Literal["evicted", "retry_later", "gone", "failed"]
 
 

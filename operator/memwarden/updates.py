@@ -16,6 +16,7 @@ terminating pods never reach it (the pod index drops them).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -99,18 +100,28 @@ def parse_go_bytes(text: str) -> int | None:
     return int(match.group(1)) * _GO_UNITS[match.group(2)]
 
 
-def _memory(resources: Mapping[str, Any] | None, kind: str) -> int | None:
-    text = ((resources or {}).get(kind) or {}).get("memory")
-    if text is None:
-        return None
+@functools.lru_cache(maxsize=4096)
+def _bytes(text: str) -> int | None:
+    """A quantity in bytes, None if unreadable. Cached: a fleet's pods repeat few values,
+    and parsing one costs more than the rest of a pod's decision at rest."""
     try:
-        return parse_bytes(str(text))
+        return parse_bytes(text)
     except QuantityError:
         return None
 
 
+def _memory(resources: Mapping[str, Any] | None, kind: str) -> int | None:
+    text = ((resources or {}).get(kind) or {}).get("memory")
+    return None if text is None else _bytes(str(text))
+
+
+@functools.lru_cache(maxsize=4096)
+def _readable(n: int) -> str:
+    return readable_bytes(n)
+
+
 def _shown(n: int | None) -> str:
-    return "unset" if n is None else readable_bytes(n)
+    return "unset" if n is None else _readable(n)
 
 
 def _containers(view: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]]:
@@ -125,8 +136,12 @@ def _containers(view: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, An
 def _applied(view: Mapping[str, Any]) -> Mapping[str, Any]:
     """The ``memwarden.dev/applied`` record admission wrote (empty when none)."""
     text = ((view.get("metadata") or {}).get("annotations") or {}).get(APPLIED_ANNOTATION)
-    if not text:
-        return {}
+    return _record(text) if isinstance(text, str) and text else {}
+
+
+@functools.lru_cache(maxsize=1024)
+def _record(text: str) -> Mapping[str, Any]:
+    """A parsed applied record (pods of one workload share it; never mutated)."""
     try:
         record = json.loads(text)
     except ValueError:
@@ -391,7 +406,7 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
         return outcome("wait", "resize in progress on the node")
 
     stale_go = []
-    for sized in plan.sizing.containers:
+    for sized in plan.sizing.containers if mode == "InPlaceOrRecreate" else ():
         injected = _injected_gomemlimit(view, sized.name)
         ceiling = sized.cgroup.memory_high or sized.memory_limit
         if (
@@ -514,10 +529,7 @@ def _resized_in_place(view: Mapping[str, Any], plan: PodPlan) -> bool:
 
 def _record_bytes(text: object) -> int | None:
     """A quantity from the applied record, None when unreadable."""
-    try:
-        return parse_bytes(str(text))
-    except QuantityError:
-        return None
+    return _bytes(str(text))
 
 
 @dataclass

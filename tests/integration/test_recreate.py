@@ -340,3 +340,39 @@ def test_pods_waiting_on_one_workload_cost_one_read_of_the_namespace_per_look(
     # (reading for each waiting pod at every retry would be about 27).
     assert reads <= 6, f"{reads} reads of the namespace in 15 s"
     make_ready(kube, namespace, new["metadata"]["name"])
+
+
+def test_an_operator_restart_mid_recreate_neither_repeats_nor_forgets(
+    sim: NodeSimulator,
+    kube: client.ApiClient,
+    devcluster: Path,
+    namespace: str,
+    warden: OperatorProcess,
+) -> None:
+    """Restarted while a replacement is not Ready, the operator (its gate's memory gone)
+    still sees the workload busy in the pods themselves, evicts nothing more until the
+    replacement is Ready, then finishes the rollout: each pod evicted once."""
+    deploy(kube, sim, namespace, "roll", replicas=3)
+    originals = running_and_ready(kube, namespace, "roll", 3)
+    apply_policy(devcluster, namespace, "roll", match_labels={"app": "roll"})
+    uids = {p["metadata"]["uid"] for p in originals}
+
+    def held_replacement() -> dict[str, Any] | None:
+        fresh = [
+            p
+            for p in pods_of(kube, namespace, "roll")
+            if p["metadata"]["uid"] not in uids and is_running(p)
+        ]
+        return fresh[0] if fresh else None
+
+    wait_for(held_replacement, timeout=60, what="the first replacement running")
+    warden.stop()
+    warden.start()
+    still = [p for p in originals if untouched(kube, p)]
+    assert len(still) == 2
+    stays(
+        lambda: all(untouched(kube, p) for p in still),
+        seconds=5,
+        what="evicted after the restart while the replacement was not Ready",
+    )
+    follow_one_at_a_time(kube, namespace, "roll", originals)
