@@ -14,6 +14,7 @@ BENCHMARKS = (
     "scale_bench.py",
     "risk_bench.py",
     "capture_bench.py",
+    "update_bench.py",
 )
 
 

@@ -108,6 +108,17 @@ def node_conditions(*, ready: bool, now: dt.datetime, since: dt.datetime) -> lis
     return conditions
 
 
+def node_resources(settings: Settings) -> dict[str, str]:
+    """Capacity = allocatable (the simulator reserves nothing)."""
+    r = settings.resources
+    return {
+        "cpu": r.cpu,
+        "memory": r.memory,
+        "pods": str(r.pods),
+        "ephemeral-storage": r.ephemeral_storage,
+    }
+
+
 def node_status(
     settings: Settings,
     *,
@@ -117,13 +128,7 @@ def node_status(
     kubelet_port: int = 0,
 ) -> dict[str, Any]:
     """The full status written at registration."""
-    r = settings.resources
-    resources = {
-        "cpu": r.cpu,
-        "memory": r.memory,
-        "pods": str(r.pods),
-        "ephemeral-storage": r.ephemeral_storage,
-    }
+    resources = node_resources(settings)
     uname = os.uname()
     return {
         "capacity": resources,
@@ -280,11 +285,16 @@ class NodeAgent:
         self._lease = self._kube.replace(path, current)
 
     def heartbeat(self) -> None:
+        """Conditions, and capacity/allocatable again, as the kubelet's status setters do:
+        a Node status someone else changed is put right within one period."""
         now = _now()
-        self._kube.patch(
-            node_path(self.name, "status"),
-            {"status": {"conditions": node_conditions(ready=True, now=now, since=self._since)}},
-        )
+        resources = node_resources(self._settings)
+        status = {
+            "capacity": resources,
+            "allocatable": resources,
+            "conditions": node_conditions(ready=True, now=now, since=self._since),
+        }
+        self._kube.patch(node_path(self.name, "status"), {"status": status})
 
     def _loop(self) -> None:
         settings = self._settings

@@ -9,7 +9,10 @@ recomputes, other failures retry with back-off), and deletion (SIGTERM, grace, S
 then delete with ``gracePeriodSeconds=0`` as the kubelet does).
 
 Decisions are pure and live elsewhere: env in ``env``, argv in ``images``, status and
-restart rules in ``status``. Memory limits are enforced by ``procs.Supervisor``.
+restart rules in ``status``, in-place resize in ``resize``. Memory limits are enforced by
+``procs.Supervisor``. Containers run with the resources the node allocated them
+(``allocation.AllocationBook``), not straight from the spec: a resize takes effect once
+allocated, live or by a restart as each container's ``resizePolicy`` says.
 """
 
 from __future__ import annotations
@@ -31,18 +34,22 @@ from typing import Any
 
 from memwarden.quantity import QuantityError, parse_bytes, parse_millicores
 from nodesim import env as envres
+from nodesim import resize
+from nodesim.allocation import Allocation, AllocationBook
 from nodesim.identity import ROOT, Identity, effective_identity
 from nodesim.images import PLACEHOLDER_CODE, container_program, listen_address, map_path
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Conflict, Kube, NotFound, namespaced_path, pod_path
 from nodesim.metrics import ContainerSample, LogRange
 from nodesim.procs import NEW_PID_NAMESPACE, Launch, Proc, StartFailed, Supervisor, reach_paths
+from nodesim.resize import Resources
 from nodesim.settings import Settings
 from nodesim.status import (
     TERMINAL_PHASES,
     ContainerState,
     ContainerView,
     PodView,
+    ResizeCondition,
     Running,
     Terminated,
     Waiting,
@@ -103,6 +110,7 @@ class Runtime:
     settings: Settings
     supervisor: Supervisor
     addresses: AddressPool
+    allocations: AllocationBook
     python: str
     base_env: Mapping[str, str]
     stopping: threading.Event = field(default_factory=threading.Event)
@@ -145,14 +153,23 @@ class Slot:
     started_mono: float = 0.0
     #: Where each instance's output starts in the (appended) log file.
     log_starts: list[int] = field(default_factory=list)
+    #: The resources its current (or last) process runs with: the allocation at its start,
+    #: or a later one applied live. ``None`` before its first start.
+    actuated: Mapping[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
         return self.finished and isinstance(self.state, Terminated) and self.state.exit_code == 0
 
-    def view(self) -> ContainerView:
-        resources = self.spec.get("resources") or None
+    def view(self, allocated: Mapping[str, Any] | None = None) -> ContainerView:
+        """Its status; ``resources`` are those in effect while it runs, else those allocated
+        (the kubelet's convertContainerStatusResources), ``allocatedResources`` the requests."""
+        own = allocated if allocated is not None else (self.spec.get("resources") or {})
+        current = own
+        if isinstance(self.state, Running) and self.actuated is not None:
+            current = self.actuated
         image = str(self.spec.get("image", ""))
+        ephemeral = self.kind is Kind.EPHEMERAL
         return ContainerView(
             name=self.name,
             image=image,
@@ -163,10 +180,11 @@ class Slot:
             container_id=self.container_id,
             user=self.user,
             resources=(
-                {k: v for k, v in resources.items() if k in ("requests", "limits")}
-                if resources
-                else None
+                None
+                if ephemeral
+                else {k: v for k, v in current.items() if k in ("requests", "limits") and v}
             ),
+            allocated_resources=None if ephemeral else (own.get("requests") or None),
         )
 
 
@@ -202,6 +220,11 @@ class PodWorker:
         self._status_retry_at = 0.0
         #: The pause process holding the pod's shared PID namespace (shareProcessNamespace).
         self._pause: Proc | None = None
+        #: The pod's allocation (``AllocationBook``) and the resize conditions it reports.
+        self._allocation: Allocation | None = None
+        self._accepted_seen = 0
+        self._resize_pending: ResizeCondition | None = None
+        self._resize_in_progress: ResizeCondition | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"pod-{self.namespace}/{self.name}", daemon=True
         )
@@ -245,7 +268,11 @@ class PodWorker:
                     running=running and usage is not None and usage.sampled_at > 0,
                     working_set_bytes=usage.rss_bytes if usage else 0,
                     rss_bytes=usage.rss_bytes if usage else 0,
-                    limit_bytes=memory_limit(slot.spec) or 0,
+                    limit_bytes=(
+                        Resources.of(slot.actuated).memory_limit
+                        if slot.actuated is not None
+                        else memory_limit(slot.spec) or 0
+                    ),
                     pgfault=usage.pgfault if usage else 0,
                     pgmajfault=usage.pgmajfault if usage else 0,
                     oom_events=slot.oom_events,
@@ -305,6 +332,7 @@ class PodWorker:
             self._stopping_all = True
             self._stop_processes(grace=0)
             self._stop_pause()
+            self._rt.allocations.release(self.uid)
             if self.pod_ip and self.pod_ip != self._rt.settings.host_ip:
                 self._rt.addresses.release(self.pod_ip)
             shutil.rmtree(self._run_dir, ignore_errors=True)
@@ -341,6 +369,12 @@ class PodWorker:
         self._refresh_slots(pod)
         self._reap(pod)
         if not self._terminal:
+            if self._allocate(pod):
+                # As the kubelet: the sync that allocates a resize reports it in progress;
+                # the next one actuates it (and a later one reports it done).
+                self._wake.set()
+            else:
+                self._actuate(pod)
             self._start_due(pod)
         self._write_status(pod)
 
@@ -356,6 +390,7 @@ class PodWorker:
             else:
                 self.pod_ip = self._rt.addresses.allocate()
         self._start_time = _parse_time(status.get("startTime")) or _utcnow()
+        self._rt.allocations.admit(self.uid, pod, wake=self._wake.set)
         self._run_dir.mkdir(parents=True, exist_ok=True)
         if spec.get("shareProcessNamespace") and not spec.get("hostPID"):
             self._start_pause()
@@ -432,18 +467,205 @@ class PodWorker:
                     )
                     self._slots[name] = slot
                 slot.spec = container
-                if slot.proc is not None and kind is not Kind.EPHEMERAL:
-                    limit = memory_limit(container)
-                    if limit != slot.proc.limit_bytes:
-                        log.info(
-                            "pod %s/%s container %s: memory limit %s -> %s (resize)",
-                            self.namespace,
-                            self.name,
-                            name,
-                            slot.proc.limit_bytes,
-                            limit,
-                        )
-                        self._rt.supervisor.set_limit(slot.proc, limit)
+
+    # --- in-place resize -------------------------------------------------------------
+
+    def _allocated(self, slot: Slot) -> Mapping[str, Any] | None:
+        """The resources the node allocated to a resizable container (None: not one)."""
+        if self._allocation is None or slot.kind not in (Kind.REGULAR, Kind.SIDECAR):
+            return None
+        return self._allocation.containers.get(slot.name)
+
+    def _allocate(self, pod: Mapping[str, Any]) -> bool:
+        """Ask the allocation book about a resize; mirror its answer in the conditions.
+        True when a resize was newly allocated."""
+        allocation = self._rt.allocations.sync(self.uid, pod)
+        if allocation is None:
+            return False
+        self._allocation = allocation
+        now = _utcnow()
+        pending = allocation.pending
+        before = self._resize_pending
+        if pending is None:
+            self._resize_pending = None
+        elif (
+            before is None
+            or before.reason != pending.reason
+            or before.message != pending.message
+            or before.observed_generation != allocation.pending_generation
+        ):
+            same_reason = before is not None and before.reason == pending.reason
+            self._resize_pending = ResizeCondition(
+                kind="PodResizePending",
+                observed_generation=allocation.pending_generation,
+                last_transition=before.last_transition if before and same_reason else now,
+                last_probe=now,
+                reason=pending.reason,
+                message=pending.message,
+            )
+        if allocation.accepted != self._accepted_seen:
+            # A newly allocated resize starts its PodResizeInProgress afresh (an Error of
+            # an earlier one is cleared), at the generation that asked for it.
+            self._accepted_seen = allocation.accepted
+            self._resize_in_progress = ResizeCondition(
+                kind="PodResizeInProgress",
+                observed_generation=allocation.accepted_generation,
+                last_transition=now,
+                last_probe=now,
+            )
+            return True
+        return False
+
+    def _actuate(self, pod: Mapping[str, Any]) -> None:
+        """Make the allocated resources take effect in the running containers: restart those
+        whose ``resizePolicy`` asks for it, update the others live unless that would set a
+        memory limit at or below current usage (then ``PodResizeInProgress`` says ``Error``
+        and it is tried again at every sync, as the kubelet's best-effort check does)."""
+        restarts: list[Slot] = []
+        updates: list[tuple[Slot, Mapping[str, Any]]] = []
+        for slot in self._ordered(Kind.SIDECAR, Kind.REGULAR):
+            allocated = self._allocated(slot)
+            if allocated is None or slot.proc is None or not isinstance(slot.state, Running):
+                continue
+            if allocated == slot.actuated:  # the common case, without parsing quantities
+                continue
+            action = resize.container_action(
+                allocated=Resources.of(allocated),
+                actuated=Resources.of(slot.actuated),
+                resize_policy=slot.spec.get("resizePolicy") or [],
+            )
+            if action is resize.Action.RESTART:
+                restarts.append(slot)
+            elif action is resize.Action.UPDATE:
+                updates.append((slot, allocated))
+        for slot in restarts:
+            self._restart_for_resize(slot, pod)
+        if updates:
+            error = self._memory_decrease_error(pod, updates)
+            if error is not None:
+                self._resize_error(pod, error)
+            else:
+                for slot, allocated in updates:
+                    self._update_live(slot, allocated)
+        running = [
+            s
+            for s in self._ordered(Kind.SIDECAR, Kind.REGULAR)
+            if s.proc is not None and isinstance(s.state, Running)
+        ]
+        in_progress = any(
+            Resources.of(allocated) != Resources.of(s.actuated)
+            for s in running
+            if (allocated := self._allocated(s)) is not None and allocated != s.actuated
+        )
+        if in_progress and self._resize_in_progress is None:
+            now = _utcnow()
+            self._resize_in_progress = ResizeCondition(
+                kind="PodResizeInProgress",
+                observed_generation=int((pod.get("metadata") or {}).get("generation") or 0),
+                last_transition=now,
+                last_probe=now,
+            )
+        elif not in_progress and self._resize_in_progress is not None:
+            log.info(
+                "pod %s/%s: resize completed (generation %d)",
+                *self._key(),
+                self._resize_in_progress.observed_generation,
+            )
+            self._resize_in_progress = None
+
+    def _update_live(self, slot: Slot, allocated: Mapping[str, Any]) -> None:
+        assert slot.proc is not None
+        limit = Resources.of(allocated).memory_limit or None
+        if limit != slot.proc.limit_bytes:
+            log.info(
+                "pod %s/%s container %s: memory limit %s -> %s (in-place resize)",
+                *self._key(),
+                slot.name,
+                slot.proc.limit_bytes,
+                limit,
+            )
+            self._rt.supervisor.set_limit(slot.proc, limit)
+        with self._lock:
+            slot.actuated = allocated
+
+    def _memory_decrease_error(
+        self, pod: Mapping[str, Any], updates: list[tuple[Slot, Mapping[str, Any]]]
+    ) -> str | None:
+        spec = pod.get("spec") or {}
+        allocation = self._allocation
+        assert allocation is not None
+        allocated = dict(allocation.containers)
+        actuated = {
+            s.name: s.actuated
+            for s in self._ordered(Kind.SIDECAR, Kind.REGULAR)
+            if s.actuated is not None
+        }
+        usage = {
+            s.name: s.proc.usage.rss_bytes
+            for s in self._slots.values()
+            if s.proc is not None and s.proc.poll() is None
+        }
+        decreasing = {}
+        for slot, wanted in updates:
+            new, old = Resources.of(wanted), Resources.of(slot.actuated)
+            memory_changed = (new.memory_limit, new.memory_request) != (
+                old.memory_limit,
+                old.memory_request,
+            )
+            if (
+                memory_changed
+                and new.memory_limit
+                and (not old.memory_limit or new.memory_limit < old.memory_limit)
+            ):
+                decreasing[slot.name] = new.memory_limit
+        return resize.memory_decrease_error(
+            pod_limit_before=resize.pod_memory_limit(spec, {**allocated, **actuated}),
+            pod_limit_after=resize.pod_memory_limit(spec, allocated),
+            pod_usage=sum(usage.values()),
+            decreasing=decreasing,
+            container_usage=usage,
+        )
+
+    def _resize_error(self, pod: Mapping[str, Any], message: str) -> None:
+        before = self._resize_in_progress
+        if before is not None and before.reason == "Error" and before.message == message:
+            return
+        now = _utcnow()
+        generation = int((pod.get("metadata") or {}).get("generation") or 0)
+        log.warning("pod %s/%s: resize error: %s", *self._key(), message)
+        self._resize_in_progress = ResizeCondition(
+            kind="PodResizeInProgress",
+            # The condition keeps the generation it was started at (status manager).
+            observed_generation=before.observed_generation if before else generation,
+            last_transition=(
+                before.last_transition if before is not None and before.reason == "Error" else now
+            ),
+            last_probe=now,
+            reason="Error",
+            message=message,
+        )
+
+    def _restart_for_resize(self, slot: Slot, pod: Mapping[str, Any]) -> None:
+        """Kill the container as the kubelet does (SIGTERM, the pod's grace, SIGKILL); it
+        starts again at once with its allocated resources, one restart more."""
+        proc = slot.proc
+        assert proc is not None
+        spec = pod.get("spec") or {}
+        grace = float(spec.get("terminationGracePeriodSeconds", 30))
+        log.info("pod %s/%s: container %s resize requires restart", *self._key(), slot.name)
+        supervisor = self._rt.supervisor
+        supervisor.signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and proc.poll() is None and not self._gone:
+            time.sleep(0.05)
+        if proc.poll() is None:
+            supervisor.signal(proc, signal.SIGKILL)
+        try:
+            returncode = proc.popen.wait(timeout=10)
+        except Exception:
+            log.exception("pod %s/%s: %s did not die", *self._key(), slot.name)
+            return
+        self._record_exit(slot, proc, returncode, pod, resize_restart=True)
 
     # --- exits -----------------------------------------------------------------------
 
@@ -457,7 +679,15 @@ class PodWorker:
                 continue
             self._record_exit(slot, proc, returncode, pod)
 
-    def _record_exit(self, slot: Slot, proc: Proc, returncode: int, pod: Mapping[str, Any]) -> None:
+    def _record_exit(
+        self,
+        slot: Slot,
+        proc: Proc,
+        returncode: int,
+        pod: Mapping[str, Any],
+        *,
+        resize_restart: bool = False,
+    ) -> None:
         self._rt.supervisor.release(proc)
         exit_code = 137 if proc.sigkilled else exit_code_of(returncode)
         oom = proc.oom_killed
@@ -489,6 +719,13 @@ class PodWorker:
         )
         with self._lock:
             slot.proc = None
+        if resize_restart and not (self._stopping_all or self._terminal):
+            # Not a failure: no back-off, whatever the pod's restartPolicy.
+            slot.last_state = term
+            slot.restart_count += 1
+            slot.next_start = time.monotonic()
+            slot.state = Waiting(reason="ContainerCreating")
+            return
         self._after_exit(slot, term, pod)
 
     def _after_exit(self, slot: Slot, term: Terminated, pod: Mapping[str, Any]) -> None:
@@ -578,9 +815,26 @@ class PodWorker:
                 secrets[name] = envres.secret_data(obj)
         return envres.Sources(config_maps=config_maps, secrets=secrets)
 
+    def _allocated_pod(self, pod: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The pod as allocated: its resizable containers' resources are the allocation's
+        (the kubelet runs and resolves the downward API from this, not the raw spec)."""
+        if self._allocation is None:
+            return pod
+        containers = self._allocation.containers
+        spec = dict(pod.get("spec") or {})
+        for key in ("containers", "initContainers"):
+            if key in spec:
+                spec[key] = [
+                    {**c, "resources": containers[c["name"]]} if c.get("name") in containers else c
+                    for c in spec[key]
+                ]
+        return {**pod, "spec": spec}
+
     def _start(self, slot: Slot, pod: Mapping[str, Any]) -> None:
         settings = self._rt.settings
-        container = slot.spec
+        allocated = self._allocated(slot)
+        container = slot.spec if allocated is None else {**slot.spec, "resources": allocated}
+        pod = self._allocated_pod(pod)
         slot.attempted = True
         assert self.pod_ip is not None
         allocatable = settings.resources
@@ -672,6 +926,8 @@ class PodWorker:
             return
         with self._lock:
             slot.proc = proc
+            if slot.kind is not Kind.EPHEMERAL:
+                slot.actuated = container.get("resources") or {}
             slot.user = (identity.uid, identity.gid)
             slot.container_id = f"nodesim://{uuid.uuid4().hex}"
             slot.started_wall = started
@@ -687,11 +943,16 @@ class PodWorker:
             host_ip=self._rt.settings.host_ip,
             pod_ip=self.pod_ip,
             start_time=self._start_time,
-            init_containers=tuple(s.view() for s in slots if s.kind in (Kind.INIT, Kind.SIDECAR)),
-            containers=tuple(s.view() for s in slots if s.kind is Kind.REGULAR),
+            init_containers=tuple(
+                s.view(self._allocated(s)) for s in slots if s.kind in (Kind.INIT, Kind.SIDECAR)
+            ),
+            containers=tuple(s.view(self._allocated(s)) for s in slots if s.kind is Kind.REGULAR),
             ephemeral_containers=tuple(s.view() for s in slots if s.kind is Kind.EPHEMERAL),
             terminal=terminal,
             initialized=self._initialized,
+            resize_conditions=tuple(
+                c for c in (self._resize_pending, self._resize_in_progress) if c is not None
+            ),
         )
 
     def _write_status(self, pod: Mapping[str, Any], *, terminal: bool = False) -> None:
@@ -735,6 +996,9 @@ class PodWorker:
             self._status_failures = 0
             if status.get("phase") in TERMINAL_PHASES and not self._terminal:
                 self._terminal = True
+                # A terminal pod holds no resources: deferred resizes may fit now.
+                self._rt.allocations.release(self.uid)
+                self._resize_pending = self._resize_in_progress = None
                 log.info("pod %s/%s reached phase %s", *self._key(), status["phase"])
             return
         self._status_failed(ApiError("status update: repeated conflicts"))

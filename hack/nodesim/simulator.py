@@ -18,13 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from memwarden import certs
-from memwarden.quantity import parse_bytes
+from memwarden.quantity import parse_bytes, parse_millicores
+from nodesim.allocation import AllocationBook
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Kube
 from nodesim.metrics import Endpoints, MetricsServer
 from nodesim.node import NodeAgent
 from nodesim.pods import PodManager, Runtime
 from nodesim.procs import Supervisor, reap_registry
+from nodesim.resize import PodRequest
 from nodesim.settings import REPO, Settings
 
 log = logging.getLogger("nodesim")
@@ -100,6 +102,12 @@ class Simulator:
             settings=settings,
             supervisor=supervisor,
             addresses=AddressPool(settings.pod_cidr),
+            allocations=AllocationBook(
+                allocatable=PodRequest(
+                    cpu=parse_millicores(settings.resources.cpu),
+                    memory=parse_bytes(settings.resources.memory),
+                )
+            ),
             python=sys.executable,
             base_env=base_env(settings),
         )

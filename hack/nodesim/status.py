@@ -23,6 +23,7 @@ __all__ = [
     "ContainerState",
     "ContainerView",
     "PodView",
+    "ResizeCondition",
     "Running",
     "Terminated",
     "Waiting",
@@ -38,7 +39,14 @@ __all__ = [
 ]
 
 #: The pod conditions the kubelet (here: the simulator) writes; others are carried over.
-OWNED_CONDITIONS = ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
+OWNED_CONDITIONS = (
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodResizePending",
+    "PodResizeInProgress",
+)
 
 #: The kubelet's cap on a termination message.
 MAX_TERMINATION_MESSAGE = 4096
@@ -93,14 +101,44 @@ class ContainerView:
     restart_count: int = 0
     container_id: str | None = None
     image_id: str = ""
-    #: The resources in effect (``containerStatuses[].resources``), for running containers.
+    #: ``containerStatuses[].resources``: those in effect while it runs, else those allocated.
     resources: Mapping[str, Any] | None = None
+    #: ``containerStatuses[].allocatedResources``: the allocated requests.
+    allocated_resources: Mapping[str, Any] | None = None
     #: (uid, gid) of its process, reported as ``user.linux`` (KEP-3619) while it runs.
     user: tuple[int, int] | None = None
 
     @property
     def running(self) -> bool:
         return isinstance(self.state, Running)
+
+
+@dataclass(frozen=True)
+class ResizeCondition:
+    """``PodResizePending`` or ``PodResizeInProgress`` as the kubelet's status manager keeps
+    it: always ``True`` while present; gone when the resize is done or withdrawn."""
+
+    kind: str
+    observed_generation: int
+    last_transition: dt.datetime
+    last_probe: dt.datetime
+    reason: str = ""
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": self.kind,
+            "status": "True",
+            "lastProbeTime": rfc3339(self.last_probe),
+            "lastTransitionTime": rfc3339(self.last_transition),
+        }
+        if self.observed_generation:
+            out["observedGeneration"] = self.observed_generation
+        if self.reason:
+            out["reason"] = self.reason
+        if self.message:
+            out["message"] = self.message
+        return out
 
 
 @dataclass(frozen=True)
@@ -115,6 +153,8 @@ class PodView:
     terminal: bool = False
     #: Init containers completed at some point (a pod never goes back to uninitialized).
     initialized: bool = False
+    #: In-place resize conditions (none on a terminal pod).
+    resize_conditions: tuple[ResizeCondition, ...] = ()
 
 
 # --- small rules -------------------------------------------------------------------------
@@ -281,8 +321,10 @@ def container_status(view: ContainerView, *, ephemeral: bool = False) -> dict[st
     }
     if view.container_id:
         out["containerID"] = view.container_id
-    if view.resources and view.running and not ephemeral:
+    if view.resources is not None and not ephemeral:
         out["resources"] = dict(view.resources)
+    if view.allocated_resources and not ephemeral:
+        out["allocatedResources"] = dict(view.allocated_resources)
     if view.user is not None and view.running:
         uid, gid = view.user
         out["user"] = {"linux": {"uid": uid, "gid": gid, "supplementalGroups": [gid]}}
@@ -407,6 +449,7 @@ def build_pod_status(
         ),
         condition("Ready", ready, ready_reason, ready_message),
         condition("ContainersReady", containers_ready, not_ready_reason, not_ready_message),
+        *(c.as_dict() for c in view.resize_conditions if phase not in TERMINAL_PHASES),
         *foreign,
     ]
 

@@ -347,6 +347,10 @@ class CaptureSpec(_Model):
     )
 
 
+UpdateMode = Literal["Initial", "InPlace", "Recreate", "InPlaceOrRecreate"]
+UpdateAction = Literal["Resize", "Evict", "Wait"]
+
+
 class MemoryPolicySpec(_Model):
     """What a MemoryPolicy asks for. See docs/api.md for every field."""
 
@@ -372,10 +376,23 @@ class MemoryPolicySpec(_Model):
         default="Enforce",
         description="Enforce mutates pods at admission; Audit computes and reports only.",
     )
-    update: Literal["Initial"] = Field(
+    update: UpdateMode = Field(
         default="Initial",
-        description="Initial: applied when a pod is created (admission). Running pods are "
-        "reported as drifted, never changed.",
+        description="How running pods reach the policy (docs/updates.md). Initial: only when "
+        "a pod is created (admission); running pods are reported as drifted. InPlace: memory "
+        "resized through pods/resize, never a QoS class change. Recreate: pods evicted "
+        "(Eviction API, PodDisruptionBudgets hold) and admitted again with the policy. "
+        "InPlaceOrRecreate: in place where possible, else evicted. With mode Audit nothing "
+        "changes: status says what would.",
+    )
+    maxShrinkPercent: int = Field(
+        default=50,
+        ge=1,
+        le=100,
+        description="Safety rail of the update modes: one update lowers a container's memory "
+        "request or limit by at most this percentage of its current value (a resize steps "
+        "down in several updates; an eviction that would shrink more waits), and never "
+        "below the working set Prometheus reports. 100 turns the percentage rule off.",
     )
     memory: MemorySpec | None = None
     runtime: RuntimeSpec | None = None
@@ -401,6 +418,16 @@ class PodConflict(_Model):
     reason: str
 
 
+class PendingUpdate(_Model):
+    """A pod the update mode has not brought to the policy yet, what comes next, and why."""
+
+    pod: str
+    action: UpdateAction = Field(
+        description="Resize (in place), Evict (recreate), or Wait (nothing memwarden may do now)."
+    )
+    reason: str = Field(max_length=1024)
+
+
 class MemoryPolicyStatus(_Model):
     observedGeneration: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -408,6 +435,21 @@ class MemoryPolicyStatus(_Model):
     compliantPods: int = 0
     driftedPods: int = 0
     driftedPodNames: list[str] = Field(default_factory=list, max_length=20)
+    updatedPods: int = Field(
+        default=0,
+        description="Pods whose memory memwarden resized in place to this policy after they "
+        "started (a recreated pod is admitted with the policy and counts as compliant).",
+    )
+    pendingPods: int = Field(
+        default=0, description="Pods the update mode has yet to resize or evict, or cannot."
+    )
+    pendingUpdates: list[PendingUpdate] = Field(default_factory=list, max_length=20)
+    staleRuntimePods: int = Field(
+        default=0,
+        description="Pods whose memwarden-injected GOMEMLIMIT/GOGC no longer matches the "
+        "policy (env cannot change in place): they take the new values when recreated.",
+    )
+    staleRuntimePodNames: list[str] = Field(default_factory=list, max_length=20)
     conflicts: list[PodConflict] = Field(default_factory=list, max_length=20)
     lastIncident: str | None = None
 
@@ -651,6 +693,7 @@ def memorypolicy_crd() -> dict[str, Any]:
         short_name="mpol",
         columns=[
             ("Mode", "string", ".spec.mode"),
+            ("Update", "string", ".spec.update"),
             ("Matched", "integer", ".status.matchedPods"),
             ("Compliant", "integer", ".status.compliantPods"),
             ("Drifted", "integer", ".status.driftedPods"),
@@ -703,8 +746,11 @@ __all__ = [
     "MemoryPolicySpec",
     "MemoryPolicyStatus",
     "MemorySpec",
+    "PendingUpdate",
     "PodConflict",
     "RuntimeSpec",
+    "UpdateAction",
+    "UpdateMode",
     "all_crds",
     "memorypolicy_crd",
     "openapi_schema",

@@ -107,6 +107,7 @@ class Kube:
         self.api_client = api_client
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._policy = client.PolicyV1Api(api_client)
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -236,6 +237,80 @@ class Kube:
             raise error_from(exc, what=f"add debug container to pod {namespace}/{name}") from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise Transient(_short(f"patch pod {namespace}/{name}: {exc}")) from exc
+
+    def resize_pod(self, *, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PATCH ``pods/NAME/resize`` (strategic merge: containers merge by name); only
+        container resources change. The pod as the API server returns it (status
+        included). ``Rejected`` when the API server refuses the resize (a QoS class change,
+        a limit below what the node allows...)."""
+        what = f"resize pod {namespace}/{name}"
+        try:
+            result = self._core.patch_namespaced_pod_resize(
+                name,
+                namespace,
+                dict(body),
+                _request_timeout=REQUEST_TIMEOUT,
+                _content_type="application/strategic-merge-patch+json",
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        return dict(self.api_client.sanitize_for_serialization(result))  # type: ignore[no-untyped-call]
+
+    def evict_pod(self, *, namespace: str, name: str, uid: str | None = None) -> None:
+        """POST a policy/v1 Eviction for the pod (never a plain delete): the API server
+        holds it to the pod's PodDisruptionBudgets (429 while one allows no disruption).
+        With ``uid``, only that instance: a StatefulSet's replacement has the same name,
+        and a stale decision must not evict it (``Conflict``)."""
+        delete_options: dict[str, Any] = {}
+        if uid:
+            delete_options["preconditions"] = {"uid": uid}
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            **({"deleteOptions": delete_options} if delete_options else {}),
+        }
+        what = f"evict pod {namespace}/{name}"
+        try:
+            # The client serialises a plain dict as it would its V1Eviction model.
+            self._core.create_namespaced_pod_eviction(
+                name, namespace, cast(Any, body), _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+
+    def list_pods(self, namespace: str) -> list[dict[str, Any]]:
+        """Every pod of a namespace as plain dicts (parsed from the raw response, not
+        turned into the client's model objects), terminating ones included."""
+        what = f"list pods in {namespace}"
+        try:
+            response = self._core.list_namespaced_pod(
+                namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        data = cast(urllib3.HTTPResponse, response).data
+        return [dict(item) for item in json.loads(data).get("items") or []]
+
+    def list_disruption_budgets(self, namespace: str) -> list[dict[str, Any]]:
+        """The PodDisruptionBudgets of a namespace as plain dicts."""
+        what = f"list poddisruptionbudgets in {namespace}"
+        try:
+            response = self._policy.list_namespaced_pod_disruption_budget(
+                namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
+            )
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        data = cast(urllib3.HTTPResponse, response).data
+        return [dict(item) for item in json.loads(data).get("items") or []]
 
     def post_event(self, obj: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
         """A core/v1 Event on ``obj``, as kopf writes them. For code that runs outside a

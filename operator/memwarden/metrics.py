@@ -138,6 +138,28 @@ EVIDENCE_AUTH_THROTTLED = Counter(
     registry=REGISTRY,
 )
 
+RESIZES = Counter(
+    "memwarden_resizes",
+    "In-place resizes of running pods (update InPlace, InPlaceOrRecreate) by outcome: "
+    "accepted (the API server took it; the kubelet's conditions follow), refused (the API "
+    "server said no: 4xx), failed (unreachable, 5xx: retried with backoff).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+UPDATE_PASSES = Counter(
+    "memwarden_update_passes",
+    "Passes of the update loop over the namespaces whose policies have an update mode.",
+    registry=REGISTRY,
+)
+EVICTIONS = Counter(
+    "memwarden_evictions",
+    "Evictions of running pods (update Recreate, InPlaceOrRecreate) by outcome: evicted, "
+    "retry_later (429: a PodDisruptionBudget allows none now), gone, failed; and those the "
+    "gate held back: rate_limited, workload_busy, no_controller, not_recreatable.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -163,6 +185,7 @@ def reconciled(kind: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
 __all__ = [
     "BUNDLE_BYTES",
     "CAPTURE_SECONDS",
+    "EVICTIONS",
     "EVIDENCE_AUTH_THROTTLED",
     "EVIDENCE_TOKEN_REVIEWS",
     "INCIDENTS_OPENED",
@@ -171,10 +194,12 @@ __all__ = [
     "RECONCILES",
     "RECONCILE_ERRORS",
     "REGISTRY",
+    "RESIZES",
     "RISK_CYCLE_SECONDS",
     "RISK_EVALUATION_FAILURES",
     "RISK_QUERIES",
     "SUPPRESSED_TRIGGERS",
+    "UPDATE_PASSES",
     "WEBHOOK_CA_ROTATIONS",
     "WEBHOOK_CERT_EXPIRY",
     "WEBHOOK_OUTCOMES",

@@ -7,8 +7,9 @@ call has no rule here or a rule here serves no call; ``tests/integration/test_ch
 compares the rendered chart with these rules.
 
 Least privilege: Secrets only in the operator's own namespace (a Role), the webhook
-configuration only by name, no ``pods/resize`` or ``pods/eviction`` until the code
-resizes or evicts (``update`` modes other than ``Initial`` do not exist yet). The rules
+configuration only by name; pods are changed only through ``pods/resize`` (memory of
+running containers) and recreated only through ``pods/eviction`` (which
+PodDisruptionBudgets hold), never ``update`` or ``delete`` on pods. The rules
 on tenants' pods (``watched``) are bound cluster-wide only when memwarden watches the
 whole cluster; with a list of namespaces, by a Role in each of them and nowhere else.
 """
@@ -120,6 +121,27 @@ RULES: tuple[Rule, ...] = (
         ("pods/ephemeralcontainers",),
         ("patch",),
         "a capture adds the toolbox as an ephemeral container (never the pod's spec)",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("pods/resize",),
+        ("patch",),
+        "update InPlace/InPlaceOrRecreate resizes running containers' memory (nothing else)",
+        scope="watched",
+    ),
+    Rule(
+        "",
+        ("pods/eviction",),
+        ("create",),
+        "update Recreate/InPlaceOrRecreate evicts drifted pods (budgets hold; never a delete)",
+        scope="watched",
+    ),
+    Rule(
+        "policy",
+        ("poddisruptionbudgets",),
+        ("list",),
+        "the eviction gate reads the budgets of a pod's namespace: may more than one be down",
         scope="watched",
     ),
     Rule(

@@ -382,6 +382,48 @@ class Settings(BaseModel):
         default=120.0,
         description="How long an incident waits for its pod to be Running before it fails.",
     )
+    updates_enabled: bool = Field(
+        default=True,
+        description="The kill switch of the update modes: false, and no running pod is "
+        "resized or evicted, whatever the policies say (status still shows what would be "
+        "done). Policies are a tenant's to write; this is the cluster operator's to pull.",
+    )
+    update_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the update loop looks at the pods of policies with an update "
+        "mode: a resize is one small request, so a rollout follows within seconds; the pass "
+        "reads the in-memory pod index, never the API.",
+    )
+    update_deferred_grace_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a resize the kubelet Deferred may wait for room on its node "
+        "before InPlaceOrRecreate evicts the pod instead: long enough for another pod to "
+        "finish or shrink, short enough that a policy does not stay half-applied.",
+    )
+    update_retry_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="A resize the API server refused or failed is retried with backoff "
+        "doubling from update_interval_seconds up to this.",
+    )
+    update_evictions_per_minute: int = Field(
+        default=20,
+        ge=1,
+        description="Cluster-wide cap on evictions (update Recreate, InPlaceOrRecreate) in any "
+        "60 s: every policy changed at once (a GitOps sync) still recreates at most 20 pods a "
+        "minute, which schedulers, image pulls and the webhook absorb; 1,000 pods take under "
+        "an hour.",
+    )
+    update_evictions_per_minute_per_policy: int = Field(
+        default=5,
+        ge=1,
+        description="Cap on evictions one policy causes in any 60 s: what a mistaken or hostile "
+        "policy can do to its namespace is bounded (300 pods an hour at most) while a "
+        "policy over several workloads still proceeds on each; within a workload one pod is "
+        "in flight at a time anyway.",
+    )
     dry_run: bool = Field(
         default=False, description="Compute and log, never write to the cluster (like --dry-run)."
     )

@@ -6,14 +6,26 @@ it changed, and logs what changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import datetime as dt
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwarden.api import APPLIED_ANNOTATION, Condition, MemoryPolicyStatus, PodConflict
+from memwarden.api import (
+    APPLIED_ANNOTATION,
+    Condition,
+    MemoryPolicyStatus,
+    PendingUpdate,
+    PodConflict,
+)
 from memwarden.mutation import PlanCache, PodShapeError, planned
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.sizing import KubeletProfile
+from memwarden.updates import PodUpdate, UpdateInputs, decide
+
+#: The update planner's inputs for a pod, by pod name (the handler knows refusals, working
+#: sets and the kill switch); None: defaults at ``now``.
+InputsFor = Callable[[str], UpdateInputs]
 
 #: Lists in status are cut to this many entries: status is for people, not an inventory.
 MAX_LISTED = 20
@@ -32,7 +44,9 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
 
     def slim(container: Mapping[str, Any]) -> dict[str, Any]:
         kept = {
-            k: container[k] for k in ("name", "resources", "env", "restartPolicy") if k in container
+            k: container[k]
+            for k in ("name", "resources", "env", "restartPolicy", "resizePolicy")
+            if k in container
         }
         if "env" in kept:
             kept["env"] = [e for e in kept["env"] if e.get("name") in {"GOMEMLIMIT", "GOGC"}]
@@ -41,6 +55,7 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
     annotations = metadata.get("annotations") or {}
     oom_killed = _oom_killed_statuses(status)
     return {
+        "update": update_view(body),
         # Only containers whose (last) termination was the OOM killer: the risk loop
         # turns them into findings (risk/signals.py ``oom_killed``).
         **({"status": {"containerStatuses": oom_killed}} if oom_killed else {}),
@@ -56,6 +71,49 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             **({"overhead": spec["overhead"]} if spec.get("overhead") else {}),
         },
     }
+
+
+#: Pod conditions the update modes follow (KEP-1287).
+_RESIZE_CONDITIONS = ("PodResizePending", "PodResizeInProgress")
+
+
+def update_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the update modes read of a pod besides its spec (updates.py): where it runs,
+    its QoS class, its controller, its resize conditions and restart counts. Small: a
+    few dozen bytes on a pod at rest."""
+    metadata = body.get("metadata") or {}
+    status = body.get("status") or {}
+    owner = next(
+        (
+            f"{ref.get('kind')}/{ref.get('name')}"
+            for ref in metadata.get("ownerReferences") or []
+            if ref.get("controller")
+        ),
+        None,
+    )
+    view: dict[str, Any] = {
+        "uid": metadata.get("uid"),
+        "phase": status.get("phase"),
+        "node": (body.get("spec") or {}).get("nodeName"),
+        "qos": status.get("qosClass"),
+        "owner": owner,
+    }
+    resize = [
+        {k: c.get(k) for k in ("type", "reason", "message")}
+        | {"since": c.get("lastTransitionTime")}
+        for c in status.get("conditions") or []
+        if c.get("type") in _RESIZE_CONDITIONS and c.get("status") == "True"
+    ]
+    if resize:
+        view["resize"] = resize
+    restarts = {
+        str(c.get("name")): int(c.get("restartCount") or 0)
+        for c in status.get("containerStatuses") or []
+        if c.get("restartCount")
+    }
+    if restarts:
+        view["restarts"] = restarts
+    return view
 
 
 def _oom_killed_statuses(status: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -108,6 +166,10 @@ class _Tally:
     drifted: list[str] = field(default_factory=list)
     conflicts: list[PodConflict] = field(default_factory=list)
     infeasible: list[str] = field(default_factory=list)
+    updated: int = 0
+    pending: list[PendingUpdate] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
 
 
 def _count_pod(
@@ -117,6 +179,7 @@ def _count_pod(
     tallies: Mapping[str, _Tally],
     profile: KubeletProfile,
     cache: PlanCache | None,
+    inputs_for: InputsFor,
 ) -> None:
     name = str((pod.get("metadata") or {}).get("name"))
     selection = table.select_pod(pod)
@@ -147,6 +210,19 @@ def _count_pod(
         tally.drifted.append(name)
     else:
         tally.compliant += 1
+    if winner.spec.update != "Initial":  # the status of Initial policies costs what it did
+        _count_update(name, decide(view=pod, plan=plan, inputs=inputs_for(name)), tally)
+
+
+def _count_update(name: str, update: PodUpdate, tally: _Tally) -> None:
+    tally.updated += update.updated
+    if update.stale_runtime:
+        tally.stale.append(name)
+    if update.pending:
+        action = {"resize": "Resize", "evict": "Evict"}.get(update.action, "Wait")
+        tally.pending.append(PendingUpdate(pod=name, action=action, reason=update.reason[:1024]))
+    if update.stuck:
+        tally.stuck.append(f"{name}: {update.reason}")
 
 
 def namespace_statuses(
@@ -158,6 +234,7 @@ def namespace_statuses(
     generations: Mapping[str, int | None],
     previous: Mapping[str, MemoryPolicyStatus | None],
     cache: PlanCache | None = None,
+    inputs_for: InputsFor | None = None,
 ) -> dict[str, MemoryPolicyStatus]:
     """Every policy's status in one namespace, by name, from one pass over its pods.
 
@@ -167,11 +244,17 @@ def namespace_statuses(
     """
     table = NamespacePolicies.build(policies)
     tallies = {name: _Tally() for name in table.by_name}
+    if inputs_for is None:
+        at = UpdateInputs(now=dt.datetime.fromisoformat(now.replace("Z", "+00:00")))
+        inputs_for = lambda _name: at  # noqa: E731 - the same inputs for every pod
     for pod in pods:
-        _count_pod(pod, table=table, tallies=tallies, profile=profile, cache=cache)
+        _count_pod(
+            pod, table=table, tallies=tallies, profile=profile, cache=cache, inputs_for=inputs_for
+        )
     return {
         name: _status(
             tally,
+            policy=table.by_name[name],
             generation=generations.get(name),
             now=now,
             previous=previous.get(name),
@@ -201,8 +284,47 @@ def policy_status(
     )[policy.name]
 
 
+def _update_condition(
+    tally: _Tally,
+    *,
+    policy: Candidate,
+    generation: int | None,
+    now: str,
+    previous: Sequence[Condition],
+) -> Condition:
+    """``Updated``: True when no pod waits for the update mode; False with reason Stuck when
+    one waits on what will not change by itself (QoS class, infeasible, refused), Audit
+    when nothing may change, else InProgress."""
+    pending, stuck = tally.pending, tally.stuck
+    if not pending:
+        status, reason, message = True, "UpToDate", f"no pod waits for update {policy.spec.update}"
+    elif policy.spec.mode == "Audit":
+        status, reason = False, "Audit"
+        message = f"mode Audit: {len(pending)} pods would be updated; nothing is changed"
+    elif stuck:
+        status, reason = False, "Stuck"
+        message = f"{len(stuck)} pods cannot be updated: " + "; ".join(stuck[:3])
+    else:
+        status, reason = False, "InProgress"
+        message = f"{len(pending)} pods to update"
+    return _condition(
+        type_="Updated",
+        status=status,
+        reason=reason,
+        message=message[:2048],
+        generation=generation,
+        now=now,
+        previous=previous,
+    )
+
+
 def _status(
-    tally: _Tally, *, generation: int | None, now: str, previous: MemoryPolicyStatus | None
+    tally: _Tally,
+    *,
+    policy: Candidate,
+    generation: int | None,
+    now: str,
+    previous: MemoryPolicyStatus | None,
 ) -> MemoryPolicyStatus:
     matched, compliant, drifted = tally.matched, tally.compliant, tally.drifted
     infeasible, conflicts = tally.infeasible, tally.conflicts
@@ -227,7 +349,13 @@ def _status(
             previous=old_conditions,
         ),
     ]
-    conditions += [c for c in old_conditions if c.type not in {"Ready", "Feasible"}]
+    if policy.spec.update != "Initial":
+        conditions.append(
+            _update_condition(
+                tally, policy=policy, generation=generation, now=now, previous=old_conditions
+            )
+        )
+    conditions += [c for c in old_conditions if c.type not in {"Ready", "Feasible", "Updated"}]
     return MemoryPolicyStatus(
         observedGeneration=generation,
         conditions=conditions,
@@ -236,6 +364,11 @@ def _status(
         driftedPods=len(drifted),
         driftedPodNames=sorted(drifted)[:MAX_LISTED],
         conflicts=sorted(conflicts, key=lambda c: c.pod)[:MAX_LISTED],
+        updatedPods=tally.updated,
+        pendingPods=len(tally.pending),
+        pendingUpdates=sorted(tally.pending, key=lambda p: p.pod)[:MAX_LISTED],
+        staleRuntimePods=len(tally.stale),
+        staleRuntimePodNames=sorted(tally.stale)[:MAX_LISTED],
         lastIncident=previous.lastIncident if previous else None,
     )
 
@@ -243,7 +376,14 @@ def _status(
 def describe_change(before: MemoryPolicyStatus | None, after: MemoryPolicyStatus) -> str | None:
     """One line saying what changed in the counts (None: nothing worth an Event)."""
     parts = []
-    for name in ("matchedPods", "compliantPods", "driftedPods"):
+    for name in (
+        "matchedPods",
+        "compliantPods",
+        "driftedPods",
+        "updatedPods",
+        "pendingPods",
+        "staleRuntimePods",
+    ):
         old = getattr(before, name) if before else 0
         new = getattr(after, name)
         if old != new:

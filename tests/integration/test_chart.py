@@ -134,6 +134,7 @@ VALUE_SETS = [
             },
             "prometheus": {"url": "http://prometheus.monitoring:9090", "intervalSeconds": 30},
             "capture": {"toolboxImage": "registry.example/tools:1", "maxConcurrent": 5},
+            "updates": {"evictionsPerMinute": 40, "evictionsPerMinutePerPolicy": 8},
             "webhook": {
                 "timeoutSeconds": 5,
                 "certs": {"selfSigned": {"validityDays": 30, "renewBeforeDays": 10}},
@@ -222,6 +223,8 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         assert settings.prometheus_url == "http://prometheus.monitoring:9090"
         assert settings.capture_toolbox_image == "registry.example/tools:1"
         assert settings.max_concurrent_captures == 5
+        assert settings.update_evictions_per_minute == 40
+        assert settings.update_evictions_per_minute_per_policy == 8
         assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
         assert settings.webhook_cert_validity_seconds == 30 * 86400
     if "evidence" in values:
@@ -669,8 +672,11 @@ def test_the_service_account_can_do_what_memwarden_needs_and_no_more(
         webhooks = ("patch", "admissionregistration.k8s.io", "mutatingwebhookconfigurations")
         assert allowed(*webhooks, f"{release}-memwarden")
         assert not allowed(*webhooks, "someone-elses")
-        assert not allowed("create", "", "pods/eviction")
-        assert not allowed("patch", "", "pods/resize")
+        assert allowed("create", "", "pods/eviction")  # update Recreate
+        assert not allowed("delete", "", "pods")  # never a plain delete
+        assert allowed("patch", "", "pods/resize")  # update InPlace: memory only
+        assert not allowed("patch", "", "pods")  # never the pod itself
+        assert not allowed("update", "", "pods")
         assert allowed("create", "authentication.k8s.io", "tokenreviews")
         assert allowed("create", "authorization.k8s.io", "subjectaccessreviews")
     finally:
@@ -730,6 +736,22 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
 
         assert event(watched) == 200
         assert event(other_namespace) == 403
+
+        # Evictions (update Recreate) and the budgets the gate reads: the same.
+        def evict(ns: str) -> int:
+            body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "target"}}
+            return _status(
+                lambda: as_sa.create_namespaced_pod_eviction("target", ns, body, dry_run="All")
+            )
+
+        def budgets(ns: str) -> int:
+            policy_api = client.PolicyV1Api(as_sa.api_client)
+            return _status(lambda: policy_api.list_namespaced_pod_disruption_budget(ns))
+
+        assert evict(watched) == 200
+        assert evict(other_namespace) == 403
+        assert budgets(watched) == 200
+        assert budgets(other_namespace) == 403
         settings = Settings.from_env(container_env(docs, namespace))
         assert settings.evidence_base_url
 

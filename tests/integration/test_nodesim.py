@@ -22,7 +22,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from memwarden_testing.cluster import wait_for
-from memwarden_testing.nodesim import NodeSimulator
+from memwarden_testing.nodesim import NodeSimulator, read_pod, running_pod
 
 pytestmark = pytest.mark.integration
 
@@ -60,11 +60,6 @@ def pod_body(sim: NodeSimulator, name: str, spec: dict[str, Any]) -> dict[str, A
     }
 
 
-def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
-    pod = core.read_namespaced_pod(name, namespace)
-    return dict(core.api_client.sanitize_for_serialization(pod))
-
-
 def run_to_completion(
     core: client.CoreV1Api, namespace: str, debug: dict[str, Any], *, timeout: float, what: str
 ) -> dict[str, Any]:
@@ -81,18 +76,6 @@ def run_to_completion(
 
     state: dict[str, Any] = wait_for(terminated, timeout=timeout, what=what)
     return state
-
-
-def running_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        pod = read_pod(core, namespace, name)
-        status = pod.get("status") or {}
-        ok = status.get("phase") == "Running" and any(
-            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
-        )
-        return pod if ok and status.get("podIP") else None
-
-    return wait_for(ready, timeout=30, what=f"pod {name} Running and Ready")
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:

@@ -54,9 +54,12 @@ INVALID = [
     ),
     pytest.param(make_policy_spec(memory=PLAIN, mode="Force"), "spec.mode", id="unknown-mode"),
     pytest.param(
-        make_policy_spec(memory=PLAIN, update="InPlace"),
-        "spec.update",
-        id="update-mode-not-supported-yet",
+        make_policy_spec(memory=PLAIN, update="Rolling"), "spec.update", id="unknown-update-mode"
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, update="InPlace", maxShrinkPercent=0),
+        "spec.maxShrinkPercent",
+        id="max-shrink-zero",
     ),
     pytest.param(
         make_policy_spec(memory=PLAIN, priority=5000), "spec.priority", id="priority-out-of-range"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from memwarden_testing.cluster import REPO, unique_name, wait_for
 
@@ -266,3 +267,25 @@ def node_simulator(
     """
     with NodeSimulator(kubeconfig=devcluster, state_dir=tmp_path_factory.mktemp("nodesim")) as sim:
         yield sim
+
+
+def read_pod(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    """The pod as the API server holds it, as plain JSON-shaped dicts."""
+    pod = core.read_namespaced_pod(name, namespace)
+    return dict(core.api_client.sanitize_for_serialization(pod))
+
+
+def running_pod(
+    core: client.CoreV1Api, namespace: str, name: str, *, timeout: float = 30
+) -> dict[str, Any]:
+    """Wait until the pod is Running and Ready with an address; the pod."""
+
+    def ready() -> dict[str, Any] | None:
+        pod = read_pod(core, namespace, name)
+        status = pod.get("status") or {}
+        ok = status.get("phase") == "Running" and any(
+            c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", [])
+        )
+        return pod if ok and status.get("podIP") else None
+
+    return wait_for(ready, timeout=timeout, what=f"pod {name} Running and Ready")

@@ -89,3 +89,17 @@ def test_the_index_is_listed_only_once_every_watched_namespace_is() -> None:
     assert [p["metadata"]["name"] for p in pods.get("bank")] == ["c"]
     pods.replace_all({"bank": {"c": view("c", namespace="bank")}}, namespace="bank")
     assert pods.listed.is_set() and book.ready
+
+
+def test_never_governed_namespaces_and_terminating_pods_stay_out_of_the_index() -> None:
+    """What the status and update loops can ever see, resize or evict is in the index: a
+    never-governed namespace's pods and a terminating pod are not."""
+    pods, book = index()
+    pods.apply("kube-system", "dns", view("dns", namespace="kube-system"))
+    assert list(pods) == [] and book.take() == []
+    terminating = make_pod("p", labels={"app": "checkout"})
+    terminating["metadata"]["deletionTimestamp"] = "2026-11-30T12:00:00Z"
+    assert pod_view(terminating) is None
+    pods.apply("shop", "p", view("p"))
+    pods.apply("shop", "p", pod_view(terminating))
+    assert pods.get("shop") == []

@@ -344,8 +344,39 @@ def test_no_cluster_wide_secrets_and_no_unused_pod_writes() -> None:
     assert ("", "secrets") not in cluster
     granted = rbac.permissions()
     assert ("", "pods", "patch") not in granted  # only the ephemeralcontainers subresource
-    assert ("", "pods/resize", "patch") not in granted
-    assert ("", "pods/eviction", "create") not in granted
+    assert ("", "pods", "update") not in granted  # resources change only through pods/resize
+    assert ("", "pods", "delete") not in granted  # recreate only through evictions
+
+
+def test_resizes_are_granted_where_the_pods_are_and_only_as_resizes() -> None:
+    """InPlace resizes through the pods/resize subresource (container resources only, the
+    API server validates each), in the watched scope; the code really calls it."""
+    watched = {
+        (r.api_group, res, v)
+        for r in rbac.rules(scope="watched")
+        for res in r.resources
+        for v in r.verbs
+    }
+    assert ("", "pods/resize", "patch") in watched
+    narrowed = rbac.rules(scope="cluster", namespaced_watch=True)
+    assert not any("pods/resize" in rule.resources for rule in narrowed)
+    assert ("", "pods/resize", "patch") in used()
+
+
+def test_evictions_are_granted_where_the_pods_are_and_only_as_evictions() -> None:
+    """Recreate evicts (PodDisruptionBudgets hold) in the watched scope: with
+    ``namespaces.watch``, a Role in each watched namespace and nowhere else."""
+    watched = {
+        (r.api_group, res, v)
+        for r in rbac.rules(scope="watched")
+        for res in r.resources
+        for v in r.verbs
+    }
+    assert ("", "pods/eviction", "create") in watched
+    assert ("policy", "poddisruptionbudgets", "list") in watched
+    narrowed = rbac.rules(scope="cluster", namespaced_watch=True)
+    assert not any("pods/eviction" in rule.resources for rule in narrowed)
+    assert ("", "pods/eviction", "create") in used()
 
 
 def test_every_rule_says_why() -> None:
@@ -380,9 +411,18 @@ def test_a_method_name_in_two_api_classes_resolves_by_the_class_the_module_names
 
 
 def test_pod_level_rules_leave_the_cluster_role_when_namespaces_are_watched() -> None:
-    """With ``namespaces.watch``, pods, their namespaces, ephemeral containers and Events
-    are granted by a Role in each watched namespace; nothing of them stays cluster-wide."""
-    pod_level = {("", "pods"), ("", "namespaces"), ("", "pods/ephemeralcontainers"), ("", "events")}
+    """With ``namespaces.watch``, pods, their namespaces, ephemeral containers, evictions,
+    budgets and Events are granted by a Role in each watched namespace; nothing of them
+    stays cluster-wide."""
+    pod_level = {
+        ("", "pods"),
+        ("", "namespaces"),
+        ("", "pods/ephemeralcontainers"),
+        ("", "pods/resize"),
+        ("", "pods/eviction"),
+        ("policy", "poddisruptionbudgets"),
+        ("", "events"),
+    }
 
     def resources(rules: tuple[rbac.Rule, ...]) -> set[tuple[str, str]]:
         return {(rule.api_group, r) for rule in rules for r in rule.resources}

@@ -4,6 +4,15 @@ Importing this package registers every handler once; run it as a module
 (``memwarden run`` or ``kopf run -m memwarden.handlers``), never by file path.
 """
 
-from memwarden.handlers import admission, http, incidents, indexes, policies, risk, startup
+from memwarden.handlers import (
+    admission,
+    http,
+    incidents,
+    indexes,
+    policies,
+    risk,
+    startup,
+    updates,
+)
 
-__all__ = ["admission", "http", "incidents", "indexes", "policies", "risk", "startup"]
+__all__ = ["admission", "http", "incidents", "indexes", "policies", "risk", "startup", "updates"]

@@ -22,9 +22,8 @@ import kopf
 from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicyStatus
-from memwarden.handlers import background, state
+from memwarden.handlers import background, state, updates
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
-from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
 from memwarden.selection import Candidate
 from memwarden.status import describe_change, namespace_statuses
@@ -32,8 +31,6 @@ from memwarden.status import describe_change, namespace_statuses
 logger = logging.getLogger(__name__)
 
 _STATUS_TASK = "status_loop"
-#: Plans of pod views by shape: a namespace's pass re-plans only pods unlike the others.
-_plans = PlanCache()
 
 
 def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
@@ -67,7 +64,8 @@ async def refresh_namespace(
         now=now,
         generations={name: seen.generation if seen else None for name, seen in current.items()},
         previous=previous,
-        cache=_plans,
+        cache=state.plans(),
+        inputs_for=updates.inputs_for(namespace),
     )
     written = 0
     for name, new in computed.items():

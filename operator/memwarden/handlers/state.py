@@ -12,6 +12,7 @@ from pathlib import Path
 
 from memwarden.evidence.store import EvidenceStore
 from memwarden.kube import Kube
+from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
@@ -24,6 +25,8 @@ _pods: PodIndex | None = None
 _watched_namespaces: list[str] | None = None
 _kube: Kube | None = None
 _evidence: Evidence | None = None
+#: Plans of pod views by shape, shared by the status and update loops.
+_plans = PlanCache()
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ def settings() -> Settings:
 def policies() -> PolicyIndex:
     """Every valid MemoryPolicy, label-anchored for admission's per-pod look-up."""
     return _policies
+
+
+def plans() -> PlanCache:
+    """Plans of pod views by shape: a namespace's pass re-plans only pods unlike the others."""
+    return _plans
 
 
 def status_book() -> StatusBook:

@@ -1,0 +1,311 @@
+"""The update loop: brings running pods to their policy (update InPlace, Recreate,
+InPlaceOrRecreate) by acting on the pure planner's decisions (updates.py).
+
+Every ``update_interval_seconds`` it reads the pod index (never the API) for the
+namespaces whose policies have an update mode, asks ``updates.decide`` about each governed
+pod, and acts: a resize through ``pods/resize``, an eviction through the eviction gate and
+the Eviction API (eviction.py). Every call runs in a worker thread, so admission on the
+same event loop never waits. Nothing is acted on in ``mode: Audit``, with ``dry_run``, or
+when the kill switch ``updates_enabled`` is off; status shows what would be done.
+
+State lives in the pods: a resized pod's spec already matches, an evicted one is gone; the
+only memory here is backoff and which Events were told, so a restart neither repeats nor
+forgets work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import kopf
+
+from memwarden import eviction, metrics
+from memwarden.handlers import background, state
+from memwarden.kube import KubeError, NotFound, Rejected
+from memwarden.mutation import PodShapeError, planned
+from memwarden.podwatch import PodIndex
+from memwarden.risk.prometheus import PrometheusError
+from memwarden.selection import Candidate, NamespacePolicies
+from memwarden.updates import PodUpdate, RetryBook, UpdateInputs, decide
+
+logger = logging.getLogger(__name__)
+
+_TASK = "update_loop"
+#: Working sets are read from Prometheus at most this often per namespace (one query).
+WORKING_SET_SECONDS = 30.0
+#: Events told once per pod and reason are remembered up to this many (oldest dropped).
+MAX_TOLD = 10_000
+#: Pods planned between two yields to the event loop (~20 µs each: ~5 ms at a time).
+YIELD_EVERY = 256
+#: Resizes and evictions in flight at once: each is one request in a worker thread.
+CONCURRENCY = 8
+
+_retries: RetryBook | None = None
+_gate: eviction.EvictionGate | None = None
+_told: dict[tuple[str, str], None] = {}
+_working_sets: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
+
+
+def retries() -> RetryBook:
+    global _retries
+    if _retries is None:
+        s = state.settings()
+        _retries = RetryBook(base=s.update_interval_seconds, cap=s.update_retry_max_seconds)
+    return _retries
+
+
+def gate() -> eviction.EvictionGate:
+    global _gate
+    if _gate is None:
+        _gate = eviction.EvictionGate.from_settings(state.settings())
+    return _gate
+
+
+def inputs_for(namespace: str) -> Callable[[str], UpdateInputs]:
+    """The planner's inputs for the pods of ``namespace`` now (status and updates alike)."""
+    settings = state.settings()
+    now = dt.datetime.now(dt.UTC)
+    mono = time.monotonic()
+    cached = _working_sets.get(namespace)
+    sets = None if settings.prometheus_url is None else (cached[1] if cached else {})
+
+    def inputs(name: str) -> UpdateInputs:
+        return UpdateInputs(
+            now=now,
+            enabled=settings.updates_enabled,
+            working_sets=None if sets is None else sets.get(name, {}),
+            deferred_grace_seconds=settings.update_deferred_grace_seconds,
+            refused=retries().refused((namespace, name), mono),
+        )
+
+    return inputs
+
+
+async def _refresh_working_sets(namespace: str) -> None:
+    """Working sets of the namespace's containers, from Prometheus when it is configured."""
+    from memwarden.handlers.risk import prometheus  # the risk loop's client, shared
+
+    client = prometheus()
+    if client is None:
+        return
+    cached = _working_sets.get(namespace)
+    if cached and time.monotonic() - cached[0] < WORKING_SET_SECONDS:
+        return
+    expr = (
+        "max by (pod, container) (container_memory_working_set_bytes"
+        f'{{namespace="{namespace}",container!="",container!="POD"}})'
+    )
+    try:
+        samples = await client.aquery(expr)
+    except PrometheusError as exc:
+        logger.info(
+            "working sets of %s not read (%s): only the percentage bound holds", namespace, exc
+        )
+        _working_sets[namespace] = (time.monotonic(), {})
+        return
+    found: dict[str, dict[str, int]] = {}
+    for sample in samples:
+        pod, container = sample.labels.get("pod"), sample.labels.get("container")
+        if pod and container:
+            found.setdefault(pod, {})[container] = int(sample.value)
+    _working_sets[namespace] = (time.monotonic(), found)
+
+
+def _pod_ref(view: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod as Events and the eviction gate read it: identity, labels, controller."""
+    metadata = view.get("metadata") or {}
+    info = view.get("update") or {}
+    kind, _, owner = str(info.get("owner") or "").partition("/")
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": metadata.get("name"),
+            "namespace": metadata.get("namespace"),
+            "uid": info.get("uid"),
+            "labels": metadata.get("labels") or {},
+            **(
+                {"ownerReferences": [{"kind": kind, "name": owner, "controller": True}]}
+                if owner
+                else {}
+            ),
+        },
+    }
+
+
+async def _tell_once(pod: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+    """An Event on the pod, once per pod instance and message."""
+    key = (str(pod["metadata"].get("uid") or pod["metadata"].get("name")), f"{reason}:{message}")
+    if key in _told:
+        return
+    _told[key] = None
+    while len(_told) > MAX_TOLD:
+        del _told[next(iter(_told))]
+    await state.kube().apost_event(pod, type=type_, reason=reason, message=message)
+
+
+async def _resize(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -> None:
+    metadata = pod["metadata"]
+    namespace, name = str(metadata["namespace"]), str(metadata["name"])
+    key = (namespace, name)
+    message = f"{update.reason} (policy {policy.name}, update {policy.spec.update})"
+    logger.info("resizing pod %s/%s: %s", namespace, name, message)
+    await state.kube().apost_event(pod, type="Normal", reason="Resizing", message=message)
+    assert update.resize is not None
+    try:
+        await asyncio.to_thread(
+            state.kube().resize_pod, namespace=namespace, name=name, body=update.resize
+        )
+    except NotFound:
+        return  # gone meanwhile
+    except Rejected as exc:
+        metrics.RESIZES.labels(outcome="refused").inc()
+        delay = retries().failed(key, now=time.monotonic(), message=str(exc), refused=True)
+        logger.warning("resize of %s/%s refused (again in %.0fs): %s", namespace, name, delay, exc)
+        await state.kube().apost_event(
+            pod, type="Warning", reason="ResizeRefused", message=str(exc)
+        )
+        return
+    except KubeError as exc:
+        metrics.RESIZES.labels(outcome="failed").inc()
+        delay = retries().failed(key, now=time.monotonic(), message=str(exc))
+        logger.warning("resize of %s/%s failed (again in %.0fs): %s", namespace, name, delay, exc)
+        return
+    metrics.RESIZES.labels(outcome="accepted").inc()
+    retries().succeeded(key)
+
+
+async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -> None:
+    """Ask the gate, evict if it allows, give its slot back if the eviction did not happen."""
+    metadata = pod["metadata"]
+    namespace, name = str(metadata["namespace"]), str(metadata["name"])
+    key = (namespace, name)
+    kube = state.kube()
+    # Refusals, rate limits and a workload seen busy moments ago need no read of the
+    # namespace: a hundred pods waiting on one Deployment cost one list, not a hundred.
+    held = gate().precheck(pod, policy=policy.key, now=time.monotonic())
+    if held is None:
+        try:
+            workload = await eviction.observe_workload(kube, pod)
+        except KubeError as exc:
+            retries().failed(key, now=time.monotonic(), message=str(exc))
+            return
+        held = gate().admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
+    if not isinstance(held, eviction.Allowed):
+        if held.permanent:
+            await _tell_once(pod, type_="Warning", reason="EvictionRefused", message=held.message)
+        retries().failed(
+            key, now=time.monotonic(), message=held.message, after=held.retry_after or None
+        )
+        return
+    message = f"{update.reason} (policy {policy.name}, update {policy.spec.update})"
+    logger.info("evicting pod %s/%s: %s", namespace, name, message)
+    await kube.apost_event(pod, type="Normal", reason="Evicting", message=message)
+    outcome = await eviction.evict(kube, namespace=namespace, name=name, uid=metadata.get("uid"))
+    if outcome.result == "evicted":
+        retries().succeeded(key)
+        return
+    gate().release(pod, policy=policy.key, now=time.monotonic())
+    retries().failed(key, now=time.monotonic(), message=outcome.message, after=outcome.retry_after)
+    if outcome.result == "failed":
+        await kube.apost_event(
+            pod, type="Warning", reason="EvictionFailed", message=outcome.message
+        )
+
+
+async def update_namespace(
+    namespace: str, *, policies: list[Candidate], pod_index: PodIndex
+) -> int:
+    """One pass over a namespace: decide for each governed pod, act. Returns the actions."""
+    settings = state.settings()
+    if namespace in settings.never_governed:
+        return 0
+    await _refresh_working_sets(namespace)
+    table = NamespacePolicies.build(policies)
+    inputs = inputs_for(namespace)
+    profile = settings.kubelet.profile()
+    now = time.monotonic()
+    work = []
+    seen = set()
+    for count, view in enumerate(pod_index.get(namespace, []), 1):
+        if count % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # a namespace of 10,000 pods must not hold the loop
+        selection = table.select_pod(view)
+        winner = selection.winner
+        if winner is None or winner.spec.update == "Initial":
+            continue
+        name = str((view.get("metadata") or {}).get("name"))
+        seen.add(name)
+        try:
+            plan = planned(pod=view, selection=selection, profile=profile, cache=state.plans())
+        except PodShapeError:
+            continue  # status reports it as infeasible
+        update = decide(view=view, plan=plan, inputs=inputs(name))
+        pod = _pod_ref(view)
+        if update.stuck:
+            await _tell_once(pod, type_="Warning", reason="UpdateBlocked", message=update.reason)
+        if update.stale_runtime and update.action == "none":
+            await _tell_once(
+                pod,
+                type_="Normal",
+                reason="StaleRuntime",
+                message="; ".join(update.stale_runtime)
+                + ": env cannot change in place; the pod gets the new values when recreated",
+            )
+        acting = winner.spec.mode == "Enforce" and not settings.dry_run
+        if not acting or not retries().due((namespace, name), now):
+            continue
+        if update.action == "resize":
+            work.append(_resize(pod, update, policy=winner))
+        elif update.action == "evict":
+            work.append(_evict(pod, update, policy=winner))
+    retries().forget_gone(namespace, seen)
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def bounded(step: Any) -> None:
+        async with limit:
+            await step
+
+    await asyncio.gather(*(bounded(step) for step in work))
+    if work:
+        state.status_book().touch(namespace)
+    return len(work)
+
+
+async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex) -> None:
+    """Every ``update_interval_seconds``, one pass over each namespace with an update mode."""
+    settings, book = state.settings(), state.status_book()
+    while True:
+        await asyncio.sleep(settings.update_interval_seconds)
+        if not book.ready:
+            continue
+        metrics.UPDATE_PASSES.inc()
+        for namespace in list(policy_index):
+            policies = list(policy_index.get(namespace, []))
+            if not any(p.spec.update != "Initial" for p in policies):
+                continue
+            try:
+                await update_namespace(namespace, policies=policies, pod_index=pod_index)
+            except Exception:  # one namespace's failure must not stop the others' updates
+                logger.exception("updates of the pods in %s not done", namespace)
+            await asyncio.sleep(0)
+
+
+@kopf.on.startup()
+async def start_update_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+    settings = state.settings()
+    if not settings.updates_enabled:
+        logger.warning("updates are off (updates_enabled=false): no running pod is changed")
+    background.start(
+        memo, _TASK, update_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
+    )
+
+
+@kopf.on.cleanup()
+async def stop_update_loop(memo: kopf.Memo, **_: Any) -> None:
+    await background.stop(memo, _TASK)
