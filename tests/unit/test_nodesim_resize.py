@@ -3,7 +3,7 @@
 The node simulator is test infrastructure (hack/nodesim). The expected messages are the
 ones k8s.io/kubernetes v1.37.2 writes (allocation/handlers.go, lifecycle/predicate.go,
 kuberuntime_manager.go validateMemoryResizeAction); the integration tests send real
-resizes through the API server (tests/integration/test_nodesim_resize.py).
+resizes through the API server (tests/integration/test_nodesim_kubelet_resize.py).
 """
 
 from __future__ import annotations
