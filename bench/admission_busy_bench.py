@@ -167,7 +167,23 @@ async def _load(url: str, ca: str, *, rate: float, seconds: float) -> dict[str, 
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(one(i, due)))
         await asyncio.gather(*tasks)
-    values = [seconds for _, seconds in latencies]
+    return summary(
+        latencies, lateness, rate=rate, seconds=seconds, sent=total, mutated=mutated, errors=errors
+    )
+
+
+def summary(
+    latencies: list[tuple[float, float]],
+    lateness: list[float],
+    *,
+    rate: float,
+    seconds: float,
+    sent: int,
+    mutated: int,
+    errors: list[str],
+) -> dict[str, Any]:
+    """One phase's numbers from its (due second, latency) pairs and send lateness."""
+    values = [took for _, took in latencies]
     worst: dict[int, float] = {}
     for due, took in latencies:
         worst[int(due)] = max(worst.get(int(due), 0.0), took)
@@ -175,7 +191,7 @@ async def _load(url: str, ca: str, *, rate: float, seconds: float) -> dict[str, 
     return {
         "offered_per_s": rate,
         "seconds": seconds,
-        "sent": total,
+        "sent": sent,
         "ok": len(values),
         "mutated": mutated,
         "errors": len(errors),
@@ -241,31 +257,22 @@ def vegeta_load(
 
     start = at(rows[0])
     latencies = [(row["seq"] / rate, row["latency"] / 1e9) for row in rows if row["code"] == 200]
-    values = [took for _, took in latencies]
     lateness = [at(row) - (start + row["seq"] / rate) for row in rows]
     errors = [f"{row['code']}: {row['error']}"[:200] for row in rows if row["code"] != 200]
     mutated = sum(
         b'"patch"' in base64.b64decode(row.get("body") or "") for row in rows if row["code"] == 200
     )
-    worst: dict[int, float] = {}
-    for due, took in latencies:
-        worst[int(due)] = max(worst.get(int(due), 0.0), took)
-    ms = 1000.0
     return {
         "generator": "vegeta",
-        "offered_per_s": rate,
-        "seconds": seconds,
-        "sent": len(rows),
-        "ok": len(values),
-        "mutated": mutated,
-        "errors": len(errors),
-        "error_samples": errors[:3],
-        "p50_ms": round(percentile(values, 0.5) * ms, 2) if values else None,
-        "p90_ms": round(percentile(values, 0.9) * ms, 2) if values else None,
-        "p99_ms": round(percentile(values, 0.99) * ms, 2) if values else None,
-        "max_ms": round(max(values) * ms, 2) if values else None,
-        "send_lateness_p99_ms": round(percentile(lateness, 0.99) * ms, 2),
-        "max_ms_by_second": [round(worst.get(s, 0.0) * ms, 1) for s in range(int(seconds))],
+        **summary(
+            latencies,
+            lateness,
+            rate=rate,
+            seconds=seconds,
+            sent=len(rows),
+            mutated=mutated,
+            errors=errors,
+        ),
     }
 
 

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -286,25 +286,27 @@ class Kube:
     def list_pods(self, namespace: str) -> list[dict[str, Any]]:
         """Every pod of a namespace as plain dicts (parsed from the raw response, not
         turned into the client's model objects), terminating ones included."""
-        what = f"list pods in {namespace}"
-        try:
-            response = self._core.list_namespaced_pod(
+        return self._raw_items(
+            f"list pods in {namespace}",
+            lambda: self._core.list_namespaced_pod(
                 namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            )
-        except ApiException as exc:
-            raise error_from(exc, what=what) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Transient(_short(f"{what}: {exc}")) from exc
-        data = cast(urllib3.HTTPResponse, response).data
-        return [dict(item) for item in json.loads(data).get("items") or []]
+            ),
+        )
 
     def list_disruption_budgets(self, namespace: str) -> list[dict[str, Any]]:
         """The PodDisruptionBudgets of a namespace as plain dicts."""
-        what = f"list poddisruptionbudgets in {namespace}"
-        try:
-            response = self._policy.list_namespaced_pod_disruption_budget(
+        return self._raw_items(
+            f"list poddisruptionbudgets in {namespace}",
+            lambda: self._policy.list_namespaced_pod_disruption_budget(
                 namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
-            )
+            ),
+        )
+
+    @staticmethod
+    def _raw_items(what: str, call: Callable[[], Any]) -> list[dict[str, Any]]:
+        """A list call made with ``_preload_content=False``: its items as plain dicts."""
+        try:
+            response = call()
         except ApiException as exc:
             raise error_from(exc, what=what) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
