@@ -532,6 +532,38 @@ def webhook_means(
     return means
 
 
+def clear_foreign_webhooks(kubeconfig: Path) -> list[str]:
+    """No other mutating webhook may see the measured creates: remove the registrations an
+    interrupted run left (``memwarden-test-*`` whose port no longer answers: the API server
+    still calls them, and each failed call, ignored by ``failurePolicy``, lands on the
+    namespace it watched; one such leftover inflated memwarden's ratio by ~0.1), and stop
+    on any other. Returns what was removed."""
+    listed = json.loads(
+        kubectl(kubeconfig, "get", "mutatingwebhookconfigurations", "-o", "json").stdout
+    )
+    removed = []
+    for config in listed["items"]:
+        name = config["metadata"]["name"]
+        urls = [w["clientConfig"].get("url") or "" for w in config.get("webhooks") or []]
+        ports = [int(u.split(":")[2].split("/")[0]) for u in urls if u.count(":") == 2]
+        dead = (
+            name.startswith("memwarden-test-")
+            and ports
+            and not any(_listening(port) for port in ports)
+        )
+        if not dead:
+            raise SystemExit(f"another mutating webhook is registered: {name} ({urls}); remove it")
+        kubectl(kubeconfig, "delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
+        removed.append(name)
+    return removed
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
 def pod_create_latency(kube: client.ApiClient, owners: dict[str, dict[str, Any]]) -> dict[str, Any]:
     core = client.CoreV1Api(kube)
     checks: dict[str, Callable[[Any], bool]] = {
@@ -936,6 +968,9 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
     core = client.CoreV1Api(kube)
     namespaces = (NS_MEMWARDEN, NS_VPA, NS_NONE)
     webhooks: list[str] = []
+    removed = clear_foreign_webhooks(kubeconfig)
+    if removed:
+        print(f"removed webhook registrations an interrupted run left: {removed}", flush=True)
     try:
         ensure_namespace(core, OPERATOR_NAMESPACE)
         fresh_namespace(core, kubeconfig, NS_MEMWARDEN)
@@ -1069,6 +1104,7 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
             check=False,
         )
     return {
+        "leftover_webhooks_removed": removed,
         "webhook_protocols": protocols,
         "sample_replies": samples,
         "pod_create": through_api,

@@ -39,7 +39,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack")]
 
 import devcluster  # noqa: E402
 import yaml  # noqa: E402
-from admission_bench import percentile  # noqa: E402
+from admission_bench import clear_foreign_webhooks, percentile  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.client.rest import ApiException  # noqa: E402
 
@@ -250,6 +250,7 @@ def run(
     kube = api_client(kubeconfig)
     core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
     ensure_namespace(core, OPERATOR_NAMESPACE)
+    clear_foreign_webhooks(kubeconfig)  # an interrupted run's would see every create
     namespaces = [f"scale-{n:03d}" for n in range(namespace_count)]
     burst_namespace, unwatched = "scale-burst", "scale-unwatched"
     delete_namespaces(core, [*namespaces, burst_namespace, unwatched])  # an interrupted run's

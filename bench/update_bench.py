@@ -47,7 +47,7 @@ sys.path[:0] = [str(REPO / "operator"), str(REPO / "tests"), str(REPO / "hack"),
 
 import devcluster  # noqa: E402
 import yaml  # noqa: E402
-from admission_bench import fresh_namespace, git_state  # noqa: E402
+from admission_bench import clear_foreign_webhooks, fresh_namespace, git_state  # noqa: E402
 from kubernetes import client  # noqa: E402
 from scale_bench import ProcessSampler  # noqa: E402
 
@@ -292,6 +292,7 @@ def run(
     core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
     custom = client.CustomObjectsApi(kube)
     ensure_namespace(core, OPERATOR_NAMESPACE)
+    clear_foreign_webhooks(kubeconfig)  # an interrupted run's would see every create
     fresh_namespace(core, kubeconfig, NAMESPACE)
     settings = Settings.from_env(extra_env)
     per_policy = settings.update_evictions_per_minute_per_policy
