@@ -616,11 +616,33 @@ def measure(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+    handler_before = handler_buckets(operator)
     result = load()
     if spy is not None:
         spy.wait(timeout=60)
     result["cpu"] = watch.stop()
+    result["handler_p99_at_most_ms"] = bucket_p99_ms(handler_before, handler_buckets(operator))
     return result
+
+
+#: memwarden_webhook_duration_seconds' bucket bounds (metrics.py), as its labels print them.
+HANDLER_BUCKETS = ("0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "+Inf")
+
+
+def handler_buckets(operator: OperatorProcess) -> dict[str, float]:
+    """The webhook handler's own time (request read to reply built, in the worker), as
+    cumulative bucket counts: what the review cost inside memwarden, not on the way."""
+    name = "memwarden_webhook_duration_seconds_bucket"
+    return {le: operator.metric(name, le=le) for le in HANDLER_BUCKETS}
+
+
+def bucket_p99_ms(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """The upper bound of the bucket holding the phase's 99th percentile."""
+    total = after["+Inf"] - before["+Inf"]
+    for le in HANDLER_BUCKETS[:-1]:
+        if total and after[le] - before[le] >= 0.99 * total:
+            return float(le) * 1000
+    return None
 
 
 def metrics(operator: OperatorProcess) -> dict[str, float]:
@@ -643,7 +665,7 @@ def print_phase(label: str, row: dict[str, Any]) -> None:
         f"  | operator {cpu['operator_cores']} cores (+{cpu['operator_children_cores']}"
         f" analysis, {cpu['admission_worker_cores']} admission worker),"
         f" machine {cpu['machine_busy_cores']}, load lag p99"
-        f" {row['send_lateness_p99_ms']} ms",
+        f" {row['send_lateness_p99_ms']} ms, handler p99 <= {row['handler_p99_at_most_ms']} ms",
         flush=True,
     )
 
