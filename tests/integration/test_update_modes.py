@@ -32,6 +32,7 @@ from memwarden_testing.prometheus import (
     SeriesExporter,
     flat,
 )
+from memwarden_testing.workloads import create_deployment
 
 pytestmark = pytest.mark.integration
 
@@ -112,22 +113,8 @@ def deploy(
     if memory_resize:
         container["resizePolicy"] = [{"resourceName": "memory", "restartPolicy": memory_resize}]
     spec = sim.pin({"terminationGracePeriodSeconds": 1, "containers": [container]})
-    client.AppsV1Api(kube).create_namespaced_deployment(
-        namespace,
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": "web", "deployment": name}},
-                "template": {
-                    "metadata": {"labels": {"app": "web", "deployment": name}},
-                    "spec": spec,
-                },
-            },
-        },
-    )
+    labels = {"app": "web", "deployment": name}
+    create_deployment(kube, namespace, name, replicas=replicas, labels=labels, spec=spec)
 
 
 def pods(kube: client.ApiClient, namespace: str, deployment: str) -> list[dict[str, Any]]:

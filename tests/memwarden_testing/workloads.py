@@ -43,6 +43,20 @@ def deploy(
     }
     if gated:
         spec["readinessGates"] = [{"conditionType": READY_GATE}]
+    labels = {**(labels or {}), "app": name}
+    create_deployment(kube, namespace, name, replicas=replicas, labels=labels, spec=sim.pin(spec))
+
+
+def create_deployment(
+    kube: client.ApiClient,
+    namespace: str,
+    name: str,
+    *,
+    replicas: int,
+    labels: dict[str, str],
+    spec: dict[str, Any],
+) -> None:
+    """A Deployment ``name`` whose pods carry ``labels`` (its selector) and ``spec``."""
     client.AppsV1Api(kube).create_namespaced_deployment(
         namespace,
         {
@@ -51,11 +65,8 @@ def deploy(
             "metadata": {"name": name},
             "spec": {
                 "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {**(labels or {}), "app": name}},
-                    "spec": sim.pin(spec),
-                },
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": spec},
             },
         },
     )
