@@ -473,6 +473,15 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
 
     stepped = []
     for t in targets:
+        lowers = t.wanted_limit is not None and t.limit is not None and t.wanted_limit < t.limit
+        if inputs.working_sets is not None and t.name not in inputs.working_sets and lowers:
+            # Prometheus is configured but said nothing of this container (no sample yet,
+            # or the query failed): the rail it stands for cannot be checked, so no step down.
+            return outcome(
+                "wait",
+                f"{summary}; not lowered: the working set of {t.name} is not known yet "
+                "(no answer from Prometheus)",
+            )
         ws = None if inputs.working_sets is None else inputs.working_sets.get(t.name)
         bounded, blocked = _bounded(t, spec=spec, working_set=ws)
         if blocked is not None:

@@ -184,6 +184,18 @@ def test_a_limit_never_goes_below_the_working_set() -> None:
     assert "below its working set" in found.reason
 
 
+def test_with_prometheus_a_limit_is_not_lowered_before_its_working_set_is_known() -> None:
+    # Prometheus configured, but no sample for the container (not scraped yet, or the
+    # query failed): the working-set rail cannot hold, so nothing goes down; up still goes.
+    pod = running_pod(containers=[burstable(limit="4Gi", request="1Gi")])
+    unknown = UpdateInputs(now=NOW, working_sets={})
+    found = decision(pod, unknown, memory={"request": "1Gi", "limit": "2Gi"}, update="InPlace")
+    assert (found.action, found.resize) == ("wait", None)
+    assert "working set of app is not known yet" in found.reason
+    found = decision(pod, unknown, memory={"request": "1Gi", "limit": "8Gi"}, update="InPlace")
+    assert found.action == "resize"
+
+
 @pytest.mark.parametrize(
     ("pod", "reason"),
     [

@@ -104,7 +104,9 @@ async def _refresh_working_sets(namespace: str) -> None:
         samples = await client.aquery(expr)
     except PrometheusError as exc:
         logger.info(
-            "working sets of %s not read (%s): only the percentage bound holds", namespace, exc
+            "working sets of %s not read (%s): no limit is lowered there until they are",
+            namespace,
+            exc,
         )
         _working_sets[namespace] = (time.monotonic(), {})
         return
