@@ -653,19 +653,22 @@ class PodWorker:
         spec = pod.get("spec") or {}
         grace = float(spec.get("terminationGracePeriodSeconds", 30))
         log.info("pod %s/%s: container %s resize requires restart", *self._key(), slot.name)
-        supervisor = self._rt.supervisor
-        supervisor.signal(proc, signal.SIGTERM)
+        self._rt.supervisor.signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and proc.poll() is None and not self._gone:
             time.sleep(0.05)
+        self._kill_and_record(slot, proc, pod, resize_restart=True)
+
+    def _kill_and_record(self, slot: Slot, proc: Any, pod: Any, **exit_kind: bool) -> None:
+        """SIGKILL ``proc`` if it still runs, reap it and record the container's exit."""
         if proc.poll() is None:
-            supervisor.signal(proc, signal.SIGKILL)
+            self._rt.supervisor.signal(proc, signal.SIGKILL)
         try:
             returncode = proc.popen.wait(timeout=10)
         except Exception:
             log.exception("pod %s/%s: %s did not die", *self._key(), slot.name)
             return
-        self._record_exit(slot, proc, returncode, pod, resize_restart=True)
+        self._record_exit(slot, proc, returncode, pod, **exit_kind)
 
     # --- exits -----------------------------------------------------------------------
 
@@ -1034,14 +1037,7 @@ class PodWorker:
             proc = slot.proc
             if proc is None:
                 continue
-            if proc.poll() is None:
-                supervisor.signal(proc, signal.SIGKILL)
-            try:
-                returncode = proc.popen.wait(timeout=10)
-            except Exception:
-                log.exception("pod %s/%s: %s did not die", *self._key(), slot.name)
-                continue
-            self._record_exit(slot, proc, returncode, pod)
+            self._kill_and_record(slot, proc, pod)
 
     def _terminate(self, pod: Mapping[str, Any], *, max_grace: float | None = None) -> None:
         metadata = pod.get("metadata") or {}
