@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,23 @@ from memwarden_testing.operator import (
     install_incident_policy,
     install_reach_policy,
     least_privilege_kubeconfig,
+    running_operator_logs,
     uninstall_reach_policy,
 )
 
 #: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
 pytest_plugins = ["memwarden_testing.prometheus"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the log tails of the operators running then."""
+    report = yield
+    if report.when == "call" and report.failed:
+        report.sections.extend(running_operator_logs())
+    return report
 
 
 @pytest.fixture(scope="session")
