@@ -77,13 +77,27 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
             raise
 
 
+#: Seconds a test of each tier may take (pytest-timeout), unless it says otherwise: a
+#: hung unit test fails in two minutes, not in the integration tier's ten.
+TIER_TIMEOUTS = {"unit": 120, "local": 180, "integration": 600, "e2e": 600}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/unit are unit tests, tests/integration integration, tests/e2e e2e."""
+    """Tests under tests/unit are unit tests, tests/integration integration, tests/e2e e2e;
+    each gets its tier's timeout (a unit test marked ``local`` starts a server or a
+    process on this machine, and gets that one)."""
     for item in items:
         path = Path(str(item.fspath)).relative_to(REPO / "tests")
         tier = path.parts[0]
         if tier in {"unit", "integration", "e2e"} and not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+        timeout = (
+            TIER_TIMEOUTS["local" if item.get_closest_marker("local") else tier]
+            if (tier in TIER_TIMEOUTS)
+            else None
+        )
+        if timeout is not None and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(timeout))
 
 
 @pytest.fixture(scope="session")
