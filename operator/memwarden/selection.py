@@ -94,10 +94,6 @@ class Selection:
     governed: tuple[str, ...] = ()
     reason: str = ""
 
-    @property
-    def conflicted(self) -> bool:
-        return bool(self.others)
-
 
 def _why(winner: Candidate, runner_up: Candidate) -> str:
     if winner.spec.priority != runner_up.spec.priority:
@@ -227,13 +223,6 @@ class PolicyIndex:
 
     def all_candidates(self) -> list[Candidate]:
         return [c for table in list(self._namespaces.values()) for c in table.by_name.values()]
-
-    def upsert(self, candidate: Candidate) -> None:
-        current = self._namespaces.get(candidate.namespace)
-        others = [
-            c for c in (current.by_name.values() if current else ()) if c.name != candidate.name
-        ]
-        self.swap_namespace(candidate.namespace, [*others, candidate])
 
     def remove(self, *, namespace: str, name: str) -> None:
         current = self._namespaces.get(namespace)
