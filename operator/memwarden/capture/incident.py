@@ -19,23 +19,11 @@ from memwarden.capture.plan import ephemeral_container_name
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.risk.opening import ACTIVE_PHASES, Known
 from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.timefmt import parse_time, rfc3339
 
 TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
 #: After the debug container ended, how long to wait for its upload to be seen stored.
 UPLOAD_GRACE = dt.timedelta(seconds=20)
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object) -> dt.datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)

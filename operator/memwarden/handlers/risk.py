@@ -34,7 +34,7 @@ from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
-from memwarden.risk.opening import Open, decide, incident_view, rfc3339
+from memwarden.risk.opening import Open, decide, incident_view
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
 from memwarden.risk.promql import PolicyRisk, Recorded, Sample, Windows, namespace_queries
 from memwarden.risk.rules import MARKER, describe, find_recorded
@@ -46,6 +46,7 @@ from memwarden.risk.signals import (
     sort_findings,
 )
 from memwarden.selection import Candidate
+from memwarden.timefmt import rfc3339
 
 logger = logging.getLogger(__name__)
 

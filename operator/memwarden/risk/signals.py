@@ -16,9 +16,9 @@ from typing import Any
 
 from memwarden.quantity import QuantityError, parse_bytes
 from memwarden.risk.findings import Finding
-from memwarden.risk.opening import parse_time
 from memwarden.risk.promql import JOIN_LABELS, PART_LABEL, SIGNALS, Query, Sample
 from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
+from memwarden.timefmt import parse_time
 
 Key = tuple[str, str, str]
 
