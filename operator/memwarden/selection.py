@@ -138,6 +138,18 @@ def _anchor(candidate: Candidate) -> tuple[str, str] | None:
     return key, match_labels[key]
 
 
+def select_for_pod(pod: Mapping[str, Any], candidates: Iterable[Candidate]) -> Selection:
+    """The policy among ``candidates`` that governs ``pod`` (a pod dict or view), and why:
+    its labels and containers (sidecars apart) read the one way admission reads them."""
+    regular, sidecars = container_names(pod)
+    return select_policy(
+        labels=(pod.get("metadata") or {}).get("labels") or {},
+        container_names=regular,
+        sidecar_names=sidecars,
+        candidates=candidates,
+    )
+
+
 @dataclass(frozen=True)
 class NamespacePolicies:
     """One namespace's policies, by name and by one required label pair. Immutable: an
@@ -175,13 +187,7 @@ class NamespacePolicies:
     def select_pod(self, pod: Mapping[str, Any]) -> Selection:
         """The policy of this namespace that governs ``pod`` (a pod dict or view), and why."""
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        regular, sidecars = container_names(pod)
-        return select_policy(
-            labels=labels,
-            container_names=regular,
-            sidecar_names=sidecars,
-            candidates=self.candidates_for(labels),
-        )
+        return select_for_pod(pod, self.candidates_for(labels))
 
 
 class PolicyIndex:

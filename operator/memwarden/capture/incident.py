@@ -18,7 +18,7 @@ from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.risk.opening import ACTIVE_PHASES, Known
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, select_for_pod
 from memwarden.timefmt import parse_time, rfc3339
 
 TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
@@ -112,13 +112,7 @@ def gate_capture(
     metadata = incident.get("metadata") or {}
     namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
     pod_name = str((incident.get("spec") or {}).get("pod"))
-    regular, sidecars = container_names(pod)
-    selection = select_policy(
-        labels=dict((pod.get("metadata") or {}).get("labels") or {}),
-        container_names=regular,
-        sidecar_names=sidecars,
-        candidates=policies,
-    )
+    selection = select_for_pod(pod, policies)
     policy = selection.winner
     if policy is None:
         return Gate(
