@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from memwarden.api import ALL_ARTIFACTS, Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from memwarden.api import Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from memwarden.artifacts import ALL_ARTIFACTS
 from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
