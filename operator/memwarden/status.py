@@ -18,6 +18,7 @@ from memwarden.api import (
     PendingUpdate,
     PodConflict,
 )
+from memwarden.conditions import build_condition
 from memwarden.mutation import PlanCache, PodShapeError, planned
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.sizing import KubeletProfile
@@ -132,29 +133,6 @@ def _oom_killed_statuses(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if trimmed:
             kept.append({"name": entry.get("name"), **trimmed})
     return kept
-
-
-def _condition(
-    *,
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str,
-    previous: Sequence[Condition],
-) -> Condition:
-    text = "True" if status else "False"
-    before = next((c for c in previous if c.type == type_), None)
-    since = before.lastTransitionTime if before and before.status == text else now
-    return Condition(
-        type=type_,
-        status=text,
-        reason=reason,
-        message=message,
-        lastTransitionTime=since,
-        observedGeneration=generation,
-    )
 
 
 @dataclass
@@ -307,7 +285,7 @@ def _update_condition(
     else:
         status, reason = False, "InProgress"
         message = f"{len(pending)} pods to update"
-    return _condition(
+    return build_condition(
         type_="Updated",
         status=status,
         reason=reason,
@@ -330,7 +308,7 @@ def _status(
     infeasible, conflicts = tally.infeasible, tally.conflicts
     old_conditions = previous.conditions if previous else []
     conditions = [
-        _condition(
+        build_condition(
             type_="Ready",
             status=True,
             reason="Reconciled",
@@ -339,7 +317,7 @@ def _status(
             now=now,
             previous=old_conditions,
         ),
-        _condition(
+        build_condition(
             type_="Feasible",
             status=not infeasible,
             reason="Infeasible" if infeasible else "Feasible",
