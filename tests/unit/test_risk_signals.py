@@ -126,6 +126,9 @@ def test_seconds_to_limit(fitted: float, slope: float, expected: float) -> None:
         pytest.param("majorFaultsPerSecond", 50.0, 49.9, False, id="faults-below"),
         pytest.param("pressureRatio", 0.2, 0.25, True, id="psi-above"),
         pytest.param("pressureRatio", 0.2, 0.0, False, id="psi-idle"),
+        pytest.param("gcCPURatio", 0.5, 0.86, True, id="gc-spiral"),
+        pytest.param("gcCPURatio", 0.5, 0.5, True, id="gc-at-threshold"),
+        pytest.param("gcCPURatio", 0.5, 0.06, False, id="gc-busy-far-from-limit"),
     ],
 )
 def test_rates(signal: str, threshold: float, value: float, holds: bool) -> None:
@@ -191,9 +194,9 @@ def test_query_count_ignores_pod_count(count: int) -> None:
     policy = make_candidate(namespace=NS)
     governed = governed_containers(policy, pods=pods(count), candidates=[policy])
     assert len(governed) == 2 * count
-    risk = OomRiskSpec(majorFaultsPerSecond=10, pressureRatio=0.5)
+    risk = OomRiskSpec(majorFaultsPerSecond=10, pressureRatio=0.5, gcCPURatio=0.5)
     queries = policy_queries(risk, namespace=NS, containers=None, windows=Windows())
-    assert len(queries) == 5
+    assert len(queries) == 6
     assert not any(f"checkout-{i}" in q.expr for q in queries for i in range(count))
 
 

@@ -30,6 +30,14 @@ WORKING_SET: Final = "container_memory_working_set_bytes"
 FAILURES: Final = "container_memory_failures_total"
 OOM_EVENTS: Final = "container_oom_events_total"
 PSI_WAITING: Final = "container_pressure_memory_waiting_seconds_total"
+#: The Go runtime's own series (client_golang's names), scraped from the workload.
+GO_GC_CPU: Final = "go_cpu_classes_gc_total_cpu_seconds_total"
+GO_TOTAL_CPU: Final = "go_cpu_classes_total_cpu_seconds_total"
+GO_HEAP_GOAL: Final = "go_gc_heap_goal_bytes"
+GO_MEMORY_LIMIT: Final = "go_gc_gomemlimit_bytes"
+#: gcCPURatio counts only while the heap goal is at least this share of GOMEMLIMIT: the
+#: limit, not GOGC, sets when the next GC starts (measured 0.92-0.95 in a spiral).
+HEAP_NEAR_LIMIT: Final = 0.85
 #: Matchers that pick major faults among ``FAILURES``.
 MAJOR_FAULTS: Final = ('failure_type="pgmajfault"', 'scope="container"')
 
@@ -40,7 +48,9 @@ PART_LABEL: Final = "memwarden_part"
 #: The label of a recorded prediction that says its horizon (``10m``).
 HORIZON_LABEL: Final = "horizon"
 
-Signal = Literal["usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "oomKilled"]
+Signal = Literal[
+    "usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "gcCPURatio", "oomKilled"
+]
 #: Signal order for findings on one container: the most certain first.
 SIGNALS: Final[tuple[Signal, ...]] = (
     "oomKilled",
@@ -48,6 +58,7 @@ SIGNALS: Final[tuple[Signal, ...]] = (
     "timeToLimit",
     "majorFaultsPerSecond",
     "pressureRatio",
+    "gcCPURatio",
 )
 
 
@@ -387,6 +398,40 @@ def pressure_query(
     )
 
 
+def gc_cpu_query(
+    *,
+    namespace: str,
+    containers: Sequence[str] | None,
+    for_: str,
+    threshold: float,
+    windows: Windows,
+) -> Query:
+    """Lowest share of CPU the Go GC took over ``for``, counted only while the heap goal
+    was near GOMEMLIMIT (``HEAP_NEAR_LIMIT``): the GC death spiral, where the live heap
+    sits under the limit and the GC runs nearly nonstop, RSS flat.
+
+    The share is ``rate(gc cpu) / rate(total cpu)`` of the runtime's own estimates
+    (client_golang's ``go_cpu_classes_*``), so it needs the workload's metrics scraped
+    with ``namespace``, ``pod`` and ``container`` labels. Without GOMEMLIMIT (the runtime
+    reports ``math.MaxInt64``) the goal is never near it and the signal stays silent.
+    Always over the raw series: no recording rule serves it.
+    """
+    step = subquery_step(parse_duration(for_))
+
+    def one(metric: str, form: str = "{}") -> str:
+        return by_container(
+            form.format(selector(metric, namespace=namespace, containers=containers))
+        )
+
+    rate = f"rate({{}}[{windows.rate}])"
+    share = f"{one(GO_GC_CPU, rate)} / {one(GO_TOTAL_CPU, rate)}"
+    near = f"{one(GO_HEAP_GOAL)} >= {_number(HEAP_NEAR_LIMIT)} * {one(GO_MEMORY_LIMIT)}"
+    lowest = f"min_over_time(({share} and {near})[{for_}:{step}])"
+    gc = selector(GO_GC_CPU, namespace=namespace, containers=containers)
+    expr = _held(f"{lowest} >= {_number(threshold)}", series=gc, for_=for_, on=True)
+    return Query(signal="gcCPURatio", expr=by_container(expr), threshold=threshold)
+
+
 def oom_events_query(
     *,
     namespace: str,
@@ -479,6 +524,16 @@ def policy_queries(
                 recorded=rules,
             )
         )
+    if risk.gcCPURatio is not None:
+        queries.append(
+            gc_cpu_query(
+                namespace=ns,
+                containers=names,
+                for_=for_,
+                threshold=risk.gcCPURatio,
+                windows=windows,
+            )
+        )
     queries.append(
         oom_events_query(namespace=ns, containers=names, windows=windows, recorded=rules)
     )
@@ -556,6 +611,11 @@ def seconds_literal(seconds: float) -> str:
 
 __all__ = [
     "FAILURES",
+    "GO_GC_CPU",
+    "GO_HEAP_GOAL",
+    "GO_MEMORY_LIMIT",
+    "GO_TOTAL_CPU",
+    "HEAP_NEAR_LIMIT",
     "HORIZON_LABEL",
     "JOIN_LABELS",
     "MAJOR_FAULTS",
@@ -573,6 +633,7 @@ __all__ = [
     "Windows",
     "by_container",
     "duration",
+    "gc_cpu_query",
     "major_faults_query",
     "namespace_queries",
     "oom_events_query",
