@@ -69,6 +69,26 @@ class ScrapeTarget(Protocol):
     def target(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class GoRuntime:
+    """A Go program's own runtime series, as client_golang names them: the GC takes
+    ``gc_cpu_share`` of ``procs`` cores; ``gomemlimit`` ``2**63 - 1`` is "not set"."""
+
+    gc_cpu_share: float
+    heap_goal: float
+    gomemlimit: float = 2**63 - 1
+    procs: int = 2
+
+    def render(self, labels: str, t: float) -> list[str]:
+        total = self.procs * t
+        return [
+            f"go_cpu_classes_gc_total_cpu_seconds_total{{{labels}}} {self.gc_cpu_share * total}",
+            f"go_cpu_classes_total_cpu_seconds_total{{{labels}}} {total}",
+            f"go_gc_heap_goal_bytes{{{labels}}} {self.heap_goal:.0f}",
+            f"go_gc_gomemlimit_bytes{{{labels}}} {self.gomemlimit:.0f}",
+        ]
+
+
 @dataclass
 class ContainerSeries:
     """One container's cAdvisor-style series. Counters grow at the given rates."""
@@ -81,6 +101,8 @@ class ContainerSeries:
     psi_waiting_per_second: float = 0.0
     oom_events: int = 0
     limit_bytes: float = 0.0  # container_spec_memory_limit_bytes: 0 = no limit (cAdvisor)
+    go: GoRuntime | None = None
+    """The program's own Go runtime series (scraped from the pod, not the kubelet)."""
     since: float = field(default_factory=time.monotonic)
 
     def render(self, now: float) -> list[str]:
@@ -94,6 +116,7 @@ class ContainerSeries:
             f"container_spec_memory_limit_bytes{{{labels}}} {self.limit_bytes:.0f}",
             f"container_pressure_memory_waiting_seconds_total{{{labels}}} "
             f"{self.psi_waiting_per_second * t:.6f}",
+            *(self.go.render(labels, t) if self.go else []),
         ]
 
 

@@ -150,6 +150,33 @@ def test_oom_events_need_no_limit(increase: float, expected: list[tuple[str, str
     assert run(query, [sample(increase, pod="p2")]) == expected
 
 
+GC = Query(signal="gcCPURatio", expr="", threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        pytest.param([sample(0.94)], [("p1", "gcCPURatio", 0.94)], id="spiral"),
+        pytest.param([sample(0.9, pod="p2")], [("p2", "gcCPURatio", 0.9)], id="needs-no-limit"),
+        pytest.param([sample(0.03)], [], id="busy-far-from-limit"),
+        pytest.param([sample(0.99, pod="stranger")], [], id="ungoverned-pod"),
+        pytest.param([sample(math.nan), sample(math.inf, pod="p2")], [], id="no-cpu-counted"),
+    ],
+)
+def test_gc_cpu_ratio(samples: list[Sample], expected: list[tuple[str, str, float]]) -> None:
+    """The share is a plain threshold, with or without a memory limit (GOMEMLIMIT, not the
+    limit, is what the heap is near); a total CPU rate of 0 gives NaN or Inf: ignored."""
+    assert run(GC, samples) == expected
+
+
+def test_a_full_container_is_reported_as_full_before_its_gc_spiral() -> None:
+    """Where both hold, the working set near the limit is the more certain news."""
+    findings = evaluate(
+        [(GC, [sample(0.9)]), (USAGE, [sample(0.95 * GI)])], governed=GOVERNED, policy="c"
+    )
+    assert [f.signal for f in findings] == ["usageRatio", "gcCPURatio"]
+
+
 def test_findings_are_sorted_most_certain_first() -> None:
     results = [
         (USAGE, [sample(0.95 * GI)]),
