@@ -10,6 +10,7 @@ runtime metrics, labelled as the pod scrape job of docs/risk.md labels them.
 from __future__ import annotations
 
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,14 @@ def test_a_gc_death_spiral_opens_an_incident_on_gc_cpu_ratio_alone(
     loop.scrape(calm)
     name = spiral["metadata"]["name"]
 
+    started = time.monotonic()
     incident = collected(loop, namespace, name, timeout=120)
+    print(f"gc spiral: incident collected {time.monotonic() - started:.1f}s after Running,")
 
     trigger = incident["spec"]["trigger"]
     assert (trigger["source"], trigger["signal"]) == ("prometheus", "gcCPURatio")
     assert trigger["value"] >= GC_RATIO and trigger["threshold"] == GC_RATIO
+    print(f"gc spiral: GC CPU share {trigger['value']} held for 3s (threshold {GC_RATIO})")
     # No other signal holds: the working set stayed under usageRatio all along.
     assert other_signals_holding(loop, namespace, name) == []
     highest = query_value(
