@@ -79,27 +79,12 @@ func spiral(done <-chan struct{}, target, rate int64) {
 	var stats runtime.MemStats
 	runtime.ReadMemStats(&stats)
 	hoardSessionIndex(target - int64(stats.HeapAlloc))
-	if rate <= 0 {
-		return
-	}
-	start := time.Now()
-	var allocated int64
-	ticker := time.NewTicker(10 * time.Millisecond)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-done:
-			return
-		case now := <-ticker.C:
-			due := int64(now.Sub(start).Seconds()*float64(rate)) - allocated
-			for due > 0 {
-				size := min(due, 16<<10)
-				spiralSink.Add(renderSessionPage(int(size)))
-				allocated += size
-				due -= size
-			}
+	paced(done, 10*time.Millisecond, rate, func(due int64) int64 {
+		for left := due; left > 0; left -= 16 << 10 {
+			spiralSink.Add(renderSessionPage(int(min(left, 16<<10))))
 		}
-	}
+		return due
+	})
 }
 
 // renderSessionPage is the spiral's garbage: a buffer used once and dropped.
