@@ -58,7 +58,7 @@ def test_every_builder_raw_and_recorded_is_valid_promql(
         for query in policy_queries(
             risk, namespace=ns, containers=["app", "side-car"], windows=FAST, recorded=rules
         ):
-            # No rule records the GC share: it reads the raw series either way.
+            # This Recorded is a rule set from before gcCPURatio: raw series for it.
             assert query.recorded == (rules is not None and query.signal != "gcCPURatio")
             assert client.query(query.expr) == [], query.signal
     assert client.queries == 12

@@ -11,6 +11,7 @@ import pytest
 from memwarden.api import OomRiskSpec
 from memwarden.risk.promql import (
     PolicyRisk,
+    Query,
     Recorded,
     Windows,
     duration,
@@ -153,16 +154,26 @@ def test_gc_cpu_query() -> None:
     )
 
 
-def test_gc_cpu_query_ignores_recording_rules() -> None:
-    """No rule records the GC share: a policy on recording rules still reads the raw
-    series for it (and the other signals read the rules)."""
+def test_gc_cpu_query_reads_the_rules_only_where_they_record_it() -> None:
+    """A rule set older than gcCPURatio records no GC share: the policy reads the raw
+    series for it (and the rules for the other signals)."""
     spec = OomRiskSpec.model_validate({"gcCPURatio": 0.5, "for": "30s"})
-    queries = policy_queries(
-        spec, namespace="shop", containers=None, windows=W, recorded=Recorded(windows=W)
+
+    def by_signal(recorded: Recorded) -> dict[str, Query]:
+        queries = policy_queries(
+            spec, namespace="shop", containers=None, windows=W, recorded=recorded
+        )
+        return {q.signal: q for q in queries}
+
+    older = by_signal(Recorded(windows=W))
+    assert not older["gcCPURatio"].recorded and older["usageRatio"].recorded
+    gc = by_signal(Recorded(windows=W, go_gc_cpu=True))["gcCPURatio"]
+    name = 'memwarden:go_gc_cpu_share_near_gomemlimit:rate1m{namespace="shop"}'
+    assert gc.recorded
+    assert gc.expr == (
+        f"max by (namespace, pod, container) (min_over_time({name}[30s]) >= 0.5 "
+        f"and {name} offset 30s)"
     )
-    by_signal = {q.signal: q for q in queries}
-    assert not by_signal["gcCPURatio"].recorded
-    assert by_signal["usageRatio"].recorded
 
 
 def test_oom_events_query() -> None:

@@ -99,6 +99,7 @@ class RecordedNames:
     major_faults: str
     pressure: str
     oom_events: str
+    go_gc_cpu: str
 
     @classmethod
     def for_windows(cls, windows: Windows) -> RecordedNames:
@@ -110,6 +111,7 @@ class RecordedNames:
             major_faults=f"memwarden:container_memory_major_faults:rate{windows.rate}",
             pressure=f"memwarden:container_pressure_memory_waiting_seconds:rate{windows.rate}",
             oom_events=f"memwarden:container_oom_events:increase{windows.oom}",
+            go_gc_cpu=f"memwarden:go_gc_cpu_share_near_gomemlimit:rate{windows.rate}",
         )
 
 
@@ -127,6 +129,8 @@ class Recorded:
     windows: Windows
     horizons: tuple[str, ...] = ()
     seconds: float = math.inf
+    go_gc_cpu: bool = False
+    """The rules record the GC CPU share (gcCPURatio); rule sets older than it do not."""
 
     @property
     def names(self) -> RecordedNames:
@@ -331,18 +335,22 @@ def _min_rate_query(
     for_: str,
     windows: Windows,
     recorded: Recorded | None,
+    per_step: str | None = None,
 ) -> Query:
-    """Lowest rate of ``series`` over ``for``; when the rules serve it, the lowest of the
-    recorded rate (``recorded_as``) over ``for``, no subquery."""
+    """Lowest rate of ``series`` over ``for`` (``per_step``: another expression of it, one
+    series per container); when the rules serve it, the lowest of the recorded rate
+    (``recorded_as``) over ``for``, no subquery."""
     rules = _usable(recorded, for_)
+    on = False
     if rules is None:
         step = subquery_step(parse_duration(for_))
-        lowest, existed = f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}])", series
+        each = per_step if per_step is not None else f"rate({series}[{windows.rate}])"
+        lowest, existed, on = f"min_over_time({each}[{for_}:{step}])", series, per_step is not None
     else:
         rate = recorded_as(rules.names)
         existed = recorded_selector(rate, namespace=namespace, containers=containers)
         lowest = f"min_over_time({existed}[{for_}])"
-    expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_)
+    expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_, on=on)
     return Query(
         signal=signal, expr=by_container(expr), threshold=threshold, recorded=rules is not None
     )
@@ -398,6 +406,22 @@ def pressure_query(
     )
 
 
+def gc_cpu_share(*, namespace: str | None, containers: Sequence[str] | None, window: str) -> str:
+    """Per container, the share of CPU the Go GC took over ``window``, only where the heap
+    goal is near GOMEMLIMIT (``HEAP_NEAR_LIMIT``); ``namespace=None``: every namespace
+    (the recording rule)."""
+
+    def one(metric: str, form: str = "{}") -> str:
+        return by_container(
+            form.format(selector(metric, namespace=namespace, containers=containers))
+        )
+
+    rate = f"rate({{}}[{window}])"
+    share = f"{one(GO_GC_CPU, rate)} / {one(GO_TOTAL_CPU, rate)}"
+    near = f"{one(GO_HEAP_GOAL)} >= {_number(HEAP_NEAR_LIMIT)} * {one(GO_MEMORY_LIMIT)}"
+    return f"{share} and {near}"
+
+
 def gc_cpu_query(
     *,
     namespace: str,
@@ -405,31 +429,31 @@ def gc_cpu_query(
     for_: str,
     threshold: float,
     windows: Windows,
+    recorded: Recorded | None = None,
 ) -> Query:
     """Lowest share of CPU the Go GC took over ``for``, counted only while the heap goal
-    was near GOMEMLIMIT (``HEAP_NEAR_LIMIT``): the GC death spiral, where the live heap
-    sits under the limit and the GC runs nearly nonstop, RSS flat.
+    was near GOMEMLIMIT (``gc_cpu_share``): the GC death spiral, where the live heap sits
+    under the limit and the GC runs nearly nonstop, RSS flat.
 
     The share is ``rate(gc cpu) / rate(total cpu)`` of the runtime's own estimates
     (client_golang's ``go_cpu_classes_*``), so it needs the workload's metrics scraped
     with ``namespace``, ``pod`` and ``container`` labels. Without GOMEMLIMIT (the runtime
     reports ``math.MaxInt64``) the goal is never near it and the signal stays silent.
-    Always over the raw series: no recording rule serves it.
+    Recorded only by rule sets that say so (``Recorded.go_gc_cpu``).
     """
-    step = subquery_step(parse_duration(for_))
-
-    def one(metric: str, form: str = "{}") -> str:
-        return by_container(
-            form.format(selector(metric, namespace=namespace, containers=containers))
-        )
-
-    rate = f"rate({{}}[{windows.rate}])"
-    share = f"{one(GO_GC_CPU, rate)} / {one(GO_TOTAL_CPU, rate)}"
-    near = f"{one(GO_HEAP_GOAL)} >= {_number(HEAP_NEAR_LIMIT)} * {one(GO_MEMORY_LIMIT)}"
-    lowest = f"min_over_time(({share} and {near})[{for_}:{step}])"
-    gc = selector(GO_GC_CPU, namespace=namespace, containers=containers)
-    expr = _held(f"{lowest} >= {_number(threshold)}", series=gc, for_=for_, on=True)
-    return Query(signal="gcCPURatio", expr=by_container(expr), threshold=threshold)
+    share = gc_cpu_share(namespace=namespace, containers=containers, window=windows.rate)
+    return _min_rate_query(
+        "gcCPURatio",
+        series=selector(GO_GC_CPU, namespace=namespace, containers=containers),
+        per_step=f"({share})",
+        recorded_as=lambda names: names.go_gc_cpu,
+        namespace=namespace,
+        containers=containers,
+        threshold=threshold,
+        for_=for_,
+        windows=windows,
+        recorded=recorded if recorded is not None and recorded.go_gc_cpu else None,
+    )
 
 
 def oom_events_query(
@@ -532,6 +556,7 @@ def policy_queries(
                 for_=for_,
                 threshold=risk.gcCPURatio,
                 windows=windows,
+                recorded=rules,
             )
         )
     queries.append(
@@ -634,6 +659,7 @@ __all__ = [
     "by_container",
     "duration",
     "gc_cpu_query",
+    "gc_cpu_share",
     "major_faults_query",
     "namespace_queries",
     "oom_events_query",
