@@ -526,39 +526,24 @@ def policy_queries(
                 recorded=rules,
             )
         )
-    if risk.majorFaultsPerSecond is not None:
-        queries.append(
-            major_faults_query(
-                namespace=ns,
-                containers=names,
-                for_=for_,
-                threshold=risk.majorFaultsPerSecond,
-                windows=windows,
-                recorded=rules,
+    # The signals that are a lowest rate over ``for`` against a threshold.
+    rates: tuple[tuple[float | None, Callable[..., Query]], ...] = (
+        (risk.majorFaultsPerSecond, major_faults_query),
+        (risk.pressureRatio, pressure_query),
+        (risk.gcCPURatio, gc_cpu_query),
+    )
+    for threshold, build in rates:
+        if threshold is not None:
+            queries.append(
+                build(
+                    namespace=ns,
+                    containers=names,
+                    for_=for_,
+                    threshold=threshold,
+                    windows=windows,
+                    recorded=rules,
+                )
             )
-        )
-    if risk.pressureRatio is not None:
-        queries.append(
-            pressure_query(
-                namespace=ns,
-                containers=names,
-                for_=for_,
-                threshold=risk.pressureRatio,
-                windows=windows,
-                recorded=rules,
-            )
-        )
-    if risk.gcCPURatio is not None:
-        queries.append(
-            gc_cpu_query(
-                namespace=ns,
-                containers=names,
-                for_=for_,
-                threshold=risk.gcCPURatio,
-                windows=windows,
-                recorded=rules,
-            )
-        )
     queries.append(
         oom_events_query(namespace=ns, containers=names, windows=windows, recorded=rules)
     )
