@@ -34,10 +34,26 @@ type leaker struct {
 func (l *leaker) leaked() int64 { return leakedBytes.Load() }
 
 func (l *leaker) run(done <-chan struct{}, every time.Duration, leakFn func(n int64)) {
-	if l.rate <= 0 {
+	paced(done, every, l.rate, func(due int64) int64 {
+		if l.max > 0 && l.leaked()+due > l.max {
+			due = l.max - l.leaked()
+		}
+		if due > 0 {
+			leakFn(due)
+		}
+		return max(due, 0)
+	})
+}
+
+// paced calls work every tick with the bytes due at rate per second since start, less
+// what it already did (work returns how much it did), so tick jitter does not change the
+// rate; until done. A rate of 0 or less does nothing.
+func paced(done <-chan struct{}, every time.Duration, rate int64, work func(due int64) int64) {
+	if rate <= 0 {
 		return
 	}
 	start := time.Now()
+	var did int64
 	ticker := time.NewTicker(every)
 	defer ticker.Stop()
 	for {
@@ -45,13 +61,8 @@ func (l *leaker) run(done <-chan struct{}, every time.Duration, leakFn func(n in
 		case <-done:
 			return
 		case now := <-ticker.C:
-			// Leak what is due since start, so tick jitter does not change the rate.
-			due := int64(now.Sub(start).Seconds()*float64(l.rate)) - l.leaked()
-			if l.max > 0 && l.leaked()+due > l.max {
-				due = l.max - l.leaked()
-			}
-			if due > 0 {
-				leakFn(due)
+			if due := int64(now.Sub(start).Seconds()*float64(rate)) - did; due > 0 {
+				did += work(due)
 			}
 		}
 	}

@@ -9,8 +9,10 @@
 //
 //	-listen     LEAKY_LISTEN      address of the HTTP server (default 127.0.0.1:8080)
 //	-rate       LEAKY_RATE        leak rate in bytes per second: 8Mi, 512Ki, 1G or plain bytes
-//	-pattern    LEAKY_PATTERN     steady | burst | none
-//	-max        LEAKY_MAX         stop leaking at this many bytes (0 = no cap)
+//	                              (spiral: the garbage allocated per second once full)
+//	-pattern    LEAKY_PATTERN     steady | burst | spiral | none
+//	-max        LEAKY_MAX         stop leaking at this many bytes (0 = no cap; spiral: the
+//	                              live heap to hold, default 90% of GOMEMLIMIT)
 //	-goroutines LEAKY_GOROUTINES  extra parked goroutines
 //
 // Endpoints: /debug/pprof/..., /metrics (Prometheus text), /healthz.
@@ -66,7 +68,7 @@ func parseConfig(args []string) (config, error) {
 	fs := flag.NewFlagSet("leaky", flag.ContinueOnError)
 	listen := fs.String("listen", envOr("LEAKY_LISTEN", "127.0.0.1:8080"), "HTTP listen address (env LEAKY_LISTEN)")
 	rate := fs.String("rate", envOr("LEAKY_RATE", "1Mi"), "leak rate, bytes per second, e.g. 8Mi (env LEAKY_RATE)")
-	pattern := fs.String("pattern", envOr("LEAKY_PATTERN", "steady"), "steady | burst | none (env LEAKY_PATTERN)")
+	pattern := fs.String("pattern", envOr("LEAKY_PATTERN", "steady"), "steady | burst | spiral | none (env LEAKY_PATTERN)")
 	maxBytes := fs.String("max", envOr("LEAKY_MAX", "0"), "stop leaking at this many bytes, 0 = no cap (env LEAKY_MAX)")
 	goroutines := fs.String("goroutines", envOr("LEAKY_GOROUTINES", "0"), "extra parked goroutines (env LEAKY_GOROUTINES)")
 	if err := fs.Parse(args); err != nil {
@@ -84,9 +86,9 @@ func parseConfig(args []string) (config, error) {
 		return config{}, fmt.Errorf("goroutines: not a non-negative integer: %q", *goroutines)
 	}
 	switch cfg.pattern {
-	case "steady", "burst", "none":
+	case "steady", "burst", "spiral", "none":
 	default:
-		return config{}, fmt.Errorf("pattern: want steady, burst or none, got %q", cfg.pattern)
+		return config{}, fmt.Errorf("pattern: want steady, burst, spiral or none, got %q", cfg.pattern)
 	}
 	return cfg, nil
 }
@@ -127,6 +129,16 @@ func run(cfg config) error {
 	fmt.Fprintf(os.Stderr, "leaky: GOMEMLIMIT=%s GOGC=%s rate=%d B/s pattern=%s max=%d goroutines=%d\n",
 		limit, gogc, cfg.rate, cfg.pattern, cfg.max, cfg.goroutines)
 
+	var (
+		spiralBytes int64
+		err         error
+	)
+	if cfg.pattern == "spiral" {
+		if spiralBytes, err = spiralTarget(cfg.max); err != nil {
+			return err
+		}
+	}
+
 	ln, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		return err
@@ -143,6 +155,8 @@ func run(cfg config) error {
 		go leak.run(done, 100*time.Millisecond, retainSessionBuffers)
 	case "burst":
 		go leak.run(done, 2*time.Second, cacheUnboundedResponses)
+	case "spiral":
+		go spiral(done, spiralBytes, cfg.rate)
 	}
 
 	srv := &http.Server{Handler: newMux(leak), ReadHeaderTimeout: 10 * time.Second}

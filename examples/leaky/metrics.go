@@ -25,6 +25,7 @@ var runtimeMetrics = []metricSpec{
 	{"go_gc_heap_goal_bytes", "gauge", "Heap size target for the end of the GC cycle.", "/gc/heap/goal:bytes"},
 	{"go_gc_cycles_total_gc_cycles_total", "counter", "Count of completed GC cycles.", "/gc/cycles/total:gc-cycles"},
 	{"go_cpu_classes_gc_total_cpu_seconds_total", "counter", "Estimated CPU time spent in GC.", "/cpu/classes/gc/total:cpu-seconds"},
+	{"go_cpu_classes_gc_mark_idle_cpu_seconds_total", "counter", "Estimated CPU time spent by GC mark workers on otherwise idle Ps.", "/cpu/classes/gc/mark/idle:cpu-seconds"},
 	{"go_cpu_classes_total_cpu_seconds_total", "counter", "Estimated total available CPU time.", "/cpu/classes/total:cpu-seconds"},
 	{"go_gc_limiter_last_enabled_gc_cycle", "gauge", "GC cycle the GC CPU limiter was last enabled (0 = never).", "/gc/limiter/last-enabled:gc-cycle"},
 	{"go_memory_classes_heap_objects_bytes", "gauge", "Memory occupied by live and unswept heap objects.", "/memory/classes/heap/objects:bytes"},

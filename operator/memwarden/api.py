@@ -285,6 +285,16 @@ class OomRiskSpec(_Model):
         description="PSI memory 'some' stall ratio (waiting seconds per second) at or above "
         "this (off by default).",
     )
+    gcCPURatio: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Go GC death spiral: the share of CPU the Go GC takes (rate of "
+        "go_cpu_classes_gc_total_cpu_seconds_total / go_cpu_classes_total_cpu_seconds_total) "
+        "at or above this while the heap goal is at 85% of GOMEMLIMIT or more (off by "
+        "default; needs the workload's Go runtime metrics scraped with namespace, pod and "
+        "container labels).",
+    )
     alerts: bool = Field(
         default=False,
         description="Accept Alertmanager pushes for the pods this policy governs: an alert "
@@ -464,8 +474,8 @@ class Trigger(_Model):
     signal: str | None = Field(
         default=None,
         max_length=128,
-        description="usageRatio, timeToLimit, majorFaultsPerSecond, pressureRatio, oomKilled, "
-        "or the alert name.",
+        description="usageRatio, timeToLimit, majorFaultsPerSecond, pressureRatio, gcCPURatio, "
+        "oomKilled, or the alert name.",
     )
     value: float | None = Field(default=None, description="The observed value.")
     threshold: float | None = Field(default=None, description="The threshold it crossed.")

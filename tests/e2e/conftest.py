@@ -1,7 +1,8 @@
 """The closed loop on one machine: node simulator, Prometheus, Alertmanager, the operator.
 
 One stack per session: a node simulator (tainted, so only these tests' pods land on it)
-serving cAdvisor metrics; a real Prometheus scraping it, with the documented alerting rule
+serving cAdvisor metrics; a real Prometheus scraping it (and the pods a test asks it to,
+``Loop.scrape``), with the documented alerting rule
 scoped to pods named ``alerted-*``; a real Alertmanager routing to the operator; and the
 real operator (``memwarden run``) with its webhook, risk loop and evidence store.
 """

@@ -22,7 +22,6 @@ from kubernetes import client
 
 from memwarden.capture.plan import POD_SECURITY_ENFORCE_LABEL
 from memwarden_testing.cluster import events_on, wait_for
-from memwarden_testing.evidence import evidence_reader_token
 from memwarden_testing.loop import (
     ALERTED_PREFIX,
     LIMIT_MI,
@@ -32,6 +31,7 @@ from memwarden_testing.loop import (
     apply,
     collected,
     deployment,
+    download_bundle,
     incidents,
     policy,
     running_pod,
@@ -55,34 +55,6 @@ def working_set_ratio(loop: Loop, namespace: str, pod: str) -> float:
 def when(text: str | None) -> dt.datetime:
     assert text, "timestamp missing"
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
-    """The bundle through the evidence API, as a user granted `get` on it would."""
-    token = evidence_reader_token(loop.kube, namespace)
-    out = tmp_path / f"{name}.tar.gz"
-    result = subprocess.run(
-        [
-            str(Path(".venv/bin/memwarden").resolve()),
-            "incidents",
-            "download",
-            name,
-            "-n",
-            namespace,
-            f"--kubeconfig={loop.kubeconfig}",
-            f"--evidence-token={token}",
-            "-o",
-            str(out),
-            f"--evidence-url={loop.evidence_url}",
-            *([f"--evidence-ca={loop.evidence_ca}"] if loop.evidence_ca else []),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return out
 
 
 def test_a_leak_is_captured_before_the_oom_kill_and_a_flat_workload_is_left_alone(

@@ -21,6 +21,7 @@ from memwarden_testing.prometheus import (
     FAST_WINDOWS,
     TEST_RULES,
     ContainerSeries,
+    GoRuntime,
     PrometheusServer,
     SeriesExporter,
     flat,
@@ -49,7 +50,7 @@ def test_every_builder_raw_and_recorded_is_valid_promql(
     prometheus: PrometheusServer, ns: str
 ) -> None:
     risk = OomRiskSpec.model_validate(
-        {"majorFaultsPerSecond": 1, "pressureRatio": 0.1, "for": "5s"}
+        {"majorFaultsPerSecond": 1, "pressureRatio": 0.1, "gcCPURatio": 0.5, "for": "5s"}
     )
     client = PrometheusClient(prometheus.url, timeout=5)
     recorded = Recorded(windows=FAST, horizons=TEST_RULES.horizons)
@@ -57,9 +58,10 @@ def test_every_builder_raw_and_recorded_is_valid_promql(
         for query in policy_queries(
             risk, namespace=ns, containers=["app", "side-car"], windows=FAST, recorded=rules
         ):
-            assert query.recorded == (rules is not None)
+            # This Recorded is a rule set from before gcCPURatio: raw series for it.
+            assert query.recorded == (rules is not None and query.signal != "gcCPURatio")
             assert client.query(query.expr) == [], query.signal
-    assert client.queries == 10
+    assert client.queries == 12
 
 
 def test_rising_series_holds_and_flat_one_does_not(
@@ -98,6 +100,39 @@ def test_rising_series_holds_and_flat_one_does_not(
 
     series_exporter.oom_kill(namespace=ns, pod="steady", container="app")
     wait_for(lambda: ("steady", "oomKilled") in holding(), timeout=20, interval=1, what="oom")
+    series_exporter.remove_namespace(ns)
+
+
+def test_gc_cpu_ratio_holds_only_near_gomemlimit(
+    prometheus: PrometheusServer, series_exporter: SeriesExporter, ns: str
+) -> None:
+    """The GC's share holds only while the heap goal is near GOMEMLIMIT: a busy GC far
+    from it, a calm GC near it, or no GOMEMLIMIT at all, is no spiral."""
+    limit = 140 * MI
+    series_exporter.set_many(
+        [
+            ContainerSeries(ns, "spiral", "app", go=GoRuntime(0.9, 0.93 * limit, limit)),
+            ContainerSeries(ns, "far", "app", go=GoRuntime(0.9, 0.58 * limit, limit)),
+            ContainerSeries(ns, "calm", "app", go=GoRuntime(0.05, 0.93 * limit, limit)),
+            ContainerSeries(ns, "unlimited", "app", go=GoRuntime(0.9, 0.93 * limit)),
+        ]
+    )
+    risk = OomRiskSpec.model_validate(
+        {"usageRatio": None, "timeToLimit": None, "gcCPURatio": 0.5, "for": "5s"}
+    )
+    (gc, _oom) = policy_queries(risk, namespace=ns, containers=None, windows=FAST)
+    client = PrometheusClient(prometheus.url, timeout=5)
+    pods = governed(ns, "spiral", "far", "calm", "unlimited")
+
+    def holding() -> list[tuple[str, float]] | None:
+        found = evaluate([(gc, client.query(gc.expr))], governed=pods, policy="p")
+        return [(f.pod, f.value or 0.0) for f in found] or None
+
+    found = wait_for(holding, timeout=40, interval=1, what="gcCPURatio")
+    assert [pod for pod, _ in found] == ["spiral"]
+    assert found[0][1] == pytest.approx(0.9, abs=0.02)
+    # Held for ``for`` and existing ``for`` ago: the others had as long to hold.
+    assert [pod for pod, _ in holding() or []] == ["spiral"]
     series_exporter.remove_namespace(ns)
 
 

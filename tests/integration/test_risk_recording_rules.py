@@ -22,7 +22,7 @@ import yaml
 from memwarden.api import OomRiskSpec
 from memwarden.risk.findings import Finding
 from memwarden.risk.prometheus import PrometheusClient
-from memwarden.risk.promql import Recorded, RecordedNames, policy_queries
+from memwarden.risk.promql import Recorded, RecordedNames, gc_cpu_share, policy_queries
 from memwarden.risk.rules import MARKER, RuleSet, find_recorded
 from memwarden.risk.signals import Governed, evaluate
 from memwarden_testing.cluster import wait_for
@@ -30,6 +30,7 @@ from memwarden_testing.prometheus import (
     FAST_WINDOWS,
     TEST_RULES,
     ContainerSeries,
+    GoRuntime,
     PrometheusServer,
     SeriesExporter,
     flat,
@@ -84,6 +85,18 @@ def test_recorded_series_are_the_raw_expressions_at_each_evaluation(tmp_path: Pa
             "series": 'container_oom_events_total{namespace="shop",pod="leak",container="app"}',
             "values": "0x30 1x29",
         },
+        # Go runtime series: the leak's GC takes 90% of 2 cores, its goal near GOMEMLIMIT;
+        # the flat one's GC as busy, its goal far from it (no spiral: nothing recorded).
+        *(
+            {"series": f"{metric}{labels}", "values": values}
+            for labels, goal in ((leak, "930x59"), (flat_, "500x59"))
+            for metric, values in (
+                ("go_cpu_classes_gc_total_cpu_seconds_total", "0+27x59"),
+                ("go_cpu_classes_total_cpu_seconds_total", "0+30x59"),
+                ("go_gc_heap_goal_bytes", goal),
+                ("go_gc_gomemlimit_bytes", "1000x59"),
+            )
+        ),
     ]
     containers = [leak, flat_, twice]
     # The raw queries' selector: no pod-level or pause series (the leak pod has one).
@@ -139,6 +152,13 @@ def test_recorded_series_are_the_raw_expressions_at_each_evaluation(tmp_path: Pa
         ),
         promtool_case(f"{NAMES.oom_events} > bool 0", at="9m", expected=[(leak, 1.0)]),
         promtool_case(f"{NAMES.oom_events} > 0", at="14m", expected=[]),
+        promtool_case(
+            f"({gc_cpu_share(namespace=None, containers=None, window='1m')}) "
+            f"- on (namespace, pod, container) {NAMES.go_gc_cpu}",
+            at="10m",
+            expected=[(leak, 0.0)],
+        ),
+        promtool_case(NAMES.go_gc_cpu, at="10m", expected=[(NAMES.go_gc_cpu + leak, 0.9)]),
         # The marker keeps the time of the group's first evaluation (0 s here).
         promtool_case(MARKER, at="14m", expected=[(MARKER + marker_labels, 0.0)]),
     ]
@@ -207,7 +227,13 @@ def test_recorded_prediction_equals_the_raw_one_at_its_evaluation_times(
 
 
 RISK = OomRiskSpec.model_validate(
-    {"usageRatio": 0.9, "timeToLimit": "10m", "majorFaultsPerSecond": 100, "for": "5s"}
+    {
+        "usageRatio": 0.9,
+        "timeToLimit": "10m",
+        "majorFaultsPerSecond": 100,
+        "gcCPURatio": 0.5,
+        "for": "5s",
+    }
 )
 
 
@@ -224,11 +250,14 @@ def test_the_same_findings_with_and_without_recording_rules(
                 ns, "faulty", "app", working_set=flat(GI / 4), major_faults_per_second=200
             ),
             ContainerSeries(ns, "killed", "app", working_set=flat(GI / 4)),
+            ContainerSeries(
+                ns, "spiral", "app", working_set=flat(GI / 4), go=GoRuntime(0.9, 0.93 * GI, GI)
+            ),
         ]
     )
     governed = {
         (ns, pod, "app"): Governed(namespace=ns, pod=pod, container="app", limit_bytes=GI)
-        for pod in ("leaky", "full", "steady", "faulty", "killed")
+        for pod in ("leaky", "full", "steady", "faulty", "killed", "spiral")
     }
     client = PrometheusClient(prometheus.url, timeout=5)
     rules = wait_for(
@@ -240,8 +269,8 @@ def test_the_same_findings_with_and_without_recording_rules(
     recorded = policy_queries(
         RISK, namespace=ns, containers=None, windows=FAST_WINDOWS, min_limit=GI, recorded=rules
     )
-    assert [q.recorded for q in raw] == [False] * 4
-    assert [q.recorded for q in recorded] == [True] * 4
+    assert [q.recorded for q in raw] == [False] * 5
+    assert [q.recorded for q in recorded] == [True] * 5
 
     def findings(queries: list, at: dt.datetime) -> dict[tuple[str, str], Finding]:
         results = [(q, client.query(q.expr, time=at)) for q in queries]
@@ -252,6 +281,7 @@ def test_the_same_findings_with_and_without_recording_rules(
         ("full", "usageRatio"),
         ("faulty", "majorFaultsPerSecond"),
         ("killed", "oomKilled"),
+        ("spiral", "gcCPURatio"),
     }
     # The kill once the counter has been scraped at 0: a series that starts at 1 has no
     # increase.
@@ -276,11 +306,12 @@ def test_the_same_findings_with_and_without_recording_rules(
             # The recorded fit is up to one rule evaluation (1 s) older than the raw one.
             assert other.value == pytest.approx(finding.value, abs=3), key
             assert 200 < finding.value < 300
-        elif key[1] == "majorFaultsPerSecond":
+        elif key[1] in ("majorFaultsPerSecond", "gcCPURatio"):
             # The lowest rate over ``for``: raw at the subquery's steps, recorded at the
             # rule evaluations, of a rate that jitters with the scrapes of a busy machine.
-            assert min(finding.value or 0, other.value or 0) >= 100
-            assert max(finding.value or 0, other.value or 0) < 300
+            low, high = (100, 300) if key[1] == "majorFaultsPerSecond" else (0.8, 1.0)
+            assert min(finding.value or 0, other.value or 0) >= low, key
+            assert max(finding.value or 0, other.value or 0) < high, key
         else:
             assert other.value == pytest.approx(finding.value, rel=0.01), key
     assert math.isclose(without[("full", "usageRatio")].value or 0, 0.95, abs_tol=1e-3)

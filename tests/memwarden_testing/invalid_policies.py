@@ -64,6 +64,16 @@ INVALID = [
     pytest.param(
         make_policy_spec(memory=PLAIN, priority=5000), "spec.priority", id="priority-out-of-range"
     ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, oomRisk={"gcCPURatio": 0}),
+        "spec.oomRisk.gcCPURatio",
+        id="gc-cpu-ratio-zero",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, oomRisk={"gcCPURatio": 1.5}),
+        "spec.oomRisk.gcCPURatio",
+        id="gc-cpu-ratio-above-one",
+    ),
     pytest.param({"memory": PLAIN}, "spec.selector", id="missing-selector"),
     pytest.param({**make_policy_spec(memory=PLAIN), "memroy": PLAIN}, "memroy", id="unknown-field"),
     pytest.param(

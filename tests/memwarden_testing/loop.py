@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +23,7 @@ from kubernetes import client
 
 from memwarden_testing.alertmanager import AlertmanagerProcess
 from memwarden_testing.cluster import REPO, kubectl, wait_for
+from memwarden_testing.evidence import evidence_reader_token
 from memwarden_testing.nodesim import NodeSimulator
 from memwarden_testing.operator import OperatorProcess
 from memwarden_testing.prometheus import PrometheusServer
@@ -63,6 +65,11 @@ class Loop:
         )
         return text
 
+    def scrape(self, pod: dict[str, Any]) -> None:
+        """Have Prometheus scrape the workload's own /metrics (its Go runtime metrics).
+
+        Here nothing to do: the kind Prometheus discovers pods annotated ``SCRAPED``."""
+
     def working_set(self, *, namespace: str, pod: str) -> float:
         """The container's working set in bytes, as Prometheus has it now (0 if unknown)."""
         query = (
@@ -87,6 +94,16 @@ class LocalLoop(Loop):
     def pin(self, spec: dict[str, Any]) -> dict[str, Any]:
         assert self.sim is not None
         return self.sim.pin(spec)
+
+    def scrape(self, pod: dict[str, Any]) -> None:
+        """A file-discovered target with the labels Kubernetes discovery would give it."""
+        assert self.prometheus is not None
+        self.prometheus.scrape_pod(
+            f"{pod['status']['podIP']}:6060",
+            namespace=pod["metadata"]["namespace"],
+            pod=pod["metadata"]["name"],
+            container="app",
+        )
 
     def workload_metrics(self, pod: dict[str, Any]) -> str:
         """Straight from the pod's loopback IP: the API server refuses to proxy to loopback.
@@ -172,8 +189,21 @@ def policy(
     }
 
 
-def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
-    """One replica of the leaky workload (``pattern`` none, steady...) where the loop runs."""
+#: The pod annotations Prometheus' pod scrape job (docs/risk.md) keeps: leaky's /metrics.
+SCRAPED = {"prometheus.io/scrape": "true", "prometheus.io/port": "6060"}
+
+
+def deployment(
+    loop: Loop,
+    name: str,
+    *,
+    pattern: str,
+    env: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One replica of the leaky workload (``pattern`` none, steady...) where the loop runs;
+    ``env`` adds variables, ``annotations`` go on the pod (``SCRAPED``: its Go runtime
+    metrics are scraped)."""
     labels = {"app": name, "tier": "go"}
     pod_spec = loop.pin(
         {
@@ -186,6 +216,7 @@ def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
                     "env": [
                         {"name": "LEAKY_RATE", "value": LEAK_RATE},
                         {"name": "LEAKY_PATTERN", "value": pattern},
+                        *({"name": k, "value": v} for k, v in (env or {}).items()),
                     ],
                     # Non-root, as production Go services run: the capture must still get
                     # /proc files and a core (issue 12 items 11 and 12).
@@ -201,7 +232,10 @@ def deployment(loop: Loop, name: str, *, pattern: str) -> dict[str, Any]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": labels, "annotations": dict(annotations or {})},
+                "spec": pod_spec,
+            },
         },
     }
 
@@ -241,3 +275,31 @@ def collected(loop: Loop, namespace: str, pod: str, *, timeout: float) -> dict[s
         return None
 
     return wait_for(done, timeout=timeout, interval=0.5, what=f"a Collected incident for {pod}")
+
+
+def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Path:
+    """The bundle through the evidence API, as a user granted `get` on it would."""
+    token = evidence_reader_token(loop.kube, namespace)
+    out = tmp_path / f"{name}.tar.gz"
+    result = subprocess.run(
+        [
+            str(Path(".venv/bin/memwarden").resolve()),
+            "incidents",
+            "download",
+            name,
+            "-n",
+            namespace,
+            f"--kubeconfig={loop.kubeconfig}",
+            f"--evidence-token={token}",
+            "-o",
+            str(out),
+            f"--evidence-url={loop.evidence_url}",
+            *([f"--evidence-ca={loop.evidence_ca}"] if loop.evidence_ca else []),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out

@@ -69,6 +69,26 @@ class ScrapeTarget(Protocol):
     def target(self) -> str: ...
 
 
+@dataclass(frozen=True)
+class GoRuntime:
+    """A Go program's own runtime series, as client_golang names them: the GC takes
+    ``gc_cpu_share`` of ``procs`` cores; ``gomemlimit`` ``2**63 - 1`` is "not set"."""
+
+    gc_cpu_share: float
+    heap_goal: float
+    gomemlimit: float = 2**63 - 1
+    procs: int = 2
+
+    def render(self, labels: str, t: float) -> list[str]:
+        total = self.procs * t
+        return [
+            f"go_cpu_classes_gc_total_cpu_seconds_total{{{labels}}} {self.gc_cpu_share * total}",
+            f"go_cpu_classes_total_cpu_seconds_total{{{labels}}} {total}",
+            f"go_gc_heap_goal_bytes{{{labels}}} {self.heap_goal:.0f}",
+            f"go_gc_gomemlimit_bytes{{{labels}}} {self.gomemlimit:.0f}",
+        ]
+
+
 @dataclass
 class ContainerSeries:
     """One container's cAdvisor-style series. Counters grow at the given rates."""
@@ -81,6 +101,8 @@ class ContainerSeries:
     psi_waiting_per_second: float = 0.0
     oom_events: int = 0
     limit_bytes: float = 0.0  # container_spec_memory_limit_bytes: 0 = no limit (cAdvisor)
+    go: GoRuntime | None = None
+    """The program's own Go runtime series (scraped from the pod, not the kubelet)."""
     since: float = field(default_factory=time.monotonic)
 
     def render(self, now: float) -> list[str]:
@@ -94,6 +116,7 @@ class ContainerSeries:
             f"container_spec_memory_limit_bytes{{{labels}}} {self.limit_bytes:.0f}",
             f"container_pressure_memory_waiting_seconds_total{{{labels}}} "
             f"{self.psi_waiting_per_second * t:.6f}",
+            *(self.go.render(labels, t) if self.go else []),
         ]
 
 
@@ -221,7 +244,15 @@ class PrometheusServer:
                     "honor_labels": True,
                     "metrics_path": self.metrics_path,
                     "static_configs": [{"targets": list(self.targets)}],
-                }
+                },
+                {
+                    # Pods' own /metrics (``scrape_pod``): file discovery, as Debian's
+                    # Prometheus has no Kubernetes discovery.
+                    "job_name": "pods",
+                    "file_sd_configs": [
+                        {"files": [str(self.pod_targets_file)], "refresh_interval": "1s"}
+                    ],
+                },
             ],
         }
         rule_files = [str(path) for path in self.rule_files]
@@ -239,12 +270,28 @@ class PrometheusServer:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    @property
+    def pod_targets_file(self) -> Path:
+        return self.workdir / "pod-targets.json"
+
+    def scrape_pod(self, address: str, *, namespace: str, pod: str, container: str) -> None:
+        """Scrape ``address`` (``ip:port``) with the labels Kubernetes discovery and the pod
+        scrape job of docs/risk.md give a pod's series: ``namespace``, ``pod``, ``container``."""
+        labels = {"namespace": namespace, "pod": pod, "container": container}
+        targets = json.loads(self.pod_targets_file.read_text())
+        targets.append({"targets": [address], "labels": labels})
+        partial = self.pod_targets_file.with_suffix(".tmp")
+        partial.write_text(json.dumps(targets))
+        partial.replace(self.pod_targets_file)  # Prometheus never reads half a file
+
     def start(self, *, timeout: float = 60) -> None:
         if self.running:
             return
         if not PROMETHEUS.exists():
             pytest.fail(f"{PROMETHEUS} is not installed: run hack/bootstrap.sh")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.pod_targets_file.exists():
+            self.pod_targets_file.write_text("[]")
         config = self.write_config()
         log = (self.workdir / "prometheus.log").open("ab")
         self.process = subprocess.Popen(

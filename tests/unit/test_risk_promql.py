@@ -11,9 +11,11 @@ import pytest
 from memwarden.api import OomRiskSpec
 from memwarden.risk.promql import (
     PolicyRisk,
+    Query,
     Recorded,
     Windows,
     duration,
+    gc_cpu_query,
     major_faults_query,
     namespace_queries,
     oom_events_query,
@@ -128,6 +130,52 @@ def test_pressure_query() -> None:
     )
 
 
+def test_gc_cpu_query() -> None:
+    """GC CPU share (rate / rate), only while the heap goal is near GOMEMLIMIT, lowest
+    over ``for``; the existence check matches on the join labels (the held value has no
+    others)."""
+    query = gc_cpu_query(namespace="shop", containers=["app"], for_="30s", threshold=0.5, windows=W)
+    by = "max by (namespace, pod, container)"
+
+    def series(name: str) -> str:
+        return f'{name}{{namespace="shop",container!="",container!="POD",container=~"app"}}'
+
+    gc, total = (
+        series("go_cpu_classes_gc_total_cpu_seconds_total"),
+        series("go_cpu_classes_total_cpu_seconds_total"),
+    )
+    goal, limit = series("go_gc_heap_goal_bytes"), series("go_gc_gomemlimit_bytes")
+    share = f"{by} (rate({gc}[1m])) / {by} (rate({total}[1m]))"
+    near = f"{by} ({goal}) >= 0.85 * {by} ({limit})"
+    assert (query.signal, query.threshold, query.recorded) == ("gcCPURatio", 0.5, False)
+    assert query.expr == (
+        f"{by} (min_over_time(({share} and {near})[30s:3s]) >= 0.5 "
+        f"and on (namespace, pod, container) {gc} offset 30s)"
+    )
+
+
+def test_gc_cpu_query_reads_the_rules_only_where_they_record_it() -> None:
+    """A rule set older than gcCPURatio records no GC share: the policy reads the raw
+    series for it (and the rules for the other signals)."""
+    spec = OomRiskSpec.model_validate({"gcCPURatio": 0.5, "for": "30s"})
+
+    def by_signal(recorded: Recorded) -> dict[str, Query]:
+        queries = policy_queries(
+            spec, namespace="shop", containers=None, windows=W, recorded=recorded
+        )
+        return {q.signal: q for q in queries}
+
+    older = by_signal(Recorded(windows=W))
+    assert not older["gcCPURatio"].recorded and older["usageRatio"].recorded
+    gc = by_signal(Recorded(windows=W, go_gc_cpu=True))["gcCPURatio"]
+    name = 'memwarden:go_gc_cpu_share_near_gomemlimit:rate1m{namespace="shop"}'
+    assert gc.recorded
+    assert gc.expr == (
+        f"max by (namespace, pod, container) (min_over_time({name}[30s]) >= 0.5 "
+        f"and {name} offset 30s)"
+    )
+
+
 def test_oom_events_query() -> None:
     query = oom_events_query(namespace="shop", containers=None, windows=W)
     series = 'container_oom_events_total{namespace="shop",container!="",container!="POD"}'
@@ -142,9 +190,21 @@ def test_oom_events_query() -> None:
             {"usageRatio": None, "timeToLimit": None}, ["oomKilled"], id="only-oom-events"
         ),
         pytest.param(
-            {"majorFaultsPerSecond": 50, "pressureRatio": 0.3},
-            ["usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "oomKilled"],
+            {"majorFaultsPerSecond": 50, "pressureRatio": 0.3, "gcCPURatio": 0.5},
+            [
+                "usageRatio",
+                "timeToLimit",
+                "majorFaultsPerSecond",
+                "pressureRatio",
+                "gcCPURatio",
+                "oomKilled",
+            ],
             id="every-signal",
+        ),
+        pytest.param(
+            {"usageRatio": 0, "timeToLimit": "0s", "gcCPURatio": 1},
+            ["gcCPURatio", "oomKilled"],
+            id="gc-only",
         ),
     ],
 )

@@ -20,16 +20,20 @@ WS = 'container_memory_working_set_bytes{container!="",container!="POD"}'
 BY = "max by (namespace, pod, container)"
 
 
+def go(metric: str) -> str:
+    return f'{metric}{{container!="",container!="POD"}}'
+
+
 def test_the_group_records_each_series_the_recorded_queries_read() -> None:
     group = RuleSet(horizons=("10m", "30m"), interval="30s").group()
     assert (group["name"], group["interval"]) == ("memwarden-risk", "30s")
     marker, *rules = group["rules"]
     labels = {"regression_window": "5m", "rate_window": "1m", "oom_window": "5m"}
-    labels["horizons"] = "10m,30m"
+    labels |= {"horizons": "10m,30m", "go_gc_cpu": "true"}
     assert marker == {
         "record": MARKER,
         "expr": f'min_over_time({MARKER}{{regression_window="5m",rate_window="1m",'
-        'oom_window="5m",horizons="10m,30m"}[5m]) or on () vector(time())',
+        'oom_window="5m",horizons="10m,30m",go_gc_cpu="true"}[5m]) or on () vector(time())',
         "labels": labels,
     }
     faults = (
@@ -63,6 +67,12 @@ def test_the_group_records_each_series_the_recorded_queries_read() -> None:
         {
             "record": "memwarden:container_oom_events:increase5m",
             "expr": f"{BY} (increase({oom}[5m]))",
+        },
+        {
+            "record": "memwarden:go_gc_cpu_share_near_gomemlimit:rate1m",
+            "expr": f"{BY} (rate({go('go_cpu_classes_gc_total_cpu_seconds_total')}[1m])) / "
+            f"{BY} (rate({go('go_cpu_classes_total_cpu_seconds_total')}[1m])) and "
+            f"{BY} ({go('go_gc_heap_goal_bytes')}) >= 0.85 * {BY} ({go('go_gc_gomemlimit_bytes')})",
         },
     ]
 
@@ -132,6 +142,16 @@ NOW = 1_800_000_000.0
             [marker(NOW - 600, horizons="")],
             Recorded(windows=W, horizons=(), seconds=600),
             id="no-horizons",
+        ),
+        pytest.param(
+            [marker(NOW - 600, go_gc_cpu="true")],
+            Recorded(windows=W, horizons=("10m",), seconds=600, go_gc_cpu=True),
+            id="records-the-gc-share",
+        ),
+        pytest.param(
+            [marker(NOW - 600, go_gc_cpu="true"), marker(NOW - 30)],
+            Recorded(windows=W, horizons=("10m",), seconds=30, go_gc_cpu=True),
+            id="an-older-rule-set-beside-a-newer-one",
         ),
         pytest.param(
             [marker(NOW + 5)],

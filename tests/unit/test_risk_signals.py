@@ -126,6 +126,9 @@ def test_seconds_to_limit(fitted: float, slope: float, expected: float) -> None:
         pytest.param("majorFaultsPerSecond", 50.0, 49.9, False, id="faults-below"),
         pytest.param("pressureRatio", 0.2, 0.25, True, id="psi-above"),
         pytest.param("pressureRatio", 0.2, 0.0, False, id="psi-idle"),
+        pytest.param("gcCPURatio", 0.5, 0.86, True, id="gc-spiral"),
+        pytest.param("gcCPURatio", 0.5, 0.5, True, id="gc-at-threshold"),
+        pytest.param("gcCPURatio", 0.5, 0.06, False, id="gc-busy-far-from-limit"),
     ],
 )
 def test_rates(signal: str, threshold: float, value: float, holds: bool) -> None:
@@ -145,6 +148,33 @@ def test_rates(signal: str, threshold: float, value: float, holds: bool) -> None
 def test_oom_events_need_no_limit(increase: float, expected: list[tuple[str, str, float]]) -> None:
     query = Query(signal="oomKilled", expr="", threshold=0.0)
     assert run(query, [sample(increase, pod="p2")]) == expected
+
+
+GC = Query(signal="gcCPURatio", expr="", threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        pytest.param([sample(0.94)], [("p1", "gcCPURatio", 0.94)], id="spiral"),
+        pytest.param([sample(0.9, pod="p2")], [("p2", "gcCPURatio", 0.9)], id="needs-no-limit"),
+        pytest.param([sample(0.03)], [], id="busy-far-from-limit"),
+        pytest.param([sample(0.99, pod="stranger")], [], id="ungoverned-pod"),
+        pytest.param([sample(math.nan), sample(math.inf, pod="p2")], [], id="no-cpu-counted"),
+    ],
+)
+def test_gc_cpu_ratio(samples: list[Sample], expected: list[tuple[str, str, float]]) -> None:
+    """The share is a plain threshold, with or without a memory limit (GOMEMLIMIT, not the
+    limit, is what the heap is near); a total CPU rate of 0 gives NaN or Inf: ignored."""
+    assert run(GC, samples) == expected
+
+
+def test_a_full_container_is_reported_as_full_before_its_gc_spiral() -> None:
+    """Where both hold, the working set near the limit is the more certain news."""
+    findings = evaluate(
+        [(GC, [sample(0.9)]), (USAGE, [sample(0.95 * GI)])], governed=GOVERNED, policy="c"
+    )
+    assert [f.signal for f in findings] == ["usageRatio", "gcCPURatio"]
 
 
 def test_findings_are_sorted_most_certain_first() -> None:
@@ -191,9 +221,9 @@ def test_query_count_ignores_pod_count(count: int) -> None:
     policy = make_candidate(namespace=NS)
     governed = governed_containers(policy, pods=pods(count), candidates=[policy])
     assert len(governed) == 2 * count
-    risk = OomRiskSpec(majorFaultsPerSecond=10, pressureRatio=0.5)
+    risk = OomRiskSpec(majorFaultsPerSecond=10, pressureRatio=0.5, gcCPURatio=0.5)
     queries = policy_queries(risk, namespace=NS, containers=None, windows=Windows())
-    assert len(queries) == 5
+    assert len(queries) == 6
     assert not any(f"checkout-{i}" in q.expr for q in queries for i in range(count))
 
 

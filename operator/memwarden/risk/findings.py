@@ -12,7 +12,7 @@ class Finding:
     """One signal holding for one container, from Prometheus, Alertmanager or the API.
 
     ``signal`` is one of usageRatio, timeToLimit, majorFaultsPerSecond, pressureRatio,
-    oomKilled, or an alert's name; ``value`` and ``threshold`` are in the signal's unit
+    gcCPURatio, oomKilled, or an alert's name; ``value`` and ``threshold`` are in the signal's unit
     (ratio, seconds, faults/s).
     """
 

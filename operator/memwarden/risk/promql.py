@@ -30,6 +30,14 @@ WORKING_SET: Final = "container_memory_working_set_bytes"
 FAILURES: Final = "container_memory_failures_total"
 OOM_EVENTS: Final = "container_oom_events_total"
 PSI_WAITING: Final = "container_pressure_memory_waiting_seconds_total"
+#: The Go runtime's own series (client_golang's names), scraped from the workload.
+GO_GC_CPU: Final = "go_cpu_classes_gc_total_cpu_seconds_total"
+GO_TOTAL_CPU: Final = "go_cpu_classes_total_cpu_seconds_total"
+GO_HEAP_GOAL: Final = "go_gc_heap_goal_bytes"
+GO_MEMORY_LIMIT: Final = "go_gc_gomemlimit_bytes"
+#: gcCPURatio counts only while the heap goal is at least this share of GOMEMLIMIT: the
+#: limit, not GOGC, sets when the next GC starts (measured 0.92-0.95 in a spiral).
+HEAP_NEAR_LIMIT: Final = 0.85
 #: Matchers that pick major faults among ``FAILURES``.
 MAJOR_FAULTS: Final = ('failure_type="pgmajfault"', 'scope="container"')
 
@@ -40,7 +48,9 @@ PART_LABEL: Final = "memwarden_part"
 #: The label of a recorded prediction that says its horizon (``10m``).
 HORIZON_LABEL: Final = "horizon"
 
-Signal = Literal["usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "oomKilled"]
+Signal = Literal[
+    "usageRatio", "timeToLimit", "majorFaultsPerSecond", "pressureRatio", "gcCPURatio", "oomKilled"
+]
 #: Signal order for findings on one container: the most certain first.
 SIGNALS: Final[tuple[Signal, ...]] = (
     "oomKilled",
@@ -48,6 +58,7 @@ SIGNALS: Final[tuple[Signal, ...]] = (
     "timeToLimit",
     "majorFaultsPerSecond",
     "pressureRatio",
+    "gcCPURatio",
 )
 
 
@@ -88,6 +99,7 @@ class RecordedNames:
     major_faults: str
     pressure: str
     oom_events: str
+    go_gc_cpu: str
 
     @classmethod
     def for_windows(cls, windows: Windows) -> RecordedNames:
@@ -99,6 +111,7 @@ class RecordedNames:
             major_faults=f"memwarden:container_memory_major_faults:rate{windows.rate}",
             pressure=f"memwarden:container_pressure_memory_waiting_seconds:rate{windows.rate}",
             oom_events=f"memwarden:container_oom_events:increase{windows.oom}",
+            go_gc_cpu=f"memwarden:go_gc_cpu_share_near_gomemlimit:rate{windows.rate}",
         )
 
 
@@ -116,6 +129,8 @@ class Recorded:
     windows: Windows
     horizons: tuple[str, ...] = ()
     seconds: float = math.inf
+    go_gc_cpu: bool = False
+    """The rules record the GC CPU share (gcCPURatio); rule sets older than it do not."""
 
     @property
     def names(self) -> RecordedNames:
@@ -320,18 +335,22 @@ def _min_rate_query(
     for_: str,
     windows: Windows,
     recorded: Recorded | None,
+    per_step: str | None = None,
 ) -> Query:
-    """Lowest rate of ``series`` over ``for``; when the rules serve it, the lowest of the
-    recorded rate (``recorded_as``) over ``for``, no subquery."""
+    """Lowest rate of ``series`` over ``for`` (``per_step``: another expression of it, one
+    series per container); when the rules serve it, the lowest of the recorded rate
+    (``recorded_as``) over ``for``, no subquery."""
     rules = _usable(recorded, for_)
+    on = False
     if rules is None:
         step = subquery_step(parse_duration(for_))
-        lowest, existed = f"min_over_time(rate({series}[{windows.rate}])[{for_}:{step}])", series
+        each = per_step if per_step is not None else f"rate({series}[{windows.rate}])"
+        lowest, existed, on = f"min_over_time({each}[{for_}:{step}])", series, per_step is not None
     else:
         rate = recorded_as(rules.names)
         existed = recorded_selector(rate, namespace=namespace, containers=containers)
         lowest = f"min_over_time({existed}[{for_}])"
-    expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_)
+    expr = _held(f"{lowest} >= {_number(threshold)}", series=existed, for_=for_, on=on)
     return Query(
         signal=signal, expr=by_container(expr), threshold=threshold, recorded=rules is not None
     )
@@ -384,6 +403,56 @@ def pressure_query(
         for_=for_,
         windows=windows,
         recorded=recorded,
+    )
+
+
+def gc_cpu_share(*, namespace: str | None, containers: Sequence[str] | None, window: str) -> str:
+    """Per container, the share of CPU the Go GC took over ``window``, only where the heap
+    goal is near GOMEMLIMIT (``HEAP_NEAR_LIMIT``); ``namespace=None``: every namespace
+    (the recording rule)."""
+
+    def one(metric: str, form: str = "{}") -> str:
+        return by_container(
+            form.format(selector(metric, namespace=namespace, containers=containers))
+        )
+
+    rate = f"rate({{}}[{window}])"
+    share = f"{one(GO_GC_CPU, rate)} / {one(GO_TOTAL_CPU, rate)}"
+    near = f"{one(GO_HEAP_GOAL)} >= {_number(HEAP_NEAR_LIMIT)} * {one(GO_MEMORY_LIMIT)}"
+    return f"{share} and {near}"
+
+
+def gc_cpu_query(
+    *,
+    namespace: str,
+    containers: Sequence[str] | None,
+    for_: str,
+    threshold: float,
+    windows: Windows,
+    recorded: Recorded | None = None,
+) -> Query:
+    """Lowest share of CPU the Go GC took over ``for``, counted only while the heap goal
+    was near GOMEMLIMIT (``gc_cpu_share``): the GC death spiral, where the live heap sits
+    under the limit and the GC runs nearly nonstop, RSS flat.
+
+    The share is ``rate(gc cpu) / rate(total cpu)`` of the runtime's own estimates
+    (client_golang's ``go_cpu_classes_*``), so it needs the workload's metrics scraped
+    with ``namespace``, ``pod`` and ``container`` labels. Without GOMEMLIMIT (the runtime
+    reports ``math.MaxInt64``) the goal is never near it and the signal stays silent.
+    Recorded only by rule sets that say so (``Recorded.go_gc_cpu``).
+    """
+    share = gc_cpu_share(namespace=namespace, containers=containers, window=windows.rate)
+    return _min_rate_query(
+        "gcCPURatio",
+        series=selector(GO_GC_CPU, namespace=namespace, containers=containers),
+        per_step=f"({share})",
+        recorded_as=lambda names: names.go_gc_cpu,
+        namespace=namespace,
+        containers=containers,
+        threshold=threshold,
+        for_=for_,
+        windows=windows,
+        recorded=recorded if recorded is not None and recorded.go_gc_cpu else None,
     )
 
 
@@ -457,28 +526,24 @@ def policy_queries(
                 recorded=rules,
             )
         )
-    if risk.majorFaultsPerSecond is not None:
-        queries.append(
-            major_faults_query(
-                namespace=ns,
-                containers=names,
-                for_=for_,
-                threshold=risk.majorFaultsPerSecond,
-                windows=windows,
-                recorded=rules,
+    # The signals that are a lowest rate over ``for`` against a threshold.
+    rates: tuple[tuple[float | None, Callable[..., Query]], ...] = (
+        (risk.majorFaultsPerSecond, major_faults_query),
+        (risk.pressureRatio, pressure_query),
+        (risk.gcCPURatio, gc_cpu_query),
+    )
+    for threshold, build in rates:
+        if threshold is not None:
+            queries.append(
+                build(
+                    namespace=ns,
+                    containers=names,
+                    for_=for_,
+                    threshold=threshold,
+                    windows=windows,
+                    recorded=rules,
+                )
             )
-        )
-    if risk.pressureRatio is not None:
-        queries.append(
-            pressure_query(
-                namespace=ns,
-                containers=names,
-                for_=for_,
-                threshold=risk.pressureRatio,
-                windows=windows,
-                recorded=rules,
-            )
-        )
     queries.append(
         oom_events_query(namespace=ns, containers=names, windows=windows, recorded=rules)
     )
@@ -556,6 +621,11 @@ def seconds_literal(seconds: float) -> str:
 
 __all__ = [
     "FAILURES",
+    "GO_GC_CPU",
+    "GO_HEAP_GOAL",
+    "GO_MEMORY_LIMIT",
+    "GO_TOTAL_CPU",
+    "HEAP_NEAR_LIMIT",
     "HORIZON_LABEL",
     "JOIN_LABELS",
     "MAJOR_FAULTS",
@@ -573,6 +643,8 @@ __all__ = [
     "Windows",
     "by_container",
     "duration",
+    "gc_cpu_query",
+    "gc_cpu_share",
     "major_faults_query",
     "namespace_queries",
     "oom_events_query",

@@ -12,8 +12,10 @@ rates, and a subquery that fits a line at every step):
 | ``memwarden:container_memory_major_faults:rate<r>`` | ``rate(pgmajfault[r])`` |
 | ``memwarden:container_pressure_memory_waiting_seconds:rate<r>`` | ``rate(psi_waiting[r])`` |
 | ``memwarden:container_oom_events:increase<o>`` | ``increase(oom_events[o])`` |
+| ``memwarden:go_gc_cpu_share_near_gomemlimit:rate<r>`` | the Go GC's CPU share near GOMEMLIMIT |
 
-each ``max by (namespace, pod, container)`` over the same selectors as the raw queries
+each ``max by (namespace, pod, container)`` (the GC share: ``promql.gc_cpu_share``) over
+the same selectors as the raw queries
 (``promql.selector``), so both forms read the same containers. The prediction is
 recorded for whole horizons (``timeToLimit`` values), not as a fit and a slope to combine
 at query time: ``min_over_time((fit + slope × H)[for:step])`` costs a vector match at
@@ -22,7 +24,9 @@ every step, more than the regression it saves (docs/risk.md has the measurements
 A marker series says the group is loaded, with which windows and horizons, and since
 when: its value is the time of the group's first evaluation (it reads its own last value
 back, so it keeps that time until the group stops for longer than the lookback).
-``find_recorded`` turns the marker into ``promql.Recorded`` for the operator. The
+``find_recorded`` turns the marker into ``promql.Recorded`` for the operator. The marker's
+``go_gc_cpu="true"`` says the GC share is recorded: rule sets from before gcCPURatio lack
+it, and the operator then reads that one signal from the raw series. The
 chart's PrometheusRule, ``charts/memwarden/files/recording-rules.yaml`` and
 ``memwarden recording-rules`` all come from ``RuleSet``.
 """
@@ -46,6 +50,7 @@ from memwarden.risk.promql import (
     Sample,
     Windows,
     by_container,
+    gc_cpu_share,
     seconds_literal,
     selector,
 )
@@ -56,6 +61,8 @@ MARKER: Final = "memwarden:recording_rules:since_timestamp_seconds"
 #: lookback): a longer gap leaves holes in the recorded series, so it starts again.
 MARKER_MEMORY: Final = "5m"
 GROUP_NAME: Final = "memwarden-risk"
+#: The marker's label that says the rule set records the GC share (gcCPURatio).
+GO_GC_CPU_LABEL: Final = "go_gc_cpu"
 DEFAULT_HORIZONS: Final = ("10m",)
 """The default ``oomRisk.timeToLimit``: policies that keep it read the recorded prediction."""
 
@@ -81,6 +88,7 @@ class RuleSet:
             "rate_window": self.windows.rate,
             "oom_window": self.windows.oom,
             "horizons": ",".join(self.horizons),
+            GO_GC_CPU_LABEL: "true",
         }
 
     def group(self) -> dict[str, Any]:
@@ -129,6 +137,10 @@ class RuleSet:
                 "record": names.oom_events,
                 "expr": by_container(f"increase({oom}[{self.windows.oom}])"),
             },
+            {
+                "record": names.go_gc_cpu,
+                "expr": gc_cpu_share(namespace=None, containers=None, window=self.windows.rate),
+            },
         ]
         group: dict[str, Any] = {"name": self.name}
         if self.interval:
@@ -147,10 +159,12 @@ def find_recorded(markers: Sequence[Sample], *, windows: Windows, now: float) ->
 
     Windows are compared as durations (``300s`` is ``5m``); the returned ``Recorded``
     keeps the rules' spelling, which their series' names carry. Several matching rule
-    sets (two releases): the union of their horizons, and the youngest one's age.
+    sets (two releases): the union of their horizons and of what they record, and the
+    youngest one's age.
     """
     wanted = _seconds(windows)
     found: list[tuple[Windows, tuple[str, ...], float]] = []
+    go_gc_cpu = False
     for marker in markers:
         labels = marker.labels
         recorded = Windows(
@@ -162,11 +176,17 @@ def find_recorded(markers: Sequence[Sample], *, windows: Windows, now: float) ->
             continue
         horizons = tuple(h for h in labels.get("horizons", "").split(",") if _is_duration(h))
         found.append((recorded, horizons, marker.value))
+        go_gc_cpu = go_gc_cpu or labels.get(GO_GC_CPU_LABEL) == "true"
     if not found:
         return None
     horizons = tuple(dict.fromkeys(h for _, hs, _ in found for h in hs))
     since = max(value for _, _, value in found)
-    return Recorded(windows=found[0][0], horizons=horizons, seconds=max(0.0, now - since))
+    return Recorded(
+        windows=found[0][0],
+        horizons=horizons,
+        seconds=max(0.0, now - since),
+        go_gc_cpu=go_gc_cpu,
+    )
 
 
 def describe(markers: Sequence[Sample]) -> str:
@@ -202,6 +222,7 @@ def _is_duration(text: str) -> bool:
 
 __all__ = [
     "DEFAULT_HORIZONS",
+    "GO_GC_CPU_LABEL",
     "GROUP_NAME",
     "MARKER",
     "MARKER_MEMORY",
