@@ -9,6 +9,7 @@ invalid policy with the field named, before memwarden ever sees it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -400,13 +401,44 @@ class MemoryPolicySpec(_Model):
     capture: CaptureSpec | None = None
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
+    """A status condition as Kubernetes conventions have it (``metav1.Condition``)."""
+
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str
     message: str = ""
     lastTransitionTime: str | None = None
     observedGeneration: int | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        type_: str,
+        status: bool | None,
+        reason: str,
+        message: str,
+        generation: int | None,
+        now: str,
+        previous: Sequence[Condition],
+    ) -> Condition:
+        """The one way to write a condition: ``status`` None is Unknown; the transition
+        time is ``now`` only when the status flips (else the previous one is kept)."""
+        text: ConditionStatus = "Unknown" if status is None else "True" if status else "False"
+        before = next((c for c in previous if c.type == type_), None)
+        since = before.lastTransitionTime if before and before.status == text else now
+        return cls(
+            type=type_,
+            status=text,
+            reason=reason,
+            message=message,
+            lastTransitionTime=since or now,
+            observedGeneration=generation,
+        )
 
 
 class PodConflict(_Model):
@@ -554,7 +586,16 @@ class MemoryIncidentStatus(_Model):
         description="Analyses of the bundle started (recorded before each starts): after "
         "two that never finished, memwarden stops trying and says why.",
     )
-    observedGeneration: int | None = None
+    observedGeneration: int | None = Field(
+        default=None, description="The incident's metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Complete (True once the incident ended: Collected, Failed or Skipped; "
+        "kubectl wait --for=condition=Complete) and EvidenceCollected (True when Collected, "
+        "False when Failed or Skipped, Unknown while it runs).",
+    )
 
 
 # --- CRD generation -----------------------------------------------------------------
@@ -638,12 +679,24 @@ def _object_schema(
     }
 
 
+#: (name, type, jsonPath) or (name, type, jsonPath, priority): priority 1 shows only
+#: with ``kubectl get -o wide``.
+PrinterColumn = tuple[str, str, str] | tuple[str, str, str, int]
+
+
+def _printer_column(name: str, type_: str, path: str, priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
 def _crd(
     *,
     kind: str,
     plural: str,
     short_name: str,
-    columns: list[tuple[str, str, str]],
+    columns: list[PrinterColumn],
     spec: type[BaseModel],
     status: type[BaseModel],
     description: str,
@@ -670,10 +723,7 @@ def _crd(
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": name, "type": kind_, "jsonPath": path}
-                        for name, kind_, path in columns
-                    ],
+                    "additionalPrinterColumns": [_printer_column(*column) for column in columns],
                     "schema": {
                         "openAPIV3Schema": _object_schema(
                             spec=spec, status=status, description=description
@@ -694,6 +744,8 @@ def memorypolicy_crd() -> dict[str, Any]:
         columns=[
             ("Mode", "string", ".spec.mode"),
             ("Update", "string", ".spec.update"),
+            ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+            ("Feasible", "string", '.status.conditions[?(@.type=="Feasible")].status'),
             ("Matched", "integer", ".status.matchedPods"),
             ("Compliant", "integer", ".status.compliantPods"),
             ("Drifted", "integer", ".status.driftedPods"),
@@ -716,6 +768,9 @@ def memoryincident_crd() -> dict[str, Any]:
             ("Pod", "string", ".spec.pod"),
             ("Signal", "string", ".spec.trigger.signal"),
             ("Phase", "string", ".status.phase"),
+            ("Reason", "string", ".status.reason"),
+            ("Bundle", "string", ".status.bundle", 1),
+            ("Top", "string", ".status.analysis.top[0].function"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ],
         spec=MemoryIncidentSpec,

@@ -134,29 +134,6 @@ def _oom_killed_statuses(status: Mapping[str, Any]) -> list[dict[str, Any]]:
     return kept
 
 
-def _condition(
-    *,
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str,
-    previous: Sequence[Condition],
-) -> Condition:
-    text = "True" if status else "False"
-    before = next((c for c in previous if c.type == type_), None)
-    since = before.lastTransitionTime if before and before.status == text else now
-    return Condition(
-        type=type_,
-        status=text,
-        reason=reason,
-        message=message,
-        lastTransitionTime=since,
-        observedGeneration=generation,
-    )
-
-
 @dataclass
 class _Tally:
     """One policy's pods, counted in the single pass over its namespace."""
@@ -307,7 +284,7 @@ def _update_condition(
     else:
         status, reason = False, "InProgress"
         message = f"{len(pending)} pods to update"
-    return _condition(
+    return Condition.build(
         type_="Updated",
         status=status,
         reason=reason,
@@ -329,17 +306,22 @@ def _status(
     matched, compliant, drifted = tally.matched, tally.compliant, tally.drifted
     infeasible, conflicts = tally.infeasible, tally.conflicts
     old_conditions = previous.conditions if previous else []
+    counts = f"{matched} pods governed, {compliant} compliant, {len(drifted)} drifted"
     conditions = [
-        _condition(
+        # Ready follows Feasible: a policy that cannot size some of its pods is not ready
+        # (GitOps tools and ``kubectl wait --for=condition=Ready`` read Ready alone).
+        Condition.build(
             type_="Ready",
-            status=True,
-            reason="Reconciled",
-            message=f"{matched} pods governed, {compliant} compliant, {len(drifted)} drifted",
+            status=not infeasible,
+            reason="Infeasible" if infeasible else "Reconciled",
+            message=f"{counts}; {len(infeasible)} cannot be sized (see Feasible)"
+            if infeasible
+            else counts,
             generation=generation,
             now=now,
             previous=old_conditions,
         ),
-        _condition(
+        Condition.build(
             type_="Feasible",
             status=not infeasible,
             reason="Infeasible" if infeasible else "Feasible",
