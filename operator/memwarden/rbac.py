@@ -60,8 +60,10 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memorypolicies",),
-        ("list", "watch"),
-        "kopf watches policies (index, events); memwarden never writes a policy, only its status",
+        ("list", "watch", "patch"),
+        "kopf watches policies (index, events) and removes its finalizer from a policy an "
+        "older memwarden left it on (policies need none: uninstalling must not hang a "
+        "namespace); memwarden never writes a policy's spec, only its status",
     ),
     Rule(
         "memwarden.dev",

@@ -30,14 +30,13 @@ from typing import Any
 
 import kopf
 import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 
 from memwarden import certrotation, certs, health, metrics
 from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
-from memwarden.kube import Conflict, KubeError, NotFound, Transient, error_from
+from memwarden.kube import Conflict, Kube, KubeError, NotFound, Transient, error_from
 from memwarden.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -101,13 +100,8 @@ class CaState:
 
 
 def _api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
+    """The adapter's client (its credentials and its field manager, ``memwarden``)."""
+    return Kube.from_environment().api_client
 
 
 def _pair(data: dict[str, str], cert_key: str, key_key: str) -> certs.KeyPair | None:

@@ -1,0 +1,177 @@
+"""Uninstalling must not hang anything, and the operator's writes carry its own name.
+
+On the real API server and the real operator: a policy holds no finalizer (and loses the
+one an older memwarden left, at start-up); with the operator stopped, deleting a
+namespace holding a policy and an incident completes once the incidents are released
+with the command docs/evidence.md gives; every write the operator makes is managed by
+``memwarden`` (not ``kopf``); an incident's conditions follow its phase.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from memwarden.api import GROUP, VERSION
+from memwarden.kube import FIELD_MANAGER
+from memwarden_testing.builders import make_policy
+from memwarden_testing.cluster import KUBECTL, REPO, kubectl, wait_for
+from memwarden_testing.evidence import make_incident
+from memwarden_testing.operator import OperatorProcess
+
+pytestmark = pytest.mark.integration
+
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+def get(kube: client.ApiClient, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(kube).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name
+        )
+    )
+
+
+def create(kube: client.ApiClient, namespace: str, plural: str, body: dict[str, Any]) -> None:
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, body
+    )
+
+
+def managers(obj: dict[str, Any]) -> dict[str, set[str]]:
+    """Field manager -> what it manages: top-level fields, ``status`` per subresource."""
+    owned: dict[str, set[str]] = {}
+    for entry in obj["metadata"].get("managedFields") or []:
+        fields = entry.get("fieldsV1") or {}
+        keys = {k.removeprefix("f:") for k in fields}
+        keys |= {k.removeprefix("f:") for k in (fields.get("f:metadata") or {})}
+        owned.setdefault(entry["manager"], set()).update(keys)
+    return owned
+
+
+def release_command(namespace: str) -> str:
+    """The way out docs/evidence.md documents, for ``namespace``: the doc is what is tested."""
+    text = (REPO / "docs" / "evidence.md").read_text()
+    block = re.search(
+        r"<!-- release-incidents: begin.*?```sh\n(.*?)```\n<!-- release-incidents: end -->",
+        text,
+        re.S,
+    )
+    assert block, "docs/evidence.md lost its release-incidents block"
+    return block.group(1).replace("NAMESPACE", namespace)
+
+
+def namespace_gone(kube: client.ApiClient, namespace: str) -> bool:
+    try:
+        client.CoreV1Api(kube).read_namespace(namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
+
+
+def test_operator_writes_are_managed_by_memwarden_and_incident_conditions_follow_the_phase(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    create(kube, namespace, "memorypolicies", make_policy("checkout", namespace=namespace))
+    create(kube, namespace, "memoryincidents", make_incident("gone", pod="no-such-pod"))
+    incident = wait_for(
+        lambda: (
+            (i := get(kube, namespace, "memoryincidents", "gone")).get("status", {}).get("phase")
+            == "Failed"
+            and i
+        ),
+        what="the incident for a missing pod to fail",
+    )
+    status = incident["status"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Complete"]["status"], conditions["Complete"]["reason"]) == (
+        "True",
+        "Failed",
+    )
+    assert conditions["EvidenceCollected"]["status"] == "False"
+    assert conditions["EvidenceCollected"]["reason"] == "PodNotFound"
+    generation = incident["metadata"]["generation"]
+    assert status["observedGeneration"] == generation
+    assert {c["observedGeneration"] for c in conditions.values()} == {generation}
+
+    policy = wait_for(
+        lambda: (
+            (p := get(kube, namespace, "memorypolicies", "checkout"))
+            .get("status", {})
+            .get("conditions")
+            and p
+        ),
+        what="the policy's status",
+    )
+    for obj in (incident, policy):
+        owned = managers(obj)
+        assert "kopf" not in owned, owned
+        assert "status" in owned[FIELD_MANAGER], owned
+    # kopf's finalizer on the incident is written by the operator, under its name.
+    assert "finalizers" in managers(incident)[FIELD_MANAGER]
+    assert KOPF_FINALIZER in incident["metadata"]["finalizers"]
+    assert not policy["metadata"].get("finalizers")
+
+
+def test_a_finalizer_an_older_operator_left_on_a_policy_is_removed_at_start(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    memwarden.stop()
+    legacy = make_policy("legacy", namespace=namespace)
+    legacy["metadata"]["finalizers"] = [KOPF_FINALIZER]
+    create(kube, namespace, "memorypolicies", legacy)
+    memwarden.start()
+    wait_for(
+        lambda: not get(kube, namespace, "memorypolicies", "legacy")["metadata"].get("finalizers"),
+        what="kopf's finalizer removed from the policy",
+    )
+
+
+def test_namespace_deletion_completes_with_the_operator_stopped(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str, crds: Path
+) -> None:
+    create(kube, namespace, "memorypolicies", make_policy("checkout", namespace=namespace))
+    create(kube, namespace, "memoryincidents", make_incident("gone", pod="no-such-pod"))
+    wait_for(
+        lambda: (
+            KOPF_FINALIZER
+            in (get(kube, namespace, "memoryincidents", "gone")["metadata"].get("finalizers") or [])
+        ),
+        what="the incident to carry the operator's finalizer",
+    )
+    memwarden.stop()
+
+    kubectl(crds, "delete", "namespace", namespace, "--wait=false")
+
+    def policy_deleted() -> bool:
+        try:
+            get(kube, namespace, "memorypolicies", "checkout")
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        return False
+
+    # The policy goes at once; the incident holds the namespace until released.
+    wait_for(policy_deleted, timeout=60, what="the policy deleted with its namespace")
+    assert get(kube, namespace, "memoryincidents", "gone")["metadata"].get("deletionTimestamp")
+    subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", release_command(namespace)],
+        check=True,
+        env={
+            **os.environ,
+            "KUBECONFIG": str(crds),
+            "PATH": f"{Path(KUBECTL).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+        capture_output=True,
+    )
+    wait_for(lambda: namespace_gone(kube, namespace), timeout=90, what="the namespace deleted")
