@@ -330,7 +330,8 @@ def _stop_pid(name: str) -> None:
 
 def _delete_namespace(kubeconfig: Path) -> None:
     """Delete the demo namespace while the operator (its incidents' finalizer) and the node
-    (its pods) still run; clear leftover finalizers if the operator is gone."""
+    (its pods) still run. Policies hold no finalizer; if the operator is gone, release the
+    incidents as docs/evidence.md says (#deleting-incidents-when-the-operator-is-gone)."""
     deleted = kubectl(
         kubeconfig,
         "delete",

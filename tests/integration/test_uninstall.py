@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from memwarden.api import GROUP, VERSION
 from memwarden.kube import FIELD_MANAGER
 from memwarden_testing.builders import make_policy
-from memwarden_testing.cluster import KUBECTL, REPO, kubectl, wait_for
+from memwarden_testing.cluster import KUBECTL, REPO, absent, kubectl, wait_for
 from memwarden_testing.evidence import make_incident
 from memwarden_testing.operator import OperatorProcess
 
@@ -66,16 +65,6 @@ def release_command(namespace: str) -> str:
     )
     assert block, "docs/evidence.md lost its release-incidents block"
     return block.group(1).replace("NAMESPACE", namespace)
-
-
-def namespace_gone(kube: client.ApiClient, namespace: str) -> bool:
-    try:
-        client.CoreV1Api(kube).read_namespace(namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            return True
-        raise
-    return False
 
 
 def test_operator_writes_are_managed_by_memwarden_and_incident_conditions_follow_the_phase(
@@ -152,18 +141,18 @@ def test_namespace_deletion_completes_with_the_operator_stopped(
 
     kubectl(crds, "delete", "namespace", namespace, "--wait=false")
 
-    def policy_deleted() -> bool:
-        try:
-            get(kube, namespace, "memorypolicies", "checkout")
-        except ApiException as exc:
-            if exc.status == 404:
-                return True
-            raise
-        return False
-
     # The policy goes at once; the incident holds the namespace until released.
-    wait_for(policy_deleted, timeout=60, what="the policy deleted with its namespace")
-    assert get(kube, namespace, "memoryincidents", "gone")["metadata"].get("deletionTimestamp")
+    wait_for(
+        lambda: absent(lambda: get(kube, namespace, "memorypolicies", "checkout")),
+        timeout=60,
+        what="the policy deleted with its namespace",
+    )
+    wait_for(
+        lambda: get(kube, namespace, "memoryincidents", "gone")["metadata"].get(
+            "deletionTimestamp"
+        ),
+        what="the incident marked for deletion, held by its finalizer",
+    )
     subprocess.run(
         ["bash", "-euo", "pipefail", "-c", release_command(namespace)],
         check=True,
@@ -174,4 +163,9 @@ def test_namespace_deletion_completes_with_the_operator_stopped(
         },
         capture_output=True,
     )
-    wait_for(lambda: namespace_gone(kube, namespace), timeout=90, what="the namespace deleted")
+    core = client.CoreV1Api(kube)
+    wait_for(
+        lambda: absent(lambda: core.read_namespace(namespace)),
+        timeout=90,
+        what="the namespace deleted",
+    )
