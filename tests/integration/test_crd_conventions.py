@@ -1,10 +1,11 @@
-"""Uninstalling must not hang anything, and the operator's writes carry its own name.
+"""The CRD conventions users expect, on the real API server and the real operator.
 
-On the real API server and the real operator: a policy holds no finalizer (and loses the
-one an older memwarden left, at start-up); with the operator stopped, deleting a
-namespace holding a policy and an incident completes once the incidents are released
-with the command docs/evidence.md gives; every write the operator makes is managed by
-``memwarden`` (not ``kopf``); an incident's conditions follow its phase.
+Uninstalling must not hang anything: a policy holds no finalizer (and loses the one an
+older memwarden left, at start-up); with the operator stopped, deleting a namespace holding
+a policy and an incident completes once the incidents are released with the command
+docs/evidence.md gives. Every write the operator makes is managed by ``memwarden`` (not
+``kopf``); an incident's conditions follow its phase; the printer columns and
+``kubectl wait --for=condition=...`` work.
 """
 
 from __future__ import annotations
@@ -169,3 +170,47 @@ def test_namespace_deletion_completes_with_the_operator_stopped(
         timeout=90,
         what="the namespace deleted",
     )
+
+
+def table(kubeconfig: Path, *args: str) -> list[dict[str, str]]:
+    """``kubectl get`` as rows keyed by column header, cut where each header starts (an
+    empty cell is "")."""
+    lines = kubectl(kubeconfig, "get", *args).stdout.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", lines[0])]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    header = [lines[0][a:b].strip() for a, b in bounds]
+    return [
+        dict(zip(header, (line[a:b].strip() for a, b in bounds), strict=True)) for line in lines[1:]
+    ]
+
+
+def test_printer_columns_and_kubectl_wait(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str, crds: Path
+) -> None:
+    create(kube, namespace, "memorypolicies", make_policy("checkout", namespace=namespace))
+    create(kube, namespace, "memoryincidents", make_incident("gone", pod="no-such-pod"))
+    kubectl(crds, "wait", "-n", namespace, "--for=condition=Complete", "--timeout=60s", "minc/gone")
+    kubectl(
+        crds, "wait", "-n", namespace, "--for=condition=Ready", "--timeout=60s", "mpol/checkout"
+    )
+    [policy_row] = table(crds, "-n", namespace, "mpol")
+    assert (policy_row["READY"], policy_row["FEASIBLE"]) == ("True", "True")
+    [incident_row] = table(crds, "-n", namespace, "minc")
+    assert (incident_row["PHASE"], incident_row["REASON"]) == ("Failed", "PodNotFound")
+    assert "BUNDLE" not in incident_row and incident_row["TOP"] == ""
+    # What a collected incident shows (written by hand here: capturing needs a node).
+    client.CustomObjectsApi(kube).patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        "memoryincidents",
+        "gone",
+        {
+            "status": {
+                "bundle": f"evidence://{namespace}/gone",
+                "analysis": {"top": [{"function": "main.leak", "flatBytes": 1, "cumBytes": 1}]},
+            }
+        },
+    )
+    [wide] = table(crds, "-n", namespace, "minc", "-o", "wide")
+    assert (wide["BUNDLE"], wide["TOP"]) == (f"evidence://{namespace}/gone", "main.leak")
