@@ -156,6 +156,75 @@ def incident_admission_policy(
     return [policy, binding]
 
 
+#: CEL: a MemoryPolicy update that changes nothing but removes finalizers.
+ONLY_FINALIZERS_REMOVED = " && ".join(
+    [
+        "object.spec == oldObject.spec",
+        *(
+            f"(has(object.metadata.{field}) ? has(oldObject.metadata.{field}) && "
+            f"object.metadata.{field} == oldObject.metadata.{field} : "
+            f"!has(oldObject.metadata.{field}))"
+            for field in ("labels", "annotations", "ownerReferences")
+        ),
+        "(!has(object.metadata.finalizers) || (has(oldObject.metadata.finalizers) && "
+        "object.metadata.finalizers.all(f, f in oldObject.metadata.finalizers)))",
+    ]
+)
+
+
+def policy_guard(
+    *, operator_username: str, name: str = "memwarden-policies"
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: memwarden's own ServiceAccount may only
+    remove finalizers from a MemoryPolicy (never change its spec, labels, annotations or
+    owners).
+
+    RBAC gives it ``patch`` on policies for one reason: kopf removes its finalizer from a
+    policy an older memwarden left it on. RBAC cannot say which fields; without this, a
+    leaked operator token could rewrite every policy, and so every governed pod's memory.
+    Status writes go to ``memorypolicies/status``, which this policy does not match.
+    """
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["memwarden.dev"],
+                        "apiVersions": ["*"],
+                        "operations": ["UPDATE"],
+                        "resources": ["memorypolicies"],
+                    }
+                ]
+            },
+            "matchConditions": [
+                {
+                    "name": "memwarden",
+                    "expression": f"request.userInfo.username == {_cel_string(operator_username)}",
+                }
+            ],
+            "validations": [
+                {
+                    "expression": ONLY_FINALIZERS_REMOVED,
+                    "reason": "Forbidden",
+                    "message": "memwarden's service account may only remove finalizers from a "
+                    "MemoryPolicy",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    }
+    return [policy, binding]
+
+
 def _cel_string(text: str) -> str:
     """A CEL string literal (user names are DNS labels and colons; quote defensively)."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -30,6 +30,7 @@ from memwarden.evidence.api import bundle_url
 from memwarden.manifests import (
     incident_admission_policy,
     mutating_webhook_configuration,
+    policy_guard,
     service_account_username,
 )
 from memwarden.reach import operator_reach_policy
@@ -577,6 +578,21 @@ def test_rendered_incident_policy_is_what_manifests_py_makes(
         rendered = one(docs, kind, "memwarden-incidents")
         assert rendered["spec"] == made["spec"]
         assert made["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+
+
+def test_rendered_policy_guard_is_what_manifests_py_makes(helm: Path) -> None:
+    docs = render(helm, namespace="ops")
+    expected = policy_guard(
+        operator_username=service_account_username(namespace="ops", name="memwarden"),
+        name="memwarden-policies",
+    )
+    for kind, made in zip(
+        ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
+    ):
+        rendered = one(docs, kind, "memwarden-policies")
+        assert rendered["spec"] == made["spec"]
+    off = render(helm, namespace="ops", values={"operatorReachPolicy": {"enabled": False}})
+    assert not [d for d in off if d["metadata"]["name"] == "memwarden-policies"]
 
 
 @pytest.mark.parametrize(

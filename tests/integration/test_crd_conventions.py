@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from memwarden.api import GROUP, VERSION
 from memwarden.kube import FIELD_MANAGER
 from memwarden_testing.builders import make_policy
-from memwarden_testing.cluster import KUBECTL, REPO, absent, kubectl, wait_for
+from memwarden_testing.cluster import KUBECTL, REPO, absent, acting_as, kubectl, wait_for
 from memwarden_testing.evidence import make_incident
-from memwarden_testing.operator import OperatorProcess
+from memwarden_testing.operator import OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, OperatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -214,3 +215,39 @@ def test_printer_columns_and_kubectl_wait(
     )
     [wide] = table(crds, "-n", namespace, "minc", "-o", "wide")
     assert (wide["BUNDLE"], wide["TOP"]) == (f"evidence://{namespace}/gone", "main.leak")
+
+
+def test_the_operator_may_only_remove_a_policy_s_finalizers(
+    memwarden: OperatorProcess, kube: client.ApiClient, namespace: str
+) -> None:
+    """RBAC lets the operator patch policies (for kopf's finalizer removal); the chart's
+    guard (``manifests.policy_guard``) holds its token to exactly that."""
+    as_operator = client.CustomObjectsApi(acting_as(kube, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT))
+    held = make_policy("held", namespace=namespace)
+    held["metadata"]["finalizers"] = ["example.com/keep", KOPF_FINALIZER]
+    create(kube, namespace, "memorypolicies", held)
+
+    def patch(body: dict[str, Any]) -> int:
+        try:
+            as_operator.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "memorypolicies", "held", body
+            )
+        except ApiException as exc:
+            return int(exc.status)
+        return 200
+
+    # The guard, like any admission policy, is enforced once the API server has loaded it.
+    wait_for(
+        lambda: patch({"spec": {"priority": 7}}) == 403,
+        what="the operator refused a change of the policy's spec",
+    )
+    assert patch({"metadata": {"labels": {"team": "x"}}}) == 403
+    assert patch({"metadata": {"finalizers": ["example.com/keep", "example.com/new"]}}) == 403
+    assert patch({"metadata": {"finalizers": ["example.com/keep"]}}) == 200
+    policy = get(kube, namespace, "memorypolicies", "held")
+    assert policy["spec"].get("priority", 0) == 0
+    assert policy["metadata"]["finalizers"] == ["example.com/keep"]
+    patch_as_admin = client.CustomObjectsApi(kube).patch_namespaced_custom_object
+    patch_as_admin(
+        GROUP, VERSION, namespace, "memorypolicies", "held", {"metadata": {"finalizers": None}}
+    )
