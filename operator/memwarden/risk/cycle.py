@@ -11,6 +11,10 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from pydantic import ValidationError
+
+from memwarden.api import Condition
+
 CONDITION_TYPE: Final = "RiskEvaluation"
 #: A suppression that persists (a pod in cooldown, still over its threshold) is
 #: re-announced this often, not every cycle: one Event per cycle would flood the policy.
@@ -37,30 +41,25 @@ def with_risk_condition(
     Every other condition is kept as it is (policy status owns Ready and Feasible). The
     transition time moves only when the status flips.
     """
-    status = "True" if ok else "False"
     before = next((c for c in conditions if c.get("type") == CONDITION_TYPE), None)
-    if (
-        before is not None
-        and before.get("status") == status
-        and before.get("reason") == reason
-        and before.get("message") == message
-        and before.get("observedGeneration") == generation
+    try:
+        previous = [Condition.model_validate(dict(before))] if before is not None else []
+    except ValidationError:
+        previous = []  # malformed (written by hand): replaced
+    entry = Condition.build(
+        type_=CONDITION_TYPE,
+        status=ok,
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+        previous=previous,
+    ).model_dump(exclude_none=True)
+    if before is not None and all(
+        before.get(key) == entry.get(key)
+        for key in ("status", "reason", "message", "observedGeneration")
     ):
         return None
-    since = (
-        before.get("lastTransitionTime")
-        if before is not None and before.get("status") == status
-        else now
-    )
-    entry: dict[str, Any] = {
-        "type": CONDITION_TYPE,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or now,
-    }
-    if generation is not None:
-        entry["observedGeneration"] = generation
     kept = [dict(c) for c in conditions if c.get("type") != CONDITION_TYPE]
     return [*kept, entry]
 
