@@ -366,27 +366,20 @@ def _delete_namespace(kubeconfig: Path) -> None:
     release the incidents first rather than wait for a finalizer nobody will remove."""
     if not _running("operator"):
         _release_incidents(kubeconfig)
-    deleted = kubectl(
-        kubeconfig,
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--timeout=90s",
-        check=False,
-    )
-    if deleted.returncode == 0:
-        return
-    _release_incidents(kubeconfig)
-    kubectl(
-        kubeconfig,
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--timeout=90s",
-        check=False,
-    )
+    for attempt in ("first", "after releasing the incidents"):
+        if attempt != "first":
+            _release_incidents(kubeconfig)
+        deleted = kubectl(
+            kubeconfig,
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--timeout=90s",
+            check=False,
+        )
+        if deleted.returncode == 0:
+            return
 
 
 def down(*, quiet: bool = False, keep_cluster: bool = False) -> None:

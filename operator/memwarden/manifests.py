@@ -107,53 +107,31 @@ def incident_admission_policy(
     (``operator_username``) is excepted: it opens incidents for the pods its policies
     govern. ``failurePolicy: Fail``: if the check cannot run, nobody gets a capture.
     """
-    policy = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [
-                    {
-                        "apiGroups": ["memwarden.dev"],
-                        "apiVersions": ["*"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["memoryincidents"],
-                    }
-                ]
+    return _admission_policy(
+        name=name,
+        operations=["CREATE", "UPDATE"],
+        resource="memoryincidents",
+        match_conditions=[
+            {
+                "name": "not-memwarden",
+                "expression": f"request.userInfo.username != {_cel_string(operator_username)}",
             },
-            "matchConditions": [
-                {
-                    "name": "not-memwarden",
-                    "expression": f"request.userInfo.username != {_cel_string(operator_username)}",
-                },
-                {
-                    "name": "new-or-retargeted",
-                    "expression": "request.operation == 'CREATE' || "
-                    "object.spec.pod != oldObject.spec.pod",
-                },
-            ],
-            "validations": [
-                {
-                    "expression": MAY_PATCH_EPHEMERAL_CONTAINERS,
-                    "reason": "Forbidden",
-                    "messageExpression": (
-                        "'a MemoryIncident makes memwarden add a debug container to pod ' + "
-                        "object.spec.pod + ': ' + request.userInfo.username + ' may not patch "
-                        "pods/ephemeralcontainers on it in namespace ' + request.namespace"
-                    ),
-                }
-            ],
+            {
+                "name": "new-or-retargeted",
+                "expression": "request.operation == 'CREATE' || "
+                "object.spec.pod != oldObject.spec.pod",
+            },
+        ],
+        validation={
+            "expression": MAY_PATCH_EPHEMERAL_CONTAINERS,
+            "reason": "Forbidden",
+            "messageExpression": (
+                "'a MemoryIncident makes memwarden add a debug container to pod ' + "
+                "object.spec.pod + ': ' + request.userInfo.username + ' may not patch "
+                "pods/ephemeralcontainers on it in namespace ' + request.namespace"
+            ),
         },
-    }
-    binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
-        "spec": {"policyName": name, "validationActions": ["Deny"]},
-    }
-    return [policy, binding]
+    )
 
 
 #: CEL: a MemoryPolicy update that changes nothing but removes finalizers.
@@ -184,10 +162,39 @@ def policy_guard(
     leaked operator token could rewrite every policy, and so every governed pod's memory.
     Status writes go to ``memorypolicies/status``, which this policy does not match.
     """
+    return _admission_policy(
+        name=name,
+        operations=["UPDATE"],
+        resource="memorypolicies",
+        match_conditions=[
+            {
+                "name": "memwarden",
+                "expression": f"request.userInfo.username == {_cel_string(operator_username)}",
+            }
+        ],
+        validation={
+            "expression": ONLY_FINALIZERS_REMOVED,
+            "reason": "Forbidden",
+            "message": "memwarden's service account may only remove finalizers from a MemoryPolicy",
+        },
+    )
+
+
+def _admission_policy(
+    *,
+    name: str,
+    operations: list[str],
+    resource: str,
+    match_conditions: list[dict[str, str]],
+    validation: dict[str, str],
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy on one of memwarden's kinds (failing closed) and its
+    Deny binding."""
+    labels = {"app.kubernetes.io/name": "memwarden"}
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
@@ -195,31 +202,19 @@ def policy_guard(
                     {
                         "apiGroups": ["memwarden.dev"],
                         "apiVersions": ["*"],
-                        "operations": ["UPDATE"],
-                        "resources": ["memorypolicies"],
+                        "operations": operations,
+                        "resources": [resource],
                     }
                 ]
             },
-            "matchConditions": [
-                {
-                    "name": "memwarden",
-                    "expression": f"request.userInfo.username == {_cel_string(operator_username)}",
-                }
-            ],
-            "validations": [
-                {
-                    "expression": ONLY_FINALIZERS_REMOVED,
-                    "reason": "Forbidden",
-                    "message": "memwarden's service account may only remove finalizers from a "
-                    "MemoryPolicy",
-                }
-            ],
+            "matchConditions": match_conditions,
+            "validations": [validation],
         },
     }
     binding = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "metadata": {"name": name, "labels": dict(labels)},
         "spec": {"policyName": name, "validationActions": ["Deny"]},
     }
     return [policy, binding]
