@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwarden import admission, webhook
+from memwarden import admission, health, webhook
 from memwarden.mutation import PlanCache
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
@@ -230,7 +230,8 @@ class AdmissionWorker:
     async def start(self) -> int:
         """Start the worker; return the policies it indexed once it listens."""
         listening = await self._spawn()
-        self._supervising = asyncio.create_task(self._supervise())
+        supervising = self._supervising = asyncio.create_task(self._supervise())
+        health.watch("admission_worker", lambda: health.task_ended(supervising))
         return listening
 
     async def _spawn(self) -> int:
@@ -298,6 +299,7 @@ class AdmissionWorker:
 
     async def stop(self) -> None:
         self._stopping = True
+        health.unwatch("admission_worker")
         process = self._process
         if process is not None and process.returncode is None:
             assert process.stdin is not None

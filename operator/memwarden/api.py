@@ -9,7 +9,6 @@ invalid policy with the field named, before memwarden ever sees it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
@@ -21,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from memwarden.artifacts import ALL_ARTIFACTS, Artifact
 from memwarden.quantity import (
     DURATION_PATTERN,
     QUANTITY_PATTERN,
@@ -310,18 +310,6 @@ class OomRiskSpec(_Model):
         return None if value is not None and parse_duration(value) == 0 else value
 
 
-Artifact = Literal["heap", "allocs", "goroutine", "trace", "gcore", "smaps", "cgroup"]
-ALL_ARTIFACTS: tuple[Artifact, ...] = (
-    "heap",
-    "allocs",
-    "goroutine",
-    "trace",
-    "gcore",
-    "smaps",
-    "cgroup",
-)
-
-
 class CaptureSpec(_Model):
     """Evidence collection when an incident opens."""
 
@@ -413,32 +401,6 @@ class Condition(_Model):
     message: str = ""
     lastTransitionTime: str | None = None
     observedGeneration: int | None = None
-
-    @classmethod
-    def build(
-        cls,
-        *,
-        type_: str,
-        status: bool | None,
-        reason: str,
-        message: str,
-        generation: int | None,
-        now: str,
-        previous: Sequence[Condition],
-    ) -> Condition:
-        """The one way to write a condition: ``status`` None is Unknown; the transition
-        time is ``now`` only when the status flips (else the previous one is kept)."""
-        text: ConditionStatus = "Unknown" if status is None else "True" if status else "False"
-        before = next((c for c in previous if c.type == type_), None)
-        since = before.lastTransitionTime if before and before.status == text else now
-        return cls(
-            type=type_,
-            status=text,
-            reason=reason,
-            message=message,
-            lastTransitionTime=since or now,
-            observedGeneration=generation,
-        )
 
 
 class PodConflict(_Model):

@@ -6,8 +6,7 @@ the answer into an ``EvictionOutcome``: a 429 (a budget allows no disruption now
 namespace's pods and PodDisruptionBudgets); ``recreate`` strings observe, admit, evict
 and release together for one drifted pod. Which pods, and when, is the update loop's.
 
-The gate itself is pure and lives in ``eviction_gate.py``; its names are re-exported here,
-so ``eviction.EvictionGate`` and the rest are one import away for the update loop.
+The gate itself is pure and lives in ``eviction_gate.py``.
 """
 
 from __future__ import annotations
@@ -20,20 +19,10 @@ from typing import Any, Literal
 
 from memwarden import metrics
 from memwarden.eviction_gate import (
-    HELD,
-    NOT_RECREATED,
-    WINDOW_SECONDS,
     Allowed,
     Decision,
     EvictionGate,
-    NoController,
-    NotRecreatable,
-    Owner,
-    RateLimited,
-    WorkloadBusy,
     WorkloadState,
-    controller_reference,
-    not_recreated_why,
     owner_of,
     workload_state,
 )
@@ -131,25 +120,10 @@ async def recreate(
 
 
 __all__ = [
-    "HELD",
-    "NOT_RECREATED",
     "RETRY_AFTER_429",
-    "WINDOW_SECONDS",
-    "Allowed",
-    "Decision",
-    "EvictionGate",
     "EvictionOutcome",
-    "NoController",
-    "NotRecreatable",
-    "Owner",
-    "RateLimited",
-    "WorkloadBusy",
-    "WorkloadState",
-    "controller_reference",
+    "Result",
     "evict",
-    "not_recreated_why",
     "observe_workload",
-    "owner_of",
     "recreate",
-    "workload_state",
 ]

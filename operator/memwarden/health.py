@@ -1,6 +1,9 @@
 """``/healthz`` and ``/readyz`` of the operator's HTTP app (mounted by handlers/http.py).
 
-Live: the event loop answers (the webhook shares it). Ready: the webhook has a serving
+Live: the event loop answers (the webhook shares it) and every part that must keep
+running still does: each one registers a check (``watch``) saying what died, if anything
+(a background loop that ended, a pod watcher thread gone), so a kubelet restarts an
+operator that answers but no longer works. Ready: the webhook has a serving
 certificate that has not expired, i.e. the API server can be answered. A replica that is
 not ready is taken out of the Service's endpoints; with ``failurePolicy: Ignore`` the
 pods meanwhile are admitted by the other replicas, or unmutated.
@@ -8,12 +11,40 @@ pods meanwhile are admitted by the other replicas, or unmutated.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 _certificate_not_after: float | None = None
+#: name -> a check returning None while its part runs, else what is wrong.
+_liveness_checks: dict[str, Callable[[], str | None]] = {}
+
+
+def watch(name: str, check: Callable[[], str | None]) -> None:
+    """Make ``/healthz`` fail while ``check`` says something is wrong."""
+    _liveness_checks[name] = check
+
+
+def unwatch(name: str) -> None:
+    """The part stopped on purpose (clean-up): no longer checked."""
+    _liveness_checks.pop(name, None)
+
+
+def task_ended(task: asyncio.Task[None] | None) -> str | None:
+    """Why a task that must run for ever is not running (None while it runs)."""
+    if task is None or not task.done():
+        return None
+    if task.cancelled():
+        return "cancelled"
+    error = task.exception()
+    return f"ended: {type(error).__name__}: {error}" if error else "ended"
+
+
+def liveness() -> list[str]:
+    """What has stopped that must run; empty while the operator is alive."""
+    return [f"{name}: {why}" for name, check in list(_liveness_checks.items()) if (why := check())]
 
 
 def record_certificate(not_after: float) -> None:
@@ -38,7 +69,10 @@ def _app(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web
 
 
 async def _healthz(_: web.Request) -> web.Response:
-    return web.Response(text="ok\n")
+    problems = liveness()
+    if not problems:
+        return web.Response(text="ok\n")
+    return web.Response(status=503, text="\n".join(problems) + "\n")
 
 
 async def _readyz(_: web.Request) -> web.Response:
@@ -53,4 +87,12 @@ def subapps() -> dict[str, web.Application]:
     return {"/healthz": _app(_healthz), "/readyz": _app(_readyz)}
 
 
-__all__ = ["readiness", "record_certificate", "subapps"]
+__all__ = [
+    "liveness",
+    "readiness",
+    "record_certificate",
+    "subapps",
+    "task_ended",
+    "unwatch",
+    "watch",
+]

@@ -60,10 +60,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memorypolicies",),
-        ("list", "watch", "patch"),
+        ("get", "list", "watch", "patch"),
         "kopf watches policies (index, events) and removes its finalizer from a policy an "
         "older memwarden left it on (policies need none: uninstalling must not hang a "
-        "namespace); memwarden never writes a policy's spec, only its status",
+        "namespace); the status loop re-reads one after a conflicting write; memwarden "
+        "never writes a policy's spec, only its status",
     ),
     Rule(
         "memwarden.dev",

@@ -18,6 +18,7 @@ from memwarden.api import (
     PendingUpdate,
     PodConflict,
 )
+from memwarden.conditions import build_condition
 from memwarden.mutation import PlanCache, PodShapeError, planned
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.sizing import KubeletProfile
@@ -284,7 +285,7 @@ def _update_condition(
     else:
         status, reason = False, "InProgress"
         message = f"{len(pending)} pods to update"
-    return Condition.build(
+    return build_condition(
         type_="Updated",
         status=status,
         reason=reason,
@@ -310,7 +311,7 @@ def _status(
     conditions = [
         # Ready follows Feasible: a policy that cannot size some of its pods is not ready
         # (GitOps tools and ``kubectl wait --for=condition=Ready`` read Ready alone).
-        Condition.build(
+        build_condition(
             type_="Ready",
             status=not infeasible,
             reason="Infeasible" if infeasible else "Reconciled",
@@ -321,7 +322,7 @@ def _status(
             now=now,
             previous=old_conditions,
         ),
-        Condition.build(
+        build_condition(
             type_="Feasible",
             status=not infeasible,
             reason="Infeasible" if infeasible else "Feasible",
@@ -387,6 +388,14 @@ class Observed:
     uid: str | None = None
 
 
+def _older(version: str | None, than: str | None) -> bool:
+    """True when resourceVersion ``version`` is older than ``than``. Kubernetes makes them
+    comparable as integers (KEP-5504); anything else counts as not older."""
+    if not (version and than and version.isdigit() and than.isdigit()):
+        return False
+    return int(version) < int(than)
+
+
 class StatusBook:
     """What status work is due: namespaces whose pods or policies changed since their
     policies' status was last computed, and the status each policy has now.
@@ -415,9 +424,21 @@ class StatusBook:
         return due
 
     def observe(self, policy: Mapping[str, Any]) -> None:
-        """Remember a policy object as the watch (or a write) returned it."""
+        """Remember a policy object as the watch (or a write, or a read) returned it.
+
+        An older version never replaces a newer one: a write's answer can arrive after
+        the watch has already delivered a later change (kopf's own patch, say), and
+        remembering the older one would make every conditional write after it conflict.
+        """
         metadata = policy.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        known = self.current.get(key)
+        if (
+            known is not None
+            and known.uid == metadata.get("uid")
+            and _older(metadata.get("resourceVersion"), known.resource_version)
+        ):
+            return
         self.current[key] = Observed(
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),

@@ -19,16 +19,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from memwarden.eviction import (
-    EvictionGate,
-    EvictionOutcome,
-    NoController,
-    RateLimited,
-    WorkloadBusy,
-    evict,
-    observe_workload,
-    recreate,
-)
+from memwarden.eviction import EvictionOutcome, evict, observe_workload, recreate
+from memwarden.eviction_gate import EvictionGate, NoController, RateLimited, WorkloadBusy
 from memwarden.kube import Kube
 from memwarden_testing.cluster import api_client, ensure_namespace, wait_for
 from memwarden_testing.nodesim import NodeSimulator

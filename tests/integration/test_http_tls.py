@@ -44,7 +44,7 @@ def test_plain_http_is_refused_by_default(memwarden: OperatorProcess) -> None:
         requests.get(f"http://127.0.0.1:{memwarden.http_port}/healthz", timeout=5)
 
     answer = requests.get(f"{memwarden.http_url}/healthz", verify=str(memwarden.ca_file), timeout=5)
-    assert answer.status_code == 200
+    assert answer.status_code == 200, answer.text
     evidence = requests.get(
         f"{memwarden.evidence_url}/v1/namespaces/default/incidents",
         verify=str(memwarden.ca_file),

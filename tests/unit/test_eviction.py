@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from memwarden.eviction import (
+from memwarden.eviction_gate import (
     Allowed,
     EvictionGate,
     NoController,

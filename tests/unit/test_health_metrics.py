@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import kopf
 import pytest
 
 from memwarden import health, metrics
+from memwarden.handlers import background
 
 
 def test_ready_only_with_an_unexpired_serving_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,3 +38,44 @@ def test_reconciled_counts_passes_and_failures() -> None:
     after = (value("memwarden_reconciles_total"), value("memwarden_reconcile_errors_total"))
     assert (after[0] - before[0], after[1] - before[1]) == (2.0, 1.0)
     assert ok.__name__ == "ok"  # kopf derives handler ids from the function's name
+
+
+def test_liveness_names_what_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(health, "_liveness_checks", {})
+    assert health.liveness() == []
+    broken: list[str] = []
+    health.watch("status_loop", lambda: broken[0] if broken else None)
+    assert health.liveness() == []
+    broken.append("ended: RuntimeError: boom")
+    assert health.liveness() == ["status_loop: ended: RuntimeError: boom"]
+    health.unwatch("status_loop")
+    assert health.liveness() == []
+
+
+def test_a_background_loop_that_ends_fails_liveness(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loop that must run for ever and raised is reported; one stopped on purpose is not."""
+    monkeypatch.setattr(health, "_liveness_checks", {})
+
+    async def main() -> tuple[list[str], list[str], list[str]]:
+        memo = kopf.Memo()
+
+        async def crashes() -> None:
+            raise RuntimeError("boom")
+
+        async def runs() -> None:
+            await asyncio.Event().wait()
+
+        background.start(memo, "crashes", crashes())
+        background.start(memo, "runs", runs())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        crashed = health.liveness()
+        await background.stop(memo, "crashes")
+        after_crash_stopped = health.liveness()
+        await background.stop(memo, "runs")
+        return crashed, after_crash_stopped, health.liveness()
+
+    crashed, after_crash_stopped, after_all = asyncio.run(main())
+    assert crashed == ["crashes: ended: RuntimeError: boom"]
+    assert after_crash_stopped == []
+    assert after_all == []

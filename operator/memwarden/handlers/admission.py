@@ -134,7 +134,7 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     profile = settings.kubelet.profile()
     tally = MeteredTally()
     _freeze_heap()
-    background.start(memo, _FREEZE, _freeze_when_pods_listed())
+    background.start(memo, _FREEZE, _freeze_when_pods_listed(), forever=False)
     background.start(memo, _TRIM, _release_free_memory_forever())
     try:
         if settings.admission_process == "worker":

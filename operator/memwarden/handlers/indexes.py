@@ -14,6 +14,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from memwarden import health
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
 from memwarden.podwatch import PodWatcher
@@ -70,10 +71,15 @@ async def start_pod_watch(memo: kopf.Memo, **_: Any) -> None:
     for watcher in watchers:
         watcher.start()
     memo[_POD_WATCHERS] = watchers
+    health.watch(
+        _POD_WATCHERS,
+        lambda: ", ".join(f"{w.name} died" for w in watchers if not w.is_alive()) or None,
+    )
 
 
 @kopf.on.cleanup()
 async def stop_pod_watch(memo: kopf.Memo, **_: Any) -> None:
+    health.unwatch(_POD_WATCHERS)
     for watcher in memo.get(_POD_WATCHERS) or []:
         watcher.stop()
 

@@ -25,6 +25,7 @@ from typing import Any
 import kopf
 
 from memwarden import eviction, metrics
+from memwarden.eviction_gate import Allowed, EvictionGate
 from memwarden.handlers import background, state
 from memwarden.kube import KubeError, NotFound, Rejected
 from memwarden.mutation import PodShapeError, planned
@@ -46,7 +47,7 @@ YIELD_EVERY = 256
 CONCURRENCY = 8
 
 _retries: RetryBook | None = None
-_gate: eviction.EvictionGate | None = None
+_gate: EvictionGate | None = None
 _told: dict[tuple[str, str], None] = {}
 _working_sets: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
 
@@ -59,10 +60,10 @@ def retries() -> RetryBook:
     return _retries
 
 
-def gate() -> eviction.EvictionGate:
+def gate() -> EvictionGate:
     global _gate
     if _gate is None:
-        _gate = eviction.EvictionGate.from_settings(state.settings())
+        _gate = EvictionGate.from_settings(state.settings())
     return _gate
 
 
@@ -198,7 +199,7 @@ async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -
             retries().failed(key, now=time.monotonic(), message=str(exc))
             return
         held = gate().admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
-    if not isinstance(held, eviction.Allowed):
+    if not isinstance(held, Allowed):
         if held.permanent:
             await _tell_once(pod, type_="Warning", reason="EvictionRefused", message=held.message)
         retries().failed(

@@ -11,9 +11,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pydantic import ValidationError
-
-from memwarden.api import Condition
+from memwarden.conditions import build_condition, replace_condition
 
 CONDITION_TYPE: Final = "RiskEvaluation"
 #: A suppression that persists (a pod in cooldown, still over its threshold) is
@@ -41,27 +39,16 @@ def with_risk_condition(
     Every other condition is kept as it is (policy status owns Ready and Feasible). The
     transition time moves only when the status flips.
     """
-    before = next((c for c in conditions if c.get("type") == CONDITION_TYPE), None)
-    try:
-        previous = [Condition.model_validate(dict(before))] if before is not None else []
-    except ValidationError:
-        previous = []  # malformed (written by hand): replaced
-    entry = Condition.build(
+    new = build_condition(
         type_=CONDITION_TYPE,
         status=ok,
         reason=reason,
         message=message,
         generation=generation,
         now=now,
-        previous=previous,
-    ).model_dump(exclude_none=True)
-    if before is not None and all(
-        before.get(key) == entry.get(key)
-        for key in ("status", "reason", "message", "observedGeneration")
-    ):
-        return None
-    kept = [dict(c) for c in conditions if c.get("type") != CONDITION_TYPE]
-    return [*kept, entry]
+        previous=conditions,
+    )
+    return replace_condition(conditions, new)
 
 
 @dataclass
