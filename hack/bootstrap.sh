@@ -7,7 +7,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
 uv_version="0.13.8"
-debian_packages=(prometheus prometheus-alertmanager gdb)
+debian_packages=(prometheus prometheus-alertmanager gdb lua5.4)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

@@ -328,20 +328,21 @@ def _stop_pid(name: str) -> None:
     pid_file.unlink()
 
 
-def _delete_namespace(kubeconfig: Path) -> None:
-    """Delete the demo namespace while the operator (its incidents' finalizer) and the node
-    (its pods) still run; clear leftover finalizers if the operator is gone."""
-    deleted = kubectl(
-        kubeconfig,
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--timeout=90s",
-        check=False,
-    )
-    if deleted.returncode == 0:
-        return
+def _running(name: str) -> bool:
+    """Whether the demo's process ``name`` (its pid file) is alive."""
+    pid_file = STATE / f"{name}.pid"
+    if not pid_file.exists():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    return True
+
+
+def _release_incidents(kubeconfig: Path) -> None:
+    """docs/evidence.md's way out when the operator is gone: drop the incidents'
+    finalizers (policies carry none), so the namespace's deletion completes."""
     listed = kubectl(
         kubeconfig, "get", "memoryincidents", "-n", NAMESPACE, "-o", "name", check=False
     )
@@ -357,15 +358,28 @@ def _delete_namespace(kubeconfig: Path) -> None:
             '{"metadata":{"finalizers":null}}',
             check=False,
         )
-    kubectl(
-        kubeconfig,
-        "delete",
-        "namespace",
-        NAMESPACE,
-        "--ignore-not-found",
-        "--timeout=90s",
-        check=False,
-    )
+
+
+def _delete_namespace(kubeconfig: Path) -> None:
+    """Delete the demo namespace while the operator (its incidents' finalizer: their
+    evidence goes with them) and the node (its pods) still run. With the operator gone,
+    release the incidents first rather than wait for a finalizer nobody will remove."""
+    if not _running("operator"):
+        _release_incidents(kubeconfig)
+    for attempt in ("first", "after releasing the incidents"):
+        if attempt != "first":
+            _release_incidents(kubeconfig)
+        deleted = kubectl(
+            kubeconfig,
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--timeout=90s",
+            check=False,
+        )
+        if deleted.returncode == 0:
+            return
 
 
 def down(*, quiet: bool = False, keep_cluster: bool = False) -> None:

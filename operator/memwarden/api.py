@@ -399,9 +399,14 @@ class MemoryPolicySpec(_Model):
     capture: CaptureSpec | None = None
 
 
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
 class Condition(_Model):
+    """A status condition as Kubernetes conventions have it (``metav1.Condition``)."""
+
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str
     message: str = ""
     lastTransitionTime: str | None = None
@@ -553,7 +558,16 @@ class MemoryIncidentStatus(_Model):
         description="Analyses of the bundle started (recorded before each starts): after "
         "two that never finished, memwarden stops trying and says why.",
     )
-    observedGeneration: int | None = None
+    observedGeneration: int | None = Field(
+        default=None, description="The incident's metadata.generation this status describes."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Complete (True once the incident ended: Collected, Failed or Skipped; "
+        "kubectl wait --for=condition=Complete) and EvidenceCollected (True when Collected, "
+        "False when Failed or Skipped, Unknown while it runs).",
+    )
 
 
 # --- CRD generation -----------------------------------------------------------------
@@ -637,12 +651,24 @@ def _object_schema(
     }
 
 
+#: (name, type, jsonPath) or (name, type, jsonPath, priority): priority 1 shows only
+#: with ``kubectl get -o wide``.
+PrinterColumn = tuple[str, str, str] | tuple[str, str, str, int]
+
+
+def _printer_column(name: str, type_: str, path: str, priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
 def _crd(
     *,
     kind: str,
     plural: str,
     short_name: str,
-    columns: list[tuple[str, str, str]],
+    columns: list[PrinterColumn],
     spec: type[BaseModel],
     status: type[BaseModel],
     description: str,
@@ -669,10 +695,7 @@ def _crd(
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        {"name": name, "type": kind_, "jsonPath": path}
-                        for name, kind_, path in columns
-                    ],
+                    "additionalPrinterColumns": [_printer_column(*column) for column in columns],
                     "schema": {
                         "openAPIV3Schema": _object_schema(
                             spec=spec, status=status, description=description
@@ -693,6 +716,8 @@ def memorypolicy_crd() -> dict[str, Any]:
         columns=[
             ("Mode", "string", ".spec.mode"),
             ("Update", "string", ".spec.update"),
+            ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status'),
+            ("Feasible", "string", '.status.conditions[?(@.type=="Feasible")].status'),
             ("Matched", "integer", ".status.matchedPods"),
             ("Compliant", "integer", ".status.compliantPods"),
             ("Drifted", "integer", ".status.driftedPods"),
@@ -715,6 +740,9 @@ def memoryincident_crd() -> dict[str, Any]:
             ("Pod", "string", ".spec.pod"),
             ("Signal", "string", ".spec.trigger.signal"),
             ("Phase", "string", ".status.phase"),
+            ("Reason", "string", ".status.reason"),
+            ("Bundle", "string", ".status.bundle", 1),
+            ("Top", "string", ".status.analysis.top[0].function"),
             ("Age", "date", ".metadata.creationTimestamp"),
         ],
         spec=MemoryIncidentSpec,

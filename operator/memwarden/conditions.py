@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from memwarden.api import Condition
+from memwarden.api import Condition, ConditionStatus
 
 
 def _field(entry: Condition | Mapping[str, Any], name: str) -> Any:
@@ -20,16 +20,16 @@ def _field(entry: Condition | Mapping[str, Any], name: str) -> Any:
 def build_condition(
     *,
     type_: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     generation: int | None,
     now: str,
     previous: Iterable[Condition | Mapping[str, Any]],
 ) -> Condition:
-    """The condition ``type_`` now; its transition time kept from ``previous`` unless the
-    status changed."""
-    text = "True" if status else "False"
+    """The condition ``type_`` now (``status`` None: Unknown); its transition time kept
+    from ``previous`` unless the status changed."""
+    text: ConditionStatus = "Unknown" if status is None else "True" if status else "False"
     before = next((c for c in previous if _field(c, "type") == type_), None)
     kept = before is not None and _field(before, "status") == text
     since = (_field(before, "lastTransitionTime") if kept and before is not None else None) or now

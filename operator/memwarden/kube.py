@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib.metadata
 import json
 import logging
 import socket
@@ -34,6 +35,22 @@ REQUEST_TIMEOUT = 10.0
 #: the adapter posts them; the instance is the pod (its hostname).
 EVENT_COMPONENT = "memwarden"
 EVENT_INSTANCE = socket.gethostname()
+
+#: The field manager of every write the operator makes (``metadata.managedFields``). The
+#: API server names a write's manager after the User-Agent's first word when no
+#: ``fieldManager`` is given, so both clients, this adapter's and kopf's
+#: (``handlers/startup.py``'s login), send this agent: ``memwarden``, not ``kopf`` or
+#: ``OpenAPI-Generator``.
+FIELD_MANAGER = "memwarden"
+
+
+def user_agent() -> str:
+    """``memwarden/VERSION``: the API server takes ``memwarden`` as the field manager."""
+    try:
+        version = importlib.metadata.version("memwarden")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"{FIELD_MANAGER}/{version}"
 
 
 _log = logging.getLogger(__name__)
@@ -107,7 +124,9 @@ def api_client_from_environment() -> client.ApiClient:
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException:
         config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
+    api = client.ApiClient(configuration)
+    api.user_agent = user_agent()  # its writes are managed by FIELD_MANAGER
+    return api
 
 
 def call(what: str, fn: Any, *args: Any, timeout: float = REQUEST_TIMEOUT, **kwargs: Any) -> Any:
@@ -124,6 +143,7 @@ class Kube:
     """A few generic calls on custom resources (more can be added in the same shape)."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
+        api_client.user_agent = user_agent()  # its writes are managed by FIELD_MANAGER
         self.api_client = api_client
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
@@ -393,6 +413,7 @@ class Kube:
 __all__ = [
     "EVENT_COMPONENT",
     "EVENT_INSTANCE",
+    "FIELD_MANAGER",
     "INCIDENTS",
     "POLICIES",
     "Conflict",
@@ -403,4 +424,5 @@ __all__ = [
     "Rejected",
     "Transient",
     "error_from",
+    "user_agent",
 ]

@@ -107,10 +107,94 @@ def incident_admission_policy(
     (``operator_username``) is excepted: it opens incidents for the pods its policies
     govern. ``failurePolicy: Fail``: if the check cannot run, nobody gets a capture.
     """
+    return _admission_policy(
+        name=name,
+        operations=["CREATE", "UPDATE"],
+        resource="memoryincidents",
+        match_conditions=[
+            {
+                "name": "not-memwarden",
+                "expression": f"request.userInfo.username != {_cel_string(operator_username)}",
+            },
+            {
+                "name": "new-or-retargeted",
+                "expression": "request.operation == 'CREATE' || "
+                "object.spec.pod != oldObject.spec.pod",
+            },
+        ],
+        validation={
+            "expression": MAY_PATCH_EPHEMERAL_CONTAINERS,
+            "reason": "Forbidden",
+            "messageExpression": (
+                "'a MemoryIncident makes memwarden add a debug container to pod ' + "
+                "object.spec.pod + ': ' + request.userInfo.username + ' may not patch "
+                "pods/ephemeralcontainers on it in namespace ' + request.namespace"
+            ),
+        },
+    )
+
+
+#: CEL: a MemoryPolicy update that changes nothing but removes finalizers.
+ONLY_FINALIZERS_REMOVED = " && ".join(
+    [
+        "object.spec == oldObject.spec",
+        *(
+            f"(has(object.metadata.{field}) ? has(oldObject.metadata.{field}) && "
+            f"object.metadata.{field} == oldObject.metadata.{field} : "
+            f"!has(oldObject.metadata.{field}))"
+            for field in ("labels", "annotations", "ownerReferences")
+        ),
+        "(!has(object.metadata.finalizers) || (has(oldObject.metadata.finalizers) && "
+        "object.metadata.finalizers.all(f, f in oldObject.metadata.finalizers)))",
+    ]
+)
+
+
+def policy_guard(
+    *, operator_username: str, name: str = "memwarden-policies"
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy and its binding: memwarden's own ServiceAccount may only
+    remove finalizers from a MemoryPolicy (never change its spec, labels, annotations or
+    owners).
+
+    RBAC gives it ``patch`` on policies for one reason: kopf removes its finalizer from a
+    policy an older memwarden left it on. RBAC cannot say which fields; without this, a
+    leaked operator token could rewrite every policy, and so every governed pod's memory.
+    Status writes go to ``memorypolicies/status``, which this policy does not match.
+    """
+    return _admission_policy(
+        name=name,
+        operations=["UPDATE"],
+        resource="memorypolicies",
+        match_conditions=[
+            {
+                "name": "memwarden",
+                "expression": f"request.userInfo.username == {_cel_string(operator_username)}",
+            }
+        ],
+        validation={
+            "expression": ONLY_FINALIZERS_REMOVED,
+            "reason": "Forbidden",
+            "message": "memwarden's service account may only remove finalizers from a MemoryPolicy",
+        },
+    )
+
+
+def _admission_policy(
+    *,
+    name: str,
+    operations: list[str],
+    resource: str,
+    match_conditions: list[dict[str, str]],
+    validation: dict[str, str],
+) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy on one of memwarden's kinds (failing closed) and its
+    Deny binding."""
+    labels = {"app.kubernetes.io/name": "memwarden"}
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "metadata": {"name": name, "labels": labels},
         "spec": {
             "failurePolicy": "Fail",
             "matchConstraints": {
@@ -118,39 +202,19 @@ def incident_admission_policy(
                     {
                         "apiGroups": ["memwarden.dev"],
                         "apiVersions": ["*"],
-                        "operations": ["CREATE", "UPDATE"],
-                        "resources": ["memoryincidents"],
+                        "operations": operations,
+                        "resources": [resource],
                     }
                 ]
             },
-            "matchConditions": [
-                {
-                    "name": "not-memwarden",
-                    "expression": f"request.userInfo.username != {_cel_string(operator_username)}",
-                },
-                {
-                    "name": "new-or-retargeted",
-                    "expression": "request.operation == 'CREATE' || "
-                    "object.spec.pod != oldObject.spec.pod",
-                },
-            ],
-            "validations": [
-                {
-                    "expression": MAY_PATCH_EPHEMERAL_CONTAINERS,
-                    "reason": "Forbidden",
-                    "messageExpression": (
-                        "'a MemoryIncident makes memwarden add a debug container to pod ' + "
-                        "object.spec.pod + ': ' + request.userInfo.username + ' may not patch "
-                        "pods/ephemeralcontainers on it in namespace ' + request.namespace"
-                    ),
-                }
-            ],
+            "matchConditions": match_conditions,
+            "validations": [validation],
         },
     }
     binding = {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicyBinding",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "memwarden"}},
+        "metadata": {"name": name, "labels": dict(labels)},
         "spec": {"policyName": name, "validationActions": ["Deny"]},
     }
     return [policy, binding]

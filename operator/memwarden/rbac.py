@@ -60,9 +60,11 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memorypolicies",),
-        ("get", "list", "watch"),
-        "kopf watches policies (index, events); the status loop re-reads one after a "
-        "conflicting write; memwarden never writes a policy, only its status",
+        ("get", "list", "watch", "patch"),
+        "kopf watches policies (index, events) and removes its finalizer from a policy an "
+        "older memwarden left it on (policies need none: uninstalling must not hang a "
+        "namespace); the status loop re-reads one after a conflicting write; memwarden "
+        "never writes a policy's spec, only its status",
     ),
     Rule(
         "memwarden.dev",

@@ -307,12 +307,17 @@ def _status(
     matched, compliant, drifted = tally.matched, tally.compliant, tally.drifted
     infeasible, conflicts = tally.infeasible, tally.conflicts
     old_conditions = previous.conditions if previous else []
+    counts = f"{matched} pods governed, {compliant} compliant, {len(drifted)} drifted"
     conditions = [
+        # Ready follows Feasible: a policy that cannot size some of its pods is not ready
+        # (GitOps tools and ``kubectl wait --for=condition=Ready`` read Ready alone).
         build_condition(
             type_="Ready",
-            status=True,
-            reason="Reconciled",
-            message=f"{matched} pods governed, {compliant} compliant, {len(drifted)} drifted",
+            status=not infeasible,
+            reason="Infeasible" if infeasible else "Reconciled",
+            message=f"{counts}; {len(infeasible)} cannot be sized (see Feasible)"
+            if infeasible
+            else counts,
             generation=generation,
             now=now,
             previous=old_conditions,

@@ -30,6 +30,7 @@ from memwarden.evidence.api import bundle_url
 from memwarden.manifests import (
     incident_admission_policy,
     mutating_webhook_configuration,
+    policy_guard,
     service_account_username,
 )
 from memwarden.reach import operator_reach_policy
@@ -327,6 +328,14 @@ INVALID = [
         id="bad-reservation-policy",
     ),
     pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
+    pytest.param({"replicas": 2}, "replicas", id="no-ha-yet"),
+    pytest.param({"fullnameOverride": "Mem_Warden"}, "fullnameOverride", id="bad-fullname"),
+    pytest.param({"extraVolumeMounts": [{"name": "ca"}]}, "mountPath", id="mount-without-path"),
+    pytest.param(
+        {"serviceMonitor": {"interval": "30s", "scrapeTimeout": "1m"}},
+        "scrapeTimeout",
+        id="scrape-timeout-above-interval",
+    ),
     pytest.param({"evidence": {"namespaceQuota": "2 GB"}}, "namespaceQuota", id="bad-quota"),
     pytest.param({"kubelet": {"throttlingFactor": 1.5}}, "throttlingFactor", id="factor-above-1"),
     pytest.param({"webhook": {"certs": {"mode": "vault"}}}, "mode", id="unknown-cert-mode"),
@@ -346,6 +355,103 @@ INVALID = [
         id="horizon-without-unit",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("values", "fullname", "name"),
+    [
+        pytest.param({}, "mw-memwarden", "memwarden", id="defaults"),
+        pytest.param({"nameOverride": "warden"}, "mw-warden", "warden", id="name-override"),
+        pytest.param({"fullnameOverride": "guard"}, "guard", "memwarden", id="fullname-override"),
+    ],
+)
+def test_name_overrides_name_every_object_and_the_operator_follows(
+    helm: Path, values: dict[str, Any], fullname: str, name: str
+) -> None:
+    docs = render(helm, namespace="memwarden-system", values=values, release="mw")
+    for doc in docs:
+        if doc["kind"] in {"CustomResourceDefinition"}:
+            continue
+        assert doc["metadata"]["name"].startswith(fullname), doc["metadata"]["name"]
+        assert doc["metadata"]["labels"]["app.kubernetes.io/name"] == name
+    deployment = one(docs, "Deployment", fullname)
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == name
+    settings = Settings.from_env(container_env(docs, "memwarden-system"))
+    assert settings.webhook_configuration_name == fullname
+    assert settings.webhook_service_name == fullname
+    one(docs, "Service", fullname)
+    one(docs, "MutatingWebhookConfiguration", fullname)
+
+
+#: Every pod-level override the chart offers, at once.
+POD_OVERRIDES: dict[str, Any] = {
+    "podSecurityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "fsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "securityContext": {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "Localhost", "localhostProfile": "profiles/memwarden.json"},
+    },
+    "topologySpreadConstraints": [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"app.kubernetes.io/instance": "{{ .Release.Name }}"}},
+        }
+    ],
+    "extraVolumes": [{"name": "prometheus-ca", "configMap": {"name": "prometheus-ca"}}],
+    "extraVolumeMounts": [
+        {"name": "prometheus-ca", "mountPath": "/etc/prometheus-ca", "readOnly": True}
+    ],
+    "podDisruptionBudget": {"enabled": True},
+    "serviceMonitor": {
+        "enabled": True,
+        "interval": "30s",
+        "scrapeTimeout": "20s",
+        "relabelings": [{"action": "replace", "targetLabel": "team", "replacement": "sre"}],
+        "metricRelabelings": [
+            {"action": "drop", "sourceLabels": ["__name__"], "regex": "python_gc_.*"}
+        ],
+    },
+}
+
+
+def test_pod_overrides_reach_the_pod_and_the_api_server_accepts_them(
+    helm: Path, devcluster: Path, namespace: str
+) -> None:
+    docs = render(helm, namespace=namespace, values=POD_OVERRIDES, release="mw")
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"] == POD_OVERRIDES["podSecurityContext"]
+    assert container["securityContext"] == POD_OVERRIDES["securityContext"]
+    [spread] = pod["topologySpreadConstraints"]
+    assert spread["labelSelector"]["matchLabels"] == {"app.kubernetes.io/instance": "mw"}
+    assert {"name": "prometheus-ca", "configMap": {"name": "prometheus-ca"}} in pod["volumes"]
+    assert POD_OVERRIDES["extraVolumeMounts"][0] in container["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # kept
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    [endpoint] = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scrapeTimeout"] == "20s"
+    assert endpoint["relabelings"] == POD_OVERRIDES["serviceMonitor"]["relabelings"]
+    assert endpoint["metricRelabelings"] == POD_OVERRIDES["serviceMonitor"]["metricRelabelings"]
+    ours = [d for d in docs if not d["apiVersion"].startswith(FOREIGN_GROUPS)]
+    applied = kubectl(
+        devcluster, "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(ours)
+    )
+    assert applied.stdout.count("(server dry run)") == len(ours)
+
+
+def test_one_replica_gets_no_disruption_budget_by_default(helm: Path) -> None:
+    kinds = {d["kind"] for d in render(helm, namespace="memwarden-system")}
+    assert "PodDisruptionBudget" not in kinds
 
 
 @pytest.mark.parametrize(("values", "field"), INVALID)
@@ -472,6 +578,21 @@ def test_rendered_incident_policy_is_what_manifests_py_makes(
         rendered = one(docs, kind, "memwarden-incidents")
         assert rendered["spec"] == made["spec"]
         assert made["metadata"]["labels"].items() <= rendered["metadata"]["labels"].items()
+
+
+def test_rendered_policy_guard_is_what_manifests_py_makes(helm: Path) -> None:
+    docs = render(helm, namespace="ops")
+    expected = policy_guard(
+        operator_username=service_account_username(namespace="ops", name="memwarden"),
+        name="memwarden-policies",
+    )
+    for kind, made in zip(
+        ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"), expected, strict=True
+    ):
+        rendered = one(docs, kind, "memwarden-policies")
+        assert rendered["spec"] == made["spec"]
+    off = render(helm, namespace="ops", values={"operatorReachPolicy": {"enabled": False}})
+    assert not [d for d in off if d["metadata"]["name"] == "memwarden-policies"]
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kubernetes import client, config
+from kubernetes.client.rest import ApiException
 
 from memwarden_testing.builders import make_container
 
@@ -36,6 +37,17 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def absent(read: Callable[[], object]) -> bool:
+    """True when ``read`` (a get of one object) answers 404: for ``wait_for`` on a deletion."""
+    try:
+        read()
+    except ApiException as exc:
+        if exc.status == 404:
+            return True
+        raise
+    return False
 
 
 def api_client(kubeconfig: Path) -> client.ApiClient:
@@ -112,7 +124,6 @@ def ensure_namespace(
 ) -> None:
     """Create ``name`` if absent and wait for its default ServiceAccount: the
     ServiceAccount admission plugin refuses pods until the controller-manager made it."""
-    from kubernetes.client.rest import ApiException
 
     try:
         core.create_namespace(

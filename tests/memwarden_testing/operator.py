@@ -29,6 +29,7 @@ import yaml
 from memwarden.manifests import (
     incident_admission_policy,
     mutating_webhook_configuration,
+    policy_guard,
     service_account_username,
 )
 from memwarden.reach import operator_reach_policy
@@ -47,6 +48,8 @@ OPERATOR_NAMESPACE = "memwarden-system"
 OPERATOR_ACCOUNT = "memwarden-test-operator"
 #: The ValidatingAdmissionPolicy (and binding) memwarden ships, as the test cluster has it.
 INCIDENT_POLICY = "memwarden-test-incidents"
+#: The ValidatingAdmissionPolicy holding the test operator to removing policies' finalizers.
+POLICY_GUARD = "memwarden-test-policies"
 
 #: Operator processes this test session started and has not stopped, by ``id``.
 _running: dict[int, OperatorProcess] = {}
@@ -283,15 +286,16 @@ def uninstall_reach_policy(kubeconfig: Path) -> None:
 
 
 def install_incident_policy(kubeconfig: Path) -> None:
-    """memwarden's ValidatingAdmissionPolicy for MemoryIncidents, excepting the test
-    operator's ServiceAccount as the chart excepts the release's; idempotent (every
-    session of the cluster applies the same)."""
-    docs = incident_admission_policy(
-        operator_username=service_account_username(
-            namespace=OPERATOR_NAMESPACE, name=OPERATOR_ACCOUNT
-        ),
-        name=INCIDENT_POLICY,
-    )
+    """memwarden's ValidatingAdmissionPolicies: for MemoryIncidents (excepting the test
+    operator's ServiceAccount as the chart excepts the release's), and the guard on that
+    account's MemoryPolicy patches; idempotent (every session of the cluster applies the
+    same)."""
+    operator = service_account_username(namespace=OPERATOR_NAMESPACE, name=OPERATOR_ACCOUNT)
+    docs = [
+        *incident_admission_policy(operator_username=operator, name=INCIDENT_POLICY),
+        # The chart's guard on the operator's policy patches (finalizer removal only).
+        *policy_guard(operator_username=operator, name=POLICY_GUARD),
+    ]
     kubectl(kubeconfig, "apply", "-f", "-", input=yaml.safe_dump_all(docs))
 
 

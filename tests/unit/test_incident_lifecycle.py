@@ -455,3 +455,78 @@ def test_never_governed_namespaces_get_no_capture(namespace: str, refused: bool)
     assert (why is not None) == refused
     if why:
         assert namespace in why
+
+
+def conditions_by_type(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("update", "complete", "collected", "reason"),
+    [
+        pytest.param(
+            {"openedAt": "2026-11-25T12:00:00Z"}, "False", "Unknown", "Pending", id="opened"
+        ),
+        pytest.param({"phase": "Capturing"}, "False", "Unknown", "Capturing", id="capturing"),
+        pytest.param(
+            {"phase": "Collected", "reason": "BundleStored"},
+            "True",
+            "True",
+            "BundleStored",
+            id="collected",
+        ),
+        pytest.param(
+            {"phase": "Failed", "reason": "PodNotFound"},
+            "True",
+            "False",
+            "PodNotFound",
+            id="failed",
+        ),
+        pytest.param(
+            {"phase": "Skipped", "reason": "Cooldown"}, "True", "False", "Cooldown", id="skipped"
+        ),
+    ],
+)
+def test_conditions_follow_the_phase(
+    update: dict[str, Any], complete: str, collected: str, reason: str
+) -> None:
+    written = lifecycle.with_conditions(update, status={}, generation=4, now=NOW)
+    by_type = conditions_by_type(written)
+    assert by_type["Complete"]["status"] == complete
+    assert (by_type["EvidenceCollected"]["status"], by_type["EvidenceCollected"]["reason"]) == (
+        collected,
+        reason,
+    )
+    assert written["observedGeneration"] == 4
+    assert all(c["observedGeneration"] == 4 for c in written["conditions"])
+    assert {k: written[k] for k in update} == update  # the update itself is untouched
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_flips() -> None:
+    later = NOW + dt.timedelta(minutes=5)
+    pending = lifecycle.with_conditions({"phase": "Pending"}, status={}, generation=1, now=NOW)
+    capturing = lifecycle.with_conditions(
+        {"phase": "Capturing"}, status=pending, generation=1, now=later
+    )
+    done = lifecycle.with_conditions(
+        {"phase": "Collected"}, status={**pending, **capturing}, generation=1, now=later
+    )
+    assert conditions_by_type(capturing)["Complete"]["lastTransitionTime"] == "2026-11-25T12:00:00Z"
+    assert conditions_by_type(done)["Complete"]["lastTransitionTime"] == "2026-11-25T12:05:00Z"
+
+
+def test_conditions_of_other_writers_are_kept_and_malformed_ones_dropped() -> None:
+    status = {
+        "conditions": [
+            {"type": "Reviewed", "status": "True", "reason": "ByHand"},
+            {"type": "Complete", "status": "maybe"},
+        ]
+    }
+    written = lifecycle.with_conditions(
+        {"phase": "Failed"}, status=status, generation=None, now=NOW
+    )
+    assert [c["type"] for c in written["conditions"]] == [
+        "Complete",
+        "EvidenceCollected",
+        "Reviewed",
+    ]

@@ -34,7 +34,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "memwarden"
 Permission = tuple[str, str, str]  # (apiGroup, resource, verb)
 
 #: kopf decorators that start a watch, and those whose handlers kopf also patches
-#: (progress and diff-base annotations, finalizers).
+#: (progress and diff-base annotations, finalizers; and a finalizer no handler needs, off).
 WATCHING = {"index", "event"}
 CHANGING = {"create", "update", "delete", "resume", "field", "timer", "daemon"}
 NO_API = {"startup", "cleanup", "login", "probe", "mutate", "validate"}
@@ -125,7 +125,9 @@ def kopf_uses() -> list[Use]:
                 assert resource is not None, f"{module}.{fn.name}: no resource in kopf.{kind}"
                 group, plural = resource
                 where = f"{module}.{fn.name} (kopf.{kind})"
-                verbs = ["list", "watch"] + (["patch"] if kind in CHANGING else [])
+                # Every object kopf watches may get a patch: kopf removes its finalizer
+                # from one no handler needs it on (a policy an older memwarden left it on).
+                verbs = ["list", "watch", "patch"]
                 uses += [Use((group, plural, verb), where) for verb in verbs]
                 uses.append(Use(("", "events", "create"), where))
                 if _uses_patch_status(fn):

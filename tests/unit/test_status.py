@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from memwarden.api import APPLIED_ANNOTATION
+from memwarden.api import APPLIED_ANNOTATION, MemoryPolicyStatus
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
 from memwarden.status import StatusBook, namespace_statuses, policy_status
@@ -166,3 +166,38 @@ def test_index_swaps_a_whole_namespace_at_once() -> None:
     index.swap_namespace("shop", [])
     assert index.namespaces() == ["bank"]
     assert len(index) == 1
+
+
+def conditions_of(status: MemoryPolicyStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in status.conditions}
+
+
+def test_ready_is_false_while_a_governed_pod_cannot_be_sized() -> None:
+    # 1.37's default profile writes no memory.high: a throttling point cannot be had.
+    intent = make_candidate("checkout", memory={"protect": "512Mi", "high": "1Gi"})
+    status = policy_status(
+        policy=intent,
+        generation=2,
+        pods=[make_pod("c1", labels={"app": "checkout"})],
+        candidates=[intent],
+        profile=PROFILE,
+        now=NOW,
+    )
+    assert conditions_of(status)["Feasible"] == ("False", "Infeasible")
+    assert conditions_of(status)["Ready"] == ("False", "Infeasible")
+    ready = next(c for c in status.conditions if c.type == "Ready")
+    assert "cannot be sized" in ready.message and ready.observedGeneration == 2
+
+
+def test_ready_and_feasible_are_true_for_a_sizable_policy() -> None:
+    checkout = make_candidate("checkout", memory=PLAIN)
+    status = policy_status(
+        policy=checkout,
+        generation=1,
+        pods=[compliant_pod("c1")],
+        candidates=[checkout],
+        profile=PROFILE,
+        now=NOW,
+    )
+    assert conditions_of(status)["Ready"] == ("True", "Reconciled")
+    assert conditions_of(status)["Feasible"] == ("True", "Feasible")

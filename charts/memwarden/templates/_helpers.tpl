@@ -1,14 +1,27 @@
-{{/* The release's full name: the release name, suffixed with -memwarden unless it has it. */}}
+{{/* The chart's name, or nameOverride: the app.kubernetes.io/name label and the suffix of
+  the full name. */}}
+{{- define "memwarden.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name: fullnameOverride if set; else the release name, suffixed
+  with -<name> unless it has it. 50 characters at most: suffixes such as -webhook-tls
+  must still fit a DNS label. */}}
 {{- define "memwarden.fullname" -}}
-{{- if contains "memwarden" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "memwarden.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-memwarden" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "memwarden.selectorLabels" -}}
-app.kubernetes.io/name: memwarden
+app.kubernetes.io/name: {{ include "memwarden.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -47,8 +60,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- if ge (int $self.renewBeforeDays) (int $self.validityDays) -}}
 {{- fail (printf "webhook.certs.selfSigned.renewBeforeDays (%v) must be less than validityDays (%v)" $self.renewBeforeDays $self.validityDays) -}}
 {{- end -}}
-{{- if and (gt (int .Values.replicas) 1) (eq .Values.evidence.persistence.accessMode "ReadWriteOnce") (not .Values.evidence.existingClaim) -}}
-{{- fail "replicas > 1 needs evidence.persistence.accessMode ReadWriteMany (or an existingClaim that allows it)" -}}
+{{- with .Values.serviceMonitor.scrapeTimeout -}}
+{{- if gt (int (include "memwarden.seconds" .)) (int (include "memwarden.seconds" $.Values.serviceMonitor.interval)) -}}
+{{- fail (printf "serviceMonitor.scrapeTimeout (%s) must not exceed serviceMonitor.interval (%s)" . $.Values.serviceMonitor.interval) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -13,10 +13,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from memwarden.api import Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from pydantic import ValidationError
+
+from memwarden.api import Analysis, ArtifactRecord, CaptureSpec, Condition, FunctionUsage
 from memwarden.artifacts import ALL_ARTIFACTS
 from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
+from memwarden.conditions import build_condition
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.risk.opening import ACTIVE_PHASES, Known
 from memwarden.selection import Candidate, select_for_pod
@@ -385,3 +388,64 @@ def collected_status(
     if analysis is not None:
         status["analysis"] = analysis.model_dump(exclude_none=True)
     return status
+
+
+#: Condition types of a MemoryIncident (docs/api.md): ``Complete`` is what
+#: ``kubectl wait --for=condition=Complete`` and GitOps health checks read.
+COMPLETE = "Complete"
+EVIDENCE_COLLECTED = "EvidenceCollected"
+
+
+def with_conditions(
+    update: Mapping[str, Any],
+    *,
+    status: Mapping[str, Any],
+    generation: int | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """``update`` (status fields about to be written over ``status``) with the incident's
+    conditions and ``observedGeneration`` derived from the phase it leaves the incident in.
+
+    Complete: True once the incident ended (Collected, Failed, Skipped), else False.
+    EvidenceCollected: True when Collected, False when Failed or Skipped (the status
+    reason says why), Unknown while it runs. Other condition types are kept as they are.
+    """
+    merged = {**status, **update}
+    phase = str(merged.get("phase") or "Pending")
+    reason = str(merged.get("reason") or phase)
+    message = str(merged.get("message") or "")
+    previous = []
+    for entry in status.get("conditions") or []:
+        try:
+            previous.append(Condition.model_validate(entry))
+        except ValidationError:
+            continue  # written by hand, malformed: replaced below or left out
+    ended = phase in TERMINAL_PHASES
+    stamp = rfc3339(now)
+    built = [
+        build_condition(
+            type_=COMPLETE,
+            status=ended,
+            reason=phase,
+            message=message if ended else f"the capture is {phase.lower()}",
+            generation=generation,
+            now=stamp,
+            previous=previous,
+        ),
+        build_condition(
+            type_=EVIDENCE_COLLECTED,
+            status=(phase == "Collected") if ended else None,
+            reason=reason if ended else phase,
+            message=message,
+            generation=generation,
+            now=stamp,
+            previous=previous,
+        ),
+    ]
+    ours = {COMPLETE, EVIDENCE_COLLECTED}
+    kept = [c for c in previous if c.type not in ours]
+    return {
+        **update,
+        "observedGeneration": generation,
+        "conditions": [c.model_dump(exclude_none=True) for c in [*built, *kept]],
+    }

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ POLICIES = CustomResource(GROUP, VERSION, "memorypolicies")
 WAITING = "waiting: "
 
 
+_Handler = Callable[..., Awaitable[None]]
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -62,8 +66,33 @@ async def _read_pod(namespace: str, name: str) -> dict[str, Any] | None:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
 
 
+def _conditions_follow_phase(handler: _Handler) -> _Handler:
+    """Whatever phase a handler leaves in ``patch.status``, the incident's conditions and
+    ``observedGeneration`` follow it in the same write (``with_conditions``), on every
+    return and on kopf's retries alike."""
+
+    @functools.wraps(handler)
+    async def wrapped(**kwargs: Any) -> None:
+        try:
+            await handler(**kwargs)
+        finally:
+            patch: kopf.Patch = kwargs["patch"]
+            if patch.status:
+                patch.status.update(
+                    lifecycle.with_conditions(
+                        dict(patch.status),
+                        status=kwargs["status"],
+                        generation=kwargs["meta"].get("generation"),
+                        now=_now(),
+                    )
+                )
+
+    return wrapped
+
+
 @kopf.on.resume(GROUP, VERSION, "memoryincidents")
 @kopf.on.create(GROUP, VERSION, "memoryincidents")
+@_conditions_follow_phase
 async def start_capture(
     *,
     namespace: str | None,
@@ -331,7 +360,13 @@ async def _complete(namespace: str, name: str) -> tuple[dict[str, Any], dict[str
             outcome=outcome,
             now=_now(),
         )
-        return incident, collected
+        conditioned = lifecycle.with_conditions(
+            collected,
+            status=status,
+            generation=(incident.get("metadata") or {}).get("generation"),
+            now=_now(),
+        )
+        return incident, conditioned
     finally:
         _analysing.discard(key)
 
@@ -377,6 +412,7 @@ async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
     idle=None,
     when=lambda status, **_: status.get("phase") == "Capturing",
 )
+@_conditions_follow_phase
 async def follow_capture(
     *,
     namespace: str | None,

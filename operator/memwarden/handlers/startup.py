@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from typing import Any
 
+import aiohttp
 import kopf
 
 from memwarden.handlers import incidents, state
-from memwarden.kube import EVENT_COMPONENT, EVENT_INSTANCE
+from memwarden.kube import EVENT_COMPONENT, EVENT_INSTANCE, user_agent
 
 logger = logging.getLogger("memwarden")
 
@@ -68,3 +70,34 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # timeoutSeconds to 30); the MutatingWebhookConfiguration is shipped by memwarden.
     settings.admission.server = None
     settings.admission.managed = None
+
+
+@kopf.on.login()
+async def login(**kwargs: Any) -> kopf.AiohttpSession | None:
+    """kopf's own login (in-cluster ServiceAccount, else kubeconfig), in a session that
+    says ``memwarden/VERSION kopf/VERSION``: the API server names the field manager of a
+    write after the agent's first word, so what kopf patches (status, finalizers) is
+    managed by ``memwarden``, as the adapter's writes are (``kube.FIELD_MANAGER``).
+
+    kopf documents this way in (a custom session: its "Authentication" page) and refuses
+    to start should it ever drop aiohttp, rather than silently log in without it.
+    """
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=info.as_ssl_context()),
+        headers={
+            **info.as_http_headers(),
+            "User-Agent": f"{user_agent()} kopf/{importlib.metadata.version('kopf')}",
+        },
+        proxy=info.proxy_url,
+        trust_env=info.trust_env,
+    )
+    return kopf.AiohttpSession(
+        aiohttp_session=session,
+        server=info.server,
+        default_namespace=info.default_namespace,
+        expiration=info.expiration,
+        priority=info.priority,
+    )
