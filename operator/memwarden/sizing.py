@@ -21,6 +21,7 @@ from memwarden.quantity import format_go_bytes, readable_bytes
 
 __all__ = [
     "GOMEMLIMIT_MIB_FLOOR_FROM",
+    "MIB",
     "HEADROOM_FRACTION",
     "HEADROOM_MIN",
     "CgroupValues",
@@ -783,6 +784,10 @@ class ContainerSizing:
     gomemlimit_env: str | None = None
     """GOMEMLIMIT as the Go runtime reads it (``1843MiB``)."""
     gogc: str | None = None
+    java_tool_options: tuple[str, ...] | None = None
+    """The flags memwarden merges into JAVA_TOOL_OPTIONS (``runtime_sizing``)."""
+    node_options: tuple[str, ...] | None = None
+    """The flags memwarden merges into NODE_OPTIONS (``runtime_sizing``)."""
     notes: tuple[str, ...] = ()
 
 
