@@ -559,8 +559,9 @@ class MemoryPolicyStatus(_Model):
     pendingUpdates: list[PendingUpdate] = Field(default_factory=list, max_length=20)
     staleRuntimePods: int = Field(
         default=0,
-        description="Pods whose memwarden-injected GOMEMLIMIT/GOGC no longer matches the "
-        "policy (env cannot change in place): they take the new values when recreated.",
+        description="Pods whose memwarden-injected GOMEMLIMIT/GOGC or JVM/Node.js flags "
+        "(JAVA_TOOL_OPTIONS, NODE_OPTIONS) no longer match the policy (env cannot change in "
+        "place): they take the new values when recreated.",
     )
     staleRuntimePodNames: list[str] = Field(default_factory=list, max_length=20)
     conflicts: list[PodConflict] = Field(default_factory=list, max_length=20)

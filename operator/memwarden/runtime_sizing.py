@@ -118,12 +118,16 @@ def _headroom_note(
     left = memory_max - used
     if left >= wanted:
         return None
-    shown = readable_bytes(left) if left >= 0 else f"-{readable_bytes(-left)}"
+    where = (
+        f"leaves {readable_bytes(left)} below memory.max {readable_bytes(memory_max)}, less than"
+        if left >= 0
+        else f"is {readable_bytes(-left)} above memory.max {readable_bytes(memory_max)}, which"
+        " needs"
+    )
     return (
-        f"{field}: {what} {readable_bytes(used)} ({parts}) leaves {shown} below memory.max"
-        f" {readable_bytes(memory_max)}, less than {readable_bytes(wanted)} (5% or 32Mi, the"
-        " GOMEMLIMIT rule): little room for the rest of the process, an OOM kill is likely"
-        " before the runtime's own limit is reached"
+        f"{field}: {what} {readable_bytes(used)} ({parts}) {where} {readable_bytes(wanted)}"
+        " of headroom (5% or 32Mi, the GOMEMLIMIT rule): little room for the rest of the"
+        " process, an OOM kill is likely before the runtime's own limit is reached"
     )
 
 
@@ -202,7 +206,10 @@ def _jvm(rule: JvmRuntimeRule, cgroup: CgroupValues) -> _Settings:
         meta, direct = rule.max_metaspace or 0, rule.max_direct_memory or 0
         unbounded = [
             name
-            for name, value in (("maxMetaspace", rule.max_metaspace), ("maxDirectMemory", rule.max_direct_memory))
+            for name, value in (
+                ("maxMetaspace", rule.max_metaspace),
+                ("maxDirectMemory", rule.max_direct_memory),
+            )
             if not value
         ]
         parts = (
@@ -306,8 +313,6 @@ def size_runtimes(
     for sized in sizing.containers:
         result = _container(sized, jvm=jvm, node=node)
         if isinstance(result, str):
-            return replace(
-                sizing, containers=(), infeasible=f"{result} (container {sized.name})"
-            )
+            return replace(sizing, containers=(), infeasible=f"{result} (container {sized.name})")
         containers.append(result)
     return replace(sizing, containers=tuple(containers))

@@ -21,9 +21,9 @@ from memwarden.quantity import format_go_bytes, readable_bytes
 
 __all__ = [
     "GOMEMLIMIT_MIB_FLOOR_FROM",
-    "MIB",
     "HEADROOM_FRACTION",
     "HEADROOM_MIN",
+    "MIB",
     "CgroupValues",
     "ContainerResources",
     "ContainerSizing",

@@ -26,8 +26,16 @@ from typing import Any, Literal
 
 from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
 from memwarden.eviction_gate import not_recreated_why
-from memwarden.mutation import PodPlan, PodShapeError, pod_shape
+from memwarden.mutation import (
+    OPTION_VARIABLES,
+    PodPlan,
+    PodShapeError,
+    injected_options,
+    option_override,
+    pod_shape,
+)
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
+from memwarden.runtime_options import flag_values
 from memwarden.sizing import ContainerResources, ContainerSizing, qos_class
 
 Action = Literal["none", "resize", "evict", "wait"]
@@ -177,7 +185,43 @@ def stale_runtime(
                 continue
             if override or ("valueFrom" not in entry and ours.get(var) == value):
                 lines.append(f"{sized.name}: {var} {value}, policy wants {wanted}")
+        lines += _stale_options(
+            sized.name, env=env, wanted=injected_options(sized), ours=ours, plan=plan
+        )
     return tuple(lines)
+
+
+def _stale_options(
+    name: str,
+    *,
+    env: Mapping[Any, Mapping[str, Any]],
+    wanted: Mapping[str, str],
+    ours: Mapping[str, Any],
+    plan: PodPlan,
+) -> list[str]:
+    """Each of our JAVA_TOOL_OPTIONS/NODE_OPTIONS flags the container does not run with,
+    where the flag it has is one memwarden injected (or it has none); its own flags are
+    its own unless the section's ``overrideExisting``."""
+    assert plan.selection.winner is not None
+    lines = []
+    for var, flags in wanted.items():
+        entry = env.get(var)
+        if entry is not None and "valueFrom" in entry:
+            continue  # never merged into: admission said so
+        setting_of = OPTION_VARIABLES[var][1]
+        current = flag_values(str((entry or {}).get("value") or ""), setting_of=setting_of)
+        injected = flag_values(str(ours.get(var) or ""), setting_of=setting_of)
+        override = option_override(plan.selection.winner.spec, var)
+        for flag in flags.split(" "):
+            setting = setting_of(flag)
+            have = current.get(setting)
+            if have == flag:
+                continue
+            if have is None:
+                lines.append(f"{name}: {var} lacks {flag}, policy wants it")
+            elif override or injected.get(setting) == have:
+                lines.append(f"{name}: {var} has {have}, policy wants {flag}")
+    return lines
 
 
 def _injected_gomemlimit(view: Mapping[str, Any], container: str) -> int | None:
@@ -514,7 +558,10 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
     ):
         reason += "; working set unknown (no Prometheus): only the percentage bound holds"
     if stale:
-        reason += "; GOMEMLIMIT/GOGC stay as they are until the pod is recreated"
+        reason += (
+            "; runtime env (GOMEMLIMIT/GOGC, JVM/Node.js flags) stays as it is until the pod"
+            " is recreated"
+        )
     return outcome("resize", reason, resize=body, changes=changes, restarts=restarts)
 
 
