@@ -188,7 +188,7 @@ def _jvm(rule: JvmRuntimeRule, cgroup: CgroupValues) -> _Settings:
             )
             notes.append(
                 f"{field}.maxRAMPercentage: heap {readable_bytes(heap)} = {how} (the JVM"
-                " rounds it up to its heap alignment, 1 MiB or more)"
+                " rounds it up to its heap alignment, 2 MiB for G1 on 4 KiB pages)"
             )
     if memory_high is not None:
         notes.append(
@@ -299,6 +299,8 @@ def _container(
         sized,
         java_tool_options=java.options or None,
         node_options=v8.options or None,
+        jvm_max_heap=java.limit,
+        node_max_old_space=v8.limit,
         notes=(*sized.notes, *java.notes, *v8.notes),
     )
 

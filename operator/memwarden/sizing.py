@@ -788,6 +788,10 @@ class ContainerSizing:
     """The flags memwarden merges into JAVA_TOOL_OPTIONS (``runtime_sizing``)."""
     node_options: tuple[str, ...] | None = None
     """The flags memwarden merges into NODE_OPTIONS (``runtime_sizing``)."""
+    jvm_max_heap: int | None = None
+    """The JVM's maximum heap those flags give (before the JVM's alignment)."""
+    node_max_old_space: int | None = None
+    """V8's old space those flags give."""
     notes: tuple[str, ...] = ()
 
 

@@ -193,6 +193,14 @@ def explanation(plan: PodPlan, *, profile: KubeletSettings) -> dict[str, Any]:
             "env": {k: v for k, v in (("GOMEMLIMIT", c.gomemlimit_env), ("GOGC", c.gogc)) if v},
             # The flags memwarden merges in; the container's own flags stay beside them.
             "options": injected_options(c),
+            "runtimeLimits": {
+                k: v
+                for k, v in (
+                    ("jvmMaxHeapBytes", c.jvm_max_heap),
+                    ("nodeMaxOldSpaceBytes", c.node_max_old_space),
+                )
+                if v is not None
+            },
             "cgroup": _cgroup(c.cgroup),
         }
         for c in sizing.containers
