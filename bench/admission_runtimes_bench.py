@@ -268,6 +268,10 @@ def run(kubeconfig: Path) -> dict[str, Any]:
 
 
 def main() -> None:
+    # The operator process runs this checkout's code, not what the shared venv points at.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO / "operator"), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     layout = devcluster.default_layout()
     cluster_was_up = (layout.pki / "done").exists() and devcluster._readyz(layout)
     measured = git_state()
