@@ -49,6 +49,20 @@ def _cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str,
     return entry
 
 
+#: CEL for a ``90%``-or-quantity string: a percentage is in (0, 100].
+_PERCENT_IN_RANGE = _cel(
+    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
+    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
+    "a percentage must be above 0% and at most 100%",
+)
+
+
+def _check_percent(value: str | None) -> None:
+    """Mirror of ``_PERCENT_IN_RANGE`` for offline use."""
+    if value is not None and value.endswith("%") and not 0 < float(value[:-1]) <= 100:
+        raise ValueError("a percentage must be above 0% and at most 100%")
+
+
 def _quantity_le(a: str, b: str) -> str:
     """CEL: quantity field ``a`` <= ``b`` when both are set and valid (else other rules speak)."""
     return (
@@ -213,11 +227,7 @@ class GoRuntimeSpec(_Model):
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
-                    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
-                    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
-                    "a percentage must be above 0% and at most 100%",
-                ),
+                _PERCENT_IN_RANGE,
             ]
         },
     )
@@ -232,8 +242,7 @@ class GoRuntimeSpec(_Model):
     @classmethod
     def _percent_in_range(cls, value: str | None) -> str | None:
         """Mirror of the CEL rule: a percentage is in (0, 100]."""
-        if value is not None and value.endswith("%") and not 0 < float(value[:-1]) <= 100:
-            raise ValueError("a percentage must be above 0% and at most 100%")
+        _check_percent(value)
         return value
 
     overrideExisting: bool = Field(
@@ -320,11 +329,7 @@ class NodeRuntimeSpec(_Model):
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
-                    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
-                    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
-                    "a percentage must be above 0% and at most 100%",
-                ),
+                _PERCENT_IN_RANGE,
                 _cel(
                     "self.endsWith('%') || !isQuantity(self) || "
                     "quantity(self).compareTo(quantity('1Mi')) >= 0",
@@ -343,12 +348,8 @@ class NodeRuntimeSpec(_Model):
     @classmethod
     def _in_range(cls, value: str | None) -> str | None:
         """Mirror of the CEL rules."""
-        if value is None:
-            return value
-        if value.endswith("%"):
-            if not 0 < float(value[:-1]) <= 100:
-                raise ValueError("a percentage must be above 0% and at most 100%")
-        elif parse_bytes(value) < 2**20:
+        _check_percent(value)
+        if value is not None and not value.endswith("%") and parse_bytes(value) < 2**20:
             raise ValueError("a quantity must be at least 1Mi (the flag is in MiB)")
         return value
 

@@ -304,6 +304,21 @@ def _resource_ops(
     return ops, drift
 
 
+def _env_position(env: Sequence[Mapping[str, Any]], var: str) -> int | None:
+    return next((i for i, e in enumerate(env) if e.get("name") == var), None)
+
+
+def _set_env(*, path: str, position: int | None, var: str, value: str) -> dict[str, Any]:
+    """The op that sets ``var``: appended when absent, else replacing its entry."""
+    if position is None:
+        return {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": value}}
+    return {
+        "op": "replace",
+        "path": f"{path}/env/{position}",
+        "value": {"name": var, "value": value},
+    }
+
+
 def _env_ops(
     *, path: str, container: Mapping[str, Any], wanted: Mapping[str, str], override: bool
 ) -> tuple[JsonPatch, list[str], list[str]]:
@@ -318,11 +333,9 @@ def _env_ops(
     if container.get("env") is None:
         ops.append({"op": "add", "path": f"{path}/env", "value": []})
     for var, value in wanted.items():
-        position = next((i for i, e in enumerate(env) if e.get("name") == var), None)
+        position = _env_position(env, var)
         if position is None:
-            ops.append(
-                {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": value}}
-            )
+            ops.append(_set_env(path=path, position=None, var=var, value=value))
             drift.append(f"{name}: {var} unset, policy wants {value}")
             continue
         existing = env[position]
@@ -335,13 +348,7 @@ def _env_ops(
                 "set runtime.go.overrideExisting to replace it"
             )
             continue
-        ops.append(
-            {
-                "op": "replace",
-                "path": f"{path}/env/{position}",
-                "value": {"name": var, "value": value},
-            }
-        )
+        ops.append(_set_env(path=path, position=position, var=var, value=value))
         drift.append(f"{name}: {var} is {shown}, policy wants {value}")
     return ops, drift, notes
 
@@ -360,11 +367,9 @@ def _option_ops(
     name = container["name"]
     for var, flags in wanted.items():
         section, setting_of = OPTION_VARIABLES[var]
-        position = next((i for i, e in enumerate(env) if e.get("name") == var), None)
+        position = _env_position(env, var)
         if position is None:
-            ops.append(
-                {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": flags}}
-            )
+            ops.append(_set_env(path=path, position=None, var=var, value=flags))
             drift.append(f"{name}: {var} unset, policy wants {flags}")
             continue
         existing = env[position]
@@ -388,13 +393,7 @@ def _option_ops(
         ]
         if merged.value == current:
             continue
-        ops.append(
-            {
-                "op": "replace",
-                "path": f"{path}/env/{position}",
-                "value": {"name": var, "value": merged.value},
-            }
-        )
+        ops.append(_set_env(path=path, position=position, var=var, value=merged.value))
         change = f"adds {' '.join(merged.added)}"
         if merged.replaced:
             change += f" in place of {' '.join(merged.replaced)}"
