@@ -13,6 +13,7 @@ percentage in the JVM), so a container that sets any of them keeps its heap.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -139,7 +140,14 @@ def merge_options(
     Every token of ``existing`` survives unless ``override`` and it makes a setting of
     ``ours``; no setting ends up made twice by memwarden.
     """
-    text = existing or ""
+    return _merge(existing or "", tuple(ours), setting_of, override)
+
+
+@functools.lru_cache(maxsize=1024)
+def _merge(
+    text: str, ours: tuple[str, ...], setting_of: Callable[[str], str | None], override: bool
+) -> Merge:
+    """``merge_options``, cached: a workload's pods carry the same options."""
     wanted = {setting_of(flag): flag for flag in ours}
     if None in wanted:
         raise ValueError(f"not a flag memwarden injects: {wanted[None]!r}")

@@ -8,6 +8,7 @@ into ``JAVA_TOOL_OPTIONS`` / ``NODE_OPTIONS``, merged with the container's own b
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -140,6 +141,9 @@ class _Settings:
     notes: tuple[str, ...] = ()
 
 
+# Cached, as sizing's parsing is: a fleet's pods repeat few (rule, cgroup) pairs, and the
+# notes' text costs more than the rest of an admission's plan.
+@functools.lru_cache(maxsize=1024)
 def _jvm(rule: JvmRuntimeRule, cgroup: CgroupValues) -> _Settings:
     field = "runtime.jvm"
     notes: list[str] = []
@@ -235,6 +239,7 @@ def _jvm(rule: JvmRuntimeRule, cgroup: CgroupValues) -> _Settings:
     return _Settings(options=tuple(options), limit=heap, notes=tuple(notes))
 
 
+@functools.lru_cache(maxsize=1024)
 def _node(rule: NodeRuntimeRule, cgroup: CgroupValues) -> _Settings:
     field = "runtime.node.maxOldSpaceSize"
     memory_max = cgroup.memory_max
