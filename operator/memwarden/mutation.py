@@ -513,7 +513,8 @@ class PlanCache:
     entry goes first.
 
     The key is the bytes of every pod field a plan reads (containers' names, resources,
-    env, restartPolicy; overhead; the applied annotation); an entry is used only for the
+    env, restartPolicy; overhead; the applied annotation) and the governing policy's
+    name; an entry is used only for the
     same selection (its policies compared by identity: an updated policy is a new
     object, so its old entries are never served) and an equal kubelet profile.
     """
@@ -586,6 +587,10 @@ class PlanCache:
             key = self.shape_of(pod)
         except orjson.JSONEncodeError:  # an integer past 64 bits, nesting past 254: no key
             return plan_pod(pod=pod, selection=selection, profile=profile)
+        # The governing policy is part of the key: alike pods of two namespaces (or two
+        # policies) would otherwise take turns evicting each other's entry.
+        if selection.winner is not None:
+            key += selection.winner.key.encode()
         entry = self._entries.get(key)
         if entry is not None and entry[1] == profile and _same_policies(entry[0], selection):
             self.hits += 1
