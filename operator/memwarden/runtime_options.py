@@ -25,6 +25,7 @@ __all__ = [
     "Merge",
     "Token",
     "flag_values",
+    "heap_limit",
     "jvm_setting",
     "merge_options",
     "node_setting",
@@ -92,6 +93,25 @@ def jvm_setting(token: str) -> str | None:
 def node_setting(token: str) -> str | None:
     """The setting a Node.js option token makes (``old-space``), None for others."""
     return OLD_SPACE if _NODE_OLD_SPACE.match(token) else None
+
+
+_JVM_SIZE = re.compile(r"^([0-9]+)([kKmMgGtT]?)$")
+_JVM_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def heap_limit(flag: str) -> int | None:
+    """The bytes an absolute heap flag sets (``-Xmx768m``, ``--max-old-space-size=512``);
+    None for a percentage or anything unreadable."""
+    for prefix in ("-Xmx", "-XX:MaxHeapSize="):
+        if flag.startswith(prefix):
+            match = _JVM_SIZE.match(flag[len(prefix) :])
+            if match is None:
+                return None
+            return int(match.group(1)) * _JVM_UNITS[match.group(2).lower()]
+    if node_setting(flag) == OLD_SPACE and "=" in flag:
+        value = flag.split("=", 1)[1]
+        return int(value) * 2**20 if value.isdigit() else None
+    return None
 
 
 def _takes_next(token: str, setting: str | None) -> bool:

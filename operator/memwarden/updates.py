@@ -35,7 +35,7 @@ from memwarden.mutation import (
     pod_shape,
 )
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
-from memwarden.runtime_options import flag_values
+from memwarden.runtime_options import flag_values, heap_limit
 from memwarden.sizing import ContainerResources, ContainerSizing, qos_class
 
 Action = Literal["none", "resize", "evict", "wait"]
@@ -232,6 +232,38 @@ def _injected_gomemlimit(view: Mapping[str, Any], container: str) -> int | None:
     if entry is None or "valueFrom" in entry or entry.get("value") != record.get("GOMEMLIMIT"):
         return None
     return parse_go_bytes(str(entry.get("value")))
+
+
+def _injected_heaps(view: Mapping[str, Any], sized: ContainerSizing) -> list[str]:
+    """For each JVM/Node.js heap flag memwarden injected into the container, which it
+    still runs with, that the policy now wants changed, and that is above the container's
+    new memory.high (else limit): why the runtime would outgrow its cgroup."""
+    ceiling = sized.cgroup.memory_high or sized.memory_limit
+    if ceiling is None:
+        return []
+    record = (_applied(view).get("containers") or {}).get(sized.name) or {}
+    _, spec = _containers(view).get(sized.name, ("", {}))
+    env = {e.get("name"): e for e in spec.get("env") or []}
+    wanted = injected_options(sized)
+    lines = []
+    for var, (_, setting_of) in OPTION_VARIABLES.items():
+        entry = env.get(var) or {}
+        if "valueFrom" in entry:
+            continue
+        ours = flag_values(str(record.get(var) or ""), setting_of=setting_of)
+        running = flag_values(str(entry.get("value") or ""), setting_of=setting_of)
+        policy = flag_values(wanted.get(var, ""), setting_of=setting_of)
+        for setting, flag in ours.items():
+            size = heap_limit(flag)
+            if running.get(setting) != flag or policy.get(setting) == flag or size is None:
+                continue
+            if size > ceiling:
+                where = "memory.high" if sized.cgroup.memory_high else "limit"
+                lines.append(
+                    f"{sized.name}: its {var} {flag} would be above its new {where}"
+                    f" {_shown(ceiling)}"
+                )
+    return lines
 
 
 def _restart_policy(container: Mapping[str, Any]) -> str:
@@ -463,6 +495,7 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
                 f"{sized.name}: its GOMEMLIMIT {_shown(injected)} would be above its new "
                 f"{'memory.high' if sized.cgroup.memory_high else 'limit'} {_shown(ceiling)}"
             )
+        stale_go += _injected_heaps(view, sized)
 
     if not targets:
         if mode == "Recreate" and stale:

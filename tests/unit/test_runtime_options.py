@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from memwarden.runtime_options import (
     flag_values,
+    heap_limit,
     jvm_setting,
     merge_options,
     node_setting,
@@ -188,3 +189,19 @@ def test_merge_never_drops_the_users_flags_and_never_duplicates_ours(
 def test_flag_values_read_back_what_merge_wrote(text: str) -> None:
     merged = merge_options(text, ["-Xmx1g"], setting_of=jvm_setting, override=True)
     assert flag_values(merged.value, setting_of=jvm_setting)["heap"] == "-Xmx1g"
+
+
+@pytest.mark.parametrize(
+    ("flag", "size"),
+    [
+        ("-Xmx1g", 2**30),
+        ("-Xmx768m", 768 * 2**20),
+        ("-XX:MaxHeapSize=512K", 512 * 2**10),
+        ("-Xmx1000", 1000),
+        ("--max-old-space-size=512", 512 * 2**20),
+        ("-XX:MaxRAMPercentage=70", None),
+        ("-Xmxlots", None),
+    ],
+)
+def test_heap_limit(flag: str, size: int | None) -> None:
+    assert heap_limit(flag) == size

@@ -428,3 +428,30 @@ def test_a_users_own_heap_flag_is_not_stale_unless_overridden() -> None:
         pod, memory=BIGGER, update="InPlace", jvm={"maxHeap": "1Gi", "overrideExisting": True}
     )
     assert replaced.stale_runtime == ("app: JAVA_TOOL_OPTIONS has -Xmx700m, policy wants -Xmx1g",)
+
+
+@pytest.mark.parametrize(
+    ("var", "ours", "section"),
+    [
+        pytest.param("JAVA_TOOL_OPTIONS", "-Xmx1800m", {"jvm": {"maxHeap": "1Gi"}}, id="jvm"),
+        pytest.param(
+            "NODE_OPTIONS",
+            "--max-old-space-size=1800",
+            {"node": {"maxOldSpaceSize": "75%"}},
+            id="node",
+        ),
+    ],
+)
+def test_an_injected_heap_above_the_new_limit_recreates_under_in_place_or_recreate(
+    var: str, ours: str, section: dict[str, Any]
+) -> None:
+    pod = running_pod(
+        containers=[burstable(limit="2Gi", env={var: f"-Dx=1 {ours}"})],
+        applied={"app": {"request": "512Mi", "limit": "2Gi", var: ours}},
+    )
+    memory = {"request": "512Mi", "limit": "1536Mi"}
+    found = decision(pod, memory=memory, update="InPlaceOrRecreate", **section)
+    assert found.action == "evict"
+    assert f"app: its {var} {ours} would be above its new limit 1536Mi" in found.reason
+    in_place = decision(pod, memory=memory, update="InPlace", **section)
+    assert in_place.action == "resize"
