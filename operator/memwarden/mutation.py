@@ -22,10 +22,12 @@ from memwarden.quantity import (
     format_bytes,
     parse_bytes,
     parse_millicores,
+    readable_bytes,
 )
 from memwarden.runtime_options import (
     JAVA_TOOL_OPTIONS,
     NODE_OPTIONS,
+    heap_limit,
     jvm_setting,
     merge_options,
     node_setting,
@@ -354,7 +356,12 @@ def _env_ops(
 
 
 def _option_ops(
-    *, path: str, container: Mapping[str, Any], wanted: Mapping[str, str], spec: MemoryPolicySpec
+    *,
+    path: str,
+    container: Mapping[str, Any],
+    wanted: Mapping[str, str],
+    spec: MemoryPolicySpec,
+    memory_max: int | None,
 ) -> tuple[JsonPatch, list[str], list[str]]:
     """Ops that merge our flags into JAVA_TOOL_OPTIONS / NODE_OPTIONS, keeping the
     container's own flags (``runtime_options.merge_options``).
@@ -386,11 +393,17 @@ def _option_ops(
             setting_of=setting_of,
             override=option_override(spec, var),
         )
-        notes += [
-            f"{name}: keeps its own {kept} in {var}; set runtime.{section}.overrideExisting"
-            " to replace it"
-            for kept in merged.kept
-        ]
+        for kept in merged.kept:
+            notes.append(
+                f"{name}: keeps its own {kept} in {var}; set runtime.{section}.overrideExisting"
+                " to replace it"
+            )
+            size = heap_limit(kept)
+            if size is not None and memory_max is not None and size > memory_max:
+                notes.append(
+                    f"{name}: its own {kept} is above memory.max {readable_bytes(memory_max)}:"
+                    " the OOM killer would act before the runtime's GC"
+                )
         if merged.value == current:
             continue
         ops.append(_set_env(path=path, position=position, var=var, value=merged.value))
@@ -471,7 +484,11 @@ def plan_pod(
             path=path, container=container, wanted=wanted, override=override
         )
         option_ops, option_drift, option_notes = _option_ops(
-            path=path, container=container, wanted=options, spec=spec
+            path=path,
+            container=container,
+            wanted=options,
+            spec=spec,
+            memory_max=sized.cgroup.memory_max,
         )
         ops += env_ops + option_ops
         drift += env_drift + option_drift

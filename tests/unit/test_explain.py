@@ -197,6 +197,9 @@ def test_runtime_example_shows_injected_flags_and_notes(
         " ".join(doc["notes"])
     )
     assert any("the JVM reads memory.max 2Gi, not memory.high" in n for n in doc["notes"])
+    assert "app: its own -Xmx3g is above memory.max 2Gi: the OOM killer would act" in (
+        " ".join(doc["notes"])
+    )
     code = main(["explain", "--policy", policy, "--pod", str(tmp_path / "pod.yaml")])
     table = capsys.readouterr().out
     assert "inject:  app: JAVA_TOOL_OPTIONS += -XX:MaxRAMPercentage=70 " in table
