@@ -21,6 +21,7 @@ lint: bootstrap
 	ruff format --check .
 	mypy
 	lint-imports
+	deptry operator
 
 test: lint
 	$(PY) -m pytest tests

@@ -32,6 +32,7 @@ def build(namespaces: int) -> tuple[PolicyIndex, list[tuple[str, dict[str, str]]
     index = PolicyIndex()
     per_ns = POLICIES // namespaces
     for n in range(namespaces):
+        table = []
         for p in range(per_ns):
             spec = MemoryPolicySpec.model_validate(
                 {
@@ -45,7 +46,7 @@ def build(namespaces: int) -> tuple[PolicyIndex, list[tuple[str, dict[str, str]]
                     "memory": {"request": "256Mi", "limit": "512Mi"},
                 }
             )
-            index.upsert(
+            table.append(
                 Candidate(
                     namespace=f"ns-{n}",
                     name=f"policy-{p}",
@@ -53,6 +54,7 @@ def build(namespaces: int) -> tuple[PolicyIndex, list[tuple[str, dict[str, str]]
                     spec=spec,
                 )
             )
+        index.swap_namespace(f"ns-{n}", table)
     pods = [
         (
             f"ns-{rng.randrange(namespaces)}",

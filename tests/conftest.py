@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,23 @@ from memwarden_testing.operator import (
     install_incident_policy,
     install_reach_policy,
     least_privilege_kubeconfig,
+    running_operator_logs,
     uninstall_reach_policy,
 )
 
 #: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
 pytest_plugins = ["memwarden_testing.prometheus"]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report carries the log tails of the operators running then."""
+    report = yield
+    if report.when == "call" and report.failed:
+        report.sections.extend(running_operator_logs())
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +77,27 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
             raise
 
 
+#: Seconds a test of each tier may take (pytest-timeout), unless it says otherwise: a
+#: hung unit test fails in two minutes, not in the integration tier's ten.
+TIER_TIMEOUTS = {"unit": 120, "local": 180, "integration": 600, "e2e": 600}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests under tests/unit are unit tests, tests/integration integration, tests/e2e e2e."""
+    """Tests under tests/unit are unit tests, tests/integration integration, tests/e2e e2e;
+    each gets its tier's timeout (a unit test marked ``local`` starts a server or a
+    process on this machine, and gets that one)."""
     for item in items:
         path = Path(str(item.fspath)).relative_to(REPO / "tests")
         tier = path.parts[0]
         if tier in {"unit", "integration", "e2e"} and not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
+        timeout = (
+            TIER_TIMEOUTS["local" if item.get_closest_marker("local") else tier]
+            if (tier in TIER_TIMEOUTS)
+            else None
+        )
+        if timeout is not None and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(timeout))
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from memwarden.artifacts import ALL_ARTIFACTS, Artifact
 from memwarden.quantity import (
     DURATION_PATTERN,
     QUANTITY_PATTERN,
@@ -421,18 +422,6 @@ class OomRiskSpec(_Model):
     @classmethod
     def _zero_duration_is_off(cls, value: str | None) -> str | None:
         return None if value is not None and parse_duration(value) == 0 else value
-
-
-Artifact = Literal["heap", "allocs", "goroutine", "trace", "gcore", "smaps", "cgroup"]
-ALL_ARTIFACTS: tuple[Artifact, ...] = (
-    "heap",
-    "allocs",
-    "goroutine",
-    "trace",
-    "gcore",
-    "smaps",
-    "cgroup",
-)
 
 
 class CaptureSpec(_Model):

@@ -118,11 +118,6 @@ def issue(
     return KeyPair(cert_pem=cert.public_bytes(serialization.Encoding.PEM), key_pem=_key_pem(key))
 
 
-def needs_renewal(pair: KeyPair, *, now: dt.datetime, renew_before: dt.timedelta) -> bool:
-    """True when ``pair`` expires within ``renew_before`` (renew early, never expire)."""
-    return pair.not_after - now <= renew_before
-
-
 def write_pem(pair: KeyPair, *, cert_path: Path, key_path: Path) -> None:
     """Write both files; the key readable by the owner only. Key first, so a reader that
     sees the new certificate also finds its key."""

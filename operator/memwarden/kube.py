@@ -100,6 +100,26 @@ POLICIES = CustomResource(group=GROUP, version=VERSION, plural="memorypolicies")
 INCIDENTS = CustomResource(group=GROUP, version=VERSION, plural="memoryincidents")
 
 
+def api_client_from_environment() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    return client.ApiClient(configuration)
+
+
+def call(what: str, fn: Any, *args: Any, timeout: float = REQUEST_TIMEOUT, **kwargs: Any) -> Any:
+    """One Kubernetes client call, its failures as ``KubeError`` (``what`` says which)."""
+    try:
+        return fn(*args, _request_timeout=timeout, **kwargs)
+    except ApiException as exc:
+        raise error_from(exc, what=what) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise Transient(_short(f"{what}: {exc}")) from exc
+
+
 class Kube:
     """A few generic calls on custom resources (more can be added in the same shape)."""
 
@@ -111,22 +131,10 @@ class Kube:
 
     @classmethod
     def from_environment(cls) -> Kube:
-        """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
-        configuration = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        except ConfigException:
-            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        return cls(client.ApiClient(configuration))
+        return cls(api_client_from_environment())
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        try:
-            result = fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-        except ApiException as exc:
-            raise error_from(exc, what=what) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Transient(_short(f"{what}: {exc}")) from exc
-        return dict(result)
+        return dict(call(what, fn, *args, **kwargs))
 
     def create(
         self, resource: CustomResource, *, namespace: str, body: Mapping[str, Any]

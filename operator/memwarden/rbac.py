@@ -60,8 +60,9 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "memwarden.dev",
         ("memorypolicies",),
-        ("list", "watch"),
-        "kopf watches policies (index, events); memwarden never writes a policy, only its status",
+        ("get", "list", "watch"),
+        "kopf watches policies (index, events); the status loop re-reads one after a "
+        "conflicting write; memwarden never writes a policy, only its status",
     ),
     Rule(
         "memwarden.dev",

@@ -94,10 +94,6 @@ class Selection:
     governed: tuple[str, ...] = ()
     reason: str = ""
 
-    @property
-    def conflicted(self) -> bool:
-        return bool(self.others)
-
 
 def _why(winner: Candidate, runner_up: Candidate) -> str:
     if winner.spec.priority != runner_up.spec.priority:
@@ -142,6 +138,18 @@ def _anchor(candidate: Candidate) -> tuple[str, str] | None:
     return key, match_labels[key]
 
 
+def select_for_pod(pod: Mapping[str, Any], candidates: Iterable[Candidate]) -> Selection:
+    """The policy among ``candidates`` that governs ``pod`` (a pod dict or view), and why:
+    its labels and containers (sidecars apart) read the one way admission reads them."""
+    regular, sidecars = container_names(pod)
+    return select_policy(
+        labels=(pod.get("metadata") or {}).get("labels") or {},
+        container_names=regular,
+        sidecar_names=sidecars,
+        candidates=candidates,
+    )
+
+
 @dataclass(frozen=True)
 class NamespacePolicies:
     """One namespace's policies, by name and by one required label pair. Immutable: an
@@ -179,13 +187,7 @@ class NamespacePolicies:
     def select_pod(self, pod: Mapping[str, Any]) -> Selection:
         """The policy of this namespace that governs ``pod`` (a pod dict or view), and why."""
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        regular, sidecars = container_names(pod)
-        return select_policy(
-            labels=labels,
-            container_names=regular,
-            sidecar_names=sidecars,
-            candidates=self.candidates_for(labels),
-        )
+        return select_for_pod(pod, self.candidates_for(labels))
 
 
 class PolicyIndex:
@@ -227,13 +229,6 @@ class PolicyIndex:
 
     def all_candidates(self) -> list[Candidate]:
         return [c for table in list(self._namespaces.values()) for c in table.by_name.values()]
-
-    def upsert(self, candidate: Candidate) -> None:
-        current = self._namespaces.get(candidate.namespace)
-        others = [
-            c for c in (current.by_name.values() if current else ()) if c.name != candidate.name
-        ]
-        self.swap_namespace(candidate.namespace, [*others, candidate])
 
     def remove(self, *, namespace: str, name: str) -> None:
         current = self._namespaces.get(namespace)

@@ -158,11 +158,6 @@ class KubeletProfile:
         """Whether this kubelet writes memory.high at all."""
         return self.no_high_reason() is None
 
-    @property
-    def protects(self) -> bool:
-        """Whether this kubelet writes memory.min / memory.low at all."""
-        return self.no_protection_reason() is None
-
     def no_high_reason(self) -> str | None:
         """Why this kubelet writes no memory.high, naming the setting; None when it does."""
         if not self.memory_qos:

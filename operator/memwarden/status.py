@@ -18,6 +18,7 @@ from memwarden.api import (
     PendingUpdate,
     PodConflict,
 )
+from memwarden.conditions import build_condition
 from memwarden.mutation import PlanCache, PodShapeError, planned
 from memwarden.runtime_options import JAVA_TOOL_OPTIONS, NODE_OPTIONS
 from memwarden.selection import Candidate, NamespacePolicies
@@ -136,29 +137,6 @@ def _oom_killed_statuses(status: Mapping[str, Any]) -> list[dict[str, Any]]:
         if trimmed:
             kept.append({"name": entry.get("name"), **trimmed})
     return kept
-
-
-def _condition(
-    *,
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    generation: int | None,
-    now: str,
-    previous: Sequence[Condition],
-) -> Condition:
-    text = "True" if status else "False"
-    before = next((c for c in previous if c.type == type_), None)
-    since = before.lastTransitionTime if before and before.status == text else now
-    return Condition(
-        type=type_,
-        status=text,
-        reason=reason,
-        message=message,
-        lastTransitionTime=since,
-        observedGeneration=generation,
-    )
 
 
 @dataclass
@@ -311,7 +289,7 @@ def _update_condition(
     else:
         status, reason = False, "InProgress"
         message = f"{len(pending)} pods to update"
-    return _condition(
+    return build_condition(
         type_="Updated",
         status=status,
         reason=reason,
@@ -334,7 +312,7 @@ def _status(
     infeasible, conflicts = tally.infeasible, tally.conflicts
     old_conditions = previous.conditions if previous else []
     conditions = [
-        _condition(
+        build_condition(
             type_="Ready",
             status=True,
             reason="Reconciled",
@@ -343,7 +321,7 @@ def _status(
             now=now,
             previous=old_conditions,
         ),
-        _condition(
+        build_condition(
             type_="Feasible",
             status=not infeasible,
             reason="Infeasible" if infeasible else "Feasible",
@@ -409,6 +387,14 @@ class Observed:
     uid: str | None = None
 
 
+def _older(version: str | None, than: str | None) -> bool:
+    """True when resourceVersion ``version`` is older than ``than``. Kubernetes makes them
+    comparable as integers (KEP-5504); anything else counts as not older."""
+    if not (version and than and version.isdigit() and than.isdigit()):
+        return False
+    return int(version) < int(than)
+
+
 class StatusBook:
     """What status work is due: namespaces whose pods or policies changed since their
     policies' status was last computed, and the status each policy has now.
@@ -437,9 +423,21 @@ class StatusBook:
         return due
 
     def observe(self, policy: Mapping[str, Any]) -> None:
-        """Remember a policy object as the watch (or a write) returned it."""
+        """Remember a policy object as the watch (or a write, or a read) returned it.
+
+        An older version never replaces a newer one: a write's answer can arrive after
+        the watch has already delivered a later change (kopf's own patch, say), and
+        remembering the older one would make every conditional write after it conflict.
+        """
         metadata = policy.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        known = self.current.get(key)
+        if (
+            known is not None
+            and known.uid == metadata.get("uid")
+            and _older(metadata.get("resourceVersion"), known.resource_version)
+        ):
+            return
         self.current[key] = Observed(
             generation=metadata.get("generation"),
             resource_version=metadata.get("resourceVersion"),

@@ -37,6 +37,7 @@ from memwarden.mutation import (
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.runtime_options import flag_values, heap_limit
 from memwarden.sizing import ContainerResources, ContainerSizing, qos_class
+from memwarden.timefmt import seconds_since
 
 Action = Literal["none", "resize", "evict", "wait"]
 
@@ -273,16 +274,6 @@ def _restart_policy(container: Mapping[str, Any]) -> str:
     return "NotRequired"
 
 
-def _since(text: str | None, now: dt.datetime) -> float:
-    if not text:
-        return 0.0
-    try:
-        then = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return 0.0
-    return max(0.0, (now - then).total_seconds())
-
-
 def _step(current: int | None, wanted: int | None, percent: int) -> int | None:
     """``wanted``, or the lowest value one update may reach from ``current``."""
     if current is None or wanted is None or wanted >= current:
@@ -465,7 +456,7 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
             if mode == "InPlaceOrRecreate":
                 return evict(f"resize infeasible on its node ({why})")
             return outcome("wait", f"resize infeasible on its node ({why})", stuck=True)
-        waited = _since(pending.get("since"), inputs.now)
+        waited = seconds_since(pending.get("since"), inputs.now)
         if mode == "InPlaceOrRecreate" and waited >= inputs.deferred_grace_seconds:
             # The grace, not the time waited: a reason that changed every second would
             # rewrite the policy's status every pass while the eviction waits its turn.

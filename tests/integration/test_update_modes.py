@@ -175,11 +175,16 @@ def status_when(
     what: str,
     timeout: float = 60,
 ) -> dict[str, Any]:
-    return wait_for(
-        lambda: (s := policy_status(kube, namespace, "web")) and check(s) and s,
-        timeout=timeout,
-        what=what,
-    )
+    seen: list[dict[str, Any] | None] = [None]
+
+    def matching() -> dict[str, Any] | None:
+        seen[0] = policy_status(kube, namespace, "web")
+        return seen[0] if seen[0] and check(seen[0]) else None
+
+    try:
+        return wait_for(matching, timeout=timeout, what=what)
+    except AssertionError as exc:  # say what the status was, not just "False"
+        raise AssertionError(f"{exc}; the policy's status then: {seen[0]!r}") from None
 
 
 def passes(process: OperatorProcess, more: int) -> None:

@@ -242,6 +242,15 @@ def operators_paused() -> Iterator[None]:
             process.start()
 
 
+def running_operator_logs(size: int = 6000) -> list[tuple[str, str]]:
+    """(title, log tail) of every operator process running now: what a failed test's
+    report carries, since CI shows nothing else of the operator."""
+    return [
+        (f"operator log (tail), {process.workdir.name}", process.log_tail(size))
+        for process in list(_running.values())
+    ]
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)

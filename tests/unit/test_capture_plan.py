@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from memwarden import api, cli
+from memwarden import cli
 from memwarden.capture.plan import (
     ALL_ARTIFACTS,
     ENV_UPLOAD_TOKEN,
@@ -50,10 +50,6 @@ def plan(**overrides: Any) -> dict[str, Any]:
 
 def flag(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
-
-
-def test_artifacts_mirror_the_api() -> None:
-    assert ALL_ARTIFACTS == api.ALL_ARTIFACTS
 
 
 @pytest.mark.parametrize(

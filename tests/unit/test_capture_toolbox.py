@@ -229,6 +229,7 @@ def test_summary_fits_the_termination_message(failures: int, reason_length: int)
     assert loaded["exitCode"] == 1
 
 
+@pytest.mark.local
 def test_toolbox_imports_stay_light() -> None:
     # The toolbox image has neither kopf, nor the Kubernetes client, nor pydantic.
     code = (

@@ -27,7 +27,7 @@ from memwarden.webhook import MAX_REVIEW_BYTES, AdmissionTally, WebhookServer, m
 from memwarden_testing.operator import free_port
 from memwarden_testing.rawhttp import Answer, RawClient
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.local]  # each test starts a server
 
 PATH = "/memwarden-pods"
 

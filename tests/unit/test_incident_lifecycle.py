@@ -12,6 +12,7 @@ from memwarden.capture import incident as lifecycle
 from memwarden.capture.analysis import FunctionStat, Summary, TopReport
 from memwarden.capture.plan import ephemeral_container_name
 from memwarden.risk.opening import OPENED_AT_ANNOTATION
+from memwarden.timefmt import rfc3339
 from memwarden_testing.builders import make_candidate, make_pod
 
 pytestmark = pytest.mark.unit
@@ -88,7 +89,7 @@ def terminated(exit_code: int, *, finished: dt.datetime, message: str = "") -> d
         "state": {
             "terminated": {
                 "exitCode": exit_code,
-                "finishedAt": lifecycle.rfc3339(finished),
+                "finishedAt": rfc3339(finished),
                 "message": message,
             }
         },
@@ -275,12 +276,12 @@ def hand_made(
     metadata: dict[str, Any] = {
         "name": name,
         "namespace": GATE_NS,
-        "creationTimestamp": lifecycle.rfc3339(created),
+        "creationTimestamp": rfc3339(created),
     }
     if opened_at:
         metadata["annotations"] = {OPENED_AT_ANNOTATION: opened_at}
     if deleting:
-        metadata["deletionTimestamp"] = lifecycle.rfc3339(created)
+        metadata["deletionTimestamp"] = rfc3339(created)
     return {
         "metadata": metadata,
         "spec": {"pod": pod, **({"policy": policy} if policy else {})},

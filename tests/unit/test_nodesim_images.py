@@ -127,6 +127,7 @@ def test_pod_cidr_must_be_loopback() -> None:
         AddressPool("10.244.0.0/24")
 
 
+@pytest.mark.local
 def test_pure_modules_import_no_client() -> None:
     """env, images, status and the exposition stay testable without a cluster or network."""
     code = (

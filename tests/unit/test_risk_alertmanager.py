@@ -221,6 +221,7 @@ def auth(token: str = TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@pytest.mark.local
 def test_receiver_hands_findings_over_and_answers_200() -> None:
     sink = Sink()
     payload = make_payload([make_alert(pod="a"), make_alert(pod="b", status="resolved")])
@@ -243,6 +244,7 @@ AUTH_CASES = [
 ]
 
 
+@pytest.mark.local
 @pytest.mark.parametrize("headers", AUTH_CASES)
 def test_receiver_refuses_without_the_token(
     headers: dict[str, str], caplog: pytest.LogCaptureFixture
@@ -261,6 +263,7 @@ def test_receiver_refuses_without_the_token(
     assert "unauthorized" in caplog.text
 
 
+@pytest.mark.local
 def test_receiver_refuses_a_token_that_is_not_utf8() -> None:
     """Header bytes that are not UTF-8 reach the handler as surrogate escapes: a 401, as
     for any wrong token (a 500 before: encoding them for the comparison raised)."""
@@ -280,6 +283,7 @@ def test_receiver_refuses_a_token_that_is_not_utf8() -> None:
     assert sink.received == []
 
 
+@pytest.mark.local
 def test_an_empty_configured_token_authorises_nothing() -> None:
     async def check(client: TestClient[web.Request, web.Application]) -> None:
         response = await client.post(URL, json=make_payload([]), headers=auth(""))
@@ -288,6 +292,7 @@ def test_an_empty_configured_token_authorises_nothing() -> None:
     serve(check, app=make_alertmanager_app(token="", on_findings=Sink()))
 
 
+@pytest.mark.local
 def test_token_file_is_reread_when_rotated_and_missing_file_is_503(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("first\n")
@@ -320,6 +325,7 @@ REQUEST_GARBAGE = [
 ]
 
 
+@pytest.mark.local
 @pytest.mark.parametrize(("body", "status"), REQUEST_GARBAGE)
 @pytest.mark.parametrize(
     "chunked", [pytest.param(False, id="sized"), pytest.param(True, id="chunked")]
@@ -348,6 +354,7 @@ def test_receiver_answers_garbage_with_4xx_json_and_a_log_line(
     assert [f.pod for f in sink.received] == ["a"]
 
 
+@pytest.mark.local
 def test_receiver_answers_503_when_the_queue_is_full() -> None:
     async def check(client: TestClient[web.Request, web.Application]) -> None:
         response = await client.post(URL, json=make_payload([make_alert(pod="a")]), headers=auth())
@@ -357,6 +364,7 @@ def test_receiver_answers_503_when_the_queue_is_full() -> None:
     serve(check, app=make_alertmanager_app(token=TOKEN, on_findings=Sink(fail=True)))
 
 
+@pytest.mark.local
 def test_unmapped_alerts_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     async def check(client: TestClient[web.Request, web.Application]) -> None:
         payload = make_payload([make_alert(pod=None, alertname="NodeDown")])

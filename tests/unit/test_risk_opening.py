@@ -18,8 +18,8 @@ from memwarden.risk.opening import (
     decide,
     incident_name,
     incident_view,
-    rfc3339,
 )
+from memwarden.timefmt import rfc3339
 
 pytestmark = pytest.mark.unit
 

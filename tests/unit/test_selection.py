@@ -146,14 +146,14 @@ def test_no_policy_selects() -> None:
 
 def test_index_keeps_namespaces_apart_and_replaces_on_update() -> None:
     index = PolicyIndex()
-    index.upsert(make_candidate("a", namespace="shop", priority=1))
-    index.upsert(make_candidate("b", namespace="shop", priority=2))
-    index.upsert(make_candidate("a", namespace="bank", priority=9))
+    shop_b = make_candidate("b", namespace="shop", priority=2)
+    index.swap_namespace("shop", [make_candidate("a", namespace="shop", priority=1), shop_b])
+    index.swap_namespace("bank", [make_candidate("a", namespace="bank", priority=9)])
     assert len(index) == 3
     chosen = index.select(namespace="shop", labels={"app": "checkout"}, container_names=["app"])
     assert chosen.winner is not None and chosen.winner.name == "b"
 
-    index.upsert(make_candidate("a", namespace="shop", priority=3))
+    index.swap_namespace("shop", [make_candidate("a", namespace="shop", priority=3), shop_b])
     assert len(index) == 3
     chosen = index.select(namespace="shop", labels={"app": "checkout"}, container_names=["app"])
     assert chosen.winner is not None and chosen.winner.name == "a"

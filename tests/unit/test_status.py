@@ -120,6 +120,39 @@ def test_the_book_remembers_and_forgets_current_statuses() -> None:
     assert ("shop", "checkout") not in book.current
 
 
+def _policy(version: str, *, uid: str = "u1", ready: int = 0) -> dict[str, object]:
+    return {
+        "metadata": {
+            "namespace": "shop",
+            "name": "checkout",
+            "uid": uid,
+            "resourceVersion": version,
+        },
+        "status": {"matchedPods": ready},
+    }
+
+
+@pytest.mark.parametrize(
+    ("first", "then", "kept"),
+    [
+        pytest.param(_policy("20"), _policy("18"), "20", id="a-late-write-answer-is-older"),
+        pytest.param(_policy("18"), _policy("20"), "20", id="a-newer-event-replaces"),
+        pytest.param(_policy("9"), _policy("10"), "10", id="compared-as-integers-not-text"),
+        pytest.param(_policy("20"), _policy("5", uid="u2"), "5", id="a-recreated-policy-replaces"),
+        pytest.param(_policy("20"), _policy("opaque"), "opaque", id="not-comparable-replaces"),
+    ],
+)
+def test_the_book_never_goes_back_to_an_older_version(
+    first: dict[str, object], then: dict[str, object], kept: str
+) -> None:
+    """A write's answer that arrives after the watch's newer event must not win: every
+    conditional write after it would conflict."""
+    book = StatusBook()
+    book.observe(first)
+    book.observe(then)
+    assert book.current[("shop", "checkout")].resource_version == kept
+
+
 def test_index_swaps_a_whole_namespace_at_once() -> None:
     index = PolicyIndex()
     index.replace_all([make_candidate("a"), make_candidate("b", namespace="bank")])

@@ -13,29 +13,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from memwarden.api import ALL_ARTIFACTS, Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from memwarden.api import Analysis, ArtifactRecord, CaptureSpec, FunctionUsage
+from memwarden.artifacts import ALL_ARTIFACTS
 from memwarden.capture.analysis import Summary
 from memwarden.capture.plan import ephemeral_container_name
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.risk.opening import ACTIVE_PHASES, Known
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, select_for_pod
+from memwarden.timefmt import parse_time, rfc3339
 
 TERMINAL_PHASES = frozenset({"Collected", "Failed", "Skipped"})
 #: After the debug container ended, how long to wait for its upload to be seen stored.
 UPLOAD_GRACE = dt.timedelta(seconds=20)
-
-
-def rfc3339(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object) -> dt.datetime | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -124,13 +113,7 @@ def gate_capture(
     metadata = incident.get("metadata") or {}
     namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
     pod_name = str((incident.get("spec") or {}).get("pod"))
-    regular, sidecars = container_names(pod)
-    selection = select_policy(
-        labels=dict((pod.get("metadata") or {}).get("labels") or {}),
-        container_names=regular,
-        sidecar_names=sidecars,
-        candidates=policies,
-    )
+    selection = select_for_pod(pod, policies)
     policy = selection.winner
     if policy is None:
         return Gate(

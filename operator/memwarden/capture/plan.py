@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from memwarden.artifacts import ALL_ARTIFACTS
 from memwarden.quantity import QuantityError, parse_bytes
 
 __all__ = [
@@ -40,18 +41,6 @@ __all__ = [
     "ptrace_allowed_by_pod_security",
 ]
 
-#: Every artifact the toolbox can collect, in collection order. Mirrors
-#: ``memwarden.api.ALL_ARTIFACTS`` (a unit test fails on drift); not imported from there so
-#: the toolbox image does not need pydantic.
-ALL_ARTIFACTS: tuple[str, ...] = (
-    "heap",
-    "allocs",
-    "goroutine",
-    "trace",
-    "gcore",
-    "smaps",
-    "cgroup",
-)
 
 ENV_UPLOAD_URL = "MEMWARDEN_UPLOAD_URL"
 ENV_UPLOAD_TOKEN = "MEMWARDEN_UPLOAD_TOKEN"

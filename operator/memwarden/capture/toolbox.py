@@ -58,6 +58,7 @@ from memwarden.capture.plan import (
 )
 from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, token_expiry
 from memwarden.quantity import QuantityError, parse_bytes
+from memwarden.timefmt import rfc3339_millis
 
 __all__ = [
     "MANIFEST_MEMBER",
@@ -228,10 +229,6 @@ def _version() -> str:
         return version("memwarden")
     except PackageNotFoundError:
         return "0+unknown"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # --- copying with a deadline, hashing on the way -----------------------------------------
@@ -580,7 +577,7 @@ class Collection:
 def collect(options: Options, *, workdir: Path) -> Collection:
     """Run every requested step, in :data:`COLLECTION_ORDER`, into temp files in ``workdir``."""
     ctx = _Context(options=options, workdir=workdir)
-    started_at = _now()
+    started_at = rfc3339_millis(datetime.now(UTC))
     entries: list[Entry] = []
     cgroup_dir: Path | None = None
     for artifact in COLLECTION_ORDER:
@@ -600,7 +597,7 @@ def collect(options: Options, *, workdir: Path) -> Collection:
     return Collection(
         entries=tuple(entries),
         started_at=started_at,
-        finished_at=_now(),
+        finished_at=rfc3339_millis(datetime.now(UTC)),
         cgroup_dir=cgroup_dir,
     )
 

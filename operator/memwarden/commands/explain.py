@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from memwarden.api import MemoryPolicy
 from memwarden.mutation import PodPlan, PodShapeError, injected_options, plan_pod
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, select_for_pod
 from memwarden.settings import KubeletSettings
 from memwarden.sizing import CgroupValues
 
@@ -299,13 +299,7 @@ def explain(args: argparse.Namespace) -> tuple[dict[str, Any], int]:
     ]
     if namespace:
         candidates = [c for c in candidates if c.namespace == namespace]
-    regular, sidecars = container_names(pod)
-    selection = select_policy(
-        labels=metadata.get("labels") or {},
-        container_names=regular,
-        sidecar_names=sidecars,
-        candidates=candidates,
-    )
+    selection = select_for_pod(pod, candidates)
     try:
         plan = plan_pod(pod=pod, selection=selection, profile=profile.profile())
     except PodShapeError as exc:

@@ -53,13 +53,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import urllib3
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from memwarden import metrics
 from memwarden.api import GROUP
 from memwarden.evidence.ratelimit import RateLimiter
+from memwarden.kube import KubeError, call
 
 __all__ = [
     "EVIDENCE_RESOURCE",
@@ -268,8 +267,6 @@ class KubeAuthorizer:
 
     def _call(self, what: str, method: Callable[..., Any], body: Any) -> Any:
         try:
-            return method(body, _request_timeout=self._timeout)
-        except ApiException as exc:
-            raise AuthUnavailable(f"{what} failed: HTTP {exc.status} {exc.reason}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise AuthUnavailable(f"{what} failed: {exc}") from exc
+            return call(what, method, body, timeout=self._timeout)
+        except KubeError as exc:
+            raise AuthUnavailable(f"failed: {exc}") from exc

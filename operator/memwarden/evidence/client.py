@@ -41,6 +41,7 @@ from kubernetes.config.config_exception import ConfigException
 
 from memwarden.api import GROUP, VERSION
 from memwarden.quantity import approximate_bytes
+from memwarden.timefmt import format_age, parse_time
 
 __all__ = [
     "DEFAULT_AUDIENCE",
@@ -50,7 +51,6 @@ __all__ = [
     "IncidentRow",
     "IncidentsError",
     "add_arguments",
-    "format_age",
     "incident_row",
     "render_table",
     "run",
@@ -92,33 +92,12 @@ class IncidentRow:
     top: str
 
 
-def format_age(seconds: float) -> str:
-    """kubectl-style age: ``45s``, ``12m``, ``5h``, ``3d``."""
-    s = max(0, int(seconds))
-    if s < 120:
-        return f"{s}s"
-    if s < 120 * 60:
-        return f"{s // 60}m"
-    if s < 48 * 3600:
-        return f"{s // 3600}h"
-    return f"{s // 86400}d"
-
-
-def _parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def incident_row(obj: Mapping[str, Any], *, now: dt.datetime) -> IncidentRow:
     """The table row of a MemoryIncident object (as the API returns it)."""
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
-    created = _parse_time(metadata.get("creationTimestamp"))
+    created = parse_time(metadata.get("creationTimestamp"))
     size = status.get("bundleBytes")
     top = ((status.get("analysis") or {}).get("top") or [{}])[0].get("function") or ""
     if len(top) > _TOP_WIDTH:

@@ -29,15 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
+from kubernetes import client
 
 from memwarden import certrotation, certs, health, metrics
 from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
-from memwarden.kube import Conflict, KubeError, NotFound, Transient, error_from
+from memwarden.kube import Conflict, KubeError, NotFound, Transient, call
 from memwarden.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,7 +46,6 @@ NEXT_CERT, NEXT_KEY = "next-ca.crt", "next-ca.key"
 TRUST_BUNDLE = "ca-bundle.crt"
 #: When the next CA was first seen in the caBundle: it signs ``propagation`` after that.
 PUBLISHED_ANNOTATION = "memwarden.dev/next-ca-published-at"
-REQUEST_TIMEOUT = 10.0
 _TASK = "certificate_rotation"
 
 
@@ -100,16 +96,6 @@ class CaState:
         return certrotation.join_bundle(bundle)
 
 
-def _api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else ``$KUBECONFIG`` / ~/.kube."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
-
-
 def _pair(data: dict[str, str], cert_key: str, key_key: str) -> certs.KeyPair | None:
     if cert_key not in data or key_key not in data:
         return None
@@ -145,18 +131,10 @@ class CertificateRotation:
 
     # -- the CA Secret ------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-        except ApiException as exc:
-            raise error_from(exc, what=what) from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Transient(f"{what}: {exc}") from exc
-
     def read_ca(self) -> CaState:
         name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
         try:
-            secret = self._call(
+            secret = call(
                 f"read secret {namespace}/{name}",
                 self._core.read_namespaced_secret,
                 name,
@@ -205,14 +183,14 @@ class CertificateRotation:
             data=data,
         )
         if new.resource_version is None:
-            self._call(
+            call(
                 f"create secret {namespace}/{name}",
                 self._core.create_namespaced_secret,
                 namespace,
                 body,
             )
         else:
-            self._call(
+            call(
                 f"update secret {namespace}/{name}",
                 self._core.replace_namespaced_secret,
                 name,
@@ -226,7 +204,7 @@ class CertificateRotation:
         """The configuration's webhooks and the CAs they trust; None when it is missing."""
         name = self.settings.webhook_configuration_name
         try:
-            configuration = self._call(
+            configuration = call(
                 f"read mutatingwebhookconfiguration {name}",
                 self._admission.read_mutating_webhook_configuration,
                 name,
@@ -262,7 +240,7 @@ class CertificateRotation:
                 {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
             )
         name = self.settings.webhook_configuration_name
-        self._call(
+        call(
             f"patch mutatingwebhookconfiguration {name}",
             self._admission.patch_mutating_webhook_configuration,
             name,
@@ -448,7 +426,7 @@ def serving_files(settings: Settings) -> tuple[str, str]:
             cert.not_after.isoformat(),
         )
         return settings.webhook_cert_file, settings.webhook_key_file
-    rotation = CertificateRotation(settings, _api_client())
+    rotation = CertificateRotation(settings, state.kube().api_client)
     try:
         rotation.step(_now())
     except KubeError as exc:
@@ -504,7 +482,7 @@ async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
     settings = state.settings()
     if not self_signed(settings):
         return
-    rotation = CertificateRotation(settings, _api_client())
+    rotation = CertificateRotation(settings, state.kube().api_client)
     memo[_TASK] = asyncio.create_task(
         _rotate_forever(rotation, settings.webhook_cert_check_seconds),
         name="webhook certificate rotation",

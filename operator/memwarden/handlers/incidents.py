@@ -37,6 +37,7 @@ from memwarden.evidence.tokens import issue_upload_token
 from memwarden.handlers import background, certificates, risk, state
 from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
 from memwarden.quantity import parse_bytes
+from memwarden.timefmt import parse_time, rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ async def start_capture(
         return
     settings, now = state.settings(), _now()
     if not status.get("openedAt"):
-        patch.status["openedAt"] = lifecycle.rfc3339(now)
+        patch.status["openedAt"] = rfc3339(now)
     ungoverned = lifecycle.ungoverned_namespace(namespace, never_governed=settings.never_governed)
     if ungoverned is not None:
         _skip(patch, reason="NamespaceNotGoverned", message=ungoverned, now=now, spec=spec)
@@ -94,7 +95,7 @@ async def start_capture(
     target = lifecycle.choose_target(
         pod=pod,
         requested=spec.get("container"),
-        created=lifecycle.parse_time(meta.get("creationTimestamp")),
+        created=parse_time(meta.get("creationTimestamp")),
         now=now,
         pod_wait=dt.timedelta(seconds=settings.capture_pod_wait_seconds),
     )
@@ -210,7 +211,7 @@ async def start_capture(
             "message": "capturing "
             + ", ".join(a for a in artifacts if allowed or a != "gcore")
             + ("" if allowed else f"; gcore skipped: {why}"),
-            "captureStartedAt": lifecycle.rfc3339(now),
+            "captureStartedAt": rfc3339(now),
             "ephemeralContainer": container["name"],
             "debugIdentity": identity.status(),
         }
@@ -258,7 +259,7 @@ def _count_phase(phase: str, spec: kopf.Spec | dict[str, Any]) -> None:
 
 
 def _observe_capture(status: kopf.Status | dict[str, Any], *, outcome: str) -> None:
-    started = lifecycle.parse_time(status.get("captureStartedAt"))
+    started = parse_time(status.get("captureStartedAt"))
     if started is not None:
         metrics.CAPTURE_SECONDS.labels(outcome=outcome).observe((_now() - started).total_seconds())
 
@@ -277,7 +278,7 @@ def _finish(
             "phase": phase,
             "reason": reason,
             "message": message,
-            "completedAt": lifecycle.rfc3339(now),
+            "completedAt": rfc3339(now),
         }
     )
     if spec is not None:
@@ -397,7 +398,7 @@ async def follow_capture(
         incident_uid=uid,
         pod=pod,
         bundle_stored=stored,
-        started=lifecycle.parse_time(status.get("captureStartedAt")),
+        started=parse_time(status.get("captureStartedAt")),
         now=_now(),
         timeout=dt.timedelta(seconds=state.settings().capture_timeout_seconds),
     )

@@ -40,6 +40,16 @@ def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
         return None
 
 
+async def _reobserve(namespace: str, name: str) -> None:
+    """Remember the policy as the API server has it now (after a conflicting write)."""
+    try:
+        fresh = await asyncio.to_thread(state.kube().get, POLICIES, namespace=namespace, name=name)
+    except KubeError as exc:  # NotFound included: its deletion event forgets it
+        logger.debug("policy %s/%s not re-read after a conflict: %s", namespace, name, exc)
+        return
+    state.status_book().observe(fresh)
+
+
 async def refresh_namespace(
     namespace: str,
     *,
@@ -85,7 +95,10 @@ async def refresh_namespace(
         except NotFound:
             continue  # deleted meanwhile
         except Conflict:
-            book.touch(namespace)  # the watch brings the newer version; try again then
+            # Read the newer version rather than wait for the watch: an event missed or
+            # reordered must not leave every later write conflicting.
+            await _reobserve(namespace, name)
+            book.touch(namespace)
             continue
         except KubeError as exc:
             logger.warning("status of policy %s/%s not written: %s", namespace, name, exc)

@@ -29,12 +29,12 @@ import kopf
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import background, state
-from memwarden.kube import INCIDENTS, POLICIES, Conflict, Kube, KubeError, NotFound
+from memwarden.kube import INCIDENTS, POLICIES, Conflict, KubeError, NotFound
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
-from memwarden.risk.opening import Open, decide, incident_view, rfc3339
+from memwarden.risk.opening import Open, decide, incident_view
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
 from memwarden.risk.promql import PolicyRisk, Recorded, Sample, Windows, namespace_queries
 from memwarden.risk.rules import MARKER, describe, find_recorded
@@ -46,6 +46,7 @@ from memwarden.risk.signals import (
     sort_findings,
 )
 from memwarden.selection import Candidate
+from memwarden.timefmt import rfc3339
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ _RISK_TASK = "risk_loop"
 _LEDGER_SECONDS = 120.0
 
 _prometheus: PrometheusClient | None = None
-_kube: Kube | None = None
 _announcements = Announcements()
 _ledger: dict[str, tuple[float, dict[str, Any]]] = {}
 
@@ -72,13 +72,6 @@ def prometheus() -> PrometheusClient | None:
             settings.prometheus_url, timeout=settings.prometheus_timeout_seconds
         )
     return _prometheus
-
-
-def kube() -> Kube:
-    global _kube
-    if _kube is None:
-        _kube = Kube.from_environment()
-    return _kube
 
 
 def _windows() -> Windows:
@@ -183,7 +176,7 @@ async def write_risk_condition(
     if conditions is None:
         return
     try:
-        updated = await kube().apatch_status(
+        updated = await state.kube().apatch_status(
             POLICIES,
             namespace=policy.namespace,
             name=policy.name,
@@ -434,7 +427,7 @@ async def open_incidents(
                 logger.info("dry run: would open incident %s for %s", decision.name, what)
                 continue
             try:
-                created = await kube().acreate(
+                created = await state.kube().acreate(
                     INCIDENTS, namespace=decision.namespace, body=decision.body
                 )
             except Conflict:
@@ -462,7 +455,7 @@ async def open_incidents(
             try:
                 # Conditional on the version just created: never rewind a capture that
                 # has already moved the incident on.
-                await kube().apatch_status(
+                await state.kube().apatch_status(
                     INCIDENTS,
                     namespace=decision.namespace,
                     name=decision.name,
@@ -475,7 +468,7 @@ async def open_incidents(
 async def _set_last_incident(policy: Candidate, name: str) -> None:
     """``lastIncident`` on the policy (a scalar: a merge patch cannot clobber others)."""
     try:
-        await kube().apatch_status(
+        await state.kube().apatch_status(
             POLICIES,
             namespace=policy.namespace,
             name=policy.name,

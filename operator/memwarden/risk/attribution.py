@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from memwarden.api import CaptureSpec
 from memwarden.risk.findings import Finding
-from memwarden.selection import Candidate, container_names, select_policy
+from memwarden.selection import Candidate, select_for_pod
 
 UnattributedReason = Literal[
     "unknown pod",
@@ -102,13 +102,7 @@ def attribute(
         if (pod.get("metadata") or {}).get("namespace") not in (None, finding.namespace):
             aside.append(Unattributed(finding, "namespace mismatch", f"{where}: not this pod's"))
             continue
-        regular, sidecars = container_names(pod)
-        selection = select_policy(
-            labels=dict((pod.get("metadata") or {}).get("labels") or {}),
-            container_names=regular,
-            sidecar_names=sidecars,
-            candidates=policies.get(finding.namespace, ()),
-        )
+        selection = select_for_pod(pod, policies.get(finding.namespace, ()))
         if selection.winner is None:
             aside.append(Unattributed(finding, "no policy", f"{where}: {selection.reason}"))
             continue

@@ -11,6 +11,8 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from memwarden.conditions import build_condition, replace_condition
+
 CONDITION_TYPE: Final = "RiskEvaluation"
 #: A suppression that persists (a pod in cooldown, still over its threshold) is
 #: re-announced this often, not every cycle: one Event per cycle would flood the policy.
@@ -37,32 +39,16 @@ def with_risk_condition(
     Every other condition is kept as it is (policy status owns Ready and Feasible). The
     transition time moves only when the status flips.
     """
-    status = "True" if ok else "False"
-    before = next((c for c in conditions if c.get("type") == CONDITION_TYPE), None)
-    if (
-        before is not None
-        and before.get("status") == status
-        and before.get("reason") == reason
-        and before.get("message") == message
-        and before.get("observedGeneration") == generation
-    ):
-        return None
-    since = (
-        before.get("lastTransitionTime")
-        if before is not None and before.get("status") == status
-        else now
+    new = build_condition(
+        type_=CONDITION_TYPE,
+        status=ok,
+        reason=reason,
+        message=message,
+        generation=generation,
+        now=now,
+        previous=conditions,
     )
-    entry: dict[str, Any] = {
-        "type": CONDITION_TYPE,
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": since or now,
-    }
-    if generation is not None:
-        entry["observedGeneration"] = generation
-    kept = [dict(c) for c in conditions if c.get("type") != CONDITION_TYPE]
-    return [*kept, entry]
+    return replace_condition(conditions, new)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 from memwarden.api import API_VERSION, GROUP, CaptureSpec, MemoryIncidentSpec, Trigger
 from memwarden.quantity import QuantityError, parse_duration
 from memwarden.risk.findings import Finding
+from memwarden.timefmt import format_age, parse_time, rfc3339
 
 POD_LABEL: Final = f"{GROUP}/pod"
 POLICY_LABEL: Final = f"{GROUP}/policy"
@@ -144,7 +145,8 @@ def _decide_one(
         return Suppressed(
             finding,
             "cooldown",
-            f"{where}: last incident opened {_age(now - last)} ago, cooldown {capture.cooldown}",
+            f"{where}: last incident opened {format_age((now - last).total_seconds())} ago, "
+            f"cooldown {capture.cooldown}",
         )
     in_budget = [
         k
@@ -245,23 +247,6 @@ def incident_view(body: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
-def rfc3339(moment: dt.datetime) -> str:
-    """UTC, second precision, ``Z``: the form Kubernetes writes."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(text: object) -> dt.datetime | None:
-    """An RFC 3339 timestamp, or None when absent or malformed (the object is then aged
-    by what else it has, never trusted blindly)."""
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
 @dataclass(frozen=True)
 class Known:
     """An existing incident, as far as opening decisions (and the gate of an incident's
@@ -316,15 +301,6 @@ def _label_value(text: str) -> str:
     return text[:63].strip("-._")
 
 
-def _age(delta: dt.timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    if seconds < 120:
-        return f"{seconds}s"
-    if seconds < 7200:
-        return f"{seconds // 60}m"
-    return f"{seconds // 3600}h"
-
-
 __all__ = [
     "ACTIVE_PHASES",
     "OPENED_AT_ANNOTATION",
@@ -339,6 +315,4 @@ __all__ = [
     "decide",
     "incident_name",
     "incident_view",
-    "parse_time",
-    "rfc3339",
 ]

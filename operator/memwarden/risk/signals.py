@@ -16,9 +16,13 @@ from typing import Any
 
 from memwarden.quantity import QuantityError, parse_bytes
 from memwarden.risk.findings import Finding
-from memwarden.risk.opening import parse_time
 from memwarden.risk.promql import JOIN_LABELS, PART_LABEL, SIGNALS, Query, Sample
-from memwarden.selection import Candidate, NamespacePolicies, container_names, select_policy
+from memwarden.selection import (
+    Candidate,
+    NamespacePolicies,
+    select_for_pod,
+)
+from memwarden.timefmt import parse_time
 
 Key = tuple[str, str, str]
 
@@ -47,13 +51,7 @@ def governed_containers(
     found: dict[Key, Governed] = {}
     for pod in pods:
         metadata = pod.get("metadata") or {}
-        regular, sidecars = container_names(pod)
-        selection = select_policy(
-            labels=metadata.get("labels") or {},
-            container_names=regular,
-            sidecar_names=sidecars,
-            candidates=candidates,
-        )
+        selection = select_for_pod(pod, candidates)
         if selection.winner is None or selection.winner.name != policy.name:
             continue
         limits = _limits(pod)
