@@ -11,6 +11,7 @@ BENCHMARKS = (
     "selection_bench.py",
     "admission_bench.py",
     "admission_busy_bench.py",
+    "admission_runtimes_bench.py",
     "scale_bench.py",
     "risk_bench.py",
     "capture_bench.py",

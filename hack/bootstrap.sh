@@ -7,7 +7,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
 uv_version="0.13.8"
-debian_packages=(prometheus prometheus-alertmanager gdb lua5.4)
+# lua5.4: the Argo CD health checks' test (test_argocd_health.py).
+# openjdk-17-jre-headless and nodejs: the runtime-contract tests start a real JVM and Node.js
+# with the JAVA_TOOL_OPTIONS / NODE_OPTIONS memwarden injects (tests/integration/test_runtime_admission.py).
+debian_packages=(prometheus prometheus-alertmanager gdb openjdk-17-jre-headless nodejs lua5.4)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

@@ -50,6 +50,20 @@ def _cel(rule: str, message: str, *, field_path: str | None = None) -> dict[str,
     return entry
 
 
+#: CEL for a ``90%``-or-quantity string: a percentage is in (0, 100].
+_PERCENT_IN_RANGE = _cel(
+    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
+    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
+    "a percentage must be above 0% and at most 100%",
+)
+
+
+def _check_percent(value: str | None) -> None:
+    """Mirror of ``_PERCENT_IN_RANGE`` for offline use."""
+    if value is not None and value.endswith("%") and not 0 < float(value[:-1]) <= 100:
+        raise ValueError("a percentage must be above 0% and at most 100%")
+
+
 def _quantity_le(a: str, b: str) -> str:
     """CEL: quantity field ``a`` <= ``b`` when both are set and valid (else other rules speak)."""
     return (
@@ -214,11 +228,7 @@ class GoRuntimeSpec(_Model):
         max_length=64,
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
-                    "!self.endsWith('%') || (double(self.substring(0, self.size() - 1)) > 0.0 "
-                    "&& double(self.substring(0, self.size() - 1)) <= 100.0)",
-                    "a percentage must be above 0% and at most 100%",
-                ),
+                _PERCENT_IN_RANGE,
             ]
         },
     )
@@ -233,8 +243,7 @@ class GoRuntimeSpec(_Model):
     @classmethod
     def _percent_in_range(cls, value: str | None) -> str | None:
         """Mirror of the CEL rule: a percentage is in (0, 100]."""
-        if value is not None and value.endswith("%") and not 0 < float(value[:-1]) <= 100:
-            raise ValueError("a percentage must be above 0% and at most 100%")
+        _check_percent(value)
         return value
 
     overrideExisting: bool = Field(
@@ -243,8 +252,113 @@ class GoRuntimeSpec(_Model):
     )
 
 
+def _positive_quantity_field(description: str) -> Any:
+    """A quantity above zero (a size flag of 0 means something else to the runtimes)."""
+    return Field(
+        default=None,
+        description=description,
+        pattern=MEMORY_QUANTITY_PATTERN,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+                    "must be a Kubernetes quantity above 0, such as 64Mi or 1Gi",
+                )
+            ]
+        },
+    )
+
+
+def _positive_bytes(field: str, value: str | None) -> None:
+    """Mirror of the CEL rule of ``_positive_quantity_field``."""
+    if value is not None and parse_bytes(value) <= 0:
+        raise ValueError(f"{field}: must be a Kubernetes quantity above 0")
+
+
+class JvmRuntimeSpec(_Model):
+    """JVM memory flags merged into JAVA_TOOL_OPTIONS (docs/sizing.md#jvm)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!(has(self.maxRAMPercentage) && has(self.maxHeap))",
+                    "set maxRAMPercentage or maxHeap, not both",
+                    field_path=".maxHeap",
+                ),
+            ]
+        }
+    )
+
+    maxRAMPercentage: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="The heap as a percentage of memory.high when the kubelet writes it, "
+        "else of the memory limit (-XX:MaxRAMPercentage, scaled to memory.max, which is "
+        "what the JVM reads).",
+    )
+    maxHeap: str | None = _positive_quantity_field("The heap as a quantity (-Xmx).")
+    maxMetaspace: str | None = _positive_quantity_field("-XX:MaxMetaspaceSize.")
+    maxDirectMemory: str | None = _positive_quantity_field("-XX:MaxDirectMemorySize.")
+    overrideExisting: bool = Field(
+        default=False,
+        description="Replace the container's own flags for the settings memwarden makes "
+        "(its other JAVA_TOOL_OPTIONS flags are always kept).",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> JvmRuntimeSpec:
+        """The CRD's CEL rules, again, for offline use (``memwarden explain``)."""
+        if self.maxRAMPercentage is not None and self.maxHeap is not None:
+            raise ValueError("runtime.jvm.maxHeap: set maxRAMPercentage or maxHeap, not both")
+        for name in ("maxHeap", "maxMetaspace", "maxDirectMemory"):
+            _positive_bytes(f"runtime.jvm.{name}", getattr(self, name))
+        return self
+
+
+class NodeRuntimeSpec(_Model):
+    """Node.js (V8) memory flags merged into NODE_OPTIONS (docs/sizing.md#nodejs)."""
+
+    maxOldSpaceSize: str | None = Field(
+        default=None,
+        description="--max-old-space-size: a percentage of memory.high when the kubelet "
+        "writes it, else of the memory limit (e.g. 75%), or a quantity (at least 1Mi); "
+        "rounded down to whole MiB.",
+        pattern=GO_MEMORY_LIMIT_PATTERN,
+        max_length=64,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _PERCENT_IN_RANGE,
+                _cel(
+                    "self.endsWith('%') || !isQuantity(self) || "
+                    "quantity(self).compareTo(quantity('1Mi')) >= 0",
+                    "a quantity must be at least 1Mi (the flag is in MiB)",
+                ),
+            ]
+        },
+    )
+    overrideExisting: bool = Field(
+        default=False,
+        description="Replace the container's own --max-old-space-size (its other "
+        "NODE_OPTIONS flags are always kept).",
+    )
+
+    @field_validator("maxOldSpaceSize")
+    @classmethod
+    def _in_range(cls, value: str | None) -> str | None:
+        """Mirror of the CEL rules."""
+        _check_percent(value)
+        if value is not None and not value.endswith("%") and parse_bytes(value) < 2**20:
+            raise ValueError("a quantity must be at least 1Mi (the flag is in MiB)")
+        return value
+
+
 class RuntimeSpec(_Model):
     go: GoRuntimeSpec | None = None
+    jvm: JvmRuntimeSpec | None = None
+    node: NodeRuntimeSpec | None = None
 
 
 def _duration_field(default: str, description: str) -> Any:
@@ -450,8 +564,9 @@ class MemoryPolicyStatus(_Model):
     pendingUpdates: list[PendingUpdate] = Field(default_factory=list, max_length=20)
     staleRuntimePods: int = Field(
         default=0,
-        description="Pods whose memwarden-injected GOMEMLIMIT/GOGC no longer matches the "
-        "policy (env cannot change in place): they take the new values when recreated.",
+        description="Pods whose memwarden-injected GOMEMLIMIT/GOGC or JVM/Node.js flags "
+        "(JAVA_TOOL_OPTIONS, NODE_OPTIONS) no longer match the policy (env cannot change in "
+        "place): they take the new values when recreated.",
     )
     staleRuntimePodNames: list[str] = Field(default_factory=list, max_length=20)
     conflicts: list[PodConflict] = Field(default_factory=list, max_length=20)
@@ -767,12 +882,14 @@ __all__ = [
     "VERSION",
     "Condition",
     "GoRuntimeSpec",
+    "JvmRuntimeSpec",
     "LabelSelector",
     "LabelSelectorRequirement",
     "MemoryPolicy",
     "MemoryPolicySpec",
     "MemoryPolicyStatus",
     "MemorySpec",
+    "NodeRuntimeSpec",
     "PendingUpdate",
     "PodConflict",
     "RuntimeSpec",

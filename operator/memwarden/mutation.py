@@ -22,7 +22,17 @@ from memwarden.quantity import (
     format_bytes,
     parse_bytes,
     parse_millicores,
+    readable_bytes,
 )
+from memwarden.runtime_options import (
+    JAVA_TOOL_OPTIONS,
+    NODE_OPTIONS,
+    heap_limit,
+    jvm_setting,
+    merge_options,
+    node_setting,
+)
+from memwarden.runtime_sizing import JvmRuntimeRule, NodeRuntimeRule, size_runtimes
 from memwarden.selection import Selection
 from memwarden.sizing import (
     ContainerResources,
@@ -160,6 +170,60 @@ def go_rule(spec: MemoryPolicySpec) -> GoRuntimeRule | None:
     )
 
 
+def jvm_rule(spec: MemoryPolicySpec) -> JvmRuntimeRule | None:
+    """The policy's JVM section (None: leave JAVA_TOOL_OPTIONS alone)."""
+    jvm = spec.runtime.jvm if spec.runtime else None
+    if jvm is None:
+        return None
+
+    def b(value: str | None) -> int | None:
+        return None if value is None else parse_bytes(value)
+
+    rule = JvmRuntimeRule(
+        max_ram_percentage=jvm.maxRAMPercentage,
+        max_heap=b(jvm.maxHeap),
+        max_metaspace=b(jvm.maxMetaspace),
+        max_direct_memory=b(jvm.maxDirectMemory),
+    )
+    return None if rule == JvmRuntimeRule() else rule
+
+
+def node_rule(spec: MemoryPolicySpec) -> NodeRuntimeRule | None:
+    """The policy's Node.js section (None: leave NODE_OPTIONS alone)."""
+    node = spec.runtime.node if spec.runtime else None
+    if node is None or node.maxOldSpaceSize is None:
+        return None
+    size = node.maxOldSpaceSize
+    if size.endswith("%"):
+        return NodeRuntimeRule(max_old_space_percent=float(size[:-1]))
+    return NodeRuntimeRule(max_old_space_bytes=parse_bytes(size))
+
+
+#: The option variables memwarden merges into: variable -> (policy section, flag reader).
+OPTION_VARIABLES: dict[str, tuple[str, Any]] = {
+    JAVA_TOOL_OPTIONS: ("jvm", jvm_setting),
+    NODE_OPTIONS: ("node", node_setting),
+}
+
+
+def option_override(spec: MemoryPolicySpec, variable: str) -> bool:
+    """Whether the policy's section for ``variable`` has ``overrideExisting`` set."""
+    section = getattr(spec.runtime, OPTION_VARIABLES[variable][0], None) if spec.runtime else None
+    return bool(section and section.overrideExisting)
+
+
+def injected_options(sized: ContainerSizing) -> dict[str, str]:
+    """Option variable -> the flags memwarden injects into it (space-separated)."""
+    return {
+        var: " ".join(flags)
+        for var, flags in (
+            (JAVA_TOOL_OPTIONS, sized.java_tool_options),
+            (NODE_OPTIONS, sized.node_options),
+        )
+        if flags
+    }
+
+
 @dataclass(frozen=True)
 class PodPlan:
     """What memwarden does to one pod, and how the pod differs from its policy now."""
@@ -242,6 +306,21 @@ def _resource_ops(
     return ops, drift
 
 
+def _env_position(env: Sequence[Mapping[str, Any]], var: str) -> int | None:
+    return next((i for i, e in enumerate(env) if e.get("name") == var), None)
+
+
+def _set_env(*, path: str, position: int | None, var: str, value: str) -> dict[str, Any]:
+    """The op that sets ``var``: appended when absent, else replacing its entry."""
+    if position is None:
+        return {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": value}}
+    return {
+        "op": "replace",
+        "path": f"{path}/env/{position}",
+        "value": {"name": var, "value": value},
+    }
+
+
 def _env_ops(
     *, path: str, container: Mapping[str, Any], wanted: Mapping[str, str], override: bool
 ) -> tuple[JsonPatch, list[str], list[str]]:
@@ -256,11 +335,9 @@ def _env_ops(
     if container.get("env") is None:
         ops.append({"op": "add", "path": f"{path}/env", "value": []})
     for var, value in wanted.items():
-        position = next((i for i, e in enumerate(env) if e.get("name") == var), None)
+        position = _env_position(env, var)
         if position is None:
-            ops.append(
-                {"op": "add", "path": f"{path}/env/-", "value": {"name": var, "value": value}}
-            )
+            ops.append(_set_env(path=path, position=None, var=var, value=value))
             drift.append(f"{name}: {var} unset, policy wants {value}")
             continue
         existing = env[position]
@@ -273,14 +350,67 @@ def _env_ops(
                 "set runtime.go.overrideExisting to replace it"
             )
             continue
-        ops.append(
-            {
-                "op": "replace",
-                "path": f"{path}/env/{position}",
-                "value": {"name": var, "value": value},
-            }
-        )
+        ops.append(_set_env(path=path, position=position, var=var, value=value))
         drift.append(f"{name}: {var} is {shown}, policy wants {value}")
+    return ops, drift, notes
+
+
+def _option_ops(
+    *,
+    path: str,
+    container: Mapping[str, Any],
+    wanted: Mapping[str, str],
+    spec: MemoryPolicySpec,
+    memory_max: int | None,
+) -> tuple[JsonPatch, list[str], list[str]]:
+    """Ops that merge our flags into JAVA_TOOL_OPTIONS / NODE_OPTIONS, keeping the
+    container's own flags (``runtime_options.merge_options``).
+
+    Needs the container's ``env`` list to exist (``_env_ops`` adds it first)."""
+    ops: JsonPatch = []
+    drift: list[str] = []
+    notes: list[str] = []
+    env: Sequence[Mapping[str, Any]] = container.get("env") or []
+    name = container["name"]
+    for var, flags in wanted.items():
+        section, setting_of = OPTION_VARIABLES[var]
+        position = _env_position(env, var)
+        if position is None:
+            ops.append(_set_env(path=path, position=None, var=var, value=flags))
+            drift.append(f"{name}: {var} unset, policy wants {flags}")
+            continue
+        existing = env[position]
+        if "valueFrom" in existing:
+            notes.append(
+                f"{name}: keeps its own {var} (valueFrom): memwarden cannot merge into a value"
+                f" it cannot read, so {flags} is not injected"
+            )
+            continue
+        current = existing.get("value")
+        merged = merge_options(
+            current if isinstance(current, str) else None,
+            flags.split(" "),
+            setting_of=setting_of,
+            override=option_override(spec, var),
+        )
+        for kept in merged.kept:
+            notes.append(
+                f"{name}: keeps its own {kept} in {var}; set runtime.{section}.overrideExisting"
+                " to replace it"
+            )
+            size = heap_limit(kept)
+            if size is not None and memory_max is not None and size > memory_max:
+                notes.append(
+                    f"{name}: its own {kept} is above memory.max {readable_bytes(memory_max)}:"
+                    " the OOM killer would act before the runtime's GC"
+                )
+        if merged.value == current:
+            continue
+        ops.append(_set_env(path=path, position=position, var=var, value=merged.value))
+        change = f"adds {' '.join(merged.added)}"
+        if merged.replaced:
+            change += f" in place of {' '.join(merged.replaced)}"
+        drift.append(f"{name}: {var} is {current!r}, policy {change}")
     return ops, drift, notes
 
 
@@ -297,6 +427,7 @@ def applied_record(*, policy: str, generation: int | None, sizing: PodSizing) ->
             entry["GOMEMLIMIT"] = c.gomemlimit_env
         if c.gogc is not None:
             entry["GOGC"] = c.gogc
+        entry.update(injected_options(c))
         containers[c.name] = entry
     record: dict[str, Any] = {"policy": policy, "containers": containers}
     if generation is not None:
@@ -323,6 +454,7 @@ def plan_pod(
     sizing = size_pod(
         pod=shape, governed=selection.governed, rule=rule, runtime=runtime, profile=profile
     )
+    sizing = size_runtimes(sizing, jvm=jvm_rule(spec), node=node_rule(spec))
     if sizing.infeasible is not None:
         return PodPlan(selection=selection, sizing=sizing, notes=sizing.notes)
 
@@ -345,12 +477,22 @@ def plan_pod(
             wanted["GOMEMLIMIT"] = sized.gomemlimit_env
         if sized.gogc is not None:
             wanted["GOGC"] = sized.gogc
+        options = injected_options(sized)
+        if options and not wanted and container.get("env") is None:
+            ops.append({"op": "add", "path": f"{path}/env", "value": []})
         env_ops, env_drift, env_notes = _env_ops(
             path=path, container=container, wanted=wanted, override=override
         )
-        ops += env_ops
-        drift += env_drift
-        notes += env_notes
+        option_ops, option_drift, option_notes = _option_ops(
+            path=path,
+            container=container,
+            wanted=options,
+            spec=spec,
+            memory_max=sized.cgroup.memory_max,
+        )
+        ops += env_ops + option_ops
+        drift += env_drift + option_drift
+        notes += env_notes + option_notes
         notes += [f"{sized.name}: {note}" for note in sized.notes]
 
     record = applied_record(policy=winner.key, generation=generation, sizing=sizing)
@@ -388,7 +530,8 @@ class PlanCache:
     entry goes first.
 
     The key is the bytes of every pod field a plan reads (containers' names, resources,
-    env, restartPolicy; overhead; the applied annotation); an entry is used only for the
+    env, restartPolicy; overhead; the applied annotation) and the governing policy's
+    name; an entry is used only for the
     same selection (its policies compared by identity: an updated policy is a new
     object, so its old entries are never served) and an equal kubelet profile.
     """
@@ -461,6 +604,10 @@ class PlanCache:
             key = self.shape_of(pod)
         except orjson.JSONEncodeError:  # an integer past 64 bits, nesting past 254: no key
             return plan_pod(pod=pod, selection=selection, profile=profile)
+        # The governing policy is part of the key: alike pods of two namespaces (or two
+        # policies) would otherwise take turns evicting each other's entry.
+        if selection.winner is not None:
+            key += selection.winner.key.encode()
         entry = self._entries.get(key)
         if entry is not None and entry[1] == profile and _same_policies(entry[0], selection):
             self.hits += 1

@@ -23,6 +23,7 @@ __all__ = [
     "GOMEMLIMIT_MIB_FLOOR_FROM",
     "HEADROOM_FRACTION",
     "HEADROOM_MIN",
+    "MIB",
     "CgroupValues",
     "ContainerResources",
     "ContainerSizing",
@@ -778,6 +779,14 @@ class ContainerSizing:
     gomemlimit_env: str | None = None
     """GOMEMLIMIT as the Go runtime reads it (``1843MiB``)."""
     gogc: str | None = None
+    java_tool_options: tuple[str, ...] | None = None
+    """The flags memwarden merges into JAVA_TOOL_OPTIONS (``runtime_sizing``)."""
+    node_options: tuple[str, ...] | None = None
+    """The flags memwarden merges into NODE_OPTIONS (``runtime_sizing``)."""
+    jvm_max_heap: int | None = None
+    """The JVM's maximum heap those flags give (before the JVM's alignment)."""
+    node_max_old_space: int | None = None
+    """V8's old space those flags give."""
     notes: tuple[str, ...] = ()
 
 

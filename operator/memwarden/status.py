@@ -20,6 +20,7 @@ from memwarden.api import (
 )
 from memwarden.conditions import build_condition
 from memwarden.mutation import PlanCache, PodShapeError, planned
+from memwarden.runtime_options import JAVA_TOOL_OPTIONS, NODE_OPTIONS
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.sizing import KubeletProfile
 from memwarden.updates import PodUpdate, UpdateInputs, decide
@@ -27,6 +28,9 @@ from memwarden.updates import PodUpdate, UpdateInputs, decide
 #: The update planner's inputs for a pod, by pod name (the handler knows refusals, working
 #: sets and the kill switch); None: defaults at ``now``.
 InputsFor = Callable[[str], UpdateInputs]
+
+#: The env variables memwarden sets (kept in pod views: stale after an in-place resize).
+RUNTIME_VARIABLES = frozenset({"GOMEMLIMIT", "GOGC", JAVA_TOOL_OPTIONS, NODE_OPTIONS})
 
 #: Lists in status are cut to this many entries: status is for people, not an inventory.
 MAX_LISTED = 20
@@ -50,7 +54,7 @@ def pod_view(body: Mapping[str, Any]) -> dict[str, Any] | None:
             if k in container
         }
         if "env" in kept:
-            kept["env"] = [e for e in kept["env"] if e.get("name") in {"GOMEMLIMIT", "GOGC"}]
+            kept["env"] = [e for e in kept["env"] if e.get("name") in RUNTIME_VARIABLES]
         return kept
 
     annotations = metadata.get("annotations") or {}

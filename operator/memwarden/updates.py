@@ -26,8 +26,16 @@ from typing import Any, Literal
 
 from memwarden.api import APPLIED_ANNOTATION, MemoryPolicySpec
 from memwarden.eviction_gate import not_recreated_why
-from memwarden.mutation import PodPlan, PodShapeError, pod_shape
+from memwarden.mutation import (
+    OPTION_VARIABLES,
+    PodPlan,
+    PodShapeError,
+    injected_options,
+    option_override,
+    pod_shape,
+)
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
+from memwarden.runtime_options import flag_values, heap_limit
 from memwarden.sizing import ContainerResources, ContainerSizing, qos_class
 from memwarden.timefmt import seconds_since
 
@@ -178,7 +186,43 @@ def stale_runtime(
                 continue
             if override or ("valueFrom" not in entry and ours.get(var) == value):
                 lines.append(f"{sized.name}: {var} {value}, policy wants {wanted}")
+        lines += _stale_options(
+            sized.name, env=env, wanted=injected_options(sized), ours=ours, plan=plan
+        )
     return tuple(lines)
+
+
+def _stale_options(
+    name: str,
+    *,
+    env: Mapping[Any, Mapping[str, Any]],
+    wanted: Mapping[str, str],
+    ours: Mapping[str, Any],
+    plan: PodPlan,
+) -> list[str]:
+    """Each of our JAVA_TOOL_OPTIONS/NODE_OPTIONS flags the container does not run with,
+    where the flag it has is one memwarden injected (or it has none); its own flags are
+    its own unless the section's ``overrideExisting``."""
+    assert plan.selection.winner is not None
+    lines = []
+    for var, flags in wanted.items():
+        entry = env.get(var)
+        if entry is not None and "valueFrom" in entry:
+            continue  # never merged into: admission said so
+        setting_of = OPTION_VARIABLES[var][1]
+        current = flag_values(str((entry or {}).get("value") or ""), setting_of=setting_of)
+        injected = flag_values(str(ours.get(var) or ""), setting_of=setting_of)
+        override = option_override(plan.selection.winner.spec, var)
+        for flag in flags.split(" "):
+            setting = setting_of(flag)
+            have = current.get(setting)
+            if have == flag:
+                continue
+            if have is None:
+                lines.append(f"{name}: {var} lacks {flag}, policy wants it")
+            elif override or injected.get(setting) == have:
+                lines.append(f"{name}: {var} has {have}, policy wants {flag}")
+    return lines
 
 
 def _injected_gomemlimit(view: Mapping[str, Any], container: str) -> int | None:
@@ -189,6 +233,38 @@ def _injected_gomemlimit(view: Mapping[str, Any], container: str) -> int | None:
     if entry is None or "valueFrom" in entry or entry.get("value") != record.get("GOMEMLIMIT"):
         return None
     return parse_go_bytes(str(entry.get("value")))
+
+
+def _injected_heaps(view: Mapping[str, Any], sized: ContainerSizing) -> list[str]:
+    """For each JVM/Node.js heap flag memwarden injected into the container, which it
+    still runs with, that the policy now wants changed, and that is above the container's
+    new memory.high (else limit): why the runtime would outgrow its cgroup."""
+    ceiling = sized.cgroup.memory_high or sized.memory_limit
+    if ceiling is None:
+        return []
+    record = (_applied(view).get("containers") or {}).get(sized.name) or {}
+    _, spec = _containers(view).get(sized.name, ("", {}))
+    env = {e.get("name"): e for e in spec.get("env") or []}
+    wanted = injected_options(sized)
+    lines = []
+    for var, (_, setting_of) in OPTION_VARIABLES.items():
+        entry = env.get(var) or {}
+        if "valueFrom" in entry:
+            continue
+        ours = flag_values(str(record.get(var) or ""), setting_of=setting_of)
+        running = flag_values(str(entry.get("value") or ""), setting_of=setting_of)
+        policy = flag_values(wanted.get(var, ""), setting_of=setting_of)
+        for setting, flag in ours.items():
+            size = heap_limit(flag)
+            if running.get(setting) != flag or policy.get(setting) == flag or size is None:
+                continue
+            if size > ceiling:
+                where = "memory.high" if sized.cgroup.memory_high else "limit"
+                lines.append(
+                    f"{sized.name}: its {var} {flag} would be above its new {where}"
+                    f" {_shown(ceiling)}"
+                )
+    return lines
 
 
 def _restart_policy(container: Mapping[str, Any]) -> str:
@@ -410,6 +486,7 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
                 f"{sized.name}: its GOMEMLIMIT {_shown(injected)} would be above its new "
                 f"{'memory.high' if sized.cgroup.memory_high else 'limit'} {_shown(ceiling)}"
             )
+        stale_go += _injected_heaps(view, sized)
 
     if not targets:
         if mode == "Recreate" and stale:
@@ -505,7 +582,10 @@ def decide(*, view: Mapping[str, Any], plan: PodPlan, inputs: UpdateInputs) -> P
     ):
         reason += "; working set unknown (no Prometheus): only the percentage bound holds"
     if stale:
-        reason += "; GOMEMLIMIT/GOGC stay as they are until the pod is recreated"
+        reason += (
+            "; runtime env (GOMEMLIMIT/GOGC, JVM/Node.js flags) stays as it is until the pod"
+            " is recreated"
+        )
     return outcome("resize", reason, resize=body, changes=changes, restarts=restarts)
 
 

@@ -270,6 +270,41 @@ def test_in_place_resizes_all_three_without_restarts_and_reports_gomemlimit_stal
     assert warden.metric("memwarden_resizes_total", outcome="accepted") == 3
 
 
+def test_in_place_reports_an_injected_node_old_space_stale_and_a_jvm_percentage_not(
+    crds: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    sim: NodeSimulator,
+    start_operator: Callable[..., OperatorProcess],
+) -> None:
+    """NODE_OPTIONS carries a number of MiB (stale after a resize); -XX:MaxRAMPercentage
+    without memory.high is applied by the JVM to the new memory.max (never stale)."""
+    runtimes = {"jvm": {"maxRAMPercentage": 70}, "node": {"maxOldSpaceSize": "75%"}}
+    start_operator()
+    apply_policy(crds, namespace, memory=SMALL, **runtimes)
+    status_when(kube, namespace, lambda s: "conditions" in s, "policy reconciled")
+    deploy(kube, sim, namespace, "web")
+    before = running(kube, namespace, "web")
+    assert {env(p, "NODE_OPTIONS") for p in before} == {"--max-old-space-size=96"}
+    assert {env(p, "JAVA_TOOL_OPTIONS") for p in before} == {"-XX:MaxRAMPercentage=70"}
+    names = {p["metadata"]["name"] for p in before}
+
+    apply_policy(crds, namespace, memory=BIGGER, update="InPlace", **runtimes)
+    status = status_when(
+        kube,
+        namespace,
+        lambda s: s.get("updatedPods") == 3 and s.get("staleRuntimePods") == 3,
+        "updated 3, stale runtime 3",
+    )
+    assert sorted(status["staleRuntimePodNames"]) == sorted(names)
+    stale = wait_for(
+        lambda: [m for reason, _, m in reasons(kube, namespace) if reason == "StaleRuntime"],
+        what="StaleRuntime Events",
+    )
+    wanted = "app: NODE_OPTIONS has --max-old-space-size=96, policy wants --max-old-space-size=192"
+    assert all(m.startswith(f"{wanted}: env cannot change in place") for m in stale), stale
+
+
 GUARANTEED = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"cpu": "100m", "memory": "128Mi"},

@@ -62,14 +62,17 @@ def make_policy_spec(
     match_labels: dict[str, str] | None = None,
     memory: dict[str, str] | None = None,
     go: dict[str, Any] | None = None,
+    jvm: dict[str, Any] | None = None,
+    node: dict[str, Any] | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A MemoryPolicy spec dict (as a user writes it)."""
+    """A MemoryPolicy spec dict (as a user writes it); go/jvm/node: runtime sections."""
     spec: dict[str, Any] = {"selector": {"matchLabels": match_labels or {"app": "checkout"}}}
     if memory is not None:
         spec["memory"] = memory
-    if go is not None:
-        spec["runtime"] = {"go": go}
+    runtime = {k: v for k, v in (("go", go), ("jvm", jvm), ("node", node)) if v is not None}
+    if runtime:
+        spec["runtime"] = runtime
     spec.update(fields)
     return spec
 

@@ -52,6 +52,36 @@ INVALID = [
     pytest.param(
         make_policy_spec(memory=PLAIN, go={"gogc": "fast"}), "spec.runtime.go.gogc", id="bad-gogc"
     ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, jvm={"maxRAMPercentage": 75, "maxHeap": "512Mi"}),
+        "spec.runtime.jvm.maxHeap",
+        id="jvm-percentage-and-heap",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, jvm={"maxRAMPercentage": 120}),
+        "spec.runtime.jvm.maxRAMPercentage",
+        id="jvm-percentage-above-100",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, jvm={"maxMetaspace": "0"}),
+        "spec.runtime.jvm.maxMetaspace",
+        id="jvm-zero-metaspace",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, jvm={"maxDirectMemory": "lots"}),
+        "spec.runtime.jvm.maxDirectMemory",
+        id="jvm-bad-direct-memory",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, node={"maxOldSpaceSize": "0%"}),
+        "spec.runtime.node.maxOldSpaceSize",
+        id="node-zero-percent",
+    ),
+    pytest.param(
+        make_policy_spec(memory=PLAIN, node={"maxOldSpaceSize": "512Ki"}),
+        "spec.runtime.node.maxOldSpaceSize",
+        id="node-below-one-mib",
+    ),
     pytest.param(make_policy_spec(memory=PLAIN, mode="Force"), "spec.mode", id="unknown-mode"),
     pytest.param(
         make_policy_spec(memory=PLAIN, update="Rolling"), "spec.update", id="unknown-update-mode"

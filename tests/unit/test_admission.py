@@ -255,3 +255,17 @@ def test_any_pod_gets_a_decision_not_an_exception(pod: dict[str, Any]) -> None:
             cache=cache,
         )
         assert decision.outcome in ("mutated", "unchanged", "audit", "infeasible")
+
+
+def test_alike_pods_under_two_policies_keep_one_plan_each() -> None:
+    """Two namespaces' Deployments with the same container spec, created in turns, both
+    hit the cache (a key of the shape alone had them evict each other every time)."""
+    cache = PlanCache()
+    go = make_candidate(memory=PLAIN)
+    jvm = make_candidate(name="java", namespace="orders", memory=PLAIN, jvm={"maxHeap": "512Mi"})
+    index = index_of(go, jvm)
+    for i in range(3):
+        decide(make_pod(f"a{i}", labels={"app": "checkout"}), index, cache=cache)
+        orders = make_pod(f"b{i}", namespace="orders", labels={"app": "checkout"})
+        assert "JAVA_TOOL_OPTIONS" in str(decide(orders, index, cache=cache).ops)
+    assert (cache.hits, cache.misses) == (4, 2)

@@ -156,3 +156,50 @@ def test_unreadable_pod_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
         == 2
     )
     assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_runtime_example_shows_injected_flags_and_notes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A pod with its own -Xmx keeps it; explain says what it injects and why."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"app": "orders"}},
+        "spec": {
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "x",
+                    "env": [{"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx3g -Dx=1"}],
+                }
+            ]
+        },
+    }
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
+    policy = str(EXAMPLES / "runtimes-jvm-node.yaml")
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        policy,
+        "--pod",
+        str(tmp_path / "pod.yaml"),
+        "--throttling-factor",
+        "0.9",
+    )
+    assert code == 0
+    (app,) = doc["containers"]
+    assert app["options"] == {
+        "JAVA_TOOL_OPTIONS": "-XX:MaxRAMPercentage=66.4999 -XX:MaxMetaspaceSize=192m "
+        "-XX:MaxDirectMemorySize=128m"
+    }
+    assert "app: keeps its own -Xmx3g in JAVA_TOOL_OPTIONS; set runtime.jvm.overrideExisting" in (
+        " ".join(doc["notes"])
+    )
+    assert any("the JVM reads memory.max 2Gi, not memory.high" in n for n in doc["notes"])
+    assert "app: its own -Xmx3g is above memory.max 2Gi: the OOM killer would act" in (
+        " ".join(doc["notes"])
+    )
+    code = main(["explain", "--policy", policy, "--pod", str(tmp_path / "pod.yaml")])
+    table = capsys.readouterr().out
+    assert "inject:  app: JAVA_TOOL_OPTIONS += -XX:MaxRAMPercentage=70 " in table

@@ -125,7 +125,10 @@ def test_in_place_growth_reports_the_injected_gomemlimit_stale() -> None:
     found = decision(admitted_go_pod(), memory=BIGGER, go=GO90, update="InPlace")
     assert found.action == "resize"
     assert found.stale_runtime == ("app: GOMEMLIMIT 921MiB, policy wants 1843MiB",)
-    assert "GOMEMLIMIT/GOGC stay as they are until the pod is recreated" in found.reason
+    assert (
+        "runtime env (GOMEMLIMIT/GOGC, JVM/Node.js flags) stays as it is until the pod is recreated"
+        in found.reason
+    )
 
 
 def test_after_the_resize_the_pod_is_updated_and_still_stale() -> None:
@@ -371,3 +374,84 @@ def test_retry_book_backs_off_and_forgets_a_refusal_when_it_is_due_again() -> No
     assert book.failed(key, now=0, message="429", after=3) == 3  # the server said when
     book.forget_gone("shop", set())
     assert book.due(key, 0)
+
+
+def admitted_runtime_pod(*, var: str, theirs: str, ours: str) -> dict[str, Any]:
+    """A pod admitted with 1Gi under a JVM/Node policy: ``theirs`` + ``ours`` in ``var``."""
+    return running_pod(
+        containers=[burstable(env={var: f"{theirs} {ours}".strip()})],
+        applied={"app": {"request": "512Mi", "limit": "1Gi", var: ours}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("var", "ours", "section", "wanted"),
+    [
+        pytest.param(
+            "NODE_OPTIONS",
+            "--max-old-space-size=768",
+            {"node": {"maxOldSpaceSize": "75%"}},
+            "--max-old-space-size=1536",
+            id="node-old-space",
+        ),
+        pytest.param(
+            "JAVA_TOOL_OPTIONS",
+            "-Xmx768m",
+            {"jvm": {"maxHeap": "1536Mi"}},
+            "-Xmx1536m",
+            id="jvm-heap",
+        ),
+    ],
+)
+def test_in_place_growth_reports_injected_runtime_flags_stale(
+    var: str, ours: str, section: dict[str, Any], wanted: str
+) -> None:
+    pod = admitted_runtime_pod(var=var, theirs="--trace-warnings -Dx=1", ours=ours)
+    found = decision(pod, memory=BIGGER, update="InPlace", **section)
+    assert found.action == "resize"
+    assert found.stale_runtime == (f"app: {var} has {ours}, policy wants {wanted}",)
+
+
+def test_a_percentage_the_jvm_applies_itself_is_not_stale_after_a_resize() -> None:
+    """No memory.high: -XX:MaxRAMPercentage=75 is right for any memory.max."""
+    ours = "-XX:MaxRAMPercentage=75"
+    pod = admitted_runtime_pod(var="JAVA_TOOL_OPTIONS", theirs="", ours=ours)
+    found = decision(pod, memory=BIGGER, update="InPlace", jvm={"maxRAMPercentage": 75})
+    assert (found.action, found.stale_runtime) == ("resize", ())
+
+
+def test_a_users_own_heap_flag_is_not_stale_unless_overridden() -> None:
+    pod = running_pod(containers=[burstable(env={"JAVA_TOOL_OPTIONS": "-Xmx700m"})])
+    kept = decision(pod, memory=BIGGER, update="InPlace", jvm={"maxHeap": "1Gi"})
+    assert kept.stale_runtime == ()
+    replaced = decision(
+        pod, memory=BIGGER, update="InPlace", jvm={"maxHeap": "1Gi", "overrideExisting": True}
+    )
+    assert replaced.stale_runtime == ("app: JAVA_TOOL_OPTIONS has -Xmx700m, policy wants -Xmx1g",)
+
+
+@pytest.mark.parametrize(
+    ("var", "ours", "section"),
+    [
+        pytest.param("JAVA_TOOL_OPTIONS", "-Xmx1800m", {"jvm": {"maxHeap": "1Gi"}}, id="jvm"),
+        pytest.param(
+            "NODE_OPTIONS",
+            "--max-old-space-size=1800",
+            {"node": {"maxOldSpaceSize": "75%"}},
+            id="node",
+        ),
+    ],
+)
+def test_an_injected_heap_above_the_new_limit_recreates_under_in_place_or_recreate(
+    var: str, ours: str, section: dict[str, Any]
+) -> None:
+    pod = running_pod(
+        containers=[burstable(limit="2Gi", env={var: f"-Dx=1 {ours}"})],
+        applied={"app": {"request": "512Mi", "limit": "2Gi", var: ours}},
+    )
+    memory = {"request": "512Mi", "limit": "1536Mi"}
+    found = decision(pod, memory=memory, update="InPlaceOrRecreate", **section)
+    assert found.action == "evict"
+    assert f"app: its {var} {ours} would be above its new limit 1536Mi" in found.reason
+    in_place = decision(pod, memory=memory, update="InPlace", **section)
+    assert in_place.action == "resize"

@@ -21,7 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicy
-from memwarden.mutation import PodPlan, PodShapeError, plan_pod
+from memwarden.mutation import PodPlan, PodShapeError, injected_options, plan_pod
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.selection import Candidate, select_for_pod
 from memwarden.settings import KubeletSettings
@@ -191,6 +191,16 @@ def explanation(plan: PodPlan, *, profile: KubeletSettings) -> dict[str, Any]:
             "request": format_bytes(c.memory_request) if c.memory_request is not None else None,
             "limit": format_bytes(c.memory_limit) if c.memory_limit is not None else None,
             "env": {k: v for k, v in (("GOMEMLIMIT", c.gomemlimit_env), ("GOGC", c.gogc)) if v},
+            # The flags memwarden merges in; the container's own flags stay beside them.
+            "options": injected_options(c),
+            "runtimeLimits": {
+                k: v
+                for k, v in (
+                    ("jvmMaxHeapBytes", c.jvm_max_heap),
+                    ("nodeMaxOldSpaceBytes", c.node_max_old_space),
+                )
+                if v is not None
+            },
             "cgroup": _cgroup(c.cgroup),
         }
         for c in sizing.containers
@@ -261,6 +271,11 @@ def render_table(doc: Mapping[str, Any]) -> str:
     lines += [
         "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
         for row in rows
+    ]
+    lines += [
+        f"inject:  {c['name']}: {var} += {flags}"
+        for c in doc.get("containers", [])
+        for var, flags in c.get("options", {}).items()
     ]
     lines += [f"change:  {c}" for c in doc.get("changes", [])]
     lines += [f"note:    {n}" for n in doc.get("notes", [])]
