@@ -98,9 +98,7 @@ def _documents(text: str, *, source: str) -> Iterator[tuple[str, Mapping[str, An
         yield origin, doc
 
 
-def _kubelet_configurations(
-    text: str, *, source: str
-) -> Iterator[tuple[str, Mapping[str, Any]]]:
+def _kubelet_configurations(text: str, *, source: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
     for origin, doc in _documents(text, source=source):
         api_version, kind = doc.get("apiVersion"), doc.get("kind")
         if kind == "KubeletConfiguration":

@@ -289,7 +289,8 @@ class PodShape:
     @property
     def pod_memory_limit(self) -> int:
         """The pod-level memory limit (0: none); it caps the pod cgroup's memory.max."""
-        return _amount(self.pod_resources.memory_limit) if self.has_pod_level_resources else 0
+        res = self.pod_resources
+        return _amount(res.memory_limit) if res is not None else 0
 
 
 def _pod_level_requirements(pod: PodShape) -> tuple[dict[str, int], dict[str, int]] | None:
@@ -504,7 +505,7 @@ def expected_pod_cgroup(pod: PodShape, profile: KubeletProfile) -> CgroupValues:
     if pod_level is not None and limits_declared and profile.has_pod_level_memory_high:
         factor = profile.factor
         assert factor is not None  # has_pod_level_memory_high implies throttles
-        if limits and not requests == limits:
+        if limits and requests != limits:
             exact = requests + factor * (limits - requests)
             high = math.floor(exact / profile.page_size) * profile.page_size
             memory_high = high if high > requests else None

@@ -136,7 +136,9 @@ def test_container_cgroup_matches_the_kubelet(
     assert got == expected
 
 
-def app(request: int | None = None, limit: int | None = None, name: str = "app") -> ContainerResources:
+def app(
+    request: int | None = None, limit: int | None = None, name: str = "app"
+) -> ContainerResources:
     return ContainerResources(name=name, memory_request=request, memory_limit=limit)
 
 
@@ -183,7 +185,7 @@ def pod_level(
         pytest.param(
             V137_TIERED, pod_level(app(), cpu=1000, cpu_limit=1000, limit=2 * GI), "Guaranteed",
             CgroupValues(memory_min=2 * GI, memory_max=2 * GI),
-            id="1.37.2 D:527 request = pod limit; Q:43 Guaranteed; H:81 request == limit -> no high",
+            id="1.37.2 D:527 request = pod limit; Q:43 Guaranteed; H:81 equal -> no high",
         ),
         pytest.param(
             V137_TIERED, pod_level(app(), request=GI), "Burstable",

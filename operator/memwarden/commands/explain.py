@@ -158,7 +158,7 @@ def _profile_file(path: Path) -> dict[str, Any]:
     values = docs[0][1]
     if isinstance(values.get("kubelet"), Mapping):
         values = dict(values["kubelet"])  # a chart values file
-    aliases = {name: field.alias for name, field in KubeletSettings.model_fields.items()}
+    aliases = {name: field.alias or name for name, field in KubeletSettings.model_fields.items()}
     return {aliases.get(key, key): value for key, value in values.items()}
 
 
@@ -199,7 +199,8 @@ def load_profile(args: argparse.Namespace) -> KubeletSettings:
             values["memoryThrottlingFactor"] = None if unset else float(args.throttling_factor)
         except ValueError as exc:
             raise InputError(
-                f"--throttling-factor: a number in (0, 1] or 'unset', got {args.throttling_factor!r}"
+                "--throttling-factor: a number in (0, 1] or 'unset',"
+                f" got {args.throttling_factor!r}"
             ) from exc
     try:
         if args.node_allocatable is not None:
