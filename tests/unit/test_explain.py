@@ -277,3 +277,44 @@ def test_bad_kubelet_input_exits_2_naming_it(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_pod_level_resources_move_memory_high_to_the_pod_cgroup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "checkout-1", "namespace": "shop", "labels": {"app": "checkout"}},
+        "spec": {
+            "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+            "containers": [{"name": "app", "image": "checkout:1"}],
+        },
+    }
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            make_policy(
+                name="checkout",
+                namespace="shop",
+                spec=make_policy_spec(memory={"protect": "1Gi"}),
+            )
+        )
+    )
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        str(policy),
+        "--pod",
+        str(path),
+        "--kubelet-config",
+        str(KUBELET / "config.yaml"),
+    )
+    assert code == 0, doc
+    # floor((2Gi + 0.9 × 2Gi) / 4096) × 4096, from the pod's own request and limit
+    assert doc["podCgroup"]["memory.high"] == "3984588Ki"
+    (app,) = doc["containers"]
+    assert app["cgroup"]["memory.high"] is None
+    assert any("pod cgroup's memory.high" in note for note in doc["notes"])

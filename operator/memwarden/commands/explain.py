@@ -320,7 +320,7 @@ def render_table(doc: Mapping[str, Any]) -> str:
             "",
             _readable(pod["memory.min"]),
             _readable(pod["memory.low"]),
-            "-",
+            _readable(pod["memory.high"]),
             _readable(pod["memory.max"]),
             "",
             "",
