@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from memwarden.sizing import (
     CgroupValues,
@@ -215,3 +217,41 @@ def test_pod_cgroup_matches_the_kubelet(
 ) -> None:
     assert qos_class(shape) == qos
     assert expected_pod_cgroup(shape, profile) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pod_request=st.one_of(st.none(), st.integers(min_value=1, max_value=64 * GI)),
+    pod_extra=st.one_of(st.none(), st.integers(min_value=0, max_value=64 * GI)),
+    container_limits=st.lists(
+        st.one_of(st.none(), st.integers(min_value=1, max_value=8 * GI)), min_size=1, max_size=3
+    ),
+    factor=st.sampled_from([0.5, 0.8, 0.9, 1.0]),
+)
+def test_pod_level_memory_high_throttles_once_between_request_and_limit(
+    pod_request: int | None,
+    pod_extra: int | None,
+    container_limits: list[int | None],
+    factor: float,
+) -> None:
+    """1.37: the pod's memory.high is a page multiple in (request, limit]; containers
+    without a limit under a pod-level limit get none of their own."""
+    profile = replace(V137, throttling_factor=factor)
+    pod_limit = None if pod_extra is None else (pod_request or 0) + pod_extra or None
+    containers = tuple(app(limit=lim, name=f"c{i}") for i, lim in enumerate(container_limits))
+    shape = pod_level(*containers, request=pod_request, limit=pod_limit)
+    pod = expected_pod_cgroup(shape, profile)
+    if pod.memory_high is not None:
+        assert pod.memory_high % profile.page_size == 0
+        assert pod.memory_max is not None and pod.memory_high <= pod.memory_max
+        assert pod_request is None or pod.memory_high > pod_request
+    for c in containers:
+        got = expected_cgroup(
+            request=c.memory_request_effective,
+            limit=c.memory_limit,
+            qos_class=qos_class(shape),
+            profile=profile,
+            pod_level_limit=shape.pod_memory_limit > 0,
+        )
+        if c.memory_limit is None and pod_limit:
+            assert got.memory_high is None
