@@ -137,8 +137,18 @@ def pod_shape(pod: Mapping[str, Any]) -> PodShape:
         _mapping(spec.get("overhead"), where="spec.overhead").get("memory"),
         where="spec.overhead.memory",
     )
+    pod_resources = (
+        _container_resources({"name": "(pod)", "resources": spec["resources"]}, where="spec")
+        if spec.get("resources") is not None
+        else None
+    )
     try:
-        return PodShape(containers=containers, init_containers=init, overhead_memory=overhead)
+        return PodShape(
+            containers=containers,
+            init_containers=init,
+            overhead_memory=overhead,
+            pod_resources=pod_resources,
+        )
     except ValueError as exc:
         raise PodShapeError(str(exc)) from exc
 

@@ -23,35 +23,48 @@ class KubeletSettings(BaseModel):
     """The cluster's kubelet MemoryQoS configuration, which memwarden cannot read itself.
 
     The kubelet does not publish its MemoryQoS settings through the API, so the operator
-    is told them. The defaults are those of a stock Kubernetes 1.37 kubelet.
+    is told them. The defaults are those of a stock Kubernetes 1.37 kubelet. Spelled in
+    camelCase as the chart's ``kubelet:`` values and the KubeletConfiguration fields are;
+    the Python names (``throttling_factor``...) are accepted too, for the environment.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True,
+        extra="forbid",
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+    )
 
     kubernetes_minor: int = Field(
+        alias="kubernetesMinor",
         default=37,
         ge=22,
         le=99,
         description="Kubernetes minor version of the nodes (MemoryQoS changed in 1.36, 1.37).",
     )
     memory_qos: bool | None = Field(
+        alias="memoryQoS",
         default=None,
         description="MemoryQoS feature gate; None = the version's default (on from 1.37).",
     )
     throttling_factor: float | None = Field(
+        alias="memoryThrottlingFactor",
         default=None,
         gt=0,
         le=1,
         description="memoryThrottlingFactor; None = unset, the 1.37 default (no memory.high).",
     )
     reservation_policy: Literal["None", "TieredReservation"] = Field(
+        alias="memoryReservationPolicy",
         default="None",
         description="memoryReservationPolicy (1.36+); None, the default, writes no memory.min/low.",
     )
     page_size: int = Field(
-        default=4096, description="The nodes' page size (x86-64 and most arm64)."
+        alias="pageSize", default=4096, description="The nodes' page size (x86-64 and most arm64)."
     )
     node_allocatable: int | None = Field(
+        alias="nodeAllocatable",
         default=None,
         description="Node allocatable memory in bytes: replaces the limit in memory.high for "
         "containers without one. None = unknown (nodes differ): such memory.high values, and "

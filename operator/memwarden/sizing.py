@@ -12,7 +12,7 @@ as they do to the kubelet, which reads an absent quantity as zero.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any, Final, Literal, get_args
@@ -51,7 +51,9 @@ MIB: Final = 2**20
 FIRST_MEMORY_QOS_MINOR: Final = 22
 #: ``memoryReservationPolicy`` appears in 1.36; before it the gate alone writes memory.min.
 FIRST_RESERVATION_POLICY_MINOR: Final = 36
-#: MemoryQoS is beta in 1.37: gate on, ``memoryThrottlingFactor`` defaults to nil.
+#: MemoryQoS is beta in 1.37: gate on, ``memoryThrottlingFactor`` defaults to nil. The same
+#: kubelet throttles containers without request or limit, writes the pod cgroup's memory.high
+#: for pods with pod-level resources and then skips it on their containers without a limit.
 FIRST_BETA_MINOR: Final = 37
 
 #: A GOMEMLIMIT computed from a percentage is floored to a whole MiB from this size up: the
@@ -154,6 +156,22 @@ class KubeletProfile:
         return self.kubernetes_minor >= FIRST_RESERVATION_POLICY_MINOR
 
     @property
+    def throttles_unrequested(self) -> bool:
+        """Whether a container with neither request nor limit gets memory.high (1.37+).
+
+        Up to 1.36 the kubelet writes memory.high only when request != limit, so 0 == 0
+        means none (kuberuntime_container_linux.go, v1.36.0 line 173); 1.37 also computes
+        it when the request is 0, against node allocatable (v1.37.2 line 226).
+        """
+        return self.kubernetes_minor >= FIRST_BETA_MINOR
+
+    @property
+    def has_pod_level_memory_high(self) -> bool:
+        """Whether the pod cgroup gets memory.high for pod-level resources (1.37+,
+        ``ApplyPodLevelMemoryHigh``); before 1.37 only containers get one."""
+        return self.kubernetes_minor >= FIRST_BETA_MINOR and self.throttles
+
+    @property
     def throttles(self) -> bool:
         """Whether this kubelet writes memory.high at all."""
         return self.no_high_reason() is None
@@ -239,9 +257,14 @@ class PodShape:
     """In spec order; those with ``sidecar=True`` count like regular containers."""
     overhead_memory: int | None = None
     """``spec.overhead`` memory (RuntimeClass), added to the pod cgroup's requests and limits."""
+    pod_resources: ContainerResources | None = None
+    """``spec.resources`` (pod-level resources, KEP-2837, beta and on from 1.34) as written;
+    None or all unset: the pod has none. Its ``name`` is only for messages."""
 
     def __post_init__(self) -> None:
         _check_non_negative("pod", overhead_memory=self.overhead_memory)
+        if self.pod_resources is not None and self.pod_resources.sidecar:
+            raise ValueError("pod: spec.resources is not a sidecar")
         names = [c.name for c in (*self.containers, *self.init_containers)]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
@@ -255,6 +278,61 @@ class PodShape:
         """Containers that run for the pod's life: regular ones, then sidecars."""
         return (*self.containers, *(c for c in self.init_containers if c.sidecar))
 
+    @property
+    def has_pod_level_resources(self) -> bool:
+        """``IsPodLevelResourcesSet``: the pod declares a pod-level cpu or memory amount."""
+        res = self.pod_resources
+        return res is not None and any(
+            value is not None
+            for value in (res.cpu_request_m, res.cpu_limit_m, res.memory_request, res.memory_limit)
+        )
+
+    @property
+    def pod_memory_limit(self) -> int:
+        """The pod-level memory limit (0: none); it caps the pod cgroup's memory.max."""
+        res = self.pod_resources
+        return _amount(res.memory_limit) if res is not None else 0
+
+
+def _pod_level_requirements(pod: PodShape) -> tuple[dict[str, int], dict[str, int]] | None:
+    """spec.resources (requests, limits) after the API server's defaulting, or None.
+
+    ``defaultPodRequests`` (pkg/apis/core/v1/defaults.go, v1.37.2 line 527): only when the
+    pod sets a pod-level limit, an unset pod-level request takes the containers' aggregate
+    request for that resource when any container declares one, else the pod-level limit.
+    """
+    res = pod.pod_resources
+    if res is None or not pod.has_pod_level_resources:
+        return None
+    given_requests = {"cpu": res.cpu_request_m, "memory": res.memory_request}
+    given_limits = {"cpu": res.cpu_limit_m, "memory": res.memory_limit}
+    limits = {k: v for k, v in given_limits.items() if v is not None}
+    requests = {k: v for k, v in given_requests.items() if v is not None}
+    if limits:
+        aggregates = {
+            "cpu": _pod_total(pod, lambda c: c.cpu_request),
+            "memory": _pod_total(pod, lambda c: c.memory_request_effective),
+        }
+        for resource, (aggregate, _) in aggregates.items():
+            if resource not in requests and aggregate > 0:
+                requests[resource] = aggregate
+        for resource, limit in limits.items():
+            requests.setdefault(resource, limit)
+    return requests, limits
+
+
+def _requirements_qos(requests: Mapping[str, int], limits: Mapping[str, int]) -> QosClass:
+    """``requirementsQOS`` of pkg/apis/core/v1/helper/qos/qos.go: one set of requirements."""
+    if not requests and not limits:
+        return "BestEffort"
+    shapes: set[QosClass] = set()
+    for resource in ("cpu", "memory"):
+        request, limit = requests.get(resource, 0), limits.get(resource, 0)
+        if request != limit:
+            return "Burstable"
+        shapes.add("BestEffort" if request == 0 else "Guaranteed")
+    return shapes.pop() if len(shapes) == 1 else "Burstable"
+
 
 def qos_class(pod: PodShape) -> QosClass:
     """The pod's QoS class by Kubernetes' rules (``GetPodQOS``).
@@ -262,7 +340,11 @@ def qos_class(pod: PodShape) -> QosClass:
     Guaranteed: every container, init containers included, has cpu and memory limits and
     requests equal to them (an unset request defaults to its limit). BestEffort: no cpu or
     memory request or limit anywhere. Burstable: the rest. Pod overhead does not count.
+    With pod-level resources the pod's own requirements decide (``ComputePodQOS``).
     """
+    pod_level = _pod_level_requirements(pod)
+    if pod_level is not None:
+        return _requirements_qos(*pod_level)
     requests = {"cpu": 0, "memory": 0}
     limits = {"cpu": 0, "memory": 0}
     every_limit_set = True
@@ -337,7 +419,9 @@ def _protection(
     return None, None
 
 
-def _memory_high(*, request: int, limit: int, profile: KubeletProfile) -> int | None:
+def _memory_high(
+    *, request: int, limit: int, profile: KubeletProfile, pod_level_limit: bool = False
+) -> int | None:
     """memory.high as the kubelet computes it (KEP-2570), or None when it writes none.
 
     ``floor((request + factor × (limit − request)) / page) × page``, the node's allocatable
@@ -348,10 +432,14 @@ def _memory_high(*, request: int, limit: int, profile: KubeletProfile) -> int | 
     factor = profile.factor
     if not profile.memory_qos or factor is None:
         return None
-    # The kubelet compares the quantities as read, unset = 0. Before 1.36 that also skips a
-    # container with neither request nor limit; from 1.36 such (BestEffort) containers are
-    # throttled against node allocatable, as the 1.36 and 1.37 documentation states.
-    if request == limit and (request > 0 or not profile.has_reservation_policy):
+    # The kubelet compares the quantities as read, unset = 0. Up to 1.36 request == limit
+    # skips, 0 == 0 included; 1.37 throttles 0 == 0 against allocatable, but not a container
+    # without a limit in a pod with a pod-level memory limit (the pod cgroup's memory.high
+    # covers it): kuberuntime_container_linux.go, v1.36.0 line 173, v1.37.2 lines 222-226.
+    if profile.throttles_unrequested:
+        if (request == limit and request > 0) or (not limit and pod_level_limit):
+            return None
+    elif request == limit:
         return None
     ceiling = limit or _amount(profile.node_allocatable)
     if ceiling <= 0:
@@ -362,13 +450,19 @@ def _memory_high(*, request: int, limit: int, profile: KubeletProfile) -> int | 
 
 
 def expected_cgroup(
-    *, request: int | None, limit: int | None, qos_class: QosClass, profile: KubeletProfile
+    *,
+    request: int | None,
+    limit: int | None,
+    qos_class: QosClass,
+    profile: KubeletProfile,
+    pod_level_limit: bool = False,
 ) -> CgroupValues:
     """The memory files the kubelet writes for one container (KEP-2570, DESIGN.md §6).
 
     ``qos_class`` is the pod's class: with ``TieredReservation`` it chooses memory.min
     (Guaranteed) or memory.low (Burstable). An unset request takes the limit, as the API
-    defaults it. memory.max is the limit whatever the profile.
+    defaults it. memory.max is the limit whatever the profile. ``pod_level_limit``: the
+    pod sets ``spec.resources.limits.memory`` (1.37 then throttles at the pod cgroup).
     """
     req = _amount(request) or _amount(limit)
     lim = _amount(limit)
@@ -378,7 +472,9 @@ def expected_cgroup(
     return CgroupValues(
         memory_min=memory_min,
         memory_low=memory_low,
-        memory_high=_memory_high(request=req, limit=lim, profile=profile),
+        memory_high=_memory_high(
+            request=req, limit=lim, profile=profile, pod_level_limit=pod_level_limit
+        ),
         memory_max=lim or None,
     )
 
@@ -386,20 +482,39 @@ def expected_cgroup(
 def expected_pod_cgroup(pod: PodShape, profile: KubeletProfile) -> CgroupValues:
     """The memory files the kubelet writes for the pod cgroup.
 
-    memory.min/low follow the container rules applied to the pod's total request (regular
-    containers, sidecars, the init container peak, overhead). No pod memory.high (pod-level
-    resources, 1.37, are not modelled). memory.max is the pod's total limit plus overhead
-    when every container declares a memory limit, as the kubelet does for any profile.
+    memory.min/low follow the container rules applied to the pod's request: the pod-level
+    request when set, else the total of regular containers, sidecars and the init container
+    peak; plus overhead. memory.max is the pod-level limit, else the containers' total when
+    every container declares one, plus overhead (``ResourceConfigForPod``, cm/helpers_linux.go).
+    memory.high only for pods with pod-level resources on 1.37 (``ApplyPodLevelMemoryHigh``,
+    v1.37.2 line 45): skipped when request == limit != 0 or without a limit.
     """
     qos = qos_class(pod)
     overhead = _amount(pod.overhead_memory)
     requests, _ = _pod_total(pod, lambda c: c.memory_request_effective)
-    limits, every_limit_set = _pod_total(pod, lambda c: _amount(c.memory_limit))
-    memory_min, memory_low = _protection(amount=requests + overhead, qos_class=qos, profile=profile)
+    limits, limits_declared = _pod_total(pod, lambda c: _amount(c.memory_limit))
+    pod_level = _pod_level_requirements(pod)
+    if pod_level is not None:
+        requests = pod_level[0].get("memory", requests)
+        if "memory" in pod_level[1]:
+            limits = pod_level[1]["memory"]
+            limits_declared = limits_declared or limits > 0
+    requests += overhead
+    limits += overhead if limits else 0
+    memory_min, memory_low = _protection(amount=requests, qos_class=qos, profile=profile)
+    memory_high = None
+    if pod_level is not None and limits_declared and profile.has_pod_level_memory_high:
+        factor = profile.factor
+        assert factor is not None  # has_pod_level_memory_high implies throttles
+        if limits and requests != limits:
+            exact = requests + factor * (limits - requests)
+            high = math.floor(exact / profile.page_size) * profile.page_size
+            memory_high = high if high > requests else None
     return CgroupValues(
         memory_min=memory_min,
         memory_low=memory_low,
-        memory_max=limits + overhead if every_limit_set else None,
+        memory_high=memory_high,
+        memory_max=limits if limits_declared and limits else None,
     )
 
 
@@ -863,7 +978,13 @@ def size_pod(
     for container in sized.long_running:
         if container.name not in names:
             continue
-        result = _size_container(container, qos=after, runtime=runtime, profile=profile)
+        result = _size_container(
+            container,
+            qos=after,
+            runtime=runtime,
+            profile=profile,
+            pod_level_limit=sized.pod_memory_limit > 0,
+        )
         if isinstance(result, str):
             return refused(f"{result} (container {container.name})")
         containers.append(result)
@@ -911,13 +1032,31 @@ def _size_container(
     qos: QosClass,
     runtime: GoRuntimeRule | None,
     profile: KubeletProfile,
+    pod_level_limit: bool = False,
 ) -> ContainerSizing | str:
     """One governed container's sizing, or the reason it is infeasible."""
     request = container.memory_request_effective
     limit = _amount(container.memory_limit)
-    cgroup = expected_cgroup(request=request, limit=limit, qos_class=qos, profile=profile)
+    cgroup = expected_cgroup(
+        request=request,
+        limit=limit,
+        qos_class=qos,
+        profile=profile,
+        pod_level_limit=pod_level_limit,
+    )
     notes: list[str] = []
-    uses_node = profile.throttles and not limit and (request > 0 or profile.has_reservation_policy)
+    under_pod_high = profile.has_pod_level_memory_high and pod_level_limit and not limit
+    uses_node = (
+        profile.throttles
+        and not limit
+        and (request > 0 or profile.throttles_unrequested)
+        and not under_pod_high
+    )
+    if under_pod_high:
+        notes.append(
+            "memory.high: not written on the container: it has no limit and the pod sets a"
+            " pod-level memory limit, so the kubelet throttles at the pod cgroup's memory.high"
+        )
     if uses_node and profile.node_allocatable is None:
         notes.append(
             "memory.high: not predicted: with no limit the kubelet uses the node's allocatable"

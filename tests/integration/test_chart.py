@@ -128,8 +128,8 @@ VALUE_SETS = [
             "kubelet": {
                 "kubernetesMinor": 36,
                 "memoryQoS": True,
-                "throttlingFactor": 0.8,
-                "reservationPolicy": "TieredReservation",
+                "memoryThrottlingFactor": 0.8,
+                "memoryReservationPolicy": "TieredReservation",
                 "pageSize": 65536,
                 "nodeAllocatable": "15Gi",
             },
@@ -323,8 +323,8 @@ INVALID = [
     pytest.param({"colour": "blue"}, "colour", id="unknown-top-level-key"),
     pytest.param({"webhook": {"timeoutSeconds": 30}}, "timeoutSeconds", id="timeout-30"),
     pytest.param(
-        {"kubelet": {"reservationPolicy": "Tiered"}},
-        "reservationPolicy",
+        {"kubelet": {"memoryReservationPolicy": "Tiered"}},
+        "memoryReservationPolicy",
         id="bad-reservation-policy",
     ),
     pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
@@ -337,7 +337,9 @@ INVALID = [
         id="scrape-timeout-above-interval",
     ),
     pytest.param({"evidence": {"namespaceQuota": "2 GB"}}, "namespaceQuota", id="bad-quota"),
-    pytest.param({"kubelet": {"throttlingFactor": 1.5}}, "throttlingFactor", id="factor-above-1"),
+    pytest.param(
+        {"kubelet": {"memoryThrottlingFactor": 1.5}}, "memoryThrottlingFactor", id="factor-above-1"
+    ),
     pytest.param({"webhook": {"certs": {"mode": "vault"}}}, "mode", id="unknown-cert-mode"),
     pytest.param(
         {"webhook": {"certs": {"selfSigned": {"renewBeforeDays": 90}}}},

@@ -15,9 +15,10 @@ from memwarden_testing.cluster import REPO, kubectl
 
 pytestmark = pytest.mark.integration
 
-#: Kinds in the docs that need CRDs memwarden does not own (the Prometheus Operator's).
-#: Every other manifest goes to the API server: a new kind needs no change here.
-UNSERVED = {"PrometheusRule", "Prometheus"}
+#: Kinds in the docs that need CRDs memwarden does not own (the Prometheus Operator's), and
+#: the kubelet's own configuration file, which no API server serves (explain's tests read
+#: it). Every other manifest goes to the API server: a new kind needs no change here.
+UNSERVED = {"PrometheusRule", "Prometheus", "KubeletConfiguration"}
 _FENCED_YAML = re.compile(r"^```yaml\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 

@@ -203,3 +203,165 @@ def test_runtime_example_shows_injected_flags_and_notes(
     code = main(["explain", "--policy", policy, "--pod", str(tmp_path / "pod.yaml")])
     table = capsys.readouterr().out
     assert "inject:  app: JAVA_TOOL_OPTIONS += -XX:MaxRAMPercentage=70 " in table
+
+
+KUBELET = REPO / "examples" / "kubelet"
+INTENT = ["--policy", str(EXAMPLES / "checkout-intent.yaml"), "--pod", str(DEPLOYMENT)]
+
+
+def test_kubelet_config_file_sets_the_memory_qos_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, doc = explain_json(capsys, *INTENT, "--kubelet-config", str(KUBELET / "config.yaml"))
+    assert code == 0
+    assert doc["profile"] == {
+        "kubernetesMinor": 37,
+        "memoryQoS": True,
+        "memoryThrottlingFactor": 0.9,
+        "memoryReservationPolicy": "TieredReservation",
+        "pageSize": 4096,
+        "nodeAllocatable": None,
+    }
+    (app,) = doc["containers"]
+    assert app["cgroup"]["memory.high"] == "1992292Ki"
+    assert app["cgroup"]["memory.low"] == "1Gi"
+
+
+def test_kubeadm_configmap_as_kubelet_config(capsys: pytest.CaptureFixture[str]) -> None:
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        str(EXAMPLES / "checkout.yaml"),
+        "--pod",
+        str(DEPLOYMENT),
+        "--kubelet-config",
+        str(KUBELET / "kubeadm-kubelet-config.yaml"),
+    )
+    assert code == 0
+    assert doc["profile"]["memoryThrottlingFactor"] == 0.8
+    (app,) = doc["containers"]
+    # 512Mi + 0.8 × 512Mi = 966367641.6 -> 966365184 (whole pages)
+    assert app["cgroup"]["memory.high"] == "943716Ki"
+
+
+def test_feature_gates_flag_wins_over_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+        "featureGates: {MemoryQoS: false}\nmemoryThrottlingFactor: 0.9\n"
+    )
+    args = [*INTENT, "--kubernetes-minor", "36", "--kubelet-config", str(path)]
+    # The 1.36 kubelet refuses TieredReservation with the gate off.
+    assert main(["explain", *args, "--reservation-policy", "TieredReservation"]) == 2
+    assert "requires the MemoryQoS feature gate" in capsys.readouterr().err
+    code, doc = explain_json(
+        capsys,
+        *args,
+        "--reservation-policy",
+        "TieredReservation",
+        "--feature-gates",
+        "MemoryQoS=true,NodeSwap=false",
+    )
+    assert code == 0
+    assert doc["profile"]["memoryQoS"] is True
+    (app,) = doc["containers"]
+    assert app["cgroup"]["memory.high"] == "1992292Ki"
+
+
+@pytest.mark.parametrize("spelling", ["camelCase", "snake_case"])
+def test_profile_file_takes_the_charts_spelling_and_the_old_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spelling: str
+) -> None:
+    values = {
+        "kubernetesMinor": 37,
+        "memoryThrottlingFactor": 0.9,
+        "memoryReservationPolicy": "TieredReservation",
+    }
+    if spelling == "snake_case":
+        values = {
+            "kubernetes_minor": 37,
+            "throttling_factor": 0.9,
+            "reservation_policy": "TieredReservation",
+        }
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(values))
+    code, doc = explain_json(capsys, *INTENT, "--profile", str(path))
+    assert code == 0
+    assert doc["profile"]["memoryThrottlingFactor"] == 0.9
+
+
+def test_chart_values_file_as_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    values = REPO / "e2e" / "kind" / "values.yaml"
+    code, doc = explain_json(capsys, *INTENT, "--profile", str(values))
+    assert code == 0
+    assert doc["profile"]["memoryReservationPolicy"] == "TieredReservation"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(["--feature-gates", "MemoryQoS"], "missing bool value", id="gate-no-value"),
+        pytest.param(
+            ["--kubelet-config", str(EXAMPLES / "checkout.yaml")],
+            "kind: 'MemoryPolicy'",
+            id="not-a-kubelet-config",
+        ),
+        pytest.param(
+            ["--feature-gates", "MemoryQoS=false", "--throttling-factor", "0.5"],
+            "memoryThrottlingFactor: must not be set",
+            id="kubelet-would-refuse",
+        ),
+        pytest.param(["--throttling-factor", "high"], "--throttling-factor", id="factor-word"),
+        pytest.param(["--kubelet-config", "/nonexistent.yaml"], "nonexistent", id="missing"),
+    ],
+)
+def test_bad_kubelet_input_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    assert main(["explain", *INTENT, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_pod_level_resources_move_memory_high_to_the_pod_cgroup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "checkout-1", "namespace": "shop", "labels": {"app": "checkout"}},
+        "spec": {
+            "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+            "containers": [{"name": "app", "image": "checkout:1"}],
+        },
+    }
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump(
+            make_policy(
+                name="checkout",
+                namespace="shop",
+                spec=make_policy_spec(memory={"protect": "1Gi"}),
+            )
+        )
+    )
+    code, doc = explain_json(
+        capsys,
+        "--policy",
+        str(policy),
+        "--pod",
+        str(path),
+        "--kubelet-config",
+        str(KUBELET / "config.yaml"),
+    )
+    assert code == 0, doc
+    # floor((2Gi + 0.9 × 2Gi) / 4096) × 4096, from the pod's own request and limit
+    assert doc["podCgroup"]["memory.high"] == "3984588Ki"
+    (app,) = doc["containers"]
+    assert app["cgroup"]["memory.high"] is None
+    assert any("pod cgroup's memory.high" in note for note in doc["notes"])

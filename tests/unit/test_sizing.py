@@ -208,10 +208,10 @@ def test_profile_rejects(kwargs: dict[str, Any], message: str) -> None:
             id="1.36-tiered-equal-container-in-burstable-pod",
         ),
         pytest.param(
-            # 0 + 0.9 × 8Gi = 7730941132.8 -> 7730937856
+            # v1.36.0 kuberuntime_container_linux.go:173 `if memoryRequest != memoryLimit`: 0 == 0
             replace(V136_TIERED, node_allocatable=8 * GI), None, None, "BestEffort",
-            CgroupValues(memory_high=7730937856),
-            id="1.36-tiered-besteffort-high-from-allocatable",
+            CgroupValues(),
+            id="1.36-tiered-besteffort-no-high",
         ),
         pytest.param(
             V137, GI, 2 * GI, "Burstable",

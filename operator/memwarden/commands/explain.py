@@ -21,6 +21,12 @@ import yaml
 from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicy
+from memwarden.kubeletconfig import (
+    KubeletConfigError,
+    kubelet_rejects,
+    parse_feature_gates,
+    parse_kubelet_config,
+)
 from memwarden.mutation import PodPlan, PodShapeError, injected_options, plan_pod
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.selection import Candidate, select_for_pod
@@ -59,7 +65,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="YAML file of kubelet settings (the keys of --kubernetes-minor etc.)",
+        help="YAML file of memwarden's kubelet settings: the chart's kubelet: values"
+        " (kubernetesMinor, memoryQoS, memoryThrottlingFactor, ...), or a values file",
+    )
+    parser.add_argument(
+        "--kubelet-config",
+        type=Path,
+        help="the kubelet's KubeletConfiguration (/var/lib/kubelet/config.yaml) or kubeadm's"
+        " kubelet-config ConfigMap: its MemoryQoS gate, memoryThrottlingFactor and"
+        " memoryReservationPolicy",
+    )
+    parser.add_argument(
+        "--feature-gates",
+        help="as the kubelet flag (MemoryQoS=true); wins over --kubelet-config",
     )
     parser.add_argument("--kubernetes-minor", type=int, help="kubelet minor version (default 37)")
     parser.add_argument("--throttling-factor", help="memoryThrottlingFactor, or 'unset'")
@@ -132,30 +150,71 @@ def load_pod(path: Path) -> dict[str, Any]:
     raise InputError(f"{path}: no Pod or workload with a pod template")
 
 
+def _profile_file(path: Path) -> dict[str, Any]:
+    """The kubelet settings of a --profile file, camelCase (snake_case keys are an alias)."""
+    docs = list(_documents(path))
+    if not docs:
+        return {}
+    values = docs[0][1]
+    if isinstance(values.get("kubelet"), Mapping):
+        values = dict(values["kubelet"])  # a chart values file
+    aliases = {name: field.alias or name for name, field in KubeletSettings.model_fields.items()}
+    return {aliases.get(key, key): value for key, value in values.items()}
+
+
+def _kubelet_config(args: argparse.Namespace) -> dict[str, object]:
+    """--kubelet-config, then --feature-gates over it, as the kubelet merges them."""
+    values: dict[str, object] = {}
+    try:
+        if args.kubelet_config is not None:
+            try:
+                text = args.kubelet_config.read_text()
+            except OSError as exc:
+                raise InputError(f"{args.kubelet_config}: {exc.strerror}") from exc
+            values.update(parse_kubelet_config(text, source=str(args.kubelet_config)).settings())
+        if args.feature_gates is not None:
+            gates = parse_feature_gates(args.feature_gates)
+            if "MemoryQoS" in gates:
+                values["memoryQoS"] = gates["MemoryQoS"]
+    except KubeletConfigError as exc:
+        raise InputError(str(exc)) from exc
+    return values
+
+
 def load_profile(args: argparse.Namespace) -> KubeletSettings:
+    """defaults < --profile < --kubelet-config < --feature-gates < the single-value flags."""
     values: dict[str, Any] = {}
     if args.profile is not None:
-        docs = list(_documents(args.profile))
-        if docs:
-            values.update(docs[0][1])
+        values.update(_profile_file(args.profile))
+    values.update(_kubelet_config(args))
     flags = {
-        "kubernetes_minor": args.kubernetes_minor,
-        "reservation_policy": args.reservation_policy,
-        "page_size": args.page_size,
+        "kubernetesMinor": args.kubernetes_minor,
+        "memoryReservationPolicy": args.reservation_policy,
+        "pageSize": args.page_size,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.throttling_factor is not None:
         unset = args.throttling_factor.lower() in {"unset", "none", ""}
-        values["throttling_factor"] = None if unset else float(args.throttling_factor)
+        try:
+            values["memoryThrottlingFactor"] = None if unset else float(args.throttling_factor)
+        except ValueError as exc:
+            raise InputError(
+                "--throttling-factor: a number in (0, 1] or 'unset',"
+                f" got {args.throttling_factor!r}"
+            ) from exc
     try:
         if args.node_allocatable is not None:
-            values["node_allocatable"] = parse_bytes(args.node_allocatable)
-        elif isinstance(values.get("node_allocatable"), str):
-            values["node_allocatable"] = parse_bytes(values["node_allocatable"])
-        return KubeletSettings.model_validate(values)
+            values["nodeAllocatable"] = parse_bytes(args.node_allocatable)
+        elif isinstance(values.get("nodeAllocatable"), str):
+            values["nodeAllocatable"] = parse_bytes(values["nodeAllocatable"])
+        settings = KubeletSettings.model_validate(values)
     except (ValidationError, QuantityError) as exc:
         message = _validation_message(exc) if isinstance(exc, ValidationError) else str(exc)
         raise InputError(f"kubelet profile: {message}") from exc
+    rejected = kubelet_rejects(settings.profile())
+    if rejected is not None:
+        raise InputError(f"kubelet profile: {rejected}")
+    return settings
 
 
 def _cgroup(values: CgroupValues) -> dict[str, str | None]:
@@ -170,11 +229,21 @@ def _cgroup(values: CgroupValues) -> dict[str, str | None]:
     }
 
 
+def _effective_profile(settings: KubeletSettings) -> dict[str, Any]:
+    """The kubelet settings explain used, the version's defaults filled in (camelCase)."""
+    profile = settings.profile()
+    return {
+        **settings.model_dump(),
+        "memoryQoS": profile.memory_qos,
+        "memoryThrottlingFactor": profile.throttling_factor,
+    }
+
+
 def explanation(plan: PodPlan, *, profile: KubeletSettings) -> dict[str, Any]:
     """The plan as a plain document (the JSON output)."""
     selection = plan.selection
     doc: dict[str, Any] = {
-        "profile": profile.model_dump(),
+        "profile": _effective_profile(profile),
         "policy": selection.winner.key if selection.winner else None,
         "reason": selection.reason,
         "otherMatchingPolicies": [c.key for c in selection.others],
@@ -261,7 +330,7 @@ def render_table(doc: Mapping[str, Any]) -> str:
             "",
             _readable(pod["memory.min"]),
             _readable(pod["memory.low"]),
-            "-",
+            _readable(pod["memory.high"]),
             _readable(pod["memory.max"]),
             "",
             "",
