@@ -25,6 +25,7 @@ from memwarden_testing.operator import (
     OPERATOR_NAMESPACE,
     OperatorProcess,
     least_privilege_kubeconfig,
+    operators_paused,
 )
 from memwarden_testing.prometheus import (
     ContainerSeries,
@@ -61,7 +62,11 @@ def identity(crds: Path, kube: client.ApiClient, tmp_path_factory: pytest.TempPa
 def start_operator(
     crds: Path, identity: Path, namespace: str, tmp_path: Path
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """Starts this test's operator (``env``: more settings); stopped and unregistered after."""
+    """Starts this test's operator (``env``: more settings); stopped and unregistered after.
+
+    Every other operator (the session's, which watches the whole cluster) is paused for
+    the test: two controllers updating the same pods would hide what this one does (the
+    session's resized the kill-switch test's pods in CI)."""
     started: list[OperatorProcess] = []
 
     def start(**env: str) -> OperatorProcess:
@@ -78,16 +83,17 @@ def start_operator(
         started.append(process)
         return process
 
-    yield start
-    for process in started:
-        process.stop()
-        kubectl(
-            crds,
-            "delete",
-            "mutatingwebhookconfiguration",
-            process.webhook_name,
-            "--ignore-not-found",
-        )
+    with operators_paused():
+        yield start
+        for process in started:
+            process.stop()
+            kubectl(
+                crds,
+                "delete",
+                "mutatingwebhookconfiguration",
+                process.webhook_name,
+                "--ignore-not-found",
+            )
 
 
 def apply_policy(crds: Path, namespace: str, **spec: Any) -> None:
