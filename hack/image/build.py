@@ -56,6 +56,11 @@ MIRROR = os.environ.get("MEMWARDEN_DEBIAN_MIRROR", "http://deb.debian.org/debian
 SECURITY_MIRROR = os.environ.get(
     "MEMWARDEN_DEBIAN_SECURITY_MIRROR", "http://deb.debian.org/debian-security"
 )
+#: Every file time in the layers is clamped to this (2025-01-01T00:00:00Z), and the Debian
+#: and Python builds run with it as SOURCE_DATE_EPOCH: a layer then depends on its content
+#: only, not on the day or the commit it was built at, so an unchanged layer keeps its
+#: digest across releases. The commit's time dates the image itself (config, labels).
+LAYER_EPOCH = 1735689600
 #: The non-root identity every image runs as (distroless's "nonroot" numbers).
 USER_ID = 65532
 VENV = "opt/memwarden"
@@ -184,7 +189,7 @@ def git(*args: str) -> str:
 
 
 def source_date_epoch() -> int:
-    """The commit's time (or ``SOURCE_DATE_EPOCH``): every timestamp in the images."""
+    """The commit's time (or ``SOURCE_DATE_EPOCH``): when the image says it was created."""
     return int(os.environ.get("SOURCE_DATE_EPOCH") or git("log", "-1", "--format=%ct"))
 
 
@@ -440,6 +445,7 @@ def python_layer(base: Path, *, epoch: int) -> Layer:
             install = ["/tmp/uv", "pip", "install", "--quiet", "--python", f"/{VENV}/bin/python"]
             chroot(*install, "--require-hashes", "--no-deps", "-r", "/tmp/requirements.txt")
             chroot(*install, "--no-deps", "--compile-bytecode", f"/tmp/wheel/{wheel}")
+            drop_install_timestamps(work / VENV)
             # Bytecode for the dependencies too (checked-hash .pyc: SOURCE_DATE_EPOCH is set).
             chroot(f"/{VENV}/bin/python", "-m", "compileall", "-q", "-j1", f"/{VENV}/lib")
             bin_dir = work / "usr/local/bin"
@@ -448,6 +454,16 @@ def python_layer(base: Path, *, epoch: int) -> Layer:
             return write_layer_tar(work, [VENV, "usr/local/bin/memwarden"], tar_path, epoch=epoch)
 
     return cached_layer(key, "the locked Python environment and memwarden", make)
+
+
+def drop_install_timestamps(venv: Path) -> None:
+    """uv records when it saw a local wheel (``uv_cache.json``, listed in RECORD): drop it,
+    or the layer would differ at every build."""
+    for stamp in venv.glob("lib/python3*/site-packages/*.dist-info/uv_cache.json"):
+        record = stamp.with_name("RECORD")
+        kept = [line for line in record.read_text().splitlines() if "/uv_cache.json," not in line]
+        record.write_text("\n".join(kept) + "\n")
+        stamp.unlink()
 
 
 # --- the leaky layer ---------------------------------------------------------------------
@@ -631,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         layers: list[Layer] = []
         if spec.debian_packages:
             debian, rootfs = debian_layer(
-                spec.debian_packages, epoch=epoch, refresh=args.refresh_debian
+                spec.debian_packages, epoch=LAYER_EPOCH, refresh=args.refresh_debian
             )
             layers.append(debian)
             (args.out).mkdir(parents=True, exist_ok=True)
@@ -640,11 +656,12 @@ def main(argv: list[str] | None = None) -> int:
             if python is None:  # built on the operator's Debian layer, shared by every image
                 operator_base = SPECS["memwarden"].debian_packages
                 python = python_layer(
-                    debian_rootfs(operator_base, epoch=epoch, refresh=False), epoch=epoch
+                    debian_rootfs(operator_base, epoch=LAYER_EPOCH, refresh=False),
+                    epoch=LAYER_EPOCH,
                 )
             layers.append(python)
         if name == "leaky":
-            layers.append(leaky_layer(epoch=epoch))
+            layers.append(leaky_layer(epoch=LAYER_EPOCH))
         reference = reference_of(name, version)
         archive = args.out / f"{name}-{version}.oci.tar"
         digest = write_archive(
