@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything memwarden's demo and tests need, idempotently: Debian packages,
+# Install everything memwarden's demo, tests and images need, idempotently: Debian packages,
 # uv (in a cache outside the repo), the locked Python environment (.venv), the local
 # control plane binaries and the leaky Go workload (both cached outside the repo).
 set -euo pipefail
@@ -7,7 +7,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${MEMWARDEN_CACHE:-$HOME/.cache/memwarden}"
 uv_version="0.13.8"
-debian_packages=(prometheus prometheus-alertmanager gdb)
+# mmdebstrap, umoci, skopeo: `make image` builds OCI archives with the first; tests read
+# them back with the other two (docs/image.md).
+debian_packages=(prometheus prometheus-alertmanager gdb mmdebstrap umoci skopeo)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -78,8 +77,8 @@ def unpack(archive: Path, into: Path) -> Path:
 @pytest.fixture(scope="module")
 def rootfs(
     images: dict[str, tuple[str, Path]], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, Path]]:
-    yield {
+) -> dict[str, Path]:
+    return {
         name: unpack(archive, tmp_path_factory.mktemp(name))
         for name, (_, archive) in images.items()
     }
