@@ -137,13 +137,8 @@ def test_images_are_non_root_and_labelled(images: dict[str, tuple[str, Path]]) -
 
 def test_the_chart_points_at_the_built_images(images: dict[str, tuple[str, Path]]) -> None:
     """Defaults only: helm template with no values names what make image built."""
-    helm = subprocess.run(
-        ["bash", str(REPO / "hack" / "helm" / "build.sh")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=1800,
-    ).stdout.split()[-1]
+    build_helm = str(REPO / "hack" / "helm" / "build.sh")
+    helm = subprocess.check_output(["bash", build_helm], text=True, timeout=1800).split()[-1]
     rendered = subprocess.run(
         [helm, "template", "memwarden", str(REPO / "charts" / "memwarden")],
         capture_output=True,
