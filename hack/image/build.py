@@ -299,7 +299,7 @@ def debian_rootfs(packages: tuple[str, ...], *, epoch: int, refresh: bool) -> Pa
     if shutil.which("mmdebstrap") is None:
         sys.exit("image: mmdebstrap is missing (hack/bootstrap.sh installs it)")
     log(f"debian: mmdebstrap {SUITE} + {', '.join(packages)} (cached as {key})")
-    partial = rootfs.with_name(key + ".partial")
+    partial = rootfs.with_name(f"{key}.partial-{os.getpid()}")  # concurrent builds: each its own
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     sources = [
@@ -322,7 +322,10 @@ def debian_rootfs(packages: tuple[str, ...], *, epoch: int, refresh: bool) -> Pa
     subprocess.run(command, check=True, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)})
     add_user(partial)
     shutil.rmtree(rootfs, ignore_errors=True)
-    os.replace(partial, rootfs)
+    try:
+        os.replace(partial, rootfs)
+    except OSError:  # another build put the same root filesystem in place first
+        shutil.rmtree(partial, ignore_errors=True)
     return rootfs
 
 
