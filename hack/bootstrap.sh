@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install everything memwarden's demo and tests need, idempotently: Debian packages,
+# Install everything memwarden's demo, tests and images need, idempotently: Debian packages,
 # uv (in a cache outside the repo), the locked Python environment (.venv), the local
 # control plane binaries and the leaky Go workload (both cached outside the repo).
 set -euo pipefail
@@ -10,7 +10,12 @@ uv_version="0.13.8"
 # lua5.4: the Argo CD health checks' test (test_argocd_health.py).
 # openjdk-17-jre-headless and nodejs: the runtime-contract tests start a real JVM and Node.js
 # with the JAVA_TOOL_OPTIONS / NODE_OPTIONS memwarden injects (tests/integration/test_runtime_admission.py).
-debian_packages=(prometheus prometheus-alertmanager gdb openjdk-17-jre-headless nodejs lua5.4)
+# mmdebstrap, umoci, skopeo: `make image` builds OCI archives with the first; tests read
+# them back with the other two (docs/image.md).
+debian_packages=(
+    prometheus prometheus-alertmanager gdb openjdk-17-jre-headless nodejs lua5.4
+    mmdebstrap umoci skopeo
+)
 
 missing=()
 for pkg in "${debian_packages[@]}"; do

@@ -4,6 +4,8 @@
 # small Prometheus/Alertmanager, then runs the SAME pytest scenarios CI runs on the node
 # simulator (tests/e2e, MEMWARDEN_E2E_TARGET=kind), plus the checks only a real node can
 # make (tests/e2e/test_kind_cgroups.py: memory.min/low/high vs `memwarden explain`).
+# The images are `make image`'s OCI archives (no Dockerfile, no docker build): loaded with
+# `kind load image-archive`, under the names the chart uses by default.
 #
 #   e2e/kind/run.sh            # create the cluster if needed, run, keep it
 #   KEEP=0 e2e/kind/run.sh     # ... and delete the cluster afterwards
@@ -12,7 +14,6 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 here="$repo/e2e/kind"
 cluster=memwarden-e2e
-image_prefix=registry.example.com/memwarden
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; [[ ${KEEP:-1} == 1 ]] || kind delete cluster --name "$cluster"' EXIT
 
@@ -23,15 +24,23 @@ bash "$repo/hack/bootstrap.sh"
 helm="$(bash "$repo/hack/helm/build.sh")"
 kubectl="$repo/.venv/bin/kubectl"
 
-echo "==> images"
-docker build -q -t "$image_prefix/memwarden:dev" -f "$here/Dockerfile.memwarden" "$repo"
-docker build -q -t "$image_prefix/leaky:dev" -f "$here/Dockerfile.leaky" "$repo"
+echo "==> images (make image: OCI archives, built without Docker; root for mmdebstrap)"
+build=(python3 "$repo/hack/image/build.py")
+[[ $(id -u) == 0 ]] || build=(sudo --preserve-env=MEMWARDEN_CACHE "${build[@]}")
+"${build[@]}"
+declare -A images archives
+while read -r reference archive; do
+    name="${reference##*/}"; name="${name%%:*}"
+    images[$name]="$reference"; archives[$name]="$archive"
+done < <(python3 "$repo/hack/image/build.py" --print-names)
 
 echo "==> cluster"
 kind get clusters | grep -qx "$cluster" || kind create cluster --config "$here/kind-config.yaml"
 export KUBECONFIG="$work/kubeconfig"
 kind get kubeconfig --name "$cluster" > "$KUBECONFIG"
-kind load docker-image --name "$cluster" "$image_prefix/memwarden:dev" "$image_prefix/leaky:dev"
+for name in memwarden memwarden-toolbox leaky; do
+    kind load image-archive --name "$cluster" "${archives[$name]}"
+done
 
 echo "==> memwarden (chart)"
 "$helm" upgrade --install memwarden "$repo/charts/memwarden" --namespace memwarden-system \
@@ -74,6 +83,6 @@ MEMWARDEN_E2E_TARGET=kind \
 MEMWARDEN_E2E_PROMETHEUS_URL=http://127.0.0.1:19090 \
 MEMWARDEN_E2E_EVIDENCE_URL=https://127.0.0.1:18443/evidence \
 MEMWARDEN_E2E_EVIDENCE_CA="$work/evidence-ca.crt" \
-MEMWARDEN_E2E_LEAKY_IMAGE="$image_prefix/leaky:dev" \
+MEMWARDEN_E2E_LEAKY_IMAGE="${images[leaky]}" \
 MEMWARDEN_E2E_KIND_CLUSTER="$cluster" \
     .venv/bin/python -m pytest tests/e2e -m "e2e or kind" -p no:cacheprovider -v

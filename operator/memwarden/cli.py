@@ -3,12 +3,16 @@
 Every command module exposes ``add_arguments(parser)`` and ``run(args) -> int``; this file
 only dispatches, and imports a command's module only when that command runs (so
 ``memwarden analyze`` does not pay for kopf, and the toolbox image needs no kopf).
+Conventions shared by every command (docs/cli.md): ``-o table|wide|json|yaml`` on each
+that prints (memwarden.output), ``--version``, and the same CLI as a kubectl plugin
+(``kubectl memwarden ...``, the ``kubectl-memwarden`` entry point).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -27,9 +31,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def version() -> str:
+    """The installed distribution's version (the image tag and the chart's appVersion)."""
+    try:
+        return importlib.metadata.version("memwarden")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+def build_parser(only: str | None = None, *, prog: str = "memwarden") -> argparse.ArgumentParser:
     """Build the parser; with ``only``, import just that command's module (fast start)."""
-    parser = argparse.ArgumentParser(prog="memwarden", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"memwarden {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         if only is not None and name != only:
@@ -41,14 +54,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "memwarden") -> int:
     """Parse ``argv`` and run the chosen command; the return value is the exit code."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in args_list if not a.startswith("-")), None)
-    parser = build_parser(only=chosen if chosen in COMMANDS else None)
+    if chosen is None and "--version" in args_list:
+        chosen = ""  # no command module to import: --version answers at once
+    parser = build_parser(only=chosen if chosen in (*COMMANDS, "") else None, prog=prog)
     args = parser.parse_args(args_list)
     result: int = args._run(args)
     return result
+
+
+def kubectl_plugin() -> int:
+    """``kubectl memwarden ...``: kubectl runs ``kubectl-memwarden`` found on PATH."""
+    return main(prog="kubectl memwarden")
 
 
 if __name__ == "__main__":

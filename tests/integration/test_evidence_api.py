@@ -14,6 +14,7 @@ import datetime as dt
 import hashlib
 import http.client
 import json
+import re
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -833,6 +834,12 @@ def test_the_cli_lists_gets_and_downloads(
     assert code == 0, err
     assert "name: checkout-1" in out
 
+    code, out, err = _cli(capsys, "list", *connection, "-o", "wide")
+    assert code == 0, err
+    header, row = out.splitlines()
+    assert header.split()[-3:] == ["CONTAINER", "SOURCE", "REASON"]
+    assert row.split()[:2] == ["checkout-1", "checkout-1"]
+
     server = ["--evidence-url", evidence.base, "--evidence-ca", str(evidence.server.ca_file)]
     # The admin's kubeconfig holds a client certificate: it asks the API server for a
     # token of the reader ServiceAccount, for memwarden's audience.
@@ -847,13 +854,43 @@ def test_the_cli_lists_gets_and_downloads(
     }.items():
         target = tmp_path / f"{how}.tar.gz"
         code, out, err = _cli(
-            capsys, "download", "checkout-1", *credentials, "-o", str(target), *server
+            capsys, "download", "checkout-1", *credentials, "-f", str(target), *server
         )
         assert code == 0, (how, err)
         assert target.read_bytes() == stored_incident
         assert "verified" in out
+        assert not err, "no progress bar unless stderr is a terminal (or --progress always)"
+
+    # -o is the output format here too; the bar goes to stderr, the result to stdout.
+    target = tmp_path / "progress.tar.gz"
+    code, out, err = _cli(
+        capsys,
+        "download",
+        "checkout-1",
+        *admin,
+        "--service-account",
+        "sre",
+        *server,
+        "--output-file",
+        str(target),
+        "-o",
+        "json",
+        "--progress",
+        "always",
+    )
+    assert code == 0, err
+    assert json.loads(out) == {
+        "file": str(target),
+        "bytes": len(stored_incident),
+        "sha256": hashlib.sha256(stored_incident).hexdigest(),
+        "verified": True,
+    }
+    # The bar, at its end: the file's name and "done/total" (from Content-Length) equal.
+    assert err.startswith("progress.tar.gz"), err
+    assert re.search(r"\s(\S+)/\1 KiB", err), err
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "evidence-token.tar.gz",
+        "progress.tar.gz",
         "service-account.tar.gz",
     ], "no partial file left"
 

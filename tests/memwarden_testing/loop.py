@@ -291,7 +291,7 @@ def download_bundle(loop: Loop, namespace: str, name: str, tmp_path: Path) -> Pa
             namespace,
             f"--kubeconfig={loop.kubeconfig}",
             f"--evidence-token={token}",
-            "-o",
+            "--output-file",
             str(out),
             f"--evidence-url={loop.evidence_url}",
             *([f"--evidence-ca={loop.evidence_ca}"] if loop.evidence_ca else []),

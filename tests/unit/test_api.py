@@ -77,4 +77,4 @@ def test_api_docs_field_reference_matches_the_models() -> None:
 
     text = (REPO / "docs" / "api.md").read_text()
     generated = text[text.index(DOC_BEGIN) : text.index(DOC_END) + len(DOC_END)] + "\n"
-    assert generated == reference_markdown(), "docs/api.md drifted: run memwarden crds --docs"
+    assert generated == reference_markdown(), "docs/api.md drifted: run make crds"

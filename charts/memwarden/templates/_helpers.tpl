@@ -103,11 +103,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   verbs: [create]
 {{- end -}}
 
-{{/* The debug container's image, and the evidence API's host:port as debug containers reach
+{{/* The debug container's image (by default the operator's repository + "-toolbox", same
+  tag: `make image` builds both), and the evidence API's host:port as debug containers reach
   it: the operator gets both through its env (deployment.yaml), and the operator-reach
   policy admits only that image, uploading only there. */}}
 {{- define "memwarden.toolboxImage" -}}
-{{- default (include "memwarden.image" .) .Values.capture.toolboxImage -}}
+{{- $default := printf "%s-toolbox:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- default $default .Values.capture.toolboxImage -}}
 {{- end -}}
 {{- define "memwarden.evidenceAuthority" -}}
 {{- printf "%s.%s.svc:%v" (include "memwarden.fullname" .) .Release.Namespace .Values.http.port -}}

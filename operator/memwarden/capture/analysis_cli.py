@@ -25,6 +25,7 @@ from memwarden.capture.profile import (
     ProfileTooLarge,
     parse_profile,
 )
+from memwarden.output import add_output_argument, render
 from memwarden.quantity import approximate_bytes
 
 __all__ = ["Evidence", "EvidenceError", "EvidenceTooLarge", "add_arguments", "load_evidence", "run"]
@@ -200,9 +201,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--top", type=int, default=DEFAULT_TOP, help="functions to list (default %(default)s)"
     )
-    parser.add_argument(
-        "-o", "--output", choices=("json", "table"), default="table", help="output format"
-    )
+    add_output_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,11 +221,7 @@ def run(args: argparse.Namespace) -> int:
     except (EvidenceError, ProfileError) as exc:
         print(f"memwarden analyze: error: {exc}", file=sys.stderr)
         return 2
-    if args.output == "json":
-        out: dict[str, Any] = {"file": str(args.file), "bundle": evidence.is_bundle}
-        out.update(summary.to_dict())
-        json.dump(out, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(render_table(summary))
+    out: dict[str, Any] = {"file": str(args.file), "bundle": evidence.is_bundle}
+    out.update(summary.to_dict())
+    sys.stdout.write(render(out, output=args.output, table=lambda _wide: render_table(summary)))
     return 0

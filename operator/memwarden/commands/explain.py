@@ -11,7 +11,6 @@ is infeasible for this pod, 2 bad input (the message names the file and field).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ from memwarden.kubeletconfig import (
     parse_kubelet_config,
 )
 from memwarden.mutation import PodPlan, PodShapeError, injected_options, plan_pod
+from memwarden.output import add_output_argument, render
 from memwarden.quantity import QuantityError, format_bytes, parse_bytes, readable_bytes
 from memwarden.selection import Candidate, select_for_pod
 from memwarden.settings import KubeletSettings
@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reservation-policy", choices=["None", "TieredReservation"])
     parser.add_argument("--page-size", type=int)
     parser.add_argument("--node-allocatable", help="node allocatable memory, e.g. 16Gi")
-    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    add_output_argument(parser)
 
 
 def _documents(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -383,8 +383,5 @@ def run(args: argparse.Namespace) -> int:
     except InputError as exc:
         print(f"memwarden explain: {exc}", file=sys.stderr)
         return 2
-    if args.output == "json":
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        sys.stdout.write(render_table(doc))
+    sys.stdout.write(render(doc, output=args.output, table=lambda _wide: render_table(doc)))
     return code

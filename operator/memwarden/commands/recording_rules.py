@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from memwarden.output import add_output_argument, format_columns
+from memwarden.output import render as render_output
 from memwarden.quantity import DURATION_PATTERN, QuantityError, parse_duration
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import DEFAULT_HORIZONS, RuleSet
@@ -72,6 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--interval", type=_duration, help="the group's evaluation interval (default: global)"
     )
     parser.add_argument("--write", metavar="FILE", type=Path, help="write FILE instead")
+    add_output_argument(parser, default="yaml")
+
+
+def rules_table(document: dict[str, Any], *, wide: bool) -> str:
+    """One row per recording rule; ``wide`` adds its expression."""
+    header = ["GROUP", "RECORD", "INTERVAL"] + (["EXPR"] if wide else [])
+    rows = []
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            row = [group["name"], rule["record"], str(group.get("interval", "<global>"))]
+            rows.append(row + ([" ".join(str(rule["expr"]).split())] if wide else []))
+    return format_columns(header, rows)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +105,12 @@ def run(args: argparse.Namespace) -> int:
     given += [f"--horizon {h}" for h in args.horizons or ()]
     given += [f"--interval {args.interval}"] if args.interval else []
     text = render(rules, arguments=" ".join(given))
-    if args.write is None:
+    if args.write is None and args.output != "yaml":
+        document = rules.document()
+        table = lambda wide: rules_table(document, wide=wide)  # noqa: E731
+        sys.stdout.write(render_output(document, output=args.output, table=table))
+        return 0
+    if args.write is None:  # the rules file itself, with its regenerate header
         sys.stdout.write(text)
         return 0
     args.write.write_text(text)

@@ -25,7 +25,7 @@ import ipaddress
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from memwarden.api import GROUP, VERSION
+from memwarden.output import add_output_argument, format_columns, render
 from memwarden.quantity import approximate_bytes
 from memwarden.timefmt import format_age, parse_time
 
@@ -90,43 +91,52 @@ class IncidentRow:
     age: str
     bundle: str
     top: str
+    container: str = "<none>"
+    source: str = "<none>"
+    reason: str = "<none>"
 
 
-def incident_row(obj: Mapping[str, Any], *, now: dt.datetime) -> IncidentRow:
-    """The table row of a MemoryIncident object (as the API returns it)."""
+def incident_row(obj: Mapping[str, Any], *, now: dt.datetime, wide: bool = False) -> IncidentRow:
+    """The table row of a MemoryIncident object (as the API returns it); ``wide`` keeps the
+    top function whole."""
     metadata = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     status = obj.get("status") or {}
     created = parse_time(metadata.get("creationTimestamp"))
     size = status.get("bundleBytes")
     top = ((status.get("analysis") or {}).get("top") or [{}])[0].get("function") or ""
-    if len(top) > _TOP_WIDTH:
+    trigger = spec.get("trigger") or {}
+    if len(top) > _TOP_WIDTH and not wide:
         top = "…" + top[-(_TOP_WIDTH - 1) :]  # the end of a Go symbol is the telling part
     return IncidentRow(
         namespace=str(metadata.get("namespace", "")),
         name=str(metadata.get("name", "")),
         pod=str(spec.get("pod") or "<none>"),
-        signal=str((spec.get("trigger") or {}).get("signal") or "<none>"),
+        signal=str(trigger.get("signal") or "<none>"),
         phase=str(status.get("phase") or "Pending"),
         age=format_age((now - created).total_seconds()) if created else "<unknown>",
         bundle=approximate_bytes(int(size)) if isinstance(size, int) else "<none>",
         top=top or "<none>",
+        container=str(spec.get("container") or "<none>"),
+        source=str(trigger.get("source") or "<none>"),
+        reason=str(status.get("reason") or "<none>"),
     )
 
 
-def render_table(rows: Sequence[IncidentRow], *, all_namespaces: bool) -> str:
-    """A kubectl-like table (columns padded, three spaces apart)."""
+def render_table(rows: Sequence[IncidentRow], *, all_namespaces: bool, wide: bool = False) -> str:
+    """A kubectl-like table; ``wide`` adds the container, the trigger's source and the
+    phase's reason."""
     header = ["NAME", "POD", "SIGNAL", "PHASE", "AGE", "BUNDLE", "TOP FUNCTION"]
     lines = [[r.name, r.pod, r.signal, r.phase, r.age, r.bundle, r.top] for r in rows]
+    if wide:
+        header += ["CONTAINER", "SOURCE", "REASON"]
+        for line, row in zip(lines, rows, strict=True):
+            line += [row.container, row.source, row.reason]
     if all_namespaces:
         header.insert(0, "NAMESPACE")
         for line, row in zip(lines, rows, strict=True):
             line.insert(0, row.namespace)
-    widths = [max(len(x) for x in column) for column in zip(header, *lines, strict=True)]
-    return "\n".join(
-        "   ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *lines]
-    )
+    return format_columns(header, lines)
 
 
 def _without_managed_fields(obj: dict[str, Any]) -> dict[str, Any]:
@@ -270,7 +280,7 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
             f"incident {kube.namespace}/{args.name} has no stored bundle yet "
             f"(phase {status.get('phase') or 'Pending'})"
         )
-    output = Path(args.output or f"{args.name}.tar.gz")
+    output = Path(args.output_file or f"{args.name}.tar.gz")
     path = f"/v1/namespaces/{quote(kube.namespace)}/incidents/{quote(args.name)}/bundle"
     ca = args.evidence_ca or os.environ.get(EVIDENCE_CA_ENV)
     try:
@@ -292,7 +302,7 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
                     "audience: pass --service-account or --evidence-token)"
                 )
             raise IncidentsError(_http_message(response) + hint)
-        size, digest = _save(response, output)
+        size, digest = _save(response, output, progress=_progress_shown(args.progress))
     if digest != expected:
         _partial(output).unlink(missing_ok=True)
         raise IncidentsError(
@@ -302,7 +312,9 @@ def _download(args: argparse.Namespace, kube: _Kube) -> int:
         os.replace(_partial(output), output)
     except OSError as exc:
         raise IncidentsError(f"cannot write {output}: {exc}") from exc
-    print(f"{output} ({size} bytes, sha256 {digest} verified)")
+    saved = {"file": str(output), "bytes": size, "sha256": digest, "verified": True}
+    line = f"{output} ({size} bytes, sha256 {digest} verified)"
+    sys.stdout.write(render(saved, output=args.output, table=lambda _wide: line))
     return 0
 
 
@@ -345,53 +357,88 @@ def _partial(output: Path) -> Path:
     return output.with_name(f".{output.name}.partial")
 
 
-def _save(response: requests.Response, output: Path) -> tuple[int, str]:
+def _progress_shown(choice: str) -> bool:
+    return choice == "always" or (choice == "auto" and sys.stderr.isatty())
+
+
+@contextmanager
+def _progress_bar(*, total: int | None, label: str, shown: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr (bytes, speed, time left), advanced by the callable."""
+    if not shown:
+        yield lambda _bytes: None
+        return
+    from rich.console import Console  # only for a download that shows progress
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda size: bar.advance(task, size)
+
+
+def _save(response: requests.Response, output: Path, *, progress: bool) -> tuple[int, str]:
     """Stream the body to a private partial file beside ``output``, hashing it."""
     partial = _partial(output)
     digest = hashlib.sha256()
     size = 0
+    length = response.headers.get("Content-Length", "")
+    total = int(length) if length.isdigit() else None
     try:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as stream:
+        with (
+            os.fdopen(fd, "wb") as stream,
+            _progress_bar(total=total, label=output.name, shown=progress) as advance,
+        ):
             for chunk in response.iter_content(chunk_size=_CHUNK):
                 stream.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)
+                advance(len(chunk))
     except (requests.RequestException, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise IncidentsError(f"download of {output}: {exc}") from exc
     return size, digest.hexdigest()
 
 
-def _print_objects(obj: dict[str, Any], output: str) -> None:
-    if output == "json":
-        print(json.dumps(obj, indent=2))
-    else:
-        print(yaml.safe_dump(obj, sort_keys=False), end="")
-
-
 def _list(args: argparse.Namespace, kube: _Kube) -> int:
     listed = _incidents(kube, all_namespaces=args.all_namespaces)
     items = [_without_managed_fields(i) for i in listed.get("items") or []]
-    if args.output != "table":
-        _print_objects({**listed, "items": items}, args.output)
-        return 0
-    if not items:
+    if not items and args.output in ("table", "wide"):
         where = "any namespace" if args.all_namespaces else f"namespace {kube.namespace}"
         print(f"No memoryincidents found in {where}.", file=sys.stderr)
         return 0
     now = dt.datetime.now(dt.UTC)
-    rows = [incident_row(i, now=now) for i in items]
-    print(render_table(rows, all_namespaces=args.all_namespaces))
+
+    def table(wide: bool) -> str:
+        rows = [incident_row(i, now=now, wide=wide) for i in items]
+        return render_table(rows, all_namespaces=args.all_namespaces, wide=wide)
+
+    sys.stdout.write(render({**listed, "items": items}, output=args.output, table=table))
     return 0
 
 
 def _get(args: argparse.Namespace, kube: _Kube) -> int:
     obj = _without_managed_fields(_incident(kube, args.name))
-    if args.output != "table":
-        _print_objects(obj, args.output)
-        return 0
-    print(render_table([incident_row(obj, now=dt.datetime.now(dt.UTC))], all_namespaces=False))
+    now = dt.datetime.now(dt.UTC)
+
+    def table(wide: bool) -> str:
+        row = incident_row(obj, now=now, wide=wide)
+        return render_table([row], all_namespaces=False, wide=wide)
+
+    sys.stdout.write(render(obj, output=args.output, table=table))
     return 0
 
 
@@ -416,17 +463,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token for the Kubernetes API and the evidence API, replacing the "
         "kubeconfig's credentials (needed when the kubeconfig uses a client certificate)",
     )
-    formats = ("table", "json", "yaml")
     sub = parser.add_subparsers(dest="incidents_command", required=True, metavar="ACTION")
 
     listing = sub.add_parser("list", parents=[common], help="list MemoryIncidents")
     listing.add_argument("-A", "--all-namespaces", action="store_true")
-    listing.add_argument("-o", "--output", choices=formats, default="table")
+    add_output_argument(listing)
     listing.set_defaults(_action=_list)
 
     getting = sub.add_parser("get", parents=[common], help="show one MemoryIncident")
     getting.add_argument("name", help="the MemoryIncident's name")
-    getting.add_argument("-o", "--output", choices=formats, default="table")
+    add_output_argument(getting)
     getting.set_defaults(_action=_get)
 
     downloading = sub.add_parser(
@@ -439,7 +485,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     downloading.add_argument("name", help="the MemoryIncident's name")
     downloading.add_argument(
-        "-o", "--output", metavar="FILE", help="where to write it (default: NAME.tar.gz)"
+        "-f",
+        "--output-file",
+        metavar="FILE",
+        help="where to write it (default: NAME.tar.gz; -o is the output format, as everywhere)",
+    )
+    add_output_argument(downloading)
+    downloading.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="a progress bar on stderr: auto shows it when stderr is a terminal",
     )
     downloading.add_argument(
         "--evidence-url", help=f"base URL of the evidence API (default: ${EVIDENCE_URL_ENV})"
