@@ -20,6 +20,7 @@ from typing import Any, Final, Literal
 
 from memwarden.quantity import approximate_bytes, format_bytes
 from memwarden.sizing import (
+    HEADROOM_MIN,
     ContainerResources,
     GoRuntimeRule,
     KubeletProfile,
@@ -383,6 +384,8 @@ class ContainerRecommendation:
     """The policy's ``spec.memory``: request/limit, or intent (protect/high, high/max)."""
     memory_high: int | None
     gomemlimit: str | None
+    gomemlimit_percent: int | None
+    """``runtime.go.memoryLimit`` of the policy (percent of memory.high, else the limit)."""
     krr: int
     vpa: int
     leak: Leak | None
@@ -489,6 +492,7 @@ def _recommend_container(
             memory={},
             memory_high=None,
             gomemlimit=None,
+            gomemlimit_percent=None,
             krr=krr,
             vpa=vpa,
             leak=worst,
@@ -501,10 +505,10 @@ def _recommend_container(
             f"oom: {oom} OOM kill(s) in the window: the peak is cut off at the old limit,"
             f" so it is bumped to {format_bytes(ceil_mib(base))} first (as VPA does)"
         )
-    ceiling = ceil_mib(max(base * (1 + CEILING_HEADROOM), base + CEILING_HEADROOM_MIN))
+    ceiling, percent = ceiling_for(base, go=options.go)
     request = min(ceil_mib(quantile), ceiling)
     memory, sized_notes, sizing = _size(
-        request=request, ceiling=ceiling, name=name, options=options
+        request=request, ceiling=ceiling, percent=percent, name=name, options=options
     )
     notes.extend(sized_notes)
     if basis.confidence != "high":
@@ -520,6 +524,7 @@ def _recommend_container(
         memory=memory,
         memory_high=sizing[2],
         gomemlimit=sizing[3],
+        gomemlimit_percent=percent if sizing[3] is not None else None,
         krr=krr,
         vpa=vpa,
         leak=None,
@@ -527,8 +532,26 @@ def _recommend_container(
     )
 
 
+def ceiling_for(peak: float, *, go: bool) -> tuple[int, int | None]:
+    """The ceiling (limit, or memory.high) for a peak, and GOMEMLIMIT's percentage of it.
+
+    The peak plus 20 % (at least 32 MiB); for Go, GOMEMLIMIT 90 % of the ceiling. A small
+    ceiling cannot leave the sizing rule's 32 MiB below it at 90 %: there the ceiling is
+    raised to keep GOMEMLIMIT 8 % above the peak with 32 MiB above it, and the percentage
+    is what leaves those 32 MiB (``64Mi`` peak: ``102Mi`` ceiling, ``68%``).
+    """
+    ceiling = ceil_mib(max(peak * (1 + CEILING_HEADROOM), peak + CEILING_HEADROOM_MIN))
+    if not go:
+        return ceiling, None
+    if ceiling * (100 - GOMEMLIMIT_PERCENT) / 100 >= HEADROOM_MIN:
+        return ceiling, GOMEMLIMIT_PERCENT
+    heap = peak * (1 + CEILING_HEADROOM) * GOMEMLIMIT_PERCENT / 100
+    ceiling = max(ceiling, ceil_mib(heap + HEADROOM_MIN))
+    return ceiling, math.floor(100 * (ceiling - HEADROOM_MIN) / ceiling)
+
+
 def _size(
-    *, request: int, ceiling: int, name: str, options: Options
+    *, request: int, ceiling: int, percent: int | None, name: str, options: Options
 ) -> tuple[dict[str, str], list[str], tuple[int | None, int | None, int | None, str | None]]:
     """The policy's memory section and what the sizing engine makes of it.
 
@@ -554,7 +577,7 @@ def _size(
             f"intent: the kubelet writes memory.high, so the ceiling {format_bytes(ceiling)}"
             " is memory.high (throttling starts above the peak plus headroom), not the limit"
         )
-    runtime = GoRuntimeRule(memory_limit_percent=GOMEMLIMIT_PERCENT) if options.go else None
+    runtime = None if percent is None else GoRuntimeRule(memory_limit_percent=percent)
     sizing = size_pod(
         pod=PodShape(containers=(ContainerResources(name=name),)),
         governed=[name],
@@ -722,8 +745,8 @@ def policy_document(workload: WorkloadRecommendation, *, namespace: str) -> dict
         "update": "Initial",
         "memory": dict(governed.memory),
     }
-    if governed.gomemlimit is not None:
-        spec["runtime"] = {"go": {"memoryLimit": f"{GOMEMLIMIT_PERCENT}%"}}
+    if governed.gomemlimit_percent is not None:
+        spec["runtime"] = {"go": {"memoryLimit": f"{governed.gomemlimit_percent}%"}}
     return {
         "apiVersion": "memwarden.dev/v1alpha1",
         "kind": "MemoryPolicy",

@@ -75,10 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _seconds(flag: str, text: str) -> float:
+    """A duration, with days (``7d``, ``1d12h``) as Prometheus writes them."""
+    days, _, rest = text.strip().rpartition("d") if "d" in text else ("", "", text.strip())
     try:
-        return parse_duration(text)
+        seconds = parse_duration(rest) if rest else 0.0
+        if days:
+            if not days.isdigit():
+                raise QuantityError(f"not a duration: {text!r} (examples: 7d, 36h, 1d12h)")
+            seconds += int(days) * 86400
     except QuantityError as exc:
         raise InputError(f"{flag}: {exc}") from exc
+    if seconds <= 0:
+        raise InputError(f"{flag}: must be positive, got {text!r}")
+    return seconds
 
 
 def _end(text: str | None) -> dt.datetime:
@@ -182,7 +191,10 @@ def render_yaml(workloads: Sequence[WorkloadRecommendation], *, namespace: str) 
     """Policies for ``kubectl apply``, each under comments saying what it rests on."""
     chunks = []
     for workload in workloads:
-        lines = [f"# {workload.owner.kind} {workload.owner.name} ({len(workload.pods)} pods)"]
+        pods = len(workload.pods)
+        lines = [
+            f"# {workload.owner.kind} {workload.owner.name} ({pods} pod{'s' if pods > 1 else ''})"
+        ]
         for c in workload.containers:
             b = c.basis
             lines.append(
