@@ -11,6 +11,7 @@ The decisions (percentiles, headroom, leak test, confidence) are in docs/recomme
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections import defaultdict
@@ -325,14 +326,16 @@ def _fit(points: Sequence[tuple[float, float]]) -> tuple[float, float]:
 
 
 def find_leak(history: ContainerHistory) -> Leak | None:
-    """Steady growth since the last restart (see the LEAK_* constants), or None."""
+    """Steady growth (see the LEAK_* constants) in the newest stretch between restarts
+    that is long enough to judge, or None. A leak OOM-killed every day or two is a
+    sawtooth: its last stretch may be short, the one before it is judged."""
     points = list(history.hourly_peaks)
-    start = 0
-    for i in range(1, len(points)):
-        if points[i][1] < RESTART_DROP * points[i - 1][1]:
-            start = i
-    segment = points[start:]
-    if len(segment) < LEAK_MIN_POINTS:
+    cuts = [0]
+    cuts += [i for i in range(1, len(points)) if points[i][1] < RESTART_DROP * points[i - 1][1]]
+    cuts.append(len(points))
+    segments = [points[a:b] for a, b in itertools.pairwise(cuts)]
+    segment = next((s for s in reversed(segments) if len(s) >= LEAK_MIN_POINTS), None)
+    if segment is None:
         return None
     slope, r2 = _fit(segment)
     first = segment[0][1]
