@@ -207,6 +207,44 @@ def test_numbers_match_the_recorded_history(history_prometheus: PrometheusServer
     assert workloads["agent"]["policy"]["spec"]["runtime"]["go"]["memoryLimit"] == "68%"
 
 
+DOC = REPO / "docs" / "recommend.md"
+TABLE_START = "<!-- comparison-table: tests/integration/test_recommend_prometheus.py -->"
+TABLE_END = "<!-- /comparison-table -->"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.0f}"
+
+
+def comparison_table(doc: dict[str, Any]) -> str:
+    """The docs' table: memwarden's, KRR's and VPA's recommendations per workload."""
+    lines = [
+        "| workload | known peak | p95 | memwarden request | memwarden limit | GOMEMLIMIT"
+        " | KRR simple (request = limit) | VPA target |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for w in doc["workloads"]:
+        (c,) = w["containers"]
+        mine = c["memwarden"]
+        note = " (leak: no policy)" if w["leaking"] else ""
+        note += " (2 OOM kills)" if c["basis"]["oomKills"] else ""
+        lines.append(
+            f"| {w['workload']['kind']} {w['workload']['name']}{note}"
+            f" | {_mib(c['basis']['peakBytes'])} | {_mib(c['basis']['p95Bytes'])}"
+            f" | {_mib(mine['requestBytes'])} | {_mib(mine['limitBytes'])}"
+            f" | {mine['GOMEMLIMIT'] or '-'} | {_mib(c['krrSimpleBytes'])}"
+            f" | {_mib(c['vpaTargetBytes'])} |"
+        )
+    return "\n".join(lines)
+
+
+def test_docs_table_matches_a_run(history_prometheus: PrometheusServer) -> None:
+    """docs/recommend.md's comparison table is this scenario's output (MiB, rounded)."""
+    text = DOC.read_text()
+    documented = text.split(TABLE_START)[1].split(TABLE_END)[0].strip()
+    assert documented == comparison_table(recommend_json(history_prometheus))
+
+
 def test_a_leak_gets_no_bigger_limit(history_prometheus: PrometheusServer) -> None:
     leaky = by_name(recommend_json(history_prometheus))["leaky"]
     assert leaky["leaking"] is True
