@@ -31,6 +31,7 @@ from memwarden.risk.promql import (
     WORKING_SET,
     by_container,
     duration,
+    recorded_selector,
     selector,
 )
 
@@ -69,14 +70,12 @@ def history_queries(namespace: str, *, window: float) -> dict[str, str]:
             _part(by_container(f"increase({restarts}[{w}])"), "restarts"),
         )
     )
-    ns = f'namespace="{namespace}"'
+    owner = recorded_selector(POD_OWNER, namespace=namespace, containers=None)
+    labels = recorded_selector(POD_LABELS, namespace=namespace, containers=None)
     meta = " or ".join(
         (
-            _part(
-                f"max by (pod, owner_kind, owner_name) (last_over_time({POD_OWNER}{{{ns}}}[{w}]))",
-                "owner",
-            ),
-            _part(f"last_over_time({POD_LABELS}{{{ns}}}[{w}])", "labels"),
+            _part(f"max by (pod, owner_kind, owner_name) (last_over_time({owner}[{w}]))", "owner"),
+            _part(f"last_over_time({labels}[{w}])", "labels"),
         )
     )
     hourly = by_container(f"max_over_time({ws}[1h])")

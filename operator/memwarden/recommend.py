@@ -550,7 +550,11 @@ def ceiling_for(peak: float, *, go: bool) -> tuple[int, int | None]:
         return ceiling, GOMEMLIMIT_PERCENT
     heap = peak * (1 + CEILING_HEADROOM) * GOMEMLIMIT_PERCENT / 100
     ceiling = max(ceiling, ceil_mib(heap + HEADROOM_MIN))
-    return ceiling, math.floor(100 * (ceiling - HEADROOM_MIN) / ceiling)
+    while True:  # a whole percentage: a MiB more until its floor still covers the heap
+        percent = math.floor(100 * (ceiling - HEADROOM_MIN) / ceiling)
+        if ceiling * percent / 100 >= heap:
+            return ceiling, percent
+        ceiling += MIB
 
 
 def _size(

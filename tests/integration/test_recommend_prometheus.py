@@ -290,6 +290,9 @@ def test_bad_input_names_the_flag(history_prometheus: PrometheusServer) -> None:
     result = recommend(history_prometheus, "--selector", "app in (a,b)")
     assert result.returncode == 2
     assert "--selector" in result.stderr
+    result = recommend(history_prometheus, "-n", 'x"} or vector(1) #')
+    assert result.returncode == 2
+    assert "--namespace" in result.stderr
 
 
 def test_policies_apply_and_the_leak_points_at_its_incident(

@@ -15,6 +15,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,6 +146,8 @@ def compute(args: argparse.Namespace) -> tuple[list[WorkloadRecommendation], Nam
     interval = _seconds("--scrape-interval", args.scrape_interval)
     if window < 2 * 3600:
         raise InputError("--window: at least 2h (the history is read in hourly peaks)")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", args.namespace):
+        raise InputError(f"--namespace: not a namespace name: {args.namespace!r}")
     selector = _selector(args.selector)
     end = _end(args.end)
     options = Options(
