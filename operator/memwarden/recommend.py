@@ -27,6 +27,7 @@ from memwarden.sizing import (
     KubeletProfile,
     MemoryRule,
     PodShape,
+    PodSizing,
     size_pod,
 )
 
@@ -585,25 +586,22 @@ def _size(
             " is memory.high (throttling starts above the peak plus headroom), not the limit"
         )
     runtime = None if percent is None else GoRuntimeRule(memory_limit_percent=percent)
-    sizing = size_pod(
-        pod=PodShape(containers=(ContainerResources(name=name),)),
-        governed=[name],
-        rule=rule,
-        runtime=runtime,
-        profile=profile,
-    )
-    if sizing.infeasible is not None or not sizing.containers:
-        # The intent does not fit this kubelet (rounding, too close): plain resources do.
-        notes.append(f"intent refused ({sizing.infeasible}); plain request/limit proposed")
-        rule = MemoryRule(request=request, limit=ceiling)
-        memory = {"request": format_bytes(request), "limit": format_bytes(ceiling)}
-        sizing = size_pod(
+
+    def size(rule: MemoryRule) -> PodSizing:
+        return size_pod(
             pod=PodShape(containers=(ContainerResources(name=name),)),
             governed=[name],
             rule=rule,
             runtime=runtime,
             profile=profile,
         )
+
+    sizing = size(rule)
+    if sizing.infeasible is not None or not sizing.containers:
+        # The intent does not fit this kubelet (rounding, too close): plain resources do.
+        notes.append(f"intent refused ({sizing.infeasible}); plain request/limit proposed")
+        memory = {"request": format_bytes(request), "limit": format_bytes(ceiling)}
+        sizing = size(MemoryRule(request=request, limit=ceiling))
     sized = sizing.containers[0]
     notes.extend(n for n in sized.notes if "GOMEMLIMIT" in n and "leaves" in n)
     return (
