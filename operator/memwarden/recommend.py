@@ -575,7 +575,7 @@ def _size(
         # memory.high = request + factor x (limit - request): the limit that puts it at the
         # ceiling, whole MiB, rounded up (the engine's guarantee keeps high <= asked).
         limit = ceil_mib(request + float((ceiling - request) / factor))
-        if profile.protects:
+        if profile.no_protection_reason() is None:
             rule = MemoryRule(protect=request, high=ceiling)
             memory = {"protect": format_bytes(request), "high": format_bytes(ceiling)}
         else:

@@ -38,6 +38,7 @@ from memwarden.recommend import (
     recommend,
 )
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError
+from memwarden.timefmt import parse_time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,11 +99,10 @@ def _end(text: str | None) -> dt.datetime:
         return dt.datetime.fromtimestamp(float(text), dt.UTC)
     except ValueError:
         pass
-    try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InputError(f"--end: not RFC 3339 or unix seconds: {text!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    parsed = parse_time(text)
+    if parsed is None:
+        raise InputError(f"--end: not RFC 3339 or unix seconds: {text!r}")
+    return parsed
 
 
 def _selector(text: str) -> Selector:
