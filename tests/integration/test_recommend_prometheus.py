@@ -295,6 +295,16 @@ def test_bad_input_names_the_flag(history_prometheus: PrometheusServer) -> None:
     assert "--namespace" in result.stderr
 
 
+def test_an_unreachable_prometheus_is_exit_1(history_prometheus: PrometheusServer) -> None:
+    unreachable = PrometheusServer(workdir=Path("/nonexistent"), targets=[])  # never started
+    result = recommend(unreachable, "--timeout", "5")
+    assert result.returncode == 1
+    assert unreachable.url in result.stderr
+    empty = recommend(history_prometheus, "-n", "nothing-here")
+    assert empty.returncode == 1
+    assert "no container_memory_working_set_bytes for namespace nothing-here" in empty.stderr
+
+
 def test_policies_apply_and_the_leak_points_at_its_incident(
     history_prometheus: PrometheusServer, kube: client.ApiClient, crds: Path, devcluster: Path
 ) -> None:
