@@ -49,7 +49,8 @@ CEILING_HEADROOM_MIN: Final = 32 * MIB
 #: ``DefaultOOMBumpUpRatio`` 1.2, ``DefaultOOMMinBumpUp`` 100 MB).
 OOM_BUMP_RATIO: Final = 1.2
 OOM_BUMP_MIN: Final = 100 * 1024 * 1024
-#: GOMEMLIMIT of a proposed policy: the percentage form, so it follows later resizes.
+#: GOMEMLIMIT of a proposed policy: the percentage form, so it follows the resources when
+#: they change.
 GOMEMLIMIT_PERCENT: Final = 90
 
 #: Leak test on hourly peaks since the last restart (a drop below 70 % of the hour before):
