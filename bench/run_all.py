@@ -16,6 +16,7 @@ BENCHMARKS = (
     "risk_bench.py",
     "capture_bench.py",
     "update_bench.py",
+    "recommend_bench.py",
 )
 
 

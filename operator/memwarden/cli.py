@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print or write the risk queries' recording rules (a Prometheus rules file)",
     ),
     "explain": ("memwarden.commands.explain", "offline: what a policy does to a pod, and why"),
+    "recommend": (
+        "memwarden.commands.recommend",
+        "propose a MemoryPolicy per workload from Prometheus history (KRR and VPA beside)",
+    ),
     "capture": ("memwarden.capture.toolbox", "collect evidence from a Go process (the toolbox)"),
     "analyze": ("memwarden.capture.analysis_cli", "summarise a heap profile or an evidence bundle"),
     "incidents": ("memwarden.evidence.client", "list, inspect and download incident evidence"),

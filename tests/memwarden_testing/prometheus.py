@@ -220,6 +220,8 @@ class PrometheusServer:
     """memwarden's recording rules to evaluate (written beside the configuration)."""
     alertmanagers: Sequence[str] = ()
     """``host:port`` of Alertmanagers that alerts from ``rule_files`` go to."""
+    retention: str = "2h"
+    """``--storage.tsdb.retention.time``: longer for backfilled history (``history.py``)."""
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -300,7 +302,7 @@ class PrometheusServer:
                 f"--config.file={config}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
-                "--storage.tsdb.retention.time=2h",
+                f"--storage.tsdb.retention.time={self.retention}",
                 "--log.level=warn",
             ],
             stdout=log,

@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import functools
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter  # `time` is query()'s parameter
 from typing import Any
@@ -22,7 +23,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from memwarden import metrics
-from memwarden.risk.promql import Sample
+from memwarden.risk.promql import Sample, Series
 
 #: Error messages are cut to this length: a Prometheus error page can be long.
 MAX_MESSAGE = 300
@@ -81,11 +82,29 @@ class PrometheusClient:
         params: dict[str, Any] = {"timeout": f"{self.timeout:g}s"}
         if time is not None:
             params["time"] = f"{time.timestamp():.3f}"
+        return _samples(self._send(lambda: self._connect.custom_query(expr, params=params)))
+
+    def query_range(
+        self, expr: str, *, start: dt.datetime, end: dt.datetime, step: float
+    ) -> list[Series]:
+        """Evaluate ``expr`` from ``start`` to ``end`` every ``step`` seconds (a matrix):
+        for history (``memwarden recommend``), never for the risk loop."""
+        params: dict[str, Any] = {"timeout": f"{self.timeout:g}s"}
+        return _series(
+            self._send(
+                lambda: self._connect.custom_query_range(
+                    expr, start_time=start, end_time=end, step=f"{step:g}", params=params
+                )
+            )
+        )
+
+    def _send(self, call: Callable[[], Any]) -> Any:
+        """Run one request, counted and timed, its failures mapped to PrometheusUnavailable."""
         with self._lock:
             self._queries += 1
         started, outcome = perf_counter(), "error"
         try:
-            result = self._connect.custom_query(expr, params=params)
+            result = call()
             outcome = "ok"
         except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
             raise PrometheusUnavailable(f"{self.url}: no answer within {self.timeout:g}s") from exc
@@ -99,7 +118,7 @@ class PrometheusClient:
             metrics.PROMETHEUS_QUERY_SECONDS.labels(outcome=outcome).observe(
                 perf_counter() - started
             )
-        return _samples(result)
+        return result
 
     async def aquery(self, expr: str, *, time: dt.datetime | None = None) -> list[Sample]:
         """``query`` off the event loop, one at a time (see ``__init__``)."""
@@ -126,6 +145,21 @@ def _samples(result: Any) -> list[Sample]:
             raise PrometheusUnavailable(_short(f"malformed sample {item!r}")) from exc
         samples.append(Sample(labels=labels, value=value))
     return samples
+
+
+def _series(result: Any) -> list[Series]:
+    """Matrix elements -> Series; a malformed element is an error."""
+    if not isinstance(result, list):
+        raise PrometheusUnavailable(_short(f"expected a matrix, got {type(result).__name__}"))
+    series = []
+    for item in result:
+        try:
+            labels = {str(k): str(v) for k, v in item["metric"].items()}
+            points = tuple((float(t), float(v)) for t, v in item["values"])
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise PrometheusUnavailable(_short(f"malformed series {str(item)[:200]}")) from exc
+        series.append(Series(labels=labels, points=points))
+    return series
 
 
 __all__ = [

@@ -71,6 +71,14 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class Series:
+    """One range-vector element: (unix time, value) points, oldest first."""
+
+    labels: Mapping[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
 class Windows:
     """Ranges that are not in the policy: they depend on the scrape interval, not the app.
 
@@ -639,6 +647,7 @@ __all__ = [
     "Recorded",
     "RecordedNames",
     "Sample",
+    "Series",
     "Signal",
     "Windows",
     "by_container",
