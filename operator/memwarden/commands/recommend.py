@@ -25,6 +25,7 @@ import yaml
 
 from memwarden.commands.explain import InputError, load_profile
 from memwarden.history import NamespaceHistory, fetch, sanitised
+from memwarden.output import add_output_argument
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.recommend import (
     REQUEST_QUANTILE,
@@ -57,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="30s",
         help="Prometheus' scrape interval, for the expected sample count (default 30s)",
     )
-    parser.add_argument("-o", "--output", choices=["yaml", "json", "table"], default="yaml")
+    # yaml (the default) is the policies themselves, commented, ready for kubectl apply.
+    add_output_argument(parser, default="yaml")
     parser.add_argument(
         "--no-go", action="store_true", help="propose no GOMEMLIMIT (not Go services)"
     )
@@ -298,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             "workloads": [as_document(w, namespace=args.namespace) for w in workloads],
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    elif args.output == "table":
+    elif args.output in ("table", "wide"):  # the table has every column already
         sys.stdout.write(render_table(workloads))
     else:
         sys.stdout.write(render_yaml(workloads, namespace=args.namespace))
