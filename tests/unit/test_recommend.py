@@ -379,3 +379,20 @@ def test_four_queries_per_namespace_whatever_the_workloads() -> None:
     assert all('namespace="shop"' in q for q in queries.values())
     assert "[168h]" in queries["stats"]
     assert "quantile_over_time(0.95" in queries["stats"]
+
+
+@pytest.mark.parametrize("command", ["explain", "recommend"])
+def test_every_sizing_command_reads_the_kubelet_profile_the_same_way(command: str) -> None:
+    """recommend sizes with explain's profile loader: it must take every flag that reads."""
+    from memwarden.cli import build_parser
+    from memwarden.commands.explain import load_profile
+
+    required = {
+        "explain": ["--policy", "p.yaml", "--pod", "pod.yaml"],
+        "recommend": ["--prometheus", "http://127.0.0.1:9", "-n", "shop"],
+    }[command]
+    args = build_parser(only=command).parse_args(
+        [command, *required, "--feature-gates", "MemoryQoS=false", "--kubernetes-minor", "36"]
+    )
+    profile = load_profile(args).profile()
+    assert (profile.kubernetes_minor, profile.memory_qos) == (36, False)

@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a Pod, or a workload (Deployment, StatefulSet, Job, ...) YAML",
     )
     parser.add_argument("--namespace", help="namespace of the pod when its file does not say")
+    add_kubelet_profile_arguments(parser)
+    add_output_argument(parser)
+
+
+def add_kubelet_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    """The kubelet's MemoryQoS settings, the same on every command that sizes (explain,
+    recommend): ``load_profile`` reads them."""
     parser.add_argument(
         "--profile",
         type=Path,
@@ -84,7 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reservation-policy", choices=["None", "TieredReservation"])
     parser.add_argument("--page-size", type=int)
     parser.add_argument("--node-allocatable", help="node allocatable memory, e.g. 16Gi")
-    add_output_argument(parser)
 
 
 def _documents(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

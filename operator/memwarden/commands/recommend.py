@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from memwarden.commands.explain import InputError, load_profile
+from memwarden.commands.explain import InputError, add_kubelet_profile_arguments, load_profile
 from memwarden.history import NamespaceHistory, fetch, sanitised
 from memwarden.output import add_output_argument
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
@@ -69,13 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " ~/.kube/config; none: the note says where to look)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="per query, seconds")
-    # The kubelet profile, as `memwarden explain` takes it.
-    parser.add_argument("--profile", type=Path, help="YAML file of kubelet settings")
-    parser.add_argument("--kubernetes-minor", type=int, help="kubelet minor version (default 37)")
-    parser.add_argument("--throttling-factor", help="memoryThrottlingFactor, or 'unset'")
-    parser.add_argument("--reservation-policy", choices=["None", "TieredReservation"])
-    parser.add_argument("--page-size", type=int)
-    parser.add_argument("--node-allocatable", help="node allocatable memory, e.g. 16Gi")
+    add_kubelet_profile_arguments(parser)  # the kubelet profile, as `memwarden explain` takes it
 
 
 def _seconds(flag: str, text: str) -> float:
