@@ -200,11 +200,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     # The operator accepts the environment the chart gives it.
     settings = Settings.from_env(container_env(docs, namespace))
     assert settings.namespace == namespace
-    assert settings.webhook_configuration_name == "mw-memwarden"
-    assert settings.webhook_service_name == "mw-memwarden"
+    assert settings.webhook.configuration_name == "mw-memwarden"
+    assert settings.webhook.service_name == "mw-memwarden"
     kinds = {d["kind"] for d in docs}
     if values.get("webhook", {}).get("certs", {}).get("mode") == "certManager":
-        assert settings.webhook_cert_file and settings.webhook_key_file
+        assert settings.webhook.cert_file and settings.webhook.key_file
         assert {"Certificate", "Issuer", "ServiceMonitor", "PrometheusRule"} <= kinds
         config = one(docs, "MutatingWebhookConfiguration")
         assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
@@ -214,25 +214,25 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         dashboard = json.loads(one(docs, "ConfigMap")["data"]["memwarden.json"])
         assert any("webhook" in panel["title"].lower() for panel in dashboard["panels"])
     else:
-        assert not settings.webhook_cert_file
-        assert settings.webhook_ca_secret == "mw-memwarden-webhook-ca"
+        assert not settings.webhook.cert_file
+        assert settings.webhook.ca_secret == "mw-memwarden-webhook-ca"
     if "kubelet" in values:
         assert settings.kubelet.throttling_factor == 0.8
         assert settings.kubelet.reservation_policy == "TieredReservation"
         assert settings.kubelet.node_allocatable == 15 * 2**30
         assert settings.kubelet.page_size == 65536
-        assert settings.prometheus_url == "http://prometheus.monitoring:9090"
-        assert settings.capture_toolbox_image == "registry.example/tools:1"
-        assert settings.max_concurrent_captures == 5
-        assert settings.update_evictions_per_minute == 40
-        assert settings.update_evictions_per_minute_per_policy == 8
+        assert settings.risk.prometheus_url == "http://prometheus.monitoring:9090"
+        assert settings.capture.toolbox_image == "registry.example/tools:1"
+        assert settings.capture.max_concurrent == 5
+        assert settings.updates.evictions_per_minute == 40
+        assert settings.updates.evictions_per_minute_per_policy == 8
         assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
-        assert settings.webhook_cert_validity_seconds == 30 * 86400
+        assert settings.webhook.cert_validity_seconds == 30 * 86400
     if "evidence" in values:
         claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
         assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
-        assert settings.evidence_max_total_bytes == 10 * 2**30
-        assert settings.evidence_namespace_max_bytes == 2 * 2**30
+        assert settings.evidence.max_total_bytes == 10 * 2**30
+        assert settings.evidence.namespace_max_bytes == 2 * 2**30
         assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" not in kinds
         args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args == ["run", "--namespace=shop", "--namespace=payments"]
@@ -265,16 +265,16 @@ def test_the_http_api_is_https_unless_opted_out(
     docs = render(helm, namespace="memwarden-system", values=values)
     settings = Settings.from_env(container_env(docs, "memwarden-system"))
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert settings.http_insecure is (scheme == "http")
-    assert settings.evidence_base_url == (
+    assert settings.http.insecure is (scheme == "http")
+    assert settings.evidence.base_url == (
         f"{scheme}://memwarden.memwarden-system.svc:8443/evidence"
     )
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["scheme"] == scheme.upper()
     if values.get("webhook"):  # cert-manager's Secret carries the CA debug containers trust
-        assert settings.evidence_upload_ca_file == "/etc/memwarden/webhook/ca.crt"
+        assert settings.evidence.upload_ca_file == "/etc/memwarden/webhook/ca.crt"
     else:  # self-made: the rotation's bundle (or nothing to trust when insecure)
-        assert settings.evidence_upload_ca_file is None
+        assert settings.evidence.upload_ca_file is None
 
 
 @pytest.mark.parametrize(
@@ -379,8 +379,8 @@ def test_name_overrides_name_every_object_and_the_operator_follows(
     deployment = one(docs, "Deployment", fullname)
     assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == name
     settings = Settings.from_env(container_env(docs, "memwarden-system"))
-    assert settings.webhook_configuration_name == fullname
-    assert settings.webhook_service_name == fullname
+    assert settings.webhook.configuration_name == fullname
+    assert settings.webhook.service_name == fullname
     one(docs, "Service", fullname)
     one(docs, "MutatingWebhookConfiguration", fullname)
 
@@ -499,12 +499,12 @@ def test_rendered_recording_rules_are_the_operators(
     assert group == rules.group()
     settings = Settings.from_env(container_env(docs, "ops"))
     operator_windows = Windows(
-        regression=settings.risk_regression_window,
-        rate=settings.risk_rate_window,
-        oom=settings.risk_oom_window,
+        regression=settings.risk.regression_window,
+        rate=settings.risk.rate_window,
+        oom=settings.risk.oom_window,
     )
     assert operator_windows == rules.windows
-    assert settings.risk_recording_rules == values.get("prometheus", {}).get(
+    assert settings.risk.recording_rules == values.get("prometheus", {}).get(
         "recordingRules", "auto"
     )
     # Prometheus' own checker accepts the rendered group.
@@ -656,12 +656,12 @@ def test_rendered_reach_policy_is_what_reach_py_makes(helm: Path, values: dict[s
     the chart gives the operator: it admits the debug containers this operator plans."""
     docs = render(helm, namespace="ops", values=values)
     settings = Settings.from_env(container_env(docs, "ops"))
-    assert settings.evidence_base_url
+    assert settings.evidence.base_url
     expected = operator_reach_policy(
         service_account=values.get("serviceAccount", {}).get("name", "memwarden"),
         namespace="ops",
-        toolbox_image=settings.capture_toolbox_image,
-        evidence_authority=urllib.parse.urlsplit(settings.evidence_base_url).netloc,
+        toolbox_image=settings.capture.toolbox_image,
+        evidence_authority=urllib.parse.urlsplit(settings.evidence.base_url).netloc,
         name="memwarden-operator-reach",
     )
     for kind, want in zip(
@@ -876,15 +876,15 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
         assert budgets(watched) == 200
         assert budgets(other_namespace) == 403
         settings = Settings.from_env(container_env(docs, namespace))
-        assert settings.evidence_base_url
+        assert settings.evidence.base_url
 
         def toolbox(ns: str, **changes: Any) -> dict[str, Any]:
             container = plan_ephemeral_container(
                 incident="leak-1",
                 incident_uid=f"uid-{ns}",
                 target_container="app",
-                image=settings.capture_toolbox_image,
-                upload_url=bundle_url(str(settings.evidence_base_url), namespace=ns, name="leak-1"),
+                image=settings.capture.toolbox_image,
+                upload_url=bundle_url(str(settings.evidence.base_url), namespace=ns, name="leak-1"),
                 upload_token="token",
                 pprof_port=6060,
                 trace_seconds=5,

@@ -53,7 +53,7 @@ class FakePrometheus:
 def mode(request: pytest.FixtureRequest) -> Iterator[str]:
     """The settings' risk_recording_rules, restored after the test."""
     saved = state._settings
-    state.configure(Settings(risk_recording_rules=request.param))
+    state.configure(Settings.model_validate({"risk": {"recording_rules": request.param}}))
     yield str(request.param)
     state._settings = saved
 

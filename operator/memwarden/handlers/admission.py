@@ -137,23 +137,23 @@ async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     background.start(memo, _FREEZE, _freeze_when_pods_listed(), forever=False)
     background.start(memo, _TRIM, _release_free_memory_forever())
     try:
-        if settings.admission_process == "worker":
+        if settings.admission.process == "worker":
             memo[_SERVER] = await _start_worker(settings, cert_file, key_file, profile, tally)
         else:
             memo[_SERVER] = await _start_inline(settings, cert_file, key_file, profile, tally)
     except OSError as exc:  # a port in use will not free itself: say so and stop
         raise kopf.PermanentError(
-            f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
+            f"webhook cannot listen on {settings.webhook.host}:{settings.webhook.port}: {exc}"
         ) from exc
     except WorkerError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
-    background.start(memo, _SUMMARY, _summarise(tally, settings.admission_summary_seconds))
+    background.start(memo, _SUMMARY, _summarise(tally, settings.admission.summary_seconds))
     logger.info(
         "webhook on https://%s:%s/%s (%s): %d policies indexed, listening %.2fs after start",
-        settings.webhook_host,
-        settings.webhook_port,
+        settings.webhook.host,
+        settings.webhook.port,
         POD_HANDLER_ID,
-        settings.admission_process,
+        settings.admission.process,
         loaded,
         time.monotonic() - started,
     )
@@ -169,12 +169,12 @@ async def _start_worker(
     """The webhook in its own process (``admission_worker.py``), fed the policy index."""
     worker = AdmissionWorker(
         config=WorkerConfig(
-            host=settings.webhook_host,
-            port=settings.webhook_port,
+            host=settings.webhook.host,
+            port=settings.webhook.port,
             path=f"/{POD_HANDLER_ID}",
             certfile=cert_file,
             keyfile=key_file,
-            file_check_seconds=settings.webhook_file_check_seconds,
+            file_check_seconds=settings.webhook.file_check_seconds,
             profile=profile,
             never_governed=settings.never_governed,
             dry_run=settings.dry_run,
@@ -183,10 +183,10 @@ async def _start_worker(
         tally=tally,
     )
     await worker.start()
-    if settings.background_nice:
+    if settings.admission.background_nice:
         # The worker (started above) keeps its priority; what runs here, and the children
         # started from here later (analysis), yields the CPU to it.
-        os.nice(settings.background_nice)
+        os.nice(settings.admission.background_nice)
     return worker
 
 
@@ -207,10 +207,10 @@ async def _start_inline(
     )
     server = WebhookServer(
         app=make_webhook_app(path=f"/{POD_HANDLER_ID}", admit=admit, tally=tally),
-        host=settings.webhook_host,
-        port=settings.webhook_port,
+        host=settings.webhook.host,
+        port=settings.webhook.port,
         certificates=CertificateReloader(
-            certfile=cert_file, keyfile=key_file, interval=settings.webhook_file_check_seconds
+            certfile=cert_file, keyfile=key_file, interval=settings.webhook.file_check_seconds
         ),
     )
     await server.start()

@@ -51,7 +51,7 @@ _TASK = "certificate_rotation"
 
 def self_signed(settings: Settings) -> bool:
     """memwarden makes its certificates unless both files are given."""
-    return not (settings.webhook_cert_file and settings.webhook_key_file)
+    return not (settings.webhook.cert_file and settings.webhook.key_file)
 
 
 def timing(settings: Settings) -> certrotation.Timing:
@@ -59,13 +59,13 @@ def timing(settings: Settings) -> certrotation.Timing:
     renew-before) before it signs: a debug container planned just before the new CA was
     published trusts only the current one, and must still verify the HTTP API when it
     uploads, up to ``capture_timeout_seconds`` later."""
-    renew_before = settings.webhook_cert_renew_before_seconds
+    renew_before = settings.webhook.cert_renew_before_seconds
     propagation = max(
-        settings.webhook_ca_propagation_seconds,
-        min(settings.capture_timeout_seconds, renew_before / 2),
+        settings.webhook.ca_propagation_seconds,
+        min(settings.capture.timeout_seconds, renew_before / 2),
     )
     return certrotation.Timing(
-        validity=dt.timedelta(seconds=settings.webhook_cert_validity_seconds),
+        validity=dt.timedelta(seconds=settings.webhook.cert_validity_seconds),
         renew_before=dt.timedelta(seconds=renew_before),
         propagation=dt.timedelta(seconds=propagation),
     )
@@ -122,7 +122,7 @@ class CertificateRotation:
     def __init__(self, settings: Settings, api_client: client.ApiClient) -> None:
         self.settings = settings
         self.timing = timing(settings)
-        self.directory = Path(settings.webhook_cert_dir)
+        self.directory = Path(settings.webhook.cert_dir)
         self.cert_path = self.directory / "tls.crt"
         self.key_path = self.directory / "tls.key"
         self._core = client.CoreV1Api(api_client)
@@ -132,7 +132,7 @@ class CertificateRotation:
     # -- the CA Secret ------------------------------------------------------------------
 
     def read_ca(self) -> CaState:
-        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        name, namespace = self.settings.webhook.ca_secret, self.settings.namespace
         try:
             secret = call(
                 f"read secret {namespace}/{name}",
@@ -154,7 +154,7 @@ class CertificateRotation:
 
     def write_ca(self, new: CaState) -> None:
         """Create or replace the Secret; ``Conflict`` when another replica wrote first."""
-        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        name, namespace = self.settings.webhook.ca_secret, self.settings.namespace
         data: dict[str, str] = {}
         for pair, cert_key, key_key in (
             (new.current, CA_CERT, CA_KEY),
@@ -202,7 +202,7 @@ class CertificateRotation:
 
     def read_bundle(self) -> tuple[list[dict[str, Any]], tuple[Cert, ...]] | None:
         """The configuration's webhooks and the CAs they trust; None when it is missing."""
-        name = self.settings.webhook_configuration_name
+        name = self.settings.webhook.configuration_name
         try:
             configuration = call(
                 f"read mutatingwebhookconfiguration {name}",
@@ -239,7 +239,7 @@ class CertificateRotation:
             ops.append(
                 {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
             )
-        name = self.settings.webhook_configuration_name
+        name = self.settings.webhook.configuration_name
         call(
             f"patch mutatingwebhookconfiguration {name}",
             self._admission.patch_mutating_webhook_configuration,
@@ -343,7 +343,7 @@ class CertificateRotation:
                 self.publish(webhooks, wanted)
                 logger.info(
                     "caBundle of %s: %s",
-                    self.settings.webhook_configuration_name,
+                    self.settings.webhook.configuration_name,
                     ", ".join(f"{c.subject} (until {c.not_after.isoformat()})" for c in wanted),
                 )
         if ca.next is not None and ca.next_published_at is None:
@@ -373,11 +373,11 @@ class CertificateRotation:
             assert leaf is not None
             _record_expiry(leaf.not_after)
             return
-        service = f"{self.settings.webhook_service_name}.{self.settings.namespace}"
+        service = f"{self.settings.webhook.service_name}.{self.settings.namespace}"
         new = certs.issue(
             ca=ca,
             # The names that matter are the SANs; a CN is at most 64 characters.
-            common_name=self.settings.webhook_service_name[:64],
+            common_name=self.settings.webhook.service_name[:64],
             now=now,
             valid_for=certrotation.leaf_validity(ca=ca_cert, now=now, timing=self.timing),
             server_names=(
@@ -417,15 +417,15 @@ def serving_files(settings: Settings) -> tuple[str, str]:
     their expiry, and reloaded by the server when they change.
     """
     if not self_signed(settings):
-        assert settings.webhook_cert_file and settings.webhook_key_file
-        cert = Cert.parse(Path(settings.webhook_cert_file).read_bytes())
+        assert settings.webhook.cert_file and settings.webhook.key_file
+        cert = Cert.parse(Path(settings.webhook.cert_file).read_bytes())
         _record_expiry(cert.not_after)
         logger.info(
             "webhook serving certificate %s (given, renewed by its issuer): valid until %s",
-            settings.webhook_cert_file,
+            settings.webhook.cert_file,
             cert.not_after.isoformat(),
         )
-        return settings.webhook_cert_file, settings.webhook_key_file
+        return settings.webhook.cert_file, settings.webhook.key_file
     rotation = CertificateRotation(settings, state.kube().api_client)
     try:
         rotation.step(_now())
@@ -445,21 +445,21 @@ def http_serving_files(settings: Settings) -> tuple[str, str] | None:
 
     Its own files when given; else the webhook's (the Service names both), made first if
     memwarden makes them. Either way the server reloads them in place."""
-    if settings.http_insecure:
+    if settings.http.insecure:
         return None
-    if settings.http_cert_file and settings.http_key_file:
-        return settings.http_cert_file, settings.http_key_file
+    if settings.http.cert_file and settings.http.key_file:
+        return settings.http.cert_file, settings.http.key_file
     return serving_files(settings)
 
 
 def upload_ca_file(settings: Settings) -> str | None:
     """The CA bundle debug containers trust for uploads: configured, else the rotation's
     trust bundle when the HTTP API serves the self-made certificate."""
-    if settings.evidence_upload_ca_file:
-        return settings.evidence_upload_ca_file
-    if settings.http_insecure or settings.http_cert_file or not self_signed(settings):
+    if settings.evidence.upload_ca_file:
+        return settings.evidence.upload_ca_file
+    if settings.http.insecure or settings.http.cert_file or not self_signed(settings):
         return None
-    return str(Path(settings.webhook_cert_dir) / "ca.crt")
+    return str(Path(settings.webhook.cert_dir) / "ca.crt")
 
 
 async def _rotate_forever(rotation: CertificateRotation, interval: float) -> None:
@@ -484,7 +484,7 @@ async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
         return
     rotation = CertificateRotation(settings, state.kube().api_client)
     memo[_TASK] = asyncio.create_task(
-        _rotate_forever(rotation, settings.webhook_cert_check_seconds),
+        _rotate_forever(rotation, settings.webhook.cert_check_seconds),
         name="webhook certificate rotation",
     )
 

@@ -1,6 +1,6 @@
 """The operator's HTTP API: one aiohttp server, sub-apps mounted under prefixes.
 
-Started by an ``on.startup`` handler on ``settings.http_host:http_port`` and stopped by
+Started by an ``on.startup`` handler on ``settings.http.host:port`` and stopped by
 ``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out), since bearer tokens,
 upload tokens and core dumps cross it: with its own certificate files, else the webhook's
 (self-made and rotated, or cert-manager's), reloaded in place as the webhook's are
@@ -76,7 +76,7 @@ def _certificates(settings: Settings) -> CertificateReloader | None:
     return CertificateReloader(
         certfile=files[0],
         keyfile=files[1],
-        interval=settings.webhook_file_check_seconds,
+        interval=settings.webhook.file_check_seconds,
         name="HTTP API",
     )
 
@@ -86,9 +86,9 @@ def operator_subapps(
 ) -> dict[str, web.Application]:
     """The sub-apps this operator serves, by prefix, as the settings enable them."""
     subapps: dict[str, web.Application] = {"/metrics": metrics_app(), **health.subapps()}
-    if intake is not None and settings.alertmanager_token_file:
+    if intake is not None and settings.http.alertmanager_token_file:
         subapps[receiver.PREFIX] = receiver.make_alertmanager_app(
-            token=receiver.TokenFile(Path(settings.alertmanager_token_file)),
+            token=receiver.TokenFile(Path(settings.http.alertmanager_token_file)),
             on_findings=intake.submit,
             on_batch=intake.count_batch,
         )
@@ -124,24 +124,24 @@ def evidence_app(settings: Settings) -> web.Application:
         disk=disk_limits(settings, evidence.store.root),
         store=evidence.store,
         authorizer=KubeAuthorizer(
-            state.kube().api_client, audiences=settings.evidence_token_audiences
+            state.kube().api_client, audiences=settings.evidence.token_audiences
         ),
         upload_key=evidence.upload_key,
-        max_bundle_bytes=settings.evidence_max_bundle_bytes,
+        max_bundle_bytes=settings.evidence.max_bundle_bytes,
         incident=incident,
-        pod_addresses=pod_addresses if settings.evidence_upload_source_check else None,
+        pod_addresses=pod_addresses if settings.evidence.upload_source_check else None,
         on_stored=incidents.on_stored,
     )
 
 
 def disk_limits(settings: Settings, root: Path) -> DiskLimits:
     """The caps uploads must fit under: configured, else from the volume's size."""
-    total = settings.evidence_max_total_bytes
+    total = settings.evidence.max_total_bytes
     if total is None:
         volume = volume_bytes(root)
         total = default_total_cap(volume)
         logger.info("evidence store cap: %d bytes (80%% of the %d-byte volume)", total, volume)
-    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence_namespace_max_bytes)
+    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence.namespace_max_bytes)
 
 
 @kopf.on.startup()
@@ -154,7 +154,7 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
         raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
     tls = reloader.context if reloader is not None else None
     intake: alerts.AlertIntake | None = None
-    if settings.alertmanager_token_file:
+    if settings.http.alertmanager_token_file:
         intake = alerts.AlertIntake(
             policy_index=kwargs["policy_index"],
             pod_index=state.pods(),
@@ -167,13 +167,13 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
         build_operator_app(subapps), access_log=None, handle_signals=False, **SERVER_OPTIONS
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=tls)
+    site = web.TCPSite(runner, settings.http.host, settings.http.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:  # a port in use will not free itself: say so and stop
         await runner.cleanup()
         raise kopf.PermanentError(
-            f"HTTP API cannot listen on {settings.http_host}:{settings.http_port}: {exc}"
+            f"HTTP API cannot listen on {settings.http.host}:{settings.http.port}: {exc}"
         ) from exc
     memo[_RUNNER] = runner
     if reloader is not None:
@@ -188,8 +188,8 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     logger.info(
         "HTTP API on %s://%s:%s serving %s",
         "https" if tls else "http",
-        settings.http_host,
-        settings.http_port,
+        settings.http.host,
+        settings.http.port,
         ", ".join(sorted(subapps)),
     )
 

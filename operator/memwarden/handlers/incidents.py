@@ -126,7 +126,7 @@ async def start_capture(
         requested=spec.get("container"),
         created=parse_time(meta.get("creationTimestamp")),
         now=now,
-        pod_wait=dt.timedelta(seconds=settings.capture_pod_wait_seconds),
+        pod_wait=dt.timedelta(seconds=settings.capture.pod_wait_seconds),
     )
     if target.fail is not None:
         _finish(
@@ -145,7 +145,7 @@ async def start_capture(
         policies=list(kwargs["policy_index"].get(namespace, [])),
         incidents=risk.known_incidents(kwargs["incident_index"]),
         now=now,
-        max_concurrent=settings.max_concurrent_captures,
+        max_concurrent=settings.capture.max_concurrent,
     )
     if gate.refused is not None:
         reason, message = gate.refused
@@ -166,8 +166,8 @@ async def start_capture(
         uid=uid,
         expires_at=now
         + lifecycle.upload_token_lifetime(
-            ttl=dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
-            capture_timeout=dt.timedelta(seconds=settings.capture_timeout_seconds),
+            ttl=dt.timedelta(seconds=settings.evidence.upload_token_ttl_seconds),
+            capture_timeout=dt.timedelta(seconds=settings.capture.timeout_seconds),
         ),
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
@@ -185,7 +185,7 @@ async def start_capture(
             incident=name,
             incident_uid=uid,
             target_container=str(target.container),
-            image=settings.capture_toolbox_image,
+            image=settings.capture.toolbox_image,
             upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
             upload_token=token,
             pprof_port=capture.pprofPort,
@@ -436,7 +436,7 @@ async def follow_capture(
         bundle_stored=stored,
         started=parse_time(status.get("captureStartedAt")),
         now=_now(),
-        timeout=dt.timedelta(seconds=state.settings().capture_timeout_seconds),
+        timeout=dt.timedelta(seconds=state.settings().capture.timeout_seconds),
     )
     if progress.action == "complete":
         try:
@@ -483,12 +483,12 @@ async def _retention_loop() -> None:
                 apply_retention,
                 state.evidence().store,
                 now=_now(),
-                max_age=dt.timedelta(seconds=settings.evidence_max_age_seconds),
-                namespace_max_bytes=settings.evidence_namespace_max_bytes,
+                max_age=dt.timedelta(seconds=settings.evidence.max_age_seconds),
+                namespace_max_bytes=settings.evidence.namespace_max_bytes,
             )
         except OSError as exc:
             logger.warning("evidence retention failed: %s", exc)
-        await asyncio.sleep(settings.evidence_retention_interval_seconds)
+        await asyncio.sleep(settings.evidence.retention_interval_seconds)
 
 
 _RETENTION = "evidence_retention"

@@ -121,10 +121,10 @@ async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
     settings, book = state.settings(), state.status_book()
     last_resync = time.monotonic()
     while True:
-        await asyncio.sleep(settings.status_debounce_seconds)
+        await asyncio.sleep(settings.status.debounce_seconds)
         if not book.ready:
             continue
-        if time.monotonic() - last_resync >= settings.status_resync_seconds:
+        if time.monotonic() - last_resync >= settings.status.resync_seconds:
             book.touch_all(policy_index)
             last_resync = time.monotonic()
         for namespace in book.take():

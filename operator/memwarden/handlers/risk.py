@@ -65,11 +65,11 @@ def prometheus() -> PrometheusClient | None:
     """The process's Prometheus client; None when risk evaluation is not configured."""
     global _prometheus
     settings = state.settings()
-    if settings.prometheus_url is None:
+    if settings.risk.prometheus_url is None:
         return None
     if _prometheus is None:
         _prometheus = PrometheusClient(
-            settings.prometheus_url, timeout=settings.prometheus_timeout_seconds
+            settings.risk.prometheus_url, timeout=settings.risk.prometheus_timeout_seconds
         )
     return _prometheus
 
@@ -77,9 +77,9 @@ def prometheus() -> PrometheusClient | None:
 def _windows() -> Windows:
     settings = state.settings()
     return Windows(
-        regression=settings.risk_regression_window,
-        rate=settings.risk_rate_window,
-        oom=settings.risk_oom_window,
+        regression=settings.risk.regression_window,
+        rate=settings.risk.rate_window,
+        oom=settings.risk.oom_window,
     )
 
 
@@ -96,10 +96,10 @@ class RecordingRules:
         (monotonic seconds); off the event loop, through the adapter: a failure is the
         cycle's failure."""
         settings = state.settings()
-        if settings.risk_recording_rules == "off":
+        if settings.risk.recording_rules == "off":
             return
         if self.checked is not None and (
-            now - self.checked < settings.risk_recording_rules_check_seconds
+            now - self.checked < settings.risk.recording_rules_check_seconds
         ):
             return
         markers = await client.aquery(MARKER)
@@ -121,7 +121,7 @@ class RecordingRules:
     def current(self, now: dt.datetime) -> Recorded | None:
         """The recording rules the queries may read at ``now``; raises
         ``RecordingRulesMissing`` when they are required and absent."""
-        mode = state.settings().risk_recording_rules
+        mode = state.settings().risk.recording_rules
         if mode == "off":
             return None
         windows = _windows()
@@ -211,7 +211,7 @@ async def evaluate_namespace(
     now = dt.datetime.now(dt.UTC)
     pods = list(pod_index.get(namespace, []))
     governed = governed_by_policy(candidates, pods=pods)
-    oom_window = dt.timedelta(seconds=parse_duration(settings.risk_oom_window))
+    oom_window = dt.timedelta(seconds=parse_duration(settings.risk.oom_window))
     findings: dict[str, list[Finding]] = {
         p.name: oom_killed(
             pods, governed=governed[p.name], policy=p.name, now=now, within=oom_window
@@ -283,7 +283,7 @@ async def risk_loop(
     """
     settings = state.settings()
     failures = 0
-    limit = asyncio.Semaphore(settings.risk_concurrent_namespaces)
+    limit = asyncio.Semaphore(settings.risk.concurrent_namespaces)
 
     async def one(namespace: str) -> None:
         async with limit:
@@ -294,7 +294,7 @@ async def risk_loop(
                 incident_index=incident_index,
             )
 
-    delay = settings.risk_interval_seconds
+    delay = settings.risk.interval_seconds
     while True:
         await asyncio.sleep(delay)
         if not state.status_book().ready:
@@ -319,11 +319,11 @@ async def risk_loop(
             if isinstance(other, BaseException) and not isinstance(other, PrometheusError):
                 logger.error("risk cycle failed: %s", other, exc_info=other)
         if not failed:
-            failures, delay = 0, settings.risk_interval_seconds
+            failures, delay = 0, settings.risk.interval_seconds
             continue
         metrics.RISK_EVALUATION_FAILURES.inc()
         delay = backoff_delay(
-            failures, interval=settings.risk_interval_seconds, cap=settings.risk_backoff_max_seconds
+            failures, interval=settings.risk.interval_seconds, cap=settings.risk.backoff_max_seconds
         )
         failures += 1
         logger.warning("risk evaluation paused for %gs: %s", delay, failed[0])
@@ -395,11 +395,11 @@ async def open_incidents(
             findings,
             captures={
                 (policy.namespace, policy.name): policy.spec.capture
-                or CaptureSpec(cooldown=settings.capture_default_cooldown)
+                or CaptureSpec(cooldown=settings.capture.default_cooldown)
             },
             incidents=known_incidents(incident_index),
             now=now,
-            max_concurrent=settings.max_concurrent_captures,
+            max_concurrent=settings.capture.max_concurrent,
         )
         for decision in decisions:
             finding = decision.finding

@@ -97,13 +97,13 @@ def evidence() -> Evidence:
     global _evidence
     if _evidence is None:
         s = settings()
-        if s.evidence_key_file:
-            key = Path(s.evidence_key_file).read_bytes().strip()
+        if s.evidence.key_file:
+            key = Path(s.evidence.key_file).read_bytes().strip()
         else:  # development only: tokens do not survive a restart (settings.py says so)
             key = secrets.token_bytes(32)
-        scheme = "http" if s.http_insecure else "https"
-        base = s.evidence_base_url or f"{scheme}://{s.http_host}:{s.http_port}/evidence"
+        scheme = "http" if s.http.insecure else "https"
+        base = s.evidence.base_url or f"{scheme}://{s.http.host}:{s.http.port}/evidence"
         _evidence = Evidence(
-            store=EvidenceStore(Path(s.evidence_dir)), upload_key=key, base_url=base
+            store=EvidenceStore(Path(s.evidence.dir)), upload_key=key, base_url=base
         )
     return _evidence

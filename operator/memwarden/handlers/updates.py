@@ -56,7 +56,7 @@ def retries() -> RetryBook:
     global _retries
     if _retries is None:
         s = state.settings()
-        _retries = RetryBook(base=s.update_interval_seconds, cap=s.update_retry_max_seconds)
+        _retries = RetryBook(base=s.updates.interval_seconds, cap=s.updates.retry_max_seconds)
     return _retries
 
 
@@ -73,14 +73,14 @@ def inputs_for(namespace: str) -> Callable[[str], UpdateInputs]:
     now = dt.datetime.now(dt.UTC)
     mono = time.monotonic()
     cached = _working_sets.get(namespace)
-    sets = None if settings.prometheus_url is None else (cached[1] if cached else {})
+    sets = None if settings.risk.prometheus_url is None else (cached[1] if cached else {})
 
     def inputs(name: str) -> UpdateInputs:
         return UpdateInputs(
             now=now,
-            enabled=settings.updates_enabled,
+            enabled=settings.updates.enabled,
             working_sets=None if sets is None else sets.get(name, {}),
-            deferred_grace_seconds=settings.update_deferred_grace_seconds,
+            deferred_grace_seconds=settings.updates.deferred_grace_seconds,
             refused=retries().refused((namespace, name), mono),
         )
 
@@ -284,7 +284,7 @@ async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
     """Every ``update_interval_seconds``, one pass over each namespace with an update mode."""
     settings, book = state.settings(), state.status_book()
     while True:
-        await asyncio.sleep(settings.update_interval_seconds)
+        await asyncio.sleep(settings.updates.interval_seconds)
         if not book.ready:
             continue
         metrics.UPDATE_PASSES.inc()
@@ -302,7 +302,7 @@ async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
 @kopf.on.startup()
 async def start_update_loop(memo: kopf.Memo, **kwargs: Any) -> None:
     settings = state.settings()
-    if not settings.updates_enabled:
+    if not settings.updates.enabled:
         logger.warning("updates are off (updates_enabled=false): no running pod is changed")
     background.start(
         memo, _TASK, update_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
