@@ -328,7 +328,7 @@ def test_limits_come_from_settings_and_the_environment() -> None:
     )
     gate = EvictionGate.from_settings(settings)
     assert (gate.per_minute, gate.per_policy_per_minute) == (7, 2)
-    with pytest.raises(ValueError, match="updates.evictions_per_minute"):
+    with pytest.raises(ValueError, match=r"updates\.evictions_per_minute"):
         Settings.from_env({"MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "0"})
 
 

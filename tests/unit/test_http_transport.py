@@ -120,6 +120,8 @@ def test_the_trust_bundle_follows_the_rotation(tmp_path: Path) -> None:
     later = CaState(current=second, trust_bundle=expired.cert_pem).wanted_trust_bundle(now)
     assert later == second.cert_pem, "an expired CA leaves the bundle"
 
-    rotation = CertificateRotation(Settings(webhook=WebhookSettings(cert_dir=str(tmp_path))), client.ApiClient())
+    rotation = CertificateRotation(
+        Settings(webhook=WebhookSettings(cert_dir=str(tmp_path))), client.ApiClient()
+    )
     rotation._write_trust_bundle(promoted)
     assert (tmp_path / "ca.crt").read_bytes() == promoted
