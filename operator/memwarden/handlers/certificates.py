@@ -34,7 +34,7 @@ from kubernetes import client
 from memwarden import certrotation, certs, health, metrics
 from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
-from memwarden.kube import Conflict, KubeError, NotFound, Transient, call
+from memwarden.kube import Conflict, Kube, KubeError, NotFound, Transient, call
 from memwarden.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -409,12 +409,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def serving_files(settings: Settings) -> tuple[str, str]:
+def serving_files(settings: Settings, kube: Kube | None = None) -> tuple[str, str]:
     """The webhook's certificate and key files, ready before the server starts.
 
     Self-made: one rotation step now (CA Secret, caBundle, serving certificate), so the
     server starts with a certificate the API server can verify. Given files: logged with
-    their expiry, and reloaded by the server when they change.
+    their expiry, and reloaded by the server when they change. ``kube`` (the operator
+    state's adapter) is needed only for self-made certificates.
     """
     if not self_signed(settings):
         assert settings.webhook.cert_file and settings.webhook.key_file
@@ -426,7 +427,9 @@ def serving_files(settings: Settings) -> tuple[str, str]:
             cert.not_after.isoformat(),
         )
         return settings.webhook.cert_file, settings.webhook.key_file
-    rotation = CertificateRotation(settings, state.kube().api_client)
+    if kube is None:
+        raise ValueError("self-made webhook certificates need the Kubernetes adapter")
+    rotation = CertificateRotation(settings, kube.api_client)
     try:
         rotation.step(_now())
     except KubeError as exc:
@@ -440,7 +443,7 @@ def serving_files(settings: Settings) -> tuple[str, str]:
     return str(rotation.cert_path), str(rotation.key_path)
 
 
-def http_serving_files(settings: Settings) -> tuple[str, str] | None:
+def http_serving_files(settings: Settings, kube: Kube | None = None) -> tuple[str, str] | None:
     """The HTTP API's certificate and key, or None for plain HTTP (``http_insecure``).
 
     Its own files when given; else the webhook's (the Service names both), made first if
@@ -449,7 +452,7 @@ def http_serving_files(settings: Settings) -> tuple[str, str] | None:
         return None
     if settings.http.cert_file and settings.http.key_file:
         return settings.http.cert_file, settings.http.key_file
-    return serving_files(settings)
+    return serving_files(settings, kube)
 
 
 def upload_ca_file(settings: Settings) -> str | None:
@@ -479,10 +482,11 @@ async def _rotate_forever(rotation: CertificateRotation, interval: float) -> Non
 @kopf.on.startup()
 async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
     """Rotate self-made certificates in the background; nothing to do for given ones."""
-    settings = state.settings()
+    shared = state.of(memo)
+    settings = shared.settings
     if not self_signed(settings):
         return
-    rotation = CertificateRotation(settings, state.kube().api_client)
+    rotation = CertificateRotation(settings, shared.kube.api_client)
     memo[_TASK] = asyncio.create_task(
         _rotate_forever(rotation, settings.webhook.cert_check_seconds),
         name="webhook certificate rotation",

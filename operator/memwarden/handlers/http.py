@@ -17,6 +17,7 @@ evidence API) are added in :func:`operator_subapps`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
+from memwarden.handlers.risk import open_incidents
+from memwarden.handlers.state import OperatorState
 from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
@@ -68,9 +71,10 @@ def metrics_app() -> web.Application:
     return app
 
 
-def _certificates(settings: Settings) -> CertificateReloader | None:
-    """The HTTP API's TLS, reloaded in place; None only when ``http_insecure``."""
-    files = certificates.http_serving_files(settings)
+def _certificates(shared: OperatorState) -> CertificateReloader | None:
+    """The HTTP API's TLS, reloaded in place; None only when ``http.insecure``."""
+    settings = shared.settings
+    files = certificates.http_serving_files(settings, shared.kube)
     if files is None:
         return None
     return CertificateReloader(
@@ -82,9 +86,10 @@ def _certificates(settings: Settings) -> CertificateReloader | None:
 
 
 def operator_subapps(
-    settings: Settings, *, intake: alerts.AlertIntake | None
+    shared: OperatorState, *, intake: alerts.AlertIntake | None
 ) -> dict[str, web.Application]:
     """The sub-apps this operator serves, by prefix, as the settings enable them."""
+    settings = shared.settings
     subapps: dict[str, web.Application] = {"/metrics": metrics_app(), **health.subapps()}
     if intake is not None and settings.http.alertmanager_token_file:
         subapps[receiver.PREFIX] = receiver.make_alertmanager_app(
@@ -92,17 +97,17 @@ def operator_subapps(
             on_findings=intake.submit,
             on_batch=intake.count_batch,
         )
-    subapps["/evidence"] = evidence_app(settings)
+    subapps["/evidence"] = evidence_app(shared)
     return subapps
 
 
-def evidence_app(settings: Settings) -> web.Application:
+def evidence_app(shared: OperatorState) -> web.Application:
     """The evidence API: uploads from debug containers, downloads for authorised users."""
-    evidence = state.evidence()
+    settings, evidence, kube = shared.settings, shared.evidence, shared.kube
 
     def incident(namespace: str, name: str) -> LiveIncident | None:
         try:
-            obj = state.kube().get(incidents.INCIDENTS, namespace=namespace, name=name)
+            obj = kube.get(incidents.INCIDENTS, namespace=namespace, name=name)
         except NotFound:
             return None
         uid = str((obj.get("metadata") or {}).get("uid") or "")
@@ -116,21 +121,19 @@ def evidence_app(settings: Settings) -> web.Application:
 
     def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
         try:
-            return lifecycle.pod_ips(state.kube().read_pod(namespace=namespace, name=pod))
+            return lifecycle.pod_ips(kube.read_pod(namespace=namespace, name=pod))
         except NotFound:
             return frozenset()
 
     return make_evidence_app(
         disk=disk_limits(settings, evidence.store.root),
         store=evidence.store,
-        authorizer=KubeAuthorizer(
-            state.kube().api_client, audiences=settings.evidence.token_audiences
-        ),
+        authorizer=KubeAuthorizer(kube.api_client, audiences=settings.evidence.token_audiences),
         upload_key=evidence.upload_key,
         max_bundle_bytes=settings.evidence.max_bundle_bytes,
         incident=incident,
         pod_addresses=pod_addresses if settings.evidence.upload_source_check else None,
-        on_stored=incidents.on_stored,
+        on_stored=functools.partial(incidents.on_stored, shared),
     )
 
 
@@ -147,9 +150,10 @@ def disk_limits(settings: Settings, root: Path) -> DiskLimits:
 @kopf.on.startup()
 async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the alert intake and the HTTP server; stop the operator if it cannot listen."""
-    settings = state.settings()
+    shared = state.of(memo)
+    settings = shared.settings
     try:
-        reloader = await asyncio.to_thread(_certificates, settings)
+        reloader = await asyncio.to_thread(_certificates, shared)
     except (OSError, ssl.SSLError) as exc:
         raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
     tls = reloader.context if reloader is not None else None
@@ -157,12 +161,14 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     if settings.http.alertmanager_token_file:
         intake = alerts.AlertIntake(
             policy_index=kwargs["policy_index"],
-            pod_index=state.pods(),
-            incident_index=kwargs["incident_index"],
+            pod_index=shared.pods,
+            open_for_policy=functools.partial(
+                open_incidents, shared, incident_index=kwargs["incident_index"]
+            ),
         )
     else:
         logger.info("alertmanager receiver off: alertmanager_token_file is not set")
-    subapps = operator_subapps(settings, intake=intake)
+    subapps = operator_subapps(shared, intake=intake)
     runner = web.AppRunner(
         build_operator_app(subapps), access_log=None, handle_signals=False, **SERVER_OPTIONS
     )
