@@ -36,7 +36,7 @@ from memwarden.manifests import (
 from memwarden.reach import operator_reach_policy
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet
-from memwarden.settings import Settings
+from memwarden.settings import Settings, flat_env_name, nested_env_name, setting_names
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
 from memwarden_testing.cluster import (
     REPO,
@@ -163,6 +163,85 @@ VALUE_SETS = [
         id="existing-claim-and-watched-namespaces",
     ),
 ]
+
+
+#: Together these render every optional branch of the Deployment's environment.
+BRANCHES = [
+    {},
+    {
+        "webhook": {"certs": {"mode": "certManager"}},
+        "http": {"tlsSecretName": "memwarden-http-tls"},
+        "kubelet": {"memoryQoS": True, "memoryThrottlingFactor": 0.9, "nodeAllocatable": "16Gi"},
+        "prometheus": {"url": "http://prometheus.monitoring:9090"},
+        "evidence": {"maxTotal": "10Gi", "namespaceQuota": "1Gi"},
+    },
+    {"http": {"insecure": True}},
+]
+
+
+def test_every_setting_is_reachable_from_the_chart(helm: Path) -> None:
+    """Each field of the settings model is set by the Deployment from a value (or fixed
+    by the chart, as paths are): a setting added to settings.py without a chart value
+    fails here. extraEnv remains for anything else."""
+    rendered: set[str] = set()
+    for values in BRANCHES:
+        rendered |= set(container_env(render(helm, namespace="ops", values=values), "ops"))
+    unreachable = [
+        f"{section + '.' if section else ''}{name} ({flat_env_name(section, name)})"
+        for section, name, _ in setting_names()
+        if not {flat_env_name(section, name), nested_env_name(section, name)} & rendered
+    ]
+    assert not unreachable, f"settings the chart cannot set: {unreachable}"
+
+
+def test_values_reach_the_settings_and_extra_env_wins(helm: Path) -> None:
+    values = {
+        "status": {"debounceSeconds": 5, "resyncSeconds": 60},
+        "capture": {"timeoutSeconds": 600, "podWaitSeconds": 30},
+        "updates": {"intervalSeconds": 10, "deferredGraceSeconds": 0, "retryMaxSeconds": 60},
+        "evidence": {
+            "maxBundle": "1Gi",
+            "maxAgeSeconds": 86400,
+            "tokenAudiences": ["memwarden", "https://kubernetes.default.svc"],
+            "uploadSourceCheck": False,
+        },
+        "webhook": {"host": "::", "backgroundNice": 0},
+        "prometheus": {"concurrentNamespaces": 4},
+        "dryRun": True,
+        "extraEnv": [
+            {"name": "MEMWARDEN_RISK__CONCURRENT_NAMESPACES", "value": "16"},
+            {"name": "MEMWARDEN_CAPTURE_POD_WAIT_SECONDS", "value": "45"},
+        ],
+        "extraArgs": ["--verbose"],
+    }
+    docs = render(helm, namespace="ops", values=values)
+    settings = Settings.from_env(container_env(docs, "ops"))
+    assert (settings.status.debounce_seconds, settings.status.resync_seconds) == (5, 60)
+    assert settings.capture.timeout_seconds == 600
+    assert settings.capture.pod_wait_seconds == 45, "extraEnv comes last and wins"
+    assert settings.risk.concurrent_namespaces == 16, "the nested name wins over the flat one"
+    assert settings.updates.interval_seconds == 10
+    assert settings.updates.deferred_grace_seconds == 0
+    assert settings.evidence.max_bundle_bytes == 2**30
+    assert settings.evidence.max_age_seconds == 86400
+    assert settings.evidence.token_audiences == ("memwarden", "https://kubernetes.default.svc")
+    assert settings.evidence.upload_source_check is False
+    assert (settings.webhook.host, settings.admission.background_nice) == ("::", 0)
+    assert settings.dry_run is True
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["run", "--dry-run", "--verbose"]
+
+
+def test_values_the_schema_refuses(helm: Path) -> None:
+    for values in (
+        {"status": {"debounceSeconds": 0}},
+        {"evidence": {"tokenAudiences": []}},
+        {"webhook": {"backgroundNice": 20}},
+        {"extraArgs": [1]},
+    ):
+        result = template(helm, namespace="ops", values=values)
+        assert result.returncode != 0, values
+        assert "values don't meet the specifications of the schema" in result.stderr, values
 
 
 def test_helm_lint(helm: Path) -> None:
