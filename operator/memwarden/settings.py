@@ -207,7 +207,7 @@ class AdmissionSettings(BaseModel):
         default=5,
         ge=0,
         le=19,
-        description="With admission_process worker: the operator's own process (status, "
+        description="With admission.process worker: the operator's own process (status, "
         "risk, captures, uploads) lowers its CPU priority by this much once the worker runs, "
         "so that on a busy CPU a review waits less for the operator's background work.",
     )
@@ -260,7 +260,7 @@ class HttpSettings(BaseModel):
     )
     cert_file: str | None = Field(
         default=None,
-        description="TLS certificate of the HTTP API (with http_key_file), reloaded in place "
+        description="TLS certificate of the HTTP API (with http.key_file), reloaded in place "
         "when it changes. None: the webhook's serving certificate (self-made and rotated, or "
         "cert-manager's): one Service carries both, so its names are the same.",
     )
@@ -293,7 +293,7 @@ class RiskSettings(BaseModel):
         default=10.0,
         gt=0,
         description="Per query: a Prometheus slower than this counts as unavailable. Well "
-        "under risk_interval_seconds, so a slow Prometheus never stacks up cycles.",
+        "under risk.interval_seconds, so a slow Prometheus never stacks up cycles.",
     )
     concurrent_namespaces: int = Field(
         default=8,
@@ -312,7 +312,7 @@ class RiskSettings(BaseModel):
         default=300.0,
         gt=0,
         description="While Prometheus fails, a policy's evaluations back off exponentially "
-        "from risk_interval_seconds up to this (5 min): quick recovery, little load on a "
+        "from risk.interval_seconds up to this (5 min): quick recovery, little load on a "
         "struggling Prometheus.",
     )
     regression_window: str = Field(
@@ -412,8 +412,8 @@ class EvidenceSettings(BaseModel):
     base_url: str | None = Field(
         default=None,
         description="The evidence API as the debug containers reach it, e.g. "
-        "https://memwarden.memwarden-system.svc:8443/evidence. None: http://<http_host>:"
-        "<http_port>/evidence (right for the local environment only).",
+        "https://memwarden.memwarden-system.svc:8443/evidence. None: http://<http.host>:"
+        "<http.port>/evidence (right for the local environment only).",
     )
     upload_ca_file: str | None = Field(
         default=None,
@@ -462,7 +462,7 @@ class EvidenceSettings(BaseModel):
     upload_token_ttl_seconds: float = Field(
         default=3600.0,
         description="Upload tokens expire after an hour, or with the capture "
-        "(capture_timeout_seconds) if sooner: a token read from a pod spec is useless once "
+        "(capture.timeout_seconds) if sooner: a token read from a pod spec is useless once "
         "its capture is over.",
     )
     upload_source_check: bool = Field(
@@ -512,7 +512,7 @@ class UpdateSettings(BaseModel):
         default=300.0,
         gt=0,
         description="A resize the API server refused or failed is retried with backoff "
-        "doubling from update_interval_seconds up to this.",
+        "doubling from updates.interval_seconds up to this.",
     )
     evictions_per_minute: int = Field(
         default=20,
