@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from crd_docs import rewrite_between
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -58,15 +59,6 @@ def reference_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
-def rewrite(path: Path) -> None:
-    text = path.read_text()
-    try:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END) + 1
-    except ValueError:
-        sys.exit(f"{path}: the markers {DOC_BEGIN!r} and {DOC_END!r} are missing")
-    path.write_text(text[:start] + reference_markdown() + text[end:])
-    print(f"wrote the settings reference into {path}")
-
-
 if __name__ == "__main__":
-    rewrite(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/settings.md"))
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/settings.md")
+    rewrite_between(path, DOC_BEGIN, DOC_END, reference_markdown())

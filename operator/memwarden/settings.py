@@ -117,6 +117,12 @@ class KubeletSettings(BaseModel):
         return KubeletProfile.defaults_for(self.kubernetes_minor, **overrides)
 
 
+class _Section(BaseModel):
+    """A section of the settings: read-only once built, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 def _split_commas(value: object) -> object:
     """A list setting from the environment: comma-separated (``kube-system,monitoring``)."""
     if isinstance(value, str):
@@ -124,12 +130,10 @@ def _split_commas(value: object) -> object:
     return value
 
 
-class WebhookSettings(BaseModel):
+class WebhookSettings(_Section):
     """The admission webhook's server and its TLS certificates: made and rotated by
     memwarden (handlers/certificates.py) unless cert_file/key_file are given (cert-manager,
     or the tests')."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: str = Field(
         default="0.0.0.0",
@@ -192,10 +196,8 @@ class WebhookSettings(BaseModel):
     )
 
 
-class AdmissionSettings(BaseModel):
+class AdmissionSettings(_Section):
     """How admission reviews are answered and logged."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     process: Literal["worker", "inline"] = Field(
         default="worker",
@@ -219,10 +221,8 @@ class AdmissionSettings(BaseModel):
     )
 
 
-class StatusSettings(BaseModel):
+class StatusSettings(_Section):
     """When MemoryPolicy statuses are recomputed."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     debounce_seconds: float = Field(
         default=2.0,
@@ -240,10 +240,8 @@ class StatusSettings(BaseModel):
     )
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     """The operator's HTTP API: the Alertmanager receiver and the evidence store."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: str = Field(
         default="0.0.0.0",
@@ -279,10 +277,8 @@ class HttpSettings(BaseModel):
     )
 
 
-class RiskSettings(BaseModel):
+class RiskSettings(_Section):
     """OOM-risk evaluation against Prometheus (docs/risk.md)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     prometheus_url: str | None = Field(
         default=None,
@@ -358,10 +354,8 @@ class RiskSettings(BaseModel):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class CaptureSettings(BaseModel):
+class CaptureSettings(_Section):
     """Captures: the debug container that gathers an incident's evidence."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_concurrent: int = Field(
         default=3,
@@ -393,10 +387,8 @@ class CaptureSettings(BaseModel):
     )
 
 
-class EvidenceSettings(BaseModel):
+class EvidenceSettings(_Section):
     """The evidence store: where bundles live, who may upload and read them, how long they stay."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     dir: str = Field(
         default="/var/lib/memwarden/evidence",
@@ -483,10 +475,8 @@ class EvidenceSettings(BaseModel):
     _token_audiences = field_validator("token_audiences", mode="before")(_split_commas)
 
 
-class UpdateSettings(BaseModel):
+class UpdateSettings(_Section):
     """The update modes: resizing and evicting running pods."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     enabled: bool = Field(
         default=True,
