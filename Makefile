@@ -49,6 +49,7 @@ crds: bootstrap
 	.venv/bin/memwarden crds --write crds/
 	cp crds/*.yaml charts/memwarden/crds/
 	PYTHONPATH=operator $(PY) hack/crd_docs.py docs/api.md
+	PYTHONPATH=operator $(PY) hack/settings_docs.py docs/settings.md
 
 # No Docker daemon: mmdebstrap + the locked environment, cached in ~/.cache/memwarden/images
 # (docs/image.md). Minutes the first time, seconds when nothing changed.

@@ -295,16 +295,16 @@ def run(
     clear_foreign_webhooks(kubeconfig)  # an interrupted run's would see every create
     fresh_namespace(core, kubeconfig, NAMESPACE)
     settings = Settings.from_env(extra_env)
-    per_policy = settings.update_evictions_per_minute_per_policy
+    per_policy = settings.updates.evictions_per_minute_per_policy
     result: dict[str, Any] = {
         "pods": pods,
         "deployments": deployments,
-        "update_interval_s": settings.update_interval_seconds,
+        "update_interval_s": settings.updates.interval_seconds,
         "evictions_per_minute_per_policy": per_policy,
-        "evictions_per_minute": settings.update_evictions_per_minute,
+        "evictions_per_minute": settings.updates.evictions_per_minute,
         # The k-th eviction (from 0) may go at minute k // rate (a sliding 60 s window).
         "recreate_floor_s": (pods - 1)
-        // min(per_policy, settings.update_evictions_per_minute)
+        // min(per_policy, settings.updates.evictions_per_minute)
         * 60,
         "rounds": [],
     }

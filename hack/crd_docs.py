@@ -17,14 +17,19 @@ from pathlib import Path
 from memwarden.commands.crds import DOC_BEGIN, DOC_END, reference_markdown
 
 
-def rewrite(path: Path) -> None:
+def rewrite_between(path: Path, begin: str, end: str, generated: str) -> None:
+    """Replace what lies between the markers ``begin`` and ``end`` (``generated`` holds both)."""
     text = path.read_text()
     try:
-        start, end = text.index(DOC_BEGIN), text.index(DOC_END) + len(DOC_END) + 1
+        first, last = text.index(begin), text.index(end) + len(end) + 1
     except ValueError:
-        sys.exit(f"{path}: the markers {DOC_BEGIN!r} and {DOC_END!r} are missing")
-    path.write_text(text[:start] + reference_markdown() + text[end:])
-    print(f"wrote the field reference into {path}")
+        sys.exit(f"{path}: the markers {begin!r} and {end!r} are missing")
+    path.write_text(text[:first] + generated + text[last:])
+    print(f"wrote the generated reference into {path}")
+
+
+def rewrite(path: Path) -> None:
+    rewrite_between(path, DOC_BEGIN, DOC_END, reference_markdown())
 
 
 if __name__ == "__main__":

@@ -313,8 +313,8 @@ class EvictionGate:
     @classmethod
     def from_settings(cls, settings: Settings) -> EvictionGate:
         return cls(
-            per_minute=settings.update_evictions_per_minute,
-            per_policy_per_minute=settings.update_evictions_per_minute_per_policy,
+            per_minute=settings.updates.evictions_per_minute,
+            per_policy_per_minute=settings.updates.evictions_per_minute_per_policy,
         )
 
     def precheck(self, pod: Mapping[str, Any], *, policy: str, now: float) -> Decision | None:

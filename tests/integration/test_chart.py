@@ -36,7 +36,7 @@ from memwarden.manifests import (
 from memwarden.reach import operator_reach_policy
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet
-from memwarden.settings import Settings
+from memwarden.settings import Settings, flat_env_name, nested_env_name, setting_names
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
 from memwarden_testing.cluster import (
     REPO,
@@ -165,6 +165,85 @@ VALUE_SETS = [
 ]
 
 
+#: Together these render every optional branch of the Deployment's environment.
+BRANCHES = [
+    {},
+    {
+        "webhook": {"certs": {"mode": "certManager"}},
+        "http": {"tlsSecretName": "memwarden-http-tls"},
+        "kubelet": {"memoryQoS": True, "memoryThrottlingFactor": 0.9, "nodeAllocatable": "16Gi"},
+        "prometheus": {"url": "http://prometheus.monitoring:9090"},
+        "evidence": {"maxTotal": "10Gi", "namespaceQuota": "1Gi"},
+    },
+    {"http": {"insecure": True}},
+]
+
+
+def test_every_setting_is_reachable_from_the_chart(helm: Path) -> None:
+    """Each field of the settings model is set by the Deployment from a value (or fixed
+    by the chart, as paths are): a setting added to settings.py without a chart value
+    fails here. extraEnv remains for anything else."""
+    rendered: set[str] = set()
+    for values in BRANCHES:
+        rendered |= set(container_env(render(helm, namespace="ops", values=values), "ops"))
+    unreachable = [
+        f"{section + '.' if section else ''}{name} ({flat_env_name(section, name)})"
+        for section, name, _ in setting_names()
+        if not {flat_env_name(section, name), nested_env_name(section, name)} & rendered
+    ]
+    assert not unreachable, f"settings the chart cannot set: {unreachable}"
+
+
+def test_values_reach_the_settings_and_extra_env_wins(helm: Path) -> None:
+    values = {
+        "status": {"debounceSeconds": 5, "resyncSeconds": 60},
+        "capture": {"timeoutSeconds": 600, "podWaitSeconds": 30},
+        "updates": {"intervalSeconds": 10, "deferredGraceSeconds": 0, "retryMaxSeconds": 60},
+        "evidence": {
+            "maxBundle": "1Gi",
+            "maxAgeSeconds": 86400,
+            "tokenAudiences": ["memwarden", "https://kubernetes.default.svc"],
+            "uploadSourceCheck": False,
+        },
+        "webhook": {"host": "::", "backgroundNice": 0},
+        "prometheus": {"concurrentNamespaces": 4},
+        "dryRun": True,
+        "extraEnv": [
+            {"name": "MEMWARDEN_RISK__CONCURRENT_NAMESPACES", "value": "16"},
+            {"name": "MEMWARDEN_CAPTURE_POD_WAIT_SECONDS", "value": "45"},
+        ],
+        "extraArgs": ["--verbose"],
+    }
+    docs = render(helm, namespace="ops", values=values)
+    settings = Settings.from_env(container_env(docs, "ops"))
+    assert (settings.status.debounce_seconds, settings.status.resync_seconds) == (5, 60)
+    assert settings.capture.timeout_seconds == 600
+    assert settings.capture.pod_wait_seconds == 45, "extraEnv comes last and wins"
+    assert settings.risk.concurrent_namespaces == 16, "the nested name wins over the flat one"
+    assert settings.updates.interval_seconds == 10
+    assert settings.updates.deferred_grace_seconds == 0
+    assert settings.evidence.max_bundle_bytes == 2**30
+    assert settings.evidence.max_age_seconds == 86400
+    assert settings.evidence.token_audiences == ("memwarden", "https://kubernetes.default.svc")
+    assert settings.evidence.upload_source_check is False
+    assert (settings.webhook.host, settings.admission.background_nice) == ("::", 0)
+    assert settings.dry_run is True
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["run", "--dry-run", "--verbose"]
+
+
+def test_values_the_schema_refuses(helm: Path) -> None:
+    for values in (
+        {"status": {"debounceSeconds": 0}},
+        {"evidence": {"tokenAudiences": []}},
+        {"webhook": {"backgroundNice": 20}},
+        {"extraArgs": [1]},
+    ):
+        result = template(helm, namespace="ops", values=values)
+        assert result.returncode != 0, values
+        assert "values don't meet the specifications of the schema" in result.stderr, values
+
+
 def test_helm_lint(helm: Path) -> None:
     result = subprocess.run(
         [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120
@@ -200,11 +279,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     # The operator accepts the environment the chart gives it.
     settings = Settings.from_env(container_env(docs, namespace))
     assert settings.namespace == namespace
-    assert settings.webhook_configuration_name == "mw-memwarden"
-    assert settings.webhook_service_name == "mw-memwarden"
+    assert settings.webhook.configuration_name == "mw-memwarden"
+    assert settings.webhook.service_name == "mw-memwarden"
     kinds = {d["kind"] for d in docs}
     if values.get("webhook", {}).get("certs", {}).get("mode") == "certManager":
-        assert settings.webhook_cert_file and settings.webhook_key_file
+        assert settings.webhook.cert_file and settings.webhook.key_file
         assert {"Certificate", "Issuer", "ServiceMonitor", "PrometheusRule"} <= kinds
         config = one(docs, "MutatingWebhookConfiguration")
         assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
@@ -214,25 +293,25 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         dashboard = json.loads(one(docs, "ConfigMap")["data"]["memwarden.json"])
         assert any("webhook" in panel["title"].lower() for panel in dashboard["panels"])
     else:
-        assert not settings.webhook_cert_file
-        assert settings.webhook_ca_secret == "mw-memwarden-webhook-ca"
+        assert not settings.webhook.cert_file
+        assert settings.webhook.ca_secret == "mw-memwarden-webhook-ca"
     if "kubelet" in values:
         assert settings.kubelet.throttling_factor == 0.8
         assert settings.kubelet.reservation_policy == "TieredReservation"
         assert settings.kubelet.node_allocatable == 15 * 2**30
         assert settings.kubelet.page_size == 65536
-        assert settings.prometheus_url == "http://prometheus.monitoring:9090"
-        assert settings.capture_toolbox_image == "registry.example/tools:1"
-        assert settings.max_concurrent_captures == 5
-        assert settings.update_evictions_per_minute == 40
-        assert settings.update_evictions_per_minute_per_policy == 8
+        assert settings.risk.prometheus_url == "http://prometheus.monitoring:9090"
+        assert settings.capture.toolbox_image == "registry.example/tools:1"
+        assert settings.capture.max_concurrent == 5
+        assert settings.updates.evictions_per_minute == 40
+        assert settings.updates.evictions_per_minute_per_policy == 8
         assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
-        assert settings.webhook_cert_validity_seconds == 30 * 86400
+        assert settings.webhook.cert_validity_seconds == 30 * 86400
     if "evidence" in values:
         claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
         assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
-        assert settings.evidence_max_total_bytes == 10 * 2**30
-        assert settings.evidence_namespace_max_bytes == 2 * 2**30
+        assert settings.evidence.max_total_bytes == 10 * 2**30
+        assert settings.evidence.namespace_max_bytes == 2 * 2**30
         assert "PersistentVolumeClaim" not in kinds and "PodDisruptionBudget" not in kinds
         args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
         assert args == ["run", "--namespace=shop", "--namespace=payments"]
@@ -265,16 +344,16 @@ def test_the_http_api_is_https_unless_opted_out(
     docs = render(helm, namespace="memwarden-system", values=values)
     settings = Settings.from_env(container_env(docs, "memwarden-system"))
     container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert settings.http_insecure is (scheme == "http")
-    assert settings.evidence_base_url == (
+    assert settings.http.insecure is (scheme == "http")
+    assert settings.evidence.base_url == (
         f"{scheme}://memwarden.memwarden-system.svc:8443/evidence"
     )
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"]["scheme"] == scheme.upper()
     if values.get("webhook"):  # cert-manager's Secret carries the CA debug containers trust
-        assert settings.evidence_upload_ca_file == "/etc/memwarden/webhook/ca.crt"
+        assert settings.evidence.upload_ca_file == "/etc/memwarden/webhook/ca.crt"
     else:  # self-made: the rotation's bundle (or nothing to trust when insecure)
-        assert settings.evidence_upload_ca_file is None
+        assert settings.evidence.upload_ca_file is None
 
 
 @pytest.mark.parametrize(
@@ -379,8 +458,8 @@ def test_name_overrides_name_every_object_and_the_operator_follows(
     deployment = one(docs, "Deployment", fullname)
     assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == name
     settings = Settings.from_env(container_env(docs, "memwarden-system"))
-    assert settings.webhook_configuration_name == fullname
-    assert settings.webhook_service_name == fullname
+    assert settings.webhook.configuration_name == fullname
+    assert settings.webhook.service_name == fullname
     one(docs, "Service", fullname)
     one(docs, "MutatingWebhookConfiguration", fullname)
 
@@ -499,12 +578,12 @@ def test_rendered_recording_rules_are_the_operators(
     assert group == rules.group()
     settings = Settings.from_env(container_env(docs, "ops"))
     operator_windows = Windows(
-        regression=settings.risk_regression_window,
-        rate=settings.risk_rate_window,
-        oom=settings.risk_oom_window,
+        regression=settings.risk.regression_window,
+        rate=settings.risk.rate_window,
+        oom=settings.risk.oom_window,
     )
     assert operator_windows == rules.windows
-    assert settings.risk_recording_rules == values.get("prometheus", {}).get(
+    assert settings.risk.recording_rules == values.get("prometheus", {}).get(
         "recordingRules", "auto"
     )
     # Prometheus' own checker accepts the rendered group.
@@ -656,12 +735,12 @@ def test_rendered_reach_policy_is_what_reach_py_makes(helm: Path, values: dict[s
     the chart gives the operator: it admits the debug containers this operator plans."""
     docs = render(helm, namespace="ops", values=values)
     settings = Settings.from_env(container_env(docs, "ops"))
-    assert settings.evidence_base_url
+    assert settings.evidence.base_url
     expected = operator_reach_policy(
         service_account=values.get("serviceAccount", {}).get("name", "memwarden"),
         namespace="ops",
-        toolbox_image=settings.capture_toolbox_image,
-        evidence_authority=urllib.parse.urlsplit(settings.evidence_base_url).netloc,
+        toolbox_image=settings.capture.toolbox_image,
+        evidence_authority=urllib.parse.urlsplit(settings.evidence.base_url).netloc,
         name="memwarden-operator-reach",
     )
     for kind, want in zip(
@@ -876,15 +955,15 @@ def test_with_watched_namespaces_the_service_account_reaches_their_pods_only(
         assert budgets(watched) == 200
         assert budgets(other_namespace) == 403
         settings = Settings.from_env(container_env(docs, namespace))
-        assert settings.evidence_base_url
+        assert settings.evidence.base_url
 
         def toolbox(ns: str, **changes: Any) -> dict[str, Any]:
             container = plan_ephemeral_container(
                 incident="leak-1",
                 incident_uid=f"uid-{ns}",
                 target_container="app",
-                image=settings.capture_toolbox_image,
-                upload_url=bundle_url(str(settings.evidence_base_url), namespace=ns, name="leak-1"),
+                image=settings.capture.toolbox_image,
+                upload_url=bundle_url(str(settings.evidence.base_url), namespace=ns, name="leak-1"),
                 upload_token="token",
                 pprof_port=6060,
                 trace_seconds=5,

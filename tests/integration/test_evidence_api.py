@@ -49,7 +49,7 @@ from memwarden_testing.evidence import (
 from memwarden_testing.operator import operators_paused
 
 MAX_BUNDLE = 1024 * 1024
-#: The operator's default (settings.evidence_token_audiences).
+#: The operator's default (settings.evidence.token_audiences).
 AUDIENCES = ("memwarden",)
 PLURAL = "memoryincidents"
 PREFIX = "/evidence"

@@ -239,7 +239,7 @@ def test_hand_made_incidents_keep_the_cooldown_and_the_cluster_cap(
 
     # The cluster-wide cap of the session's operator (3 by default; the e2e loop, when it
     # ran first in the session, raised it): the first capture and cap - 1 more fill it.
-    cap = Settings.from_env({**os.environ, **memwarden.extra_env}).max_concurrent_captures
+    cap = Settings.from_env({**os.environ, **memwarden.extra_env}).capture.max_concurrent
     for n in range(2, cap + 1):
         pod = _running_pod(kube, namespace, f"checkout-{n}")
         assert _ask(kube, namespace, f"capture-{n}", pod=pod)["phase"] == "Capturing"

@@ -317,8 +317,8 @@ def test_the_gate_needs_the_workload_of_the_pod_it_judges() -> None:
 def test_limits_come_from_settings_and_the_environment() -> None:
     defaults = Settings()
     assert (
-        defaults.update_evictions_per_minute,
-        defaults.update_evictions_per_minute_per_policy,
+        defaults.updates.evictions_per_minute,
+        defaults.updates.evictions_per_minute_per_policy,
     ) == (20, 5)
     settings = Settings.from_env(
         {
@@ -328,7 +328,7 @@ def test_limits_come_from_settings_and_the_environment() -> None:
     )
     gate = EvictionGate.from_settings(settings)
     assert (gate.per_minute, gate.per_policy_per_minute) == (7, 2)
-    with pytest.raises(ValueError, match="update_evictions_per_minute"):
+    with pytest.raises(ValueError, match=r"updates\.evictions_per_minute"):
         Settings.from_env({"MEMWARDEN_UPDATE_EVICTIONS_PER_MINUTE": "0"})
 
 

@@ -109,7 +109,9 @@ def test_the_default_cap_is_80_percent_of_the_volume() -> None:
 def test_the_operator_derives_its_caps_from_settings_and_the_volume(tmp_path: Path) -> None:
     from memwarden.handlers.http import disk_limits
 
-    derived = disk_limits(Settings(evidence_namespace_max_bytes="2Gi"), tmp_path)
+    derived = disk_limits(
+        Settings.model_validate({"evidence": {"namespace_max_bytes": "2Gi"}}), tmp_path
+    )
     stats = os.statvfs(tmp_path)
     assert derived.total_bytes == int(stats.f_blocks * stats.f_frsize * 0.8)
     assert derived.namespace_bytes == 2 * 2**30

@@ -17,14 +17,14 @@ from memwarden.handlers.certificates import (
     timing,
     upload_ca_file,
 )
-from memwarden.settings import Settings
+from memwarden.settings import Settings, WebhookSettings
 from memwarden_testing.tls import loopback_certificates
 
-GIVEN_WEBHOOK = {"webhook_cert_file": "/w/tls.crt", "webhook_key_file": "/w/tls.key"}
-GIVEN_HTTP = {"http_cert_file": "/h/tls.crt", "http_key_file": "/h/tls.key"}
+GIVEN_WEBHOOK = {"webhook": {"cert_file": "/w/tls.crt", "key_file": "/w/tls.key"}}
+GIVEN_HTTP = {"http": {"cert_file": "/h/tls.crt", "key_file": "/h/tls.key"}}
 
 SERVING = [
-    pytest.param({"http_insecure": True}, None, id="insecure-is-an-explicit-opt-out"),
+    pytest.param({"http": {"insecure": True}}, None, id="insecure-is-an-explicit-opt-out"),
     pytest.param({**GIVEN_HTTP, **GIVEN_WEBHOOK}, ("/h/tls.crt", "/h/tls.key"), id="own-files"),
 ]
 
@@ -42,18 +42,18 @@ def test_by_default_the_http_api_serves_the_webhooks_certificate(tmp_path: Path)
     loopback_certificates(
         ca_name="webhook-ca", ca_file=tmp_path / "ca.crt", cert_file=cert, key_file=key
     )
-    settings = Settings(webhook_cert_file=str(cert), webhook_key_file=str(key))
+    settings = Settings(webhook=WebhookSettings(cert_file=str(cert), key_file=str(key)))
     assert http_serving_files(settings) == (str(cert), str(key))
 
 
 UPLOAD_CA = [
-    pytest.param({"evidence_upload_ca_file": "/ca.pem"}, "/ca.pem", id="configured"),
+    pytest.param({"evidence": {"upload_ca_file": "/ca.pem"}}, "/ca.pem", id="configured"),
     pytest.param(
-        {"webhook_cert_dir": "/certs"}, "/certs/ca.crt", id="self-made-certificates-their-ca"
+        {"webhook": {"cert_dir": "/certs"}}, "/certs/ca.crt", id="self-made-certificates-their-ca"
     ),
     pytest.param(GIVEN_WEBHOOK, None, id="given-files-the-system-store-unless-configured"),
     pytest.param(GIVEN_HTTP, None, id="own-http-files"),
-    pytest.param({"http_insecure": True}, None, id="insecure"),
+    pytest.param({"http": {"insecure": True}}, None, id="insecure"),
 ]
 
 
@@ -63,25 +63,27 @@ def test_the_ca_debug_containers_trust(fields: dict[str, object], expected: str 
 
 
 def test_readers_tokens_are_for_memwarden_unless_configured() -> None:
-    assert Settings().evidence_token_audiences == ("memwarden",)
+    assert Settings().evidence.token_audiences == ("memwarden",)
     env = {"MEMWARDEN_EVIDENCE_TOKEN_AUDIENCES": "memwarden, https://kubernetes.default.svc"}
-    assert Settings.from_env(env).evidence_token_audiences == (
+    assert Settings.from_env(env).evidence.token_audiences == (
         "memwarden",
         "https://kubernetes.default.svc",
     )
-    assert Settings().http_insecure is False
+    assert Settings().http.insecure is False
 
 
 @pytest.mark.parametrize(
     ("fields", "seconds"),
     [
         pytest.param({}, 300, id="defaults-a-capture-length"),
-        pytest.param({"webhook_ca_propagation_seconds": 900}, 900, id="configured-longer"),
+        pytest.param({"webhook": {"ca_propagation_seconds": 900}}, 900, id="configured-longer"),
         pytest.param(
             {
-                "webhook_cert_validity_seconds": 20,
-                "webhook_cert_renew_before_seconds": 10,
-                "webhook_ca_propagation_seconds": 2,
+                "webhook": {
+                    "cert_validity_seconds": 20,
+                    "cert_renew_before_seconds": 10,
+                    "ca_propagation_seconds": 2,
+                }
             },
             5,
             id="short-lived-half-renew-before",
@@ -118,6 +120,8 @@ def test_the_trust_bundle_follows_the_rotation(tmp_path: Path) -> None:
     later = CaState(current=second, trust_bundle=expired.cert_pem).wanted_trust_bundle(now)
     assert later == second.cert_pem, "an expired CA leaves the bundle"
 
-    rotation = CertificateRotation(Settings(webhook_cert_dir=str(tmp_path)), client.ApiClient())
+    rotation = CertificateRotation(
+        Settings(webhook=WebhookSettings(cert_dir=str(tmp_path))), client.ApiClient()
+    )
     rotation._write_trust_bundle(promoted)
     assert (tmp_path / "ca.crt").read_bytes() == promoted

@@ -384,8 +384,11 @@ def test_operator_app_counts_suppressed_triggers_on_metrics() -> None:
     from memwarden.handlers.http import build_operator_app, metrics_app
     from memwarden.risk.queue import FindingQueue
 
+    async def never_opened(findings: list[Finding], **_: Any) -> None:
+        raise AssertionError("this test opens no incident")
+
     intake = AlertIntake(
-        policy_index={}, pod_index={}, incident_index={}, queue=FindingQueue(limit=1)
+        policy_index={}, pod_index={}, open_for_policy=never_opened, queue=FindingQueue(limit=1)
     )
     receiver_app = make_alertmanager_app(
         token=TOKEN, on_findings=intake.submit, on_batch=intake.count_batch

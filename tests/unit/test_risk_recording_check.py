@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from memwarden.handlers import state
 from memwarden.handlers.risk import RecordingRules
 from memwarden.risk.prometheus import RecordingRulesMissing
 from memwarden.risk.promql import Recorded, Sample, Windows
@@ -50,12 +48,13 @@ class FakePrometheus:
 
 
 @pytest.fixture
-def mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The settings' risk_recording_rules, restored after the test."""
-    saved = state._settings
-    state.configure(Settings(risk_recording_rules=request.param))
-    yield str(request.param)
-    state._settings = saved
+def mode(request: pytest.FixtureRequest) -> str:
+    """The settings' risk.recording_rules."""
+    return str(request.param)
+
+
+def rules_for(mode: str) -> RecordingRules:
+    return RecordingRules(Settings.model_validate({"risk": {"recording_rules": mode}}))
 
 
 def look(rules: RecordingRules, client: FakePrometheus, at: float) -> None:
@@ -64,7 +63,7 @@ def look(rules: RecordingRules, client: FakePrometheus, at: float) -> None:
 
 @pytest.mark.parametrize("mode", ["auto"], indirect=True)
 def test_asks_at_most_once_per_check_interval(mode: str) -> None:
-    rules, client = RecordingRules(), FakePrometheus(MARKERS)
+    rules, client = rules_for(mode), FakePrometheus(MARKERS)
     for at in (1000.0, 1100.0, 1299.0):
         look(rules, client, at)
     assert client.asked == 1
@@ -74,7 +73,7 @@ def test_asks_at_most_once_per_check_interval(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["auto", "on"], indirect=True)
 def test_the_rules_age_between_looks(mode: str) -> None:
-    rules, client = RecordingRules(), FakePrometheus(MARKERS)
+    rules, client = rules_for(mode), FakePrometheus(MARKERS)
     look(rules, client, 0.0)
     seconds = T0 + dt.timedelta(seconds=1)
     assert rules.current(seconds) == Recorded(windows=Windows(), horizons=("10m",), seconds=1)
@@ -85,14 +84,14 @@ def test_the_rules_age_between_looks(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["auto"], indirect=True)
 def test_auto_without_rules_reads_the_raw_series(mode: str) -> None:
-    rules = RecordingRules()
+    rules = rules_for(mode)
     look(rules, FakePrometheus([]), 0.0)
     assert rules.current(T0) is None
 
 
 @pytest.mark.parametrize("mode", ["on"], indirect=True)
 def test_on_without_rules_fails_loudly(mode: str) -> None:
-    rules = RecordingRules()
+    rules = rules_for(mode)
     look(
         rules,
         FakePrometheus([Sample(labels={**MARKERS[0].labels, "rate_window": "2m"}, value=0)]),
@@ -106,7 +105,7 @@ def test_on_without_rules_fails_loudly(mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["off"], indirect=True)
 def test_off_never_asks(mode: str) -> None:
-    rules, client = RecordingRules(), FakePrometheus(MARKERS)
+    rules, client = rules_for(mode), FakePrometheus(MARKERS)
     look(rules, client, 0.0)
     assert client.asked == 0
     assert rules.current(T0 + dt.timedelta(hours=1)) is None

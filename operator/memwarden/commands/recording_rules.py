@@ -45,9 +45,9 @@ def _duration(text: str) -> str:
 
 #: ``Windows`` field -> the operator's setting it must equal; one ``--<field>-window`` each.
 WINDOW_SETTINGS = {
-    "regression": "risk_regression_window",
-    "rate": "risk_rate_window",
-    "oom": "risk_oom_window",
+    "regression": "risk.regression_window",
+    "rate": "risk.rate_window",
+    "oom": "risk.oom_window",
 }
 
 

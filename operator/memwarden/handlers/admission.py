@@ -24,11 +24,13 @@ from memwarden import admission, metrics
 from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
+from memwarden.handlers.state import OperatorState
 from memwarden.heap import release_free_memory
 from memwarden.kube import POLICIES, KubeError
 from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PlanCache
-from memwarden.settings import Settings
+from memwarden.podwatch import PodIndex
+from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
 from memwarden.tlsreload import CertificateReloader
 from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
@@ -41,13 +43,13 @@ _FREEZE = "heap_freeze"
 _TRIM = "heap_trim"
 
 
-async def prime_policies() -> int:
+async def prime_policies(shared: OperatorState) -> int:
     """List every MemoryPolicy the operator watches into the admission index."""
-    namespaces = state.watched_namespaces()
+    namespaces = shared.watched_namespaces
     watched: list[str | None] = [None] if namespaces is None else list(namespaces)
     found = []
     for namespace in watched:
-        found += await state.kube().alist_objects(POLICIES, namespace=namespace)
+        found += await shared.kube.alist_objects(POLICIES, namespace=namespace)
     candidates = [
         c
         for c in (
@@ -61,7 +63,7 @@ async def prime_policies() -> int:
         )
         if c is not None
     ]
-    state.policies().replace_all(candidates)
+    shared.policies.replace_all(candidates)
     return len(candidates)
 
 
@@ -76,9 +78,9 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-async def _freeze_when_pods_listed() -> None:
+async def _freeze_when_pods_listed(pods: PodIndex) -> None:
     """Again once the pod index holds the first list: most of the heap is there."""
-    await state.pods().listed.wait()
+    await pods.listed.wait()
     await asyncio.sleep(0)
     _freeze_heap()
 
@@ -124,82 +126,86 @@ async def _summarise(tally: AdmissionTally, every: float) -> None:
 @kopf.on.startup()
 async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     """Certificates, then the policy index, then the listening socket."""
-    settings = state.settings()
+    shared = state.of(memo)
+    settings = shared.settings
     started = time.monotonic()
-    cert_file, key_file = await asyncio.to_thread(certificates.serving_files, settings)
+    cert_file, key_file = await asyncio.to_thread(certificates.serving_files, settings, shared.kube)
     try:
-        loaded = await prime_policies()
+        loaded = await prime_policies(shared)
     except KubeError as exc:
         raise kopf.TemporaryError(f"policies not listed: {exc}", delay=5) from exc
     profile = settings.kubelet.profile()
     tally = MeteredTally()
     _freeze_heap()
-    background.start(memo, _FREEZE, _freeze_when_pods_listed(), forever=False)
+    background.start(memo, _FREEZE, _freeze_when_pods_listed(shared.pods), forever=False)
     background.start(memo, _TRIM, _release_free_memory_forever())
     try:
-        if settings.admission_process == "worker":
-            memo[_SERVER] = await _start_worker(settings, cert_file, key_file, profile, tally)
+        if settings.admission.process == "worker":
+            memo[_SERVER] = await _start_worker(shared, cert_file, key_file, profile, tally)
         else:
-            memo[_SERVER] = await _start_inline(settings, cert_file, key_file, profile, tally)
+            memo[_SERVER] = await _start_inline(shared, cert_file, key_file, profile, tally)
     except OSError as exc:  # a port in use will not free itself: say so and stop
         raise kopf.PermanentError(
-            f"webhook cannot listen on {settings.webhook_host}:{settings.webhook_port}: {exc}"
+            f"webhook cannot listen on {settings.webhook.host}:{settings.webhook.port}: {exc}"
         ) from exc
     except WorkerError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
-    background.start(memo, _SUMMARY, _summarise(tally, settings.admission_summary_seconds))
+    background.start(memo, _SUMMARY, _summarise(tally, settings.admission.summary_seconds))
     logger.info(
         "webhook on https://%s:%s/%s (%s): %d policies indexed, listening %.2fs after start",
-        settings.webhook_host,
-        settings.webhook_port,
+        settings.webhook.host,
+        settings.webhook.port,
         POD_HANDLER_ID,
-        settings.admission_process,
+        settings.admission.process,
         loaded,
         time.monotonic() - started,
     )
 
 
 async def _start_worker(
-    settings: Settings,
+    shared: OperatorState,
     cert_file: str,
     key_file: str,
     profile: KubeletProfile,
     tally: AdmissionTally,
 ) -> AdmissionWorker:
     """The webhook in its own process (``admission_worker.py``), fed the policy index."""
+    settings = shared.settings
     worker = AdmissionWorker(
         config=WorkerConfig(
-            host=settings.webhook_host,
-            port=settings.webhook_port,
+            host=settings.webhook.host,
+            port=settings.webhook.port,
             path=f"/{POD_HANDLER_ID}",
             certfile=cert_file,
             keyfile=key_file,
-            file_check_seconds=settings.webhook_file_check_seconds,
+            file_check_seconds=settings.webhook.file_check_seconds,
             profile=profile,
             never_governed=settings.never_governed,
             dry_run=settings.dry_run,
         ),
-        index=state.policies(),
+        index=shared.policies,
         tally=tally,
     )
     await worker.start()
-    if settings.background_nice:
+    if settings.admission.background_nice:
         # The worker (started above) keeps its priority; what runs here, and the children
         # started from here later (analysis), yields the CPU to it.
-        os.nice(settings.background_nice)
+        os.nice(settings.admission.background_nice)
     return worker
 
 
 async def _start_inline(
-    settings: Settings,
+    shared: OperatorState,
     cert_file: str,
     key_file: str,
     profile: KubeletProfile,
     tally: AdmissionTally,
 ) -> WebhookServer:
     """The webhook on the operator's own event loop."""
+    settings = shared.settings
     admit = functools.partial(
         _admit_with,
+        index=shared.policies,
         cache=PlanCache(),
         profile=profile,
         never_governed=settings.never_governed,
@@ -207,10 +213,10 @@ async def _start_inline(
     )
     server = WebhookServer(
         app=make_webhook_app(path=f"/{POD_HANDLER_ID}", admit=admit, tally=tally),
-        host=settings.webhook_host,
-        port=settings.webhook_port,
+        host=settings.webhook.host,
+        port=settings.webhook.port,
         certificates=CertificateReloader(
-            certfile=cert_file, keyfile=key_file, interval=settings.webhook_file_check_seconds
+            certfile=cert_file, keyfile=key_file, interval=settings.webhook.file_check_seconds
         ),
     )
     await server.start()
@@ -221,6 +227,7 @@ def _admit_with(
     pod: Any,
     namespace: str | None,
     *,
+    index: PolicyIndex,
     cache: PlanCache,
     profile: KubeletProfile,
     never_governed: frozenset[str],
@@ -229,7 +236,7 @@ def _admit_with(
     return admission.admit(
         pod=pod,
         namespace=namespace,
-        index=state.policies(),
+        index=index,
         profile=profile,
         never_governed=never_governed,
         dry_run=dry_run,

@@ -18,13 +18,13 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Protocol
 
 import kopf
 
 from memwarden import metrics
-from memwarden.handlers import background, risk
+from memwarden.handlers import background
 from memwarden.podwatch import PodIndex
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
@@ -43,6 +43,15 @@ logger = logging.getLogger(__name__)
 PASS_INTERVAL = 0.5
 
 
+class PolicyOpener(Protocol):
+    """Opens one policy's findings (the risk loop's ``open_incidents``, bound to the
+    operator state and the incident index)."""
+
+    def __call__(
+        self, findings: list[Finding], *, policy: Candidate, now: dt.datetime
+    ) -> Awaitable[None]: ...
+
+
 class AlertIntake:
     """The queue, its consumer task, and the counting of what the receiver hands over."""
 
@@ -51,12 +60,12 @@ class AlertIntake:
         *,
         policy_index: kopf.Index[str, Candidate],
         pod_index: PodIndex,
-        incident_index: kopf.Index[str, dict[str, Any]],
+        open_for_policy: PolicyOpener,
         queue: FindingQueue | None = None,
     ) -> None:
         self.policy_index = policy_index
         self.pod_index = pod_index
-        self.incident_index = incident_index
+        self.open_for_policy = open_for_policy
         self.queue = queue if queue is not None else FindingQueue()
         self._task: asyncio.Task[None] | None = None
         self._announcements = Announcements()
@@ -123,9 +132,7 @@ class AlertIntake:
             policy = next((c for c in self.policy_index.get(namespace, []) if c.name == name), None)
             if policy is None:  # deleted while an earlier group was being opened
                 continue
-            await risk.open_incidents(
-                group, policy=policy, incident_index=self.incident_index, now=now
-            )
+            await self.open_for_policy(group, policy=policy, now=now)
             outcome[f"policy {name}"] += len(group)
         logger.debug(
             "alertmanager pass: %d finding(s): %s",

@@ -34,7 +34,7 @@ from kubernetes import client
 from memwarden import certrotation, certs, health, metrics
 from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
-from memwarden.kube import Conflict, KubeError, NotFound, Transient, call
+from memwarden.kube import Conflict, Kube, KubeError, NotFound, Transient, call
 from memwarden.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ _TASK = "certificate_rotation"
 
 def self_signed(settings: Settings) -> bool:
     """memwarden makes its certificates unless both files are given."""
-    return not (settings.webhook_cert_file and settings.webhook_key_file)
+    return not (settings.webhook.cert_file and settings.webhook.key_file)
 
 
 def timing(settings: Settings) -> certrotation.Timing:
@@ -59,13 +59,13 @@ def timing(settings: Settings) -> certrotation.Timing:
     renew-before) before it signs: a debug container planned just before the new CA was
     published trusts only the current one, and must still verify the HTTP API when it
     uploads, up to ``capture_timeout_seconds`` later."""
-    renew_before = settings.webhook_cert_renew_before_seconds
+    renew_before = settings.webhook.cert_renew_before_seconds
     propagation = max(
-        settings.webhook_ca_propagation_seconds,
-        min(settings.capture_timeout_seconds, renew_before / 2),
+        settings.webhook.ca_propagation_seconds,
+        min(settings.capture.timeout_seconds, renew_before / 2),
     )
     return certrotation.Timing(
-        validity=dt.timedelta(seconds=settings.webhook_cert_validity_seconds),
+        validity=dt.timedelta(seconds=settings.webhook.cert_validity_seconds),
         renew_before=dt.timedelta(seconds=renew_before),
         propagation=dt.timedelta(seconds=propagation),
     )
@@ -122,7 +122,7 @@ class CertificateRotation:
     def __init__(self, settings: Settings, api_client: client.ApiClient) -> None:
         self.settings = settings
         self.timing = timing(settings)
-        self.directory = Path(settings.webhook_cert_dir)
+        self.directory = Path(settings.webhook.cert_dir)
         self.cert_path = self.directory / "tls.crt"
         self.key_path = self.directory / "tls.key"
         self._core = client.CoreV1Api(api_client)
@@ -132,7 +132,7 @@ class CertificateRotation:
     # -- the CA Secret ------------------------------------------------------------------
 
     def read_ca(self) -> CaState:
-        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        name, namespace = self.settings.webhook.ca_secret, self.settings.namespace
         try:
             secret = call(
                 f"read secret {namespace}/{name}",
@@ -154,7 +154,7 @@ class CertificateRotation:
 
     def write_ca(self, new: CaState) -> None:
         """Create or replace the Secret; ``Conflict`` when another replica wrote first."""
-        name, namespace = self.settings.webhook_ca_secret, self.settings.namespace
+        name, namespace = self.settings.webhook.ca_secret, self.settings.namespace
         data: dict[str, str] = {}
         for pair, cert_key, key_key in (
             (new.current, CA_CERT, CA_KEY),
@@ -202,7 +202,7 @@ class CertificateRotation:
 
     def read_bundle(self) -> tuple[list[dict[str, Any]], tuple[Cert, ...]] | None:
         """The configuration's webhooks and the CAs they trust; None when it is missing."""
-        name = self.settings.webhook_configuration_name
+        name = self.settings.webhook.configuration_name
         try:
             configuration = call(
                 f"read mutatingwebhookconfiguration {name}",
@@ -239,7 +239,7 @@ class CertificateRotation:
             ops.append(
                 {"op": "add", "path": f"/webhooks/{index}/clientConfig/caBundle", "value": encoded}
             )
-        name = self.settings.webhook_configuration_name
+        name = self.settings.webhook.configuration_name
         call(
             f"patch mutatingwebhookconfiguration {name}",
             self._admission.patch_mutating_webhook_configuration,
@@ -343,7 +343,7 @@ class CertificateRotation:
                 self.publish(webhooks, wanted)
                 logger.info(
                     "caBundle of %s: %s",
-                    self.settings.webhook_configuration_name,
+                    self.settings.webhook.configuration_name,
                     ", ".join(f"{c.subject} (until {c.not_after.isoformat()})" for c in wanted),
                 )
         if ca.next is not None and ca.next_published_at is None:
@@ -373,11 +373,11 @@ class CertificateRotation:
             assert leaf is not None
             _record_expiry(leaf.not_after)
             return
-        service = f"{self.settings.webhook_service_name}.{self.settings.namespace}"
+        service = f"{self.settings.webhook.service_name}.{self.settings.namespace}"
         new = certs.issue(
             ca=ca,
             # The names that matter are the SANs; a CN is at most 64 characters.
-            common_name=self.settings.webhook_service_name[:64],
+            common_name=self.settings.webhook.service_name[:64],
             now=now,
             valid_for=certrotation.leaf_validity(ca=ca_cert, now=now, timing=self.timing),
             server_names=(
@@ -409,24 +409,27 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def serving_files(settings: Settings) -> tuple[str, str]:
+def serving_files(settings: Settings, kube: Kube | None = None) -> tuple[str, str]:
     """The webhook's certificate and key files, ready before the server starts.
 
     Self-made: one rotation step now (CA Secret, caBundle, serving certificate), so the
     server starts with a certificate the API server can verify. Given files: logged with
-    their expiry, and reloaded by the server when they change.
+    their expiry, and reloaded by the server when they change. ``kube`` (the operator
+    state's adapter) is needed only for self-made certificates.
     """
     if not self_signed(settings):
-        assert settings.webhook_cert_file and settings.webhook_key_file
-        cert = Cert.parse(Path(settings.webhook_cert_file).read_bytes())
+        assert settings.webhook.cert_file and settings.webhook.key_file
+        cert = Cert.parse(Path(settings.webhook.cert_file).read_bytes())
         _record_expiry(cert.not_after)
         logger.info(
             "webhook serving certificate %s (given, renewed by its issuer): valid until %s",
-            settings.webhook_cert_file,
+            settings.webhook.cert_file,
             cert.not_after.isoformat(),
         )
-        return settings.webhook_cert_file, settings.webhook_key_file
-    rotation = CertificateRotation(settings, state.kube().api_client)
+        return settings.webhook.cert_file, settings.webhook.key_file
+    if kube is None:
+        raise ValueError("self-made webhook certificates need the Kubernetes adapter")
+    rotation = CertificateRotation(settings, kube.api_client)
     try:
         rotation.step(_now())
     except KubeError as exc:
@@ -440,26 +443,26 @@ def serving_files(settings: Settings) -> tuple[str, str]:
     return str(rotation.cert_path), str(rotation.key_path)
 
 
-def http_serving_files(settings: Settings) -> tuple[str, str] | None:
+def http_serving_files(settings: Settings, kube: Kube | None = None) -> tuple[str, str] | None:
     """The HTTP API's certificate and key, or None for plain HTTP (``http_insecure``).
 
     Its own files when given; else the webhook's (the Service names both), made first if
     memwarden makes them. Either way the server reloads them in place."""
-    if settings.http_insecure:
+    if settings.http.insecure:
         return None
-    if settings.http_cert_file and settings.http_key_file:
-        return settings.http_cert_file, settings.http_key_file
-    return serving_files(settings)
+    if settings.http.cert_file and settings.http.key_file:
+        return settings.http.cert_file, settings.http.key_file
+    return serving_files(settings, kube)
 
 
 def upload_ca_file(settings: Settings) -> str | None:
     """The CA bundle debug containers trust for uploads: configured, else the rotation's
     trust bundle when the HTTP API serves the self-made certificate."""
-    if settings.evidence_upload_ca_file:
-        return settings.evidence_upload_ca_file
-    if settings.http_insecure or settings.http_cert_file or not self_signed(settings):
+    if settings.evidence.upload_ca_file:
+        return settings.evidence.upload_ca_file
+    if settings.http.insecure or settings.http.cert_file or not self_signed(settings):
         return None
-    return str(Path(settings.webhook_cert_dir) / "ca.crt")
+    return str(Path(settings.webhook.cert_dir) / "ca.crt")
 
 
 async def _rotate_forever(rotation: CertificateRotation, interval: float) -> None:
@@ -479,12 +482,13 @@ async def _rotate_forever(rotation: CertificateRotation, interval: float) -> Non
 @kopf.on.startup()
 async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
     """Rotate self-made certificates in the background; nothing to do for given ones."""
-    settings = state.settings()
+    shared = state.of(memo)
+    settings = shared.settings
     if not self_signed(settings):
         return
-    rotation = CertificateRotation(settings, state.kube().api_client)
+    rotation = CertificateRotation(settings, shared.kube.api_client)
     memo[_TASK] = asyncio.create_task(
-        _rotate_forever(rotation, settings.webhook_cert_check_seconds),
+        _rotate_forever(rotation, settings.webhook.cert_check_seconds),
         name="webhook certificate rotation",
     )
 

@@ -1,6 +1,6 @@
 """The operator's HTTP API: one aiohttp server, sub-apps mounted under prefixes.
 
-Started by an ``on.startup`` handler on ``settings.http_host:http_port`` and stopped by
+Started by an ``on.startup`` handler on ``settings.http.host:port`` and stopped by
 ``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out), since bearer tokens,
 upload tokens and core dumps cross it: with its own certificate files, else the webhook's
 (self-made and rotated, or cert-manager's), reloaded in place as the webhook's are
@@ -17,6 +17,7 @@ evidence API) are added in :func:`operator_subapps`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
+from memwarden.handlers.risk import open_incidents
+from memwarden.handlers.state import OperatorState
 from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
 from memwarden.risk import receiver
@@ -68,41 +71,43 @@ def metrics_app() -> web.Application:
     return app
 
 
-def _certificates(settings: Settings) -> CertificateReloader | None:
-    """The HTTP API's TLS, reloaded in place; None only when ``http_insecure``."""
-    files = certificates.http_serving_files(settings)
+def _certificates(shared: OperatorState) -> CertificateReloader | None:
+    """The HTTP API's TLS, reloaded in place; None only when ``http.insecure``."""
+    settings = shared.settings
+    files = certificates.http_serving_files(settings, shared.kube)
     if files is None:
         return None
     return CertificateReloader(
         certfile=files[0],
         keyfile=files[1],
-        interval=settings.webhook_file_check_seconds,
+        interval=settings.webhook.file_check_seconds,
         name="HTTP API",
     )
 
 
 def operator_subapps(
-    settings: Settings, *, intake: alerts.AlertIntake | None
+    shared: OperatorState, *, intake: alerts.AlertIntake | None
 ) -> dict[str, web.Application]:
     """The sub-apps this operator serves, by prefix, as the settings enable them."""
+    settings = shared.settings
     subapps: dict[str, web.Application] = {"/metrics": metrics_app(), **health.subapps()}
-    if intake is not None and settings.alertmanager_token_file:
+    if intake is not None and settings.http.alertmanager_token_file:
         subapps[receiver.PREFIX] = receiver.make_alertmanager_app(
-            token=receiver.TokenFile(Path(settings.alertmanager_token_file)),
+            token=receiver.TokenFile(Path(settings.http.alertmanager_token_file)),
             on_findings=intake.submit,
             on_batch=intake.count_batch,
         )
-    subapps["/evidence"] = evidence_app(settings)
+    subapps["/evidence"] = evidence_app(shared)
     return subapps
 
 
-def evidence_app(settings: Settings) -> web.Application:
+def evidence_app(shared: OperatorState) -> web.Application:
     """The evidence API: uploads from debug containers, downloads for authorised users."""
-    evidence = state.evidence()
+    settings, evidence, kube = shared.settings, shared.evidence, shared.kube
 
     def incident(namespace: str, name: str) -> LiveIncident | None:
         try:
-            obj = state.kube().get(incidents.INCIDENTS, namespace=namespace, name=name)
+            obj = kube.get(incidents.INCIDENTS, namespace=namespace, name=name)
         except NotFound:
             return None
         uid = str((obj.get("metadata") or {}).get("uid") or "")
@@ -116,64 +121,65 @@ def evidence_app(settings: Settings) -> web.Application:
 
     def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
         try:
-            return lifecycle.pod_ips(state.kube().read_pod(namespace=namespace, name=pod))
+            return lifecycle.pod_ips(kube.read_pod(namespace=namespace, name=pod))
         except NotFound:
             return frozenset()
 
     return make_evidence_app(
         disk=disk_limits(settings, evidence.store.root),
         store=evidence.store,
-        authorizer=KubeAuthorizer(
-            state.kube().api_client, audiences=settings.evidence_token_audiences
-        ),
+        authorizer=KubeAuthorizer(kube.api_client, audiences=settings.evidence.token_audiences),
         upload_key=evidence.upload_key,
-        max_bundle_bytes=settings.evidence_max_bundle_bytes,
+        max_bundle_bytes=settings.evidence.max_bundle_bytes,
         incident=incident,
-        pod_addresses=pod_addresses if settings.evidence_upload_source_check else None,
-        on_stored=incidents.on_stored,
+        pod_addresses=pod_addresses if settings.evidence.upload_source_check else None,
+        on_stored=functools.partial(incidents.on_stored, shared),
     )
 
 
 def disk_limits(settings: Settings, root: Path) -> DiskLimits:
     """The caps uploads must fit under: configured, else from the volume's size."""
-    total = settings.evidence_max_total_bytes
+    total = settings.evidence.max_total_bytes
     if total is None:
         volume = volume_bytes(root)
         total = default_total_cap(volume)
         logger.info("evidence store cap: %d bytes (80%% of the %d-byte volume)", total, volume)
-    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence_namespace_max_bytes)
+    return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence.namespace_max_bytes)
 
 
 @kopf.on.startup()
 async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the alert intake and the HTTP server; stop the operator if it cannot listen."""
-    settings = state.settings()
+    shared = state.of(memo)
+    settings = shared.settings
     try:
-        reloader = await asyncio.to_thread(_certificates, settings)
+        reloader = await asyncio.to_thread(_certificates, shared)
     except (OSError, ssl.SSLError) as exc:
         raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
     tls = reloader.context if reloader is not None else None
     intake: alerts.AlertIntake | None = None
-    if settings.alertmanager_token_file:
+    if settings.http.alertmanager_token_file:
         intake = alerts.AlertIntake(
             policy_index=kwargs["policy_index"],
-            pod_index=state.pods(),
-            incident_index=kwargs["incident_index"],
+            pod_index=shared.pods,
+            open_for_policy=functools.partial(
+                open_incidents, shared, incident_index=kwargs["incident_index"]
+            ),
         )
     else:
         logger.info("alertmanager receiver off: alertmanager_token_file is not set")
-    subapps = operator_subapps(settings, intake=intake)
+    subapps = operator_subapps(shared, intake=intake)
     runner = web.AppRunner(
         build_operator_app(subapps), access_log=None, handle_signals=False, **SERVER_OPTIONS
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, ssl_context=tls)
+    site = web.TCPSite(runner, settings.http.host, settings.http.port, ssl_context=tls)
     try:
         await site.start()
     except OSError as exc:  # a port in use will not free itself: say so and stop
         await runner.cleanup()
         raise kopf.PermanentError(
-            f"HTTP API cannot listen on {settings.http_host}:{settings.http_port}: {exc}"
+            f"HTTP API cannot listen on {settings.http.host}:{settings.http.port}: {exc}"
         ) from exc
     memo[_RUNNER] = runner
     if reloader is not None:
@@ -188,8 +194,8 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
     logger.info(
         "HTTP API on %s://%s:%s serving %s",
         "https" if tls else "http",
-        settings.http_host,
-        settings.http_port,
+        settings.http.host,
+        settings.http.port,
         ", ".join(sorted(subapps)),
     )
 

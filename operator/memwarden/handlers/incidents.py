@@ -36,7 +36,8 @@ from memwarden.evidence.api import bundle_url
 from memwarden.evidence.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden.handlers import background, certificates, risk, state
-from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
+from memwarden.handlers.state import OperatorState
+from memwarden.kube import CustomResource, Kube, KubeError, NotFound, Rejected
 from memwarden.quantity import parse_bytes
 from memwarden.timefmt import parse_time, rfc3339
 
@@ -57,9 +58,9 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-async def _read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+async def _read_pod(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return await asyncio.to_thread(state.kube().read_pod, namespace=namespace, name=name)
+        return await asyncio.to_thread(kube.read_pod, namespace=namespace, name=name)
     except NotFound:
         return None
     except KubeError as exc:
@@ -104,15 +105,17 @@ async def start_capture(
     body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
+    memo: kopf.Memo,
     **kwargs: Any,
 ) -> None:
     """Add the toolbox to the pod (once), or record why no capture happens."""
+    shared = state.of(memo)
     phase = status.get("phase")
     if namespace is None or name is None or uid is None:
         return
     if phase in lifecycle.TERMINAL_PHASES or phase == "Capturing":
         return
-    settings, now = state.settings(), _now()
+    settings, now = shared.settings, _now()
     if not status.get("openedAt"):
         patch.status["openedAt"] = rfc3339(now)
     ungoverned = lifecycle.ungoverned_namespace(namespace, never_governed=settings.never_governed)
@@ -120,13 +123,13 @@ async def start_capture(
         _skip(patch, reason="NamespaceNotGoverned", message=ungoverned, now=now, spec=spec)
         logger.info("capture skipped: %s", ungoverned)
         return
-    pod = await _read_pod(namespace, str(spec.get("pod")))
+    pod = await _read_pod(shared.kube, namespace, str(spec.get("pod")))
     target = lifecycle.choose_target(
         pod=pod,
         requested=spec.get("container"),
         created=parse_time(meta.get("creationTimestamp")),
         now=now,
-        pod_wait=dt.timedelta(seconds=settings.capture_pod_wait_seconds),
+        pod_wait=dt.timedelta(seconds=settings.capture.pod_wait_seconds),
     )
     if target.fail is not None:
         _finish(
@@ -143,9 +146,9 @@ async def start_capture(
         incident=body,
         pod=pod,
         policies=list(kwargs["policy_index"].get(namespace, [])),
-        incidents=risk.known_incidents(kwargs["incident_index"]),
+        incidents=risk.known_incidents(shared, kwargs["incident_index"]),
         now=now,
-        max_concurrent=settings.max_concurrent_captures,
+        max_concurrent=settings.capture.max_concurrent,
     )
     if gate.refused is not None:
         reason, message = gate.refused
@@ -154,11 +157,11 @@ async def start_capture(
         return
     capture = gate.capture
     try:
-        labels = await asyncio.to_thread(state.kube().namespace_labels, namespace)
+        labels = await asyncio.to_thread(shared.kube.namespace_labels, namespace)
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
     allowed, why = ptrace_allowed_by_pod_security(labels)
-    evidence = state.evidence()
+    evidence = shared.evidence
     token = issue_upload_token(
         key=evidence.upload_key,
         namespace=namespace,
@@ -166,8 +169,8 @@ async def start_capture(
         uid=uid,
         expires_at=now
         + lifecycle.upload_token_lifetime(
-            ttl=dt.timedelta(seconds=settings.evidence_upload_token_ttl_seconds),
-            capture_timeout=dt.timedelta(seconds=settings.capture_timeout_seconds),
+            ttl=dt.timedelta(seconds=settings.evidence.upload_token_ttl_seconds),
+            capture_timeout=dt.timedelta(seconds=settings.capture.timeout_seconds),
         ),
     )
     artifacts = lifecycle.capture_artifacts(capture=capture, requested=spec.get("artifacts"))
@@ -185,7 +188,7 @@ async def start_capture(
             incident=name,
             incident_uid=uid,
             target_container=str(target.container),
-            image=settings.capture_toolbox_image,
+            image=settings.capture.toolbox_image,
             upload_url=bundle_url(evidence.base_url, namespace=namespace, name=name),
             upload_token=token,
             pprof_port=capture.pprofPort,
@@ -203,7 +206,7 @@ async def start_capture(
         container, addition, identity = plan(allowed)
         if addition is not None and not settings.dry_run:
             try:
-                await _add_debug_container(namespace, pod_name, addition)
+                await _add_debug_container(shared.kube, namespace, pod_name, addition)
             except Rejected as exc:
                 # Namespace labels cannot show a cluster-wide default Pod Security level:
                 # a refusal of SYS_PTRACE is learnt here. Capture without gcore then.
@@ -212,7 +215,7 @@ async def start_capture(
                 allowed, why = False, f"refused by the API server: {exc}"
                 container, addition, identity = plan(False)
                 if addition is not None:
-                    await _add_debug_container(namespace, pod_name, addition)
+                    await _add_debug_container(shared.kube, namespace, pod_name, addition)
         if allowed and not identity.ptrace:
             allowed, why = False, identity.reason
     except PlanError as exc:
@@ -276,10 +279,8 @@ async def _read_optional(path: str | None) -> str | None:
         return None
 
 
-async def _add_debug_container(namespace: str, pod: str, body: dict[str, Any]) -> None:
-    await asyncio.to_thread(
-        state.kube().add_ephemeral_container, namespace=namespace, name=pod, body=body
-    )
+async def _add_debug_container(kube: Kube, namespace: str, pod: str, body: dict[str, Any]) -> None:
+    await asyncio.to_thread(kube.add_ephemeral_container, namespace=namespace, name=pod, body=body)
 
 
 def _count_phase(phase: str, spec: kopf.Spec | dict[str, Any]) -> None:
@@ -314,28 +315,27 @@ def _finish(
         _count_phase(phase, spec)
 
 
-#: Incidents this process is analysing now: the evidence API's callback and the follow-up
-#: timer may both try to complete one; one analysis is enough.
-_analysing: set[tuple[str, str]] = set()
-
-
-async def _complete(namespace: str, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+async def _complete(
+    shared: OperatorState, namespace: str, name: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The incident and its Collected status, its stored bundle analysed out of process;
     None when there is nothing to complete (no longer Capturing, already being completed
-    here, or the stored bundle is an earlier incident's)."""
+    here, or the stored bundle is an earlier incident's). The evidence API's callback and
+    the follow-up timer may both try to complete one (``shared.analysing``): one is enough."""
     key = (namespace, name)
-    if key in _analysing:
+    analysing = shared.analysing
+    if key in analysing:
         return None
-    _analysing.add(key)
+    analysing.add(key)
     try:
         # Read now, not from a handler's snapshot: the other path may have completed it.
         incident = await asyncio.to_thread(
-            state.kube().get, INCIDENTS, namespace=namespace, name=name
+            shared.kube.get, INCIDENTS, namespace=namespace, name=name
         )
         status = incident.get("status") or {}
         if status.get("phase") != "Capturing":
             return None
-        store = state.evidence().store
+        store = shared.evidence.store
         meta = await asyncio.to_thread(store.meta, namespace, name)
         if meta.uid != (incident.get("metadata") or {}).get("uid"):
             return None  # an earlier incident's bundle; this one's upload replaces it
@@ -345,7 +345,7 @@ async def _complete(namespace: str, name: str) -> tuple[dict[str, Any], dict[str
             outcome = lifecycle.AnalysisOutcome(refused=refused)
         else:
             # Recorded before starting: an attempt that never finishes is not retried forever.
-            await state.kube().apatch_status(
+            await shared.kube.apatch_status(
                 INCIDENTS,
                 namespace=namespace,
                 name=name,
@@ -368,29 +368,29 @@ async def _complete(namespace: str, name: str) -> tuple[dict[str, Any], dict[str
         )
         return incident, conditioned
     finally:
-        _analysing.discard(key)
+        analysing.discard(key)
 
 
-async def _collected(incident: Mapping[str, Any], collected: Mapping[str, Any]) -> None:
+async def _collected(kube: Kube, incident: Mapping[str, Any], collected: Mapping[str, Any]) -> None:
     """What follows a completion, whichever path completed it (the evidence API's callback
     or the follow-up timer): metrics, and the Event (posted by the adapter: the callback
     runs outside kopf's handlers, where ``kopf.event`` cannot post)."""
     _count_phase("Collected", incident.get("spec") or {})
     _observe_capture(incident.get("status") or {}, outcome="collected")
     metrics.BUNDLE_BYTES.observe(collected["bundleBytes"])
-    await state.kube().apost_event(
+    await kube.apost_event(
         incident, type="Normal", reason="EvidenceCollected", message=str(collected.get("message"))
     )
 
 
-async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
+async def on_stored(shared: OperatorState, namespace: str, name: str, meta: BundleMeta) -> None:
     """A bundle landed (called by the evidence API): analyse it and complete the incident."""
     try:
-        completed = await _complete(namespace, name)
+        completed = await _complete(shared, namespace, name)
         if completed is None:
             return  # completed by the timer, being completed, or not ours to complete
         incident, status = completed
-        await state.kube().apatch_status(
+        await shared.kube.apatch_status(
             INCIDENTS, namespace=namespace, name=name, patch={"status": status}
         )
     except KubeError as exc:  # the follow-up timer completes it later
@@ -401,7 +401,7 @@ async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
     logger.info(
         "incident %s/%s collected: %s bytes, %s", namespace, name, meta.bytes, status.get("message")
     )
-    await _collected(incident, status)
+    await _collected(shared.kube, incident, status)
 
 
 @kopf.timer(
@@ -423,31 +423,33 @@ async def follow_capture(
     body: kopf.Body,
     patch: kopf.Patch,
     logger: kopf.Logger,
+    memo: kopf.Memo,
     **_: Any,
 ) -> None:
     """Complete, fail or keep waiting on a capture: covers restarts and lost callbacks."""
     if namespace is None or name is None or uid is None:
         return
-    stored = await asyncio.to_thread(state.evidence().store.holds, namespace, name, uid=uid)
-    pod = None if stored else await _read_pod(namespace, str(spec.get("pod")))
+    shared = state.of(memo)
+    stored = await asyncio.to_thread(shared.evidence.store.holds, namespace, name, uid=uid)
+    pod = None if stored else await _read_pod(shared.kube, namespace, str(spec.get("pod")))
     progress = lifecycle.follow_capture(
         incident_uid=uid,
         pod=pod,
         bundle_stored=stored,
         started=parse_time(status.get("captureStartedAt")),
         now=_now(),
-        timeout=dt.timedelta(seconds=state.settings().capture_timeout_seconds),
+        timeout=dt.timedelta(seconds=shared.settings.capture.timeout_seconds),
     )
     if progress.action == "complete":
         try:
-            completed = await _complete(namespace, name)
+            completed = await _complete(shared, namespace, name)
         except KubeError as exc:
             raise kopf.TemporaryError(str(exc), delay=5) from exc
         if completed is None:
             return  # the evidence API's callback completes it
         incident, collected = completed
         patch.status.update(collected)
-        await _collected(incident, collected)
+        await _collected(shared.kube, incident, collected)
     elif progress.action == "fail":
         _finish(
             patch,
@@ -463,32 +465,33 @@ async def follow_capture(
 
 @kopf.on.delete(GROUP, VERSION, "memoryincidents")
 async def delete_evidence(
-    *, namespace: str | None, name: str | None, logger: kopf.Logger, **_: Any
+    *, namespace: str | None, name: str | None, logger: kopf.Logger, memo: kopf.Memo, **_: Any
 ) -> None:
     """The evidence goes with its incident."""
     if namespace is None or name is None:
         return
-    deleted = await asyncio.to_thread(state.evidence().store.delete, namespace, name)
+    store = state.of(memo).evidence.store
+    deleted = await asyncio.to_thread(store.delete, namespace, name)
     if deleted:
         logger.info("evidence of %s/%s deleted", namespace, name)
 
 
-async def _retention_loop() -> None:
-    settings = state.settings()
+async def _retention_loop(shared: OperatorState) -> None:
+    settings = shared.settings
     from memwarden.evidence.store import apply_retention
 
     while True:
         try:
             await asyncio.to_thread(
                 apply_retention,
-                state.evidence().store,
+                shared.evidence.store,
                 now=_now(),
-                max_age=dt.timedelta(seconds=settings.evidence_max_age_seconds),
-                namespace_max_bytes=settings.evidence_namespace_max_bytes,
+                max_age=dt.timedelta(seconds=settings.evidence.max_age_seconds),
+                namespace_max_bytes=settings.evidence.namespace_max_bytes,
             )
         except OSError as exc:
             logger.warning("evidence retention failed: %s", exc)
-        await asyncio.sleep(settings.evidence_retention_interval_seconds)
+        await asyncio.sleep(settings.evidence.retention_interval_seconds)
 
 
 _RETENTION = "evidence_retention"
@@ -496,7 +499,7 @@ _RETENTION = "evidence_retention"
 
 @kopf.on.startup()
 async def start_retention(memo: kopf.Memo, **_: Any) -> None:
-    background.start(memo, _RETENTION, _retention_loop())
+    background.start(memo, _RETENTION, _retention_loop(state.of(memo)))
 
 
 @kopf.on.cleanup()

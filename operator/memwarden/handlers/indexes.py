@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from memwarden import health
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
+from memwarden.handlers.state import OperatorState
 from memwarden.podwatch import PodWatcher
 from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate
@@ -24,8 +25,8 @@ from memwarden.selection import Candidate
 logger = logging.getLogger(__name__)
 
 
-def governed_namespace(namespace: str | None, **_: Any) -> bool:
-    return namespace is not None and namespace not in state.settings().never_governed
+def governed_namespace(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
+    return namespace is not None and namespace not in state.of(memo).settings.never_governed
 
 
 def candidate_from(
@@ -56,13 +57,14 @@ async def start_pod_watch(memo: kopf.Memo, **_: Any) -> None:
     """The pod index (``podwatch.py``): one watcher thread for the cluster, or one per
     watched namespace."""
     loop = asyncio.get_running_loop()
-    namespaces = state.watched_namespaces()
+    shared = state.of(memo)
+    namespaces = shared.watched_namespaces
     scopes: list[str | None] = [None] if namespaces is None else list(namespaces)
-    state.pods().expected_scopes = set(scopes)
+    shared.pods.expected_scopes = set(scopes)
     watchers = [
         PodWatcher(
-            api_client=state.kube().api_client,
-            index=state.pods(),
+            api_client=shared.kube.api_client,
+            index=shared.pods,
             loop=loop,
             namespace=namespace,
         )
@@ -89,7 +91,13 @@ _POD_WATCHERS = "pod_watchers"
 
 @kopf.on.event(GROUP, VERSION, "memorypolicies")
 async def mirror_policy(
-    *, type: str | None, namespace: str | None, name: str, body: kopf.Body, **kwargs: Any
+    *,
+    type: str | None,
+    namespace: str | None,
+    name: str,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    **kwargs: Any,
 ) -> None:
     """Keep admission's label-anchored PolicyIndex in step with kopf's ``policy_index``.
 
@@ -99,28 +107,24 @@ async def mirror_policy(
     it runs on the event loop like admission: the swap is never seen half-done.
     """
     policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
-    index = state.policies()
-    global _mirrored_all
-    if not _mirrored_all:
+    shared = state.of(memo)
+    index = shared.policies
+    if not shared.mirrored:
         index.replace_all(c for key in policy_index for c in policy_index.get(key, []))
-        _mirrored_all = True
+        shared.mirrored = True
     elif namespace is not None:
         index.swap_namespace(namespace, policy_index.get(namespace, []))
     if namespace is None:
         return
-    book = state.status_book()
+    book = shared.status_book
     book.ready = True
     book.touch(namespace)
     if type == "DELETED":
         book.forget(namespace=namespace, name=name)
-        _invalid.pop((namespace, name), None)
+        shared.invalid_policies.pop((namespace, name), None)
         return
     book.observe(body)
-    await _tell_if_invalid(body)
-
-
-#: Policies found invalid, by (namespace, name): the generation told about.
-_invalid: dict[tuple[str, str], int | None] = {}
+    await _tell_if_invalid(shared, body)
 
 
 def first_error(exc: ValidationError) -> str:
@@ -129,28 +133,26 @@ def first_error(exc: ValidationError) -> str:
     return f"spec.{where}: {error['msg']}"
 
 
-async def _tell_if_invalid(body: kopf.Body) -> None:
+async def _tell_if_invalid(shared: OperatorState, body: kopf.Body) -> None:
     """The CRD's schema and CEL rules refuse bad input at apply time; this catches what
     slips past them (a CRD older than the operator) and says which field, once per
     generation: a warning Event ``InvalidSpec``. Such a policy is in no index (it governs
     nothing). Not a kopf change handler: those patch progress annotations on every
     policy at every start (1,000 writes for 1,000 policies) and need ``patch``."""
     key = (str(body.meta.get("namespace")), str(body.meta.get("name")))
+    told = shared.invalid_policies  # the generation told about, by (namespace, name)
     generation = body.meta.get("generation")
     try:
         MemoryPolicySpec.model_validate(dict(body.spec))
     except ValidationError as exc:
-        if key in _invalid and _invalid[key] == generation:
+        if key in told and told[key] == generation:
             return
-        _invalid[key] = generation
+        told[key] = generation
         message = first_error(exc)
         logger.warning("policy %s/%s is invalid and governs nothing: %s", *key, message)
-        await state.kube().apost_event(body, type="Warning", reason="InvalidSpec", message=message)
+        await shared.kube.apost_event(body, type="Warning", reason="InvalidSpec", message=message)
         return
-    _invalid.pop(key, None)
-
-
-_mirrored_all = False
+    told.pop(key, None)
 
 
 @kopf.index(GROUP, VERSION, "memoryincidents")

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from memwarden.api import MemoryPolicyStatus
 from memwarden.handlers import background, state, updates
+from memwarden.handlers.state import OperatorState
 from memwarden.kube import POLICIES, Conflict, KubeError, NotFound
 from memwarden.podwatch import PodIndex
 from memwarden.selection import Candidate
@@ -40,17 +41,18 @@ def _parsed(status: Mapping[str, Any]) -> MemoryPolicyStatus | None:
         return None
 
 
-async def _reobserve(namespace: str, name: str) -> None:
+async def _reobserve(shared: OperatorState, namespace: str, name: str) -> None:
     """Remember the policy as the API server has it now (after a conflicting write)."""
     try:
-        fresh = await asyncio.to_thread(state.kube().get, POLICIES, namespace=namespace, name=name)
+        fresh = await asyncio.to_thread(shared.kube.get, POLICIES, namespace=namespace, name=name)
     except KubeError as exc:  # NotFound included: its deletion event forgets it
         logger.debug("policy %s/%s not re-read after a conflict: %s", namespace, name, exc)
         return
-    state.status_book().observe(fresh)
+    shared.status_book.observe(fresh)
 
 
 async def refresh_namespace(
+    shared: OperatorState,
     namespace: str,
     *,
     policy_index: kopf.Index[str, Candidate],
@@ -60,7 +62,7 @@ async def refresh_namespace(
 
     Returns how many were written.
     """
-    settings, book = state.settings(), state.status_book()
+    settings, book = shared.settings, shared.status_book
     policies = list(policy_index.get(namespace, []))
     if not policies:
         return 0
@@ -74,8 +76,8 @@ async def refresh_namespace(
         now=now,
         generations={name: seen.generation if seen else None for name, seen in current.items()},
         previous=previous,
-        cache=state.plans(),
-        inputs_for=updates.inputs_for(namespace),
+        cache=shared.plans,
+        inputs_for=updates.inputs_for(shared, namespace),
     )
     written = 0
     for name, new in computed.items():
@@ -86,7 +88,7 @@ async def refresh_namespace(
         try:
             # Conditional on the version seen: a status another writer (the risk loop's
             # condition, lastIncident) changed meanwhile is never overwritten from memory.
-            updated = await state.kube().apatch_status(
+            updated = await shared.kube.apatch_status(
                 POLICIES,
                 namespace=namespace,
                 name=name,
@@ -97,7 +99,7 @@ async def refresh_namespace(
         except Conflict:
             # Read the newer version rather than wait for the watch: an event missed or
             # reordered must not leave every later write conflicting.
-            await _reobserve(namespace, name)
+            await _reobserve(shared, namespace, name)
             book.touch(namespace)
             continue
         except KubeError as exc:
@@ -109,27 +111,31 @@ async def refresh_namespace(
         change = describe_change(old, new)
         if change:
             logger.info("policy %s/%s status: %s", namespace, name, change)
-            await state.kube().apost_event(
+            await shared.kube.apost_event(
                 updated, type="Normal", reason="StatusChanged", message=change
             )
     return written
 
 
-async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex) -> None:
-    """Recompute the namespaces touched since the last pass, every ``status_debounce``;
-    every namespace every ``status_resync`` (a safety net: nothing should be missed)."""
-    settings, book = state.settings(), state.status_book()
+async def status_loop(
+    shared: OperatorState, *, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex
+) -> None:
+    """Recompute the namespaces touched since the last pass, every ``status.debounce``;
+    every namespace every ``status.resync`` (a safety net: nothing should be missed)."""
+    settings, book = shared.settings, shared.status_book
     last_resync = time.monotonic()
     while True:
-        await asyncio.sleep(settings.status_debounce_seconds)
+        await asyncio.sleep(settings.status.debounce_seconds)
         if not book.ready:
             continue
-        if time.monotonic() - last_resync >= settings.status_resync_seconds:
+        if time.monotonic() - last_resync >= settings.status.resync_seconds:
             book.touch_all(policy_index)
             last_resync = time.monotonic()
         for namespace in book.take():
             try:
-                await refresh_namespace(namespace, policy_index=policy_index, pod_index=pod_index)
+                await refresh_namespace(
+                    shared, namespace, policy_index=policy_index, pod_index=pod_index
+                )
             except Exception:  # one namespace's failure must not stop every other's status
                 logger.exception("status of the policies in %s not refreshed", namespace)
                 book.touch(namespace)
@@ -138,8 +144,11 @@ async def status_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
 
 @kopf.on.startup()
 async def start_status_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+    shared = state.of(memo)
     background.start(
-        memo, _STATUS_TASK, status_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
+        memo,
+        _STATUS_TASK,
+        status_loop(shared, policy_index=kwargs["policy_index"], pod_index=shared.pods),
     )
 
 

@@ -29,10 +29,11 @@ import kopf
 from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import background, state
+from memwarden.handlers.state import OperatorState
 from memwarden.kube import INCIDENTS, POLICIES, Conflict, KubeError, NotFound
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
-from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
+from memwarden.risk.cycle import backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view
 from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
@@ -46,6 +47,7 @@ from memwarden.risk.signals import (
     sort_findings,
 )
 from memwarden.selection import Candidate
+from memwarden.settings import Settings
 from memwarden.timefmt import rfc3339
 
 logger = logging.getLogger(__name__)
@@ -56,38 +58,21 @@ _RISK_TASK = "risk_loop"
 #: lags the create by a moment, and a second policy's cycle must already count them.
 _LEDGER_SECONDS = 120.0
 
-_prometheus: PrometheusClient | None = None
-_announcements = Announcements()
-_ledger: dict[str, tuple[float, dict[str, Any]]] = {}
 
-
-def prometheus() -> PrometheusClient | None:
-    """The process's Prometheus client; None when risk evaluation is not configured."""
-    global _prometheus
-    settings = state.settings()
-    if settings.prometheus_url is None:
-        return None
-    if _prometheus is None:
-        _prometheus = PrometheusClient(
-            settings.prometheus_url, timeout=settings.prometheus_timeout_seconds
-        )
-    return _prometheus
-
-
-def _windows() -> Windows:
-    settings = state.settings()
+def _windows(settings: Settings) -> Windows:
     return Windows(
-        regression=settings.risk_regression_window,
-        rate=settings.risk_rate_window,
-        oom=settings.risk_oom_window,
+        regression=settings.risk.regression_window,
+        rate=settings.risk.rate_window,
+        oom=settings.risk.oom_window,
     )
 
 
 class RecordingRules:
     """What the last look for memwarden's recording rules found: their markers, and when
-    it ran (monotonic seconds). One per process; the loop refreshes it."""
+    it ran (monotonic seconds). One per process (in the operator state); the loop refreshes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.markers: list[Sample] | None = None
         self.checked: float | None = None
 
@@ -95,18 +80,18 @@ class RecordingRules:
         """Read the markers when the last look is older than the check interval at ``now``
         (monotonic seconds); off the event loop, through the adapter: a failure is the
         cycle's failure."""
-        settings = state.settings()
-        if settings.risk_recording_rules == "off":
+        settings = self.settings
+        if settings.risk.recording_rules == "off":
             return
         if self.checked is not None and (
-            now - self.checked < settings.risk_recording_rules_check_seconds
+            now - self.checked < settings.risk.recording_rules_check_seconds
         ):
             return
         markers = await client.aquery(MARKER)
         before = None if self.markers is None else describe(self.markers)
         self.markers, self.checked = markers, now
         if describe(markers) != before:
-            windows = _windows()
+            windows = _windows(settings)
             use = find_recorded(markers, windows=windows, now=0.0) is not None
             logger.info(
                 "recording rules in Prometheus: %s; the risk queries (windows: regression "
@@ -121,10 +106,10 @@ class RecordingRules:
     def current(self, now: dt.datetime) -> Recorded | None:
         """The recording rules the queries may read at ``now``; raises
         ``RecordingRulesMissing`` when they are required and absent."""
-        mode = state.settings().risk_recording_rules
+        mode = self.settings.risk.recording_rules
         if mode == "off":
             return None
-        windows = _windows()
+        windows = _windows(self.settings)
         found = find_recorded(self.markers or [], windows=windows, now=now.timestamp())
         if found is None and mode == "on":
             raise RecordingRulesMissing(
@@ -135,12 +120,9 @@ class RecordingRules:
         return found
 
 
-_recording_rules = RecordingRules()
-
-
-def _policy_ref(policy: Candidate) -> dict[str, Any]:
+def _policy_ref(shared: OperatorState, policy: Candidate) -> dict[str, Any]:
     """Enough of the policy object for an Event on it (``kubectl describe`` finds it by uid)."""
-    seen = state.status_book().current.get((policy.namespace, policy.name))
+    seen = shared.status_book.current.get((policy.namespace, policy.name))
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "MemoryPolicy",
@@ -152,18 +134,28 @@ def _policy_ref(policy: Candidate) -> dict[str, Any]:
     }
 
 
-async def post_event(policy: Candidate, *, type: str, reason: str, message: str) -> None:
+async def post_event(
+    shared: OperatorState, policy: Candidate, *, type: str, reason: str, message: str
+) -> None:
     """An Event on the policy, from outside any kopf handler (the loops here)."""
-    await state.kube().apost_event(_policy_ref(policy), type=type, reason=reason, message=message)
+    await shared.kube.apost_event(
+        _policy_ref(shared, policy), type=type, reason=reason, message=message
+    )
 
 
 async def write_risk_condition(
-    policy: Candidate, *, ok: bool, reason: str, message: str, now: dt.datetime
+    shared: OperatorState,
+    policy: Candidate,
+    *,
+    ok: bool,
+    reason: str,
+    message: str,
+    now: dt.datetime,
 ) -> None:
     """RiskEvaluation on the policy when it changed; conditional on the version seen, so
     the status loop's conditions are never overwritten from memory (a conflict: next cycle)."""
-    seen = state.status_book().current.get((policy.namespace, policy.name))
-    if seen is None or state.settings().dry_run:
+    seen = shared.status_book.current.get((policy.namespace, policy.name))
+    if seen is None or shared.settings.dry_run:
         return
     conditions = with_risk_condition(
         list(seen.status.get("conditions") or []),
@@ -176,7 +168,7 @@ async def write_risk_condition(
     if conditions is None:
         return
     try:
-        updated = await state.kube().apatch_status(
+        updated = await shared.kube.apatch_status(
             POLICIES,
             namespace=policy.namespace,
             name=policy.name,
@@ -190,10 +182,11 @@ async def write_risk_condition(
     except KubeError as exc:
         logger.warning("policy %s: RiskEvaluation not written: %s", policy.key, exc)
         return
-    state.status_book().observe(updated)
+    shared.status_book.observe(updated)
 
 
 async def evaluate_namespace(
+    shared: OperatorState,
     namespace: str,
     *,
     policy_index: kopf.Index[str, Candidate],
@@ -202,7 +195,7 @@ async def evaluate_namespace(
 ) -> int:
     """One cycle for every policy with ``oomRisk`` in ``namespace``; returns the number of
     queries sent. Raises ``PrometheusError`` (nothing written) when Prometheus fails."""
-    settings = state.settings()
+    settings = shared.settings
     candidates = list(policy_index.get(namespace, []))
     watching = [c for c in candidates if c.spec.oomRisk is not None]
     if not watching:
@@ -211,17 +204,17 @@ async def evaluate_namespace(
     now = dt.datetime.now(dt.UTC)
     pods = list(pod_index.get(namespace, []))
     governed = governed_by_policy(candidates, pods=pods)
-    oom_window = dt.timedelta(seconds=parse_duration(settings.risk_oom_window))
+    oom_window = dt.timedelta(seconds=parse_duration(settings.risk.oom_window))
     findings: dict[str, list[Finding]] = {
         p.name: oom_killed(
             pods, governed=governed[p.name], policy=p.name, now=now, within=oom_window
         )
         for p in watching
     }
-    client = prometheus()
+    client = shared.risk.prometheus
     sent = 0
     if client is not None:
-        recorded = _recording_rules.current(now)
+        recorded = shared.risk.recording_rules.current(now)
         risks = [
             PolicyRisk(
                 name=p.name,
@@ -233,7 +226,7 @@ async def evaluate_namespace(
             if p.spec.oomRisk is not None and governed[p.name]
         ]
         batched = namespace_queries(
-            risks, namespace=namespace, windows=_windows(), recorded=recorded
+            risks, namespace=namespace, windows=_windows(settings), recorded=recorded
         )
         sent = len(batched)
         on_rules = sum(1 for query, _ in batched if query.recorded)
@@ -250,6 +243,7 @@ async def evaluate_namespace(
         for policy in watching:
             count = len(governed[policy.name])
             await write_risk_condition(
+                shared,
                 policy,
                 ok=True,
                 reason="Evaluated",
@@ -260,6 +254,7 @@ async def evaluate_namespace(
     for policy in watching:
         if findings[policy.name]:
             await open_incidents(
+                shared,
                 sort_findings(findings[policy.name]),
                 policy=policy,
                 incident_index=incident_index,
@@ -270,6 +265,7 @@ async def evaluate_namespace(
 
 
 async def risk_loop(
+    shared: OperatorState,
     *,
     policy_index: kopf.Index[str, Candidate],
     pod_index: PodIndex,
@@ -281,23 +277,24 @@ async def risk_loop(
     requires), every watching policy says so (``RiskEvaluation=False``) and the loop
     backs off (Prometheus is one for all namespaces); admission never waits on it.
     """
-    settings = state.settings()
+    settings = shared.settings
     failures = 0
-    limit = asyncio.Semaphore(settings.risk_concurrent_namespaces)
+    limit = asyncio.Semaphore(settings.risk.concurrent_namespaces)
 
     async def one(namespace: str) -> None:
         async with limit:
             await evaluate_namespace(
+                shared,
                 namespace,
                 policy_index=policy_index,
                 pod_index=pod_index,
                 incident_index=incident_index,
             )
 
-    delay = settings.risk_interval_seconds
+    delay = settings.risk.interval_seconds
     while True:
         await asyncio.sleep(delay)
-        if not state.status_book().ready:
+        if not shared.status_book.ready:
             continue
         namespaces = [
             ns
@@ -305,11 +302,11 @@ async def risk_loop(
             if ns not in settings.never_governed
             and any(c.spec.oomRisk is not None for c in policy_index.get(ns, []))
         ]
-        client = prometheus()
+        client = shared.risk.prometheus
         outcomes: list[BaseException | None]
         try:
             if client is not None and namespaces:
-                await _recording_rules.refresh(client, now=time.monotonic())
+                await shared.risk.recording_rules.refresh(client, now=time.monotonic())
         except PrometheusError as exc:
             outcomes = [exc]
         else:
@@ -319,11 +316,11 @@ async def risk_loop(
             if isinstance(other, BaseException) and not isinstance(other, PrometheusError):
                 logger.error("risk cycle failed: %s", other, exc_info=other)
         if not failed:
-            failures, delay = 0, settings.risk_interval_seconds
+            failures, delay = 0, settings.risk.interval_seconds
             continue
         metrics.RISK_EVALUATION_FAILURES.inc()
         delay = backoff_delay(
-            failures, interval=settings.risk_interval_seconds, cap=settings.risk_backoff_max_seconds
+            failures, interval=settings.risk.interval_seconds, cap=settings.risk.backoff_max_seconds
         )
         failures += 1
         logger.warning("risk evaluation paused for %gs: %s", delay, failed[0])
@@ -332,6 +329,7 @@ async def risk_loop(
             for policy in policy_index.get(namespace, []):
                 if policy.spec.oomRisk is not None:
                     await write_risk_condition(
+                        shared,
                         policy,
                         ok=False,
                         reason=failed[0].reason,
@@ -342,12 +340,14 @@ async def risk_loop(
 
 @kopf.on.startup()
 async def start_risk_loop(memo: kopf.Memo, **kwargs: Any) -> None:
+    shared = state.of(memo)
     background.start(
         memo,
         _RISK_TASK,
         risk_loop(
+            shared,
             policy_index=kwargs["policy_index"],
-            pod_index=state.pods(),
+            pod_index=shared.pods,
             incident_index=kwargs["incident_index"],
         ),
     )
@@ -358,24 +358,24 @@ async def stop_risk_loop(memo: kopf.Memo, **_: Any) -> None:
     await background.stop(memo, _RISK_TASK)
 
 
-def known_incidents(incident_index: kopf.Index[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def known_incidents(
+    shared: OperatorState, incident_index: kopf.Index[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Every incident of the cluster: the index, plus what this process just created."""
     indexed: list[dict[str, Any]] = [view for key in incident_index for view in incident_index[key]]
     names = {(v["metadata"]["namespace"], v["metadata"]["name"]) for v in indexed}
     horizon = time.monotonic() - _LEDGER_SECONDS
-    for key, (created, view) in list(_ledger.items()):
+    ledger = shared.risk.ledger
+    for key, (created, view) in list(ledger.items()):
         if created < horizon or tuple(key.split("/", 1)) in names:
-            del _ledger[key]
+            del ledger[key]
         else:
             indexed.append(view)
     return indexed
 
 
-#: One opening decision at a time in this process (see open_incidents).
-_opening = asyncio.Lock()
-
-
 async def open_incidents(
+    shared: OperatorState,
     findings: list[Finding],
     *,
     policy: Candidate,
@@ -389,17 +389,17 @@ async def open_incidents(
     One opening at a time in this process: the risk loop and the Alertmanager consumer
     would otherwise both pass the cooldown and concurrency checks for one pod.
     """
-    async with _opening:
-        settings = state.settings()
+    async with shared.risk.opening:
+        settings = shared.settings
         decisions = decide(
             findings,
             captures={
                 (policy.namespace, policy.name): policy.spec.capture
-                or CaptureSpec(cooldown=settings.capture_default_cooldown)
+                or CaptureSpec(cooldown=settings.capture.default_cooldown)
             },
-            incidents=known_incidents(incident_index),
+            incidents=known_incidents(shared, incident_index),
             now=now,
-            max_concurrent=settings.max_concurrent_captures,
+            max_concurrent=settings.capture.max_concurrent,
         )
         for decision in decisions:
             finding = decision.finding
@@ -409,7 +409,7 @@ async def open_incidents(
                     continue
                 metrics.SUPPRESSED_TRIGGERS.labels(reason=decision.reason).inc()
                 key = (policy.key, finding.pod, decision.reason)
-                if _announcements.due(key, now=time.monotonic()):
+                if shared.risk.announcements.due(key, now=time.monotonic()):
                     logger.info(
                         "policy %s: trigger suppressed (%s): %s",
                         policy.key,
@@ -417,6 +417,7 @@ async def open_incidents(
                         decision.message,
                     )
                     await post_event(
+                        shared,
                         policy,
                         type="Normal",
                         reason="TriggerSuppressed",
@@ -427,7 +428,7 @@ async def open_incidents(
                 logger.info("dry run: would open incident %s for %s", decision.name, what)
                 continue
             try:
-                created = await state.kube().acreate(
+                created = await shared.kube.acreate(
                     INCIDENTS, namespace=decision.namespace, body=decision.body
                 )
             except Conflict:
@@ -435,7 +436,7 @@ async def open_incidents(
             except KubeError as exc:
                 logger.warning("incident %s for %s not opened: %s", decision.name, what, exc)
                 continue
-            _ledger[f"{decision.namespace}/{decision.name}"] = (
+            shared.risk.ledger[f"{decision.namespace}/{decision.name}"] = (
                 time.monotonic(),
                 incident_view(created),
             )
@@ -445,17 +446,18 @@ async def open_incidents(
                 "policy %s: incident %s opened: %s%s", policy.key, decision.name, what, threshold
             )
             await post_event(
+                shared,
                 policy,
                 type="Warning",
                 reason="IncidentOpened",
                 message=f"{decision.name}: {what}{threshold}",
             )
-            await _set_last_incident(policy, decision.name)
+            await _set_last_incident(shared, policy, decision.name)
             version = (created.get("metadata") or {}).get("resourceVersion")
             try:
                 # Conditional on the version just created: never rewind a capture that
                 # has already moved the incident on.
-                await state.kube().apatch_status(
+                await shared.kube.apatch_status(
                     INCIDENTS,
                     namespace=decision.namespace,
                     name=decision.name,
@@ -465,10 +467,10 @@ async def open_incidents(
                 logger.debug("incident %s: initial status not written: %s", decision.name, exc)
 
 
-async def _set_last_incident(policy: Candidate, name: str) -> None:
+async def _set_last_incident(shared: OperatorState, policy: Candidate, name: str) -> None:
     """``lastIncident`` on the policy (a scalar: a merge patch cannot clobber others)."""
     try:
-        await state.kube().apatch_status(
+        await shared.kube.apatch_status(
             POLICIES,
             namespace=policy.namespace,
             name=policy.name,

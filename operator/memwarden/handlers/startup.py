@@ -42,9 +42,9 @@ class RoutineSuccessIsDebug(logging.Filter):
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Apply memwarden's settings to kopf and log them once."""
-    ours = state.settings()
+    ours = state.of(memo).settings
     logger.info("memwarden settings: %s", ours.for_log())
     # Keep kopf's bookkeeping under our own prefix, on our own objects only.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="memwarden.dev")

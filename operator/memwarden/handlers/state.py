@@ -1,32 +1,44 @@
-"""The operator's process-wide state: its settings and the admission policy index.
+"""The operator's one state object, built at start-up and handed to handlers through kopf's memo.
 
-Settings are set once by ``memwarden run`` (or a test) before kopf starts. The policy
-index is kept current by a watch handler (handlers/indexes.py); admission reads it.
+``memwarden run`` (or a test) gives the settings and the watched namespaces
+(``configure``, ``watch_namespaces``) before kopf starts; the first ``on.startup``
+handler (``build_state``, registered before any other because every handler module
+imports this one first) builds an ``OperatorState`` from them and puts it in the memo
+under ``STATE``. Handlers read it from the memo they are given (``of(memo)``); loops are
+handed it when started; helpers take it as a parameter. Nothing is built at import time
+and nothing is read from the environment after start-up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+import kopf
+
+from memwarden.eviction_gate import EvictionGate
 from memwarden.evidence.store import EvidenceStore
 from memwarden.kube import Kube
 from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
+from memwarden.risk.cycle import Announcements
+from memwarden.risk.prometheus import PrometheusClient
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
 from memwarden.status import StatusBook
+from memwarden.updates import RetryBook
+
+if TYPE_CHECKING:
+    from memwarden.handlers.risk import RecordingRules
+
+#: The memo key of the ``OperatorState``.
+STATE = "state"
 
 _settings: Settings | None = None
-_policies = PolicyIndex()
-_status_book = StatusBook()
-_pods: PodIndex | None = None
 _watched_namespaces: list[str] | None = None
-_kube: Kube | None = None
-_evidence: Evidence | None = None
-#: Plans of pod views by shape, shared by the status and update loops.
-_plans = PlanCache()
 
 
 @dataclass(frozen=True)
@@ -37,41 +49,73 @@ class Evidence:
     upload_key: bytes
     base_url: str
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Evidence:
+        s = settings
+        if s.evidence.key_file:
+            key = Path(s.evidence.key_file).read_bytes().strip()
+        else:  # development only: tokens do not survive a restart (settings.py says so)
+            key = secrets.token_bytes(32)
+        scheme = "http" if s.http.insecure else "https"
+        base = s.evidence.base_url or f"{scheme}://{s.http.host}:{s.http.port}/evidence"
+        return cls(store=EvidenceStore(Path(s.evidence.dir)), upload_key=key, base_url=base)
+
+
+@dataclass
+class RiskMemory:
+    """What the risk loop and incident opening remember between cycles."""
+
+    prometheus: PrometheusClient | None
+    recording_rules: RecordingRules
+    #: Announcements already made (Events, log lines), so each is made once per interval.
+    announcements: Announcements = field(default_factory=Announcements)
+    #: Incidents this process created, until the incident index has them (risk.py).
+    ledger: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    #: One opening decision at a time: the cluster-wide capture cap counts every one.
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class UpdateMemory:
+    """What the update loop remembers: backoff, the eviction gate, Events told, working sets."""
+
+    retries: RetryBook
+    gate: EvictionGate
+    told: dict[tuple[str, str], None] = field(default_factory=dict)
+    working_sets: dict[str, tuple[float, dict[str, dict[str, int]]]] = field(default_factory=dict)
+
+
+@dataclass
+class OperatorState:
+    """Everything the handlers share, built once at start-up (``build``)."""
+
+    settings: Settings
+    kube: Kube
+    #: Every valid MemoryPolicy, label-anchored for admission's per-pod look-up.
+    policies: PolicyIndex
+    #: Which namespaces' policy statuses are due (see handlers/policies.py).
+    status_book: StatusBook
+    #: Every running pod of the governed namespaces, as policies see it (podwatch.py).
+    pods: PodIndex
+    #: Plans of pod views by shape, shared by the status and update loops.
+    plans: PlanCache
+    evidence: Evidence
+    #: The namespaces the operator watches (None: the whole cluster), as kopf is told.
+    watched_namespaces: list[str] | None
+    risk: RiskMemory
+    updates: UpdateMemory
+    #: Incidents whose bundle is being analysed (handlers/incidents.py), never twice at once.
+    analysing: set[tuple[str, str]] = field(default_factory=set)
+    #: Invalid policies already told of (InvalidSpec Event), by generation.
+    invalid_policies: dict[tuple[str, str], int | None] = field(default_factory=dict)
+    #: Whether the first policy event has replaced the admission index from kopf's index.
+    mirrored: bool = False
+
 
 def configure(settings: Settings) -> None:
+    """The settings the next ``build_state`` uses (``memwarden run``, tests)."""
     global _settings
     _settings = settings
-
-
-def settings() -> Settings:
-    """The settings; built from the environment if ``configure`` was never called."""
-    global _settings
-    if _settings is None:
-        _settings = Settings.from_env()
-    return _settings
-
-
-def policies() -> PolicyIndex:
-    """Every valid MemoryPolicy, label-anchored for admission's per-pod look-up."""
-    return _policies
-
-
-def plans() -> PlanCache:
-    """Plans of pod views by shape: a namespace's pass re-plans only pods unlike the others."""
-    return _plans
-
-
-def status_book() -> StatusBook:
-    """Which namespaces' policy statuses are due (see handlers/policies.py)."""
-    return _status_book
-
-
-def pods() -> PodIndex:
-    """Every running pod of the governed namespaces, as policies see it (podwatch.py)."""
-    global _pods
-    if _pods is None:
-        _pods = PodIndex(book=_status_book, governed=lambda ns: ns not in settings().never_governed)
-    return _pods
 
 
 def watch_namespaces(namespaces: list[str] | None) -> None:
@@ -80,30 +124,57 @@ def watch_namespaces(namespaces: list[str] | None) -> None:
     _watched_namespaces = namespaces
 
 
-def watched_namespaces() -> list[str] | None:
-    return _watched_namespaces
+def configured_settings() -> Settings:
+    """The settings given by ``configure``; built from the environment if it was never called."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
 
 
-def kube() -> Kube:
-    """The operator's Kubernetes adapter (in-cluster credentials, else the kubeconfig)."""
-    global _kube
-    if _kube is None:
-        _kube = Kube.from_environment()
-    return _kube
+def build(settings: Settings, *, namespaces: list[str] | None, kube: Kube) -> OperatorState:
+    """The operator's state for these settings: indexes empty, clients ready."""
+    from memwarden.handlers.risk import RecordingRules  # the class lives with its loop
 
-
-def evidence() -> Evidence:
-    """The evidence store, built from the settings on first use."""
-    global _evidence
-    if _evidence is None:
-        s = settings()
-        if s.evidence_key_file:
-            key = Path(s.evidence_key_file).read_bytes().strip()
-        else:  # development only: tokens do not survive a restart (settings.py says so)
-            key = secrets.token_bytes(32)
-        scheme = "http" if s.http_insecure else "https"
-        base = s.evidence_base_url or f"{scheme}://{s.http_host}:{s.http_port}/evidence"
-        _evidence = Evidence(
-            store=EvidenceStore(Path(s.evidence_dir)), upload_key=key, base_url=base
+    book = StatusBook()
+    never = settings.never_governed
+    prometheus = (
+        None
+        if settings.risk.prometheus_url is None
+        else PrometheusClient(
+            settings.risk.prometheus_url, timeout=settings.risk.prometheus_timeout_seconds
         )
-    return _evidence
+    )
+    return OperatorState(
+        settings=settings,
+        kube=kube,
+        policies=PolicyIndex(),
+        status_book=book,
+        pods=PodIndex(book=book, governed=lambda ns: ns not in never),
+        plans=PlanCache(),
+        evidence=Evidence.from_settings(settings),
+        watched_namespaces=namespaces,
+        risk=RiskMemory(prometheus=prometheus, recording_rules=RecordingRules(settings)),
+        updates=UpdateMemory(
+            retries=RetryBook(
+                base=settings.updates.interval_seconds, cap=settings.updates.retry_max_seconds
+            ),
+            gate=EvictionGate.from_settings(settings),
+        ),
+    )
+
+
+def of(memo: kopf.Memo) -> OperatorState:
+    """The state in a handler's memo (put there by ``build_state``)."""
+    found = memo.get(STATE)
+    if not isinstance(found, OperatorState):
+        raise RuntimeError("the operator state is not built: build_state runs first at start-up")
+    return found
+
+
+@kopf.on.startup()
+def build_state(memo: kopf.Memo, **_: Any) -> None:
+    """Build the one state object before any other start-up handler runs."""
+    memo[STATE] = build(
+        configured_settings(), namespaces=_watched_namespaces, kube=Kube.from_environment()
+    )

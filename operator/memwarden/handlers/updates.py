@@ -25,14 +25,15 @@ from typing import Any
 import kopf
 
 from memwarden import eviction, metrics
-from memwarden.eviction_gate import Allowed, EvictionGate
+from memwarden.eviction_gate import Allowed
 from memwarden.handlers import background, state
+from memwarden.handlers.state import OperatorState
 from memwarden.kube import KubeError, NotFound, Rejected
 from memwarden.mutation import PodShapeError, planned
 from memwarden.podwatch import PodIndex
 from memwarden.risk.prometheus import PrometheusError
 from memwarden.selection import Candidate, NamespacePolicies
-from memwarden.updates import PodUpdate, RetryBook, UpdateInputs, decide
+from memwarden.updates import PodUpdate, UpdateInputs, decide
 
 logger = logging.getLogger(__name__)
 
@@ -46,55 +47,34 @@ YIELD_EVERY = 256
 #: Resizes and evictions in flight at once: each is one request in a worker thread.
 CONCURRENCY = 8
 
-_retries: RetryBook | None = None
-_gate: EvictionGate | None = None
-_told: dict[tuple[str, str], None] = {}
-_working_sets: dict[str, tuple[float, dict[str, dict[str, int]]]] = {}
 
-
-def retries() -> RetryBook:
-    global _retries
-    if _retries is None:
-        s = state.settings()
-        _retries = RetryBook(base=s.update_interval_seconds, cap=s.update_retry_max_seconds)
-    return _retries
-
-
-def gate() -> EvictionGate:
-    global _gate
-    if _gate is None:
-        _gate = EvictionGate.from_settings(state.settings())
-    return _gate
-
-
-def inputs_for(namespace: str) -> Callable[[str], UpdateInputs]:
+def inputs_for(shared: OperatorState, namespace: str) -> Callable[[str], UpdateInputs]:
     """The planner's inputs for the pods of ``namespace`` now (status and updates alike)."""
-    settings = state.settings()
+    settings, retries = shared.settings, shared.updates.retries
     now = dt.datetime.now(dt.UTC)
     mono = time.monotonic()
-    cached = _working_sets.get(namespace)
-    sets = None if settings.prometheus_url is None else (cached[1] if cached else {})
+    cached = shared.updates.working_sets.get(namespace)
+    sets = None if settings.risk.prometheus_url is None else (cached[1] if cached else {})
 
     def inputs(name: str) -> UpdateInputs:
         return UpdateInputs(
             now=now,
-            enabled=settings.updates_enabled,
+            enabled=settings.updates.enabled,
             working_sets=None if sets is None else sets.get(name, {}),
-            deferred_grace_seconds=settings.update_deferred_grace_seconds,
-            refused=retries().refused((namespace, name), mono),
+            deferred_grace_seconds=settings.updates.deferred_grace_seconds,
+            refused=retries.refused((namespace, name), mono),
         )
 
     return inputs
 
 
-async def _refresh_working_sets(namespace: str) -> None:
+async def _refresh_working_sets(shared: OperatorState, namespace: str) -> None:
     """Working sets of the namespace's containers, from Prometheus when it is configured."""
-    from memwarden.handlers.risk import prometheus  # the risk loop's client, shared
-
-    client = prometheus()
+    client = shared.risk.prometheus  # the risk loop's client, shared
     if client is None:
         return
-    cached = _working_sets.get(namespace)
+    working_sets = shared.updates.working_sets
+    cached = working_sets.get(namespace)
     if cached and time.monotonic() - cached[0] < WORKING_SET_SECONDS:
         return
     expr = (
@@ -109,14 +89,14 @@ async def _refresh_working_sets(namespace: str) -> None:
             namespace,
             exc,
         )
-        _working_sets[namespace] = (time.monotonic(), {})
+        working_sets[namespace] = (time.monotonic(), {})
         return
     found: dict[str, dict[str, int]] = {}
     for sample in samples:
         pod, container = sample.labels.get("pod"), sample.labels.get("container")
         if pod and container:
             found.setdefault(pod, {})[container] = int(sample.value)
-    _working_sets[namespace] = (time.monotonic(), found)
+    working_sets[namespace] = (time.monotonic(), found)
 
 
 def _pod_ref(view: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,68 +121,74 @@ def _pod_ref(view: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _tell_once(pod: Mapping[str, Any], *, type_: str, reason: str, message: str) -> None:
+async def _tell_once(
+    shared: OperatorState, pod: Mapping[str, Any], *, type_: str, reason: str, message: str
+) -> None:
     """An Event on the pod, once per pod instance and message."""
     key = (str(pod["metadata"].get("uid") or pod["metadata"].get("name")), f"{reason}:{message}")
-    if key in _told:
+    told = shared.updates.told
+    if key in told:
         return
-    _told[key] = None
-    while len(_told) > MAX_TOLD:
-        del _told[next(iter(_told))]
-    await state.kube().apost_event(pod, type=type_, reason=reason, message=message)
+    told[key] = None
+    while len(told) > MAX_TOLD:
+        del told[next(iter(told))]
+    await shared.kube.apost_event(pod, type=type_, reason=reason, message=message)
 
 
-async def _resize(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -> None:
+async def _resize(
+    shared: OperatorState, pod: dict[str, Any], update: PodUpdate, *, policy: Candidate
+) -> None:
+    kube, retries = shared.kube, shared.updates.retries
     metadata = pod["metadata"]
     namespace, name = str(metadata["namespace"]), str(metadata["name"])
     key = (namespace, name)
     message = f"{update.reason} (policy {policy.name}, update {policy.spec.update})"
     logger.info("resizing pod %s/%s: %s", namespace, name, message)
-    await state.kube().apost_event(pod, type="Normal", reason="Resizing", message=message)
+    await kube.apost_event(pod, type="Normal", reason="Resizing", message=message)
     assert update.resize is not None
     try:
-        await asyncio.to_thread(
-            state.kube().resize_pod, namespace=namespace, name=name, body=update.resize
-        )
+        await asyncio.to_thread(kube.resize_pod, namespace=namespace, name=name, body=update.resize)
     except NotFound:
         return  # gone meanwhile
     except Rejected as exc:
         metrics.RESIZES.labels(outcome="refused").inc()
-        delay = retries().failed(key, now=time.monotonic(), message=str(exc), refused=True)
+        delay = retries.failed(key, now=time.monotonic(), message=str(exc), refused=True)
         logger.warning("resize of %s/%s refused (again in %.0fs): %s", namespace, name, delay, exc)
-        await state.kube().apost_event(
-            pod, type="Warning", reason="ResizeRefused", message=str(exc)
-        )
+        await kube.apost_event(pod, type="Warning", reason="ResizeRefused", message=str(exc))
         return
     except KubeError as exc:
         metrics.RESIZES.labels(outcome="failed").inc()
-        delay = retries().failed(key, now=time.monotonic(), message=str(exc))
+        delay = retries.failed(key, now=time.monotonic(), message=str(exc))
         logger.warning("resize of %s/%s failed (again in %.0fs): %s", namespace, name, delay, exc)
         return
     metrics.RESIZES.labels(outcome="accepted").inc()
-    retries().succeeded(key)
+    retries.succeeded(key)
 
 
-async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -> None:
+async def _evict(
+    shared: OperatorState, pod: dict[str, Any], update: PodUpdate, *, policy: Candidate
+) -> None:
     """Ask the gate, evict if it allows, give its slot back if the eviction did not happen."""
     metadata = pod["metadata"]
     namespace, name = str(metadata["namespace"]), str(metadata["name"])
     key = (namespace, name)
-    kube = state.kube()
+    kube, retries, gate = shared.kube, shared.updates.retries, shared.updates.gate
     # Refusals, rate limits and a workload seen busy moments ago need no read of the
     # namespace: a hundred pods waiting on one Deployment cost one list, not a hundred.
-    held = gate().precheck(pod, policy=policy.key, now=time.monotonic())
+    held = gate.precheck(pod, policy=policy.key, now=time.monotonic())
     if held is None:
         try:
             workload = await eviction.observe_workload(kube, pod)
         except KubeError as exc:
-            retries().failed(key, now=time.monotonic(), message=str(exc))
+            retries.failed(key, now=time.monotonic(), message=str(exc))
             return
-        held = gate().admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
+        held = gate.admit(pod, policy=policy.key, workload=workload, now=time.monotonic())
     if not isinstance(held, Allowed):
         if held.permanent:
-            await _tell_once(pod, type_="Warning", reason="EvictionRefused", message=held.message)
-        retries().failed(
+            await _tell_once(
+                shared, pod, type_="Warning", reason="EvictionRefused", message=held.message
+            )
+        retries.failed(
             key, now=time.monotonic(), message=held.message, after=held.retry_after or None
         )
         return
@@ -211,10 +197,10 @@ async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -
     await kube.apost_event(pod, type="Normal", reason="Evicting", message=message)
     outcome = await eviction.evict(kube, namespace=namespace, name=name, uid=metadata.get("uid"))
     if outcome.result == "evicted":
-        retries().succeeded(key)
+        retries.succeeded(key)
         return
-    gate().release(pod, policy=policy.key, now=time.monotonic())
-    retries().failed(key, now=time.monotonic(), message=outcome.message, after=outcome.retry_after)
+    gate.release(pod, policy=policy.key, now=time.monotonic())
+    retries.failed(key, now=time.monotonic(), message=outcome.message, after=outcome.retry_after)
     if outcome.result == "failed":
         await kube.apost_event(
             pod, type="Warning", reason="EvictionFailed", message=outcome.message
@@ -222,15 +208,15 @@ async def _evict(pod: dict[str, Any], update: PodUpdate, *, policy: Candidate) -
 
 
 async def update_namespace(
-    namespace: str, *, policies: list[Candidate], pod_index: PodIndex
+    shared: OperatorState, namespace: str, *, policies: list[Candidate], pod_index: PodIndex
 ) -> int:
     """One pass over a namespace: decide for each governed pod, act. Returns the actions."""
-    settings = state.settings()
+    settings, retries = shared.settings, shared.updates.retries
     if namespace in settings.never_governed:
         return 0
-    await _refresh_working_sets(namespace)
+    await _refresh_working_sets(shared, namespace)
     table = NamespacePolicies.build(policies)
-    inputs = inputs_for(namespace)
+    inputs = inputs_for(shared, namespace)
     profile = settings.kubelet.profile()
     now = time.monotonic()
     work = []
@@ -245,15 +231,18 @@ async def update_namespace(
         name = str((view.get("metadata") or {}).get("name"))
         seen.add(name)
         try:
-            plan = planned(pod=view, selection=selection, profile=profile, cache=state.plans())
+            plan = planned(pod=view, selection=selection, profile=profile, cache=shared.plans)
         except PodShapeError:
             continue  # status reports it as infeasible
         update = decide(view=view, plan=plan, inputs=inputs(name))
         pod = _pod_ref(view)
         if update.stuck:
-            await _tell_once(pod, type_="Warning", reason="UpdateBlocked", message=update.reason)
+            await _tell_once(
+                shared, pod, type_="Warning", reason="UpdateBlocked", message=update.reason
+            )
         if update.stale_runtime and update.action == "none":
             await _tell_once(
+                shared,
                 pod,
                 type_="Normal",
                 reason="StaleRuntime",
@@ -261,13 +250,13 @@ async def update_namespace(
                 + ": env cannot change in place; the pod gets the new values when recreated",
             )
         acting = winner.spec.mode == "Enforce" and not settings.dry_run
-        if not acting or not retries().due((namespace, name), now):
+        if not acting or not retries.due((namespace, name), now):
             continue
         if update.action == "resize":
-            work.append(_resize(pod, update, policy=winner))
+            work.append(_resize(shared, pod, update, policy=winner))
         elif update.action == "evict":
-            work.append(_evict(pod, update, policy=winner))
-    retries().forget_gone(namespace, seen)
+            work.append(_evict(shared, pod, update, policy=winner))
+    retries.forget_gone(namespace, seen)
     limit = asyncio.Semaphore(CONCURRENCY)
 
     async def bounded(step: Any) -> None:
@@ -276,15 +265,17 @@ async def update_namespace(
 
     await asyncio.gather(*(bounded(step) for step in work))
     if work:
-        state.status_book().touch(namespace)
+        shared.status_book.touch(namespace)
     return len(work)
 
 
-async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex) -> None:
-    """Every ``update_interval_seconds``, one pass over each namespace with an update mode."""
-    settings, book = state.settings(), state.status_book()
+async def update_loop(
+    shared: OperatorState, *, policy_index: kopf.Index[str, Candidate], pod_index: PodIndex
+) -> None:
+    """Every ``updates.interval_seconds``, one pass over each namespace with an update mode."""
+    settings, book = shared.settings, shared.status_book
     while True:
-        await asyncio.sleep(settings.update_interval_seconds)
+        await asyncio.sleep(settings.updates.interval_seconds)
         if not book.ready:
             continue
         metrics.UPDATE_PASSES.inc()
@@ -293,7 +284,7 @@ async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
             if not any(p.spec.update != "Initial" for p in policies):
                 continue
             try:
-                await update_namespace(namespace, policies=policies, pod_index=pod_index)
+                await update_namespace(shared, namespace, policies=policies, pod_index=pod_index)
             except Exception:  # one namespace's failure must not stop the others' updates
                 logger.exception("updates of the pods in %s not done", namespace)
             await asyncio.sleep(0)
@@ -301,11 +292,13 @@ async def update_loop(*, policy_index: kopf.Index[str, Candidate], pod_index: Po
 
 @kopf.on.startup()
 async def start_update_loop(memo: kopf.Memo, **kwargs: Any) -> None:
-    settings = state.settings()
-    if not settings.updates_enabled:
+    shared = state.of(memo)
+    if not shared.settings.updates.enabled:
         logger.warning("updates are off (updates_enabled=false): no running pod is changed")
     background.start(
-        memo, _TASK, update_loop(policy_index=kwargs["policy_index"], pod_index=state.pods())
+        memo,
+        _TASK,
+        update_loop(shared, policy_index=kwargs["policy_index"], pod_index=shared.pods),
     )
 
 
