@@ -247,8 +247,8 @@ def test_toolbox_imports_stay_light() -> None:
 def test_an_upload_ca_given_as_pem_text_is_trusted() -> None:
     import datetime as dt
 
-    from memwarden import certs
     from memwarden.capture.toolbox import _connection
+    from memwarden.webhook import certs
 
     ca = certs.make_ca(
         common_name="evidence-ca", now=dt.datetime.now(dt.UTC), valid_for=dt.timedelta(days=1)

@@ -23,7 +23,12 @@ from memwarden.admission import Decision
 from memwarden.evidence.api import make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
 from memwarden.evidence.store import EvidenceStore
-from memwarden.webhook import MAX_REVIEW_BYTES, AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.webhook.server import (
+    MAX_REVIEW_BYTES,
+    AdmissionTally,
+    WebhookServer,
+    make_webhook_app,
+)
 from memwarden_testing.operator import free_port
 from memwarden_testing.rawhttp import Answer, RawClient
 

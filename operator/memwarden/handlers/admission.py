@@ -20,18 +20,19 @@ from typing import Any
 
 import kopf
 
-from memwarden import admission, metrics
-from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
+from memwarden import admission
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.heap import release_free_memory
 from memwarden.kube import POLICIES, KubeError
-from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PlanCache
+from memwarden.observability import metrics
 from memwarden.settings import Settings
 from memwarden.sizing import KubeletProfile
-from memwarden.tlsreload import CertificateReloader
-from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.webhook.manifests import POD_HANDLER_ID
+from memwarden.webhook.server import AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.webhook.tlsreload import CertificateReloader
+from memwarden.webhook.worker import AdmissionWorker, WorkerConfig, WorkerError
 
 logger = logging.getLogger(__name__)
 

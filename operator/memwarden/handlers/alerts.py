@@ -23,8 +23,8 @@ from typing import Any
 
 import kopf
 
-from memwarden import metrics
 from memwarden.handlers import background, risk
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute

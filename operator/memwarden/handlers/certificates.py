@@ -31,11 +31,12 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from memwarden import certrotation, certs, health, metrics
-from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
 from memwarden.kube import Conflict, KubeError, NotFound, Transient, call
+from memwarden.observability import health, metrics
 from memwarden.settings import Settings
+from memwarden.webhook import certrotation, certs
+from memwarden.webhook.certrotation import CaStep, Cert
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,6 @@ import kopf
 import prometheus_client
 from aiohttp import web
 
-from memwarden import health, metrics
 from memwarden.capture import incident as lifecycle
 from memwarden.evidence.api import LiveIncident, make_evidence_app
 from memwarden.evidence.auth import KubeAuthorizer
@@ -35,9 +34,10 @@ from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
 from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
+from memwarden.observability import health, metrics
 from memwarden.risk import receiver
 from memwarden.settings import Settings
-from memwarden.tlsreload import CertificateReloader
+from memwarden.webhook.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import kopf
 
-from memwarden import metrics
 from memwarden.api import GROUP, VERSION
 from memwarden.capture import analysis_worker
 from memwarden.capture import incident as lifecycle
@@ -37,6 +36,7 @@ from memwarden.evidence.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden.handlers import background, certificates, risk, state
 from memwarden.kube import CustomResource, KubeError, NotFound, Rejected
+from memwarden.observability import metrics
 from memwarden.quantity import parse_bytes
 from memwarden.timefmt import parse_time, rfc3339
 

@@ -26,10 +26,10 @@ from typing import Any
 
 import kopf
 
-from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import background, state
 from memwarden.kube import INCIDENTS, POLICIES, Conflict, KubeError, NotFound
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition

@@ -24,11 +24,12 @@ from typing import Any
 
 import kopf
 
-from memwarden import eviction, metrics
+from memwarden import eviction
 from memwarden.eviction_gate import Allowed, EvictionGate
 from memwarden.handlers import background, state
 from memwarden.kube import KubeError, NotFound, Rejected
 from memwarden.mutation import PodShapeError, planned
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.risk.prometheus import PrometheusError
 from memwarden.selection import Candidate, NamespacePolicies
