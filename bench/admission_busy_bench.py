@@ -558,8 +558,9 @@ class CpuWatch:
         self.machine = machine_busy()
         self.processes = all_cpu()
         #: The webhook's own process (admission_process: worker), if there is one.
+        worker_module = "memwarden.webhook.worker"
         self.worker = next(
-            (pid for pid, (cmd, _) in self.processes.items() if "memwarden.webhook.worker" in cmd), None
+            (pid for pid, (cmd, _) in self.processes.items() if worker_module in cmd), None
         )
 
     def stop(self) -> dict[str, Any]:

@@ -247,7 +247,7 @@ def test_toolbox_imports_stay_light() -> None:
 def test_an_upload_ca_given_as_pem_text_is_trusted() -> None:
     import datetime as dt
 
-    from memwarden.capture.toolbox import _connection
+    from memwarden.capture.toolbox.delivery import _connection
     from memwarden.webhook import certs
 
     ca = certs.make_ca(
