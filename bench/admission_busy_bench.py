@@ -70,7 +70,7 @@ from kubernetes.client.rest import ApiException  # noqa: E402
 
 from memwarden.api import GROUP, VERSION  # noqa: E402
 from memwarden.capture.plan import ENV_UPLOAD_TOKEN, ENV_UPLOAD_URL  # noqa: E402
-from memwarden.evidence.store import EvidenceStore  # noqa: E402
+from memwarden.evidence.adapters.store import EvidenceStore  # noqa: E402
 from memwarden.webhook.manifests import POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
 from memwarden_testing.cluster import (  # noqa: E402

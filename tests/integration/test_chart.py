@@ -26,7 +26,7 @@ from kubernetes.client.rest import ApiException
 from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.capture.plan import ALL_ARTIFACTS, plan_ephemeral_container
-from memwarden.evidence.api import bundle_url
+from memwarden.evidence.adapters.api import bundle_url
 from memwarden.reach import operator_reach_policy
 from memwarden.risk.promql import Windows
 from memwarden.risk.rules import RuleSet

@@ -20,9 +20,9 @@ import pytest
 from kubernetes import client
 
 from memwarden.admission import Decision
-from memwarden.evidence.api import make_evidence_app
-from memwarden.evidence.auth import KubeAuthorizer
-from memwarden.evidence.store import EvidenceStore
+from memwarden.evidence.adapters.api import make_evidence_app
+from memwarden.evidence.adapters.auth import KubeAuthorizer
+from memwarden.evidence.adapters.store import EvidenceStore
 from memwarden.webhook.server import (
     MAX_REVIEW_BYTES,
     AdmissionTally,

@@ -26,12 +26,12 @@ import kopf
 from memwarden.handlers import background, risk
 from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
+from memwarden.risk.adapters.receiver import Overloaded
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
 from memwarden.risk.cycle import Announcements
 from memwarden.risk.findings import Finding
 from memwarden.risk.queue import FindingQueue
-from memwarden.risk.receiver import Overloaded
 from memwarden.selection import Candidate
 
 logger = logging.getLogger(__name__)

@@ -28,14 +28,14 @@ import prometheus_client
 from aiohttp import web
 
 from memwarden.capture import incident as lifecycle
-from memwarden.evidence.api import LiveIncident, make_evidence_app
-from memwarden.evidence.auth import KubeAuthorizer
-from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
+from memwarden.evidence.adapters.api import LiveIncident, make_evidence_app
+from memwarden.evidence.adapters.auth import KubeAuthorizer
+from memwarden.evidence.adapters.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
 from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
 from memwarden.observability import health, metrics
-from memwarden.risk import receiver
+from memwarden.risk.adapters import receiver
 from memwarden.settings import Settings
 from memwarden.webhook.tlsreload import CertificateReloader
 

@@ -32,10 +32,14 @@ from memwarden.kube import INCIDENTS, POLICIES, Conflict, KubeError, NotFound
 from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
+from memwarden.risk.adapters.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    RecordingRulesMissing,
+)
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view
-from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
 from memwarden.risk.promql import PolicyRisk, Recorded, Sample, Windows, namespace_queries
 from memwarden.risk.rules import MARKER, describe, find_recorded
 from memwarden.risk.signals import (

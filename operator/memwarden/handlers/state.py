@@ -10,7 +10,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from memwarden.evidence.store import EvidenceStore
+from memwarden.evidence.adapters.store import EvidenceStore
 from memwarden.kube import Kube
 from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex

@@ -31,7 +31,7 @@ from memwarden.kube import KubeError, NotFound, Rejected
 from memwarden.mutation import PodShapeError, planned
 from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
-from memwarden.risk.prometheus import PrometheusError
+from memwarden.risk.adapters.prometheus import PrometheusError
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.updates import PodUpdate, RetryBook, UpdateInputs, decide
 

@@ -1,0 +1,1 @@
+"""Capture adapters: reading evidence bundles from files and the analysis worker process."""
