@@ -1,4 +1,4 @@
-"""The admission webhook's own process (``admission_worker.py``), on the real control plane:
+"""The admission webhook's own process (``webhook/worker.py``), on the real control plane:
 it answers for the operator, follows policy changes, and comes back when killed."""
 
 from __future__ import annotations

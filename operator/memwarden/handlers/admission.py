@@ -1,6 +1,6 @@
 """Pod admission, wired: the policy index primed, the webhook server started and stopped.
 
-The webhook is memwarden's own aiohttp server (``webhook.py``) on kopf's event loop, not
+The webhook is memwarden's own aiohttp server (``webhook/server.py``) on kopf's event loop, not
 a kopf ``on.mutate`` handler. It listens only once every policy is in the index, so a
 pod created while the operator starts is either refused at the socket (and admitted
 unchanged by ``failurePolicy: Ignore``, as when the operator is down) or admitted with
@@ -167,7 +167,7 @@ async def _start_worker(
     profile: KubeletProfile,
     tally: AdmissionTally,
 ) -> AdmissionWorker:
-    """The webhook in its own process (``admission_worker.py``), fed the policy index."""
+    """The webhook in its own process (``webhook/worker.py``), fed the policy index."""
     worker = AdmissionWorker(
         config=WorkerConfig(
             host=settings.webhook_host,

@@ -1,6 +1,6 @@
 """Alertmanager findings -> MemoryIncidents: the queue's consumer. Wiring only.
 
-The receiver (risk/receiver.py) puts findings in a :class:`FindingQueue` and answers at
+The receiver (risk/adapters/receiver.py) puts findings in a :class:`FindingQueue` and answers at
 once. One consumer task, started with the HTTP server (handlers/http.py), takes
 everything pending at most every ``PASS_INTERVAL`` seconds, gives each finding its pod,
 policy and container from the kopf indexes (risk/attribution.py, pure), and opens
