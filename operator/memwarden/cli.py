@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "capture": ("memwarden.capture.toolbox", "collect evidence from a Go process (the toolbox)"),
     "analyze": (
-        "memwarden.capture.adapters.analysis_cli",
+        "memwarden.commands.analyze",
         "summarise a heap profile or an evidence bundle",
     ),
     "incidents": ("memwarden.commands.incidents", "list, inspect and download incident evidence"),

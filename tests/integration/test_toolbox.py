@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from memwarden.capture.adapters.analysis_cli import load_evidence
+from memwarden.capture.adapters.bundles import load_evidence
 from memwarden.capture.analysis import summarize
 from memwarden.capture.plan import PTRACE_SKIPPED_REASON
 from memwarden.capture.toolbox import CGROUP_FILES, MANIFEST_MEMBER, SUMMARY_LIMIT

@@ -1,1 +1,2 @@
-"""Capture adapters: reading evidence bundles from files and the analysis worker process."""
+"""Capture adapters: evidence bundles read from files (``memwarden analyze`` and the worker)
+and the analysis worker process."""

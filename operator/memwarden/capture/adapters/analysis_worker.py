@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from memwarden.api import Analysis, ArtifactRecord
-from memwarden.capture.adapters.analysis_cli import EvidenceError, EvidenceTooLarge, load_evidence
+from memwarden.capture.adapters.bundles import EvidenceError, EvidenceTooLarge, load_evidence
 from memwarden.capture.analysis import summarize
 from memwarden.capture.incident import AnalysisOutcome, analysis_of, artifact_records
 from memwarden.capture.profile import ProfileError
