@@ -54,7 +54,7 @@ import yaml  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.utils.quantity import parse_quantity  # noqa: E402
 
-from memwarden.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
+from memwarden.webhook.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
 from memwarden_testing.cluster import (  # noqa: E402
     api_client,
@@ -1042,7 +1042,7 @@ def run(kubeconfig: Path, *, vpa_binary: Path, vegeta: Path) -> dict[str, Any]:
 
                 assert operator.process is not None and vpa.process is not None
                 # The webhook answers from the operator's admission worker when it has one.
-                workers = child_pids(operator.process.pid, b"memwarden.admission_worker")
+                workers = child_pids(operator.process.pid, b"memwarden.webhook.worker")
                 memwarden_pid = workers[0] if workers else operator.process.pid
                 OURS[operator.process.pid] = "[this bench] memwarden"
                 OURS[memwarden_pid] = "[this bench] memwarden (webhook)"

@@ -70,8 +70,8 @@ from kubernetes.client.rest import ApiException  # noqa: E402
 
 from memwarden.api import GROUP, VERSION  # noqa: E402
 from memwarden.capture.plan import ENV_UPLOAD_TOKEN, ENV_UPLOAD_URL  # noqa: E402
-from memwarden.evidence.store import EvidenceStore  # noqa: E402
-from memwarden.manifests import POD_HANDLER_ID  # noqa: E402
+from memwarden.evidence.adapters.store import EvidenceStore  # noqa: E402
+from memwarden.webhook.manifests import POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec  # noqa: E402
 from memwarden_testing.cluster import (  # noqa: E402
     api_client,
@@ -558,8 +558,9 @@ class CpuWatch:
         self.machine = machine_busy()
         self.processes = all_cpu()
         #: The webhook's own process (admission_process: worker), if there is one.
+        worker_module = "memwarden.webhook.worker"
         self.worker = next(
-            (pid for pid, (cmd, _) in self.processes.items() if "admission_worker" in cmd), None
+            (pid for pid, (cmd, _) in self.processes.items() if worker_module in cmd), None
         )
 
     def stop(self) -> dict[str, Any]:

@@ -58,10 +58,10 @@ from admission_bench import (  # noqa: E402
 )
 from kubernetes import client  # noqa: E402
 
-from memwarden.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden.mutation import plan_pod  # noqa: E402
 from memwarden.selection import container_names, select_policy  # noqa: E402
 from memwarden.sizing import KubeletProfile  # noqa: E402
+from memwarden.webhook.manifests import OPT_OUT_LABEL, POD_HANDLER_ID  # noqa: E402
 from memwarden_testing.builders import (  # noqa: E402
     make_candidate,
     make_container,

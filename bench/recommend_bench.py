@@ -32,7 +32,7 @@ sys.path[:0] = [str(HERE.parent / "operator"), str(HERE.parent / "tests")]
 
 from memwarden.commands import recommend as command  # noqa: E402
 from memwarden.history import history_queries  # noqa: E402
-from memwarden.risk.prometheus import PrometheusClient  # noqa: E402
+from memwarden.risk.adapters.prometheus import PrometheusClient  # noqa: E402
 from memwarden_testing.history import (  # noqa: E402
     DAY,
     MIB,

@@ -36,7 +36,7 @@ sys.path[:0] = [str(HERE.parent / "operator"), str(HERE.parent / "tests")]
 
 from memwarden.api import OomRiskSpec  # noqa: E402
 from memwarden.quantity import parse_duration  # noqa: E402
-from memwarden.risk.prometheus import PrometheusClient  # noqa: E402
+from memwarden.risk.adapters.prometheus import PrometheusClient  # noqa: E402
 from memwarden.risk.promql import PolicyRisk, Recorded, Windows, namespace_queries  # noqa: E402
 from memwarden.risk.rules import MARKER, RuleSet, find_recorded  # noqa: E402
 from memwarden.risk.signals import evaluate, governed_by_policy, smallest_limit  # noqa: E402

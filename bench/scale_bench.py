@@ -69,7 +69,7 @@ class ProcessSampler:
         self.pid = pid
 
     def worker_pid(self) -> int | None:
-        found = child_pids(self.pid, b"admission_worker")
+        found = child_pids(self.pid, b"memwarden.webhook.worker")
         return found[0] if found else None
 
     def _pids(self) -> list[int]:

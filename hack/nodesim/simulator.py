@@ -17,8 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from memwarden import certs
 from memwarden.quantity import parse_bytes, parse_millicores
+from memwarden.webhook import certs
 from nodesim.allocation import AllocationBook
 from nodesim.ipam import AddressPool
 from nodesim.kubeapi import ApiError, Kube

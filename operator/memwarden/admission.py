@@ -1,6 +1,6 @@
 """One pod admission, decided: AdmissionReview request in, AdmissionReview response out.
 
-Pure: no kopf, no HTTP, no clock. The webhook server (``webhook.py``) parses the body,
+Pure: no kopf, no HTTP, no clock. The webhook server (``webhook/server.py``) parses the body,
 calls :func:`admit`, and sends back :func:`review_response`. The JSONPatch is the plan's
 own operations (``mutation.plan_pod``), not a diff of a copy of the pod: nothing is
 copied and nothing is diffed.

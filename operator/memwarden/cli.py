@@ -30,8 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "propose a MemoryPolicy per workload from Prometheus history (KRR and VPA beside)",
     ),
     "capture": ("memwarden.capture.toolbox", "collect evidence from a Go process (the toolbox)"),
-    "analyze": ("memwarden.capture.analysis_cli", "summarise a heap profile or an evidence bundle"),
-    "incidents": ("memwarden.evidence.client", "list, inspect and download incident evidence"),
+    "analyze": (
+        "memwarden.commands.analyze",
+        "summarise a heap profile or an evidence bundle",
+    ),
+    "incidents": ("memwarden.commands.incidents", "list, inspect and download incident evidence"),
 }
 
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from memwarden import metrics
 from memwarden.eviction_gate import (
     Allowed,
     Decision,
@@ -27,6 +26,7 @@ from memwarden.eviction_gate import (
     workload_state,
 )
 from memwarden.kube import Conflict, Kube, KubeError, NotFound
+from memwarden.observability import metrics
 
 Result = Literal["evicted", "retry_later", "gone", "failed"]
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from memwarden import metrics
 from memwarden.api import LabelSelector
+from memwarden.observability import metrics
 from memwarden.selection import selector_matches
 from memwarden.settings import Settings
 

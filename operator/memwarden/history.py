@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from memwarden.recommend import REQUEST_QUANTILE, ContainerHistory, Owner, owner_from_metric
-from memwarden.risk.prometheus import PrometheusClient
+from memwarden.risk.adapters.prometheus import PrometheusClient
 from memwarden.risk.promql import (
     OOM_EVENTS,
     PART_LABEL,

@@ -1,6 +1,6 @@
 """Request bodies on memwarden's HTTP servers: read as sent, under a limit, never inflated.
 
-Shared by the admission webhook (``webhook.py``) and the operator's HTTP API
+Shared by the admission webhook (``webhook/server.py``) and the operator's HTTP API
 (``handlers/http.py``: the Alertmanager receiver, the evidence API). Both are reachable by
 anything that can open a connection to the operator's pod, so what a body costs is bounded
 here, not by the client's good manners:

@@ -202,7 +202,7 @@ class AdmissionSettings(_Section):
     process: Literal["worker", "inline"] = Field(
         default="worker",
         description="worker: the webhook answers from a process of its own "
-        "(admission_worker.py), so the operator's other work never delays a pod create; "
+        "(webhook/worker.py), so the operator's other work never delays a pod create; "
         "inline: on the operator's event loop (one process, ~40 MiB less).",
     )
     background_nice: int = Field(

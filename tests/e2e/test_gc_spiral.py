@@ -17,7 +17,7 @@ from typing import Any
 from kubernetes import client
 
 from memwarden.api import OomRiskSpec
-from memwarden.risk.prometheus import PrometheusClient
+from memwarden.risk.adapters.prometheus import PrometheusClient
 from memwarden.risk.promql import Windows, policy_queries
 from memwarden.risk.signals import Governed, evaluate
 from memwarden_testing.loop import (

@@ -1,4 +1,4 @@
-"""The admission webhook's own process (``admission_worker.py``), on the real control plane:
+"""The admission webhook's own process (``webhook/worker.py``), on the real control plane:
 it answers for the operator, follows policy changes, and comes back when killed."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def apply(kubeconfig: Path, obj: dict[str, Any]) -> None:
 def workers(operator: OperatorProcess) -> list[int]:
     """The operator's children running the admission worker."""
     assert operator.process is not None
-    return child_pids(operator.process.pid, b"memwarden.admission_worker")
+    return child_pids(operator.process.pid, b"memwarden.webhook.worker")
 
 
 def listening(port: int) -> bool:

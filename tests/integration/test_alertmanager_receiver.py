@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client
 
 from memwarden.api import APPLIED_ANNOTATION
-from memwarden.risk import receiver
+from memwarden.risk.adapters import receiver
 from memwarden_testing.alertmanager import (
     AlertmanagerProcess,
     make_alert,

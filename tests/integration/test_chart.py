@@ -26,17 +26,17 @@ from kubernetes.client.rest import ApiException
 from memwarden import rbac
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.capture.plan import ALL_ARTIFACTS, plan_ephemeral_container
-from memwarden.evidence.api import bundle_url
-from memwarden.manifests import (
+from memwarden.evidence.adapters.api import bundle_url
+from memwarden.reach import operator_reach_policy
+from memwarden.risk.promql import Windows
+from memwarden.risk.rules import RuleSet
+from memwarden.settings import Settings, flat_env_name, nested_env_name, setting_names
+from memwarden.webhook.manifests import (
     incident_admission_policy,
     mutating_webhook_configuration,
     policy_guard,
     service_account_username,
 )
-from memwarden.reach import operator_reach_policy
-from memwarden.risk.promql import Windows
-from memwarden.risk.rules import RuleSet
-from memwarden.settings import Settings, flat_env_name, nested_env_name, setting_names
 from memwarden_testing.builders import make_container, make_policy, make_policy_spec
 from memwarden_testing.cluster import (
     REPO,

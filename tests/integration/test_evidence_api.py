@@ -33,9 +33,9 @@ from kubernetes.client.exceptions import ApiException
 from memwarden import cli
 from memwarden.api import GROUP, VERSION
 from memwarden.capture.incident import pod_ips
-from memwarden.evidence.api import LiveIncident, bundle_url, make_evidence_app
-from memwarden.evidence.auth import Denied, Identity, KubeAuthorizer
-from memwarden.evidence.store import BundleMeta, DiskLimits, EvidenceStore, apply_retention
+from memwarden.evidence.adapters.api import LiveIncident, bundle_url, make_evidence_app
+from memwarden.evidence.adapters.auth import Denied, Identity, KubeAuthorizer
+from memwarden.evidence.adapters.store import BundleMeta, DiskLimits, EvidenceStore, apply_retention
 from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, issue_upload_token
 from memwarden_testing.builders import make_pod
 from memwarden_testing.cluster import ensure_namespace, kubectl, wait_for

@@ -36,9 +36,9 @@ from kubernetes import client
 
 from memwarden.api import GROUP, VERSION
 from memwarden.capture.plan import ENV_UPLOAD_TOKEN
-from memwarden.evidence.store import BUNDLE_FILE
-from memwarden.manifests import POD_HANDLER_ID
-from memwarden.webhook import MAX_REVIEW_BYTES
+from memwarden.evidence.adapters.store import BUNDLE_FILE
+from memwarden.webhook.manifests import POD_HANDLER_ID
+from memwarden.webhook.server import MAX_REVIEW_BYTES
 from memwarden_testing.alertmanager import make_alert, make_payload, suppressed_counts
 from memwarden_testing.builders import (
     make_admission_review,
@@ -198,7 +198,7 @@ class Baseline:
 
 #: Loggers of the servers under test: nothing a client sends is an ERROR of theirs.
 SERVER_LOGGERS = re.compile(
-    r" ERROR +(aiohttp\.|memwarden\.(http|webhook|admission_worker|risk\.receiver|evidence)\b)"
+    r" ERROR +(aiohttp\.|memwarden\.(http|webhook|risk\.adapters\.receiver|evidence)\b)"
 )
 
 

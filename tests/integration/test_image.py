@@ -117,7 +117,9 @@ def test_memwarden_and_gdb_run_from_the_root_filesystems(rootfs: dict[str, Path]
     assert in_image(rootfs["memwarden-toolbox"], "gdb", "--version").startswith("GNU gdb")
     assert "--pid" in in_image(rootfs["memwarden-toolbox"], "memwarden", "capture", "--help")
     # The operator's own dependencies import under the image's Debian Python.
-    imports = "import kopf, kubernetes, pydantic, rich, memwarden.kube, memwarden.evidence.client"
+    imports = (
+        "import kopf, kubernetes, pydantic, rich, memwarden.kube, memwarden.commands.incidents"
+    )
     in_image(rootfs["memwarden"], "/opt/memwarden/bin/python", "-c", imports)
     assert not (rootfs["memwarden"] / "usr/bin/gdb").exists(), "gdb belongs to the toolbox only"
     assert (rootfs["leaky"] / "leaky").stat().st_mode & 0o111

@@ -20,7 +20,7 @@ from kubernetes.client.rest import ApiException
 
 from memwarden import reach
 from memwarden.capture.plan import ALL_ARTIFACTS, ENV_UPLOAD_URL, plan_ephemeral_container
-from memwarden.evidence.api import bundle_url
+from memwarden.evidence.adapters.api import bundle_url
 from memwarden_testing.builders import make_container, make_pod
 from memwarden_testing.cluster import REPO, api_client, kubectl, wait_for
 from memwarden_testing.loop import TOOLBOX_IMAGE

@@ -204,7 +204,7 @@ def test_garbage_admission_requests_get_4xx_and_the_operator_lives(
     import urllib.error
     import urllib.request
 
-    from memwarden.manifests import POD_HANDLER_ID
+    from memwarden.webhook.manifests import POD_HANDLER_ID
 
     context = ssl.create_default_context(cafile=str(memwarden.workdir / "ca.crt"))
     url = f"https://127.0.0.1:{memwarden.webhook_port}/{POD_HANDLER_ID}"
@@ -250,7 +250,7 @@ def test_review_size_limit_is_the_intended_8_mib_not_aiohttp_default(
     import urllib.error
     import urllib.request
 
-    from memwarden.manifests import POD_HANDLER_ID
+    from memwarden.webhook.manifests import POD_HANDLER_ID
 
     apply(
         memwarden.kubeconfig, make_policy(namespace=namespace, spec=make_policy_spec(memory=PLAIN))

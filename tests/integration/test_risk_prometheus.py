@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from memwarden.api import OomRiskSpec
-from memwarden.risk.prometheus import PrometheusClient, PrometheusUnavailable
+from memwarden.risk.adapters.prometheus import PrometheusClient, PrometheusUnavailable
 from memwarden.risk.promql import Recorded, policy_queries
 from memwarden.risk.signals import Governed, evaluate
 from memwarden_testing.cluster import wait_for

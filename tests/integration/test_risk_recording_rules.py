@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from memwarden.api import OomRiskSpec
+from memwarden.risk.adapters.prometheus import PrometheusClient
 from memwarden.risk.findings import Finding
-from memwarden.risk.prometheus import PrometheusClient
 from memwarden.risk.promql import Recorded, RecordedNames, gc_cpu_share, policy_queries
 from memwarden.risk.rules import MARKER, RuleSet, find_recorded
 from memwarden.risk.signals import Governed, evaluate

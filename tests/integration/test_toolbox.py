@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
+from memwarden.capture.adapters.bundles import load_evidence
 from memwarden.capture.analysis import summarize
-from memwarden.capture.analysis_cli import load_evidence
 from memwarden.capture.plan import PTRACE_SKIPPED_REASON
 from memwarden.capture.toolbox import CGROUP_FILES, MANIFEST_MEMBER, SUMMARY_LIMIT
 from memwarden.evidence.tokens import issue_upload_token

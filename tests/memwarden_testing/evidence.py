@@ -17,7 +17,7 @@ from aiohttp import web
 from kubernetes import client
 
 from memwarden.api import API_VERSION, GROUP
-from memwarden.evidence.store import BundleMeta, Entry
+from memwarden.evidence.adapters.store import BundleMeta, Entry
 from memwarden_testing.cluster import grant_in_namespace
 from memwarden_testing.tls import loopback_certificates
 

@@ -26,13 +26,13 @@ from typing import Any
 
 import yaml
 
-from memwarden.manifests import (
+from memwarden.reach import operator_reach_policy
+from memwarden.webhook.manifests import (
     incident_admission_policy,
     mutating_webhook_configuration,
     policy_guard,
     service_account_username,
 )
-from memwarden.reach import operator_reach_policy
 from memwarden_testing.cluster import (
     REPO,
     child_pids,
@@ -216,7 +216,7 @@ class OperatorProcess:
         admission worker together (the webhook answers from the worker)."""
         assert self.process is not None and self.process.poll() is None, "operator not running"
         sizes = {"VmRSS": 0, "VmHWM": 0}
-        workers = child_pids(self.process.pid, b"memwarden.admission_worker")
+        workers = child_pids(self.process.pid, b"memwarden.webhook.worker")
         for pid in (self.process.pid, *workers):
             with contextlib.suppress(FileNotFoundError):
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from memwarden import certs
+from memwarden.webhook import certs
 
 
 def loopback_certificates(*, ca_name: str, ca_file: Path, cert_file: Path, key_file: Path) -> bytes:

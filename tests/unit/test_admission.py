@@ -16,7 +16,7 @@ from memwarden.api import APPLIED_ANNOTATION
 from memwarden.mutation import PlanCache
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
-from memwarden.webhook import AdmissionTally
+from memwarden.webhook.server import AdmissionTally
 from memwarden_testing.builders import make_candidate, make_container, make_pod
 from memwarden_testing.fuzzing import garbled_pods
 

@@ -1,6 +1,6 @@
 """The out-of-process analysis: real bundles summarised, hostile ones refused by a limit.
 
-Each case runs the real child process (``python -m memwarden.capture.analysis_worker``)
+Each case runs the real child process (``python -m memwarden.capture.adapters.analysis_worker``)
 with its real rlimits; nothing here is mocked.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from memwarden.capture.analysis_worker import ANALYSIS_NICENESS, Limits, run
+from memwarden.capture.adapters.analysis_worker import ANALYSIS_NICENESS, Limits, run
 from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden_testing.evidence import make_bundle
 from memwarden_testing.profiles import gzip_bomb, make_goroutine_profile, make_profile, sample_flood

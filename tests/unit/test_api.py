@@ -9,8 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from memwarden.api import MemoryPolicySpec, all_crds
+from memwarden.api import MemoryPolicySpec
 from memwarden.commands.crds import render
+from memwarden.crdgen import all_crds
 from memwarden_testing.builders import make_policy_spec
 from memwarden_testing.cluster import REPO
 from memwarden_testing.invalid_policies import INVALID
@@ -73,7 +74,7 @@ def test_models_accept_valid_memory_sections(memory: dict[str, str]) -> None:
 
 
 def test_api_docs_field_reference_matches_the_models() -> None:
-    from memwarden.commands.crds import DOC_BEGIN, DOC_END, reference_markdown
+    from crd_docs import DOC_BEGIN, DOC_END, reference_markdown
 
     text = (REPO / "docs" / "api.md").read_text()
     generated = text[text.index(DOC_BEGIN) : text.index(DOC_END) + len(DOC_END)] + "\n"

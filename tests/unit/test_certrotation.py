@@ -6,9 +6,9 @@ import datetime as dt
 
 import pytest
 
-from memwarden import certrotation, certs
-from memwarden.certrotation import CaStep, Cert, Timing
-from memwarden.tlsreload import matching_pair
+from memwarden.webhook import certrotation, certs
+from memwarden.webhook.certrotation import CaStep, Cert, Timing
+from memwarden.webhook.tlsreload import matching_pair
 
 T0 = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from memwarden.evidence.client import incident_row, render_table
+from memwarden.commands.incidents import incident_row, render_table
 from memwarden.timefmt import format_age
 from memwarden_testing.evidence import T0, make_incident
 

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from memwarden.evidence.store import DiskLimits, Reservations, admit_upload, default_total_cap
+from memwarden.evidence.adapters.store import (
+    DiskLimits,
+    Reservations,
+    admit_upload,
+    default_total_cap,
+)
 from memwarden.settings import Settings
 
 CAP = DiskLimits(total_bytes=1000, namespace_bytes=600)

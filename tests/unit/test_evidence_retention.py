@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from memwarden.evidence.store import Entry, retention_plan
+from memwarden.evidence.adapters.store import Entry, retention_plan
 from memwarden_testing.evidence import T0, make_entry
 
 H = dt.timedelta(hours=1)

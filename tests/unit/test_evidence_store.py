@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from memwarden.evidence.store import (
+from memwarden.evidence.adapters.store import (
     BUNDLE_FILE,
     META_FILE,
     AlreadyStored,
@@ -318,7 +318,7 @@ def test_an_upload_survives_retention_removing_its_emptied_directories(
 ) -> None:
     """Retention removes the directories it empties; a new upload into the same namespace
     at that moment finds them gone between its ``mkdir`` and its file: it makes them again."""
-    import memwarden.evidence.store as module
+    import memwarden.evidence.adapters.store as module
 
     real_mkstemp = module.tempfile.mkstemp
     removed: list[Path] = []

@@ -7,8 +7,8 @@ import asyncio
 import kopf
 import pytest
 
-from memwarden import health, metrics
 from memwarden.handlers import background
+from memwarden.observability import health, metrics
 
 
 def test_ready_only_with_an_unexpired_serving_certificate(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from memwarden import certs
 from memwarden.handlers.certificates import (
     CaState,
     CertificateRotation,
@@ -18,6 +17,7 @@ from memwarden.handlers.certificates import (
     upload_ca_file,
 )
 from memwarden.settings import Settings, WebhookSettings
+from memwarden.webhook import certs
 from memwarden_testing.tls import loopback_certificates
 
 GIVEN_WEBHOOK = {"webhook": {"cert_file": "/w/tls.crt", "key_file": "/w/tls.key"}}

@@ -20,10 +20,15 @@ import pytest
 from kubernetes import client
 
 from memwarden.admission import Decision
-from memwarden.evidence.api import make_evidence_app
-from memwarden.evidence.auth import KubeAuthorizer
-from memwarden.evidence.store import EvidenceStore
-from memwarden.webhook import MAX_REVIEW_BYTES, AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.evidence.adapters.api import make_evidence_app
+from memwarden.evidence.adapters.auth import KubeAuthorizer
+from memwarden.evidence.adapters.store import EvidenceStore
+from memwarden.webhook.server import (
+    MAX_REVIEW_BYTES,
+    AdmissionTally,
+    WebhookServer,
+    make_webhook_app,
+)
 from memwarden_testing.operator import free_port
 from memwarden_testing.rawhttp import Answer, RawClient
 

@@ -49,7 +49,7 @@ class Use:
 
 
 #: Run by people with their own credentials (``memwarden incidents``): not the operator's.
-USER_MODULES = {"memwarden.evidence.client"}
+USER_MODULES = {"memwarden.commands.incidents"}
 
 
 def _modules() -> Iterator[tuple[str, ast.Module]]:

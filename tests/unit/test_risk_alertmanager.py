@@ -15,13 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from memwarden.api import Trigger
-from memwarden.risk.alertmanager import (
-    ANY_CONTAINER,
-    PayloadError,
-    parse_payload,
-)
-from memwarden.risk.findings import Finding
-from memwarden.risk.receiver import (
+from memwarden.risk.adapters.receiver import (
     MAX_BODY_BYTES,
     PREFIX,
     ROUTE,
@@ -29,6 +23,12 @@ from memwarden.risk.receiver import (
     TokenFile,
     make_alertmanager_app,
 )
+from memwarden.risk.alertmanager import (
+    ANY_CONTAINER,
+    PayloadError,
+    parse_payload,
+)
+from memwarden.risk.findings import Finding
 from memwarden_testing.alertmanager import make_alert, make_payload, suppressed_counts
 from memwarden_testing.rawhttp import RawClient
 

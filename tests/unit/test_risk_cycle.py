@@ -9,8 +9,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from memwarden.kube import Conflict, NotFound, Rejected, Transient, error_from
+from memwarden.risk.adapters.prometheus import PrometheusUnavailable, _samples
 from memwarden.risk.cycle import Announcements, backoff_delay, with_risk_condition
-from memwarden.risk.prometheus import PrometheusUnavailable, _samples
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from memwarden.handlers.risk import RecordingRules
-from memwarden.risk.prometheus import RecordingRulesMissing
+from memwarden.risk.adapters.prometheus import RecordingRulesMissing
 from memwarden.risk.promql import Recorded, Sample, Windows
 from memwarden.risk.rules import MARKER
 from memwarden.settings import Settings

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from memwarden.webhook import ReviewError, parse_review
+from memwarden.webhook.server import ReviewError, parse_review
 
 pytestmark = pytest.mark.unit
 

@@ -38,7 +38,7 @@ from memwarden.recommend import (
     policy_document,
     recommend,
 )
-from memwarden.risk.prometheus import PrometheusClient, PrometheusError
+from memwarden.risk.adapters.prometheus import PrometheusClient, PrometheusError
 from memwarden.timefmt import parse_time
 
 

@@ -1,6 +1,6 @@
 """Pod admission, wired: the policy index primed, the webhook server started and stopped.
 
-The webhook is memwarden's own aiohttp server (``webhook.py``) on kopf's event loop, not
+The webhook is memwarden's own aiohttp server (``webhook/server.py``) on kopf's event loop, not
 a kopf ``on.mutate`` handler. It listens only once every policy is in the index, so a
 pod created while the operator starts is either refused at the socket (and admitted
 unchanged by ``failurePolicy: Ignore``, as when the operator is down) or admitted with
@@ -20,20 +20,21 @@ from typing import Any
 
 import kopf
 
-from memwarden import admission, metrics
-from memwarden.admission_worker import AdmissionWorker, WorkerConfig, WorkerError
+from memwarden import admission
 from memwarden.handlers import background, certificates, state
 from memwarden.handlers.indexes import candidate_from
 from memwarden.handlers.state import OperatorState
 from memwarden.heap import release_free_memory
 from memwarden.kube import POLICIES, KubeError
-from memwarden.manifests import POD_HANDLER_ID
 from memwarden.mutation import PlanCache
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
-from memwarden.tlsreload import CertificateReloader
-from memwarden.webhook import AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.webhook.manifests import POD_HANDLER_ID
+from memwarden.webhook.server import AdmissionTally, WebhookServer, make_webhook_app
+from memwarden.webhook.tlsreload import CertificateReloader
+from memwarden.webhook.worker import AdmissionWorker, WorkerConfig, WorkerError
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ async def _start_worker(
     profile: KubeletProfile,
     tally: AdmissionTally,
 ) -> AdmissionWorker:
-    """The webhook in its own process (``admission_worker.py``), fed the policy index."""
+    """The webhook in its own process (``webhook/worker.py``), fed the policy index."""
     settings = shared.settings
     worker = AdmissionWorker(
         config=WorkerConfig(

@@ -1,6 +1,6 @@
 """Alertmanager findings -> MemoryIncidents: the queue's consumer. Wiring only.
 
-The receiver (risk/receiver.py) puts findings in a :class:`FindingQueue` and answers at
+The receiver (risk/adapters/receiver.py) puts findings in a :class:`FindingQueue` and answers at
 once. One consumer task, started with the HTTP server (handlers/http.py), takes
 everything pending at most every ``PASS_INTERVAL`` seconds, gives each finding its pod,
 policy and container from the kopf indexes (risk/attribution.py, pure), and opens
@@ -23,15 +23,15 @@ from typing import Protocol
 
 import kopf
 
-from memwarden import metrics
 from memwarden.handlers import background
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
+from memwarden.risk.adapters.receiver import Overloaded
 from memwarden.risk.alertmanager import AlertBatch
 from memwarden.risk.attribution import attribute
 from memwarden.risk.cycle import Announcements
 from memwarden.risk.findings import Finding
 from memwarden.risk.queue import FindingQueue
-from memwarden.risk.receiver import Overloaded
 from memwarden.selection import Candidate
 
 logger = logging.getLogger(__name__)

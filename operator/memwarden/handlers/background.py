@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from memwarden import health
+from memwarden.observability import health
 
 logger = logging.getLogger(__name__)
 

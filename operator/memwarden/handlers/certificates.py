@@ -6,12 +6,12 @@ them; the webhook server reloads them when they change). Otherwise memwarden:
 - keeps its CA in a Secret of its own namespace (``webhook_ca_secret``), so replicas and
   restarts share one CA and the caBundle stays short;
 - signs its own serving certificate with it into ``webhook_cert_dir`` (the webhook
-  server reloads it in place, see ``tlsreload.py``);
+  server reloads it in place, see ``webhook/tlsreload.py``);
 - publishes the CA(s) in the ``webhook_configuration_name`` MutatingWebhookConfiguration,
   and keeps the bundle its clients trust (current, next, earlier CAs until they expire) in
   ``ca.crt`` beside the serving certificate and in the Secret's ``ca-bundle.crt``: the HTTP
   API serves the same certificate, debug containers and Alertmanager verify it with that;
-- rotates both on a loop, as ``certrotation.py`` decides, logging each expiry.
+- rotates both on a loop, as ``webhook/certrotation.py`` decides, logging each expiry.
 
 The kubernetes client is synchronous: the loop runs each step in a worker thread.
 """
@@ -31,11 +31,12 @@ from typing import Any
 import kopf
 from kubernetes import client
 
-from memwarden import certrotation, certs, health, metrics
-from memwarden.certrotation import CaStep, Cert
 from memwarden.handlers import background, state
 from memwarden.kube import Conflict, Kube, KubeError, NotFound, Transient, call
+from memwarden.observability import health, metrics
 from memwarden.settings import Settings
+from memwarden.webhook import certrotation, certs
+from memwarden.webhook.certrotation import CaStep, Cert
 
 logger = logging.getLogger(__name__)
 

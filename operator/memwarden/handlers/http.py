@@ -4,12 +4,12 @@ Started by an ``on.startup`` handler on ``settings.http.host:port`` and stopped 
 ``on.cleanup``. HTTPS unless ``http_insecure`` (an explicit opt-out), since bearer tokens,
 upload tokens and core dumps cross it: with its own certificate files, else the webhook's
 (self-made and rotated, or cert-manager's), reloaded in place as the webhook's are
-(``tlsreload.py``). It shares kopf's event loop, so every sub-app must keep requests short
+(``webhook/tlsreload.py``). It shares kopf's event loop, so every sub-app must keep requests short
 and push slow work (Kubernetes calls) to queues or threads: the admission webhook runs on
 this loop too.
 
 Mounted today: ``/metrics`` (memwarden's own registry), ``/healthz`` and ``/readyz``
-(``health.py``), and the Alertmanager receiver at
+(``observability/health.py``), and the Alertmanager receiver at
 ``/alertmanager`` (when ``alertmanager_token_file`` is set). Further sub-apps (the
 evidence API) are added in :func:`operator_subapps`.
 """
@@ -28,19 +28,19 @@ import kopf
 import prometheus_client
 from aiohttp import web
 
-from memwarden import health, metrics
 from memwarden.capture import incident as lifecycle
-from memwarden.evidence.api import LiveIncident, make_evidence_app
-from memwarden.evidence.auth import KubeAuthorizer
-from memwarden.evidence.store import DiskLimits, default_total_cap, volume_bytes
+from memwarden.evidence.adapters.api import LiveIncident, make_evidence_app
+from memwarden.evidence.adapters.auth import KubeAuthorizer
+from memwarden.evidence.adapters.store import DiskLimits, default_total_cap, volume_bytes
 from memwarden.handlers import alerts, background, certificates, incidents, state
 from memwarden.handlers.risk import open_incidents
 from memwarden.handlers.state import OperatorState
 from memwarden.httpbody import SERVER_OPTIONS
 from memwarden.kube import NotFound
-from memwarden.risk import receiver
+from memwarden.observability import health, metrics
+from memwarden.risk.adapters import receiver
 from memwarden.settings import Settings
-from memwarden.tlsreload import CertificateReloader
+from memwarden.webhook.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,9 @@ from typing import Any
 
 import kopf
 
-from memwarden import metrics
 from memwarden.api import GROUP, VERSION
-from memwarden.capture import analysis_worker
 from memwarden.capture import incident as lifecycle
+from memwarden.capture.adapters import analysis_worker
 from memwarden.capture.plan import (
     DebugIdentity,
     PlanError,
@@ -32,12 +31,13 @@ from memwarden.capture.plan import (
     plan_ephemeral_container,
     ptrace_allowed_by_pod_security,
 )
-from memwarden.evidence.api import bundle_url
-from memwarden.evidence.store import BundleMeta
+from memwarden.evidence.adapters.api import bundle_url
+from memwarden.evidence.adapters.store import BundleMeta
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden.handlers import background, certificates, risk, state
 from memwarden.handlers.state import OperatorState
 from memwarden.kube import CustomResource, Kube, KubeError, NotFound, Rejected
+from memwarden.observability import metrics
 from memwarden.quantity import parse_bytes
 from memwarden.timefmt import parse_time, rfc3339
 
@@ -478,7 +478,7 @@ async def delete_evidence(
 
 async def _retention_loop(shared: OperatorState) -> None:
     settings = shared.settings
-    from memwarden.evidence.store import apply_retention
+    from memwarden.evidence.adapters.store import apply_retention
 
     while True:
         try:

@@ -14,10 +14,10 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from memwarden import health
 from memwarden.api import GROUP, VERSION, MemoryPolicySpec
 from memwarden.handlers import state
 from memwarden.handlers.state import OperatorState
+from memwarden.observability import health
 from memwarden.podwatch import PodWatcher
 from memwarden.risk.opening import incident_view
 from memwarden.selection import Candidate

@@ -26,17 +26,21 @@ from typing import Any
 
 import kopf
 
-from memwarden import metrics
 from memwarden.api import GROUP, VERSION, CaptureSpec
 from memwarden.handlers import background, state
 from memwarden.handlers.state import OperatorState
 from memwarden.kube import INCIDENTS, POLICIES, Conflict, KubeError, NotFound
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
 from memwarden.quantity import parse_duration
+from memwarden.risk.adapters.prometheus import (
+    PrometheusClient,
+    PrometheusError,
+    RecordingRulesMissing,
+)
 from memwarden.risk.cycle import backoff_delay, with_risk_condition
 from memwarden.risk.findings import Finding
 from memwarden.risk.opening import Open, decide, incident_view
-from memwarden.risk.prometheus import PrometheusClient, PrometheusError, RecordingRulesMissing
 from memwarden.risk.promql import PolicyRisk, Recorded, Sample, Windows, namespace_queries
 from memwarden.risk.rules import MARKER, describe, find_recorded
 from memwarden.risk.signals import (

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from memwarden.eviction_gate import EvictionGate
-from memwarden.evidence.store import EvidenceStore
+from memwarden.evidence.adapters.store import EvidenceStore
 from memwarden.kube import Kube
 from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
+from memwarden.risk.adapters.prometheus import PrometheusClient
 from memwarden.risk.cycle import Announcements
-from memwarden.risk.prometheus import PrometheusClient
 from memwarden.selection import PolicyIndex
 from memwarden.settings import Settings
 from memwarden.status import StatusBook

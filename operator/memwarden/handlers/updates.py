@@ -24,14 +24,15 @@ from typing import Any
 
 import kopf
 
-from memwarden import eviction, metrics
+from memwarden import eviction
 from memwarden.eviction_gate import Allowed
 from memwarden.handlers import background, state
 from memwarden.handlers.state import OperatorState
 from memwarden.kube import KubeError, NotFound, Rejected
 from memwarden.mutation import PodShapeError, planned
+from memwarden.observability import metrics
 from memwarden.podwatch import PodIndex
-from memwarden.risk.prometheus import PrometheusError
+from memwarden.risk.adapters.prometheus import PrometheusError
 from memwarden.selection import Candidate, NamespacePolicies
 from memwarden.updates import PodUpdate, UpdateInputs, decide
 

@@ -1,2 +1,3 @@
-"""OOM-risk detection: PromQL builders and signal math (pure), the Prometheus adapter,
-the Alertmanager receiver, and the decision to open a MemoryIncident (pure)."""
+"""OOM-risk detection. Modules here are pure (PromQL builders, signal maths, the decision to
+open a MemoryIncident, the Alertmanager payload model); the Prometheus client and the
+Alertmanager receiver, which do I/O, are in :mod:`memwarden.risk.adapters`."""

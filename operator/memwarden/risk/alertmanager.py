@@ -5,7 +5,7 @@ one per *firing* alert that names a pod (``namespace`` and ``pod`` labels). Reso
 alerts are ignored (an incident, once open, runs to its end); firing alerts that name no
 pod are counted as unmapped, so a route sending unrelated alerts here shows up in logs
 and metrics instead of vanishing. No HTTP, no Kubernetes, no clock: the receiver
-(:mod:`memwarden.risk.receiver`) and the handlers act on the result.
+(:mod:`memwarden.risk.adapters.receiver`) and the handlers act on the result.
 
 Payload reference: https://prometheus.io/docs/alerting/latest/configuration/#webhook_config
 """

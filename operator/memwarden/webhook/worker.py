@@ -1,4 +1,4 @@
-"""The admission webhook in a process of its own (``python -m memwarden.admission_worker``).
+"""The admission webhook in a process of its own (``python -m memwarden.webhook.worker``).
 
 Why a process: the operator's other work (Kubernetes calls, Prometheus queries, evidence
 retention, uploads) runs in threads that hold the GIL in slices; every slice is a wait
@@ -32,11 +32,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from memwarden import admission, health, webhook
+from memwarden import admission
 from memwarden.mutation import PlanCache
+from memwarden.observability import health
 from memwarden.selection import PolicyIndex
 from memwarden.sizing import KubeletProfile
-from memwarden.tlsreload import CertificateReloader
+from memwarden.webhook import server as webhook
+from memwarden.webhook.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +240,7 @@ class AdmissionWorker:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "memwarden.admission_worker",
+            "memwarden.webhook.worker",
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
@@ -329,7 +331,7 @@ __all__ = [
 ]
 
 
-if __name__ == "__main__":  # run as the module, so pickles name memwarden.admission_worker
-    from memwarden.admission_worker import main as _main
+if __name__ == "__main__":  # run as the module, so pickles name memwarden.webhook.worker
+    from memwarden.webhook.worker import main as _main
 
     _main()

@@ -49,8 +49,8 @@ import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from memwarden.evidence.auth import Authorizer, AuthUnavailable, Denied, Verb
-from memwarden.evidence.store import (
+from memwarden.evidence.adapters.auth import Authorizer, AuthUnavailable, Denied, Verb
+from memwarden.evidence.adapters.store import (
     AlreadyStored,
     BundleMeta,
     BundleWriter,

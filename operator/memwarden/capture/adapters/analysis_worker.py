@@ -8,7 +8,7 @@ reads anything: address space (``RLIMIT_AS``), CPU seconds (``RLIMIT_CPU``) and 
 per profile table; the parent adds a wall-clock timeout and reads a small JSON answer.
 
 :func:`run` is the operator's side (blocking: call it from a thread); :func:`main` the
-child's (``python -m memwarden.capture.analysis_worker BUNDLE ...``). The answer's shape
+child's (``python -m memwarden.capture.adapters.analysis_worker BUNDLE ...``). The answer's shape
 is defined here once, on both sides.
 """
 
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from memwarden.api import Analysis, ArtifactRecord
+from memwarden.capture.adapters.bundles import EvidenceError, EvidenceTooLarge, load_evidence
 from memwarden.capture.analysis import summarize
-from memwarden.capture.analysis_cli import EvidenceError, EvidenceTooLarge, load_evidence
 from memwarden.capture.incident import AnalysisOutcome, analysis_of, artifact_records
 from memwarden.capture.profile import ProfileError
 from memwarden.quantity import approximate_bytes
@@ -115,7 +115,7 @@ def _limit_self(*, memory_bytes: int, cpu_seconds: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The child: limit this process, analyse, print the outcome as one JSON line."""
-    parser = argparse.ArgumentParser(prog="python -m memwarden.capture.analysis_worker")
+    parser = argparse.ArgumentParser(prog="python -m memwarden.capture.adapters.analysis_worker")
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--max-memory-bytes", type=int, required=True)
     parser.add_argument("--max-cpu-seconds", type=int, required=True)
@@ -145,7 +145,7 @@ def run(bundle: Path, *, limits: Limits | None = None) -> AnalysisOutcome:
     command = [
         sys.executable,
         "-m",
-        "memwarden.capture.analysis_worker",
+        "memwarden.capture.adapters.analysis_worker",
         str(bundle),
         f"--max-memory-bytes={limits.memory_bytes}",
         f"--max-cpu-seconds={limits.cpu_seconds}",

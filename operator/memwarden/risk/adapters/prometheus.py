@@ -22,7 +22,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from memwarden import metrics
+from memwarden.observability import metrics
 from memwarden.risk.promql import Sample, Series
 
 #: Error messages are cut to this length: a Prometheus error page can be long.

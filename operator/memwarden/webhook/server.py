@@ -27,7 +27,7 @@ import orjson
 
 from memwarden.admission import Decision, pod_label, review_response
 from memwarden.httpbody import SERVER_OPTIONS, read_limited
-from memwarden.tlsreload import CertificateReloader
+from memwarden.webhook.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
 

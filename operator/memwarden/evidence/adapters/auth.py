@@ -55,10 +55,10 @@ from typing import Any, Literal, Protocol
 
 from kubernetes import client
 
-from memwarden import metrics
 from memwarden.api import GROUP
 from memwarden.evidence.ratelimit import RateLimiter
 from memwarden.kube import KubeError, call
+from memwarden.observability import metrics
 
 __all__ = [
     "EVIDENCE_RESOURCE",

@@ -1,0 +1,2 @@
+"""Capture adapters: evidence bundles read from files (``memwarden analyze`` and the worker)
+and the analysis worker process."""

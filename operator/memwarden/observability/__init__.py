@@ -1,0 +1,1 @@
+"""Observability: the operator's Prometheus metrics and its health probes."""

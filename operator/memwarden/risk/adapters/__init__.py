@@ -1,0 +1,1 @@
+"""Risk adapters: the Prometheus client and the Alertmanager receiver (HTTP, threads)."""
