@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -55,8 +55,6 @@ class KubeletSettings(BaseModel):
     kubernetes_minor: int = Field(
         alias="kubernetesMinor",
         default=37,
-        ge=22,
-        le=99,
         description="Kubernetes minor version of the nodes (MemoryQoS changed in 1.36, 1.37).",
     )
     memory_qos: bool | None = Field(
@@ -67,8 +65,6 @@ class KubeletSettings(BaseModel):
     throttling_factor: float | None = Field(
         alias="memoryThrottlingFactor",
         default=None,
-        gt=0,
-        le=1,
         description="memoryThrottlingFactor; None = unset, the 1.37 default (no memory.high).",
     )
     reservation_policy: Literal["None", "TieredReservation"] = Field(
@@ -102,6 +98,13 @@ class KubeletSettings(BaseModel):
         if isinstance(value, str):
             return parse_bytes(value) if value.strip() else None
         return value
+
+    @model_validator(mode="after")
+    def _a_valid_profile(self) -> KubeletSettings:
+        """The sizing engine's ``KubeletProfile`` checks the values (one set of rules):
+        settings it would refuse are refused here, at start, naming the field."""
+        self.profile()  # its ValueError names the field; pydantic reports it as invalid
+        return self
 
     def profile(self) -> KubeletProfile:
         """The sizing engine's view: the version's defaults, then what was configured."""

@@ -122,6 +122,27 @@ def test_profile_rejects(kwargs: dict[str, Any], message: str) -> None:
         KubeletProfile(**kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"throttling_factor": 1.5}, "throttling_factor", id="factor-above-one"),
+        pytest.param({"throttling_factor": float("nan")}, "throttling_factor", id="factor-nan"),
+        pytest.param({"page_size": 3000}, "page_size", id="page-not-power-of-two"),
+        pytest.param({"node_allocatable": 0}, "node_allocatable", id="allocatable-zero"),
+        pytest.param({"kubernetes_minor": 21, "memory_qos": True}, "1.22", id="gate-before-1.22"),
+    ],
+)
+def test_settings_refuse_what_the_profile_refuses(kwargs: dict[str, Any], message: str) -> None:
+    """One set of rules: the operator's kubelet settings are checked by the profile itself,
+    at start, not by bounds of their own that could drift from it."""
+    from pydantic import ValidationError
+
+    from memwarden.settings import KubeletSettings
+
+    with pytest.raises(ValidationError, match=message):
+        KubeletSettings(**kwargs)
+
+
 # --------------------------------------------------------------------------- container cgroups
 
 

@@ -25,10 +25,6 @@ from memwarden.selection import Candidate
 logger = logging.getLogger(__name__)
 
 
-def governed_namespace(namespace: str | None, memo: kopf.Memo, **_: Any) -> bool:
-    return namespace is not None and namespace not in state.of(memo).settings.never_governed
-
-
 def candidate_from(
     *, namespace: str, name: str, spec: Mapping[str, Any], meta: Mapping[str, Any]
 ) -> Candidate | None:
