@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import re
 import sys
@@ -25,7 +24,7 @@ import yaml
 
 from memwarden.commands.explain import InputError, add_kubelet_profile_arguments, load_profile
 from memwarden.history import NamespaceHistory, fetch, sanitised
-from memwarden.output import add_output_argument
+from memwarden.output import add_output_argument, format_columns, render
 from memwarden.quantity import QuantityError, approximate_bytes, parse_duration
 from memwarden.recommend import (
     REQUEST_QUANTILE,
@@ -243,7 +242,7 @@ def render_table(workloads: Sequence[WorkloadRecommendation]) -> str:
         "confidence",
         "note",
     )
-    rows: list[tuple[str, ...]] = [header]
+    rows: list[tuple[str, ...]] = []
     for w in workloads:
         for c in w.containers:
             b = c.basis
@@ -267,10 +266,7 @@ def render_table(workloads: Sequence[WorkloadRecommendation]) -> str:
                     "LEAK" if c.leak else ("OOM" if b.oom_kills else ""),
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    lines = [format_columns(header, rows)]
     for w in workloads:
         for c in w.containers:
             lines += [f"{w.owner.kind}/{w.owner.name} {c.container}: {n}" for n in c.notes]
@@ -286,16 +282,15 @@ def run(args: argparse.Namespace) -> int:
     except PrometheusError as exc:
         print(f"memwarden recommend: {exc}", file=sys.stderr)
         return 1
-    if args.output == "json":
-        doc: dict[str, Any] = {
-            "namespace": args.namespace,
-            "window": args.window,
-            "prometheusQueries": history.queries,
-            "workloads": [as_document(w, namespace=args.namespace) for w in workloads],
-        }
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-    elif args.output in ("table", "wide"):  # the table has every column already
-        sys.stdout.write(render_table(workloads))
-    else:
+    if args.output == "yaml":  # the policies themselves, commented, for kubectl apply
         sys.stdout.write(render_yaml(workloads, namespace=args.namespace))
+        return 0
+    doc: dict[str, Any] = {
+        "namespace": args.namespace,
+        "window": args.window,
+        "prometheusQueries": history.queries,
+        "workloads": [as_document(w, namespace=args.namespace) for w in workloads],
+    }
+    # The table has every column already: wide is the table.
+    sys.stdout.write(render(doc, output=args.output, table=lambda _wide: render_table(workloads)))
     return 0
