@@ -91,13 +91,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         tier = path.parts[0]
         if tier in {"unit", "integration", "e2e"} and not item.get_closest_marker(tier):
             item.add_marker(getattr(pytest.mark, tier))
-        timeout = (
-            TIER_TIMEOUTS["local" if item.get_closest_marker("local") else tier]
-            if (tier in TIER_TIMEOUTS)
-            else None
-        )
-        if timeout is not None and not item.get_closest_marker("timeout"):
-            item.add_marker(pytest.mark.timeout(timeout))
+        if tier in TIER_TIMEOUTS and not item.get_closest_marker("timeout"):
+            own = "local" if item.get_closest_marker("local") else tier
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[own]))
 
 
 @pytest.fixture(scope="session")
