@@ -352,7 +352,13 @@ def test_in_place_resize_changes_the_enforced_limit(
     status = wait_for(resized, timeout=30, what="the resize to show in the status")
     assert status["restartCount"] == 0
     labels = {"namespace": namespace, "pod": "resized", "container": "app"}
-    limit = metric_value(sim.cadvisor(), "container_spec_memory_limit_bytes", **labels)
+    # Like cAdvisor, the simulator exposes a container once its usage has been sampled;
+    # on a loaded machine that can come after the status (CI read no series at all once).
+    limit = wait_for(
+        lambda: metric_value(sim.cadvisor(), "container_spec_memory_limit_bytes", **labels),
+        timeout=30,
+        what="the container's series in /metrics/cadvisor",
+    )
     assert limit == 128 * MiB
 
 
