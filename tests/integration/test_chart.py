@@ -108,8 +108,28 @@ def container_env(docs: list[dict[str, Any]], namespace: str) -> dict[str, str]:
             env[item["name"]] = item["value"]
         elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
             env[item["name"]] = namespace
+        elif item["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[item["name"]] = POD_NAME
     return env
 
+
+#: What ``metadata.name`` stands for in ``container_env``.
+POD_NAME = "memwarden-7d9f8-abcde"
+
+#: The production shape of docs/ha.md: three replicas, evidence in an S3 bucket.
+HIGH_AVAILABILITY = {
+    "replicas": 3,
+    "evidence": {
+        "backend": "s3",
+        "s3": {
+            "endpoint": "https://s3.storage.svc:8333",
+            "bucket": "memwarden-evidence",
+            "addressingStyle": "path",
+            "credentialsSecret": "memwarden-s3",
+            "caSecret": "memwarden-s3-ca",
+        },
+    },
+}
 
 VALUE_SETS = [
     pytest.param({}, id="defaults"),
@@ -162,6 +182,21 @@ VALUE_SETS = [
         },
         id="existing-claim-and-watched-namespaces",
     ),
+    pytest.param(HIGH_AVAILABILITY, id="high-availability"),
+    pytest.param(
+        {
+            **HIGH_AVAILABILITY,
+            "evidence": {
+                "backend": "s3",
+                "s3": {
+                    "bucket": "memwarden-evidence",
+                    "webIdentity": {"roleArn": "arn:aws:iam::123456789012:role/memwarden"},
+                },
+            },
+            "antiAffinity": "hard",
+        },
+        id="web-identity",
+    ),
 ]
 
 
@@ -176,6 +211,7 @@ BRANCHES = [
         "evidence": {"maxTotal": "10Gi", "namespaceQuota": "1Gi"},
     },
     {"http": {"insecure": True}},
+    {**HIGH_AVAILABILITY, "evidence": {**HIGH_AVAILABILITY["evidence"], "maxTotal": "1Ti"}},
 ]
 
 
@@ -230,6 +266,40 @@ def test_values_reach_the_settings_and_extra_env_wins(helm: Path) -> None:
     assert settings.dry_run is True
     args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["run", "--dry-run", "--verbose"]
+
+
+def test_high_availability_values_reach_the_settings(helm: Path) -> None:
+    values = {
+        **HIGH_AVAILABILITY,
+        "leaderElection": {
+            "leaseDurationSeconds": 20,
+            "renewDeadlineSeconds": 12,
+            "retryPeriodSeconds": 3,
+        },
+        "webhook": {"drainSeconds": 8},
+    }
+    docs = render(helm, namespace="ops", values=values, release="warden")
+    settings = Settings.from_env(container_env(docs, "ops"))
+    leader = settings.leader
+    assert (leader.election, leader.lease_name, leader.identity) == (
+        True,
+        "warden-memwarden",
+        POD_NAME,
+    )
+    assert (
+        leader.lease_duration_seconds,
+        leader.renew_deadline_seconds,
+        leader.retry_period_seconds,
+    ) == (20, 12, 3)
+    evidence = settings.evidence
+    assert evidence.backend == "s3"
+    assert (evidence.s3_endpoint_url, evidence.s3_bucket, evidence.s3_addressing_style) == (
+        "https://s3.storage.svc:8333",
+        "memwarden-evidence",
+        "path",
+    )
+    assert evidence.s3_ca_file == "/etc/memwarden/s3-ca/ca.crt"
+    assert settings.webhook.drain_seconds == 8
 
 
 def test_values_the_schema_refuses(helm: Path) -> None:
@@ -307,7 +377,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
         assert settings.updates.evictions_per_minute_per_policy == 8
         assert settings.never_governed == {"kube-system", "batch", "ci", namespace}
         assert settings.webhook.cert_validity_seconds == 30 * 86400
-    if "evidence" in values:
+    if values.get("replicas", 1) > 1:
+        assert settings.evidence.backend == "s3"
+        assert settings.leader.election is True
+        assert {"PodDisruptionBudget"} <= kinds and "PersistentVolumeClaim" not in kinds
+    if values.get("evidence", {}).get("existingClaim"):
         claim = one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"][1]
         assert claim["persistentVolumeClaim"]["claimName"] == "shared-evidence"
         assert settings.evidence.max_total_bytes == 10 * 2**30
@@ -407,7 +481,16 @@ INVALID = [
         id="bad-reservation-policy",
     ),
     pytest.param({"replicas": -1}, "replicas", id="negative-replicas"),
-    pytest.param({"replicas": 2}, "replicas", id="no-ha-yet"),
+    pytest.param({"replicas": 2}, "/evidence/backend", id="replicas-without-object-storage"),
+    pytest.param({"evidence": {"backend": "s3"}}, "/evidence/s3/bucket", id="s3-without-bucket"),
+    pytest.param({"evidence": {"backend": "gcs"}}, "backend", id="unknown-store"),
+    pytest.param(
+        {"evidence": {"backend": "s3", "s3": {"bucket": "Evidence_1"}}},
+        "bucket",
+        id="bad-bucket-name",
+    ),
+    pytest.param({"antiAffinity": "always"}, "antiAffinity", id="bad-anti-affinity"),
+    pytest.param({"webhook": {"drainSeconds": -1}}, "drainSeconds", id="negative-drain"),
     pytest.param({"fullnameOverride": "Mem_Warden"}, "fullnameOverride", id="bad-fullname"),
     pytest.param({"extraVolumeMounts": [{"name": "ca"}]}, "mountPath", id="mount-without-path"),
     pytest.param(
@@ -531,8 +614,68 @@ def test_pod_overrides_reach_the_pod_and_the_api_server_accepts_them(
 
 
 def test_one_replica_gets_no_disruption_budget_by_default(helm: Path) -> None:
-    kinds = {d["kind"] for d in render(helm, namespace="memwarden-system")}
-    assert "PodDisruptionBudget" not in kinds
+    docs = render(helm, namespace="memwarden-system")
+    assert "PodDisruptionBudget" not in {d["kind"] for d in docs}
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert one(docs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}, "a RWO volume"
+    assert "affinity" not in pod and "topologySpreadConstraints" not in pod
+    assert one(docs, "PersistentVolumeClaim")
+
+
+def test_more_replicas_get_a_budget_spread_and_rolling_updates(helm: Path) -> None:
+    """replicas > 1 (object storage): minAvailable 1, replicas spread over nodes and
+    zones, a rolling update that starts a replica before stopping one, no volume."""
+    docs = render(helm, namespace="memwarden-system", values=HIGH_AVAILABILITY)
+    assert one(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    pod = deployment["spec"]["template"]["spec"]
+    [preferred] = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        preferred["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == (deployment["spec"]["selector"]["matchLabels"])
+    )
+    [spread] = pod["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == (
+        "topology.kubernetes.io/zone",
+        "ScheduleAnyway",
+    )
+    assert "PersistentVolumeClaim" not in {d["kind"] for d in docs}
+    assert "evidence" not in {v["name"] for v in pod["volumes"]}
+    container = pod["containers"][0]
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert refs == {
+        "AWS_ACCESS_KEY_ID": {"name": "memwarden-s3", "key": "AWS_ACCESS_KEY_ID"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "memwarden-s3", "key": "AWS_SECRET_ACCESS_KEY"},
+    }, "the keys come from the Secret, never from values"
+    assert pod["terminationGracePeriodSeconds"] > 5 + 10, "drain + Lease release fit"
+
+
+def test_the_users_affinity_and_spread_replace_the_charts(helm: Path) -> None:
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}
+                ]
+            }
+        }
+    }
+    values = {**HIGH_AVAILABILITY, "affinity": affinity, "antiAffinity": "none"}
+    pod = one(render(helm, namespace="ops", values=values), "Deployment")["spec"]["template"]
+    assert pod["spec"]["affinity"] == affinity
+    assert "topologySpreadConstraints" not in pod["spec"]
 
 
 @pytest.mark.parametrize(("values", "field"), INVALID)
