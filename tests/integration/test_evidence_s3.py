@@ -201,12 +201,14 @@ def _chunks(data: bytes, size: int = 64 * KIB) -> Iterator[bytes]:
 
 
 def _upload(
-    evidence: S3Evidence, namespace: str, name: str, uid: str, data: bytes
+    evidence: S3Evidence, namespace: str, name: str, uid: str, data: bytes, *, chunked: bool = True
 ) -> requests.Response:
+    """Chunked as the toolbox streams (reserving the per-bundle cap), or with a
+    Content-Length (reserving that)."""
     return evidence.request(
         "PUT",
         evidence.url(namespace, name, bundle=True),
-        data=_chunks(data),
+        data=_chunks(data) if chunked else data,
         headers={"Authorization": f"Bearer {_token(namespace, name, uid)}"},
     )
 
@@ -339,10 +341,12 @@ def test_quota_is_counted_from_the_bucket_and_retention_deletes_from_it(
     try:
         first_uid = _capturing_incident(kube, namespace, "first")
         first = make_bundle(padding=300 * KIB)
-        assert _upload(evidence, namespace, "first", first_uid, first).status_code == 201
+        stored = _upload(evidence, namespace, "first", first_uid, first, chunked=False)
+        assert stored.status_code == 201, stored.text
 
         second_uid = _capturing_incident(kube, namespace, "second")
-        over = _upload(evidence, namespace, "second", second_uid, make_bundle(padding=200 * KIB))
+        second = make_bundle(padding=200 * KIB)
+        over = _upload(evidence, namespace, "second", second_uid, second, chunked=False)
 
         assert over.status_code == 507, over.text
         assert f"namespace {namespace} is over its evidence quota" in _error(over)
@@ -355,7 +359,7 @@ def test_quota_is_counted_from_the_bucket_and_retention_deletes_from_it(
         )
         assert [(e.namespace, e.incident) for e in deleted] == [(namespace, "first")]
         assert evidence.keys(namespace) == []
-        again = _upload(evidence, namespace, "second", second_uid, make_bundle(padding=200 * KIB))
+        again = _upload(evidence, namespace, "second", second_uid, second, chunked=False)
         assert again.status_code == 201, "the quota is free again"
     finally:
         evidence.server.stop()

@@ -308,9 +308,10 @@ class S3EvidenceStore:
 
     def check(self) -> None:
         """Whether the bucket answers with these credentials: :class:`StoreUnavailable`
-        naming the problem (wrong key, no such bucket, unreachable endpoint) if not."""
+        naming the problem (wrong key, no such bucket, unreachable endpoint) if not. A
+        listing (a GET), not HEAD: its error has a body, so the code is named."""
         try:
-            self.client.head_bucket(Bucket=self.config.bucket)
+            self.client.list_objects_v2(Bucket=self.config.bucket, Prefix=self.prefix, MaxKeys=1)
         except self.errors as exc:
             raise _unavailable(exc, f"bucket {self.config.bucket!r} not usable") from exc
 
