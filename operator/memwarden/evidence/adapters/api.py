@@ -551,10 +551,15 @@ class _Evidence:
                     "X-Bundle-Sha256": meta.sha256,
                 }
             )
-            response.content_length = meta.bytes
+            response.content_length = reader.size
             await response.prepare(request)
-            while block := await asyncio.to_thread(reader.read, _WRITE_BLOCK):
+            sent = 0
+            while sent < reader.size:
+                block = await asyncio.to_thread(reader.read, min(_WRITE_BLOCK, reader.size - sent))
+                if not block:  # shortened under us: end the connection, the reader sees it
+                    raise ConnectionResetError(f"{namespace}/{name} changed while being read")
                 await response.write(block)
+                sent += len(block)
             await response.write_eof()
             return response
         finally:

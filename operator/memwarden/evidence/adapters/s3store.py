@@ -110,8 +110,9 @@ def _unavailable(exc: BaseException, what: str) -> StoreUnavailable:
 class _S3Reader:
     """A bundle object's body, read in bounded chunks."""
 
-    def __init__(self, body: Any) -> None:
+    def __init__(self, body: Any, size: int) -> None:
         self._body = body
+        self.size = size
 
     def read(self, size: int) -> bytes:
         data: bytes = self._body.read(size)
@@ -381,7 +382,7 @@ class S3EvidenceStore:
             if _error_code(exc) in _MISSING:
                 raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
             raise _unavailable(exc, f"cannot read {key}") from exc
-        return _S3Reader(answer["Body"])
+        return _S3Reader(answer["Body"], int(answer["ContentLength"]))
 
     @contextlib.contextmanager
     def local_bundle(self, namespace: str, incident: str) -> Iterator[Path]:

@@ -314,8 +314,13 @@ class UploadWriter(Protocol):
 
 
 class BundleReader(Protocol):
-    """A stored bundle opened for reading (``BundleStore.open_bundle``): blocking ``read``
-    of at most ``size`` bytes (b"" at the end), then ``close``."""
+    """A stored bundle opened for reading (``BundleStore.open_bundle``): its ``size`` as
+    stored (what is served as the Content-Length: the bytes themselves, not the meta's
+    record of them, so a damaged bundle is served as it is and fails the reader's sha256
+    check), blocking ``read`` of at most ``size`` bytes (b"" at the end), then ``close``."""
+
+    @property
+    def size(self) -> int: ...
 
     def read(self, size: int) -> bytes: ...
 
@@ -513,6 +518,21 @@ class BundleWriter:
 _Paths = list[Path]
 
 
+class _FileReader:
+    """A bundle file open for reading, with its size (of the open file, not the path)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.size = os.fstat(stream.fileno()).st_size
+
+    def read(self, size: int) -> bytes:
+        data: bytes = self._stream.read(size)
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+
 class EvidenceStore:
     """Bundles under ``root``; every public method validates names first."""
 
@@ -573,7 +593,7 @@ class EvidenceStore:
     def open_bundle(self, namespace: str, incident: str) -> BundleReader:
         """The stored bundle opened for reading; :class:`NotStored` if there is none."""
         try:
-            return self.bundle_path(namespace, incident).open("rb")
+            return _FileReader(self.bundle_path(namespace, incident).open("rb"))
         except FileNotFoundError as exc:  # deleted between the check and the open
             raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
 
