@@ -161,6 +161,7 @@ def one_backend(
         # It watches an empty namespace: only its evidence API acts on the bench's incident.
         extra_args=[f"--namespace={namespace}-unwatched"],
     )
+    workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"backend": backend, "bytes": size}
     with running(operator):
         assert operator.process is not None

@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,38 @@ def test_a_bundle_over_the_cap_gets_413_and_leaves_no_object(
         lambda: evidence.s3.multipart_uploads(f"{evidence.store.prefix}{namespace}/") == [],
         what="the aborted multipart upload to be gone",
     )
+
+
+def test_a_client_gone_mid_upload_leaves_no_upload_behind(
+    evidence: S3Evidence, kube: client.ApiClient, namespace: str
+) -> None:
+    """The toolbox's connection drops mid-stream: the multipart upload is aborted, nothing
+    is left in the bucket, and the incident can still receive its bundle."""
+    uid = _capturing_incident(kube, namespace, "dropped")
+    data = make_bundle(padding=MAX_BUNDLE - 100 * KIB)
+    sent = threading.Event()
+
+    def dropping() -> Iterator[bytes]:
+        yield from _chunks(data[: len(data) - 1000])
+        sent.set()
+        raise ConnectionAbortedError("the toolbox died")
+
+    with pytest.raises(requests.RequestException):
+        evidence.request(
+            "PUT",
+            evidence.url(namespace, "dropped", bundle=True),
+            data=dropping(),
+            headers={"Authorization": f"Bearer {_token(namespace, 'dropped', uid)}"},
+        )
+    assert sent.is_set()
+    folder = f"{evidence.store.prefix}{namespace}/"
+    wait_for(
+        lambda: evidence.s3.multipart_uploads(folder) == [] and evidence.keys(namespace) == [],
+        timeout=30,
+        what="the abandoned upload aborted (the API's idle timeout is 5 s)",
+    )
+    retry = _upload(evidence, namespace, "dropped", uid, data)
+    assert retry.status_code == 201, "the dropped upload did not use the incident up"
 
 
 def test_keys_are_built_from_validated_names_only(evidence: S3Evidence) -> None:

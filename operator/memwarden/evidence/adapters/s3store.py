@@ -25,7 +25,7 @@ bundle name a meta records is checked against its pattern before use: a caller c
 make the store read or write outside ``<prefix><namespace>/<incident>/``.
 
 boto3 is imported here only, and this module only when ``evidence.backend`` is ``s3``: it
-costs the operator ~30 MB of RSS it does not otherwise need. Every method blocks (boto3
+costs the operator ~23 MB of RSS it does not otherwise need. Every method blocks (boto3
 is synchronous): call them from a thread. Credentials come from boto3's default chain
 (docs/evidence.md: environment from a Secret, or a web identity token).
 """
@@ -169,7 +169,10 @@ class S3BundleWriter:
         self._buffer += chunk
         part = self._store.config.part_bytes
         while len(self._buffer) >= part:
-            self._upload_part(bytes(self._buffer[:part]))
+            with memoryview(self._buffer) as view:
+                data = bytes(view[:part])  # one copy of the part, not a slice and a copy
+            self._upload_part(data)
+            del data
             del self._buffer[:part]
 
     def _upload_part(self, data: bytes) -> None:
