@@ -289,6 +289,16 @@ def test_a_bundle_round_trips_through_s3_and_is_written_once(
         "GET", evidence.url(namespace), headers={"Authorization": f"Bearer {token}"}
     )
     assert [i["name"] for i in listing.json()["items"]] == ["checkout-1"]
+    # The grant is for this namespace: another's bundle, asked for plainly or through a
+    # crafted name, is refused before any key is built.
+    auth = {"Authorization": f"Bearer {token}"}
+    other = evidence.request(
+        "GET", evidence.url("default", "checkout-1", bundle=True), headers=auth
+    )
+    assert other.status_code == 403
+    for crafted in (f"..%2F{namespace}", f"checkout-1%2F..%2F..%2F{namespace}"):
+        url = f"{evidence.server.url}{PREFIX}/v1/namespaces/default/incidents/{crafted}/bundle"
+        assert evidence.request("GET", url, headers=auth).status_code in (400, 404), crafted
 
 
 def test_a_bundle_over_the_cap_gets_413_and_leaves_no_object(
