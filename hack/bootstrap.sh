@@ -41,6 +41,8 @@ fi
 
 bash "$repo/hack/controlplane/build.sh" >/dev/null
 bash "$repo/hack/helm/build.sh" >/dev/null
+# The S3-compatible server of the object-storage evidence tests (tests/memwarden_testing/s3.py).
+bash "$repo/hack/seaweedfs/build.sh" >/dev/null
 if [[ -f "$repo/hack/build-leaky.sh" ]]; then
     bash "$repo/hack/build-leaky.sh" >/dev/null
 fi

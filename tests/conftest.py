@@ -23,8 +23,9 @@ from memwarden_testing.operator import (
     uninstall_reach_policy,
 )
 
-#: Fixtures that live in the shared testing package: a real Prometheus and a test exporter.
-pytest_plugins = ["memwarden_testing.prometheus"]
+#: Fixtures that live in the shared testing package: a real Prometheus and a test exporter,
+#: a real S3 server (SeaweedFS).
+pytest_plugins = ["memwarden_testing.prometheus", "memwarden_testing.s3"]
 
 
 @pytest.hookimpl(wrapper=True)

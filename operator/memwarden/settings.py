@@ -440,8 +440,10 @@ class EvidenceSettings(_Section):
         default=None,
         gt=0,
         description="Uploads are refused (507) when stored plus in-flight bytes would exceed "
-        "this; nothing is deleted to make room. None: 80% of the evidence volume's size "
-        "(statvfs at start), leaving the rest for partial files and the filesystem.",
+        "this; nothing is deleted to make room. None: with backend pvc, 80% of the evidence "
+        "volume's size (statvfs at start), leaving the rest for partial files and the "
+        "filesystem; with backend s3, no total cap (a bucket has no size: bound it with "
+        "namespace_max_bytes and retention, or a bucket quota).",
     )
     namespace_max_bytes: int | None = Field(
         default=None,
@@ -467,7 +469,50 @@ class EvidenceSettings(_Section):
         "Turn off only where a proxy in front of the operator hides client addresses.",
     )
 
-    @field_validator("max_bundle_bytes", "max_total_bytes", "namespace_max_bytes", mode="before")
+    backend: Literal["pvc", "s3"] = Field(
+        default="pvc",
+        description="Where bundles live: pvc (a filesystem at evidence.dir, one replica) or s3 "
+        "(an S3-compatible bucket, evidence.s3_*: what replicas > 1 need). Credentials for s3 "
+        "come from boto3's default chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (a Secret) "
+        "or AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE (docs/evidence.md).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 endpoint, e.g. https://minio.storage.svc:9000. None: AWS S3 of "
+        "evidence.s3_region.",
+    )
+    s3_bucket: str | None = Field(
+        default=None,
+        description="The bucket bundles go to (required with backend s3); it must exist.",
+    )
+    s3_prefix: str = Field(
+        default="memwarden/",
+        description="Key prefix of every object the operator writes, so the bucket can be "
+        "shared: bundles are <prefix><namespace>/<incident>/...",
+    )
+    s3_region: str = Field(default="us-east-1", description="The bucket's region (SigV4).")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto",
+        description="Bucket in the host name (virtual) or in the path (path: most "
+        "self-hosted servers, MinIO, SeaweedFS).",
+    )
+    s3_ca_file: str | None = Field(
+        default=None,
+        description="CA bundle (PEM) to verify the endpoint's certificate. None: the system "
+        "trust store.",
+    )
+    s3_part_bytes: int = Field(
+        default=8 * 2**20,
+        ge=5 * 2**20,
+        le=5 * 2**30,
+        description="Multipart part size: an upload holds one part in memory (plus a 1 MiB "
+        "block), whatever the bundle's size; S3's minimum is 5 MiB, and 10,000 parts of "
+        "8 MiB allow 78 GiB.",
+    )
+
+    @field_validator(
+        "max_bundle_bytes", "max_total_bytes", "namespace_max_bytes", "s3_part_bytes", mode="before"
+    )
     @classmethod
     def _bytes(cls, value: object) -> object:
         """Byte sizes also as quantities (``16Gi``); an empty value is None (the default)."""
@@ -476,6 +521,15 @@ class EvidenceSettings(_Section):
         return value
 
     _token_audiences = field_validator("token_audiences", mode="before")(_split_commas)
+
+    @model_validator(mode="after")
+    def _s3_has_a_bucket(self) -> EvidenceSettings:
+        """The S3 backend needs a bucket, and its prefix must be a folder (or empty)."""
+        if self.backend == "s3" and not self.s3_bucket:
+            raise ValueError("evidence.s3_bucket is required when evidence.backend is s3")
+        if self.s3_prefix and not self.s3_prefix.endswith("/"):
+            raise ValueError(f"evidence.s3_prefix must end with '/' (got {self.s3_prefix!r})")
+        return self
 
 
 class UpdateSettings(_Section):

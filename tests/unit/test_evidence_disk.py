@@ -10,6 +10,7 @@ import pytest
 
 from memwarden.evidence.adapters.store import (
     DiskLimits,
+    EvidenceStore,
     Reservations,
     admit_upload,
     default_total_cap,
@@ -114,13 +115,39 @@ def test_the_default_cap_is_80_percent_of_the_volume() -> None:
 def test_the_operator_derives_its_caps_from_settings_and_the_volume(tmp_path: Path) -> None:
     from memwarden.handlers.http import disk_limits
 
+    store = EvidenceStore(tmp_path)
     derived = disk_limits(
-        Settings.model_validate({"evidence": {"namespace_max_bytes": "2Gi"}}), tmp_path
+        Settings.model_validate({"evidence": {"namespace_max_bytes": "2Gi"}}), store
     )
     stats = os.statvfs(tmp_path)
     assert derived.total_bytes == int(stats.f_blocks * stats.f_frsize * 0.8)
     assert derived.namespace_bytes == 2 * 2**30
     configured = disk_limits(
-        Settings.from_env({"MEMWARDEN_EVIDENCE_MAX_TOTAL_BYTES": "16Gi"}), tmp_path
+        Settings.from_env({"MEMWARDEN_EVIDENCE_MAX_TOTAL_BYTES": "16Gi"}), store
     )
     assert configured == DiskLimits(total_bytes=16 * 2**30, namespace_bytes=None)
+
+
+def test_an_object_store_has_no_total_cap_unless_configured() -> None:
+    """A bucket has no size to take 80% of: no total cap, the namespace quota still holds."""
+    from memwarden.evidence.adapters.s3store import S3Config, S3EvidenceStore
+    from memwarden.handlers.http import disk_limits
+
+    store = S3EvidenceStore(S3Config(bucket="b", endpoint_url="http://127.0.0.1:1"))
+    settings = Settings.from_env(
+        {
+            "MEMWARDEN_EVIDENCE_BACKEND": "s3",
+            "MEMWARDEN_EVIDENCE_S3_BUCKET": "b",
+            "MEMWARDEN_EVIDENCE_NAMESPACE_MAX_BYTES": "1Gi",
+        }
+    )
+    assert disk_limits(settings, store) == DiskLimits(total_bytes=None, namespace_bytes=2**30)
+    limits = DiskLimits(total_bytes=None, namespace_bytes=2**30)
+    assert (
+        admit_upload(namespace="a", size=2**29, stored={"b": 2**40}, in_flight={}, limits=limits)
+        is None
+    )
+    refused = admit_upload(
+        namespace="a", size=2**29, stored={"a": 2**29 + 1}, in_flight={}, limits=limits
+    )
+    assert refused is not None and "namespace a is over its evidence quota" in refused

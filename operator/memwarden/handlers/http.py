@@ -31,7 +31,13 @@ from aiohttp import web
 from memwarden.capture import incident as lifecycle
 from memwarden.evidence.adapters.api import LiveIncident, make_evidence_app
 from memwarden.evidence.adapters.auth import KubeAuthorizer
-from memwarden.evidence.adapters.store import DiskLimits, default_total_cap, volume_bytes
+from memwarden.evidence.adapters.store import (
+    BundleStore,
+    DiskLimits,
+    EvidenceStore,
+    default_total_cap,
+    volume_bytes,
+)
 from memwarden.handlers import alerts, background, certificates, incidents, state
 from memwarden.handlers.risk import open_incidents
 from memwarden.handlers.state import OperatorState
@@ -126,7 +132,7 @@ def evidence_app(shared: OperatorState) -> web.Application:
             return frozenset()
 
     return make_evidence_app(
-        disk=disk_limits(settings, evidence.store.root),
+        disk=disk_limits(settings, evidence.store),
         store=evidence.store,
         authorizer=KubeAuthorizer(kube.api_client, audiences=settings.evidence.token_audiences),
         upload_key=evidence.upload_key,
@@ -137,11 +143,12 @@ def evidence_app(shared: OperatorState) -> web.Application:
     )
 
 
-def disk_limits(settings: Settings, root: Path) -> DiskLimits:
-    """The caps uploads must fit under: configured, else from the volume's size."""
+def disk_limits(settings: Settings, store: BundleStore) -> DiskLimits:
+    """The caps uploads must fit under: configured, else from the volume's size (a PVC);
+    an object store has no size, so no total cap unless configured."""
     total = settings.evidence.max_total_bytes
-    if total is None:
-        volume = volume_bytes(root)
+    if total is None and isinstance(store, EvidenceStore):
+        volume = volume_bytes(store.root)
         total = default_total_cap(volume)
         logger.info("evidence store cap: %d bytes (80%% of the %d-byte volume)", total, volume)
     return DiskLimits(total_bytes=total, namespace_bytes=settings.evidence.namespace_max_bytes)

@@ -32,7 +32,12 @@ from memwarden.capture.plan import (
     ptrace_allowed_by_pod_security,
 )
 from memwarden.evidence.adapters.api import bundle_url
-from memwarden.evidence.adapters.store import BundleMeta
+from memwarden.evidence.adapters.store import (
+    BundleMeta,
+    BundleStore,
+    StoreError,
+    StoreUnavailable,
+)
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden.handlers import background, certificates, risk, state
 from memwarden.handlers.state import OperatorState
@@ -351,8 +356,7 @@ async def _complete(
                 name=name,
                 patch={"status": {"analysisAttempts": attempts + 1}},
             )
-            path = await asyncio.to_thread(store.bundle_path, namespace, name)
-            outcome = await asyncio.to_thread(analysis_worker.run, path)
+            outcome = await asyncio.to_thread(_analyse_stored, store, namespace, name)
         collected = lifecycle.collected_status(
             bundle=f"evidence://{namespace}/{name}",
             bundle_bytes=meta.bytes,
@@ -369,6 +373,13 @@ async def _complete(
         return incident, conditioned
     finally:
         analysing.discard(key)
+
+
+def _analyse_stored(store: BundleStore, namespace: str, name: str) -> lifecycle.AnalysisOutcome:
+    """The stored bundle analysed out of process, from a local file (an object store's
+    bundle is copied to a temporary file for the time of the analysis)."""
+    with store.local_bundle(namespace, name) as path:
+        return analysis_worker.run(path)
 
 
 async def _collected(kube: Kube, incident: Mapping[str, Any], collected: Mapping[str, Any]) -> None:
@@ -471,7 +482,10 @@ async def delete_evidence(
     if namespace is None or name is None:
         return
     store = state.of(memo).evidence.store
-    deleted = await asyncio.to_thread(store.delete, namespace, name)
+    try:
+        deleted = await asyncio.to_thread(store.delete, namespace, name)
+    except StoreUnavailable as exc:  # the finalizer stays until the store answers
+        raise kopf.TemporaryError(str(exc), delay=30) from exc
     if deleted:
         logger.info("evidence of %s/%s deleted", namespace, name)
 
@@ -489,7 +503,7 @@ async def _retention_loop(shared: OperatorState) -> None:
                 max_age=dt.timedelta(seconds=settings.evidence.max_age_seconds),
                 namespace_max_bytes=settings.evidence.namespace_max_bytes,
             )
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             logger.warning("evidence retention failed: %s", exc)
         await asyncio.sleep(settings.evidence.retention_interval_seconds)
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import kopf
 
 from memwarden.eviction_gate import EvictionGate
-from memwarden.evidence.adapters.store import EvidenceStore
+from memwarden.evidence.adapters.store import BundleStore, EvidenceStore
 from memwarden.kube import Kube
 from memwarden.mutation import PlanCache
 from memwarden.podwatch import PodIndex
@@ -45,7 +45,7 @@ _watched_namespaces: list[str] | None = None
 class Evidence:
     """The evidence store and the key that signs its upload tokens."""
 
-    store: EvidenceStore
+    store: BundleStore
     upload_key: bytes
     base_url: str
 
@@ -58,7 +58,31 @@ class Evidence:
             key = secrets.token_bytes(32)
         scheme = "http" if s.http.insecure else "https"
         base = s.evidence.base_url or f"{scheme}://{s.http.host}:{s.http.port}/evidence"
-        return cls(store=EvidenceStore(Path(s.evidence.dir)), upload_key=key, base_url=base)
+        return cls(store=make_store(settings), upload_key=key, base_url=base)
+
+
+def make_store(settings: Settings) -> BundleStore:
+    """The configured evidence store. The S3 one (and boto3) is imported only when chosen;
+    it is not contacted here: a wrong key or an unreachable endpoint must not stop the
+    operator (admission does not need it), so start-up checks it in the background and
+    each use fails with a clear 503 (handlers/incidents.py)."""
+    e = settings.evidence
+    if e.backend == "pvc":
+        return EvidenceStore(Path(e.dir))
+    from memwarden.evidence.adapters.s3store import S3Config, S3EvidenceStore
+
+    assert e.s3_bucket is not None  # EvidenceSettings refuses s3 without a bucket
+    return S3EvidenceStore(
+        S3Config(
+            bucket=e.s3_bucket,
+            endpoint_url=e.s3_endpoint_url,
+            prefix=e.s3_prefix,
+            region=e.s3_region,
+            addressing_style=e.s3_addressing_style,
+            ca_file=e.s3_ca_file,
+            part_bytes=e.s3_part_bytes,
+        )
+    )
 
 
 @dataclass

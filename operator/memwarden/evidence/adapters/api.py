@@ -5,13 +5,14 @@ Routes, under ``/v1/namespaces/{namespace}/incidents``:
 - ``PUT  {name}/bundle``  upload (streamed; an upload token for this incident)
 - ``GET  ``               list the namespace's stored bundles (Kubernetes identity, ``list``)
 - ``GET  {name}``         one bundle's meta (Kubernetes identity, ``get``)
-- ``GET  {name}/bundle``  download, streamed from disk (Kubernetes identity, ``get``)
+- ``GET  {name}/bundle``  download, streamed from the store (Kubernetes identity, ``get``)
 
 Every refusal is JSON ``{"status": "Failure", "code", "reason", "message"}``: 400 bad
 names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 already
-stored (a token cannot be replayed), 413 too big, 503 when the API server cannot be
-asked, 507 when the bundle does not fit the store's cap or its namespace's quota. Bad
-input never yields a 500.
+stored (a token cannot be replayed), 413 too big, 503 when the API server or the store
+cannot be asked (an object store's refusal, e.g. a wrong key, is named), 507 when the
+bundle does not fit the store's cap or its namespace's quota. Bad input never yields a
+500.
 
 Disk space is reserved before the first byte is read: an upload's declared size (its
 ``Content-Length``, else the toolbox's ``X-Bundle-Max-Bytes``, else the per-bundle cap)
@@ -53,15 +54,16 @@ from memwarden.evidence.adapters.auth import Authorizer, AuthUnavailable, Denied
 from memwarden.evidence.adapters.store import (
     AlreadyStored,
     BundleMeta,
-    BundleWriter,
+    BundleStore,
     DiskLimits,
     Entry,
-    EvidenceStore,
     InvalidName,
     NotStored,
     Reservations,
     StoreError,
+    StoreUnavailable,
     TooLarge,
+    UploadWriter,
     admit_upload,
     validate_incident_name,
     validate_namespace,
@@ -107,8 +109,8 @@ PodAddressLookup: TypeAlias = (
 )
 OnStored: TypeAlias = Callable[[str, str, BundleMeta], Awaitable[None]]
 
-#: Disk writes are handed to a thread in blocks of this size: fewer thread hops than one
-#: per network chunk (often 16 KiB), little memory per upload.
+#: Store writes (and reads) are handed to a thread in blocks of this size: fewer thread
+#: hops than one per network chunk (often 16 KiB), little memory per upload.
 _WRITE_BLOCK = 1024 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -177,6 +179,9 @@ async def _errors(
     except _Refused as exc:
         body = _status_body(exc.status, exc.message, exc.details)
         return _json(exc.status, body, headers=exc.headers)
+    except StoreUnavailable as exc:  # the operator's outage: named, retried by the caller
+        log.warning("evidence API: %s %s: %s", request.method, request.path, exc)
+        return _json(503, _status_body(503, str(exc)), headers={"Retry-After": "30"})
     except web.HTTPException as exc:  # the router's 404 / 405, aiohttp's own limits
         headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW,)}
         return _json(exc.status, _status_body(exc.status, exc.reason), headers=headers)
@@ -232,7 +237,7 @@ class _Evidence:
     def __init__(
         self,
         *,
-        store: EvidenceStore,
+        store: BundleStore,
         authorizer: Authorizer,
         upload_key: bytes,
         max_bundle_bytes: int,
@@ -431,9 +436,19 @@ class _Evidence:
             _fail(507, why, headers={"Retry-After": "60"})
 
     async def _receive(
-        self, request: web.Request, writer: BundleWriter, *, namespace: str, name: str
+        self, request: web.Request, writer: UploadWriter, *, namespace: str, name: str
     ) -> BundleMeta:
-        """Stream the body into ``writer``; anything but a clean commit discards it."""
+        """Stream the body into ``writer``; anything but a clean commit discards it (in a
+        thread: an object store's abort is a network call)."""
+        try:
+            return await self._stream_into(request, writer, namespace=namespace, name=name)
+        except BaseException:
+            await asyncio.shield(asyncio.to_thread(writer.abort))
+            raise
+
+    async def _stream_into(
+        self, request: web.Request, writer: UploadWriter, *, namespace: str, name: str
+    ) -> BundleMeta:
         with writer:
             block = bytearray()
             head = b""
@@ -523,22 +538,37 @@ class _Evidence:
         await self._authorize(request, verb="get", namespace=namespace, name=name)
         meta = await self._stored_meta(namespace, name)
         try:
-            path = await asyncio.to_thread(self.store.bundle_path, namespace, name)
+            reader = await asyncio.to_thread(self.store.open_bundle, namespace, name)
         except NotStored:
             _fail(404, f"no bundle stored for {namespace}/{name}")
-        return web.FileResponse(
-            path,
-            headers={
-                hdrs.CONTENT_TYPE: BUNDLE_CONTENT_TYPE,
-                hdrs.CONTENT_DISPOSITION: f'attachment; filename="{namespace}-{name}.tar.gz"',
-                "X-Bundle-Sha256": meta.sha256,
-            },
-        )
+        try:
+            # Streamed block by block from whichever store (a file or an object's body):
+            # memory per download is one block, whatever the bundle's size.
+            response = web.StreamResponse(
+                headers={
+                    hdrs.CONTENT_TYPE: BUNDLE_CONTENT_TYPE,
+                    hdrs.CONTENT_DISPOSITION: f'attachment; filename="{namespace}-{name}.tar.gz"',
+                    "X-Bundle-Sha256": meta.sha256,
+                }
+            )
+            response.content_length = reader.size
+            await response.prepare(request)
+            sent = 0
+            while sent < reader.size:
+                block = await asyncio.to_thread(reader.read, min(_WRITE_BLOCK, reader.size - sent))
+                if not block:  # shortened under us: end the connection, the reader sees it
+                    raise ConnectionResetError(f"{namespace}/{name} changed while being read")
+                await response.write(block)
+                sent += len(block)
+            await response.write_eof()
+            return response
+        finally:
+            await asyncio.to_thread(reader.close)
 
 
 def make_evidence_app(
     *,
-    store: EvidenceStore,
+    store: BundleStore,
     authorizer: Authorizer,
     upload_key: bytes,
     max_bundle_bytes: int,

@@ -10,6 +10,10 @@ renamed into place only when complete and within the size cap; a refused or fail
 leaves nothing behind. Reads hand out a path, never the bundle's bytes: a bundle can be
 gigabytes (a core dump).
 
+Two stores implement :class:`BundleStore`: :class:`EvidenceStore` here (a filesystem, a
+PVC in production) and ``S3EvidenceStore`` (``s3store.py``, S3-compatible object storage).
+The evidence API, retention and deletion use only that protocol.
+
 Disk space is accounted before an upload starts: ``admit_upload`` (pure) decides whether
 its declared size fits under the total cap and its namespace's quota, counting what is
 stored and what other uploads have reserved (:class:`Reservations`). Retention deletes by
@@ -38,13 +42,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "BUNDLE_FILE",
     "META_FILE",
     "AlreadyStored",
     "BundleMeta",
+    "BundleReader",
+    "BundleStore",
     "BundleWriter",
     "DiskLimits",
     "Entry",
@@ -53,7 +59,9 @@ __all__ = [
     "NotStored",
     "Reservations",
     "StoreError",
+    "StoreUnavailable",
     "TooLarge",
+    "UploadWriter",
     "admit_upload",
     "apply_retention",
     "default_total_cap",
@@ -78,6 +86,11 @@ _SUBDOMAIN_MAX = 253
 
 class StoreError(Exception):
     """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached or refuses the operator's credentials: the operator's
+    outage, not the caller's fault (the evidence API answers 503)."""
 
 
 class InvalidName(StoreError, ValueError):
@@ -201,10 +214,10 @@ def retention_plan(
 
 @dataclass(frozen=True, slots=True)
 class DiskLimits:
-    """What the store may hold: ``total_bytes`` in all, ``namespace_bytes`` per namespace
-    (None: no quota beyond the total)."""
+    """What the store may hold: ``total_bytes`` in all (None: no total cap, an object
+    store's default), ``namespace_bytes`` per namespace (None: no quota beyond the total)."""
 
-    total_bytes: int
+    total_bytes: int | None
     namespace_bytes: int | None = None
 
 
@@ -236,7 +249,7 @@ def admit_upload(
                 f"being uploaded, {size} more would exceed {limits.namespace_bytes}"
             )
     held = sum(stored.values()) + sum(in_flight.values())
-    if held + size > limits.total_bytes:
+    if limits.total_bytes is not None and held + size > limits.total_bytes:
         return (
             f"the evidence store is full: {held} bytes stored or being uploaded, "
             f"{size} more would exceed its cap of {limits.total_bytes}"
@@ -270,6 +283,81 @@ class Reservations:
             if ticket != excluding:
                 totals[namespace] = totals.get(namespace, 0) + size
         return totals
+
+
+#: ``list`` is a method name in the stores: their annotations use this alias.
+_Entries = list[Entry]
+
+
+class UploadWriter(Protocol):
+    """One upload in progress (``BundleStore.open_upload``): ``write`` chunks (blocking),
+    then ``commit``; ``abort`` (idempotent; also on leaving the ``with`` block uncommitted)
+    leaves nothing behind."""
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def commit(self, *, now: dt.datetime) -> BundleMeta: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self) -> UploadWriter: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class BundleReader(Protocol):
+    """A stored bundle opened for reading (``BundleStore.open_bundle``): its ``size`` as
+    stored (what is served as the Content-Length: the bytes themselves, not the meta's
+    record of them, so a damaged bundle is served as it is and fails the reader's sha256
+    check), blocking ``read`` of at most ``size`` bytes (b"" at the end), then ``close``."""
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, size: int) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class BundleStore(Protocol):
+    """What the evidence API, retention and deletion need from a store. Every method
+    blocks (call it from a thread in async code) and validates names first."""
+
+    def open_upload(
+        self, namespace: str, incident: str, *, uid: str, max_bytes: int
+    ) -> UploadWriter: ...
+
+    def exists(self, namespace: str, incident: str) -> bool: ...
+
+    def holds(self, namespace: str, incident: str, *, uid: str) -> bool: ...
+
+    def meta(self, namespace: str, incident: str) -> BundleMeta: ...
+
+    def open_bundle(self, namespace: str, incident: str) -> BundleReader: ...
+
+    def local_bundle(
+        self, namespace: str, incident: str
+    ) -> contextlib.AbstractContextManager[Path]:
+        """The bundle as a local file while the context lasts (the analysis reads a file)."""
+        ...
+
+    def list(self, namespace: str) -> _Entries: ...
+
+    def entries(self) -> _Entries: ...
+
+    def usage(self) -> dict[str, int]: ...
+
+    def delete(self, namespace: str, incident: str) -> bool: ...
+
+    def sweep_partial(self, *, now: dt.datetime, older_than: dt.timedelta) -> Sequence[object]: ...
 
 
 def volume_bytes(path: Path) -> int:
@@ -427,8 +515,22 @@ class BundleWriter:
         self.abort()
 
 
-_Entries = list[Entry]
 _Paths = list[Path]
+
+
+class _FileReader:
+    """A bundle file open for reading, with its size (of the open file, not the path)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.size = os.fstat(stream.fileno()).st_size
+
+    def read(self, size: int) -> bytes:
+        data: bytes = self._stream.read(size)
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 class EvidenceStore:
@@ -487,6 +589,18 @@ class EvidenceStore:
         if not path.is_file():
             raise NotStored(f"no bundle stored for {namespace}/{incident}")
         return path
+
+    def open_bundle(self, namespace: str, incident: str) -> BundleReader:
+        """The stored bundle opened for reading; :class:`NotStored` if there is none."""
+        try:
+            return _FileReader(self.bundle_path(namespace, incident).open("rb"))
+        except FileNotFoundError as exc:  # deleted between the check and the open
+            raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
+
+    @contextlib.contextmanager
+    def local_bundle(self, namespace: str, incident: str) -> Iterator[Path]:
+        """The bundle's own file: it is local already."""
+        yield self.bundle_path(namespace, incident)
 
     def list(self, namespace: str) -> _Entries:
         """Stored bundles of ``namespace``, by incident name; unreadable ones are skipped."""
@@ -563,7 +677,7 @@ class EvidenceStore:
 
 
 def apply_retention(
-    store: EvidenceStore,
+    store: BundleStore,
     *,
     now: dt.datetime,
     max_age: dt.timedelta | None,
