@@ -97,9 +97,10 @@ def test_expiry_counts_from_when_the_record_changed_not_from_each_read() -> None
     assert again.seen_at == 100.0  # unchanged: the clock keeps running
     renewed = observe(again, record(OTHER, renewed="t2", version="8"), now=112.0)
     assert renewed.seen_at == 112.0  # a renewal restarts it
-    assert decide(
-        observation=renewed, identity=ME, now=120.0, last_renewed=None, timing=TIMING
-    ).action is Action.WAIT
+    assert (
+        decide(observation=renewed, identity=ME, now=120.0, last_renewed=None, timing=TIMING).action
+        is Action.WAIT
+    )
 
 
 def test_a_skewed_renew_time_does_not_expire_a_live_holder() -> None:
@@ -125,7 +126,9 @@ def test_acquiring_counts_a_transition_and_renewing_keeps_the_acquire_time() -> 
         "renewTime": "2026-12-01T06:00:00.123456Z",
         "leaseTransitions": 4,
     }
-    kept = desired_spec(action=Action.RENEW, record=record(ME), identity=ME, wall=WALL, timing=TIMING)
+    kept = desired_spec(
+        action=Action.RENEW, record=record(ME), identity=ME, wall=WALL, timing=TIMING
+    )
     assert kept["acquireTime"] == "2026-12-01T05:00:00.000000Z"
     assert kept["renewTime"] == "2026-12-01T06:00:00.123456Z"
     assert kept["leaseTransitions"] == 3
@@ -155,10 +158,17 @@ def test_release_clears_the_holder_so_the_next_replica_acquires_at_once() -> Non
 
 @pytest.mark.parametrize(
     ("duration", "seconds"),
-    [pytest.param(15, 15, id="whole"), pytest.param(3.2, 4, id="rounded-up"), pytest.param(0.3, 1, id="at-least-one")],
+    [
+        pytest.param(15, 15, id="whole"),
+        pytest.param(3.2, 4, id="rounded-up"),
+        pytest.param(0.3, 1, id="at-least-one"),
+    ],
 )
 def test_lease_duration_is_whole_seconds_never_shorter(duration: float, seconds: int) -> None:
-    assert lease_seconds(Timing(lease_duration=duration, renew_deadline=0.2, retry_period=0.1)) == seconds
+    assert (
+        lease_seconds(Timing(lease_duration=duration, renew_deadline=0.2, retry_period=0.1))
+        == seconds
+    )
 
 
 def test_record_from_an_api_object() -> None:
