@@ -113,6 +113,7 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
             loop.add_signal_handler(signum, on_signal, signum)
 
     handle_signals()
+    logger.info("memwarden settings: %s", settings.for_log())
     serving_memo = await serving.start_serving(shared)
     elector = serving.LeaseElector(
         shared.kube,
@@ -151,8 +152,12 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
             os._exit(LOST_LEADERSHIP_EXIT)
         holding.cancel()
         handle_signals()  # kopf replaced them with its own while it ran
-        operator.result()  # kopf's own failure, if any, is this process's
-        await elector.release()
+        try:
+            operator.result()  # kopf's own failure, if any, is this process's
+        finally:
+            # kopf has stopped (cleanly or not): nothing reconciles here any more, so the
+            # next replica may start at once rather than after the Lease expires.
+            await elector.release()
         return 0
     finally:
         shared.leading = False
