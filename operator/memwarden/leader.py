@@ -122,12 +122,16 @@ def decide(
             return Decision(Action.LOST, "the Lease was deleted")
         return Decision(Action.CREATE, "no Lease yet")
     record = observation.record
-    if record.holder == identity:
-        return Decision(Action.RENEW, "held by this replica")
     if leading:
+        if record.holder == identity:
+            return Decision(Action.RENEW, "held by this replica")
         return Decision(Action.LOST, f"the Lease is held by {record.holder or 'nobody'}")
     if record.holder is None:
         return Decision(Action.ACQUIRE, "released by its last holder")
+    # Held, by another replica or under this replica's own name while it does not lead (an
+    # earlier run of it, or a write it did not make): wait for the Lease to expire. Unlike
+    # client-go, the name alone never grants leadership at once, so a forged holder
+    # cannot make two replicas lead at the same time (docs/security.md).
     duration = record.lease_duration if record.lease_duration is not None else timing.lease_duration
     expires_at = observation.seen_at + duration
     if now >= expires_at:

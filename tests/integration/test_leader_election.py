@@ -324,3 +324,56 @@ def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second
     assert "added to pod leaky-1" in pair.a.log_tail(200000)
     assert "added to pod leaky-1" not in pair.b.log_tail(200000)
     assert pair.service.routed.get(pair.b.http_port), "the upload never reached replica-b"
+
+
+def can_i(crds: Path, verb: str, resource: str, *, namespace: str, name: str = "") -> bool:
+    """What RBAC lets the pair's ServiceAccount do (a SubjectAccessReview, by kubectl)."""
+    target = f"{resource}/{name}" if name else resource
+    answer = kubectl(
+        crds,
+        "auth",
+        "can-i",
+        verb,
+        target,
+        "-n",
+        namespace,
+        f"--as=system:serviceaccount:{OPERATOR_NAMESPACE}:{ACCOUNT}",
+        check=False,
+    )
+    return answer.stdout.strip() == "yes"
+
+
+def test_a_forged_holder_stops_the_leader_and_nobody_leads_before_it_expires(
+    pair: Pair, kube: client.ApiClient, crds: Path
+) -> None:
+    """Whoever can write the Lease can stop reconciliation, but not make two replicas
+    lead at once: the leader steps down (and exits) on the next renewal, and no replica
+    takes over before the forged holder's Lease expires (docs/security.md)."""
+    start_leader_then_follower(pair)
+    leases = client.CoordinationV1Api(kube)
+    lease = leases.read_namespaced_lease(LEASE, OPERATOR_NAMESPACE)
+    lease.spec.holder_identity = "intruder"
+    leases.replace_namespaced_lease(LEASE, OPERATOR_NAMESPACE, lease)
+    forged = time.monotonic()
+    assert pair.a.process is not None
+    code = pair.a.process.wait(timeout=LEASE_SECONDS + 10)
+    assert code == 3, pair.a.log_tail()  # LOST_LEADERSHIP_EXIT: the kubelet restarts it
+    assert "lost Lease" in pair.a.log_tail()
+    stepped_down = time.monotonic() - forged
+    taken = pair.wait_holder("replica-b", timeout=LEASE_SECONDS + 10) + stepped_down
+    print(f"forged holder: leader exited after {stepped_down:.2f}s, follower led at {taken:.2f}s")
+    assert stepped_down < RETRY_SECONDS + SLACK_SECONDS
+    assert taken >= LEASE_SECONDS - RETRY_SECONDS  # waited for the forged Lease to expire
+
+
+def test_the_operator_may_write_its_own_lease_only(pair: Pair, crds: Path) -> None:
+    """A leaked operator token reaches one Lease by name: not the control plane's leader
+    elections (kube-system), not another Lease of its own namespace."""
+    assert can_i(crds, "update", "leases", namespace=OPERATOR_NAMESPACE, name=LEASE)
+    assert can_i(crds, "create", "leases", namespace=OPERATOR_NAMESPACE)
+    assert not can_i(crds, "update", "leases", namespace=OPERATOR_NAMESPACE, name="other")
+    assert not can_i(crds, "delete", "leases", namespace=OPERATOR_NAMESPACE, name=LEASE)
+    for name in ("kube-scheduler", "kube-controller-manager"):
+        assert not can_i(crds, "update", "leases", namespace="kube-system", name=name)
+        assert not can_i(crds, "get", "leases", namespace="kube-system", name=name)
+    assert not can_i(crds, "create", "leases", namespace="kube-system")

@@ -60,7 +60,8 @@ def seen(rec: LeaseRecord | None, at: float = 100.0) -> Observation | None:
         pytest.param(
             record(OTHER, duration=None), 114.0, None, Action.WAIT, id="no-duration-uses-ours"
         ),
-        pytest.param(record(ME), 100.0, None, Action.RENEW, id="ours-after-restart-renews"),
+        pytest.param(record(ME), 100.0, None, Action.WAIT, id="our-name-not-leading-waits"),
+        pytest.param(record(ME), 115.0, None, Action.ACQUIRE, id="our-name-expired-acquires"),
         pytest.param(record(ME), 105.0, 100.0, Action.RENEW, id="leading-renews"),
         pytest.param(record(ME), 109.999, 100.0, Action.RENEW, id="just-before-renew-deadline"),
         pytest.param(record(ME), 110.0, 100.0, Action.LOST, id="renew-deadline-missed"),
