@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator
 from typing import Any, cast
 
 import kopf
+from aiohttp import web_protocol
 
 from memwarden import leader
 from memwarden.api import GROUP, VERSION
@@ -346,6 +347,14 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 # -- kopf on the leader only -------------------------------------------------------------
 
 
+#: The code of aiohttp's per-connection and per-request tasks (``web_protocol``).
+_REQUEST_CODE = frozenset(
+    method.__code__
+    for name in ("start", "_handle_request")
+    if (method := getattr(web_protocol.RequestHandler, name, None)) is not None
+)
+
+
 class ServingTasks(Collection[asyncio.Task[Any]]):
     """The tasks kopf must leave alone when it stops on the leader: those that existed
     before it started, and the HTTP servers' request tasks (aiohttp's
@@ -360,7 +369,7 @@ class ServingTasks(Collection[asyncio.Task[Any]]):
         if task in self._before:
             return True
         coro = task.get_coro() if isinstance(task, asyncio.Task) else None
-        return str(getattr(coro, "__qualname__", "")).startswith("RequestHandler.")
+        return getattr(coro, "cr_code", None) in _REQUEST_CODE
 
     def __iter__(self) -> Iterator[asyncio.Task[Any]]:
         return iter(self._before)
