@@ -114,7 +114,11 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
 
     handle_signals()
     logger.info("memwarden settings: %s", settings.for_log())
-    serving_memo = await serving.start_serving(shared)
+    try:
+        serving_memo = await serving.start_serving(shared)
+    except kopf.PermanentError as exc:  # a port in use, an unreadable certificate
+        logger.error("not serving: %s", exc)
+        return 1
     elector = serving.LeaseElector(
         shared.kube,
         namespace=settings.namespace,
@@ -141,12 +145,13 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
         holding = asyncio.create_task(elector.hold(), name="lease renewal")
         done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
         if holding in done:
+            failed = holding.exception()  # a bug in renewing is a loss too: stop leading
             logger.error(
                 "leader: this replica (%s) lost Lease %s: %s; exiting so that it stops "
                 "reconciling before another replica starts",
                 elector.identity,
                 elector.lease,
-                holding.result(),
+                repr(failed) if failed is not None else holding.result(),
             )
             logging.shutdown()
             os._exit(LOST_LEADERSHIP_EXIT)
