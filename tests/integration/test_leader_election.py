@@ -213,6 +213,11 @@ def test_one_leader_the_follower_admits_and_leadership_moves_on_sigterm_and_sigk
         what="the follower counting the reviews it mutated",
     )
 
+    # The follower is ready (it serves admission) though it does not reconcile.
+    ready = f"{b.http_url}/readyz"
+    with urllib.request.urlopen(ready, timeout=5, context=b.tls_context()) as response:
+        assert response.status == 200
+
     # The follower's Alertmanager receiver asks Alertmanager to send again (to the leader).
     status, headers = post_alert(b, namespace)
     assert status == 503 and headers.get("Retry-After"), (status, headers)
@@ -269,10 +274,8 @@ def incident(kube: client.ApiClient, namespace: str, name: str) -> dict[str, Any
     )
 
 
-def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second_container(
-    pair: Pair, sim: NodeSimulator, kube: client.ApiClient, namespace: str, crds: Path
-) -> None:
-    start_leader_then_follower(pair)
+def run_leaky(kube: client.ApiClient, sim: NodeSimulator, namespace: str, crds: Path) -> None:
+    """The capture policy, and a leaky Go pod it governs, running on the simulator."""
     kubectl(crds, "apply", "-f", "-", input=json.dumps(capture_policy(namespace)))
     container = make_container("app", image=LEAKY_IMAGE)
     container["ports"] = [{"containerPort": 6060, "name": "pprof"}]
@@ -286,6 +289,14 @@ def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second
         timeout=60,
         what="leaky-1 running",
     )
+
+
+def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second_container(
+    pair: Pair, sim: NodeSimulator, kube: client.ApiClient, namespace: str, crds: Path
+) -> None:
+    start_leader_then_follower(pair)
+    run_leaky(kube, sim, namespace, crds)
+    core = client.CoreV1Api(kube)
     client.CustomObjectsApi(kube).create_namespaced_custom_object(
         GROUP, VERSION, namespace, "memoryincidents", make_incident("mid-capture", pod="leaky-1")
     )
@@ -324,6 +335,37 @@ def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second
     assert "added to pod leaky-1" in pair.a.log_tail(200000)
     assert "added to pod leaky-1" not in pair.b.log_tail(200000)
     assert pair.service.routed.get(pair.b.http_port), "the upload never reached replica-b"
+
+
+def test_an_upload_reaching_a_follower_is_stored_there_and_completed_by_the_leader(
+    pair: Pair, sim: NodeSimulator, kube: client.ApiClient, namespace: str, crds: Path
+) -> None:
+    """The Service may send the toolbox's upload to any replica: a follower checks and
+    stores it, and leaves the incident to the leader (whose follow-up timer finds it)."""
+    start_leader_then_follower(pair)
+    pair.service.backends = [pair.b.http_port, pair.a.http_port]  # the follower first
+    run_leaky(kube, sim, namespace, crds)
+    client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "memoryincidents", make_incident("via-follower", pod="leaky-1")
+    )
+    done = wait_for(
+        lambda: (
+            (i := incident(kube, namespace, "via-follower")).get("status", {}).get("phase")
+            in {"Collected", "Failed", "Skipped"}
+            and i
+        ),
+        timeout=90,
+        interval=0.5,
+        what="the incident completed",
+    )
+    assert done["status"]["phase"] == "Collected", done["status"]
+    assert pair.service.routed.get(pair.b.http_port) and not pair.service.routed.get(
+        pair.a.http_port
+    ), pair.service.routed
+    b_log = pair.b.log_tail(200000)
+    assert f"{namespace}/via-follower: bundle stored; the leader completes the incident" in b_log
+    assert f"incident {namespace}/via-follower collected" not in b_log
+    assert pair.holder() == "replica-a"
 
 
 def can_i(crds: Path, verb: str, resource: str, *, namespace: str, name: str = "") -> bool:
