@@ -148,6 +148,7 @@ class Kube:
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._policy = client.PolicyV1Api(api_client)
+        self._coordination = client.CoordinationV1Api(api_client)
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -329,6 +330,67 @@ class Kube:
                 namespace, _request_timeout=REQUEST_TIMEOUT, _preload_content=False
             ),
         )
+
+    def read_lease(
+        self, *, namespace: str, name: str, timeout: float = REQUEST_TIMEOUT
+    ) -> dict[str, Any] | None:
+        """The Lease as a plain dict; None when it does not exist (leader election)."""
+        try:
+            return self._raw(
+                f"read lease {namespace}/{name}",
+                lambda: self._coordination.read_namespaced_lease(
+                    name, namespace, _request_timeout=timeout, _preload_content=False
+                ),
+            )
+        except NotFound:
+            return None
+
+    def write_lease(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        spec: Mapping[str, Any],
+        resource_version: str | None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Create the Lease (``resource_version`` None) or replace it at that version:
+        ``Conflict`` when another replica wrote it since it was read."""
+        body: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {"app.kubernetes.io/name": "memwarden"},
+                **({"resourceVersion": resource_version} if resource_version else {}),
+            },
+            "spec": dict(spec),
+        }
+        if resource_version is None:
+            return self._raw(
+                f"create lease {namespace}/{name}",
+                lambda: self._coordination.create_namespaced_lease(
+                    namespace, cast(Any, body), _request_timeout=timeout, _preload_content=False
+                ),
+            )
+        return self._raw(
+            f"update lease {namespace}/{name}",
+            lambda: self._coordination.replace_namespaced_lease(
+                name, namespace, cast(Any, body), _request_timeout=timeout, _preload_content=False
+            ),
+        )
+
+    @staticmethod
+    def _raw(what: str, call: Callable[[], Any]) -> dict[str, Any]:
+        """A call made with ``_preload_content=False``: its object as a plain dict."""
+        try:
+            response = call()
+        except ApiException as exc:
+            raise error_from(exc, what=what) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise Transient(_short(f"{what}: {exc}")) from exc
+        return dict(json.loads(cast(urllib3.HTTPResponse, response).data))
 
     @staticmethod
     def _raw_items(what: str, call: Callable[[], Any]) -> list[dict[str, Any]]:

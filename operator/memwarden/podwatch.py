@@ -121,21 +121,16 @@ def _identity(pod: Mapping[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
 
 
-class PodWatcher(threading.Thread):
-    """Lists, then watches, pods (cluster-wide or one namespace) in a thread; each change
-    reaches ``index`` through the event loop (``loop.call_soon_threadsafe``)."""
+class ListWatcher(threading.Thread):
+    """Lists, then watches, one kind of object (cluster-wide or one namespace) in a thread,
+    parsing the raw stream with orjson; subclasses say which request and what each list
+    item and each event becomes (``_request``, ``_listed``, ``_event``)."""
 
-    def __init__(
-        self,
-        *,
-        api_client: client.ApiClient,
-        index: PodIndex,
-        loop: asyncio.AbstractEventLoop,
-        namespace: str | None = None,
-    ) -> None:
-        super().__init__(name=f"pod-watch-{namespace or 'cluster'}", daemon=True)
-        self._core = client.CoreV1Api(api_client)
-        self._index = index
+    #: What the log lines call the objects (``pods``, ``policies``).
+    noun = "objects"
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop, namespace: str | None = None) -> None:
+        super().__init__(name=f"{self.noun}-watch-{namespace or 'cluster'}", daemon=True)
         self._loop = loop
         self._namespace = namespace
         self._stopping = threading.Event()
@@ -143,43 +138,43 @@ class PodWatcher(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
 
-    def _call(self, *, watch: bool, **kwargs: Any) -> urllib3.HTTPResponse:
-        """A list (or watch) as the raw response (``_preload_content=False``): parsed here
-        with orjson, not turned into the client's model objects."""
-        if self._namespace is None:
-            response = self._core.list_pod_for_all_namespaces(
-                watch=watch, _preload_content=False, **kwargs
-            )
-        else:
-            response = self._core.list_namespaced_pod(
-                self._namespace, watch=watch, _preload_content=False, **kwargs
-            )
-        return cast(urllib3.HTTPResponse, response)
+    def _request(self, *, watch: bool, **kwargs: Any) -> urllib3.HTTPResponse:
+        """The list (or watch) request, as the raw response (``_preload_content=False``)."""
+        raise NotImplementedError
+
+    def _listed(self, items: list[dict[str, Any]]) -> Any:
+        """What one page's items become, kept until the list is complete (small views,
+        never whole bodies, so a list of 10,000 objects stays small)."""
+        raise NotImplementedError
+
+    def _complete(self, pages: list[Any]) -> None:
+        """The whole list is in: hand it to the event loop."""
+        raise NotImplementedError
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        """One watch event (ADDED, MODIFIED, DELETED): hand it to the event loop."""
+        raise NotImplementedError
 
     def _list(self) -> str:
-        """Every pod, page by page; returns the version to watch from."""
-        views: dict[str, dict[str, View]] = {}
+        """Every object, page by page; returns the version to watch from."""
+        pages: list[Any] = []
         token: str | None = None
         while True:
             page = orjson.loads(
-                self._call(watch=False, limit=LIST_PAGE, _continue=token, _request_timeout=60).data
+                self._request(
+                    watch=False, limit=LIST_PAGE, _continue=token, _request_timeout=60
+                ).data
             )
-            for pod in page.get("items") or []:
-                namespace, name = _identity(pod)
-                view = pod_view(pod)
-                if view is not None:
-                    views.setdefault(namespace, {})[name] = view
+            pages.append(self._listed(page.get("items") or []))
             metadata = page.get("metadata") or {}
             token = metadata.get("continue")
             if not token:
-                self._loop.call_soon_threadsafe(
-                    functools.partial(self._index.replace_all, views, namespace=self._namespace)
-                )
+                self._complete(pages)
                 return str(metadata.get("resourceVersion") or "")
 
     def _watch(self, version: str) -> str | None:
         """Follow changes from ``version``; the version reached, or None to list again."""
-        response = self._call(
+        response = self._request(
             watch=True,
             resource_version=version,
             allow_watch_bookmarks=True,
@@ -199,14 +194,12 @@ class PodWatcher(threading.Thread):
                     event = orjson.loads(line)
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":  # 410 Gone: our version is too old; list again
-                        logger.info("pod watch: %s; listing again", obj.get("message"))
+                        logger.info("%s watch: %s; listing again", self.noun, obj.get("message"))
                         return None
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if kind == "BOOKMARK":
                         continue
-                    namespace, name = _identity(obj)
-                    view = None if kind == "DELETED" else pod_view(obj)
-                    self._loop.call_soon_threadsafe(self._index.apply, namespace, name, view)
+                    self._event(str(kind), obj)
         finally:
             response.release_conn()
         return version
@@ -224,10 +217,116 @@ class PodWatcher(threading.Thread):
                 if isinstance(exc, ApiException) and exc.status == 410:
                     version = None
                     continue
-                logger.warning("pod watch failed (%s); again in %gs", exc, delay)
+                logger.warning("%s watch failed (%s); again in %gs", self.noun, exc, delay)
                 version = None
                 self._stopping.wait(delay)
                 delay = min(MAX_BACKOFF_SECONDS, delay * 2)
 
 
-__all__ = ["PodIndex", "PodWatcher"]
+class PodWatcher(ListWatcher):
+    """Pods, trimmed to their views; each change reaches ``index`` through the event loop
+    (``loop.call_soon_threadsafe``)."""
+
+    noun = "pod"
+
+    def __init__(
+        self,
+        *,
+        api_client: client.ApiClient,
+        index: PodIndex,
+        loop: asyncio.AbstractEventLoop,
+        namespace: str | None = None,
+    ) -> None:
+        super().__init__(loop=loop, namespace=namespace)
+        self._core = client.CoreV1Api(api_client)
+        self._index = index
+
+    def _request(self, *, watch: bool, **kwargs: Any) -> urllib3.HTTPResponse:
+        if self._namespace is None:
+            response = self._core.list_pod_for_all_namespaces(
+                watch=watch, _preload_content=False, **kwargs
+            )
+        else:
+            response = self._core.list_namespaced_pod(
+                self._namespace, watch=watch, _preload_content=False, **kwargs
+            )
+        return cast(urllib3.HTTPResponse, response)
+
+    def _listed(self, items: list[dict[str, Any]]) -> Any:
+        views: list[tuple[str, str, View]] = []
+        for pod in items:
+            view = pod_view(pod)
+            if view is not None:
+                views.append((*_identity(pod), view))
+        return views
+
+    def _complete(self, pages: list[Any]) -> None:
+        views: dict[str, dict[str, View]] = {}
+        for page in pages:
+            for namespace, name, view in page:
+                views.setdefault(namespace, {})[name] = view
+        self._loop.call_soon_threadsafe(
+            functools.partial(self._index.replace_all, views, namespace=self._namespace)
+        )
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        namespace, name = _identity(obj)
+        view = None if kind == "DELETED" else pod_view(obj)
+        self._loop.call_soon_threadsafe(self._index.apply, namespace, name, view)
+
+
+class CustomObjectWatcher(ListWatcher):
+    """Custom objects of one kind (MemoryPolicies for admission on every replica,
+    ``handlers/serving.py``), whole: ``on_list`` gets every object once the list is
+    complete, ``on_event`` each change, both on the event loop."""
+
+    noun = "custom object"
+
+    def __init__(
+        self,
+        *,
+        api_client: client.ApiClient,
+        group: str,
+        version: str,
+        plural: str,
+        loop: asyncio.AbstractEventLoop,
+        on_list: Callable[[list[dict[str, Any]]], None],
+        on_event: Callable[[str, dict[str, Any]], None],
+        namespace: str | None = None,
+    ) -> None:
+        self.noun = plural
+        super().__init__(loop=loop, namespace=namespace)
+        self._custom = client.CustomObjectsApi(api_client)
+        self._resource = (group, version, plural)
+        self._on_list = on_list
+        self._on_event = on_event
+
+    def _request(self, *, watch: bool, **kwargs: Any) -> urllib3.HTTPResponse:
+        group, version, plural = self._resource
+        if self._namespace is None:
+            response = self._custom.list_cluster_custom_object(
+                group, version, plural, watch=watch, _preload_content=False, **kwargs
+            )
+        else:
+            response = self._custom.list_namespaced_custom_object(
+                group,
+                version,
+                self._namespace,
+                plural,
+                watch=watch,
+                _preload_content=False,
+                **kwargs,
+            )
+        return cast(urllib3.HTTPResponse, response)
+
+    def _listed(self, items: list[dict[str, Any]]) -> Any:
+        return items
+
+    def _complete(self, pages: list[Any]) -> None:
+        self._loop.call_soon_threadsafe(self._on_list, [obj for page in pages for obj in page])
+
+    def _event(self, kind: str, obj: dict[str, Any]) -> None:
+        self._loop.call_soon_threadsafe(self._on_event, kind, obj)
+
+
+__all__ = ["CustomObjectWatcher", "ListWatcher", "PodIndex", "PodWatcher"]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 #: Placeholders in ``resource_names``, replaced by the names the chart gives.
 WEBHOOK_CONFIGURATION = "<webhook-configuration>"
 CA_SECRET = "<webhook-ca-secret>"
+LEADER_LEASE = "<leader-lease>"
 
 #: ``cluster``: the ClusterRole. ``namespace``: a Role in the operator's own namespace.
 #: ``watched``: what memwarden may do to tenants' pods and namespaces: the ClusterRole when
@@ -171,6 +172,22 @@ RULES: tuple[Rule, ...] = (
         resource_names=(CA_SECRET,),
         condition="selfSigned",
     ),
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("create",),
+        "leader election: the first replica creates the Lease (create has no name to pin)",
+        scope="namespace",
+    ),
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "update"),
+        "leader election: replicas read, acquire, renew and release the Lease, by name, in "
+        "the operator's namespace only",
+        scope="namespace",
+        resource_names=(LEADER_LEASE,),
+    ),
 )
 
 
@@ -195,10 +212,15 @@ def policy_rules(
     namespaced_watch: bool = False,
     webhook_configuration: str = "memwarden",
     ca_secret: str = "memwarden-webhook-ca",
+    leader_lease: str = "memwarden",
 ) -> list[dict[str, Any]]:
     """The PolicyRules of the ClusterRole (``cluster``), the Role in the operator's namespace
     (``namespace``) or the Role in each watched namespace (``watched``)."""
-    names = {WEBHOOK_CONFIGURATION: webhook_configuration, CA_SECRET: ca_secret}
+    names = {
+        WEBHOOK_CONFIGURATION: webhook_configuration,
+        CA_SECRET: ca_secret,
+        LEADER_LEASE: leader_lease,
+    }
     chosen = rules(scope=scope, self_signed=self_signed, namespaced_watch=namespaced_watch)
     return [rule.policy_rule(names=names) for rule in chosen]
 
@@ -216,6 +238,7 @@ def permissions(*, self_signed: bool = True) -> frozenset[tuple[str, str, str]]:
 
 __all__ = [
     "CA_SECRET",
+    "LEADER_LEASE",
     "RULES",
     "WEBHOOK_CONFIGURATION",
     "Rule",

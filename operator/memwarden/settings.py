@@ -579,6 +579,73 @@ class UpdateSettings(_Section):
     )
 
 
+class LeaderSettings(_Section):
+    """Leader election between replicas (docs/ha.md): a ``coordination.k8s.io`` Lease.
+
+    Every replica serves admission and the HTTP API; only the Lease's holder reconciles
+    (captures, risk, status, updates, retention, certificate rotation's writes aside). The
+    timings are client-go's leaderelection defaults, which kube-controller-manager and
+    controller-runtime use: a leader dead without releasing is replaced within
+    ``lease_duration_seconds`` + ``retry_period_seconds``.
+    """
+
+    election: bool = Field(
+        default=False,
+        description="Hold a Lease and reconcile only while holding it. Off: one replica, "
+        "which reconciles at once (local runs, the single-replica chart). On: required "
+        "with more than one replica.",
+    )
+    lease_name: str = Field(
+        default="memwarden",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The Lease's name, in the operator's namespace (``kubectl get lease -n "
+        "<namespace>`` shows the holder).",
+    )
+    lease_duration_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long followers wait after the holder's last renewal before taking "
+        "the Lease over (client-go's default): longer than a renewal hiccup, short enough "
+        "that captures and timers pause for seconds, not minutes, when a leader dies.",
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A leader that has not renewed for this long stops leading (and exits, "
+        "to be restarted) before its Lease can expire: below the lease duration, so it has "
+        "stopped before anyone else may start.",
+    )
+    retry_period_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the holder renews and followers try to acquire: a few "
+        "requests per replica per lease duration.",
+    )
+    identity: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="This replica's name in the Lease's holderIdentity. None: the pod's "
+        "name (``POD_NAME``, from the downward API), else hostname-pid.",
+    )
+
+    @model_validator(mode="after")
+    def _timings_nest(self) -> LeaderSettings:
+        if self.renew_deadline_seconds >= self.lease_duration_seconds:
+            raise ValueError(
+                "leader.renew_deadline_seconds must be below leader.lease_duration_seconds: "
+                "a leader must stop before its Lease can expire"
+            )
+        if self.retry_period_seconds >= self.renew_deadline_seconds:
+            raise ValueError(
+                "leader.retry_period_seconds must be below leader.renew_deadline_seconds: "
+                "a leader must get at least one renewal attempt before its deadline"
+            )
+        return self
+
+
 #: Flat environment names that are not ``<section>_<field>`` (kept from earlier releases).
 FLAT_NAMES = {
     ("admission", "background_nice"): "BACKGROUND_NICE",
@@ -622,6 +689,7 @@ class Settings(BaseSettings):
     capture: CaptureSettings = Field(default_factory=CaptureSettings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     updates: UpdateSettings = Field(default_factory=UpdateSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
 
     _excluded_namespaces = field_validator("excluded_namespaces", mode="before")(_split_commas)
 

@@ -165,11 +165,16 @@ class OperatorProcess:
             **self.extra_env,
         }
         log = self.log_path.open("ab")
+        # Under leader election kopf (and its liveness endpoint) runs on the leader only:
+        # every replica is probed at the HTTP API's /healthz, as the chart does.
+        liveness = (
+            [] if self.elected else [f"--liveness=http://127.0.0.1:{self.health_port}/healthz"]
+        )
         self.process = subprocess.Popen(
             [
                 str(REPO / ".venv" / "bin" / "memwarden"),
                 "run",
-                f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+                *liveness,
                 *self.extra_args,
             ],
             env=env,
@@ -181,14 +186,51 @@ class OperatorProcess:
         _running[id(self)] = self
         wait_for(self._healthy, timeout=60, what="operator liveness")
 
+    @property
+    def elected(self) -> bool:
+        """Started with leader election on (``MEMWARDEN_LEADER_ELECTION``)."""
+        return self.extra_env.get("MEMWARDEN_LEADER_ELECTION", "").lower() in {"1", "true"}
+
     def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"operator exited: {self.log_tail()}")
+        if self.elected:
+            url, context = f"{self.http_url}/healthz", self.tls_context()
+        else:
+            url, context = f"http://127.0.0.1:{self.health_port}/healthz", None
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1):
+            with urllib.request.urlopen(url, timeout=1, context=context):
                 return True
         except (urllib.error.URLError, OSError):
             return False
+
+    def kill(self) -> None:
+        """SIGKILL the operator and its children at once: a node lost, an OOM kill."""
+        import signal
+
+        _running.pop(id(self), None)
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, *, grace: float = 30) -> int:
+        """SIGTERM the operator's main process only (as the kubelet signals PID 1) and
+        wait for it to exit; its exit code."""
+        import signal
+
+        _running.pop(id(self), None)
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired as exc:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+                tail = self.log_tail()
+                raise AssertionError(f"operator did not stop on SIGTERM: {tail}") from exc
+        return int(self.process.returncode)
 
     def stop(self) -> None:
         _running.pop(id(self), None)

@@ -249,10 +249,16 @@ def client_uses() -> list[Use]:
                 and any(k.arg == "watch" for k in node.keywords)
             ):
                 group, resource, verb = permission_of(*methods[node.func.attr])
-                if verb == "list":
+                if verb == "list" and "{" not in group + resource:
                     uses.append(Use((group, resource, "watch"), f"{module}: {node.func.attr}"))
             if not isinstance(node, ast.Call):
                 continue
+            # podwatch.CustomObjectWatcher(group=..., plural=...): lists and watches that kind
+            if isinstance(node.func, ast.Name) and node.func.id == "CustomObjectWatcher":
+                given = {k.arg: _resolve(k.value, module) for k in node.keywords if k.arg}
+                where = f"{module}: CustomObjectWatcher({given.get('plural')})"
+                for verb in ("list", "watch"):
+                    uses.append(Use((str(given["group"]), str(given["plural"]), verb), where))
             # kube.method(RESOURCE, ...) or to_thread(kube.method, RESOURCE, ...)
             candidates = [(node.func, node.args[:1])] + [
                 (arg, node.args[i + 1 : i + 2]) for i, arg in enumerate(node.args)

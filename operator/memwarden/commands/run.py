@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from memwarden.settings import Settings
@@ -55,6 +56,13 @@ def run(args: argparse.Namespace) -> int:
     # uvloop: the loop that kopf's watches and the admission webhook share answers
     # reviews about twice as fast as asyncio's own (bench/admission_bench.py).
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if settings.leader.election:
+            if args.liveness:
+                logging.getLogger("memwarden").warning(
+                    "--liveness is kopf's endpoint, which runs on the leader only under "
+                    "leader election: probe the HTTP API's /healthz instead"
+                )
+            return runner.run(_run_elected(settings, namespaces))
         runner.run(
             kopf.operator(
                 clusterwide=not namespaces,
@@ -64,3 +72,98 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+#: The exit code of a replica that lost the Lease: not 0, so its restart is visible in
+#: ``kubectl get pods`` (RESTARTS) and a Job-like supervisor does not take it for success.
+LOST_LEADERSHIP_EXIT = 3
+
+
+async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
+    """Serve on every replica; reconcile (kopf) only while holding the Lease (docs/ha.md).
+
+    Following: waits for the Lease, serving admission and the HTTP API meanwhile. Leading:
+    kopf runs, and the Lease is renewed beside it. SIGTERM: kopf stops, the Lease is
+    released (the next replica takes over at its next retry), then serving stops. Losing
+    the Lease (a renewal deadline missed, the Lease taken): the process exits at once,
+    before the Lease can expire for the others, as client-go's controllers do; the
+    kubelet restarts it as a follower.
+    """
+    import signal
+
+    import kopf
+
+    from memwarden.handlers import alerts, serving, state
+    from memwarden.kube import Kube
+    from memwarden.observability import metrics
+
+    logger = logging.getLogger("memwarden.leader")
+    shared = state.build(settings, namespaces=namespaces or None, kube=Kube.from_environment())
+    shared.leading = False
+    metrics.LEADER.set(0)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        logger.info("%s received: stopping", signal.Signals(signum).name)
+        stopping.set()
+
+    def handle_signals() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal, signum)
+
+    handle_signals()
+    logger.info("memwarden settings: %s", settings.for_log())
+    try:
+        serving_memo = await serving.start_serving(shared)
+    except kopf.PermanentError as exc:  # a port in use, an unreadable certificate
+        logger.error("not serving: %s", exc)
+        return 1
+    elector = serving.LeaseElector(
+        shared.kube,
+        namespace=settings.namespace,
+        settings=settings.leader,
+        identity=serving.identity(settings.leader),
+    )
+    logger.info(
+        "leader election on: Lease %s, identity %s; serving admission and the HTTP API, "
+        "reconciling only while leading",
+        elector.lease,
+        elector.identity,
+    )
+    try:
+        if not await elector.acquire(stopping):
+            return 0
+        shared.leading = True
+        memo = kopf.Memo()
+        memo[state.STATE] = shared
+        memo[alerts.LEADER_INTAKE] = serving_memo.get(alerts.LEADER_INTAKE) or alerts.LeaderIntake()
+        operator = asyncio.create_task(
+            serving.run_kopf(memo=memo, namespaces=namespaces, stop_flag=stopping),
+            name="kopf (leader)",
+        )
+        holding = asyncio.create_task(elector.hold(), name="lease renewal")
+        done, _ = await asyncio.wait({operator, holding}, return_when=asyncio.FIRST_COMPLETED)
+        if holding in done:
+            failed = holding.exception()  # a bug in renewing is a loss too: stop leading
+            logger.error(
+                "leader: this replica (%s) lost Lease %s: %s; exiting so that it stops "
+                "reconciling before another replica starts",
+                elector.identity,
+                elector.lease,
+                repr(failed) if failed is not None else holding.result(),
+            )
+            logging.shutdown()
+            os._exit(LOST_LEADERSHIP_EXIT)
+        holding.cancel()
+        handle_signals()  # kopf replaced them with its own while it ran
+        try:
+            operator.result()  # kopf's own failure, if any, is this process's
+        finally:
+            # kopf has stopped (cleanly or not): nothing reconciles here any more, so the
+            # next replica may start at once rather than after the Lease expires.
+            await elector.release()
+        return 0
+    finally:
+        shared.leading = False
+        await serving.stop_serving(serving_memo)

@@ -127,6 +127,8 @@ async def _summarise(tally: AdmissionTally, every: float) -> None:
 @kopf.on.startup()
 async def start_webhook(memo: kopf.Memo, **_: Any) -> None:
     """Certificates, then the policy index, then the listening socket."""
+    if state.served_elsewhere(memo):
+        return  # every replica's serving part runs it (leader election)
     shared = state.of(memo)
     settings = shared.settings
     started = time.monotonic()

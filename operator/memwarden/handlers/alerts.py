@@ -139,3 +139,55 @@ class AlertIntake:
             len(findings),
             ", ".join(f"{k}={v}" for k, v in sorted(outcome.items())) or "nothing to do",
         )
+
+
+class Intake(Protocol):
+    """What the receiver and the HTTP server need of an intake."""
+
+    async def submit(self, findings: Sequence[Finding]) -> None: ...
+
+    def count_batch(self, batch: AlertBatch) -> None: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+#: The kopf memo key of the ``LeaderIntake`` (leader election: ``memwarden run`` puts it).
+LEADER_INTAKE = "leader_intake"
+
+
+class LeaderIntake:
+    """The receiver's intake on every replica under leader election: the leader's
+    ``AlertIntake`` once it has one, else ``Overloaded`` (503 with Retry-After), so
+    Alertmanager sends again and, through the Service, reaches the leader. Only the
+    leader opens incidents: its kopf indexes (policies, incidents) are the ones the
+    opening decision reads, and two replicas opening for one alert would race."""
+
+    def __init__(self) -> None:
+        self._intake: AlertIntake | None = None
+
+    def attach(self, intake: AlertIntake) -> None:
+        self._intake = intake
+
+    async def submit(self, findings: Sequence[Finding]) -> None:
+        if self._intake is None:
+            raise Overloaded("this replica is not the leader; send again (the Service routes on)")
+        await self._intake.submit(findings)
+
+    def count_batch(self, batch: AlertBatch) -> None:
+        if self._intake is not None:
+            self._intake.count_batch(batch)
+
+    def start(self) -> None:
+        """The leader's intake is started (and stopped) by kopf's start-up (clean-up)."""
+
+    async def stop(self) -> None:
+        self._intake = None
+
+
+def leader_intake(memo: kopf.Memo) -> LeaderIntake:
+    found = memo.get(LEADER_INTAKE)
+    if not isinstance(found, LeaderIntake):
+        raise RuntimeError("no LeaderIntake in the memo: memwarden run puts it there")
+    return found

@@ -482,7 +482,13 @@ async def _rotate_forever(rotation: CertificateRotation, interval: float) -> Non
 
 @kopf.on.startup()
 async def start_rotation(memo: kopf.Memo, **_: Any) -> None:
-    """Rotate self-made certificates in the background; nothing to do for given ones."""
+    """Rotate self-made certificates in the background; nothing to do for given ones.
+
+    Under leader election every replica's serving part rotates (not kopf, which runs on
+    the leader only): each replica renews its own serving certificate, and the shared CA
+    Secret and caBundle are written at a resourceVersion, so replicas never clash."""
+    if state.served_elsewhere(memo):
+        return
     shared = state.of(memo)
     settings = shared.settings
     if not self_signed(settings):

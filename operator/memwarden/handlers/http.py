@@ -92,7 +92,7 @@ def _certificates(shared: OperatorState) -> CertificateReloader | None:
 
 
 def operator_subapps(
-    shared: OperatorState, *, intake: alerts.AlertIntake | None
+    shared: OperatorState, *, intake: alerts.Intake | None
 ) -> dict[str, web.Application]:
     """The sub-apps this operator serves, by prefix, as the settings enable them."""
     settings = shared.settings
@@ -156,14 +156,13 @@ def disk_limits(settings: Settings, store: BundleStore) -> DiskLimits:
 
 @kopf.on.startup()
 async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start the alert intake and the HTTP server; stop the operator if it cannot listen."""
+    """Start the alert intake and the HTTP server; stop the operator if it cannot listen.
+
+    Under leader election the serving part runs the server on every replica
+    (``handlers/serving.py``); kopf, on the leader, only starts the intake and hands it
+    to the receiver there (``alerts.LeaderIntake``)."""
     shared = state.of(memo)
     settings = shared.settings
-    try:
-        reloader = await asyncio.to_thread(_certificates, shared)
-    except (OSError, ssl.SSLError) as exc:
-        raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
-    tls = reloader.context if reloader is not None else None
     intake: alerts.AlertIntake | None = None
     if settings.http.alertmanager_token_file:
         intake = alerts.AlertIntake(
@@ -173,8 +172,26 @@ async def start_http(memo: kopf.Memo, **kwargs: Any) -> None:
                 open_incidents, shared, incident_index=kwargs["incident_index"]
             ),
         )
-    else:
+    elif not state.served_elsewhere(memo):
         logger.info("alertmanager receiver off: alertmanager_token_file is not set")
+    if state.served_elsewhere(memo):
+        if intake is not None:
+            intake.start()
+            memo[_INTAKE] = intake
+            alerts.leader_intake(memo).attach(intake)
+        return
+    await serve(memo, intake=intake)
+
+
+async def serve(memo: kopf.Memo, *, intake: alerts.Intake | None) -> None:
+    """The HTTP server (and ``intake``'s consumer), its runner and tasks kept in ``memo``."""
+    shared = state.of(memo)
+    settings = shared.settings
+    try:
+        reloader = await asyncio.to_thread(_certificates, shared)
+    except (OSError, ssl.SSLError) as exc:
+        raise kopf.PermanentError(f"HTTP API certificate not loaded: {exc}") from exc
+    tls = reloader.context if reloader is not None else None
     subapps = operator_subapps(shared, intake=intake)
     runner = web.AppRunner(
         build_operator_app(subapps), access_log=None, handle_signals=False, **SERVER_OPTIONS
@@ -215,6 +232,6 @@ async def stop_http(memo: kopf.Memo, **_: Any) -> None:
     runner: web.AppRunner | None = memo.get(_RUNNER)
     if runner is not None:
         await runner.cleanup()
-    intake: alerts.AlertIntake | None = memo.get(_INTAKE)
+    intake: alerts.Intake | None = memo.get(_INTAKE)
     if intake is not None:
         await intake.stop()

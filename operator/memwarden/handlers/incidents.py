@@ -395,7 +395,16 @@ async def _collected(kube: Kube, incident: Mapping[str, Any], collected: Mapping
 
 
 async def on_stored(shared: OperatorState, namespace: str, name: str, meta: BundleMeta) -> None:
-    """A bundle landed (called by the evidence API): analyse it and complete the incident."""
+    """A bundle landed (called by the evidence API): analyse it and complete the incident.
+
+    On a follower (leader election), nothing more: the bundle is in the shared store, and
+    the leader's ``follow_capture`` timer completes the incident within its interval, so
+    no incident is ever completed (analysed, written, announced) by two replicas."""
+    if not shared.leading:
+        logger.info(
+            "incident %s/%s: bundle stored; the leader completes the incident", namespace, name
+        )
+        return
     try:
         completed = await _complete(shared, namespace, name)
         if completed is None:

@@ -105,7 +105,9 @@ async def mirror_policy(
     policy_index: kopf.Index[str, Candidate] = kwargs["policy_index"]
     shared = state.of(memo)
     index = shared.policies
-    if not shared.mirrored:
+    if state.served_elsewhere(memo):
+        pass  # the serving part's own policy watch feeds admission (leader election)
+    elif not shared.mirrored:
         index.replace_all(c for key in policy_index for c in policy_index.get(key, []))
         shared.mirrored = True
     elif namespace is not None:

@@ -45,7 +45,8 @@ class RoutineSuccessIsDebug(logging.Filter):
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Apply memwarden's settings to kopf and log them once."""
     ours = state.of(memo).settings
-    logger.info("memwarden settings: %s", ours.for_log())
+    if not state.served_elsewhere(memo):  # else logged at start, before the Lease
+        logger.info("memwarden settings: %s", ours.for_log())
     # Keep kopf's bookkeeping under our own prefix, on our own objects only.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="memwarden.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(

@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 #: The memo key of the ``OperatorState``.
 STATE = "state"
+#: Set in the memo of the serving part that ``memwarden run`` starts itself under leader
+#: election (``handlers/serving.py``): webhook, HTTP API, policy watch, certificates.
+SERVING = "serving"
 
 _settings: Settings | None = None
 _watched_namespaces: list[str] | None = None
@@ -134,6 +137,10 @@ class OperatorState:
     invalid_policies: dict[tuple[str, str], int | None] = field(default_factory=dict)
     #: Whether the first policy event has replaced the admission index from kopf's index.
     mirrored: bool = False
+    #: Whether this replica reconciles: always with leader election off; under election,
+    #: only while it holds the Lease (``handlers/serving.py``). Followers store uploaded
+    #: bundles but leave completing the incident to the leader (``incidents.on_stored``).
+    leading: bool = True
 
 
 def configure(settings: Settings) -> None:
@@ -188,6 +195,14 @@ def build(settings: Settings, *, namespaces: list[str] | None, kube: Kube) -> Op
     )
 
 
+def served_elsewhere(memo: kopf.Memo) -> bool:
+    """Whether this is kopf's memo under leader election: then the webhook, the HTTP API,
+    the admission policy index and the certificates are the serving part's, started on
+    every replica before kopf (``handlers/serving.py``), and kopf's start-up handlers
+    leave them alone; kopf runs on the leader only."""
+    return of(memo).settings.leader.election and not memo.get(SERVING)
+
+
 def of(memo: kopf.Memo) -> OperatorState:
     """The state in a handler's memo (put there by ``build_state``)."""
     found = memo.get(STATE)
@@ -198,7 +213,10 @@ def of(memo: kopf.Memo) -> OperatorState:
 
 @kopf.on.startup()
 def build_state(memo: kopf.Memo, **_: Any) -> None:
-    """Build the one state object before any other start-up handler runs."""
+    """Build the one state object before any other start-up handler runs (unless
+    ``memwarden run`` built it already, for the serving part: leader election)."""
+    if isinstance(memo.get(STATE), OperatorState):
+        return
     memo[STATE] = build(
         configured_settings(), namespaces=_watched_namespaces, kube=Kube.from_environment()
     )

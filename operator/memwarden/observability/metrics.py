@@ -116,6 +116,19 @@ WEBHOOK_CERT_EXPIRY = Gauge(
     "When the webhook's serving certificate expires (Unix time): alert well before.",
     registry=REGISTRY,
 )
+LEADER = Gauge(
+    "memwarden_leader",
+    "1 while this replica holds the leader Lease and reconciles (always 1 with leader "
+    "election off); 0 on a follower, which serves admission and the HTTP API only.",
+    registry=REGISTRY,
+)
+LEADER_TRANSITIONS = Counter(
+    "memwarden_leader_transitions",
+    "Leadership changes of this replica: acquired, released (on shutdown), lost (a "
+    "renewal deadline missed or the Lease taken: the process exits).",
+    ["transition"],
+    registry=REGISTRY,
+)
 WEBHOOK_CA_ROTATIONS = Counter(
     "memwarden_webhook_ca_rotations",
     "Steps of the self-made webhook CA's rotation (replace, prepare, promote).",
