@@ -32,10 +32,20 @@ from kubernetes import client
 
 from memwarden.api import APPLIED_ANNOTATION
 from memwarden.webhook.manifests import mutating_webhook_configuration
-from memwarden_testing.builders import make_container
-from memwarden_testing.cluster import api_client, kubectl, wait_for
-from memwarden_testing.operator import OPERATOR_NAMESPACE, OperatorProcess
-from memwarden_testing.servicelb import Backend, ServiceLoadBalancer
+from memwarden_testing.builders import make_container, make_policy, make_policy_spec
+from memwarden_testing.cluster import api_client, ensure_namespace, kubectl, wait_for
+from memwarden_testing.operator import (
+    OPERATOR_NAMESPACE,
+    OperatorProcess,
+    least_privilege_kubeconfig,
+    operators_paused,
+)
+from memwarden_testing.servicelb import (
+    Backend,
+    ServiceLoadBalancer,
+    Stats,
+    service_load_balancer,
+)
 
 #: Flip to True once leader election is merged (settings accept
 #: MEMWARDEN_LEADER_ELECTION): replicas then run as the chart runs them, one reconciling.
@@ -265,18 +275,111 @@ def summarize(results: list[Create], *, during: tuple[float, float]) -> Summary:
     )
 
 
+#: Creates before the first restart and after the last (the steady state either side).
+STEADY_CREATES = 200
+
+
+@dataclass
+class Outcome:
+    """One scenario run: what the clients saw, what the balancer did, the restarts."""
+
+    summary: Summary
+    stats: Stats
+    restarts: list[Restart]
+
+
+def run_scenario(
+    *,
+    admin: Path,
+    kube: client.ApiClient,
+    namespace: str,
+    workdir: Path,
+    clients: int,
+    drain_seconds: float,
+    rounds: int = 1,
+    kill: bool = False,
+    steady_creates: int = STEADY_CREATES,
+) -> Outcome:
+    """Two replicas behind the balancer; ``clients`` threads creating pods before, during
+    and after ``rounds`` rolling restarts of both."""
+    ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
+    identity = least_privilege_kubeconfig(kube, admin_kubeconfig=admin, workdir=workdir)
+    policy = make_policy(
+        namespace=namespace, spec=make_policy_spec(memory={"request": "512Mi", "limit": "1Gi"})
+    )
+    kubectl(admin, "apply", "-f", "-", input=yaml.safe_dump(policy))
+    replicas, ca_pem = make_replicas(
+        admin_kubeconfig=admin,
+        identity=identity,
+        workdir=workdir,
+        namespace=namespace,
+        count=2,
+        drain_seconds=drain_seconds,
+    )
+    creators = PodCreators(admin, namespace, clients=clients)
+    restarts: list[Restart] = []
+    # The session's operator (if a test started it) registers a webhook for every
+    # namespace: paused, it cannot mutate these pods and hide a failure here.
+    with (
+        operators_paused(),
+        service_load_balancer(backends(replicas)) as balancer,
+        webhook_through(admin, balancer, ca_pem=ca_pem, namespace=namespace),
+    ):
+        try:
+            for n, replica in enumerate(replicas):
+                replica.start()
+                wait_ready_in_service(balancer, f"replica-{n}")
+            core = client.CoreV1Api(kube)
+            wait_for(
+                lambda: is_mutated(dry_run_create(core, namespace, prefix="probe-")),
+                timeout=30,
+                what="the webhook configuration in effect (a dry-run create mutated)",
+            )
+            creators.start()
+            wait_for(lambda: creators.count() >= steady_creates, timeout=60, what="steady load")
+            for _ in range(rounds):
+                restarts += rolling_restart(replicas, balancer, kill=kill)
+            after = creators.count() + steady_creates
+            wait_for(lambda: creators.count() >= after, timeout=60, what="load after restarts")
+        finally:
+            results = creators.stop()
+            for replica in replicas:
+                replica.stop()
+    summary = summarize(results, during=(restarts[0].sigterm, restarts[-1].ready))
+    return Outcome(summary, balancer.stats, restarts)
+
+
+def describe(outcome: Outcome) -> str:
+    """One paragraph for an assertion message."""
+    summary, stats = outcome.summary, outcome.stats
+    timings = [
+        (r.replica, round(r.exited - r.sigterm, 1), round(r.ready - r.sigterm, 1))
+        for r in outcome.restarts
+    ]
+    return (
+        f"{summary.created} creates, {summary.unmutated} unmutated, {summary.errors} errors "
+        f"{summary.first_errors}; phases {summary.phases}; balancer: connections "
+        f"{dict(stats.connections)}, refused {dict(stats.refused)}, no backend "
+        f"{stats.no_backend}; restarts (replica, exited s, ready s) {timings}"
+    )
+
+
 __all__ = [
     "LEADER_ELECTION_SUPPORTED",
     "POD_LABELS",
+    "STEADY_CREATES",
     "Create",
+    "Outcome",
     "PodCreators",
     "Restart",
     "Summary",
     "backends",
+    "describe",
     "dry_run_create",
     "is_mutated",
     "make_replicas",
     "rolling_restart",
+    "run_scenario",
     "summarize",
     "wait_ready_in_service",
     "webhook_through",
