@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,21 +46,31 @@ from memwarden_testing.rolling import Outcome, run_scenario  # noqa: E402
 def measure(
     *, admin: Path, kube: client.ApiClient, clients: int, drain_seconds: float, rounds: int
 ) -> dict[str, Any]:
+    """One run; a run that could not finish says why (where the load broke it), and its
+    operators' logs are kept."""
     namespace = unique_name(f"roll-{clients}-{'drain' if drain_seconds else 'nodrain'}")
     ensure_namespace(client.CoreV1Api(kube), namespace)
+    workdir = Path(tempfile.mkdtemp(prefix="rolling-bench-"))
     try:
-        with tempfile.TemporaryDirectory(prefix="rolling-bench-") as workdir:
-            outcome = run_scenario(
-                admin=admin,
-                kube=kube,
-                namespace=namespace,
-                workdir=Path(workdir),
-                clients=clients,
-                drain_seconds=drain_seconds,
-                rounds=rounds,
-            )
+        outcome = run_scenario(
+            admin=admin,
+            kube=kube,
+            namespace=namespace,
+            workdir=workdir,
+            clients=clients,
+            drain_seconds=drain_seconds,
+            rounds=rounds,
+        )
+    except AssertionError as exc:
+        return {
+            "clients": clients,
+            "drain_seconds": drain_seconds,
+            "failed": str(exc),
+            "logs": str(workdir),
+        }
     finally:
         delete_namespaces(admin, namespace, check=False)
+    shutil.rmtree(workdir, ignore_errors=True)
     return report(outcome, clients=clients, drain_seconds=drain_seconds, rounds=rounds)
 
 
@@ -95,6 +106,11 @@ def report(outcome: Outcome, *, clients: int, drain_seconds: float, rounds: int)
 
 
 def line(result: dict[str, Any]) -> str:
+    if "failed" in result:
+        return (
+            f"clients {result['clients']:>3}  drain {result['drain_seconds']:>3}s  "
+            f"FAILED: {result['failed']} (logs in {result['logs']})"
+        )
     before, during = result["latency"]["before"], result["latency"]["during"]
     return (
         f"clients {result['clients']:>3}  drain {result['drain_seconds']:>3}s  "
@@ -138,15 +154,16 @@ def main() -> None:
             )
             print(line(result), flush=True)
             runs.append(result)
-    output = {
-        "scenario": "2 replicas behind servicelb (probe 0.5 s, propagation 1 s), dry-run creates",
-        "runs": runs,
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    print(json.dumps(output, indent=2))
-    Path(args.out).parent.mkdir(exist_ok=True)
-    Path(args.out).write_text(json.dumps(output, indent=2) + "\n")
+            output = {
+                "scenario": "2 replicas behind servicelb (probe 0.5 s, propagation 1 s), "
+                "dry-run creates",
+                "runs": runs,
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+            }
+            Path(args.out).parent.mkdir(exist_ok=True)
+            Path(args.out).write_text(json.dumps(output, indent=2) + "\n")  # after each run
+    print(json.dumps(runs, indent=2))
 
 
 if __name__ == "__main__":

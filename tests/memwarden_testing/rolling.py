@@ -214,16 +214,23 @@ def rolling_restart(
 ) -> list[Restart]:
     """Restart the replicas one after the other, as a Deployment's RollingUpdate with
     maxUnavailable 1 / maxSurge 0 does: the next only once the previous is ready again.
-    ``kill``: SIGKILL instead of SIGTERM (a crash, not a rollout)."""
+
+    Even replicas get SIGTERM on the operator's PID only, as a kubelet sends it to a
+    container's PID 1; odd ones on the whole process group, admission worker included,
+    as tests and shells do: both must drain. ``kill``: SIGKILL to the group instead (a
+    crash, not a rollout)."""
     done = []
     for n, replica in enumerate(replicas):
         name = f"replica-{n}"
         sigterm = time.monotonic()
+        assert replica.process is not None
         if kill:
-            assert replica.process is not None
             os.killpg(replica.process.pid, signal.SIGKILL)
             replica.process.wait(10)
-        replica.stop()
+        elif n % 2 == 0:
+            replica.process.send_signal(signal.SIGTERM)
+            replica.process.wait(30)
+        replica.stop()  # the process group (odd replicas), and the port closed
         exited = time.monotonic()
         replica.start()
         wait_ready_in_service(balancer, name)
