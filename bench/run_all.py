@@ -17,6 +17,7 @@ BENCHMARKS = (
     "capture_bench.py",
     "update_bench.py",
     "recommend_bench.py",
+    "rolling_restart_bench.py",
 )
 
 

@@ -197,6 +197,17 @@ class WebhookSettings(_Section):
         description="How often the webhook server looks for new certificate files (its own "
         "rotation, or cert-manager's through the mounted Secret) and reloads them in place.",
     )
+    drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=120,
+        description="On SIGTERM the replica turns not ready (/readyz 503) and its webhook "
+        "keeps answering this long, closing each connection after its answer, so the "
+        "Service's endpoints drop it and the API server reconnects to another replica; "
+        "then it stops listening and finishes the reviews in flight. 0 = stop at once "
+        "(pods reviewed meanwhile are admitted unmutated). Must fit, with the rest of the "
+        "shutdown, in the pod's terminationGracePeriodSeconds (docs/ha.md).",
+    )
 
 
 class AdmissionSettings(_Section):

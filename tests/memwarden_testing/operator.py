@@ -162,6 +162,9 @@ class OperatorProcess:
             "MEMWARDEN_EVIDENCE_DIR": str(self.workdir / "evidence"),
             "MEMWARDEN_EVIDENCE_KEY_FILE": str(self.evidence_key_file),
             "MEMWARDEN_EVIDENCE_UPLOAD_CA_FILE": str(self.ca_file),
+            # One replica: no other one to hand admission to, so a drain would only make
+            # every stop 5 s slower. The rolling-restart tests set it (memwarden_testing.rolling).
+            "MEMWARDEN_WEBHOOK_DRAIN_SECONDS": "0",
             **self.extra_env,
         }
         log = self.log_path.open("ab")

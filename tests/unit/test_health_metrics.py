@@ -13,10 +13,30 @@ from memwarden.observability import health, metrics
 
 def test_ready_only_with_an_unexpired_serving_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(health, "_certificate_not_after", None)
+    monkeypatch.setattr(health, "_webhook_down", None)
+    monkeypatch.setattr(health, "_draining", False)
     assert health.readiness(1000.0) == "no webhook serving certificate yet"
     health.record_certificate(2000.0)
     assert health.readiness(1000.0) is None
     assert health.readiness(2000.0) == "the webhook serving certificate expired"
+
+
+def test_not_ready_while_the_webhook_does_not_listen_or_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(health, "_certificate_not_after", 2000.0)
+    monkeypatch.setattr(health, "_webhook_down", "the webhook is not listening yet")
+    monkeypatch.setattr(health, "_draining", False)
+    assert health.readiness(1000.0) == "the webhook is not listening yet"
+    health.webhook_listening(True)
+    assert health.readiness(1000.0) is None
+    health.webhook_listening(False, "the admission worker exited; restarting it")
+    assert health.readiness(1000.0) == "the admission worker exited; restarting it"
+    health.webhook_listening(True)
+    health.start_draining()  # SIGTERM: out of the Service while the webhook still answers
+    assert health.readiness(1000.0) == "draining: the operator is stopping"
+    health.webhook_listening(True)
+    assert health.readiness(1000.0) == "draining: the operator is stopping"
 
 
 def test_reconciled_counts_passes_and_failures() -> None:

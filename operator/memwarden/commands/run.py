@@ -95,7 +95,7 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
 
     from memwarden.handlers import alerts, serving, state
     from memwarden.kube import Kube
-    from memwarden.observability import metrics
+    from memwarden.observability import health, metrics
 
     logger = logging.getLogger("memwarden.leader")
     shared = state.build(settings, namespaces=namespaces or None, kube=Kube.from_environment())
@@ -106,6 +106,8 @@ async def _run_elected(settings: Settings, namespaces: list[str]) -> int:
 
     def on_signal(signum: int) -> None:
         logger.info("%s received: stopping", signal.Signals(signum).name)
+        # Out of the Service at once (/readyz 503); the webhook answers on until its drain.
+        health.start_draining()
         stopping.set()
 
     def handle_signals() -> None:

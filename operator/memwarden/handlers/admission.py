@@ -252,8 +252,8 @@ async def stop_webhook(memo: kopf.Memo, **_: Any) -> None:
     for key in (_SUMMARY, _FREEZE, _TRIM):
         await background.stop(memo, key)
     server: WebhookServer | AdmissionWorker | None = memo.get(_SERVER)
-    if server is not None:
-        await server.stop()
+    if server is not None:  # drains first: docs/ha.md, "Rolling restarts and draining"
+        await server.stop(drain_seconds=state.of(memo).settings.webhook.drain_seconds)
 
 
 __all__ = ["prime_policies", "start_webhook", "stop_webhook"]

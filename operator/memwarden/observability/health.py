@@ -4,9 +4,15 @@ Live: the event loop answers (the webhook shares it) and every part that must ke
 running still does: each one registers a check (``watch``) saying what died, if anything
 (a background loop that ended, a pod watcher thread gone), so a kubelet restarts an
 operator that answers but no longer works. Ready: the webhook has a serving
-certificate that has not expired, i.e. the API server can be answered. A replica that is
-not ready is taken out of the Service's endpoints; with ``failurePolicy: Ignore`` the
-pods meanwhile are admitted by the other replicas, or unmutated.
+certificate that has not expired, i.e. the API server can be answered, its webhook
+listens, and it is not draining. A replica that is not ready is taken out of the
+Service's endpoints; with ``failurePolicy: Ignore`` the pods meanwhile are admitted by the
+other replicas, or unmutated.
+
+Draining (``start_draining``): the operator is stopping. ``/readyz`` answers 503 at once so
+the endpoints controller takes the replica out of the Service for new connections, while
+the webhook keeps answering for ``webhook.drain_seconds`` (docs/ha.md, "Rolling restarts
+and draining").
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 _certificate_not_after: float | None = None
+#: Why the webhook does not answer now (None while it listens).
+_webhook_down: str | None = "the webhook is not listening yet"
+_draining = False
 #: name -> a check returning None while its part runs, else what is wrong.
 _liveness_checks: dict[str, Callable[[], str | None]] = {}
 
@@ -53,8 +62,28 @@ def record_certificate(not_after: float) -> None:
     _certificate_not_after = not_after
 
 
+def webhook_listening(listening: bool, why_not: str = "the webhook stopped listening") -> None:
+    """The webhook (inline server or admission worker) listens now, or not, and why."""
+    global _webhook_down
+    _webhook_down = None if listening else why_not
+
+
+def start_draining() -> None:
+    """The operator is stopping: not ready from now on (no way back in this process)."""
+    global _draining
+    _draining = True
+
+
+def draining() -> bool:
+    return _draining
+
+
 def readiness(now: float) -> str | None:
     """None when ready, else why not."""
+    if _draining:
+        return "draining: the operator is stopping"
+    if _webhook_down is not None:
+        return _webhook_down
     if _certificate_not_after is None:
         return "no webhook serving certificate yet"
     if _certificate_not_after <= now:
@@ -88,11 +117,14 @@ def subapps() -> dict[str, web.Application]:
 
 
 __all__ = [
+    "draining",
     "liveness",
     "readiness",
     "record_certificate",
+    "start_draining",
     "subapps",
     "task_ended",
     "unwatch",
     "watch",
+    "webhook_listening",
 ]

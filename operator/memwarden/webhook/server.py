@@ -19,7 +19,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp.web
@@ -27,6 +27,7 @@ import orjson
 
 from memwarden.admission import Decision, pod_label, review_response
 from memwarden.httpbody import SERVER_OPTIONS, read_limited
+from memwarden.observability import health
 from memwarden.webhook.tlsreload import CertificateReloader
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ def _object_namespace(review: Mapping[str, Any]) -> str | None:
     )
     return str(namespace) if namespace else None
 
+
+_Handler = Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.StreamResponse]]
 
 Admit = Callable[[Mapping[str, Any], str | None], Decision]
 """The decision for one pod (object, namespace): ``admission.admit`` with its inputs bound."""
@@ -200,8 +203,21 @@ def _decide(review: Mapping[str, Any], admit: Admit) -> Decision:
     return decision
 
 
+#: How long a stopping server waits for the reviews in flight: the API server gives up on
+#: a review after the webhook's timeoutSeconds (at most 5 s, ``manifests.py``).
+SHUTDOWN_SECONDS = 10.0
+
+
 class WebhookServer:
-    """The webhook app on ``host:port``, HTTPS with certificates reloaded in place."""
+    """The webhook app on ``host:port``, HTTPS with certificates reloaded in place.
+
+    Stopping drains (``stop(drain_seconds=...)``): for ``drain_seconds`` it keeps answering
+    and closes each connection after its answer (``Connection: close``), so the API
+    server's keep-alive connections end cleanly, between two reviews, and its next ones
+    reach another replica through the Service; then it stops listening and waits for the
+    reviews in flight. Without that, a review sent on a keep-alive connection as the
+    replica closes it fails, and ``failurePolicy: Ignore`` admits the pod unmutated.
+    """
 
     def __init__(
         self,
@@ -217,13 +233,38 @@ class WebhookServer:
         self._certificates = certificates
         self._runner: aiohttp.web.AppRunner | None = None
         self._reloading: asyncio.Task[None] | None = None
+        self.draining = False
+        app.middlewares.append(self._close_when_draining)
+
+    @aiohttp.web.middleware
+    async def _close_when_draining(
+        self, request: aiohttp.web.Request, handler: _Handler
+    ) -> aiohttp.web.StreamResponse:
+        response = await handler(request)
+        if self.draining:
+            # Before the response is prepared: aiohttp writes "Connection: close" only
+            # then (an on_response_prepare hook is too late: the socket would close after
+            # an answer that promised keep-alive, and the API server's next review on it
+            # would fail as "server closed idle connection").
+            response.force_close()
+        return response
+
+    def start_draining(self) -> None:
+        """From now on every answer closes its connection (see the class doc)."""
+        if not self.draining:
+            logger.info("webhook draining: each connection closes after its answer")
+        self.draining = True
 
     async def start(self) -> None:
         context: ssl.SSLContext | None = None
         if self._certificates is not None:
             context = self._certificates.context
         runner = aiohttp.web.AppRunner(
-            self._app, handle_signals=False, access_log=None, **SERVER_OPTIONS
+            self._app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_SECONDS,
+            **SERVER_OPTIONS,
         )
         await runner.setup()
         site = aiohttp.web.TCPSite(
@@ -235,18 +276,31 @@ class WebhookServer:
             await runner.cleanup()
             raise
         self._runner = runner
+        health.webhook_listening(True)
         if self._certificates is not None:
             self._reloading = asyncio.create_task(self._certificates.reload_forever())
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_seconds: float = 0.0) -> None:
+        """Drain for ``drain_seconds`` (0: not at all), stop listening, and return once
+        the reviews in flight are answered (at most ``SHUTDOWN_SECONDS``). Not ready
+        (``/readyz``) from the start: the Service sends no new connection here."""
+        health.start_draining()
+        if self._runner is not None and drain_seconds > 0:
+            self.start_draining()
+            await asyncio.sleep(drain_seconds)
         if self._reloading is not None:
             self._reloading.cancel()
         if self._runner is not None:
+            # aiohttp: close the listening socket, then the idle connections, then wait
+            # for the handlers still running.
             await self._runner.cleanup()
+            self._runner = None
+            health.webhook_listening(False, "the webhook stopped")
 
 
 __all__ = [
     "MAX_REVIEW_BYTES",
+    "SHUTDOWN_SECONDS",
     "AdmissionTally",
     "ReviewError",
     "WebhookServer",

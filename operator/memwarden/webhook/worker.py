@@ -175,10 +175,18 @@ async def serve() -> int:
     reporting = asyncio.create_task(_report(tally, out))
     try:
         while (message := await read_message(reader)) is not None:
-            _apply(index, message)
+            if message[0] == "drain":
+                server.start_draining()
+            else:
+                _apply(index, message)
     finally:
-        reporting.cancel()
+        # stdin closed (the operator stops, or died): stop listening, finish the reviews
+        # in flight, then exit; the drain itself was asked for before ("drain").
         await server.stop()
+        reporting.cancel()
+        report = tally.take()
+        if report:
+            out.write(encode(("report", report)))
     return 0
 
 
@@ -191,9 +199,10 @@ async def _report(tally: _ReportingTally, out: asyncio.WriteTransport) -> None:
 
 
 def main() -> None:
-    # The operator decides when the worker stops (it closes stdin): a SIGTERM to the
-    # operator's process group must not take admission down before the operator's own
-    # shutdown does, nor make it look like a crash to restart.
+    # The operator decides when the worker stops (it closes stdin, after the drain): a
+    # SIGTERM to the operator's process group (tests, shells; a kubelet signals PID 1
+    # only) must not take admission down before the operator's own shutdown does, nor
+    # make it look like a crash to restart.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
@@ -232,6 +241,7 @@ class AdmissionWorker:
     async def start(self) -> int:
         """Start the worker; return the policies it indexed once it listens."""
         listening = await self._spawn()
+        health.webhook_listening(True)
         supervising = self._supervising = asyncio.create_task(self._supervise())
         health.watch("admission_worker", lambda: health.task_ended(supervising))
         return listening
@@ -285,6 +295,7 @@ class AdmissionWorker:
             code = await process.wait()
             if self._stopping:
                 return
+            health.webhook_listening(False, "the admission worker exited; restarting it")
             logger.error(
                 "admission worker (pid %d) exited with %s; starting another in %.0fs",
                 process.pid,
@@ -294,24 +305,35 @@ class AdmissionWorker:
             await asyncio.sleep(delay)
             try:
                 await self._spawn()
+                health.webhook_listening(True)
                 delay = 1.0
             except WorkerError as exc:
                 logger.error("%s", exc)
                 delay = min(delay * 2, 30.0)
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_seconds: float = 0.0) -> None:
+        """Not ready at once; the worker drains for ``drain_seconds`` (as
+        ``WebhookServer.stop`` does), then stops listening, answers the reviews in flight
+        and exits. Its last report is read before it is reaped."""
         self._stopping = True
+        health.start_draining()
         health.unwatch("admission_worker")
         process = self._process
+        if process is not None and process.returncode is None and drain_seconds > 0:
+            self._send(("drain",))
+            await asyncio.sleep(drain_seconds)
         if process is not None and process.returncode is None:
             assert process.stdin is not None
             process.stdin.close()  # the worker stops serving and exits
             try:
-                await asyncio.wait_for(process.wait(), 10)
+                await asyncio.wait_for(process.wait(), webhook.SHUTDOWN_SECONDS + 5)
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        health.webhook_listening(False, "the webhook stopped")
         if self._supervising is not None:
+            with contextlib.suppress(TimeoutError):  # its last report, read to the end
+                await asyncio.wait_for(asyncio.shield(self._supervising), 1)
             self._supervising.cancel()
 
 
