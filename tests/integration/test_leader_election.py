@@ -37,6 +37,7 @@ from memwarden_testing.operator import (
     least_privilege_kubeconfig,
     operators_paused,
 )
+from memwarden_testing.s3 import WeedServer
 from memwarden_testing.service import ServiceForwarder
 
 pytestmark = pytest.mark.integration
@@ -59,6 +60,7 @@ class Pair:
     b: OperatorProcess
     service: ServiceForwarder
     kube: client.ApiClient
+    s3: WeedServer
 
     def holder(self) -> str | None:
         try:
@@ -88,9 +90,12 @@ def identity_of(process: OperatorProcess) -> str:
 
 
 @pytest.fixture
-def pair(crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str) -> Iterator[Pair]:
+def pair(
+    crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str, s3_server: WeedServer
+) -> Iterator[Pair]:
     """Two operators sharing the Lease, the certificate, the upload key and the evidence
-    directory (the shared store a PVC cannot be: docs/ha.md), behind one "Service"."""
+    store (a bucket of the real S3 server: what replicas > 1 need, docs/ha.md), behind one
+    "Service"."""
     ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
     client.CoordinationV1Api(kube).delete_collection_namespaced_lease(
         OPERATOR_NAMESPACE, field_selector=f"metadata.name={LEASE}"
@@ -99,7 +104,7 @@ def pair(crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str) -> 
         kube, admin_kubeconfig=crds, workdir=tmp_path, name=ACCOUNT
     )
     shared = tmp_path / "shared"
-    (shared / "evidence").mkdir(parents=True)
+    shared.mkdir()
     (shared / "evidence.key").write_text("0" * 64)
     processes = []
     for name in ("a", "b"):
@@ -118,7 +123,7 @@ def pair(crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str) -> 
                     "MEMWARDEN_LEADER_RENEW_DEADLINE_SECONDS": str(RENEW_SECONDS),
                     "MEMWARDEN_LEADER_RETRY_PERIOD_SECONDS": str(RETRY_SECONDS),
                     "MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE,
-                    "MEMWARDEN_EVIDENCE_DIR": str(shared / "evidence"),
+                    **s3_server.env(),
                     "MEMWARDEN_EVIDENCE_KEY_FILE": str(shared / "evidence.key"),
                 },
             )
@@ -134,7 +139,7 @@ def pair(crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str) -> 
         shutil.copy(a.workdir / file, b.workdir / file)
     with operators_paused():
         try:
-            yield Pair(a=a, b=b, service=service, kube=kube)
+            yield Pair(a=a, b=b, service=service, kube=kube, s3=s3_server)
         finally:
             for process in processes:
                 process.stop()
@@ -335,6 +340,9 @@ def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second
     assert "added to pod leaky-1" in pair.a.log_tail(200000)
     assert "added to pod leaky-1" not in pair.b.log_tail(200000)
     assert pair.service.routed.get(pair.b.http_port), "the upload never reached replica-b"
+    stored = pair.s3.keys(f"memwarden/{namespace}/mid-capture/")
+    names = {key.rsplit("/", 1)[1] for key in stored}
+    assert "meta.json" in names and any(n.startswith("bundle") for n in names), stored
 
 
 def test_an_upload_reaching_a_follower_is_stored_there_and_completed_by_the_leader(
