@@ -47,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden.evidence.adapters.store import (
     AlreadyStored,
     BundleMeta,
@@ -70,6 +71,10 @@ _BUNDLE_NAME = re.compile(r"bundle-[0-9a-f]{16}\.tar\.gz")
 #: S3's smallest part (but the last): 5 MiB.
 MIN_PART_BYTES = 5 * 2**20
 _DOWNLOAD_CHUNK = 2**20
+#: What the analysis may read of a bundle: its first members (manifest, heap, goroutine,
+#: each at most DEFAULT_MAX_BYTES inflated; gzip adds ~0.03 % to incompressible data),
+#: with room for the tar headers. A bundle shorter than this is fetched whole.
+ANALYSIS_PREFIX_BYTES = 2 * DEFAULT_MAX_BYTES + 16 * 2**20
 #: ``list`` is a method name here: annotations use this alias.
 _Entries = list[Entry]
 
@@ -389,8 +394,20 @@ class S3EvidenceStore:
 
     @contextlib.contextmanager
     def local_bundle(self, namespace: str, incident: str) -> Iterator[Path]:
-        """The bundle copied (streamed) into a private temporary file, removed after."""
-        reader = self.open_bundle(namespace, incident)
+        """The start of the bundle, streamed into a private temporary file (``TMPDIR``)
+        removed after: at most :data:`ANALYSIS_PREFIX_BYTES`. The analysis reads the
+        members the toolbox writes first (manifest, heap, goroutine: each refused over
+        256 MiB) and stops there, so the GiB core after them is never fetched."""
+        key = self._bundle_key(namespace, incident)
+        try:
+            answer = self.client.get_object(
+                Bucket=self.config.bucket, Key=key, Range=f"bytes=0-{ANALYSIS_PREFIX_BYTES - 1}"
+            )
+        except self.errors as exc:
+            if _error_code(exc) in _MISSING:
+                raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
+            raise _unavailable(exc, f"cannot read {key}") from exc
+        reader = _S3Reader(answer["Body"], int(answer["ContentLength"]))
         fd, name = tempfile.mkstemp(prefix="memwarden-bundle-", suffix=".tar.gz")
         path = Path(name)
         try:
