@@ -449,36 +449,38 @@ class _Evidence:
     async def _stream_into(
         self, request: web.Request, writer: UploadWriter, *, namespace: str, name: str
     ) -> BundleMeta:
-        with writer:
-            block = bytearray()
-            head = b""
-            try:
-                while True:
-                    chunk = await asyncio.wait_for(request.content.readany(), self.idle_timeout)
-                    if not chunk:
-                        break
-                    if len(head) < len(_GZIP_MAGIC):
-                        head = (head + chunk)[: len(_GZIP_MAGIC)]
-                        if len(head) == len(_GZIP_MAGIC) and head != _GZIP_MAGIC:
-                            _fail(400, "the body is not a gzip stream (expected a .tar.gz bundle)")
-                    block += chunk
-                    if len(block) >= _WRITE_BLOCK:
-                        await asyncio.to_thread(writer.write, bytes(block))
-                        block.clear()
-                if block:
+        """The body into ``writer`` block by block, then the commit. Not a ``with writer``:
+        leaving it would abort on the event loop, and an object store's abort is a
+        network call (``_receive`` aborts from a thread)."""
+        block = bytearray()
+        head = b""
+        try:
+            while True:
+                chunk = await asyncio.wait_for(request.content.readany(), self.idle_timeout)
+                if not chunk:
+                    break
+                if len(head) < len(_GZIP_MAGIC):
+                    head = (head + chunk)[: len(_GZIP_MAGIC)]
+                    if len(head) == len(_GZIP_MAGIC) and head != _GZIP_MAGIC:
+                        _fail(400, "the body is not a gzip stream (expected a .tar.gz bundle)")
+                block += chunk
+                if len(block) >= _WRITE_BLOCK:
                     await asyncio.to_thread(writer.write, bytes(block))
-            except TooLarge as exc:
-                _fail(413, str(exc))
-            except TimeoutError:
-                _fail(408, f"no data for {self.idle_timeout:.0f}s; upload abandoned")
-            except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
-                _fail(400, f"upload interrupted: {exc}")
-            if writer.bytes_written == 0:
-                _fail(400, "empty body: expected a .tar.gz bundle")
-            try:
-                return await asyncio.to_thread(writer.commit, now=self.clock())
-            except AlreadyStored:
-                await self._already_stored(namespace, name)
+                    block.clear()
+            if block:
+                await asyncio.to_thread(writer.write, bytes(block))
+        except TooLarge as exc:
+            _fail(413, str(exc))
+        except TimeoutError:
+            _fail(408, f"no data for {self.idle_timeout:.0f}s; upload abandoned")
+        except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
+            _fail(400, f"upload interrupted: {exc}")
+        if writer.bytes_written == 0:
+            _fail(400, "empty body: expected a .tar.gz bundle")
+        try:
+            return await asyncio.to_thread(writer.commit, now=self.clock())
+        except AlreadyStored:
+            await self._already_stored(namespace, name)
 
     async def _already_stored(self, namespace: str, name: str) -> NoReturn:
         """409, with the stored bundle's size and sha256: an uploader whose first attempt
