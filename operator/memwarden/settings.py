@@ -510,6 +510,17 @@ class EvidenceSettings(_Section):
         "8 MiB allow 78 GiB.",
     )
 
+    s3_presign_downloads_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=60,
+        description="Off by default: downloads stream through the evidence API after its "
+        "TokenReview and SubjectAccessReview. Set (1-60), an authorised download is "
+        "answered 307 to a presigned GET of the object valid that long: the bytes then "
+        "bypass the operator, but the reader must reach the bucket, and the URL is a bearer "
+        "credential until it expires (docs/evidence.md).",
+    )
+
     @field_validator(
         "max_bundle_bytes", "max_total_bytes", "namespace_max_bytes", "s3_part_bytes", mode="before"
     )

@@ -302,6 +302,45 @@ def test_a_bundle_round_trips_through_s3_and_is_written_once(
         assert evidence.request("GET", url, headers=auth).status_code in (400, 404), crafted
 
 
+def test_presigned_downloads_redirect_only_after_authorisation(
+    crds: Path, kube: client.ApiClient, s3_server: WeedServer, namespace: str, tmp_path: Path
+) -> None:
+    """Opt-in: an authorised download is a 307 to a presigned GET valid 30 s; an
+    unauthorised one still gets 403 and no URL."""
+    evidence = _serve(kube, tmp_path, _store(s3_server, presign_seconds=30), s3_server)
+    try:
+        uid = _capturing_incident(kube, namespace, "checkout-1")
+        data = make_bundle(padding=300 * KIB)
+        assert _upload(evidence, namespace, "checkout-1", uid, data).status_code == 201
+        token = _reader_token(kube, namespace)
+        url = evidence.url(namespace, "checkout-1", bundle=True)
+        auth = {"Authorization": f"Bearer {token}"}
+
+        refused = evidence.request("GET", url, headers=auth, allow_redirects=False)
+        assert refused.status_code == 403 and "Location" not in refused.headers
+
+        grant_evidence_reader(kube, namespace, "sre")
+        redirect = wait_for(
+            lambda: (
+                r
+                if (
+                    r := evidence.request("GET", url, headers=auth, allow_redirects=False)
+                ).status_code
+                == 307
+                else None
+            ),
+            what="the RoleBinding",
+        )
+        location = redirect.headers["Location"]
+        assert "X-Amz-Expires=30" in location and redirect.headers["Cache-Control"] == "no-store"
+        fetched = requests.get(location, timeout=30)  # no memwarden credential: the URL is one
+        assert fetched.status_code == 200
+        assert hashlib.sha256(fetched.content).hexdigest() == redirect.headers["X-Bundle-Sha256"]
+        assert fetched.content == data
+    finally:
+        evidence.server.stop()
+
+
 def test_a_bundle_over_the_cap_gets_413_and_leaves_no_object(
     evidence: S3Evidence, kube: client.ApiClient, namespace: str
 ) -> None:

@@ -81,6 +81,7 @@ def make_store(settings: Settings) -> BundleStore:
             addressing_style=e.s3_addressing_style,
             ca_file=e.s3_ca_file,
             part_bytes=e.s3_part_bytes,
+            presign_seconds=e.s3_presign_downloads_seconds,
         )
     )
 

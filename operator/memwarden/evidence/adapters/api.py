@@ -5,7 +5,8 @@ Routes, under ``/v1/namespaces/{namespace}/incidents``:
 - ``PUT  {name}/bundle``  upload (streamed; an upload token for this incident)
 - ``GET  ``               list the namespace's stored bundles (Kubernetes identity, ``list``)
 - ``GET  {name}``         one bundle's meta (Kubernetes identity, ``get``)
-- ``GET  {name}/bundle``  download, streamed from the store (Kubernetes identity, ``get``)
+- ``GET  {name}/bundle``  download, streamed from the store (Kubernetes identity, ``get``);
+  or, when the store gives a short-lived URL (S3's opt-in presigning), 307 to it
 
 Every refusal is JSON ``{"status": "Failure", "code", "reason", "message"}``: 400 bad
 names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 already
@@ -539,6 +540,17 @@ class _Evidence:
         namespace, name = self._names(request)
         await self._authorize(request, verb="get", namespace=namespace, name=name)
         meta = await self._stored_meta(namespace, name)
+        try:
+            redirect = await asyncio.to_thread(self.store.download_url, namespace, name)
+        except NotStored:
+            _fail(404, f"no bundle stored for {namespace}/{name}")
+        if redirect is not None:  # authorised above; the URL expires within a minute
+            headers = {
+                hdrs.LOCATION: redirect,
+                hdrs.CACHE_CONTROL: "no-store",
+                "X-Bundle-Sha256": meta.sha256,
+            }
+            return web.Response(status=307, headers=headers)
         try:
             reader = await asyncio.to_thread(self.store.open_bundle, namespace, name)
         except NotStored:
