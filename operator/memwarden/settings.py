@@ -538,6 +538,11 @@ class EvidenceSettings(_Section):
         """The S3 backend needs a bucket, and its prefix must be a folder (or empty)."""
         if self.backend == "s3" and not self.s3_bucket:
             raise ValueError("evidence.s3_bucket is required when evidence.backend is s3")
+        endpoint = self.s3_endpoint_url
+        if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+            raise ValueError(
+                f"evidence.s3_endpoint_url must be http(s)://host[:port] (got {endpoint!r})"
+            )
         if self.s3_prefix and not self.s3_prefix.endswith("/"):
             raise ValueError(f"evidence.s3_prefix must end with '/' (got {self.s3_prefix!r})")
         return self

@@ -36,6 +36,8 @@ def test_the_s3_backend_needs_a_bucket_and_names_the_field() -> None:
     ("env", "message"),
     [
         ({"MEMWARDEN_EVIDENCE_S3_PREFIX": "memwarden"}, "s3_prefix must end with '/'"),
+        ({"MEMWARDEN_EVIDENCE_S3_ENDPOINT_URL": "minio:9000"}, "s3_endpoint_url must be"),
+        ({"MEMWARDEN_EVIDENCE_S3_ENDPOINT_URL": "https://m/bucket"}, "s3_endpoint_url must be"),
         ({"MEMWARDEN_EVIDENCE_S3_PART_BYTES": "1Mi"}, "s3_part_bytes"),
         ({"MEMWARDEN_EVIDENCE_S3_ADDRESSING_STYLE": "sideways"}, "s3_addressing_style"),
         ({"MEMWARDEN_EVIDENCE_BACKEND": "nfs"}, "backend"),
