@@ -521,6 +521,17 @@ class EvidenceSettings(_Section):
         "8 MiB allow 78 GiB.",
     )
 
+    s3_presign_downloads_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=60,
+        description="Off by default: downloads stream through the evidence API after its "
+        "TokenReview and SubjectAccessReview. Set (1-60), an authorised download is "
+        "answered 307 to a presigned GET of the object valid that long: the bytes then "
+        "bypass the operator, but the reader must reach the bucket, and the URL is a bearer "
+        "credential until it expires (docs/evidence.md).",
+    )
+
     @field_validator(
         "max_bundle_bytes", "max_total_bytes", "namespace_max_bytes", "s3_part_bytes", mode="before"
     )
@@ -538,6 +549,11 @@ class EvidenceSettings(_Section):
         """The S3 backend needs a bucket, and its prefix must be a folder (or empty)."""
         if self.backend == "s3" and not self.s3_bucket:
             raise ValueError("evidence.s3_bucket is required when evidence.backend is s3")
+        endpoint = self.s3_endpoint_url
+        if endpoint is not None and not re.fullmatch(r"https?://[^/\s]+/?", endpoint):
+            raise ValueError(
+                f"evidence.s3_endpoint_url must be http(s)://host[:port] (got {endpoint!r})"
+            )
         if self.s3_prefix and not self.s3_prefix.endswith("/"):
             raise ValueError(f"evidence.s3_prefix must end with '/' (got {self.s3_prefix!r})")
         return self

@@ -37,10 +37,18 @@ def loop(request: pytest.FixtureRequest) -> Iterator[Loop]:
 
 @pytest.fixture(scope="session")
 def local_loop(
-    operator: OperatorProcess, kube: client.ApiClient, tmp_path_factory: pytest.TempPathFactory
+    operator: OperatorProcess,
+    kube: client.ApiClient,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[LocalLoop]:
     """The session's operator, restarted with Prometheus and the toolbox image configured,
-    plus a node simulator, Prometheus and Alertmanager around it."""
+    plus a node simulator, Prometheus and Alertmanager around it. With
+    ``MEMWARDEN_TEST_EVIDENCE_BACKEND=s3`` its evidence goes to the session's S3 server
+    (tests/memwarden_testing/s3.py) instead of a directory: the same tests, the other store."""
+    evidence_env: dict[str, str] = {}
+    if os.environ.get("MEMWARDEN_TEST_EVIDENCE_BACKEND") == "s3":
+        evidence_env = request.getfixturevalue("s3_server").env()
     workdir = tmp_path_factory.mktemp("loop")
     sim = NodeSimulator(kubeconfig=operator.kubeconfig, state_dir=workdir / "nodesim", taint=True)
     sim.start()
@@ -70,6 +78,7 @@ def local_loop(
                 "MEMWARDEN_RISK_INTERVAL_SECONDS": "2",
                 "MEMWARDEN_CAPTURE_TOOLBOX_IMAGE": TOOLBOX_IMAGE,
                 "MEMWARDEN_MAX_CONCURRENT_CAPTURES": "10",
+                **evidence_env,
             }
         )
         operator.start()

@@ -16,6 +16,7 @@ import hashlib
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,45 @@ def test_a_bundle_round_trips_through_s3_and_is_written_once(
         assert evidence.request("GET", url, headers=auth).status_code in (400, 404), crafted
 
 
+def test_presigned_downloads_redirect_only_after_authorisation(
+    crds: Path, kube: client.ApiClient, s3_server: WeedServer, namespace: str, tmp_path: Path
+) -> None:
+    """Opt-in: an authorised download is a 307 to a presigned GET valid 30 s; an
+    unauthorised one still gets 403 and no URL."""
+    evidence = _serve(kube, tmp_path, _store(s3_server, presign_seconds=30), s3_server)
+    try:
+        uid = _capturing_incident(kube, namespace, "checkout-1")
+        data = make_bundle(padding=300 * KIB)
+        assert _upload(evidence, namespace, "checkout-1", uid, data).status_code == 201
+        token = _reader_token(kube, namespace)
+        url = evidence.url(namespace, "checkout-1", bundle=True)
+        auth = {"Authorization": f"Bearer {token}"}
+
+        refused = evidence.request("GET", url, headers=auth, allow_redirects=False)
+        assert refused.status_code == 403 and "Location" not in refused.headers
+
+        grant_evidence_reader(kube, namespace, "sre")
+        redirect = wait_for(
+            lambda: (
+                r
+                if (
+                    r := evidence.request("GET", url, headers=auth, allow_redirects=False)
+                ).status_code
+                == 307
+                else None
+            ),
+            what="the RoleBinding",
+        )
+        location = redirect.headers["Location"]
+        assert "X-Amz-Expires=30" in location and redirect.headers["Cache-Control"] == "no-store"
+        fetched = requests.get(location, timeout=30)  # no memwarden credential: the URL is one
+        assert fetched.status_code == 200
+        assert hashlib.sha256(fetched.content).hexdigest() == redirect.headers["X-Bundle-Sha256"]
+        assert fetched.content == data
+    finally:
+        evidence.server.stop()
+
+
 def test_a_bundle_over_the_cap_gets_413_and_leaves_no_object(
     evidence: S3Evidence, kube: client.ApiClient, namespace: str
 ) -> None:
@@ -516,42 +556,111 @@ def test_deleting_the_incident_deletes_its_objects(
     assert not store.exists(namespace, "gone")
 
 
+@contextmanager
+def _operator_beside(
+    crds: Path, kube: client.ApiClient, tmp_path: Path, namespace: str, env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    """``memwarden run`` with ``env``, watching another namespace: only its evidence API
+    acts on the test's incidents (the test plays the capture)."""
+    other = f"{namespace}-w"
+    ensure_namespace(client.CoreV1Api(kube), other)
+    process = OperatorProcess(
+        kubeconfig=crds, workdir=tmp_path, extra_env=env, extra_args=[f"--namespace={other}"]
+    )
+    process.make_certificates()
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+        client.CoreV1Api(kube).delete_namespace(other)
+
+
+def _operator_upload(
+    process: OperatorProcess, namespace: str, name: str, uid: str, data: bytes
+) -> requests.Response:
+    key = process.evidence_key_file.read_text().strip().encode()
+    return requests.put(
+        f"{process.evidence_url}/v1/namespaces/{namespace}/incidents/{name}/bundle",
+        data=_chunks(data),
+        headers={"Authorization": f"Bearer {_token(namespace, name, uid, key=key)}"},
+        verify=str(process.ca_file),
+        timeout=60,
+    )
+
+
+def test_the_operator_stores_in_s3_and_completes_the_incident_from_there(
+    crds: Path, kube: client.ApiClient, s3_server: WeedServer, tmp_path: Path, namespace: str
+) -> None:
+    """Through the operator itself: the upload lands in the bucket, the operator analyses
+    the bundle read back from S3 and records it in the incident (Collected, sha256), and a
+    reader downloads it from the operator."""
+    prefix = f"op-{secrets.token_hex(4)}/"
+    env = {**s3_server.env(), "MEMWARDEN_EVIDENCE_S3_PREFIX": prefix}
+    with _operator_beside(crds, kube, tmp_path, namespace, env) as process:
+        uid = _capturing_incident(kube, namespace, "checkout-1")
+        data = make_bundle(padding=700 * KIB)
+        stored = _operator_upload(process, namespace, "checkout-1", uid, data)
+        assert stored.status_code == 201, (
+            stored.text,
+            client.CustomObjectsApi(kube)
+            .get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "checkout-1")
+            .get("status"),
+            process.log_tail(3000),
+        )
+        sha = hashlib.sha256(data).hexdigest()
+        assert stored.json()["sha256"] == sha
+        assert len(s3_server.keys(f"{prefix}{namespace}/checkout-1/")) == 2
+
+        custom = client.CustomObjectsApi(kube)
+        status = wait_for(
+            lambda: (
+                st
+                if (
+                    st := custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, "checkout-1"
+                    ).get("status")
+                    or {}
+                ).get("phase")
+                == "Collected"
+                else None
+            ),
+            timeout=60,
+            what="the operator to complete the incident from the S3 bundle",
+        )
+        assert status["bundleSha256"] == sha and status["bundleBytes"] == len(data)
+
+        token = _reader_token(kube, namespace)
+        grant_evidence_reader(kube, namespace, "sre")
+        url = f"{process.evidence_url}/v1/namespaces/{namespace}/incidents/checkout-1/bundle"
+
+        def download() -> requests.Response | None:
+            got = requests.get(
+                url,
+                headers={"Authorization": f"Bearer {token}"},
+                verify=str(process.ca_file),
+                timeout=60,
+            )
+            return got if got.status_code == 200 else None
+
+        assert wait_for(download, what="the RoleBinding").content == data
+        assert "Traceback" not in process.log_tail(50000)
+
+
 def test_wrong_credentials_do_not_stop_the_operator_and_uploads_get_503(
     crds: Path, kube: client.ApiClient, s3_server: WeedServer, tmp_path: Path, namespace: str
 ) -> None:
     """A wrong secret: the operator runs (admission does not need the store), says what is
     wrong in one log line, and an upload is refused with 503 naming the store's answer."""
-    other = f"{namespace}-w"
-    ensure_namespace(client.CoreV1Api(kube), other)
-    process = OperatorProcess(
-        kubeconfig=crds,
-        workdir=tmp_path,
-        extra_env={
-            **s3_server.env(secret_key="wrong-secret"),
-            "MEMWARDEN_EVIDENCE_S3_PREFIX": "w/",
-        },
-        extra_args=[f"--namespace={other}"],  # it does not touch the test's incident
-    )
-    process.make_certificates()
-    process.start()
-    try:
+    env = {**s3_server.env(secret_key="wrong-secret"), "MEMWARDEN_EVIDENCE_S3_PREFIX": "w/"}
+    with _operator_beside(crds, kube, tmp_path, namespace, env) as process:
         wait_for(
             lambda: "S3 evidence store" in process.log_tail(20000), what="the store's error logged"
         )
         uid = _capturing_incident(kube, namespace, "checkout-1")
-        key = process.evidence_key_file.read_text().strip().encode()
-        response = requests.put(
-            f"{process.evidence_url}/v1/namespaces/{namespace}/incidents/checkout-1/bundle",
-            data=make_bundle(),
-            headers={"Authorization": f"Bearer {_token(namespace, 'checkout-1', uid, key=key)}"},
-            verify=str(process.ca_file),
-            timeout=30,
-        )
+        response = _operator_upload(process, namespace, "checkout-1", uid, make_bundle())
         assert response.status_code == 503, response.text
         assert "SignatureDoesNotMatch" in _error(response)
         assert process.healthy()
         log = process.log_tail(50000)
         assert "SignatureDoesNotMatch" in log and "Traceback" not in log
-    finally:
-        process.stop()
-        client.CoreV1Api(kube).delete_namespace(other)

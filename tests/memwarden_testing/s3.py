@@ -144,7 +144,11 @@ class WeedServer:
             start_new_session=True,
             env={**os.environ, "HOME": str(self.workdir)},
         )
-        wait_for(self._ready, timeout=timeout, interval=0.5, what=f"weed S3 on {self.endpoint}")
+        try:
+            wait_for(self._ready, timeout=timeout, interval=0.5, what=f"weed S3 on {self.endpoint}")
+        except BaseException:
+            self.stop()  # a start that failed leaves no server behind (no fixture stops it)
+            raise
 
     def _ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:

@@ -3,11 +3,13 @@ store against a real S3 server is tests/integration/test_evidence_s3.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from memwarden.evidence.adapters.s3store import S3Config, S3EvidenceStore
-from memwarden.evidence.adapters.store import InvalidName
+from memwarden.evidence.adapters.store import EvidenceStore, InvalidName
 from memwarden.settings import Settings
 
 
@@ -34,6 +36,8 @@ def test_the_s3_backend_needs_a_bucket_and_names_the_field() -> None:
     ("env", "message"),
     [
         ({"MEMWARDEN_EVIDENCE_S3_PREFIX": "memwarden"}, "s3_prefix must end with '/'"),
+        ({"MEMWARDEN_EVIDENCE_S3_ENDPOINT_URL": "minio:9000"}, "s3_endpoint_url must be"),
+        ({"MEMWARDEN_EVIDENCE_S3_ENDPOINT_URL": "https://m/bucket"}, "s3_endpoint_url must be"),
         ({"MEMWARDEN_EVIDENCE_S3_PART_BYTES": "1Mi"}, "s3_part_bytes"),
         ({"MEMWARDEN_EVIDENCE_S3_ADDRESSING_STYLE": "sideways"}, "s3_addressing_style"),
         ({"MEMWARDEN_EVIDENCE_BACKEND": "nfs"}, "backend"),
@@ -82,3 +86,21 @@ def test_keys_and_their_parsing_agree() -> None:
         "team-a/memwarden/../x/meta.json",
     ):
         assert store._parse(foreign) is None, foreign
+
+
+@pytest.mark.parametrize("seconds", ["0", "61", "3600"])
+def test_presigned_urls_live_a_minute_at_most(seconds: str) -> None:
+    """A presigned URL is a bearer credential: the setting refuses more than 60 s."""
+    with pytest.raises(ValidationError, match="s3_presign_downloads_seconds"):
+        Settings.from_env(
+            {
+                "MEMWARDEN_EVIDENCE_S3_BUCKET": "b",
+                "MEMWARDEN_EVIDENCE_S3_PRESIGN_DOWNLOADS_SECONDS": seconds,
+            }
+        )
+    with pytest.raises(ValueError, match="between 1 and 60"):
+        S3EvidenceStore(S3Config(bucket="b", presign_seconds=int(seconds)))
+
+
+def test_the_pvc_store_never_redirects(tmp_path: Path) -> None:
+    assert EvidenceStore(tmp_path).download_url("shop", "x") is None

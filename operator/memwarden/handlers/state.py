@@ -67,8 +67,9 @@ class Evidence:
 def make_store(settings: Settings) -> BundleStore:
     """The configured evidence store. The S3 one (and boto3) is imported only when chosen;
     it is not contacted here: a wrong key or an unreachable endpoint must not stop the
-    operator (admission does not need it), so start-up checks it in the background and
-    each use fails with a clear 503 (handlers/incidents.py)."""
+    operator (admission does not need it). The retention pass, first run at start-up,
+    logs such a problem in one line, and each evidence request that needs the store gets
+    a 503 naming it."""
     e = settings.evidence
     if e.backend == "pvc":
         return EvidenceStore(Path(e.dir))
@@ -84,6 +85,7 @@ def make_store(settings: Settings) -> BundleStore:
             addressing_style=e.s3_addressing_style,
             ca_file=e.s3_ca_file,
             part_bytes=e.s3_part_bytes,
+            presign_seconds=e.s3_presign_downloads_seconds,
         )
     )
 

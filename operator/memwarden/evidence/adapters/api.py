@@ -5,7 +5,8 @@ Routes, under ``/v1/namespaces/{namespace}/incidents``:
 - ``PUT  {name}/bundle``  upload (streamed; an upload token for this incident)
 - ``GET  ``               list the namespace's stored bundles (Kubernetes identity, ``list``)
 - ``GET  {name}``         one bundle's meta (Kubernetes identity, ``get``)
-- ``GET  {name}/bundle``  download, streamed from the store (Kubernetes identity, ``get``)
+- ``GET  {name}/bundle``  download, streamed from the store (Kubernetes identity, ``get``);
+  or, when the store gives a short-lived URL (S3's opt-in presigning), 307 to it
 
 Every refusal is JSON ``{"status": "Failure", "code", "reason", "message"}``: 400 bad
 names or body, 401 missing or invalid credentials, 403 not allowed, 404, 409 already
@@ -449,36 +450,38 @@ class _Evidence:
     async def _stream_into(
         self, request: web.Request, writer: UploadWriter, *, namespace: str, name: str
     ) -> BundleMeta:
-        with writer:
-            block = bytearray()
-            head = b""
-            try:
-                while True:
-                    chunk = await asyncio.wait_for(request.content.readany(), self.idle_timeout)
-                    if not chunk:
-                        break
-                    if len(head) < len(_GZIP_MAGIC):
-                        head = (head + chunk)[: len(_GZIP_MAGIC)]
-                        if len(head) == len(_GZIP_MAGIC) and head != _GZIP_MAGIC:
-                            _fail(400, "the body is not a gzip stream (expected a .tar.gz bundle)")
-                    block += chunk
-                    if len(block) >= _WRITE_BLOCK:
-                        await asyncio.to_thread(writer.write, bytes(block))
-                        block.clear()
-                if block:
+        """The body into ``writer`` block by block, then the commit. Not a ``with writer``:
+        leaving it would abort on the event loop, and an object store's abort is a
+        network call (``_receive`` aborts from a thread)."""
+        block = bytearray()
+        head = b""
+        try:
+            while True:
+                chunk = await asyncio.wait_for(request.content.readany(), self.idle_timeout)
+                if not chunk:
+                    break
+                if len(head) < len(_GZIP_MAGIC):
+                    head = (head + chunk)[: len(_GZIP_MAGIC)]
+                    if len(head) == len(_GZIP_MAGIC) and head != _GZIP_MAGIC:
+                        _fail(400, "the body is not a gzip stream (expected a .tar.gz bundle)")
+                block += chunk
+                if len(block) >= _WRITE_BLOCK:
                     await asyncio.to_thread(writer.write, bytes(block))
-            except TooLarge as exc:
-                _fail(413, str(exc))
-            except TimeoutError:
-                _fail(408, f"no data for {self.idle_timeout:.0f}s; upload abandoned")
-            except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
-                _fail(400, f"upload interrupted: {exc}")
-            if writer.bytes_written == 0:
-                _fail(400, "empty body: expected a .tar.gz bundle")
-            try:
-                return await asyncio.to_thread(writer.commit, now=self.clock())
-            except AlreadyStored:
-                await self._already_stored(namespace, name)
+                    block.clear()
+            if block:
+                await asyncio.to_thread(writer.write, bytes(block))
+        except TooLarge as exc:
+            _fail(413, str(exc))
+        except TimeoutError:
+            _fail(408, f"no data for {self.idle_timeout:.0f}s; upload abandoned")
+        except (aiohttp.ClientError, HttpProcessingError, ConnectionError) as exc:
+            _fail(400, f"upload interrupted: {exc}")
+        if writer.bytes_written == 0:
+            _fail(400, "empty body: expected a .tar.gz bundle")
+        try:
+            return await asyncio.to_thread(writer.commit, now=self.clock())
+        except AlreadyStored:
+            await self._already_stored(namespace, name)
 
     async def _already_stored(self, namespace: str, name: str) -> NoReturn:
         """409, with the stored bundle's size and sha256: an uploader whose first attempt
@@ -537,6 +540,17 @@ class _Evidence:
         namespace, name = self._names(request)
         await self._authorize(request, verb="get", namespace=namespace, name=name)
         meta = await self._stored_meta(namespace, name)
+        try:
+            redirect = await asyncio.to_thread(self.store.download_url, namespace, name)
+        except NotStored:
+            _fail(404, f"no bundle stored for {namespace}/{name}")
+        if redirect is not None:  # authorised above; the URL expires within a minute
+            headers = {
+                hdrs.LOCATION: redirect,
+                hdrs.CACHE_CONTROL: "no-store",
+                "X-Bundle-Sha256": meta.sha256,
+            }
+            return web.Response(status=307, headers=headers)
         try:
             reader = await asyncio.to_thread(self.store.open_bundle, namespace, name)
         except NotStored:

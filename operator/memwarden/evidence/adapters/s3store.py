@@ -47,6 +47,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from memwarden.capture.profile import DEFAULT_MAX_BYTES
 from memwarden.evidence.adapters.store import (
     AlreadyStored,
     BundleMeta,
@@ -70,6 +71,10 @@ _BUNDLE_NAME = re.compile(r"bundle-[0-9a-f]{16}\.tar\.gz")
 #: S3's smallest part (but the last): 5 MiB.
 MIN_PART_BYTES = 5 * 2**20
 _DOWNLOAD_CHUNK = 2**20
+#: What the analysis may read of a bundle: its first members (manifest, heap, goroutine,
+#: each at most DEFAULT_MAX_BYTES inflated; gzip adds ~0.03 % to incompressible data),
+#: with room for the tar headers. A bundle shorter than this is fetched whole.
+ANALYSIS_PREFIX_BYTES = 2 * DEFAULT_MAX_BYTES + 16 * 2**20
 #: ``list`` is a method name here: annotations use this alias.
 _Entries = list[Entry]
 
@@ -85,6 +90,8 @@ class S3Config:
     addressing_style: str = "auto"
     ca_file: str | None = None
     part_bytes: int = 8 * 2**20
+    presign_seconds: int | None = None
+    """Downloads redirect to a presigned GET valid this long (<= 60); None: streamed."""
     access_key_id: str | None = None
     """Explicit credentials (tests); None: boto3's default chain (env, web identity...)."""
     secret_access_key: str | None = None
@@ -268,6 +275,8 @@ class S3EvidenceStore:
     def __init__(self, config: S3Config, *, client: Any = None) -> None:
         if config.part_bytes < MIN_PART_BYTES:
             raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (S3's minimum)")
+        if config.presign_seconds is not None and not 0 < config.presign_seconds <= 60:
+            raise ValueError("presign_seconds must be between 1 and 60")
         import botocore.exceptions  # lazily: only the S3 backend pays for boto3
 
         self.config = config
@@ -387,10 +396,43 @@ class S3EvidenceStore:
             raise _unavailable(exc, f"cannot read {key}") from exc
         return _S3Reader(answer["Body"], int(answer["ContentLength"]))
 
+    def download_url(self, namespace: str, incident: str) -> str | None:
+        """A presigned GET of the bundle object, valid ``presign_seconds``, if configured:
+        a bearer URL, so short-lived; the caller has been authorised already."""
+        if self.config.presign_seconds is None:
+            return None
+        key = self._bundle_key(namespace, incident)
+        filename = f"{namespace}-{incident}.tar.gz"
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.config.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                },
+                ExpiresIn=self.config.presign_seconds,
+            )
+        except self.errors as exc:
+            raise _unavailable(exc, f"cannot presign {key}") from exc
+        return url
+
     @contextlib.contextmanager
     def local_bundle(self, namespace: str, incident: str) -> Iterator[Path]:
-        """The bundle copied (streamed) into a private temporary file, removed after."""
-        reader = self.open_bundle(namespace, incident)
+        """The start of the bundle, streamed into a private temporary file (``TMPDIR``)
+        removed after: at most :data:`ANALYSIS_PREFIX_BYTES`. The analysis reads the
+        members the toolbox writes first (manifest, heap, goroutine: each refused over
+        256 MiB) and stops there, so the GiB core after them is never fetched."""
+        key = self._bundle_key(namespace, incident)
+        try:
+            answer = self.client.get_object(
+                Bucket=self.config.bucket, Key=key, Range=f"bytes=0-{ANALYSIS_PREFIX_BYTES - 1}"
+            )
+        except self.errors as exc:
+            if _error_code(exc) in _MISSING:
+                raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
+            raise _unavailable(exc, f"cannot read {key}") from exc
+        reader = _S3Reader(answer["Body"], int(answer["ContentLength"]))
         fd, name = tempfile.mkstemp(prefix="memwarden-bundle-", suffix=".tar.gz")
         path = Path(name)
         try:
@@ -516,6 +558,7 @@ def make_client(config: S3Config) -> Any:
         "region_name": config.region,
         "config": Config(
             s3={"addressing_style": config.addressing_style},
+            signature_version="s3v4",  # presigned URLs too (boto3 would presign with SigV2)
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=5,
             read_timeout=60,

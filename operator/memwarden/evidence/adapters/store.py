@@ -343,6 +343,11 @@ class BundleStore(Protocol):
 
     def open_bundle(self, namespace: str, incident: str) -> BundleReader: ...
 
+    def download_url(self, namespace: str, incident: str) -> str | None:
+        """A short-lived URL the reader may fetch the bundle from directly (a presigned
+        GET), or None: the API streams it."""
+        ...
+
     def local_bundle(
         self, namespace: str, incident: str
     ) -> contextlib.AbstractContextManager[Path]:
@@ -596,6 +601,10 @@ class EvidenceStore:
             return _FileReader(self.bundle_path(namespace, incident).open("rb"))
         except FileNotFoundError as exc:  # deleted between the check and the open
             raise NotStored(f"no bundle stored for {namespace}/{incident}") from exc
+
+    def download_url(self, namespace: str, incident: str) -> str | None:
+        """None: a volume has no URL of its own; the API streams the file."""
+        return None
 
     @contextlib.contextmanager
     def local_bundle(self, namespace: str, incident: str) -> Iterator[Path]:
