@@ -127,6 +127,7 @@ HIGH_AVAILABILITY = {
             "addressingStyle": "path",
             "credentialsSecret": "memwarden-s3",
             "caSecret": "memwarden-s3-ca",
+            "presignDownloadsSeconds": 30,
         },
     },
 }
@@ -299,6 +300,10 @@ def test_high_availability_values_reach_the_settings(helm: Path) -> None:
         "path",
     )
     assert evidence.s3_ca_file == "/etc/memwarden/s3-ca/ca.crt"
+    assert evidence.s3_presign_downloads_seconds == 30
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    [tmp] = [v for v in pod["volumes"] if v["name"] == "tmp"]
+    assert tmp["emptyDir"]["sizeLimit"] == "640Mi", "room to analyse a bundle fetched from S3"
     assert settings.webhook.drain_seconds == 8
 
 
