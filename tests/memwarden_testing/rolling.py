@@ -137,10 +137,11 @@ def make_replicas(
     namespace: str,
     count: int,
     drain_seconds: float,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[list[OperatorProcess], bytes]:
     """``count`` operator processes (not started) watching ``namespace``, one serving
     certificate for all; returns them and the CA's PEM."""
-    env = {"MEMWARDEN_WEBHOOK_DRAIN_SECONDS": str(drain_seconds)}
+    env = {"MEMWARDEN_WEBHOOK_DRAIN_SECONDS": str(drain_seconds), **(extra_env or {})}
     if LEADER_ELECTION_SUPPORTED:
         env["MEMWARDEN_LEADER_ELECTION"] = "true"
     replicas = []
@@ -306,6 +307,7 @@ def run_scenario(
     rounds: int = 1,
     kill: bool = False,
     steady_creates: int = STEADY_CREATES,
+    extra_env: dict[str, str] | None = None,
 ) -> Outcome:
     """Two replicas behind the balancer; ``clients`` threads creating pods before, during
     and after ``rounds`` rolling restarts of both."""
@@ -322,6 +324,7 @@ def run_scenario(
         namespace=namespace,
         count=2,
         drain_seconds=drain_seconds,
+        extra_env=extra_env,
     )
     creators = PodCreators(admin, namespace, clients=clients)
     restarts: list[Restart] = []
