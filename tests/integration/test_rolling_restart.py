@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from kubernetes import client
 
 from memwarden_testing.rolling import describe, run_scenario
@@ -23,9 +24,12 @@ CLIENTS = 20
 DRAIN_SECONDS = 5.0
 
 
+@pytest.mark.parametrize("process", ["worker", "inline"])
 def test_a_rolling_restart_admits_every_pod_with_its_policy(
-    crds: Path, kube: client.ApiClient, namespace: str, tmp_path: Path
+    crds: Path, kube: client.ApiClient, namespace: str, tmp_path: Path, process: str
 ) -> None:
+    """``admission.process``: the webhook in its own process (default) drains from there;
+    inline, on kopf's event loop, it must keep answering while kopf shuts down."""
     outcome = run_scenario(
         admin=crds,
         kube=kube,
@@ -33,6 +37,7 @@ def test_a_rolling_restart_admits_every_pod_with_its_policy(
         workdir=tmp_path,
         clients=CLIENTS,
         drain_seconds=DRAIN_SECONDS,
+        extra_env={"MEMWARDEN_ADMISSION_PROCESS": process},
     )
     report = describe(outcome)
     summary, stats = outcome.summary, outcome.stats
@@ -44,6 +49,7 @@ def test_a_rolling_restart_admits_every_pod_with_its_policy(
     assert summary.errors == 0, report
     # Both replicas served during the test (the balancer really balanced).
     assert all(stats.connections[f"replica-{n}"] > 0 for n in range(2)), report
+    assert outcome.leader_after in {"replica-0", "replica-1"}, "reconciliation went on"
 
 
 def test_without_the_drain_pods_are_admitted_unmutated(

@@ -47,10 +47,16 @@ from memwarden_testing.servicelb import (
     service_load_balancer,
 )
 
-#: Flip to True once leader election is merged (settings accept
-#: MEMWARDEN_LEADER_ELECTION): replicas then run as the chart runs them, one reconciling.
-#: Admission, what this scenario measures, is served by every replica either way.
-LEADER_ELECTION_SUPPORTED = False
+#: The replicas run as the chart runs them: leader election on, one reconciling (short
+#: timings, as tests/integration/test_leader_election.py). Admission, what this scenario
+#: measures, is served by every replica either way.
+LEASE = "memwarden"  # the name rbac.py's Role grants
+ELECTION_ENV = {
+    "MEMWARDEN_LEADER_ELECTION": "true",
+    "MEMWARDEN_LEADER_LEASE_DURATION_SECONDS": "4",
+    "MEMWARDEN_LEADER_RENEW_DEADLINE_SECONDS": "3",
+    "MEMWARDEN_LEADER_RETRY_PERIOD_SECONDS": "0.5",
+}
 
 #: The labels of the created pods (the policy's selector, ``builders.make_policy_spec``).
 POD_LABELS = {"app": "checkout"}
@@ -137,12 +143,15 @@ def make_replicas(
     namespace: str,
     count: int,
     drain_seconds: float,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[list[OperatorProcess], bytes]:
     """``count`` operator processes (not started) watching ``namespace``, one serving
     certificate for all; returns them and the CA's PEM."""
-    env = {"MEMWARDEN_WEBHOOK_DRAIN_SECONDS": str(drain_seconds)}
-    if LEADER_ELECTION_SUPPORTED:
-        env["MEMWARDEN_LEADER_ELECTION"] = "true"
+    env = {
+        "MEMWARDEN_WEBHOOK_DRAIN_SECONDS": str(drain_seconds),
+        **ELECTION_ENV,
+        **(extra_env or {}),
+    }
     replicas = []
     for n in range(count):
         home = workdir / f"replica-{n}"
@@ -152,7 +161,7 @@ def make_replicas(
                 kubeconfig=admin_kubeconfig,
                 workdir=home,
                 identity=identity,
-                extra_env=dict(env),
+                extra_env={**env, "MEMWARDEN_LEADER_IDENTITY": f"replica-{n}"},
                 extra_args=[f"--namespace={namespace}"],
             )
         )
@@ -293,6 +302,8 @@ class Outcome:
     summary: Summary
     stats: Stats
     restarts: list[Restart]
+    #: Who held the Lease once the restarts were over (someone must: reconciliation goes on).
+    leader_after: str | None = None
 
 
 def run_scenario(
@@ -306,10 +317,21 @@ def run_scenario(
     rounds: int = 1,
     kill: bool = False,
     steady_creates: int = STEADY_CREATES,
+    extra_env: dict[str, str] | None = None,
 ) -> Outcome:
     """Two replicas behind the balancer; ``clients`` threads creating pods before, during
     and after ``rounds`` rolling restarts of both."""
     ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
+    coordination = client.CoordinationV1Api(kube)
+    coordination.delete_collection_namespaced_lease(  # one left by an earlier test
+        OPERATOR_NAMESPACE, field_selector=f"metadata.name={LEASE}"
+    )
+
+    def holder() -> str | None:
+        lease = coordination.read_namespaced_lease(LEASE, OPERATOR_NAMESPACE)
+        return lease.spec.holder_identity or None
+
+    leader_after: str | None = None
     identity = least_privilege_kubeconfig(kube, admin_kubeconfig=admin, workdir=workdir)
     policy = make_policy(
         namespace=namespace, spec=make_policy_spec(memory={"request": "512Mi", "limit": "1Gi"})
@@ -322,6 +344,7 @@ def run_scenario(
         namespace=namespace,
         count=2,
         drain_seconds=drain_seconds,
+        extra_env=extra_env,
     )
     creators = PodCreators(admin, namespace, clients=clients)
     restarts: list[Restart] = []
@@ -348,12 +371,13 @@ def run_scenario(
                 restarts += rolling_restart(replicas, balancer, kill=kill)
             after = creators.count() + steady_creates
             wait_for(lambda: creators.count() >= after, timeout=60, what="load after restarts")
+            leader_after = wait_for(holder, timeout=10, what="a replica leading after the restarts")
         finally:
             results = creators.stop()
             for replica in replicas:
                 replica.stop()
     summary = summarize(results, during=(restarts[0].sigterm, restarts[-1].ready))
-    return Outcome(summary, balancer.stats, restarts)
+    return Outcome(summary, balancer.stats, restarts, leader_after)
 
 
 def describe(outcome: Outcome) -> str:
@@ -372,7 +396,8 @@ def describe(outcome: Outcome) -> str:
 
 
 __all__ = [
-    "LEADER_ELECTION_SUPPORTED",
+    "ELECTION_ENV",
+    "LEASE",
     "POD_LABELS",
     "STEADY_CREATES",
     "Create",

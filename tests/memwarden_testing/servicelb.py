@@ -176,12 +176,14 @@ class _Balancer:
         #: Last probe result per backend, before propagation.
         self._probed: dict[str, bool] = {}
         self._turn = itertools.count()
+        self._probes: list[asyncio.Task[None]] = []
 
     async def run(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         server = await asyncio.start_server(self._accept, "127.0.0.1", 0, backlog=1024)
-        probes = [asyncio.create_task(self._probe_forever(b)) for b in self.backends.values()]
+        # Kept: the event loop holds tasks only weakly.
+        self._probes = [asyncio.create_task(self._probe_forever(b)) for b in self.backends.values()]
 
         def answer() -> None:
             try:
@@ -201,8 +203,11 @@ class _Balancer:
         conn.send(server.sockets[0].getsockname()[1])
         await stopped.wait()
         server.close()
-        for task in probes:
+        # The probes and the connections still pinned: ended here, not left pending.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
             task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _probe_forever(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
