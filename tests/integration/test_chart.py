@@ -1306,3 +1306,22 @@ def ssl_not_after(pem: bytes) -> dt.datetime:
     from cryptography import x509
 
     return x509.load_pem_x509_certificate(pem).not_valid_after_utc
+
+
+def test_the_rules_alert_when_no_replica_or_two_lead(helm: Path, tmp_path: Path) -> None:
+    """``memwarden_leader`` is 1 on the leader, 0 on followers: a sum other than 1 means
+    nothing reconciles (or a handover is stuck); Prometheus' checker accepts the rule."""
+    values = {**HIGH_AVAILABILITY, "prometheusRule": {"enabled": True}}
+    docs = render(helm, namespace="ops", values=values)
+    [group] = [g for g in one(docs, "PrometheusRule")["spec"]["groups"] if g["name"] == "memwarden"]
+    [rule] = [r for r in group["rules"] if r.get("alert") == "MemwardenNoSingleLeader"]
+    assert "sum(memwarden_leader{" in rule["expr"] and rule["expr"].strip().endswith("!= 1")
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(yaml.safe_dump({"groups": [group]}))
+    checked = subprocess.run(
+        ["promtool", "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    stopped = one(render(helm, namespace="ops", values={**values, "replicas": 0}), "PrometheusRule")
+    alerts = [r.get("alert") for g in stopped["spec"]["groups"] for r in g["rules"]]
+    assert "MemwardenNoSingleLeader" not in alerts, "0 replicas: nobody is meant to lead"
