@@ -38,7 +38,7 @@ from memwarden_testing.operator import (
     operators_paused,
 )
 from memwarden_testing.s3 import WeedServer
-from memwarden_testing.service import ServiceForwarder
+from memwarden_testing.servicelb import Backend, ServiceLoadBalancer
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ ACCOUNT = "memwarden-test-leader"
 class Pair:
     a: OperatorProcess
     b: OperatorProcess
-    service: ServiceForwarder
+    service: ServiceLoadBalancer
     kube: client.ApiClient
     s3: WeedServer
 
@@ -95,7 +95,8 @@ def pair(
 ) -> Iterator[Pair]:
     """Two operators sharing the Lease, the certificate, the upload key and the evidence
     store (a bucket of the real S3 server: what replicas > 1 need, docs/ha.md), behind one
-    "Service"."""
+    "Service" (``servicelb``) in front of their HTTP APIs, probed on ``/readyz``: the
+    toolbox's uploads go through it, keeping the pod's source address."""
     ensure_namespace(client.CoreV1Api(kube), OPERATOR_NAMESPACE)
     client.CoordinationV1Api(kube).delete_collection_namespaced_lease(
         OPERATOR_NAMESPACE, field_selector=f"metadata.name={LEASE}"
@@ -129,7 +130,18 @@ def pair(
             )
         )
     a, b = processes
-    service = ServiceForwarder([a.http_port, b.http_port]).start()
+    service = ServiceLoadBalancer(
+        [
+            Backend(
+                name=identity_of(p),
+                port=p.http_port,
+                readyz_port=p.http_port,
+                readyz_ca_file=str(p.ca_file),
+            )
+            for p in processes
+        ]
+    )
+    service.start()
     for process in processes:
         process.extra_env["MEMWARDEN_EVIDENCE_BASE_URL"] = (
             f"https://127.0.0.1:{service.port}/evidence"
@@ -162,6 +174,11 @@ def start_leader_then_follower(pair: Pair) -> None:
         lambda: "leader: following" in pair.b.log_tail(20000),
         timeout=10,
         what="replica-b following",
+    )
+    wait_for(  # a follower is ready too: both in the Service
+        lambda: pair.service.ready() == {"replica-a", "replica-b"},
+        timeout=10,
+        what="both replicas ready in the Service",
     )
 
 
@@ -339,7 +356,7 @@ def test_killing_the_leader_mid_capture_hands_the_incident_over_without_a_second
     # The new leader resumed the incident from its status: it added nothing itself.
     assert "added to pod leaky-1" in pair.a.log_tail(200000)
     assert "added to pod leaky-1" not in pair.b.log_tail(200000)
-    assert pair.service.routed.get(pair.b.http_port), "the upload never reached replica-b"
+    assert pair.service.stats.connections["replica-b"], "the upload never reached replica-b"
     stored = pair.s3.keys(f"memwarden/{namespace}/mid-capture/")
     names = {key.rsplit("/", 1)[1] for key in stored}
     assert "meta.json" in names and any(n.startswith("bundle") for n in names), stored
@@ -351,7 +368,7 @@ def test_an_upload_reaching_a_follower_is_stored_there_and_completed_by_the_lead
     """The Service may send the toolbox's upload to any replica: a follower checks and
     stores it, and leaves the incident to the leader (whose follow-up timer finds it)."""
     start_leader_then_follower(pair)
-    pair.service.backends = [pair.b.http_port, pair.a.http_port]  # the follower first
+    pair.service.prefer(["replica-b"])  # the Service picks the follower
     run_leaky(kube, sim, namespace, crds)
     client.CustomObjectsApi(kube).create_namespaced_custom_object(
         GROUP, VERSION, namespace, "memoryincidents", make_incident("via-follower", pod="leaky-1")
@@ -367,9 +384,8 @@ def test_an_upload_reaching_a_follower_is_stored_there_and_completed_by_the_lead
         what="the incident completed",
     )
     assert done["status"]["phase"] == "Collected", done["status"]
-    assert pair.service.routed.get(pair.b.http_port) and not pair.service.routed.get(
-        pair.a.http_port
-    ), pair.service.routed
+    connections = pair.service.stats.connections
+    assert connections["replica-b"] and not connections["replica-a"], connections
     b_log = pair.b.log_tail(200000)
     assert f"{namespace}/via-follower: bundle stored; the leader completes the incident" in b_log
     assert f"incident {namespace}/via-follower collected" not in b_log

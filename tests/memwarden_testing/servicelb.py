@@ -1,15 +1,17 @@
-"""A stand-in for the webhook's Service: a loopback TCP load balancer over operator replicas.
+"""A stand-in for a Service: a loopback TCP load balancer over operator replicas.
 
 Why it exists: the local control plane has no kube-proxy and no endpoints controller, and
-the tests point the webhook configuration at ``https://127.0.0.1:PORT`` (``operator.py``,
-``register_webhook``). With two replicas, something must stand where the Service is, or a
-rolling restart cannot be tested at all. This is that something, and it reproduces what
-matters for admission during a restart:
+the tests point the webhook configuration (``operator.py``, ``register_webhook``) or the
+toolbox's evidence URL (``MEMWARDEN_EVIDENCE_BASE_URL``) at ``https://127.0.0.1:PORT``.
+With two replicas, something must stand where the Service is, or a rolling restart and an
+upload reaching a follower cannot be tested at all. This is that something, and it
+reproduces what matters there:
 
 - the readiness probe: each backend's ``/readyz`` is polled every ``probe_seconds``
   (failureThreshold 1, successThreshold 1, as ``periodSeconds`` of the chart's probe but
   faster, so tests run in seconds); a backend is in the endpoints only while it answers
-  200;
+  200. A backend without a probe (``readyz_port=None``) is in the endpoints from the
+  start and stays there, as a pod without a readiness probe is Ready once it runs;
 - the endpoints controller + kube-proxy: each NEW connection goes to one backend among the
   ready ones (round robin); a backend that turns not ready is removed for new connections
   only;
@@ -17,22 +19,35 @@ matters for admission during a restart:
   whatever the probes say meanwhile (a keep-alive connection of the API server to a
   terminating replica is not moved, exactly as with iptables/IPVS kube-proxy);
 - a connection routed to a backend that does not listen fails (the client's connection is
-  closed without an answer: the API server's call fails, and with ``failurePolicy:
-  Ignore`` the pod is admitted unmutated), as a SYN DNAT-ed to a pod that stopped
-  listening is refused;
+  closed without an answer, and it is not tried on another backend: the API server's call
+  fails, and with ``failurePolicy: Ignore`` the pod is admitted unmutated; a toolbox
+  upload is retried by the toolbox), as a SYN DNAT-ed to a pod that stopped listening is
+  refused;
+- the client's source address: kube-proxy rewrites only the destination (DNAT) of a
+  pod's connection to a ClusterIP, so the replica sees the pod's IP, which the evidence
+  API's upload source check compares with the pod's ``status.podIPs``. The simulated
+  node gives each pod a loopback address of its own (127.0.0.0/8 is all routed to
+  ``lo``), so the balancer binds its connection to the backend to the address the client
+  came from;
 - the propagation delay: a probe's result reaches the routing table ``propagation_seconds``
   later (probe -> kubelet status -> EndpointSlice -> kube-proxy on every node; about a
   second in a small idle cluster, more on a loaded one). It is configurable because it
   is what the drain must cover: a drain shorter than probe period + propagation loses
   pods.
 
-TLS passes through untouched: both replicas serve the same certificate, as the pods of a
+One thing is the test's hand, not a Service's: ``prefer(names)`` sends each new
+connection to the first READY backend in that order (the others are used only when none
+of those is ready). kube-proxy picks at random (iptables) or round robin (IPVS); a test
+that must know "the Service happened to pick the follower" steers it so instead of
+hoping for it.
+
+TLS passes through untouched: the replicas serve the same certificate, as the pods of a
 Deployment do. What it does not reproduce: per-node kube-proxy views that disagree with
 each other for a moment, a connection to a dead pod IP that hangs (SYN unanswered until a
 timeout) instead of being refused, the terminating-endpoints fallback (kube-proxy uses a
-terminating but still serving endpoint when no other is ready), session affinity, and
-anything about DNS. It counts what it did (``stats``), so a test can say where connections
-went and how many found no listener.
+terminating but still serving endpoint when no other is ready), session affinity,
+masquerading (SNAT) where a cluster applies it, and anything about DNS. It counts what it
+did (``stats``), so a test can say where connections went and how many found no listener.
 """
 
 from __future__ import annotations
@@ -42,10 +57,11 @@ import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.process
+import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -58,12 +74,14 @@ _CHUNK = 64 * 1024
 
 @dataclass(frozen=True)
 class Backend:
-    """One replica: where its webhook listens and where its readiness is probed (HTTPS,
-    trusting ``readyz_ca_file``, or plain HTTP without it)."""
+    """One replica: the port connections are forwarded to, and where its ``/readyz`` is
+    probed (HTTPS, trusting ``readyz_ca_file``, or plain HTTP without it; no probe at all
+    without ``readyz_port``: always in the endpoints). The probed port may be ``port``
+    itself, as with the operator's HTTP API."""
 
     name: str
     port: int
-    readyz_port: int
+    readyz_port: int | None = None
     readyz_ca_file: str | None = None
 
 
@@ -71,6 +89,7 @@ class Backend:
 class Stats:
     """What the balancer did, per backend name."""
 
+    #: Connections routed to each backend (those refused included).
     connections: Counter[str] = field(default_factory=Counter)
     #: Connections routed to a backend that did not accept them (closed without answer).
     refused: Counter[str] = field(default_factory=Counter)
@@ -119,7 +138,7 @@ class ServiceLoadBalancer:
             raise RuntimeError("service load balancer did not start")
         self.port = ours.recv()
 
-    def _ask(self, question: str) -> Any:
+    def _ask(self, question: str | tuple[str, list[str]]) -> Any:
         assert self._conn is not None, "not started"
         self._conn.send(question)
         return self._conn.recv()
@@ -128,6 +147,15 @@ class ServiceLoadBalancer:
         """The backends new connections go to now."""
         found: set[str] = self._ask("ready")
         return found
+
+    def prefer(self, names: Sequence[str]) -> None:
+        """From now on, each new connection goes to the first ready backend of ``names``
+        (round robin over the ready ones when none of them is ready, or ``names`` is
+        empty). The test's steering, not a Service's: see the module docstring."""
+        unknown = set(names) - {b.name for b in self.backends}
+        if unknown:
+            raise ValueError(f"prefer: no backend named {sorted(unknown)}")
+        self._ask(("prefer", list(names)))
 
     @property
     def stats(self) -> Stats:
@@ -173,6 +201,8 @@ class _Balancer:
         self.stats = Stats()
         #: The routing table: names of the backends new connections may go to.
         self.ready: set[str] = set()
+        #: Backends new connections go to first, when ready (``prefer``).
+        self.preferred: list[str] = []
         #: Last probe result per backend, before propagation.
         self._probed: dict[str, bool] = {}
         self._turn = itertools.count()
@@ -182,8 +212,16 @@ class _Balancer:
         loop = asyncio.get_running_loop()
         stopped = asyncio.Event()
         server = await asyncio.start_server(self._accept, "127.0.0.1", 0, backlog=1024)
+        for backend in self.backends.values():
+            if backend.readyz_port is None:  # no readiness probe: Ready once it runs
+                self._probed[backend.name] = True
+                self._route(backend.name, True)
         # Kept: the event loop holds tasks only weakly.
-        self._probes = [asyncio.create_task(self._probe_forever(b)) for b in self.backends.values()]
+        self._probes = [
+            asyncio.create_task(self._probe_forever(b))
+            for b in self.backends.values()
+            if b.readyz_port is not None
+        ]
 
         def answer() -> None:
             try:
@@ -194,6 +232,9 @@ class _Balancer:
                 conn.send(set(self.ready))
             elif question == "stats":
                 conn.send(self.stats)
+            elif isinstance(question, tuple) and question[0] == "prefer":
+                self.preferred = question[1]
+                conn.send(None)
             else:
                 loop.remove_reader(conn.fileno())
                 conn.send(None)
@@ -211,14 +252,17 @@ class _Balancer:
 
     async def _probe_forever(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
-        tls = (
-            ssl.create_default_context(cafile=backend.readyz_ca_file)
-            if backend.readyz_ca_file
-            else None
-        )
+        port = backend.readyz_port
+        assert port is not None, "started for probed backends only"
+        tls: ssl.SSLContext | None = None
         while True:
             started = time.monotonic()
-            ok = await _probe(backend, tls)
+            try:  # the CA file may be written after the balancer starts: a failed probe
+                if backend.readyz_ca_file and tls is None:
+                    tls = ssl.create_default_context(cafile=backend.readyz_ca_file)
+                ok = await _probe(port, tls)
+            except (OSError, ssl.SSLError):
+                ok = False
             if self._probed.get(backend.name) != ok:
                 self._probed[backend.name] = ok
                 loop.call_later(self.propagation_seconds, self._route, backend.name, ok)
@@ -231,6 +275,9 @@ class _Balancer:
         self.stats.changes.append((time.monotonic(), name, ready))
 
     def _pick(self) -> str | None:
+        for name in self.preferred:
+            if name in self.ready:
+                return name
         ready = sorted(self.ready)
         if not ready:
             return None
@@ -244,9 +291,10 @@ class _Balancer:
             return
         backend = self.backends[name]
         self.stats.connections[name] += 1
+        source = writer.get_extra_info("peername")[0]
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", backend.port), _CONNECT_TIMEOUT
+                _connect_from(source, backend.port), _CONNECT_TIMEOUT
             )
         except (OSError, TimeoutError):
             self.stats.refused[name] += 1
@@ -262,6 +310,27 @@ class _Balancer:
             w.close()
 
 
+async def _connect_from(
+    source: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``127.0.0.1:port`` from the address ``source`` (the client's: DNAT
+    keeps it). IP_BIND_ADDRESS_NO_PORT leaves the port's choice to connect(), which needs
+    it unique for this destination only: a bind() alone would take a port of its own per
+    connection out of the ephemeral range (TIME_WAIT ones included), which the thousands
+    of connections of a load test can use up."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        return await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Copy one direction; pass the end of the stream on (FIN) as a half-close."""
     try:
@@ -274,13 +343,13 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()  # a reset on one side: the other side's connection ends too
 
 
-async def _probe(backend: Backend, tls: ssl.SSLContext | None) -> bool:
+async def _probe(port: int, tls: ssl.SSLContext | None) -> bool:
     """GET /readyz answers 200 within the probe timeout (the kubelet's httpGet probe)."""
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(
                 "127.0.0.1",
-                backend.readyz_port,
+                port,
                 ssl=tls,
                 server_hostname="127.0.0.1" if tls else None,
             ),
