@@ -32,8 +32,7 @@ from kubernetes.client.exceptions import ApiException
 
 from memwarden import cli
 from memwarden.api import GROUP, VERSION
-from memwarden.capture.incident import pod_ips
-from memwarden.evidence.adapters.api import LiveIncident, bundle_url, make_evidence_app
+from memwarden.evidence.adapters.api import bundle_url, make_evidence_app
 from memwarden.evidence.adapters.auth import Denied, Identity, KubeAuthorizer
 from memwarden.evidence.adapters.store import BundleMeta, DiskLimits, EvidenceStore, apply_retention
 from memwarden.evidence.tokens import UPLOAD_SIZE_HEADER, issue_upload_token
@@ -42,6 +41,7 @@ from memwarden_testing.cluster import ensure_namespace, kubectl, wait_for
 from memwarden_testing.evidence import (
     KEY,
     EvidenceServer,
+    api_lookups,
     grant_evidence_reader,
     make_bundle,
     make_incident,
@@ -94,24 +94,7 @@ def _serve_evidence(
     store = EvidenceStore(workdir / "store")
     stored: list[tuple[str, str, BundleMeta]] = []
 
-    def incident(namespace: str, name: str) -> LiveIncident | None:
-        try:
-            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        phase = (obj.get("status") or {}).get("phase")
-        return LiveIncident(uid=str(obj["metadata"]["uid"]), phase=phase, pod=obj["spec"]["pod"])
-
-    def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
-        try:
-            obj = client.CoreV1Api(kube).read_namespaced_pod(pod, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return frozenset()
-            raise
-        return pod_ips(kube.sanitize_for_serialization(obj))
+    incident, pod_addresses = api_lookups(kube)
 
     async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
         status = {

@@ -28,8 +28,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from memwarden.api import GROUP, VERSION
-from memwarden.capture.incident import pod_ips
-from memwarden.evidence.adapters.api import LiveIncident, bundle_url, make_evidence_app
+from memwarden.evidence.adapters.api import bundle_url, make_evidence_app
 from memwarden.evidence.adapters.auth import KubeAuthorizer
 from memwarden.evidence.adapters.s3store import S3Config, S3EvidenceStore
 from memwarden.evidence.adapters.store import (
@@ -41,7 +40,13 @@ from memwarden.evidence.adapters.store import (
 from memwarden.evidence.tokens import issue_upload_token
 from memwarden_testing.builders import make_pod
 from memwarden_testing.cluster import ensure_namespace, wait_for
-from memwarden_testing.evidence import KEY, EvidenceServer, grant_evidence_reader, make_bundle
+from memwarden_testing.evidence import (
+    KEY,
+    EvidenceServer,
+    api_lookups,
+    grant_evidence_reader,
+    make_bundle,
+)
 from memwarden_testing.evidence import make_incident as incident_object
 from memwarden_testing.operator import OperatorProcess, operators_paused
 from memwarden_testing.s3 import (
@@ -111,24 +116,7 @@ def _serve(
 ) -> S3Evidence:
     custom = client.CustomObjectsApi(kube)
 
-    def incident(namespace: str, name: str) -> LiveIncident | None:
-        try:
-            obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        phase = (obj.get("status") or {}).get("phase")
-        return LiveIncident(uid=str(obj["metadata"]["uid"]), phase=phase, pod=obj["spec"]["pod"])
-
-    def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
-        try:
-            obj = client.CoreV1Api(kube).read_namespaced_pod(pod, namespace)
-        except ApiException as exc:
-            if exc.status == 404:
-                return frozenset()
-            raise
-        return pod_ips(kube.sanitize_for_serialization(obj))
+    incident, pod_addresses = api_lookups(kube)
 
     async def on_stored(namespace: str, name: str, meta: BundleMeta) -> None:
         await asyncio.to_thread(

@@ -10,13 +10,17 @@ import json
 import ssl
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
-from memwarden.api import API_VERSION, GROUP
+from memwarden.api import API_VERSION, GROUP, VERSION
+from memwarden.capture.incident import pod_ips
+from memwarden.evidence.adapters.api import LiveIncident
 from memwarden.evidence.adapters.store import BundleMeta, Entry
 from memwarden_testing.cluster import grant_in_namespace
 from memwarden_testing.tls import loopback_certificates
@@ -142,3 +146,34 @@ def evidence_reader_token(
     return str(
         core.create_namespaced_service_account_token(account, namespace, request).status.token
     )
+
+
+def api_lookups(
+    kube: client.ApiClient,
+) -> tuple[Callable[[str, str], LiveIncident | None], Callable[[str, str], frozenset[str]]]:
+    """The evidence API's two look-ups as the operator wires them (handlers/http.py), on
+    the real API server: the live incident (None once deleted) and its pod's addresses."""
+    custom = client.CustomObjectsApi(kube)
+
+    def incident(namespace: str, name: str) -> LiveIncident | None:
+        try:
+            obj = custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, "memoryincidents", name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        phase = (obj.get("status") or {}).get("phase")
+        return LiveIncident(uid=str(obj["metadata"]["uid"]), phase=phase, pod=obj["spec"]["pod"])
+
+    def pod_addresses(namespace: str, pod: str) -> frozenset[str]:
+        try:
+            obj = client.CoreV1Api(kube).read_namespaced_pod(pod, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return frozenset()
+            raise
+        return pod_ips(kube.sanitize_for_serialization(obj))
+
+    return incident, pod_addresses
