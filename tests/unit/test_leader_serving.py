@@ -124,7 +124,7 @@ def test_identity_without_a_pod_name_is_host_and_pid() -> None:
 def test_kopf_spares_what_existed_before_it_and_the_http_servers_requests() -> None:
     async def scenario() -> tuple[bool, bool, bool]:
         async def handler() -> None:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # runs until cancelled
 
         before = asyncio.create_task(handler())
         spared = serving.ServingTasks({before})
