@@ -44,7 +44,6 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from memwarden.capture.profile import DEFAULT_MAX_BYTES
@@ -58,6 +57,7 @@ from memwarden.evidence.adapters.store import (
     StoreError,
     StoreUnavailable,
     TooLarge,
+    UploadWriter,
     validate_incident_name,
     validate_namespace,
 )
@@ -129,7 +129,7 @@ class _S3Reader:
         self._body.close()
 
 
-class S3BundleWriter:
+class S3BundleWriter(UploadWriter):
     """One upload as an S3 multipart upload; holds at most one part in memory."""
 
     def __init__(
@@ -256,17 +256,6 @@ class S3BundleWriter:
                 )
         except self._store.errors as exc:  # the sweep aborts it later
             log.warning("cannot abort the upload of %s (swept later): %s", self._key, exc)
-
-    def __enter__(self) -> S3BundleWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 class S3EvidenceStore:

@@ -42,7 +42,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 __all__ = [
     "BUNDLE_FILE",
@@ -303,14 +303,16 @@ class UploadWriter(Protocol):
 
     def abort(self) -> None: ...
 
-    def __enter__(self) -> UploadWriter: ...
+    def __enter__(self) -> Self:
+        return self
 
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None: ...
+    ) -> None:
+        self.abort()
 
 
 class BundleReader(Protocol):
@@ -409,7 +411,7 @@ def _rmdir_if_empty(path: Path) -> None:
             raise
 
 
-class BundleWriter:
+class BundleWriter(UploadWriter):
     """One upload in progress: ``write`` chunks, then ``commit``; a context manager that
     removes the partial file unless committed. Not thread-safe; use one per upload."""
 
@@ -507,17 +509,6 @@ class BundleWriter:
         self._tmp.unlink(missing_ok=True)
         _rmdir_if_empty(self._directory)
         _rmdir_if_empty(self._directory.parent)
-
-    def __enter__(self) -> BundleWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.abort()
 
 
 _Paths = list[Path]
